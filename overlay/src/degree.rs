@@ -1,0 +1,188 @@
+//! Whom to dial. A node dials until it has `degree` direct peers; past that
+//! it stops soliciting, except to join two parts of the mesh that have no
+//! path between them. Pure logic, so the whole policy is unit-tested.
+
+use std::collections::HashSet;
+
+use libp2p::PeerId;
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+pub struct View<'a> {
+    pub me: PeerId,
+    pub degree: usize,
+    /// Live connections and dials in progress.
+    pub have: &'a HashSet<PeerId>,
+    /// Peers we could dial now (discovered or known, not in back-off).
+    pub candidates: &'a [PeerId],
+    /// The part of the mesh reachable from here, once the topology has been
+    /// quiet long enough to trust; `None` while it is still settling.
+    pub component: Option<&'a HashSet<PeerId>>,
+}
+
+/// Inbound connections beyond this are refused.
+pub fn inbound_cap(degree: usize) -> usize {
+    (degree * 4).max(8)
+}
+
+pub fn plan(v: &View, rng: &mut impl Rng) -> Vec<PeerId> {
+    if v.degree == 0 {
+        return Vec::new();
+    }
+    let mut fresh: Vec<PeerId> = v
+        .candidates
+        .iter()
+        .filter(|p| **p != v.me && !v.have.contains(p))
+        .copied()
+        .collect();
+    fresh.sort();
+    fresh.dedup();
+    if v.have.len() < v.degree {
+        // Random choice spreads the load: if every node dialled the same
+        // lowest id, that node would hit its inbound cap.
+        fresh.shuffle(rng);
+        fresh.truncate(v.degree - v.have.len());
+        return fresh;
+    }
+    // Degree is met, but the nodes may have paired off into islands (with
+    // degree 2, two triangles are both "done"). The lowest id of each island
+    // bridges to the lowest id it can see outside it; one dial per island
+    // keeps the extra edges few.
+    let Some(component) = v.component else {
+        return Vec::new();
+    };
+    if component.iter().min() != Some(&v.me) {
+        return Vec::new();
+    }
+    fresh
+        .into_iter()
+        .find(|p| !component.contains(p))
+        .into_iter()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn ids(n: usize) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn dials_up_to_degree_and_no_further() {
+        let p = ids(6);
+        let have = HashSet::from([p[1]]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let v = View {
+            me: p[0],
+            degree: 3,
+            have: &have,
+            candidates: &p,
+            component: None,
+        };
+        let d = plan(&v, &mut rng);
+        assert_eq!(d.len(), 2);
+        assert!(!d.contains(&p[0]) && !d.contains(&p[1]));
+
+        let full = HashSet::from([p[1], p[2], p[3]]);
+        let v = View { have: &full, ..v };
+        assert!(plan(&v, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn degree_zero_never_dials() {
+        let p = ids(3);
+        let have = HashSet::new();
+        let v = View {
+            me: p[0],
+            degree: 0,
+            have: &have,
+            candidates: &p,
+            component: Some(&have),
+        };
+        assert!(plan(&v, &mut rand::thread_rng()).is_empty());
+    }
+
+    #[test]
+    fn only_the_lowest_id_of_an_island_bridges() {
+        let p = ids(6);
+        let island: HashSet<PeerId> = p[..3].iter().copied().collect();
+        let have = HashSet::from([p[1], p[2]]);
+        let mut rng = rand::thread_rng();
+        let v = View {
+            me: p[0],
+            degree: 2,
+            have: &have,
+            candidates: &p,
+            component: Some(&island),
+        };
+        assert_eq!(plan(&v, &mut rng), vec![p[3]]);
+
+        let have1 = HashSet::from([p[0], p[2]]);
+        let v = View {
+            me: p[1],
+            have: &have1,
+            ..v
+        };
+        assert!(plan(&v, &mut rng).is_empty());
+    }
+
+    /// Simulates arrival in every order: nodes dial by the policy until
+    /// nothing changes, and the result is always one component.
+    #[test]
+    fn any_arrival_order_ends_in_one_component() {
+        for seed in 0..200u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let n = 8;
+            let p = ids(n);
+            let mut order = p.clone();
+            order.shuffle(&mut rng);
+            let mut adj: Vec<HashSet<PeerId>> = vec![HashSet::new(); n];
+            let idx = |x: &PeerId| p.iter().position(|q| q == x).unwrap();
+            for round in 0..50 {
+                let arrived = &order[..n.min(round + 2)];
+                let mut changed = false;
+                for me in arrived {
+                    let i = idx(me);
+                    let comp = component(&adj, i, &p);
+                    let cands: Vec<PeerId> = arrived.to_vec();
+                    let v = View {
+                        me: *me,
+                        degree: 2,
+                        have: &adj[i].clone(),
+                        candidates: &cands,
+                        component: Some(&comp),
+                    };
+                    for t in plan(&v, &mut rng) {
+                        let j = idx(&t);
+                        if adj[j].len() < inbound_cap(2) {
+                            changed |= adj[i].insert(t);
+                            adj[j].insert(*me);
+                        }
+                    }
+                }
+                if !changed && arrived.len() == n {
+                    break;
+                }
+            }
+            assert_eq!(component(&adj, 0, &p).len(), n, "seed {seed}: islands");
+        }
+    }
+
+    fn component(adj: &[HashSet<PeerId>], start: usize, p: &[PeerId]) -> HashSet<PeerId> {
+        let mut seen = HashSet::from([p[start]]);
+        let mut stack = vec![start];
+        while let Some(i) = stack.pop() {
+            for q in &adj[i] {
+                if seen.insert(*q) {
+                    stack.push(p.iter().position(|x| x == q).unwrap());
+                }
+            }
+        }
+        seen
+    }
+}

@@ -1,0 +1,191 @@
+//! meshage: the mm overlay. Nodes find each other with mDNS, keep about
+//! `degree` direct peers, spread their peer lists and load to the whole mesh
+//! over gossipsub, and route requests hop by hop to any node by name.
+//!
+//! The swarm lives in one task ([`net`]); [`Overlay`] is the cloneable handle
+//! the rest of the node uses, and [`Inbound`] carries requests addressed to
+//! this node out to it.
+
+mod degree;
+mod net;
+mod topology;
+mod transport;
+pub mod wire;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+pub use libp2p::identity::Keypair;
+pub use libp2p::pnet::PreSharedKey;
+pub use libp2p::Multiaddr;
+use tokio::sync::{mpsc, oneshot};
+pub use transport::{new_psk, parse_psk};
+pub use wire::HostStats;
+
+pub struct Config {
+    pub name: String,
+    pub context: String,
+    pub listen_ip: IpAddr,
+    /// 0 picks a free port.
+    pub port: u16,
+    pub degree: usize,
+    pub keypair: Keypair,
+    pub psk: Option<PreSharedKey>,
+    /// Static peers, dialled (with back-off) until first reached.
+    pub peers: Vec<Multiaddr>,
+    pub mdns: bool,
+}
+
+/// A request routed to this node, for the node to answer.
+pub struct Inbound {
+    /// Name of the originating node.
+    pub from: String,
+    pub body: Vec<u8>,
+    pub reply: oneshot::Sender<Result<Vec<u8>, String>>,
+}
+
+/// One node of the reachable mesh, as its latest announcement describes it.
+#[derive(Debug, Clone)]
+pub struct NodeView {
+    pub name: String,
+    pub peer_id: String,
+    /// Confirmed neighbours, by name, sorted.
+    pub peers: Vec<String>,
+    pub degree: u32,
+    pub port: u16,
+    pub keyed: bool,
+    pub addrs: Vec<String>,
+    pub stats: HostStats,
+}
+
+/// This node's view of the mesh at one instant.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub peer_id: String,
+    pub context: String,
+    pub degree: usize,
+    pub port: u16,
+    pub keyed: bool,
+    pub listen: Vec<String>,
+    /// Live direct connections, by name (peer id while not yet announced).
+    pub direct: Vec<String>,
+    /// Every reachable node, this one included, by name.
+    pub nodes: BTreeMap<String, NodeView>,
+}
+
+#[derive(Clone)]
+pub struct Overlay {
+    tx: mpsc::Sender<net::Cmd>,
+}
+
+const GONE: &str = "the overlay has stopped";
+
+/// Starts the overlay: binds the listener and spawns the event loop.
+pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>), String> {
+    let mut swarm = net::build_swarm(&cfg)?;
+    let addr = net::listen_addr(cfg.listen_ip, cfg.port);
+    swarm
+        .listen_on(addr.clone())
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    // Bind errors surface as events; wait for the first listen address (or
+    // failure) so a busy port is a startup error, not a silent node.
+    let (inbound_tx, inbound_rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::channel(256);
+    let ev = net::EventLoop::new(swarm, cfg, inbound_tx);
+    tokio::spawn(ev.run(rx));
+    let overlay = Overlay { tx };
+    for _ in 0..100 {
+        let s = overlay.snapshot().await?;
+        if !s.listen.is_empty() {
+            return Ok((overlay, inbound_rx));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!("cannot listen on {addr}: is the port in use?"))
+}
+
+impl Overlay {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> net::Cmd) -> Result<T, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).await.map_err(|_| GONE.to_string())?;
+        rx.await.map_err(|_| GONE.to_string())
+    }
+
+    pub async fn snapshot(&self) -> Result<Snapshot, String> {
+        self.ask(net::Cmd::Snapshot).await
+    }
+
+    pub async fn set_degree(&self, degree: usize) -> Result<(), String> {
+        self.tx
+            .send(net::Cmd::SetDegree(degree))
+            .await
+            .map_err(|_| GONE.to_string())
+    }
+
+    pub async fn set_stats(&self, stats: HostStats) -> Result<(), String> {
+        self.tx
+            .send(net::Cmd::SetStats(stats))
+            .await
+            .map_err(|_| GONE.to_string())
+    }
+
+    /// Dials a mesh node by name, a multiaddr, `HOST:PORT`, or a host name
+    /// (on this node's port), and waits until connected or failed.
+    pub async fn dial(&self, target: &str, default_port: u16) -> Result<(), String> {
+        if target.starts_with('/') {
+            let a: Multiaddr = target
+                .parse()
+                .map_err(|e| format!("bad multiaddr {target}: {e}"))?;
+            return self.ask(|r| net::Cmd::DialAddr(a, r)).await?;
+        }
+        match self
+            .ask(|r| net::Cmd::DialName(target.to_owned(), r))
+            .await?
+        {
+            Err(e) if e.starts_with("no such host") => {}
+            other => return other,
+        }
+        let a = resolve(target, default_port).await?;
+        self.ask(|r| net::Cmd::DialAddr(a, r)).await?
+    }
+
+    pub async fn hangup(&self, name: &str) -> Result<(), String> {
+        self.ask(|r| net::Cmd::Hangup(name.to_owned(), r)).await?
+    }
+
+    /// Sends `body` to every named node and collects one outcome per name.
+    /// Names not in the mesh answer "no such host"; silent ones "timed out".
+    pub async fn send(
+        &self,
+        names: Vec<String>,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<(String, Result<Vec<u8>, String>)>, String> {
+        self.ask(|reply| net::Cmd::Send {
+            names,
+            body,
+            timeout,
+            reply,
+        })
+        .await
+    }
+}
+
+/// Turns `HOST:PORT`, `HOST` or `IP` into a TCP multiaddr.
+pub async fn resolve(target: &str, default_port: u16) -> Result<Multiaddr, String> {
+    let with_port = match target.parse::<IpAddr>() {
+        Ok(IpAddr::V6(ip)) => format!("[{ip}]:{default_port}"),
+        Ok(ip) => format!("{ip}:{default_port}"),
+        Err(_) if !target.contains(':') => format!("{target}:{default_port}"),
+        Err(_) => target.to_owned(),
+    };
+    let mut addrs = tokio::net::lookup_host(with_port.as_str())
+        .await
+        .map_err(|e| format!("cannot resolve {target}: {e}"))?;
+    let sa = addrs
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| format!("cannot resolve {target}: no IPv4 address"))?;
+    Ok(net::listen_addr(sa.ip(), sa.port()))
+}

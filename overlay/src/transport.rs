@@ -1,0 +1,67 @@
+//! The transport stack: TCP, then (with a cluster key) the libp2p
+//! private-network handshake, then Noise and yamux.
+
+use std::time::Duration;
+
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{upgrade::Version, Boxed};
+use libp2p::core::Transport;
+use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::{identity::Keypair, noise, tcp, yamux, PeerId};
+
+pub fn build(key: &Keypair, psk: Option<PreSharedKey>) -> Boxed<(PeerId, StreamMuxerBox)> {
+    let noise = noise::Config::new(key).expect("noise config from an ed25519 key");
+    let mut yamux = yamux::Config::default();
+    // Many parallel requests on one connection (file chunks) must not stall
+    // behind the default stream cap.
+    yamux.set_max_num_streams(1024);
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    // Only one path exists when keyed: every TCP connection goes through the
+    // pnet handshake, so no dial can skip the key.
+    match psk {
+        Some(psk) => tcp
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(Duration::from_secs(20))
+            .boxed(),
+        None => tcp
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux)
+            .timeout(Duration::from_secs(20))
+            .boxed(),
+    }
+}
+
+/// Parses a cluster key in the IPFS `swarm.key` format.
+pub fn parse_psk(text: &str) -> Result<PreSharedKey, String> {
+    text.trim_start().parse::<PreSharedKey>().map_err(|e| {
+        format!(
+            "not a cluster key ({e:?}); expected three lines: /key/swarm/psk/1.0.0/, /base16/, \
+             and 64 hex digits (`mm keygen` makes one)"
+        )
+    })
+}
+
+/// A fresh random cluster key, in the `swarm.key` format.
+pub fn new_psk() -> String {
+    PreSharedKey::new(rand::random()).to_key_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_and_bad_ones_explain() {
+        let k = new_psk();
+        assert!(k.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"));
+        let a = parse_psk(&k).unwrap();
+        assert_eq!(a.fingerprint().to_string(), parse_psk(&k).unwrap().fingerprint().to_string());
+        let err = parse_psk("/key/swarm/psk/1.0.0/\n/base16/\nabc\n").unwrap_err();
+        assert!(err.contains("64 hex digits"), "{err}");
+        assert!(parse_psk("").is_err());
+    }
+}

@@ -1,0 +1,141 @@
+//! Messages that cross the overlay between nodes. Every type that goes on the
+//! wire between two mm nodes is defined here and nowhere else.
+
+use serde::{Deserialize, Serialize};
+
+/// A host's load, as spread to the whole mesh in its announcement. The
+/// scheduler reads the commitments; `host` and `mesh send all host` show all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostStats {
+    pub cpus: u32,
+    /// One-minute load average.
+    pub load: f64,
+    pub mem_used_mib: u64,
+    pub mem_total_mib: u64,
+    /// Receive and transmit rates over non-loopback interfaces, bytes/s.
+    pub rx_bps: u64,
+    pub tx_bps: u64,
+    pub uptime_secs: u64,
+    pub vms: u32,
+    pub cpu_commit: u32,
+    pub mem_commit_mib: u64,
+    pub net_commit: u32,
+}
+
+/// What each node periodically publishes to the topology topic: enough for
+/// every other node to know the whole graph, route to it and show its load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announce {
+    pub name: String,
+    /// Increases with every announcement, so a stale copy never wins.
+    pub seq: u64,
+    pub degree: u32,
+    pub port: u16,
+    pub keyed: bool,
+    /// Listen addresses, as multiaddr strings, for `mesh dial HOST`.
+    pub addrs: Vec<String>,
+    /// Direct peers, as peer-id bytes.
+    #[serde(with = "peer_list")]
+    pub peers: Vec<libp2p::PeerId>,
+    pub stats: HostStats,
+}
+
+/// A routed request. `dst` lists the final targets reached through this hop;
+/// each hop handles its own share and forwards the rest grouped by next hop.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Name of the node that originated the request.
+    pub src: String,
+    #[serde(with = "peer_list")]
+    pub dst: Vec<libp2p::PeerId>,
+    /// Time left for the whole request, in milliseconds, as seen by the sender.
+    pub timeout_ms: u64,
+    /// Hops left; guards against loops while topology views disagree.
+    pub ttl: u8,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+/// The answer to an [`Envelope`]: one outcome per target it covered.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    pub results: Vec<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    #[serde(with = "peer_id")]
+    pub peer: libp2p::PeerId,
+    pub result: Result<ByteBuf, String>,
+}
+
+/// Raw bytes that encode as a CBOR byte string, not an array of integers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ByteBuf(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Writing into a Vec cannot fail.
+    cbor4ii::serde::to_vec(Vec::new(), v).expect("cbor encoding into memory")
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
+    cbor4ii::serde::from_slice(b).map_err(|e| format!("malformed message: {e}"))
+}
+
+mod peer_id {
+    use libp2p::PeerId;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&p.to_bytes())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PeerId, D::Error> {
+        let b: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+        PeerId::from_bytes(&b).map_err(D::Error::custom)
+    }
+}
+
+mod peer_list {
+    use libp2p::PeerId;
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[PeerId], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter().map(|p| serde_bytes::ByteBuf::from(p.to_bytes())))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerId>, D::Error> {
+        let raw: Vec<serde_bytes::ByteBuf> = Deserialize::deserialize(d)?;
+        raw.iter()
+            .map(|b| PeerId::from_bytes(b).map_err(D::Error::custom))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_keeps_bytes_raw() {
+        let env = Envelope {
+            src: "a".into(),
+            dst: vec![libp2p::PeerId::random()],
+            timeout_ms: 10,
+            ttl: 3,
+            body: vec![7u8; 4096],
+        };
+        let b = encode(&env);
+        // A byte string costs a few bytes of framing, an integer array ~2x.
+        assert!(b.len() < 4096 + 200, "body not encoded as raw bytes: {}", b.len());
+        let back: Envelope = decode(&b).unwrap();
+        assert_eq!(back.dst, env.dst);
+        assert_eq!(back.body, env.body);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(decode::<Envelope>(&[0xff, 0x00, 0x13]).is_err());
+        assert!(decode::<Announce>(b"").is_err());
+    }
+}

@@ -1,0 +1,123 @@
+//! Small node-local metadata in sled. sled is beta quality, so it is used
+//! only here, only for small values, and treated as rebuildable: a database
+//! that will not open is moved aside and started afresh.
+//!
+//! Trees and keys:
+//! - `settings`: `degree` (u64), `timeout_ms` (u64): runtime settings that
+//!   survive a restart.
+
+use std::path::{Path, PathBuf};
+
+use serde::{de::DeserializeOwned, Serialize};
+use tracing::warn;
+
+#[derive(Clone)]
+pub struct Meta {
+    db: sled::Db,
+    path: PathBuf,
+}
+
+impl Meta {
+    /// Opens (or creates) the database at `path`. A corrupt one is renamed to
+    /// `<path>.corrupt-<unix time>` and replaced by an empty one.
+    pub fn open(path: &Path) -> Result<Self, String> {
+        match Self::try_open(path) {
+            Ok(m) => Ok(m),
+            Err(e) if path.exists() => {
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let aside = path.with_extension(format!("corrupt-{secs}"));
+                warn!(
+                    "metadata database {} cannot be opened ({e}); moving it to {} and starting \
+                     a new one",
+                    path.display(),
+                    aside.display()
+                );
+                std::fs::rename(path, &aside)
+                    .map_err(|re| format!("cannot move {} aside: {re}", path.display()))?;
+                Self::try_open(path)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn try_open(path: &Path) -> Result<Self, String> {
+        // sled panics on some corrupt inputs rather than returning an error.
+        let p = path.to_owned();
+        let db = std::panic::catch_unwind(move || sled::Config::new().path(p).open())
+            .map_err(|_| "sled panicked while opening".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, tree: &str, key: &str) -> Option<T> {
+        let t = self.db.open_tree(tree).ok()?;
+        let v = t.get(key).ok()??;
+        match cbor4ii::serde::from_slice(&v) {
+            Ok(x) => Some(x),
+            Err(e) => {
+                warn!("ignoring unreadable metadata {tree}/{key}: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn put<T: Serialize>(&self, tree: &str, key: &str, value: &T) -> Result<(), String> {
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| e.to_string())?;
+        let t = self.db.open_tree(tree).map_err(|e| e.to_string())?;
+        t.insert(key, bytes).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<(), String> {
+        self.db.flush().map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("meta");
+        {
+            let m = Meta::open(&p).unwrap();
+            m.put("settings", "degree", &5u64).unwrap();
+            m.flush().unwrap();
+        }
+        let m = Meta::open(&p).unwrap();
+        assert_eq!(m.get::<u64>("settings", "degree"), Some(5));
+        assert_eq!(m.get::<u64>("settings", "missing"), None);
+    }
+
+    #[test]
+    fn corrupt_database_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("meta");
+        {
+            let m = Meta::open(&p).unwrap();
+            m.put("settings", "degree", &5u64).unwrap();
+            m.flush().unwrap();
+        }
+        // Overwrite sled's config file with garbage.
+        std::fs::write(p.join("conf"), b"\xff\xfe garbage").unwrap();
+        let m = Meta::open(&p).unwrap();
+        assert_eq!(m.get::<u64>("settings", "degree"), None);
+        let aside = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().contains("corrupt-"));
+        assert!(aside, "the corrupt database was not kept aside");
+    }
+}
