@@ -1,1 +1,226 @@
+//! The mm daemon: one command grammar, its handlers, and the control socket
+//! that the `mm` command talks to.
 
+pub mod commands;
+pub mod control;
+pub mod grammar;
+pub mod hosts;
+pub mod proto;
+pub mod stats;
+
+use std::net::IpAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mm_overlay::{Keypair, Multiaddr, Overlay};
+use mm_store::Meta;
+use tracing::{info, warn};
+
+pub use proto::Response;
+
+pub struct Options {
+    pub base: PathBuf,
+    pub name: String,
+    pub port: u16,
+    pub listen: IpAddr,
+    /// `None`: the persisted setting, else 3.
+    pub degree: Option<usize>,
+    pub context: String,
+    pub psk_file: Option<PathBuf>,
+    pub peers: Vec<String>,
+    pub mdns: bool,
+}
+
+pub const DEFAULT_DEGREE: usize = 3;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a command came from: the local control socket, or another node.
+pub enum Source {
+    Local { cwd: Option<PathBuf> },
+    Mesh { from: String },
+}
+
+pub struct Node {
+    pub name: String,
+    pub base: PathBuf,
+    pub overlay: Overlay,
+    pub meta: Meta,
+    timeout: Mutex<Duration>,
+}
+
+impl Node {
+    pub fn timeout(&self) -> Duration {
+        *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_timeout(&self, t: Duration) -> Result<(), String> {
+        *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        self.meta
+            .put("settings", "timeout_ms", &(t.as_millis() as u64))
+    }
+}
+
+/// Loads the node's identity from `<base>/node.key`, creating it on first
+/// start, so a node keeps its peer id across restarts.
+fn load_key(base: &Path) -> Result<Keypair, String> {
+    let path = base.join("node.key");
+    match std::fs::read(&path) {
+        Ok(bytes) => Keypair::from_protobuf_encoding(&bytes).map_err(|e| {
+            format!(
+                "{} is not a node key ({e}); move it away to make a new identity",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Keypair::generate_ed25519();
+            let bytes = key.to_protobuf_encoding().map_err(|e| e.to_string())?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+            std::io::Write::write_all(&mut f, &bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            Ok(key)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+fn parse_peer(s: &str, default_port: u16) -> Result<Multiaddr, String> {
+    if s.starts_with('/') {
+        return s
+            .parse()
+            .map_err(|e| format!("--peer {s}: bad multiaddr: {e}"));
+    }
+    use std::net::ToSocketAddrs;
+    let with_port = if s.contains(':') {
+        s.to_string()
+    } else {
+        format!("{s}:{default_port}")
+    };
+    let sa = with_port
+        .to_socket_addrs()
+        .map_err(|e| format!("--peer {s}: {e}"))?
+        .find(|a| a.is_ipv4())
+        .ok_or_else(|| format!("--peer {s}: no IPv4 address"))?;
+    Ok(format!("/ip4/{}/tcp/{}", sa.ip(), sa.port())
+        .parse()
+        .expect("a valid multiaddr"))
+}
+
+/// Runs a node until SIGINT or SIGTERM.
+pub async fn serve(opts: Options) -> Result<(), String> {
+    std::fs::create_dir_all(opts.base.join("files"))
+        .map_err(|e| format!("cannot create {}: {e}", opts.base.display()))?;
+    let _ = std::fs::set_permissions(&opts.base, std::fs::Permissions::from_mode(0o700));
+    let listener = control::bind(&opts.base).await?;
+    let keypair = load_key(&opts.base)?;
+    let psk = match &opts.psk_file {
+        Some(f) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| format!("cannot read cluster key {}: {e}", f.display()))?;
+            Some(mm_overlay::parse_psk(&text).map_err(|e| format!("{}: {e}", f.display()))?)
+        }
+        None => None,
+    };
+    let meta = Meta::open(&opts.base.join("meta.db"))?;
+    let degree = opts
+        .degree
+        .or_else(|| meta.get::<u64>("settings", "degree").map(|d| d as usize))
+        .unwrap_or(DEFAULT_DEGREE);
+    let timeout = meta
+        .get::<u64>("settings", "timeout_ms")
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let peers = opts
+        .peers
+        .iter()
+        .map(|p| parse_peer(p, if opts.port == 0 { 9000 } else { opts.port }))
+        .collect::<Result<Vec<_>, _>>()?;
+    let (overlay, mut inbound) = mm_overlay::start(mm_overlay::Config {
+        name: opts.name.clone(),
+        context: opts.context.clone(),
+        listen_ip: opts.listen,
+        port: opts.port,
+        degree,
+        keypair,
+        psk,
+        peers,
+        mdns: opts.mdns,
+    })
+    .await?;
+    let snap = overlay.snapshot().await?;
+    info!(
+        "node {} ({}) up: context {}, degree {degree}, port {}, {}, base {}",
+        opts.name,
+        snap.peer_id,
+        opts.context,
+        snap.port,
+        if snap.keyed {
+            "keyed"
+        } else {
+            "no cluster key"
+        },
+        opts.base.display()
+    );
+    let node = Arc::new(Node {
+        name: opts.name.clone(),
+        base: opts.base.clone(),
+        overlay: overlay.clone(),
+        meta: meta.clone(),
+        timeout: Mutex::new(timeout),
+    });
+
+    let stats_overlay = overlay.clone();
+    tokio::spawn(async move {
+        let mut sampler = stats::Sampler::new();
+        loop {
+            if stats_overlay.set_stats(sampler.sample()).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    });
+
+    let mesh_node = node.clone();
+    tokio::spawn(async move {
+        while let Some(req) = inbound.recv().await {
+            let node = mesh_node.clone();
+            tokio::spawn(async move {
+                let answer = match mm_overlay::wire::decode::<proto::MeshCommand>(&req.body) {
+                    Ok(cmd) => {
+                        let src = Source::Mesh { from: req.from };
+                        commands::execute(&node, &cmd.argv, &src).await
+                    }
+                    Err(e) => vec![Response::error(&node.name, e)],
+                };
+                let _ = req.reply.send(Ok(mm_overlay::wire::encode(&answer)));
+            });
+        }
+    });
+
+    tokio::spawn(control::serve(listener, node.clone()));
+
+    wait_for_signal().await;
+    info!("shutting down");
+    let _ = std::fs::remove_file(control::socket_path(&opts.base));
+    if let Err(e) = meta.flush() {
+        warn!("flushing metadata: {e}");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -159,16 +159,18 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>, String> {
                 .set_response_size_maximum(64 << 20);
             let rpc = request_response::Behaviour::with_codec(
                 codec,
-                [(StreamProtocol::new("/mm/route/1"), request_response::ProtocolSupport::Full)],
+                [(
+                    StreamProtocol::new("/mm/route/1"),
+                    request_response::ProtocolSupport::Full,
+                )],
                 rpc_cfg,
             );
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits(cap)),
-                identify: identify::Behaviour::new(identify::Config::new(
-                    protocol_version.clone(),
-                    key.public(),
-                )
-                .with_agent_version(agent.clone())),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(protocol_version.clone(), key.public())
+                        .with_agent_version(agent.clone()),
+                ),
                 ping: ping::Behaviour::default(),
                 mdns: mdns.into(),
                 gossipsub,
@@ -565,7 +567,10 @@ impl EventLoop {
                 endpoint,
                 ..
             } => {
-                debug!("connected to {peer_id} at {}", endpoint.get_remote_address());
+                debug!(
+                    "connected to {peer_id} at {}",
+                    endpoint.get_remote_address()
+                );
                 if let Some((_, reply)) = self.dialing.remove(&connection_id) {
                     if let Some(r) = reply {
                         let _ = r.send(Ok(()));
@@ -614,14 +619,18 @@ impl EventLoop {
                         let _ = r.send(Err(msg.clone()));
                     }
                 }
-                debug!("{} {msg}", peer_id.map(|p| p.to_string()).unwrap_or_default());
+                debug!(
+                    "{} {msg}",
+                    peer_id.map(|p| p.to_string()).unwrap_or_default()
+                );
                 if let Some(p) = peer_id {
                     let b = self.backoff.entry(p).or_insert(Backoff {
                         until: Instant::now(),
                         failures: 0,
                     });
                     b.failures += 1;
-                    b.until = Instant::now() + Duration::from_secs((1u64 << b.failures.min(6)).min(60));
+                    b.until =
+                        Instant::now() + Duration::from_secs((1u64 << b.failures.min(6)).min(60));
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -633,9 +642,7 @@ impl EventLoop {
                 if text.contains("connection limit") || text.contains("Connection limit") {
                     debug!("refused inbound from {send_back_addr}: at the inbound cap");
                 } else if self.cfg.psk.is_some() {
-                    warn!(
-                        "peer at {send_back_addr} rejected: cluster key mismatch? ({text})"
-                    );
+                    warn!("peer at {send_back_addr} rejected: cluster key mismatch? ({text})");
                 } else {
                     warn!("inbound connection from {send_back_addr} failed: {text}");
                 }
@@ -703,7 +710,9 @@ impl EventLoop {
                     }
                 }
             }
-            BehaviourEvent::Rpc(request_response::Event::InboundFailure { peer, error, .. }) => {
+            BehaviourEvent::Rpc(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
                 debug!("inbound request from {peer} failed: {error}");
             }
             _ => {}
@@ -743,7 +752,11 @@ impl EventLoop {
             self.refuse(p);
             return;
         }
-        let name = info.agent_version.split_once(' ').map(|(_, n)| n).unwrap_or("");
+        let name = info
+            .agent_version
+            .split_once(' ')
+            .map(|(_, n)| n)
+            .unwrap_or("");
         if name == self.cfg.name {
             if !self.refused.contains(&p) {
                 let addr = info
@@ -823,7 +836,12 @@ impl EventLoop {
         self.topo.next_hops(&self.connected).contains_key(p)
     }
 
-    fn new_agg(&mut self, reply: ReplyTo, timeout: Duration, names: HashMap<PeerId, String>) -> u64 {
+    fn new_agg(
+        &mut self,
+        reply: ReplyTo,
+        timeout: Duration,
+        names: HashMap<PeerId, String>,
+    ) -> u64 {
         self.next_agg += 1;
         let id = self.next_agg;
         self.aggs.insert(
@@ -929,7 +947,14 @@ impl EventLoop {
         }
         let timeout = Duration::from_millis(env.timeout_ms);
         let id = self.new_agg(ReplyTo::Remote(channel), timeout, HashMap::new());
-        self.route(id, env.src, env.dst, timeout, env.ttl.min(MAX_TTL), env.body);
+        self.route(
+            id,
+            env.src,
+            env.dst,
+            timeout,
+            env.ttl.min(MAX_TTL),
+            env.body,
+        );
     }
 
     fn on_reply(&mut self, rid: request_response::OutboundRequestId, reply: Reply) {
@@ -1010,12 +1035,11 @@ impl EventLoop {
                 let _ = tx.send(rows);
             }
             ReplyTo::Remote(ch) => {
-                let _ = self.swarm.behaviour_mut().rpc.send_response(
-                    ch,
-                    Reply {
-                        results: a.results,
-                    },
-                );
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(ch, Reply { results: a.results });
             }
         }
     }
@@ -1030,4 +1054,3 @@ pub(crate) fn listen_addr(ip: IpAddr, port: u16) -> Multiaddr {
     a.push(Protocol::Tcp(port));
     a
 }
-

@@ -22,7 +22,9 @@ pub enum Update {
     /// Older than what we have; ignored.
     Stale,
     /// Another live node already uses this name; ignored.
-    NameTaken { holder: PeerId },
+    NameTaken {
+        holder: PeerId,
+    },
 }
 
 #[derive(Debug)]

@@ -59,7 +59,10 @@ mod tests {
         let k = new_psk();
         assert!(k.starts_with("/key/swarm/psk/1.0.0/\n/base16/\n"));
         let a = parse_psk(&k).unwrap();
-        assert_eq!(a.fingerprint().to_string(), parse_psk(&k).unwrap().fingerprint().to_string());
+        assert_eq!(
+            a.fingerprint().to_string(),
+            parse_psk(&k).unwrap().fingerprint().to_string()
+        );
         let err = parse_psk("/key/swarm/psk/1.0.0/\n/base16/\nabc\n").unwrap_err();
         assert!(err.contains("64 hex digits"), "{err}");
         assert!(parse_psk("").is_err());

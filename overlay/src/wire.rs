@@ -127,7 +127,11 @@ mod tests {
         };
         let b = encode(&env);
         // A byte string costs a few bytes of framing, an integer array ~2x.
-        assert!(b.len() < 4096 + 200, "body not encoded as raw bytes: {}", b.len());
+        assert!(
+            b.len() < 4096 + 200,
+            "body not encoded as raw bytes: {}",
+            b.len()
+        );
         let back: Envelope = decode(&b).unwrap();
         assert_eq!(back.dst, env.dst);
         assert_eq!(back.body, env.body);

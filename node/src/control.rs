@@ -1,0 +1,140 @@
+//! The control socket: `<base>/mm.sock`, mode 0600. One JSON request per
+//! line in, one JSON array of [`Response`]s per line out.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use crate::proto::{ControlRequest, Response};
+use crate::{commands, Node, Source};
+
+/// Lines longer than this are refused rather than buffered without bound.
+const MAX_LINE: usize = 1 << 20;
+
+pub fn socket_path(base: &Path) -> PathBuf {
+    base.join("mm.sock")
+}
+
+/// Binds the socket, refusing to steal it from a live node.
+pub async fn bind(base: &Path) -> Result<UnixListener, String> {
+    let path = socket_path(base);
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(format!(
+                "a node is already running with base {} (its socket {} answers)",
+                base.display(),
+                path.display()
+            ));
+        }
+        // Left by a node that did not shut down cleanly.
+        let _ = std::fs::remove_file(&path);
+    }
+    let listener = UnixListener::bind(&path)
+        .map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = session(stream, node).await {
+                        debug!("control session ended: {e}");
+                    }
+                });
+            }
+            Err(e) => {
+                warn!("control socket accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn session(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut r = BufReader::new(r);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = (&mut r)
+            .take(MAX_LINE as u64 + 1)
+            .read_line(&mut line)
+            .await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let answer = if line.len() > MAX_LINE {
+            vec![Response::error(&node.name, "request too long")]
+        } else {
+            match serde_json::from_str::<ControlRequest>(&line) {
+                Ok(req) => {
+                    let src = Source::Local {
+                        cwd: req.cwd.map(PathBuf::from),
+                    };
+                    commands::execute(&node, &req.argv, &src).await
+                }
+                Err(e) => vec![Response::error(
+                    &node.name,
+                    format!("malformed request: {e}"),
+                )],
+            }
+        };
+        let mut out = serde_json::to_vec(&answer).unwrap_or_else(|_| b"[]".to_vec());
+        out.push(b'\n');
+        w.write_all(&out).await?;
+    }
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// A connection from the `mm` command to its local node.
+pub struct Client {
+    r: BufReader<tokio::net::unix::OwnedReadHalf>,
+    w: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(base: &Path) -> Result<Self, String> {
+        let path = socket_path(base);
+        let s = UnixStream::connect(&path).await.map_err(|e| {
+            format!(
+                "cannot reach the mm node at {} ({e}); start one with `mm serve` \
+                 (or `mm --base DIR ...` for a node with another base)",
+                path.display()
+            )
+        })?;
+        let (r, w) = s.into_split();
+        Ok(Self {
+            r: BufReader::new(r),
+            w,
+        })
+    }
+
+    pub async fn run(&mut self, argv: &[String]) -> Result<Vec<Response>, String> {
+        let req = ControlRequest {
+            argv: argv.to_vec(),
+            cwd: std::env::current_dir()
+                .ok()
+                .map(|p| p.to_string_lossy().into_owned()),
+        };
+        let mut line = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        let lost = |e: std::io::Error| format!("lost the connection to the node: {e}");
+        self.w.write_all(&line).await.map_err(lost)?;
+        let mut answer = String::new();
+        let n = self.r.read_line(&mut answer).await.map_err(lost)?;
+        if n == 0 {
+            return Err("the node closed the connection".into());
+        }
+        serde_json::from_str(&answer).map_err(|e| format!("malformed answer from the node: {e}"))
+    }
+}

@@ -1,0 +1,341 @@
+//! The one command grammar, in minimega's pattern notation. Commands from
+//! the CLI, the interactive shell and `mesh send` are all parsed here.
+//!
+//! Pattern items: `word` a literal; `<name>` a required value; `[name]` an
+//! optional value; `<a,b>` / `[a,b]` a required / optional choice of
+//! literals; `<name>...` one or more values; `(command)` a nested command
+//! (the rest of the line).
+
+use std::collections::{HashMap, HashSet};
+
+pub struct Spec {
+    pub id: &'static str,
+    pub patterns: &'static [&'static str],
+    pub short: &'static str,
+    pub long: &'static str,
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct Call {
+    pub id: &'static str,
+    pub strings: HashMap<String, String>,
+    pub bools: HashSet<String>,
+    pub lists: HashMap<String, Vec<String>>,
+    /// The nested command of a `(command)` item.
+    pub sub: Vec<String>,
+}
+
+impl Call {
+    pub fn arg(&self, name: &str) -> Option<&str> {
+        self.strings.get(name).map(String::as_str)
+    }
+
+    pub fn has(&self, word: &str) -> bool {
+        self.bools.contains(word)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Item {
+    Lit(String),
+    Value { name: String, optional: bool },
+    Choice { words: Vec<String>, optional: bool },
+    List { name: String, optional: bool },
+    Sub,
+}
+
+fn compile(pattern: &str) -> Vec<Item> {
+    pattern
+        .split_whitespace()
+        .map(|w| {
+            let (body, list) = match w.strip_suffix("...") {
+                Some(b) => (b, true),
+                None => (w, false),
+            };
+            let (inner, optional) =
+                if let Some(x) = body.strip_prefix('<').and_then(|x| x.strip_suffix('>')) {
+                    (x, false)
+                } else if let Some(x) = body.strip_prefix('[').and_then(|x| x.strip_suffix(']')) {
+                    (x, true)
+                } else if body.starts_with('(') && body.ends_with(')') {
+                    return Item::Sub;
+                } else {
+                    return Item::Lit(body.to_string());
+                };
+            if list {
+                Item::List {
+                    name: inner.to_string(),
+                    optional,
+                }
+            } else if inner.contains(',') {
+                Item::Choice {
+                    words: inner
+                        .split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_string)
+                        .collect(),
+                    optional,
+                }
+            } else {
+                Item::Value {
+                    name: inner.to_string(),
+                    optional,
+                }
+            }
+        })
+        .collect()
+}
+
+fn matches(items: &[Item], args: &[String], call: &mut Call) -> bool {
+    let Some((first, rest)) = items.split_first() else {
+        return args.is_empty();
+    };
+    match first {
+        Item::Lit(w) => args.first() == Some(w) && matches(rest, &args[1..], call),
+        Item::Value { name, optional } => {
+            if let Some(a) = args.first() {
+                let mut trial = Call::default();
+                if matches(rest, &args[1..], &mut trial) {
+                    merge(call, trial);
+                    call.strings.insert(name.clone(), a.clone());
+                    return true;
+                }
+            }
+            *optional && matches(rest, args, call)
+        }
+        Item::Choice { words, optional } => {
+            if let Some(a) = args.first() {
+                if words.contains(a) {
+                    let mut trial = Call::default();
+                    if matches(rest, &args[1..], &mut trial) {
+                        merge(call, trial);
+                        call.bools.insert(a.clone());
+                        return true;
+                    }
+                }
+            }
+            *optional && matches(rest, args, call)
+        }
+        Item::List { name, optional } => {
+            if args.is_empty() && !optional {
+                return false;
+            }
+            call.lists.insert(name.clone(), args.to_vec());
+            true
+        }
+        Item::Sub => {
+            if args.is_empty() {
+                return false;
+            }
+            call.sub = args.to_vec();
+            true
+        }
+    }
+}
+
+fn merge(into: &mut Call, from: Call) {
+    into.strings.extend(from.strings);
+    into.bools.extend(from.bools);
+    into.lists.extend(from.lists);
+    if !from.sub.is_empty() {
+        into.sub = from.sub;
+    }
+}
+
+fn literal_prefix(pattern: &str) -> Vec<&str> {
+    pattern
+        .split_whitespace()
+        .take_while(|w| !w.starts_with(['<', '[', '(']))
+        .collect()
+}
+
+pub fn parse(specs: &'static [Spec], argv: &[String]) -> Result<Call, String> {
+    if argv.is_empty() {
+        return Err("empty command; try `help`".into());
+    }
+    for spec in specs {
+        for p in spec.patterns {
+            let mut call = Call {
+                id: spec.id,
+                ..Call::default()
+            };
+            if matches(&compile(p), argv, &mut call) {
+                return Ok(call);
+            }
+        }
+    }
+    // No match: find the commands whose leading words match best, to say
+    // whether the command is unknown or only its arguments are wrong.
+    let mut best = 0;
+    let mut near: Vec<&str> = Vec::new();
+    for spec in specs {
+        for p in spec.patterns {
+            let lits = literal_prefix(p);
+            let n = lits
+                .iter()
+                .zip(argv)
+                .take_while(|(l, a)| **l == a.as_str())
+                .count();
+            if n == lits.len() && n > best {
+                best = n;
+                near.clear();
+            }
+            if n == lits.len() && n == best && n > 0 {
+                near.push(p);
+            }
+        }
+    }
+    let line = argv.join(" ");
+    if near.is_empty() {
+        let known = specs.iter().any(|s| {
+            s.patterns
+                .iter()
+                .any(|p| p.split_whitespace().next() == Some(argv[0].as_str()))
+        });
+        return Err(if known {
+            format!("unknown command: {line}; try `help {}`", argv[0])
+        } else {
+            format!("unknown command: {}; try `help`", argv[0])
+        });
+    }
+    Err(format!(
+        "invalid arguments: {line}\nusage: {}",
+        near.join("\nusage: ")
+    ))
+}
+
+/// `help` and `help WORDS...`.
+pub fn help(specs: &[Spec], words: &[String]) -> Result<String, String> {
+    let chosen: Vec<&Spec> = specs
+        .iter()
+        .filter(|s| {
+            s.patterns.iter().any(|p| {
+                let pw: Vec<&str> = p.split_whitespace().collect();
+                words.len() <= pw.len() && words.iter().zip(&pw).all(|(a, b)| a == b)
+            })
+        })
+        .collect();
+    if chosen.is_empty() {
+        return Err(format!("no command named {}; try `help`", words.join(" ")));
+    }
+    let mut out = String::new();
+    if chosen.len() == 1 && !words.is_empty() {
+        let s = chosen[0];
+        out.push_str(&format!("{}\n\n", s.short));
+        for p in s.patterns {
+            out.push_str(&format!("usage: {p}\n"));
+        }
+        if !s.long.is_empty() {
+            out.push('\n');
+            out.push_str(s.long.trim());
+            out.push('\n');
+        }
+        return Ok(out);
+    }
+    let width = chosen
+        .iter()
+        .flat_map(|s| s.patterns.iter())
+        .map(|p| p.len())
+        .max()
+        .unwrap_or(0);
+    for s in chosen {
+        for (i, p) in s.patterns.iter().enumerate() {
+            let d = if i == 0 { s.short } else { "" };
+            out.push_str(&format!("{p:width$}  {d}\n").trim_end().to_string());
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static SPECS: &[Spec] = &[
+        Spec {
+            id: "degree",
+            patterns: &["mesh degree [degree]"],
+            short: "view or set the degree",
+            long: "Long text.",
+        },
+        Spec {
+            id: "list",
+            patterns: &["mesh list [all,peers]"],
+            short: "list",
+            long: "",
+        },
+        Spec {
+            id: "send",
+            patterns: &["mesh send <hosts> (command)"],
+            short: "send",
+            long: "",
+        },
+        Spec {
+            id: "get",
+            patterns: &["file get <name> [from] <host>", "file get <name>"],
+            short: "get",
+            long: "",
+        },
+        Spec {
+            id: "del",
+            patterns: &["file delete <glob>..."],
+            short: "del",
+            long: "",
+        },
+    ];
+
+    fn a(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn optional_values_and_choices() {
+        let c = parse(SPECS, &a("mesh degree")).unwrap();
+        assert_eq!((c.id, c.arg("degree")), ("degree", None));
+        let c = parse(SPECS, &a("mesh degree 4")).unwrap();
+        assert_eq!(c.arg("degree"), Some("4"));
+        let c = parse(SPECS, &a("mesh list peers")).unwrap();
+        assert!(c.has("peers") && !c.has("all"));
+        assert!(parse(SPECS, &a("mesh list bogus")).is_err());
+    }
+
+    #[test]
+    fn nested_commands_and_lists_take_the_rest() {
+        let c = parse(SPECS, &a("mesh send n[1-3] mesh status")).unwrap();
+        assert_eq!(c.arg("hosts"), Some("n[1-3]"));
+        assert_eq!(c.sub, a("mesh status"));
+        let c = parse(SPECS, &a("file delete a b c")).unwrap();
+        assert_eq!(c.lists["glob"], a("a b c"));
+    }
+
+    #[test]
+    fn backtracks_over_optional_items() {
+        let c = parse(SPECS, &a("file get x from h1")).unwrap();
+        assert_eq!((c.arg("name"), c.arg("host")), (Some("x"), Some("h1")));
+        let c = parse(SPECS, &a("file get x")).unwrap();
+        assert_eq!(c.arg("name"), Some("x"));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let e = parse(SPECS, &a("mesh degree 1 2")).unwrap_err();
+        assert!(e.contains("usage: mesh degree [degree]"), "{e}");
+        let e = parse(SPECS, &a("mesh send")).unwrap_err();
+        assert!(e.contains("usage: mesh send <hosts> (command)"), "{e}");
+        let e = parse(SPECS, &a("mesh bogus")).unwrap_err();
+        assert!(e.contains("unknown command: mesh bogus"), "{e}");
+        let e = parse(SPECS, &a("frobnicate")).unwrap_err();
+        assert!(e.contains("unknown command: frobnicate; try `help`"), "{e}");
+        assert!(parse(SPECS, &[]).is_err());
+    }
+
+    #[test]
+    fn help_lists_and_explains() {
+        let all = help(SPECS, &[]).unwrap();
+        assert!(all.contains("mesh degree [degree]  view or set the degree"));
+        let one = help(SPECS, &a("mesh degree")).unwrap();
+        assert!(one.contains("Long text."));
+        assert!(help(SPECS, &a("nope")).is_err());
+    }
+}
