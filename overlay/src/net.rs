@@ -69,6 +69,11 @@ struct Agg {
     deadline: Instant,
     /// Names as the origin resolved them, to label rows.
     names: HashMap<PeerId, String>,
+    src: String,
+    ttl: u8,
+    body: Vec<u8>,
+    /// Targets already re-routed once after a relay failed.
+    retried: HashSet<PeerId>,
 }
 
 struct LocalDone {
@@ -95,6 +100,8 @@ pub(crate) struct EventLoop {
     backoff: HashMap<PeerId, Backoff>,
     /// Peers of another context or with a clashing name: never dialled.
     refused: HashSet<PeerId>,
+    /// Refused peers still connected, and when to close the connection.
+    hangups: Vec<(PeerId, Instant)>,
     /// `--peer` addresses not yet reached once.
     statics: Vec<(Multiaddr, Instant, u32)>,
     seq: u64,
@@ -238,6 +245,7 @@ impl EventLoop {
             discovered: HashMap::new(),
             backoff: HashMap::new(),
             refused: HashSet::new(),
+            hangups: Vec::new(),
             statics,
             seq: 0,
             stats: HostStats::default(),
@@ -343,6 +351,11 @@ impl EventLoop {
 
     /// Once a second: forget silent nodes, and dial whom the degree policy says.
     fn maintain(&mut self, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = self.hangups.drain(..).partition(|(_, t)| *t <= now);
+        self.hangups = later;
+        for (p, _) in due {
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
         for name in self.topo.expire(now, EXPIRE_AFTER) {
             info!("node {name} left the mesh (silent for {EXPIRE_AFTER:?})");
         }
@@ -581,7 +594,8 @@ impl EventLoop {
                 }
                 self.backoff.remove(&peer_id);
                 if self.refused.contains(&peer_id) {
-                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    self.hangups
+                        .push((peer_id, Instant::now() + Duration::from_secs(2)));
                     return;
                 }
                 if self.connected.insert(peer_id) {
@@ -705,9 +719,7 @@ impl EventLoop {
             }) => {
                 if let Some((agg, targets)) = self.outbound.remove(&request_id) {
                     let msg = format!("relay through {}: {error}", self.label(&peer));
-                    for t in targets {
-                        self.settle(agg, t, Err(msg.clone()));
-                    }
+                    self.retry_or_fail(agg, targets, msg);
                 }
             }
             BehaviourEvent::Rpc(request_response::Event::InboundFailure {
@@ -726,11 +738,17 @@ impl EventLoop {
             .unwrap_or_else(|| p.to_string())
     }
 
+    /// Stops dealing with a peer. The connection is closed a little later,
+    /// so that the peer too receives our identity and can log why.
     fn refuse(&mut self, p: PeerId) {
         self.refused.insert(p);
         self.discovered.remove(&p);
         self.topo.remove(&p);
-        let _ = self.swarm.disconnect_peer_id(p);
+        if self.connected.remove(&p) {
+            self.announce_due = true;
+        }
+        self.hangups
+            .push((p, Instant::now() + Duration::from_secs(2)));
     }
 
     fn check_identity(&mut self, p: PeerId, info: &identify::Info) {
@@ -816,7 +834,13 @@ impl EventLoop {
                 _ => unknown.push(n),
             }
         }
-        let id = self.new_agg(ReplyTo::Local(reply), timeout, known.clone());
+        let src = self.cfg.name.clone();
+        let id = self.new_agg(
+            ReplyTo::Local(reply),
+            timeout,
+            known.clone(),
+            (src, MAX_TTL, body),
+        );
         if let Some(agg) = self.aggs.get_mut(&id) {
             for n in unknown {
                 // Unknown names have no peer id; label them with a random one.
@@ -828,8 +852,7 @@ impl EventLoop {
                 });
             }
         }
-        let src = self.cfg.name.clone();
-        self.route(id, src, known.into_keys().collect(), timeout, MAX_TTL, body);
+        self.route(id, known.into_keys().collect(), timeout);
     }
 
     fn reachable(&self, p: &PeerId) -> bool {
@@ -841,6 +864,7 @@ impl EventLoop {
         reply: ReplyTo,
         timeout: Duration,
         names: HashMap<PeerId, String>,
+        (src, ttl, body): (String, u8, Vec<u8>),
     ) -> u64 {
         self.next_agg += 1;
         let id = self.next_agg;
@@ -852,6 +876,10 @@ impl EventLoop {
                 results: Vec::new(),
                 deadline: Instant::now() + timeout,
                 names,
+                src,
+                ttl,
+                body,
+                retried: HashSet::new(),
             },
         );
         id
@@ -859,15 +887,11 @@ impl EventLoop {
 
     /// Handles this node's share of `targets` and forwards the rest, grouped
     /// by next hop, each group as one envelope.
-    fn route(
-        &mut self,
-        agg: u64,
-        src: String,
-        targets: Vec<PeerId>,
-        timeout: Duration,
-        ttl: u8,
-        body: Vec<u8>,
-    ) {
+    fn route(&mut self, agg: u64, targets: Vec<PeerId>, timeout: Duration) {
+        let Some(a) = self.aggs.get(&agg) else {
+            return;
+        };
+        let (src, ttl, body) = (a.src.clone(), a.ttl, a.body.clone());
         let hops = self.topo.next_hops(&self.connected);
         let mut groups: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
         let mut local = false;
@@ -946,15 +970,14 @@ impl EventLoop {
             return;
         }
         let timeout = Duration::from_millis(env.timeout_ms);
-        let id = self.new_agg(ReplyTo::Remote(channel), timeout, HashMap::new());
-        self.route(
-            id,
-            env.src,
-            env.dst,
+        let ttl = env.ttl.min(MAX_TTL);
+        let id = self.new_agg(
+            ReplyTo::Remote(channel),
             timeout,
-            env.ttl.min(MAX_TTL),
-            env.body,
+            HashMap::new(),
+            (env.src, ttl, env.body),
         );
+        self.route(id, env.dst, timeout);
     }
 
     fn on_reply(&mut self, rid: request_response::OutboundRequestId, reply: Reply) {
@@ -970,6 +993,27 @@ impl EventLoop {
         }
         for t in pending {
             self.settle(agg, t, Err("no answer".into()));
+        }
+    }
+
+    /// A relay failed (typically its connection closed while the mesh
+    /// re-forms): route those targets once more over the current topology,
+    /// if time remains; otherwise they fail with `msg`.
+    fn retry_or_fail(&mut self, agg: u64, targets: Vec<PeerId>, msg: String) {
+        let Some(a) = self.aggs.get_mut(&agg) else {
+            return;
+        };
+        let left = a.deadline.saturating_duration_since(Instant::now());
+        let (again, fail): (Vec<PeerId>, Vec<PeerId>) = targets
+            .into_iter()
+            .partition(|t| !a.retried.contains(t) && left > Duration::from_millis(100));
+        a.retried.extend(again.iter().copied());
+        for t in fail {
+            self.settle(agg, t, Err(msg.clone()));
+        }
+        if !again.is_empty() {
+            debug!("{msg}; routing {} target(s) again", again.len());
+            self.route(agg, again, left);
         }
     }
 

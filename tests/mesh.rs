@@ -1,0 +1,341 @@
+//! meshage on loopback: real `mm serve` processes joined by --peer and
+//! `mesh dial` (mDNS off, so nothing leaves the machine).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{rows, wait_for, Node, MM};
+
+const CONVERGE: Duration = Duration::from_secs(60);
+
+fn hosts_of(answer: &[serde_json::Value]) -> Vec<String> {
+    let mut h: Vec<String> = rows(answer)
+        .into_iter()
+        .map(|r| r["host"].clone())
+        .collect();
+    h.sort();
+    h
+}
+
+#[test]
+fn four_nodes_join_by_peer_and_dial() {
+    let a = Node::local("a", &[]);
+    let b = Node::local("b", &["--peer", &a.addr()]);
+    let c = Node::local("c", &["--peer", &b.addr()]);
+    let d = Node::local("d", &["--degree", "0"]);
+    d.mm(&["mesh", "dial", &c.addr()]);
+    for n in [&a, &b, &c, &d] {
+        n.wait_size(4, CONVERGE);
+    }
+    let list = a.mm(&["mesh", "list"]);
+    for name in ["a\n", "b\n", "c\n", "d\n", " |--c\n"] {
+        assert!(list.contains(name), "mesh list lacks {name:?}:\n{list}");
+    }
+    assert_eq!(a.mm(&["mesh", "list", "all"]).trim(), "a,b,c,d");
+    assert_eq!(a.mm(&["mesh", "list", "peers"]).trim(), "b,c,d");
+
+    // `mesh send all host`: one row per other node, with real stats.
+    let ans = d.json(&["mesh", "send", "all", "host"]);
+    assert_eq!(hosts_of(&ans), vec!["a", "b", "c"]);
+    for r in rows(&ans) {
+        assert_eq!(r["host"], r["name"]);
+        assert!(r["cpus"].parse::<u32>().unwrap() >= 1);
+        assert!(r["memtotal"].parse::<u64>().unwrap() > 0);
+    }
+    // The table form has the host column first and sorted rows.
+    let table = d.mm(&["mesh", "send", "all", "mesh", "status"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("host | size | degree | peers | context | port"),
+        "{table}"
+    );
+    assert!(
+        lines[1].starts_with("a ") && lines[3].starts_with("c "),
+        "{table}"
+    );
+}
+
+#[test]
+fn multi_hop_line_and_missing_hosts() {
+    let a = Node::local("a", &["--degree", "0"]);
+    let b = Node::local("b", &["--degree", "0"]);
+    let c = Node::local("c", &["--degree", "0"]);
+    let d = Node::local("d", &["--degree", "0"]);
+    b.mm(&["mesh", "dial", &a.addr()]);
+    c.mm(&["mesh", "dial", &b.addr()]);
+    d.mm(&["mesh", "dial", &c.addr()]);
+    a.wait_size(4, CONVERGE);
+    d.wait_size(4, CONVERGE);
+    assert_eq!(a.status("peers"), "1", "a must reach d through b and c");
+
+    let ans = a.json(&["mesh", "send", "d", "mesh", "status"]);
+    assert_eq!(hosts_of(&ans), vec!["d"]);
+    assert_eq!(rows(&ans)[0]["peers"], "1");
+    let ans = a.json(&["mesh", "send", "all", "host"]);
+    assert_eq!(hosts_of(&ans), vec!["b", "c", "d"]);
+    let ans = d.json(&["mesh", "send", "a,b", "mesh", "list", "peers"]);
+    assert_eq!(ans.len(), 2);
+
+    // An unknown host gets an error row; the others still answer; exit 1.
+    let out = a.try_mm(&["mesh", "send", "c,zz", "version"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("E: zz: no such host"), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mm "));
+
+    // A host that stops answering gets `timed out`, and does not hold up
+    // the others.
+    a.mm(&["mesh", "timeout", "2"]);
+    assert_eq!(a.mm(&["mesh", "timeout"]).trim(), "2s");
+    let dpid = node_pid(&d);
+    unsafe { libc::kill(dpid, libc::SIGSTOP) };
+    let ans = a.json(&["mesh", "send", "c,d", "version"]);
+    unsafe { libc::kill(dpid, libc::SIGCONT) };
+    let d_row = ans.iter().find(|r| r["host"] == "d").expect("a row for d");
+    assert_eq!(d_row["error"], "timed out");
+    let c_row = ans.iter().find(|r| r["host"] == "c").expect("a row for c");
+    assert_eq!(c_row["error"], "");
+
+    // `mesh send` of `mesh send` is refused.
+    let out = a.try_mm(&["mesh", "send", "b", "mesh", "send", "c", "host"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run `mesh send` via meshage"));
+
+    // A graphviz file of the line.
+    let dot = a.base().join("mesh.dot");
+    a.mm(&["mesh", "dot", dot.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&dot).unwrap();
+    assert!(text.starts_with("graph mesh {"));
+    assert!(
+        text.contains("\"a\" -- \"b\"") && text.contains("\"c\" -- \"d\""),
+        "{text}"
+    );
+}
+
+fn node_pid(n: &Node) -> i32 {
+    // The node process is the one whose command line names this base.
+    let base = n.base().to_string_lossy().to_string();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(" serve ") && cmd.contains(&base) {
+            return pid;
+        }
+    }
+    panic!("no process for {}", n.name);
+}
+
+#[test]
+fn hangup_then_the_mesh_reconverges() {
+    let a = Node::local("a", &["--degree", "2"]);
+    let b = Node::local("b", &["--degree", "2", "--peer", &a.addr()]);
+    let c = Node::local("c", &["--degree", "2", "--peer", &a.addr()]);
+    let d = Node::local("d", &["--degree", "2", "--peer", &b.addr()]);
+    for n in [&a, &b, &c, &d] {
+        n.wait_size(4, CONVERGE);
+    }
+    a.mm(&["mesh", "hangup", "b"]);
+    wait_for("a to log the hangup", CONVERGE, || {
+        a.log().contains("disconnected from b").then_some(())
+    });
+    // Not a direct peer (any more, or ever): a clear error.
+    let out = d.try_mm(&["mesh", "hangup", "zz"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such host"));
+    for n in [&a, &b, &c, &d] {
+        n.wait_size(4, CONVERGE);
+    }
+    let ans = c.json(&["mesh", "send", "all", "version"]);
+    assert_eq!(
+        ans.iter().filter(|r| r["error"] == "").count(),
+        3,
+        "{ans:?}"
+    );
+}
+
+#[test]
+fn a_node_without_the_cluster_key_stays_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |f: &str| {
+        let out = std::process::Command::new(MM)
+            .arg("keygen")
+            .output()
+            .unwrap();
+        let p = dir.path().join(f);
+        std::fs::write(&p, &out.stdout).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let (k1, k2) = (key("k1"), key("k2"));
+    assert_ne!(std::fs::read(&k1).unwrap(), std::fs::read(&k2).unwrap());
+    let a = Node::local("a", &["--psk-file", &k1]);
+    let b = Node::local("b", &["--psk-file", &k1, "--peer", &a.addr()]);
+    let wrong = Node::local("wrong", &["--psk-file", &k2, "--peer", &a.addr()]);
+    let open = Node::local("open", &["--peer", &a.addr()]);
+    a.wait_size(2, CONVERGE);
+    assert_eq!(a.status("keyed"), "true");
+    wait_for("a to log the rejected peers", CONVERGE, || {
+        a.log().contains("cluster key mismatch").then_some(())
+    });
+    // Give the outsiders a few more dial attempts, then check they are out.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(a.size(), 2);
+    assert_eq!(b.size(), 2);
+    assert_eq!(wrong.size(), 1);
+    assert_eq!(wrong.status("peers"), "0");
+    assert_eq!(open.size(), 1);
+    // A malformed key file is refused at start with a clear message.
+    let bad = dir.path().join("bad");
+    std::fs::write(&bad, "not a key").unwrap();
+    let out = std::process::Command::new(MM)
+        .args(["serve", "--no-mdns", "--port", "0", "--base"])
+        .arg(dir.path().join("base"))
+        .arg("--psk-file")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
+}
+
+#[test]
+fn duplicate_names_are_refused_on_both_sides() {
+    let a = Node::local("twin", &[]);
+    let b = Node::local("twin", &["--peer", &a.addr()]);
+    for n in [&a, &b] {
+        wait_for("the clash to be logged", CONVERGE, || {
+            n.log().contains("names must be unique").then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(a.status("peers"), "0");
+    assert_eq!(b.status("peers"), "0");
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let a = Node::local("a", &[]);
+    let check = |args: &[&str], code: i32, needle: &str| {
+        let out = a.try_mm(args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "mm {}: {err}",
+            args.join(" ")
+        );
+        assert!(
+            err.contains(needle),
+            "mm {}: {err:?} lacks {needle:?}",
+            args.join(" ")
+        );
+    };
+    check(&["frobnicate"], 1, "unknown command: frobnicate");
+    check(&["mesh", "degree", "x"], 1, "degree must be a whole number");
+    check(
+        &["mesh", "degree", "1", "2"],
+        1,
+        "usage: mesh degree [degree]",
+    );
+    check(&["mesh", "send"], 1, "usage: mesh send <hosts> (command)");
+    check(&["mesh", "send", "n[1-", "host"], 1, "malformed host list");
+    check(&["mesh", "send", "all", "host"], 1, "no other nodes");
+    check(&["mesh", "send", "a", "bogus"], 1, "unknown command: bogus");
+    check(&["mesh", "dial", "/not/a/multiaddr"], 1, "bad multiaddr");
+    check(&["mesh", "dial", "127.0.0.1:1"], 1, "dial");
+    check(&["mesh", "timeout", "-3"], 1, "number of seconds");
+    let help = a.mm(&["help"]);
+    assert!(help.contains("mesh send <hosts> (command)"));
+    assert!(a
+        .mm(&["help", "mesh", "send"])
+        .contains("over several hops"));
+    // No node at all: exit 2 and say how to start one.
+    let out = std::process::Command::new(MM)
+        .args(["--base", "/nonexistent/mm", "mesh", "status"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mm serve"));
+    // A second node on the same base is refused.
+    let out = std::process::Command::new(MM)
+        .args(["serve", "--no-mdns", "--port", "0", "--base"])
+        .arg(a.base())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
+    // Garbage on the control socket is answered with an error, not a crash.
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(a.base().join("mm.sock")).unwrap();
+    s.write_all(b"{not json\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&s).read_line(&mut line).unwrap();
+    assert!(line.contains("malformed request"), "{line}");
+    assert_eq!(
+        a.mm(&["version"]).trim(),
+        format!("mm {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn restart_keeps_identity_and_settings_and_survives_a_corrupt_db() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut a = Node::local("a", &[]);
+    let sock = a.base().join("mm.sock");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket must be private");
+    let key = std::fs::read(a.base().join("node.key")).unwrap();
+    a.mm(&["mesh", "degree", "5"]);
+    a.mm(&["mesh", "timeout", "7"]);
+    a.stop(false);
+    assert!(!sock.exists(), "SIGTERM must remove the socket");
+    a.start();
+    assert_eq!(a.mm(&["mesh", "degree"]).trim(), "5");
+    assert_eq!(a.mm(&["mesh", "timeout"]).trim(), "7s");
+    assert_eq!(std::fs::read(a.base().join("node.key")).unwrap(), key);
+    let ids: Vec<String> = a
+        .log()
+        .lines()
+        .filter(|l| l.contains(" up: "))
+        .filter_map(|l| l.split('(').nth(1)?.split(')').next().map(str::to_string))
+        .collect();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(ids[0], ids[1], "peer id changed across a restart");
+
+    // A killed node leaves a stale socket; the next start takes it over.
+    a.stop(true);
+    std::fs::write(a.base().join("meta.db").join("conf"), b"\xff garbage").unwrap();
+    a.start();
+    assert!(
+        a.log().contains("cannot be opened"),
+        "corruption not reported"
+    );
+    assert_eq!(a.mm(&["mesh", "degree"]).trim(), "3");
+}
+
+#[test]
+fn interactive_shell_reads_commands() {
+    use std::io::Write;
+    let a = Node::local("a", &[]);
+    let mut child = std::process::Command::new(MM)
+        .arg("--base")
+        .arg(a.base())
+        .env("HOME", a.base())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"mesh status\nmesh degree\nbogus\nexit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("size"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command: bogus"));
+}
