@@ -32,9 +32,10 @@ struct Cli {
 #[derive(Parser)]
 #[command(name = "mm serve", about = "Run an mm node in the foreground")]
 struct Serve {
-    /// Holds the control socket, the metadata database, the node key and files/.
-    #[arg(long, default_value = "/tmp/mm")]
-    base: PathBuf,
+    /// Holds the control socket, the metadata database, the node key and files/
+    /// [default: /tmp/mm].
+    #[arg(long)]
+    base: Option<PathBuf>,
     /// Node name, unique in the mesh [default: the hostname].
     #[arg(long)]
     name: Option<String>,
@@ -93,11 +94,7 @@ fn serve(cli: &Cli) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // `mm --base X serve` and `mm serve --base X` both work.
-    let base = if s.base == PathBuf::from("/tmp/mm") {
-        cli.base.clone()
-    } else {
-        s.base
-    };
+    let base = s.base.unwrap_or_else(|| cli.base.clone());
     let name = s.name.unwrap_or_else(hostname);
     if name.is_empty() || name.contains(|c: char| c.is_whitespace() || ",[]".contains(c)) {
         eprintln!("mm serve: invalid node name '{name}': no spaces, commas or brackets");

@@ -241,7 +241,7 @@ pub fn help(specs: &[Spec], words: &[String]) -> Result<String, String> {
     for s in chosen {
         for (i, p) in s.patterns.iter().enumerate() {
             let d = if i == 0 { s.short } else { "" };
-            out.push_str(&format!("{p:width$}  {d}\n").trim_end().to_string());
+            out.push_str(format!("{p:width$}  {d}").trim_end());
             out.push('\n');
         }
     }

@@ -125,14 +125,14 @@ fn table(header: &[String], rows: &[Vec<String>]) -> String {
     }
     let line = |cells: &[String]| {
         let mut s = String::new();
-        for i in 0..cols {
+        for (i, w) in width.iter().enumerate() {
             let c = cells.get(i).map(String::as_str).unwrap_or("");
             if i > 0 {
                 s.push_str(" | ");
             }
             s.push_str(c);
             if i + 1 < cols {
-                s.push_str(&" ".repeat(width[i] - c.chars().count()));
+                s.push_str(&" ".repeat(w - c.chars().count()));
             }
         }
         s.push('\n');

@@ -75,6 +75,9 @@ pub struct Snapshot {
     pub nodes: BTreeMap<String, NodeView>,
 }
 
+/// One outcome per target of [`Overlay::send`], labelled by host name.
+pub type Answers = Vec<(String, Result<Vec<u8>, String>)>;
+
 #[derive(Clone)]
 pub struct Overlay {
     tx: mpsc::Sender<net::Cmd>,
@@ -162,7 +165,7 @@ impl Overlay {
         names: Vec<String>,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Vec<(String, Result<Vec<u8>, String>)>, String> {
+    ) -> Result<Answers, String> {
         self.ask(|reply| net::Cmd::Send {
             names,
             body,

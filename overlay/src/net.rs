@@ -21,7 +21,9 @@ use tracing::{debug, error, info, warn};
 use crate::degree;
 use crate::topology::{Topology, Update};
 use crate::wire::{self, Announce, ByteBuf, Envelope, HostStats, Outcome, Reply};
-use crate::{Config, Inbound, NodeView, Snapshot};
+use crate::{Answers, Config, Inbound, NodeView, Snapshot};
+
+type DialReply = oneshot::Sender<Result<(), String>>;
 
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// A node silent for this long has left the mesh.
@@ -51,14 +53,14 @@ pub(crate) enum Cmd {
         names: Vec<String>,
         body: Vec<u8>,
         timeout: Duration,
-        reply: oneshot::Sender<Vec<(String, Result<Vec<u8>, String>)>>,
+        reply: oneshot::Sender<Answers>,
     },
 }
 
 /// Where a finished aggregation goes: back to a local caller, or back to
 /// the peer that forwarded us the envelope.
 enum ReplyTo {
-    Local(oneshot::Sender<Vec<(String, Result<Vec<u8>, String>)>>),
+    Local(oneshot::Sender<Answers>),
     Remote(request_response::ResponseChannel<Reply>),
 }
 
@@ -94,7 +96,7 @@ pub(crate) struct EventLoop {
     topic: gossipsub::IdentTopic,
     topo: Topology,
     connected: HashSet<PeerId>,
-    dialing: HashMap<ConnectionId, (Option<PeerId>, Option<oneshot::Sender<Result<(), String>>>)>,
+    dialing: HashMap<ConnectionId, (Option<PeerId>, Option<DialReply>)>,
     /// Peers found by mDNS, with the addresses they advertised.
     discovered: HashMap<PeerId, Vec<Multiaddr>>,
     backoff: HashMap<PeerId, Backoff>,
@@ -414,7 +416,7 @@ impl EventLoop {
         v
     }
 
-    fn dial_peer(&mut self, p: PeerId, reply: Option<oneshot::Sender<Result<(), String>>>) {
+    fn dial_peer(&mut self, p: PeerId, reply: Option<DialReply>) {
         let addrs = self.addrs_of(&p);
         let opts = DialOpts::peer_id(p)
             .addresses(addrs)
@@ -435,7 +437,7 @@ impl EventLoop {
         }
     }
 
-    fn dial_addr(&mut self, a: Multiaddr, reply: Option<oneshot::Sender<Result<(), String>>>) {
+    fn dial_addr(&mut self, a: Multiaddr, reply: Option<DialReply>) {
         let opts = DialOpts::unknown_peer_id().address(a.clone()).build();
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
@@ -604,18 +606,16 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established,
+                num_established: 0,
                 cause,
                 ..
-            } => {
-                if num_established == 0 && self.connected.remove(&peer_id) {
-                    let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
-                    info!(
-                        "disconnected from {who} ({peer_id}){}",
-                        cause.map(|c| format!(": {c}")).unwrap_or_default()
-                    );
-                    self.announce_due = true;
-                }
+            } if self.connected.remove(&peer_id) => {
+                let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
+                info!(
+                    "disconnected from {who} ({peer_id}){}",
+                    cause.map(|c| format!(": {c}")).unwrap_or_default()
+                );
+                self.announce_due = true;
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -628,10 +628,8 @@ impl EventLoop {
                     ""
                 };
                 let msg = format!("dial failed: {}{hint}", fmt_err(&error));
-                if let Some((_, reply)) = self.dialing.remove(&connection_id) {
-                    if let Some(r) = reply {
-                        let _ = r.send(Err(msg.clone()));
-                    }
+                if let Some((_, Some(r))) = self.dialing.remove(&connection_id) {
+                    let _ = r.send(Err(msg.clone()));
                 }
                 debug!(
                     "{} {msg}",
@@ -822,7 +820,7 @@ impl EventLoop {
         names: Vec<String>,
         body: Vec<u8>,
         timeout: Duration,
-        reply: oneshot::Sender<Vec<(String, Result<Vec<u8>, String>)>>,
+        reply: oneshot::Sender<Answers>,
     ) {
         let mut known = HashMap::new();
         let mut unknown = Vec::new();
