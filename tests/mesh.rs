@@ -339,3 +339,47 @@ fn interactive_shell_reads_commands() {
     assert!(stdout.contains("size"), "{stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown command: bogus"));
 }
+
+#[test]
+fn other_contexts_stay_apart() {
+    let a = Node::local("a", &[]);
+    let b = Node::local("b", &["--peer", &a.addr()]);
+    let other = Node::local("other", &["--context", "lab2", "--peer", &a.addr()]);
+    a.wait_size(2, CONVERGE);
+    wait_for("a to log the foreign context", CONVERGE, || {
+        a.log().contains("another context").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(a.size(), 2);
+    assert_eq!(b.size(), 2);
+    assert_eq!(other.size(), 1);
+    assert_eq!(other.status("context"), "lab2");
+}
+
+#[test]
+fn inbound_connections_beyond_the_cap_are_refused() {
+    // Degree 1: the cap is max(8, 4 x 1) = 8 inbound connections.
+    let hub = Node::local("hub", &["--degree", "1"]);
+    let spokes: Vec<Node> = (0..10)
+        .map(|i| Node::local(&format!("s{i}"), &["--degree", "0"]))
+        .collect();
+    let ok = spokes
+        .iter()
+        .filter(|s| s.try_mm(&["mesh", "dial", &hub.addr()]).status.success())
+        .count();
+    std::thread::sleep(Duration::from_secs(2));
+    let peers: usize = hub.status("peers").parse().unwrap();
+    assert_eq!(
+        peers, 8,
+        "hub accepted {peers} peers ({ok} dials reported success)"
+    );
+    // Raising the degree raises the cap at once.
+    hub.mm(&["mesh", "degree", "3"]);
+    for s in &spokes {
+        // Dialling a peer we already have is a no-op, not a second link.
+        s.mm(&["mesh", "dial", &hub.addr()]);
+    }
+    wait_for("the hub to accept the rest", CONVERGE, || {
+        (hub.status("peers") == "10").then_some(())
+    });
+}

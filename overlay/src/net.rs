@@ -580,19 +580,33 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 endpoint,
+                num_established,
                 ..
             } => {
                 debug!(
                     "connected to {peer_id} at {}",
                     endpoint.get_remote_address()
                 );
+                let mut explicit = false;
                 if let Some((_, reply)) = self.dialing.remove(&connection_id) {
                     if let Some(r) = reply {
+                        explicit = true;
                         let _ = r.send(Ok(()));
                     }
                     if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                        explicit |= self.statics.iter().any(|(a, _, _)| a == address);
                         self.statics.retain(|(a, _, _)| a != address);
                     }
+                }
+                // One connection per pair is enough. A second one comes from a
+                // dial by address to a peer we already had, or from both
+                // sides dialling at once; then the higher id drops its own
+                // outbound one, so both sides keep the same connection.
+                if num_established.get() > 1
+                    && endpoint.is_dialer()
+                    && (explicit || self.me > peer_id)
+                {
+                    self.swarm.close_connection(connection_id);
                 }
                 self.backoff.remove(&peer_id);
                 if self.refused.contains(&peer_id) {
