@@ -241,11 +241,13 @@ fn local_path(node: &Node, src: &Source, file: &str) -> PathBuf {
 
 async fn host_table(node: &Node) -> Result<Response, String> {
     let s = node.overlay.snapshot().await?;
-    let st = s
+    let mut st = s
         .nodes
         .get(&s.name)
         .map(|n| n.stats.clone())
         .unwrap_or_default();
+    // The sampled stats can be two seconds old; uptime need not be.
+    st.uptime_secs = node.started.elapsed().as_secs();
     Ok(Response::table(
         &node.name,
         &[

@@ -47,6 +47,7 @@ pub struct Node {
     pub base: PathBuf,
     pub overlay: Overlay,
     pub meta: Meta,
+    pub started: std::time::Instant,
     timeout: Mutex<Duration>,
 }
 
@@ -173,6 +174,7 @@ pub async fn serve(opts: Options) -> Result<(), String> {
         base: opts.base.clone(),
         overlay: overlay.clone(),
         meta: meta.clone(),
+        started: std::time::Instant::now(),
         timeout: Mutex::new(timeout),
     });
 
