@@ -1,6 +1,10 @@
-//! Node-local storage. `meta` is the only code that touches sled; the files
-//! directory and transfers will live beside it.
+//! Node-local storage: the files directory, file manifests, and small
+//! metadata in sled (`meta` is the only code that touches sled).
 
+pub mod files;
+pub mod manifest;
 pub mod meta;
 
+pub use files::FilesDir;
+pub use manifest::Manifest;
 pub use meta::Meta;
