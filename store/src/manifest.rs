@@ -73,7 +73,7 @@ impl Manifest {
         if cs < 1024 || !cs.is_power_of_two() {
             return Err(format!("bad chunk size {cs}"));
         }
-        if self.chunks.len() % 32 != 0 || self.root.len() != 32 {
+        if !self.chunks.len().is_multiple_of(32) || self.root.len() != 32 {
             return Err("bad hash lengths".into());
         }
         if self.chunk_count() as u64 != self.size.div_ceil(cs) {
