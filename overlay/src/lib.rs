@@ -37,7 +37,8 @@ pub struct Config {
     pub mdns: bool,
 }
 
-/// A request routed to this node, for the node to answer.
+/// A request for this node to answer: routed to it by `send`, or sent
+/// straight to it by `direct`.
 pub struct Inbound {
     /// Name of the originating node.
     pub from: String,
@@ -156,6 +157,17 @@ impl Overlay {
 
     pub async fn hangup(&self, name: &str) -> Result<(), String> {
         self.ask(|r| net::Cmd::Hangup(name.to_owned(), r)).await?
+    }
+
+    /// Sends `body` straight to one node, connecting to it if need be (never
+    /// relayed: for bulk transfers), and returns its answer.
+    pub async fn direct(&self, name: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
+        self.ask(|reply| net::Cmd::Direct {
+            name: name.to_owned(),
+            body,
+            reply,
+        })
+        .await?
     }
 
     /// Sends `body` to every named node and collects one outcome per name.

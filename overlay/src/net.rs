@@ -20,10 +20,13 @@ use tracing::{debug, error, info, warn};
 
 use crate::degree;
 use crate::topology::{Topology, Update};
-use crate::wire::{self, Announce, ByteBuf, Envelope, HostStats, Outcome, Reply};
+use crate::wire::{
+    self, Announce, ByteBuf, Direct, DirectReply, Envelope, HostStats, Outcome, Reply,
+};
 use crate::{Answers, Config, Inbound, NodeView, Snapshot};
 
 type DialReply = oneshot::Sender<Result<(), String>>;
+type DirectAnswer = oneshot::Sender<Result<Vec<u8>, String>>;
 
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
 /// A node silent for this long has left the mesh.
@@ -40,6 +43,7 @@ pub(crate) struct Behaviour {
     mdns: Toggle<mdns::tokio::Behaviour>,
     gossipsub: gossipsub::Behaviour,
     rpc: request_response::cbor::Behaviour<Envelope, Reply>,
+    bulk: request_response::cbor::Behaviour<Direct, DirectReply>,
 }
 
 pub(crate) enum Cmd {
@@ -49,6 +53,11 @@ pub(crate) enum Cmd {
     DialName(String, oneshot::Sender<Result<(), String>>),
     DialAddr(Multiaddr, oneshot::Sender<Result<(), String>>),
     Hangup(String, oneshot::Sender<Result<(), String>>),
+    Direct {
+        name: String,
+        body: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    },
     Send {
         names: Vec<String>,
         body: Vec<u8>,
@@ -78,10 +87,17 @@ struct Agg {
     retried: HashSet<PeerId>,
 }
 
-struct LocalDone {
-    agg: u64,
-    peer: PeerId,
-    result: Result<Vec<u8>, String>,
+/// Answers from the node, back into the event loop.
+enum LocalDone {
+    Routed {
+        agg: u64,
+        peer: PeerId,
+        result: Result<Vec<u8>, String>,
+    },
+    Direct {
+        channel: request_response::ResponseChannel<DirectReply>,
+        result: Result<Vec<u8>, String>,
+    },
 }
 
 struct Backoff {
@@ -114,6 +130,7 @@ pub(crate) struct EventLoop {
     aggs: HashMap<u64, Agg>,
     next_agg: u64,
     outbound: HashMap<request_response::OutboundRequestId, (u64, Vec<PeerId>)>,
+    direct_out: HashMap<request_response::OutboundRequestId, DirectAnswer>,
     inbound_tx: mpsc::Sender<Inbound>,
     done_tx: mpsc::UnboundedSender<LocalDone>,
     done_rx: mpsc::UnboundedReceiver<LocalDone>,
@@ -174,6 +191,21 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>, String> {
                 )],
                 rpc_cfg,
             );
+            let bulk_codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(1 << 20)
+                .set_response_size_maximum(8 << 20);
+            let bulk = request_response::Behaviour::with_codec(
+                bulk_codec,
+                [(
+                    StreamProtocol::new("/mm/direct/1"),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    // Callers bound the work in flight per peer; this only
+                    // has to outlast a queue of chunks on a slow link.
+                    .with_request_timeout(Duration::from_secs(120))
+                    .with_max_concurrent_streams(1024),
+            );
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits(cap)),
                 identify: identify::Behaviour::new(
@@ -184,6 +216,7 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>, String> {
                 mdns: mdns.into(),
                 gossipsub,
                 rpc,
+                bulk,
             })
         })
         .map_err(|e| format!("behaviour: {e}"))?
@@ -257,6 +290,7 @@ impl EventLoop {
             aggs: HashMap::new(),
             next_agg: 0,
             outbound: HashMap::new(),
+            direct_out: HashMap::new(),
             inbound_tx,
             done_tx,
             done_rx,
@@ -523,6 +557,7 @@ impl EventLoop {
                 timeout,
                 reply,
             } => self.send_from_here(names, body, timeout, reply),
+            Cmd::Direct { name, body, reply } => self.direct_to(name, body, reply),
         }
     }
 
@@ -738,6 +773,36 @@ impl EventLoop {
                 peer, error, ..
             }) => {
                 debug!("inbound request from {peer} failed: {error}");
+            }
+            BehaviourEvent::Bulk(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => self.on_direct(peer, request, channel),
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(r) = self.direct_out.remove(&request_id) {
+                            let _ = r.send(response.result.map(|b| b.0));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Bulk(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            }) => {
+                if let Some(r) = self.direct_out.remove(&request_id) {
+                    let _ = r.send(Err(format!("{}: {error}", self.label(&peer))));
+                }
+            }
+            BehaviourEvent::Bulk(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                debug!("direct request from {peer} failed: {error}");
             }
             _ => {}
         }
@@ -955,7 +1020,7 @@ impl EventLoop {
                         let result = rx
                             .await
                             .unwrap_or_else(|_| Err("node dropped the request".into()));
-                        let _ = done.send(LocalDone {
+                        let _ = done.send(LocalDone::Routed {
                             agg,
                             peer: me,
                             result,
@@ -1030,7 +1095,75 @@ impl EventLoop {
     }
 
     fn on_local_done(&mut self, d: LocalDone) {
-        self.settle(d.agg, d.peer, d.result);
+        match d {
+            LocalDone::Routed { agg, peer, result } => self.settle(agg, peer, result),
+            LocalDone::Direct { channel, result } => {
+                let reply = DirectReply {
+                    result: result.map(ByteBuf),
+                };
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .bulk
+                    .send_response(channel, reply);
+            }
+        }
+    }
+
+    fn direct_to(&mut self, name: String, body: Vec<u8>, reply: DirectAnswer) {
+        let Some(p) = self.topo.name_holder(&name).filter(|p| *p != self.me) else {
+            let _ = reply.send(Err(format!("no such host: {name}")));
+            return;
+        };
+        // request_response dials by itself when not connected; give the
+        // swarm the addresses the node announced.
+        if !self.connected.contains(&p) {
+            for a in self.addrs_of(&p) {
+                self.swarm.add_peer_address(p, a);
+            }
+        }
+        let src = self.cfg.name.clone();
+        let rid = self
+            .swarm
+            .behaviour_mut()
+            .bulk
+            .send_request(&p, Direct { src, body });
+        self.direct_out.insert(rid, reply);
+    }
+
+    fn on_direct(
+        &mut self,
+        from: PeerId,
+        req: Direct,
+        channel: request_response::ResponseChannel<DirectReply>,
+    ) {
+        if self.refused.contains(&from) {
+            return;
+        }
+        let (tx, rx) = oneshot::channel();
+        let inbound = Inbound {
+            from: req.src,
+            body: req.body,
+            reply: tx,
+        };
+        if self.inbound_tx.try_send(inbound).is_err() {
+            let reply = DirectReply {
+                result: Err("node is overloaded".into()),
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .bulk
+                .send_response(channel, reply);
+            return;
+        }
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let result = rx
+                .await
+                .unwrap_or_else(|_| Err("node dropped the request".into()));
+            let _ = done.send(LocalDone::Direct { channel, result });
+        });
     }
 
     fn settle(&mut self, agg: u64, peer: PeerId, result: Result<Vec<u8>, String>) {

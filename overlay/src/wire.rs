@@ -69,6 +69,20 @@ pub struct Outcome {
     pub result: Result<ByteBuf, String>,
 }
 
+/// A request straight to one peer (file chunks and other bulk work): never
+/// relayed, so bulk bytes cross exactly one connection.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Direct {
+    pub src: String,
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DirectReply {
+    pub result: Result<ByteBuf, String>,
+}
+
 /// Raw bytes that encode as a CBOR byte string, not an array of integers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ByteBuf(#[serde(with = "serde_bytes")] pub Vec<u8>);
