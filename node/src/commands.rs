@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::grammar::{self, Call, Spec};
-use crate::proto::{MeshCommand, Response};
+use crate::proto::{Request, Response};
 use crate::{hosts, stats, Node, Source};
 
 pub static SPECS: &[Spec] = &[
@@ -95,6 +95,53 @@ pub static SPECS: &[Spec] = &[
                over several hops. The answers come back as one table with a host column; a \
                host that does not answer in time gets a `timed out` error, an unknown one \
                `no such host`. `mesh send` cannot itself be sent.",
+    },
+    Spec {
+        id: "file list",
+        patterns: &[
+            "file list",
+            "file list <recursive,>",
+            "file list <mesh,> [path]",
+            "file list <path> [recursive,]",
+        ],
+        short: "list files in the files directory",
+        long: "Columns: dir (<dir> for directories), name, size, modified, hash (the first 16 \
+               hex digits of the whole-file BLAKE3 hash, or - until the file has been hashed; \
+               files are hashed on first request). `recursive` descends into directories. \
+               `file list mesh [path]` lists every node's files (recursively) in one table, \
+               to see which hosts hold what; list a file named `mesh` as `./mesh`.",
+    },
+    Spec {
+        id: "file get",
+        patterns: &[
+            "file get <name> [wait,]",
+            "file get <name> from <host> [wait,]",
+            "file get <name> hash <hash> [wait,]",
+        ],
+        short: "fetch a file, glob or directory from every node that holds it",
+        long: "Finds NAME on every node, then pulls it in verified 1 MiB chunks from all \
+               holders at once, and returns at once (see `file status`); with `wait`, returns \
+               when done (`mm file get NAME wait` shows a progress bar on a terminal). A glob \
+               or directory fetches every file under it. Modes are preserved; a file already \
+               here with the same content is not fetched again. When holders have different \
+               files under one name, nothing is fetched and the versions are listed: choose one \
+               with `hash H` (a prefix of its hash) or `from HOST`.",
+    },
+    Spec {
+        id: "file status",
+        patterns: &["file status"],
+        short: "show transfers in progress",
+        long: "Columns: filename, tempdir, completed (chunks), queued, bytes, rate, sources \
+               (host:chunks served, with bad chunks and dropped sources marked), eta, and \
+               state (pulling, queued, or waiting for holders with the next retry).",
+    },
+    Spec {
+        id: "file delete",
+        patterns: &["file delete <name>"],
+        short: "delete local files, and cancel their transfers",
+        long: "NAME is a file, a directory (deleted with everything under it) or a glob. A \
+               transfer in progress for a matching name is cancelled and its partial data \
+               removed.",
     },
 ];
 
@@ -224,6 +271,78 @@ async fn run(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Response>, 
             ok()
         }
         "mesh send" => mesh_send(node, c, src).await,
+        "file list" => file_list(node, c).await,
+        "file get" => {
+            let name = c.arg("name").unwrap_or_default();
+            let sel = mm_store::Select {
+                from: c.arg("host").map(str::to_owned),
+                hash: c.arg("hash").map(str::to_owned),
+            };
+            let queued = node.engine.get(name, &sel).await?;
+            if queued.is_empty() {
+                return one(Response::text(me, format!("{name}: already here")));
+            }
+            if c.has("wait") {
+                node.engine.wait(&queued).await?;
+                return one(Response::text(me, format!("fetched {}", queued.join(", "))));
+            }
+            one(Response::text(me, format!("queued {}", queued.join(", "))))
+        }
+        "file status" => {
+            let rows = node
+                .engine
+                .status()
+                .into_iter()
+                .map(|s| {
+                    vec![
+                        s.name,
+                        s.tempdir,
+                        s.completed,
+                        s.queued.to_string(),
+                        s.bytes,
+                        s.rate,
+                        s.sources,
+                        s.eta,
+                        s.phase,
+                    ]
+                })
+                .collect();
+            one(Response::table(
+                me,
+                &[
+                    "filename",
+                    "tempdir",
+                    "completed",
+                    "queued",
+                    "bytes",
+                    "rate",
+                    "sources",
+                    "eta",
+                    "state",
+                ],
+                rows,
+            ))
+        }
+        "file delete" => {
+            let name = c.arg("name").unwrap_or_default();
+            let cancelled = node.engine.cancel(name);
+            let local = node.local.clone();
+            let n = name.to_string();
+            let deleted = tokio::task::spawn_blocking(move || delete_local(&local, &n))
+                .await
+                .map_err(|e| e.to_string())??;
+            if cancelled.is_empty() && deleted.is_empty() {
+                return Err(format!("{name}: no such file"));
+            }
+            let mut text = String::new();
+            if !cancelled.is_empty() {
+                let _ = writeln!(text, "cancelled {}", cancelled.join(", "));
+            }
+            if !deleted.is_empty() {
+                let _ = writeln!(text, "deleted {}", deleted.join(", "));
+            }
+            one(Response::text(me, text.trim_end()))
+        }
         other => Err(format!("command {other} has no handler")),
     }
 }
@@ -237,6 +356,103 @@ fn local_path(node: &Node, src: &Source, file: &str) -> PathBuf {
         Source::Local { cwd: Some(cwd) } => cwd.join(p),
         _ => node.base.join(p),
     }
+}
+
+fn delete_local(local: &mm_store::Local, name: &str) -> Result<Vec<String>, String> {
+    let files = &local.files;
+    let clean = mm_store::FilesDir::clean(name)?;
+    if clean.is_empty() {
+        return Err("refusing to delete the whole files directory; name what to delete".into());
+    }
+    let mut deleted = Vec::new();
+    if !mm_store::files::has_magic(&clean) {
+        let path = files.resolve(&clean)?;
+        if let Ok(m) = std::fs::symlink_metadata(&path) {
+            if m.is_dir() {
+                for f in files.expand(&clean)? {
+                    local.forget(&f);
+                }
+                std::fs::remove_dir_all(&path).map_err(|e| format!("{clean}: {e}"))?;
+            } else {
+                std::fs::remove_file(&path).map_err(|e| format!("{clean}: {e}"))?;
+                local.forget(&clean);
+            }
+            deleted.push(clean);
+        }
+        return Ok(deleted);
+    }
+    for f in files.expand(&clean)? {
+        let path = files.resolve(&f)?;
+        std::fs::remove_file(&path).map_err(|e| format!("{f}: {e}"))?;
+        local.forget(&f);
+        deleted.push(f);
+    }
+    Ok(deleted)
+}
+
+async fn file_list(node: &Arc<Node>, c: &Call) -> Result<Vec<Response>, String> {
+    let mesh = c.has("mesh");
+    let path = c.arg("path").unwrap_or("").to_string();
+    let recursive = c.has("recursive") || mesh;
+    let local = node.local.clone();
+    let p = path.clone();
+    let rows = tokio::task::spawn_blocking(move || -> Result<Vec<Vec<String>>, String> {
+        let entries = local.files.list(&p, recursive)?;
+        Ok(entries
+            .into_iter()
+            .map(|e| {
+                let hash = if e.is_dir {
+                    String::new()
+                } else {
+                    local
+                        .cached(&e.name)
+                        .map(|m| m.root_hex()[..16].to_string())
+                        .unwrap_or_else(|| "-".into())
+                };
+                vec![
+                    if e.is_dir {
+                        "<dir>".into()
+                    } else {
+                        String::new()
+                    },
+                    e.name,
+                    e.size.to_string(),
+                    mm_store::transfer::fmt_time(e.modified),
+                    hash,
+                ]
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let header = &["dir", "name", "size", "modified", "hash"];
+    let mine = match rows {
+        Ok(rows) => Response::table(&node.name, header, rows),
+        Err(e) if mesh => Response::error(&node.name, e),
+        Err(e) => return Err(e),
+    };
+    if !mesh {
+        return Ok(vec![mine]);
+    }
+    // Every other node's listing of the same path, in the same table.
+    let s = node.overlay.snapshot().await?;
+    let others: Vec<String> = s.nodes.keys().filter(|n| **n != s.name).cloned().collect();
+    let mut out = vec![mine];
+    if !others.is_empty() {
+        let mut argv = vec!["file".to_string(), "list".into()];
+        if !path.is_empty() {
+            argv.push(path);
+        }
+        argv.push("recursive".into());
+        let body = mm_overlay::wire::encode(&Request::Command { argv });
+        for (host, r) in node.overlay.send(others, body, node.send_timeout()).await? {
+            match r.and_then(|b| mm_overlay::wire::decode::<Vec<Response>>(&b)) {
+                Ok(rs) => out.extend(rs),
+                Err(e) => out.push(Response::error(&host, e)),
+            }
+        }
+    }
+    Ok(out)
 }
 
 async fn host_table(node: &Node) -> Result<Response, String> {
@@ -299,14 +515,13 @@ async fn mesh_send(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Respo
     if targets.is_empty() {
         return Err("mesh send all: there are no other nodes in the mesh".into());
     }
-    let body = mm_overlay::wire::encode(&MeshCommand {
+    let body = mm_overlay::wire::encode(&Request::Command {
         argv: c.sub.clone(),
     });
-    let timeout = match node.timeout() {
-        t if t.is_zero() => Duration::from_secs(24 * 3600),
-        t => t,
-    };
-    let answers = node.overlay.send(targets, body, timeout).await?;
+    let answers = node
+        .overlay
+        .send(targets, body, node.send_timeout())
+        .await?;
     let mut out = Vec::new();
     for (host, result) in answers {
         match result.and_then(|b| mm_overlay::wire::decode::<Vec<Response>>(&b)) {

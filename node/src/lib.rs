@@ -5,6 +5,7 @@ pub mod commands;
 pub mod control;
 pub mod grammar;
 pub mod hosts;
+mod net;
 pub mod proto;
 pub mod stats;
 
@@ -15,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mm_overlay::{Keypair, Multiaddr, Overlay};
-use mm_store::Meta;
+use mm_store::{Engine, FilesDir, Local, Meta};
 use tracing::{info, warn};
 
 pub use proto::Response;
@@ -47,6 +48,8 @@ pub struct Node {
     pub base: PathBuf,
     pub overlay: Overlay,
     pub meta: Meta,
+    pub local: Arc<Local>,
+    pub engine: Arc<Engine>,
     pub started: std::time::Instant,
     timeout: Mutex<Duration>,
 }
@@ -54,6 +57,15 @@ pub struct Node {
 impl Node {
     pub fn timeout(&self) -> Duration {
         *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The deadline `mesh send` uses: the mesh timeout, or a day for
+    /// "unlimited" (0).
+    pub fn send_timeout(&self) -> Duration {
+        match self.timeout() {
+            t if t.is_zero() => Duration::from_secs(24 * 3600),
+            t => t,
+        }
     }
 
     pub fn set_timeout(&self, t: Duration) -> Result<(), String> {
@@ -169,11 +181,22 @@ pub async fn serve(opts: Options) -> Result<(), String> {
         },
         opts.base.display()
     );
+    let files = FilesDir::open(&opts.base.join("files"))?;
+    let local = Arc::new(Local::new(files, meta.clone()));
+    let engine = Engine::new(
+        local.clone(),
+        Arc::new(net::MeshNet {
+            overlay: overlay.clone(),
+        }),
+    );
+    engine.resume();
     let node = Arc::new(Node {
         name: opts.name.clone(),
         base: opts.base.clone(),
         overlay: overlay.clone(),
         meta: meta.clone(),
+        local,
+        engine,
         started: std::time::Instant::now(),
         timeout: Mutex::new(timeout),
     });
@@ -194,14 +217,8 @@ pub async fn serve(opts: Options) -> Result<(), String> {
         while let Some(req) = inbound.recv().await {
             let node = mesh_node.clone();
             tokio::spawn(async move {
-                let answer = match mm_overlay::wire::decode::<proto::MeshCommand>(&req.body) {
-                    Ok(cmd) => {
-                        let src = Source::Mesh { from: req.from };
-                        commands::execute(&node, &cmd.argv, &src).await
-                    }
-                    Err(e) => vec![Response::error(&node.name, e)],
-                };
-                let _ = req.reply.send(Ok(mm_overlay::wire::encode(&answer)));
+                let answer = answer(&node, req.from, &req.body).await;
+                let _ = req.reply.send(answer);
             });
         }
     });
@@ -215,6 +232,30 @@ pub async fn serve(opts: Options) -> Result<(), String> {
         warn!("flushing metadata: {e}");
     }
     Ok(())
+}
+
+/// Answers a request from another node.
+async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>, String> {
+    use mm_overlay::wire::{decode, encode};
+    match decode::<proto::Request>(body)? {
+        proto::Request::Command { argv } => {
+            let src = Source::Mesh { from };
+            Ok(encode(&commands::execute(node, &argv, &src).await))
+        }
+        proto::Request::Holds { pattern } => {
+            let engine = node.engine.clone();
+            let held = tokio::task::spawn_blocking(move || engine.held(&pattern))
+                .await
+                .map_err(|e| e.to_string())??;
+            Ok(encode(&held))
+        }
+        proto::Request::Chunk { name, root, index } => {
+            let engine = node.engine.clone();
+            tokio::task::spawn_blocking(move || engine.read_chunk(&name, &root, index as usize))
+                .await
+                .map_err(|e| e.to_string())?
+        }
+    }
 }
 
 async fn wait_for_signal() {

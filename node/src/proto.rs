@@ -55,10 +55,21 @@ pub struct ControlRequest {
     pub cwd: Option<String>,
 }
 
-/// A command routed to another node by `mesh send`.
+/// What one node asks of another, routed (`Command`, `Holds`) or direct
+/// (`Chunk`). Answers: `Command` a CBOR `Vec<Response>`; `Holds` a CBOR
+/// `Vec<mm_store::Held>`; `Chunk` the chunk's raw bytes.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MeshCommand {
-    pub argv: Vec<String>,
+pub enum Request {
+    /// A command of the grammar, from `mesh send`.
+    Command { argv: Vec<String> },
+    /// Which files matching this name, glob or directory can you serve?
+    Holds { pattern: String },
+    Chunk {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        root: Vec<u8>,
+        index: u32,
+    },
 }
 
 /// Renders answers the way minimega prints them: tables merged across hosts

@@ -8,3 +8,9 @@ pub mod meta;
 pub use files::FilesDir;
 pub use manifest::Manifest;
 pub use meta::Meta;
+pub mod local;
+
+pub use local::Local;
+pub mod transfer;
+
+pub use transfer::{Engine, Held, Net, Select};

@@ -5,6 +5,10 @@
 //! Trees and keys:
 //! - `settings`: `degree` (u64), `timeout_ms` (u64): runtime settings that
 //!   survive a restart.
+//! - `manifests`: file name -> the file's manifest and the size, mtime and
+//!   inode it was built from (so an unchanged file is never hashed twice).
+//! - `transfers`: file name -> a transfer in progress: its manifest, and the
+//!   bitfield of chunks already durable in the partial file.
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +80,27 @@ impl Meta {
         let t = self.db.open_tree(tree).map_err(|e| e.to_string())?;
         t.insert(key, bytes).map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    pub fn remove(&self, tree: &str, key: &str) -> Result<(), String> {
+        let t = self.db.open_tree(tree).map_err(|e| e.to_string())?;
+        t.remove(key).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Every readable entry of a tree (unreadable ones are skipped).
+    pub fn all<T: DeserializeOwned>(&self, tree: &str) -> Vec<(String, T)> {
+        let Ok(t) = self.db.open_tree(tree) else {
+            return Vec::new();
+        };
+        t.iter()
+            .filter_map(|kv| kv.ok())
+            .filter_map(|(k, v)| {
+                let key = String::from_utf8(k.to_vec()).ok()?;
+                let val = cbor4ii::serde::from_slice(&v).ok()?;
+                Some((key, val))
+            })
+            .collect()
     }
 
     pub fn flush(&self) -> Result<(), String> {

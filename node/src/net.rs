@@ -1,0 +1,65 @@
+//! The transfer engine's view of the mesh, over the overlay: `Holds` goes
+//! to every node as a routed request, chunks come straight from the holder.
+
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use mm_overlay::{wire, Overlay};
+use mm_store::{Held, Net};
+
+use crate::proto::Request;
+
+/// How long holders get to answer "who has it" (they may hash the file first).
+const HOLDS_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct MeshNet {
+    pub overlay: Overlay,
+}
+
+impl Net for MeshNet {
+    fn holders(
+        &self,
+        pattern: String,
+    ) -> BoxFuture<'static, Vec<(String, Result<Vec<Held>, String>)>> {
+        let overlay = self.overlay.clone();
+        async move {
+            let Ok(snap) = overlay.snapshot().await else {
+                return Vec::new();
+            };
+            let others: Vec<String> = snap
+                .nodes
+                .keys()
+                .filter(|n| **n != snap.name)
+                .cloned()
+                .collect();
+            if others.is_empty() {
+                return Vec::new();
+            }
+            let body = wire::encode(&Request::Holds { pattern });
+            match overlay.send(others, body, HOLDS_TIMEOUT).await {
+                Ok(answers) => answers
+                    .into_iter()
+                    .map(|(host, r)| (host, r.and_then(|b| wire::decode::<Vec<Held>>(&b))))
+                    .collect(),
+                Err(e) => vec![(snap.name, Err(e))],
+            }
+        }
+        .boxed()
+    }
+
+    fn chunk(
+        &self,
+        host: String,
+        name: String,
+        root: Vec<u8>,
+        index: u32,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let overlay = self.overlay.clone();
+        async move {
+            let body = wire::encode(&Request::Chunk { name, root, index });
+            overlay.direct(&host, body).await
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,121 @@
+//! The files this node holds: manifests cached in the metadata database,
+//! built lazily on first request, and chunk reads for serving.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use tracing::debug;
+
+use crate::files::FilesDir;
+use crate::manifest::{Manifest, CHUNK_SIZE};
+use crate::meta::Meta;
+
+#[derive(Serialize, Deserialize)]
+struct Cached {
+    size: u64,
+    mtime_ns: i64,
+    ino: u64,
+    manifest: Manifest,
+}
+
+pub struct Local {
+    pub files: FilesDir,
+    pub meta: Meta,
+    /// One hashing at a time per name: a second asker waits for the first.
+    hashing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn stamp(m: &std::fs::Metadata) -> (u64, i64, u64) {
+    (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ino())
+}
+
+impl Local {
+    pub fn new(files: FilesDir, meta: Meta) -> Self {
+        Self {
+            files,
+            meta,
+            hashing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The manifest of a complete local file if it is cached and the file is
+    /// unchanged since; never hashes.
+    pub fn cached(&self, name: &str) -> Option<Manifest> {
+        let path = self.files.resolve(name).ok()?;
+        let m = std::fs::metadata(&path).ok()?;
+        let c: Cached = self.meta.get("manifests", name)?;
+        ((c.size, c.mtime_ns, c.ino) == stamp(&m)).then_some(c.manifest)
+    }
+
+    /// The manifest of a local file, hashing it if it is new or changed.
+    /// Blocking. `Ok(None)` when there is no such regular file.
+    pub fn manifest(&self, name: &str) -> Result<Option<Manifest>, String> {
+        let path = self.files.resolve(name)?;
+        let lock = {
+            let mut h = self.hashing.lock().unwrap_or_else(|e| e.into_inner());
+            h.entry(name.to_string()).or_default().clone()
+        };
+        let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let m = match std::fs::metadata(&path) {
+            Ok(m) if m.is_file() => m,
+            _ => return Ok(None),
+        };
+        if let Some(c) = self.meta.get::<Cached>("manifests", name) {
+            if (c.size, c.mtime_ns, c.ino) == stamp(&m) {
+                return Ok(Some(c.manifest));
+            }
+        }
+        debug!("hashing {name}");
+        let manifest =
+            Manifest::build(&path, &m, CHUNK_SIZE).map_err(|e| format!("{name}: {e}"))?;
+        // The file may have changed while we read it; only cache a manifest
+        // that matches what is on disk now.
+        let after = std::fs::metadata(&path).map_err(|e| format!("{name}: {e}"))?;
+        if stamp(&after) != stamp(&m) {
+            return Err(format!(
+                "{name} changed while it was being hashed; try again"
+            ));
+        }
+        self.remember(name, &after, &manifest);
+        Ok(Some(manifest))
+    }
+
+    /// Records a manifest for a file we just wrote, so it is never hashed.
+    pub fn remember(&self, name: &str, m: &std::fs::Metadata, manifest: &Manifest) {
+        let (size, mtime_ns, ino) = stamp(m);
+        let c = Cached {
+            size,
+            mtime_ns,
+            ino,
+            manifest: manifest.clone(),
+        };
+        if let Err(e) = self.meta.put("manifests", name, &c) {
+            debug!("cannot cache the manifest of {name}: {e}");
+        }
+    }
+
+    pub fn forget(&self, name: &str) {
+        let _ = self.meta.remove("manifests", name);
+    }
+
+    /// Reads chunk `index` of a complete local file whose manifest has hash
+    /// `root`. Blocking.
+    pub fn read_chunk(&self, name: &str, root: &[u8], index: usize) -> Result<Vec<u8>, String> {
+        let m = self
+            .manifest(name)?
+            .filter(|m| m.root == root)
+            .ok_or_else(|| format!("{name}: not here in that version"))?;
+        if index >= m.chunk_count() {
+            return Err(format!("{name}: no chunk {index}"));
+        }
+        let path = self.files.resolve(name)?;
+        let (off, len) = m.chunk_range(index);
+        let f = std::fs::File::open(&path).map_err(|e| format!("{name}: {e}"))?;
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, off)
+            .map_err(|e| format!("{name}: {e}"))?;
+        Ok(buf)
+    }
+}

@@ -1,0 +1,980 @@
+//! The transfer engine: pulls files from every node that holds them, in
+//! parallel verified chunks, into a partial file that is renamed into place
+//! only when complete. Network-agnostic: the node supplies a [`Net`].
+//!
+//! Invariants:
+//! - a chunk is verified against the manifest before it is written;
+//! - a have-bit is persisted only after the data it covers is fdatasync'ed;
+//! - a file appears under its final name only complete and verified;
+//! - nothing outside the files directory is written through a wire name
+//!   (every name goes through [`crate::FilesDir::resolve`]).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{info, warn};
+
+use crate::files::{glob_match, has_magic, FilesDir};
+use crate::local::Local;
+use crate::manifest::Manifest;
+
+/// Files transferring at once on one node; more are queued.
+pub const MAX_ACTIVE: usize = 3;
+/// Chunk requests in flight to one source.
+const PER_SOURCE: usize = 4;
+/// Chunk requests in flight for one file, whatever the number of sources.
+const PER_FILE: usize = 16;
+/// A source that sent this many bad chunks is dropped for this transfer.
+const MAX_BAD: u32 = 3;
+
+/// A file a node can serve: complete, or (`partial`) still being pulled,
+/// with the chunks it has so far.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Held {
+    pub name: String,
+    pub manifest: Manifest,
+    #[serde(default, with = "serde_bytes")]
+    pub partial: Option<Vec<u8>>,
+}
+
+/// How the engine reaches other nodes.
+pub trait Net: Send + Sync + 'static {
+    /// Asks every other node which files match `pattern`; silent nodes are
+    /// simply missing or errors, never a failure of the whole question.
+    fn holders(
+        &self,
+        pattern: String,
+    ) -> BoxFuture<'static, Vec<(String, Result<Vec<Held>, String>)>>;
+    fn chunk(
+        &self,
+        host: String,
+        name: String,
+        root: Vec<u8>,
+        index: u32,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+}
+
+/// Which version to take when holders disagree.
+#[derive(Debug, Default, Clone)]
+pub struct Select {
+    pub from: Option<String>,
+    pub hash: Option<String>,
+}
+
+fn bit(bits: &[u8], i: usize) -> bool {
+    bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+fn set_bit(bits: &mut [u8], i: usize) {
+    bits[i / 8] |= 1 << (i % 8);
+}
+
+fn count_bits(bits: &[u8], n: usize) -> usize {
+    (0..n).filter(|i| bit(bits, *i)).count()
+}
+
+#[derive(Serialize, Deserialize)]
+struct Persisted {
+    manifest: Manifest,
+    #[serde(with = "serde_bytes")]
+    have: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SourceStat {
+    complete: bool,
+    have: Vec<u8>,
+    inflight: usize,
+    served: u64,
+    bad: u32,
+    fails: u32,
+    benched_until: Option<Instant>,
+    /// Bytes per second, smoothed.
+    rate: f64,
+    dropped: bool,
+}
+
+struct JobState {
+    have: Vec<u8>,
+    queued: bool,
+    phase: String,
+    bytes: u64,
+    rate: f64,
+    sources: BTreeMap<String, SourceStat>,
+}
+
+pub struct Job {
+    pub name: String,
+    pub manifest: Manifest,
+    tmp: PathBuf,
+    st: Mutex<JobState>,
+    cancelled: AtomicBool,
+    done: watch::Sender<Option<Result<(), String>>>,
+}
+
+impl Job {
+    fn state(&self) -> std::sync::MutexGuard<'_, JobState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One row of `file status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub name: String,
+    pub tempdir: String,
+    pub completed: String,
+    pub queued: bool,
+    pub bytes: String,
+    pub rate: String,
+    pub sources: String,
+    pub eta: String,
+    pub phase: String,
+}
+
+pub struct Engine {
+    local: Arc<Local>,
+    net: Arc<dyn Net>,
+    jobs: Mutex<HashMap<String, Arc<Job>>>,
+    slots: Arc<Semaphore>,
+}
+
+fn human(n: f64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{v:.0} {}", U[i])
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the struct we pass; c is NUL-terminated.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
+impl Engine {
+    pub fn new(local: Arc<Local>, net: Arc<dyn Net>) -> Arc<Engine> {
+        Arc::new(Engine {
+            local,
+            net,
+            jobs: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(MAX_ACTIVE)),
+        })
+    }
+
+    fn files(&self) -> &FilesDir {
+        &self.local.files
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Job>>> {
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Restarts the transfers a previous run left unfinished.
+    pub fn resume(self: &Arc<Self>) {
+        for (name, p) in self.local.meta.all::<Persisted>("transfers") {
+            if p.manifest.check().is_err() || FilesDir::clean(&name).is_err() {
+                warn!("dropping unreadable transfer state for {name}");
+                let _ = self.local.meta.remove("transfers", &name);
+                continue;
+            }
+            let n = count_bits(&p.have, p.manifest.chunk_count());
+            info!(
+                "resuming {name}: {n}/{} chunks already here",
+                p.manifest.chunk_count()
+            );
+            self.start_job(name, p.manifest, p.have, BTreeMap::new());
+        }
+    }
+
+    /// Finds `pattern` across the mesh and queues what is missing here.
+    /// Returns the names queued. Fails, writing nothing, on a conflict.
+    pub async fn get(self: &Arc<Self>, pattern: &str, sel: &Select) -> Result<Vec<String>, String> {
+        let pattern = FilesDir::clean(pattern)?;
+        if pattern.is_empty() {
+            return Err("file get needs a file name, glob or directory".into());
+        }
+        let answers = self.net.holders(pattern.clone()).await;
+        // name -> root hex -> (manifest, holders)
+        let mut found: BTreeMap<String, BTreeMap<String, (Manifest, Vec<(String, Held)>)>> =
+            BTreeMap::new();
+        let mut silent = Vec::new();
+        for (host, res) in answers {
+            match res {
+                Ok(list) => {
+                    for h in list {
+                        if FilesDir::clean(&h.name).is_err() || h.manifest.check().is_err() {
+                            warn!("{host} offered a bad manifest for {}: ignored", h.name);
+                            continue;
+                        }
+                        let v = found.entry(h.name.clone()).or_default();
+                        let e = v
+                            .entry(h.manifest.root_hex())
+                            .or_insert_with(|| (h.manifest.clone(), Vec::new()));
+                        e.1.push((host.clone(), h));
+                    }
+                }
+                Err(e) => silent.push(format!("{host} ({e})")),
+            }
+        }
+        if !silent.is_empty() {
+            info!("file get {pattern}: no answer from {}", silent.join(", "));
+        }
+        // Apply the caller's choice of version.
+        for versions in found.values_mut() {
+            if let Some(h) = &sel.hash {
+                versions.retain(|root, _| root.starts_with(&h.to_lowercase()));
+            }
+            if let Some(f) = &sel.from {
+                versions.retain(|_, (_, holders)| {
+                    holders
+                        .iter()
+                        .any(|(host, held)| host == f && held.partial.is_none())
+                });
+            }
+        }
+        found.retain(|_, v| !v.is_empty());
+        if found.is_empty() {
+            let mut e = format!("{pattern}: no node holds it");
+            if sel.from.is_some() || sel.hash.is_some() {
+                e.push_str(" (in the version asked for)");
+            }
+            if !silent.is_empty() {
+                e.push_str(&format!("; no answer from {}", silent.join(", ")));
+            }
+            return Err(e);
+        }
+        let conflicts: Vec<String> = found
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(name, v)| {
+                let mut s = format!("{name}: {} different versions:", v.len());
+                for (root, (m, holders)) in v {
+                    let mut hosts: Vec<&str> = holders.iter().map(|(h, _)| h.as_str()).collect();
+                    hosts.sort();
+                    let mtime =
+                        SystemTime::UNIX_EPOCH + Duration::from_nanos(m.mtime_ns.max(0) as u64);
+                    s.push_str(&format!(
+                        "\n  hash {root} size {} mtime {} on {}",
+                        m.size,
+                        fmt_time(mtime),
+                        hosts.join(",")
+                    ));
+                }
+                s
+            })
+            .collect();
+        if !conflicts.is_empty() {
+            return Err(format!(
+                "conflict, nothing fetched; choose one with `file get NAME hash H` or `file get NAME from HOST`:\n{}",
+                conflicts.join("\n")
+            ));
+        }
+
+        // Decide per file, and check it all fits, before queuing anything.
+        let mut plan = Vec::new();
+        let mut need = 0u64;
+        for (name, mut versions) in found {
+            let (_, (m, holders)) = versions.pop_first().expect("one version");
+            let local = {
+                let l = self.local.clone();
+                let n = name.clone();
+                tokio::task::spawn_blocking(move || l.manifest(&n))
+                    .await
+                    .map_err(|e| e.to_string())??
+            };
+            if let Some(lm) = local {
+                if lm.root == m.root {
+                    continue; // already here
+                }
+                return Err(format!(
+                    "{name} exists here with different content (hash {}); delete it first \
+                     or fetch it under another name",
+                    lm.root_hex()
+                ));
+            }
+            if let Some(j) = self.jobs().get(&name) {
+                if j.manifest.root == m.root {
+                    continue; // already coming
+                }
+                return Err(format!(
+                    "{name} is already being fetched in another version"
+                ));
+            }
+            need += m.size;
+            let sources = holders
+                .into_iter()
+                .map(|(host, held)| {
+                    let complete = held.partial.is_none();
+                    let have = held.partial.unwrap_or_default();
+                    (
+                        host,
+                        SourceStat {
+                            complete,
+                            have,
+                            ..SourceStat::default()
+                        },
+                    )
+                })
+                .collect();
+            plan.push((name, m, sources));
+        }
+        if let Some(free) = free_bytes(&self.files().partial_dir()) {
+            if need > free {
+                return Err(format!(
+                    "not enough disk space in {}: need {}, {} free",
+                    self.files().root().display(),
+                    human(need as f64),
+                    human(free as f64)
+                ));
+            }
+        }
+        let mut queued = Vec::new();
+        for (name, m, sources) in plan {
+            let have = vec![0u8; m.chunk_count().div_ceil(8)];
+            let p = Persisted {
+                manifest: m.clone(),
+                have: have.clone(),
+            };
+            self.local.meta.put("transfers", &name, &p)?;
+            self.start_job(name.clone(), m, have, sources);
+            queued.push(name);
+        }
+        Ok(queued)
+    }
+
+    fn start_job(
+        self: &Arc<Self>,
+        name: String,
+        manifest: Manifest,
+        have: Vec<u8>,
+        sources: BTreeMap<String, SourceStat>,
+    ) {
+        let tmp = self
+            .files()
+            .partial_dir()
+            .join(format!("{}.part", &manifest.root_hex()[..32]));
+        let (done, _) = watch::channel(None);
+        let bytes = (0..manifest.chunk_count())
+            .filter(|i| bit(&have, *i))
+            .map(|i| manifest.chunk_range(i).1)
+            .sum();
+        let job = Arc::new(Job {
+            name: name.clone(),
+            manifest,
+            tmp,
+            st: Mutex::new(JobState {
+                have,
+                queued: true,
+                phase: "queued".into(),
+                bytes,
+                rate: 0.0,
+                sources,
+            }),
+            cancelled: AtomicBool::new(false),
+            done,
+        });
+        self.jobs().insert(name, job.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let result = me.run(&job).await;
+            let name = job.name.clone();
+            match &result {
+                Ok(()) => info!("{name}: complete"),
+                Err(e) => warn!("{name}: {e}"),
+            }
+            if result.is_ok() || job.cancelled.load(Ordering::SeqCst) {
+                let _ = me.local.meta.remove("transfers", &name);
+                let _ = std::fs::remove_file(&job.tmp);
+            }
+            me.jobs().remove(&name);
+            let _ = job.done.send(Some(result));
+        });
+    }
+
+    /// Waits until every named transfer has ended; the first error wins.
+    pub async fn wait(&self, names: &[String]) -> Result<(), String> {
+        let watches: Vec<_> = {
+            let jobs = self.jobs();
+            names
+                .iter()
+                .filter_map(|n| jobs.get(n).map(|j| j.done.subscribe()))
+                .collect()
+        };
+        let mut first_err = None;
+        for mut w in watches {
+            let r = loop {
+                if let Some(r) = w.borrow().clone() {
+                    break r;
+                }
+                if w.changed().await.is_err() {
+                    break w.borrow().clone().unwrap_or(Ok(()));
+                }
+            };
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Cancels transfers whose name matches `pattern` (a name, glob or
+    /// directory); returns their names.
+    pub fn cancel(&self, pattern: &str) -> Vec<String> {
+        let Ok(clean) = FilesDir::clean(pattern) else {
+            return Vec::new();
+        };
+        let jobs = self.jobs();
+        let mut out = Vec::new();
+        for (name, j) in jobs.iter() {
+            let hit = if has_magic(&clean) {
+                glob_match(&clean, name)
+            } else {
+                name == &clean || name.starts_with(&format!("{clean}/"))
+            };
+            if hit {
+                j.cancelled.store(true, Ordering::SeqCst);
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
+    pub fn status(&self) -> Vec<Status> {
+        let jobs = self.jobs();
+        let mut rows: Vec<Status> = jobs
+            .values()
+            .map(|j| {
+                let st = j.state();
+                let n = j.manifest.chunk_count();
+                let done = count_bits(&st.have, n);
+                let left = j.manifest.size.saturating_sub(st.bytes);
+                let eta = if st.rate > 1.0 && !st.queued {
+                    format!("{}s", (left as f64 / st.rate).ceil() as u64)
+                } else {
+                    "-".into()
+                };
+                let sources: Vec<String> = st
+                    .sources
+                    .iter()
+                    .map(|(h, s)| {
+                        let mut t = format!("{h}:{}", s.served);
+                        if s.bad > 0 {
+                            t.push_str(&format!("(bad {})", s.bad));
+                        }
+                        if s.dropped {
+                            t.push_str("(dropped)");
+                        }
+                        t
+                    })
+                    .collect();
+                Status {
+                    name: j.name.clone(),
+                    tempdir: j.tmp.to_string_lossy().into_owned(),
+                    completed: format!("{done}/{n}"),
+                    queued: st.queued,
+                    bytes: format!(
+                        "{}/{}",
+                        human(st.bytes as f64),
+                        human(j.manifest.size as f64)
+                    ),
+                    rate: format!("{}/s", human(st.rate)),
+                    sources: sources.join(" "),
+                    eta,
+                    phase: st.phase.clone(),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.name.cmp(&b.name));
+        rows
+    }
+
+    /// What this node can serve for `pattern`: complete files (hashed on
+    /// first request) and files it is itself pulling. Blocking.
+    pub fn held(&self, pattern: &str) -> Result<Vec<Held>, String> {
+        let mut out = Vec::new();
+        for name in self.files().expand(pattern)? {
+            if let Some(m) = self.local.manifest(&name)? {
+                out.push(Held {
+                    name,
+                    manifest: m,
+                    partial: None,
+                });
+            }
+        }
+        let clean = FilesDir::clean(pattern)?;
+        for (name, j) in self.jobs().iter() {
+            let hit = if has_magic(&clean) {
+                glob_match(&clean, name)
+            } else {
+                name == &clean || name.starts_with(&format!("{clean}/"))
+            };
+            if hit && !out.iter().any(|h| &h.name == name) {
+                out.push(Held {
+                    name: name.clone(),
+                    manifest: j.manifest.clone(),
+                    partial: Some(j.state().have.clone()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// A chunk for another node: from a complete file, or from a transfer
+    /// in progress if that chunk is already verified here. Blocking.
+    pub fn read_chunk(&self, name: &str, root: &[u8], index: usize) -> Result<Vec<u8>, String> {
+        let job = self.jobs().get(name).cloned();
+        if let Some(j) = job.filter(|j| j.manifest.root == root) {
+            if !bit(&j.state().have, index) {
+                return Err(format!("{name}: chunk {index} not here yet"));
+            }
+            let (off, len) = j.manifest.chunk_range(index);
+            let f = std::fs::File::open(&j.tmp).map_err(|e| format!("{name}: {e}"))?;
+            let mut buf = vec![0u8; len as usize];
+            f.read_exact_at(&mut buf, off)
+                .map_err(|e| format!("{name}: {e}"))?;
+            return Ok(buf);
+        }
+        self.local.read_chunk(name, root, index)
+    }
+
+    async fn run(self: &Arc<Self>, job: &Arc<Job>) -> Result<(), String> {
+        let _slot = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        {
+            let mut st = job.state();
+            st.queued = false;
+            st.phase = "pulling".into();
+        }
+        let m = &job.manifest;
+        let n = m.chunk_count();
+        let tmp = job.tmp.clone();
+        let size = m.size;
+        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, String> {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&tmp)
+                .map_err(|e| format!("cannot create {}: {e}", tmp.display()))?;
+            // Reserve the whole file now: a full disk fails here, clearly,
+            // not halfway with a truncated file.
+            use std::os::fd::AsRawFd;
+            // SAFETY: posix_fallocate on a file descriptor we own.
+            let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, size as libc::off_t) };
+            if rc != 0 {
+                return Err(format!(
+                    "cannot reserve {} for {}: {}",
+                    human(size as f64),
+                    tmp.display(),
+                    std::io::Error::from_raw_os_error(rc)
+                ));
+            }
+            Ok(f)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let file = Arc::new(file);
+
+        let (tx, mut rx) =
+            mpsc::unbounded_channel::<(String, usize, Result<Vec<u8>, String>, Duration)>();
+        let mut inflight: HashMap<usize, HashSet<String>> = HashMap::new();
+        let mut last_refresh = Instant::now() - Duration::from_secs(60);
+        let mut retry_wait = Duration::from_secs(1);
+        let mut last_persist = Instant::now();
+        let mut unsynced = 0usize;
+        let mut rate_window = (Instant::now(), 0u64);
+        loop {
+            if job.cancelled.load(Ordering::SeqCst) {
+                return Err("cancelled".into());
+            }
+            let complete = count_bits(&job.state().have, n) == n;
+            if complete {
+                break;
+            }
+            // Refresh sources: new holders, other pullers and their progress.
+            let usable = {
+                let st = job.state();
+                st.sources.values().any(|s| !s.dropped)
+            };
+            let refresh_every = if usable {
+                Duration::from_secs(2)
+            } else {
+                retry_wait
+            };
+            if last_refresh.elapsed() >= refresh_every {
+                last_refresh = Instant::now();
+                self.refresh_sources(job).await;
+                let usable = job.state().sources.values().any(|s| !s.dropped);
+                if usable {
+                    retry_wait = Duration::from_secs(1);
+                    job.state().phase = "pulling".into();
+                } else {
+                    retry_wait = (retry_wait * 2).min(Duration::from_secs(60));
+                    job.state().phase =
+                        format!("waiting for holders (retry in {}s)", retry_wait.as_secs());
+                }
+            }
+            self.schedule(job, &mut inflight, &tx);
+
+            let next = tokio::time::timeout(Duration::from_millis(250), rx.recv()).await;
+            let Ok(Some((host, idx, res, took))) = next else {
+                continue;
+            };
+            if let Some(set) = inflight.get_mut(&idx) {
+                set.remove(&host);
+                if set.is_empty() {
+                    inflight.remove(&idx);
+                }
+            }
+            // Decide under the lock; write without it.
+            let data = {
+                let mut st = job.state();
+                if let Some(s) = st.sources.get_mut(&host) {
+                    s.inflight = s.inflight.saturating_sub(1);
+                }
+                match res {
+                    // The other copy of an endgame request may have won.
+                    Ok(_) if bit(&st.have, idx) => None,
+                    Ok(data) if !m.verify_chunk(idx, &data) => {
+                        let s = st.sources.entry(host.clone()).or_default();
+                        s.bad += 1;
+                        warn!(
+                            "{}: chunk {idx} from {host} failed verification ({} bad from it); \
+                             fetching it elsewhere",
+                            job.name, s.bad
+                        );
+                        if s.bad >= MAX_BAD {
+                            s.dropped = true;
+                            warn!(
+                                "{}: dropping {host} as a source: it keeps sending bad data",
+                                job.name
+                            );
+                        }
+                        None
+                    }
+                    Ok(data) => Some(data),
+                    Err(e) => {
+                        let s = st.sources.entry(host.clone()).or_default();
+                        s.fails += 1;
+                        let wait = Duration::from_millis(500 * (1u64 << s.fails.min(6)));
+                        s.benched_until = Some(Instant::now() + wait);
+                        if s.fails >= 5 || e.contains("not here in that version") {
+                            s.dropped = true;
+                        }
+                        warn!("{}: chunk {idx} from {host} failed: {e}", job.name);
+                        None
+                    }
+                }
+            };
+            let Some(data) = data else { continue };
+            let (off, _) = m.chunk_range(idx);
+            let f = file.clone();
+            let len = data.len() as u64;
+            tokio::task::spawn_blocking(move || f.write_all_at(&data, off))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| format!("writing {}: {e}", job.tmp.display()))?;
+            {
+                let mut st = job.state();
+                set_bit(&mut st.have, idx);
+                st.bytes += len;
+                let s = st.sources.entry(host).or_default();
+                s.served += 1;
+                s.fails = 0;
+                let r = len as f64 / took.as_secs_f64().max(1e-6);
+                s.rate = if s.rate == 0.0 {
+                    r
+                } else {
+                    0.7 * s.rate + 0.3 * r
+                };
+                rate_window.1 += len;
+                let el = rate_window.0.elapsed().as_secs_f64();
+                if el >= 1.0 {
+                    st.rate = rate_window.1 as f64 / el;
+                    rate_window = (Instant::now(), 0);
+                }
+            }
+            unsynced += 1;
+            if unsynced > 0 && (unsynced >= 32 || last_persist.elapsed() >= Duration::from_secs(1))
+            {
+                self.persist(job, &file).await?;
+                unsynced = 0;
+                last_persist = Instant::now();
+            }
+        }
+        self.finish(job, &file).await
+    }
+
+    /// fdatasync the partial file, then record the have-bits it covers.
+    async fn persist(&self, job: &Arc<Job>, file: &Arc<std::fs::File>) -> Result<(), String> {
+        let have = job.state().have.clone();
+        let f = file.clone();
+        tokio::task::spawn_blocking(move || f.sync_data())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| format!("syncing {}: {e}", job.tmp.display()))?;
+        let p = Persisted {
+            manifest: job.manifest.clone(),
+            have,
+        };
+        self.local.meta.put("transfers", &job.name, &p)
+    }
+
+    async fn finish(&self, job: &Arc<Job>, file: &Arc<std::fs::File>) -> Result<(), String> {
+        job.state().phase = "finishing".into();
+        let m = job.manifest.clone();
+        let f = file.clone();
+        let tmp = job.tmp.clone();
+        let dest = self.files().resolve(&job.name)?;
+        let local = self.local.clone();
+        let name = job.name.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), String> {
+            f.sync_all()
+                .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m.mode))
+                .map_err(|e| format!("setting the mode of {}: {e}", tmp.display()))?;
+            let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(m.mtime_ns.max(0) as u64);
+            let _ = f.set_modified(mtime);
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+            }
+            if dest.exists() {
+                return Err(format!(
+                    "{name} appeared here while it was being fetched; kept the partial copy"
+                ));
+            }
+            std::fs::rename(&tmp, &dest).map_err(|e| format!("moving {name} into place: {e}"))?;
+            if let Some(dir) = dest.parent() {
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            let meta = std::fs::metadata(&dest).map_err(|e| e.to_string())?;
+            local.remember(&name, &meta, &m);
+            Ok(())
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
+    /// Asks the mesh again who holds the file: adds new holders and other
+    /// pullers (with their progress), and re-admits benched sources.
+    async fn refresh_sources(&self, job: &Arc<Job>) {
+        let answers = self.net.holders(job.name.clone()).await;
+        let mut st = job.state();
+        let mut seen = HashSet::new();
+        for (host, res) in answers {
+            let Ok(list) = res else { continue };
+            for h in list {
+                if h.name != job.name || h.manifest.root != job.manifest.root {
+                    continue;
+                }
+                seen.insert(host.clone());
+                let s = st.sources.entry(host.clone()).or_default();
+                s.complete = h.partial.is_none();
+                s.have = h.partial.unwrap_or_default();
+                if s.dropped && s.bad < MAX_BAD {
+                    s.dropped = false;
+                    s.fails = 0;
+                }
+            }
+        }
+        for (host, s) in st.sources.iter_mut() {
+            if !seen.contains(host) && s.bad < MAX_BAD {
+                s.dropped = true;
+            }
+        }
+    }
+
+    /// Starts chunk requests: rarest chunk first (random among equals), to
+    /// the least busy, fastest source that has it. When every missing chunk
+    /// is already requested, the last ones are requested a second time
+    /// from another source (endgame).
+    fn schedule(
+        &self,
+        job: &Arc<Job>,
+        inflight: &mut HashMap<usize, HashSet<String>>,
+        tx: &mpsc::UnboundedSender<(String, usize, Result<Vec<u8>, String>, Duration)>,
+    ) {
+        let n = job.manifest.chunk_count();
+        let mut st = job.state();
+        let now = Instant::now();
+        let mut rng = rand::thread_rng();
+        loop {
+            let total: usize = inflight.values().map(|s| s.len()).sum();
+            if total >= PER_FILE {
+                return;
+            }
+            let ready: Vec<String> = st
+                .sources
+                .iter()
+                .filter(|(_, s)| {
+                    !s.dropped
+                        && s.inflight < PER_SOURCE
+                        && s.benched_until.is_none_or(|t| t <= now)
+                })
+                .map(|(h, _)| h.clone())
+                .collect();
+            if ready.is_empty() {
+                return;
+            }
+            let has = |s: &SourceStat, i: usize| s.complete || bit(&s.have, i);
+            let missing: Vec<usize> = (0..n).filter(|i| !bit(&st.have, *i)).collect();
+            let fresh: Vec<usize> = missing
+                .iter()
+                .copied()
+                .filter(|i| !inflight.contains_key(i))
+                .collect();
+            let (pool, endgame) = if fresh.is_empty() {
+                (
+                    missing
+                        .iter()
+                        .copied()
+                        .filter(|i| inflight.get(i).is_some_and(|s| s.len() < 2))
+                        .collect::<Vec<_>>(),
+                    true,
+                )
+            } else {
+                (fresh, false)
+            };
+            // Rarity over all live sources; candidates must be held by a ready one.
+            let mut best: Vec<(usize, usize)> = pool
+                .iter()
+                .filter_map(|&i| {
+                    let holders_ready = ready.iter().any(|h| {
+                        has(&st.sources[h], i) && !inflight.get(&i).is_some_and(|s| s.contains(h))
+                    });
+                    if !holders_ready {
+                        return None;
+                    }
+                    let rarity = st
+                        .sources
+                        .values()
+                        .filter(|s| !s.dropped && has(s, i))
+                        .count();
+                    Some((rarity, i))
+                })
+                .collect();
+            if best.is_empty() {
+                return;
+            }
+            best.shuffle(&mut rng);
+            best.sort_by_key(|(r, _)| *r);
+            let idx = best[0].1;
+            let host = ready
+                .iter()
+                .filter(|h| {
+                    has(&st.sources[*h], idx) && !inflight.get(&idx).is_some_and(|s| s.contains(*h))
+                })
+                .min_by(|a, b| {
+                    let (sa, sb) = (&st.sources[*a], &st.sources[*b]);
+                    // Partial holders first (spares the original holder's
+                    // uplink), then the least busy, then the fastest.
+                    (sa.complete, sa.inflight)
+                        .cmp(&(sb.complete, sb.inflight))
+                        .then(
+                            sb.rate
+                                .partial_cmp(&sa.rate)
+                                .unwrap_or(std::cmp::Ordering::Equal),
+                        )
+                })
+                .cloned()
+                .expect("a ready holder");
+            if endgame && inflight.get(&idx).is_some_and(|s| !s.is_empty()) {
+                tracing::debug!("{}: endgame, chunk {idx} again from {host}", job.name);
+            }
+            inflight.entry(idx).or_default().insert(host.clone());
+            st.sources.get_mut(&host).expect("ready source").inflight += 1;
+            let fut = self.net.chunk(
+                host.clone(),
+                job.name.clone(),
+                job.manifest.root.clone(),
+                idx as u32,
+            );
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let t = Instant::now();
+                let r = fut.await;
+                let _ = tx.send((host, idx, r, t.elapsed()));
+            });
+        }
+    }
+}
+
+pub fn fmt_time(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_sizes_read_well() {
+        assert_eq!(fmt_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00");
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
+        assert_eq!(fmt_time(t), "2026-11-18 07:46:40");
+        assert_eq!(human(512.0), "512 B");
+        assert_eq!(human(1536.0 * 1024.0), "1.5 MiB");
+    }
+
+    #[test]
+    fn bitfields() {
+        let mut b = vec![0u8; 2];
+        set_bit(&mut b, 0);
+        set_bit(&mut b, 9);
+        assert!(bit(&b, 0) && bit(&b, 9) && !bit(&b, 1));
+        assert_eq!(count_bits(&b, 16), 2);
+        assert!(!bit(&b, 100));
+    }
+}
