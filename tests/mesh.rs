@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{rows, wait_for, Node, MM};
+use common::{rows, run_bounded, wait_for, Node, Stopped, MM};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -88,10 +88,9 @@ fn multi_hop_line_and_missing_hosts() {
     // the others.
     a.mm(&["mesh", "timeout", "2"]);
     assert_eq!(a.mm(&["mesh", "timeout"]).trim(), "2s");
-    let dpid = node_pid(&d);
-    unsafe { libc::kill(dpid, libc::SIGSTOP) };
+    let frozen = Stopped::new(node_pid(&d));
     let ans = a.json(&["mesh", "send", "c,d", "version"]);
-    unsafe { libc::kill(dpid, libc::SIGCONT) };
+    drop(frozen);
     let d_row = ans.iter().find(|r| r["host"] == "d").expect("a row for d");
     assert_eq!(d_row["error"], "timed out");
     let c_row = ans.iter().find(|r| r["host"] == "c").expect("a row for c");
@@ -189,13 +188,14 @@ fn a_node_without_the_cluster_key_stays_out() {
     // A malformed key file is refused at start with a clear message.
     let bad = dir.path().join("bad");
     std::fs::write(&bad, "not a key").unwrap();
-    let out = std::process::Command::new(MM)
-        .args(["serve", "--no-mdns", "--port", "0", "--base"])
-        .arg(dir.path().join("base"))
-        .arg("--psk-file")
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        std::process::Command::new(MM)
+            .args(["serve", "--no-mdns", "--port", "0", "--base"])
+            .arg(dir.path().join("base"))
+            .arg("--psk-file")
+            .arg(&bad),
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("64 hex digits"));
 }
@@ -235,6 +235,18 @@ fn bad_input_gets_clear_errors() {
     check(&["frobnicate"], 1, "unknown command: frobnicate");
     check(&["mesh", "degree", "x"], 1, "degree must be a whole number");
     check(
+        &["mesh", "degree", "18446744073709551615"],
+        1,
+        "from 0 to 1024",
+    );
+    check(&["mesh", "timeout", "1e19"], 1, "number of seconds");
+    check(
+        &["mesh", "send", "n[1-65535,1-65535]", "host"],
+        1,
+        "more than",
+    );
+    check(&["mesh", "send", "zz", "version"], 1, "no such host");
+    check(
         &["mesh", "degree", "1", "2"],
         1,
         "usage: mesh degree [degree]",
@@ -259,11 +271,12 @@ fn bad_input_gets_clear_errors() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("mm serve"));
     // A second node on the same base is refused.
-    let out = std::process::Command::new(MM)
-        .args(["serve", "--no-mdns", "--port", "0", "--base"])
-        .arg(a.base())
-        .output()
-        .unwrap();
+    let out = run_bounded(
+        std::process::Command::new(MM)
+            .args(["serve", "--no-mdns", "--port", "0", "--base"])
+            .arg(a.base()),
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("already running"));
     // Garbage on the control socket is answered with an error, not a crash.
@@ -367,7 +380,12 @@ fn inbound_connections_beyond_the_cap_are_refused() {
         .iter()
         .filter(|s| s.try_mm(&["mesh", "dial", &hub.addr()]).status.success())
         .count();
-    std::thread::sleep(Duration::from_secs(2));
+    // `mesh dial` reports success only for connections the hub kept.
+    assert_eq!(ok, 8, "{ok} dials reported success");
+    wait_for("the hub to settle at its cap", CONVERGE, || {
+        (hub.status("peers") == "8").then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
     let peers: usize = hub.status("peers").parse().unwrap();
     assert_eq!(
         peers, 8,

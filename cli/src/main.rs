@@ -96,8 +96,15 @@ fn serve(cli: &Cli) -> ExitCode {
     // `mm --base X serve` and `mm serve --base X` both work.
     let base = s.base.unwrap_or_else(|| cli.base.clone());
     let name = s.name.unwrap_or_else(hostname);
-    if name.is_empty() || name.contains(|c: char| c.is_whitespace() || ",[]".contains(c)) {
-        eprintln!("mm serve: invalid node name '{name}': no spaces, commas or brackets");
+    if let Err(e) = mm_overlay::check_name(&name) {
+        eprintln!("mm serve: {e} (set one with --name)");
+        return ExitCode::from(2);
+    }
+    if s.degree.is_some_and(|d| d > mm_overlay::MAX_DEGREE) {
+        eprintln!(
+            "mm serve: --degree must be at most {}",
+            mm_overlay::MAX_DEGREE
+        );
         return ExitCode::from(2);
     }
     let opts = mm_node::Options {

@@ -214,7 +214,14 @@ async fn run(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Response>, 
             Some(d) => {
                 let d: usize = d
                     .parse()
-                    .map_err(|_| format!("degree must be a whole number, not '{d}'"))?;
+                    .ok()
+                    .filter(|d| *d <= mm_overlay::MAX_DEGREE)
+                    .ok_or_else(|| {
+                        format!(
+                            "degree must be a whole number from 0 to {}, not '{d}'",
+                            mm_overlay::MAX_DEGREE
+                        )
+                    })?;
                 node.overlay.set_degree(d).await?;
                 node.meta.put("settings", "degree", &(d as u64))?;
                 ok()
@@ -233,12 +240,16 @@ async fn run(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Response>, 
                 ))
             }
             Some(t) => {
-                let secs: f64 = t
-                    .parse()
+                let max = 7 * 24 * 3600;
+                let d = t
+                    .parse::<f64>()
                     .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .ok_or_else(|| format!("timeout must be a number of seconds, not '{t}'"))?;
-                node.set_timeout(Duration::from_secs_f64(secs))?;
+                    .and_then(|s| Duration::try_from_secs_f64(s).ok())
+                    .filter(|d| d.as_secs() <= max)
+                    .ok_or_else(|| {
+                        format!("timeout must be a number of seconds from 0 to {max}, not '{t}'")
+                    })?;
+                node.set_timeout(d)?;
                 ok()
             }
         },
@@ -256,7 +267,7 @@ async fn run(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Response>, 
         }
         "mesh dot" => {
             let file = c.arg("filename").unwrap_or_default();
-            let path = local_path(node, src, file);
+            let path = local_path(node, src, file)?;
             let s = node.overlay.snapshot().await?;
             let mut dot = String::from("graph mesh {\n\tsize=\"8,11\";\n");
             let _ = writeln!(dot, "\t\"{}\" [style=filled, color=lightblue];", s.name);
@@ -347,14 +358,24 @@ async fn run(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Response>, 
     }
 }
 
-fn local_path(node: &Node, src: &Source, file: &str) -> PathBuf {
+/// A path named in a command. From the local CLI: as the user wrote it,
+/// relative to their directory. From another node: only inside this node's
+/// base directory, so no node can write anywhere on another.
+fn local_path(node: &Node, src: &Source, file: &str) -> Result<PathBuf, String> {
     let p = PathBuf::from(file);
-    if p.is_absolute() {
-        return p;
-    }
     match src {
-        Source::Local { cwd: Some(cwd) } => cwd.join(p),
-        _ => node.base.join(p),
+        Source::Local { cwd } => Ok(match cwd {
+            Some(cwd) if !p.is_absolute() => cwd.join(p),
+            _ => p,
+        }),
+        Source::Mesh { .. } => {
+            if p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(format!(
+                    "{file}: from another node, a path must stay inside the base directory"
+                ));
+            }
+            Ok(node.base.join(p))
+        }
     }
 }
 

@@ -72,9 +72,16 @@ async fn session(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
         if n == 0 {
             return Ok(());
         }
-        let answer = if line.len() > MAX_LINE {
-            vec![Response::error(&node.name, "request too long")]
-        } else {
+        if line.len() > MAX_LINE {
+            // The rest of the line would read as more requests: answer once
+            // and hang up.
+            let too_long = vec![Response::error(&node.name, "request too long")];
+            let mut out = serde_json::to_vec(&too_long).unwrap_or_default();
+            out.push(b'\n');
+            w.write_all(&out).await?;
+            return Ok(());
+        }
+        let answer = {
             match serde_json::from_str::<ControlRequest>(&line) {
                 Ok(req) => {
                     let src = Source::Local {

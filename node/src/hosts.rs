@@ -32,15 +32,11 @@ pub fn expand(spec: &str) -> Result<Vec<String>, String> {
                         "malformed host list '{spec}': one [range] per name"
                     ));
                 }
-                for n in
-                    expand_range(inner).map_err(|e| format!("malformed host list '{spec}': {e}"))?
+                let budget = MAX_HOSTS - out.len();
+                for n in expand_range(inner, budget)
+                    .map_err(|e| format!("malformed host list '{spec}': {e}"))?
                 {
                     out.push(format!("{prefix}{n}{suffix}"));
-                    if out.len() > MAX_HOSTS {
-                        return Err(format!(
-                            "host list '{spec}' names more than {MAX_HOSTS} hosts"
-                        ));
-                    }
                 }
             }
         }
@@ -78,7 +74,7 @@ fn split_top(spec: &str) -> Result<Vec<&str>, String> {
 
 /// `01-05,20` → `01 02 03 04 05 20`. A bound written with leading zeros sets
 /// the width of every number in that part.
-fn expand_range(inner: &str) -> Result<Vec<String>, String> {
+fn expand_range(inner: &str, budget: usize) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for part in inner.split(',') {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
@@ -93,8 +89,11 @@ fn expand_range(inner: &str) -> Result<Vec<String>, String> {
         if lo > hi {
             return Err(format!("range {part} runs backwards"));
         }
-        if hi - lo >= MAX_HOSTS as u64 {
-            return Err(format!("range {part} names more than {MAX_HOSTS} hosts"));
+        if hi - lo >= budget.saturating_sub(out.len()) as u64 {
+            return Err(format!("the list names more than {MAX_HOSTS} hosts"));
+        }
+        if a.len() > 20 || b.len() > 20 {
+            return Err(format!("'{part}': numbers of at most 20 digits"));
         }
         let width = if a.starts_with('0') && a.len() > 1 {
             a.len()

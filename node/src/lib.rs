@@ -126,11 +126,50 @@ fn parse_peer(s: &str, default_port: u16) -> Result<Multiaddr, String> {
         .expect("a valid multiaddr"))
 }
 
+/// The base holds the node's key and control socket: it must be ours alone.
+fn check_base(base: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(base).map_err(|e| format!("{}: {e}", base.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(format!(
+            "{} belongs to another user or is writable by others; choose another --base",
+            base.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Holds an exclusive lock on `<base>/lock` for the node's lifetime, so two
+/// nodes never share a base (even if the socket file was removed).
+fn lock_base(base: &Path) -> Result<std::fs::File, String> {
+    use std::os::fd::AsRawFd;
+    let path = base.join("lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(format!(
+            "a node is already running with base {}",
+            base.display()
+        ));
+    }
+    Ok(f)
+}
+
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn serve(opts: Options) -> Result<(), String> {
     std::fs::create_dir_all(opts.base.join("files"))
         .map_err(|e| format!("cannot create {}: {e}", opts.base.display()))?;
     let _ = std::fs::set_permissions(&opts.base, std::fs::Permissions::from_mode(0o700));
+    check_base(&opts.base)?;
+    let _lock = lock_base(&opts.base)?;
     let listener = control::bind(&opts.base).await?;
     let keypair = load_key(&opts.base)?;
     let psk = match &opts.psk_file {

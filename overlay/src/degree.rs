@@ -18,11 +18,13 @@ pub struct View<'a> {
     /// The part of the mesh reachable from here, once the topology has been
     /// quiet long enough to trust; `None` while it is still settling.
     pub component: Option<&'a HashSet<PeerId>>,
+    /// Nodes that never dial (degree 0): they cannot bridge.
+    pub passive: &'a HashSet<PeerId>,
 }
 
 /// Inbound connections beyond this are refused.
 pub fn inbound_cap(degree: usize) -> usize {
-    (degree * 4).max(8)
+    degree.saturating_mul(4).max(8)
 }
 
 pub fn plan(v: &View, rng: &mut impl Rng) -> Vec<PeerId> {
@@ -46,19 +48,19 @@ pub fn plan(v: &View, rng: &mut impl Rng) -> Vec<PeerId> {
     }
     // Degree is met, but the nodes may have paired off into islands (with
     // degree 2, two triangles are both "done"). The lowest id of each island
-    // bridges to the lowest id it can see outside it; one dial per island
-    // keeps the extra edges few.
+    // that dials at all bridges to a random node it can see outside it; one
+    // dial per island keeps the extra edges few.
     let Some(component) = v.component else {
         return Vec::new();
     };
-    if component.iter().min() != Some(&v.me) {
+    if component.iter().filter(|p| !v.passive.contains(p)).min() != Some(&v.me) {
         return Vec::new();
     }
-    fresh
+    let outside: Vec<PeerId> = fresh
         .into_iter()
-        .find(|p| !component.contains(p))
-        .into_iter()
-        .collect()
+        .filter(|p| !component.contains(p))
+        .collect();
+    outside.choose(rng).copied().into_iter().collect()
 }
 
 #[cfg(test)]
@@ -83,6 +85,7 @@ mod tests {
             have: &have,
             candidates: &p,
             component: None,
+            passive: &HashSet::new(),
         };
         let d = plan(&v, &mut rng);
         assert_eq!(d.len(), 2);
@@ -103,6 +106,7 @@ mod tests {
             have: &have,
             candidates: &p,
             component: Some(&have),
+            passive: &HashSet::new(),
         };
         assert!(plan(&v, &mut rand::thread_rng()).is_empty());
     }
@@ -113,14 +117,18 @@ mod tests {
         let island: HashSet<PeerId> = p[..3].iter().copied().collect();
         let have = HashSet::from([p[1], p[2]]);
         let mut rng = rand::thread_rng();
+        let none = HashSet::new();
         let v = View {
             me: p[0],
             degree: 2,
             have: &have,
             candidates: &p,
             component: Some(&island),
+            passive: &none,
         };
-        assert_eq!(plan(&v, &mut rng), vec![p[3]]);
+        let d = plan(&v, &mut rng);
+        assert_eq!(d.len(), 1);
+        assert!(!island.contains(&d[0]));
 
         let have1 = HashSet::from([p[0], p[2]]);
         let v = View {
@@ -129,6 +137,14 @@ mod tests {
             ..v
         };
         assert!(plan(&v, &mut rng).is_empty());
+
+        // If the lowest id never dials, the next one bridges.
+        let passive = HashSet::from([p[0]]);
+        let v = View {
+            passive: &passive,
+            ..v
+        };
+        assert_eq!(plan(&v, &mut rng).len(), 1);
     }
 
     /// Simulates arrival in every order: nodes dial by the policy until
@@ -156,6 +172,7 @@ mod tests {
                         have: &adj[i].clone(),
                         candidates: &cands,
                         component: Some(&comp),
+                        passive: &HashSet::new(),
                     };
                     for t in plan(&v, &mut rng) {
                         let j = idx(&t);

@@ -86,6 +86,28 @@ pub struct Overlay {
 
 const GONE: &str = "the overlay has stopped";
 
+/// Most direct peers a node may be asked to keep.
+pub const MAX_DEGREE: usize = 1024;
+
+/// Node names: what `mesh send` host lists and `mesh dot` can carry.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("invalid node name '{name}': 1 to 64 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "invalid node name '{name}': letters, digits, '-', '_' and '.' only"
+        ));
+    }
+    if name == "all" {
+        return Err("invalid node name 'all': it means every node in `mesh send`".into());
+    }
+    Ok(())
+}
+
 /// Starts the overlay: binds the listener and spawns the event loop.
 pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>), String> {
     let mut swarm = net::build_swarm(&cfg)?;
@@ -123,7 +145,7 @@ impl Overlay {
 
     pub async fn set_degree(&self, degree: usize) -> Result<(), String> {
         self.tx
-            .send(net::Cmd::SetDegree(degree))
+            .send(net::Cmd::SetDegree(degree.min(MAX_DEGREE)))
             .await
             .map_err(|_| GONE.to_string())
     }
@@ -138,6 +160,16 @@ impl Overlay {
     /// Dials a mesh node by name, a multiaddr, `HOST:PORT`, or a host name
     /// (on this node's port), and waits until connected or failed.
     pub async fn dial(&self, target: &str, default_port: u16) -> Result<(), String> {
+        // libp2p bounds each step, but a caller must never wait forever.
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            self.dial_inner(target, default_port),
+        )
+        .await
+        .map_err(|_| format!("dial {target}: no answer within 60s"))?
+    }
+
+    async fn dial_inner(&self, target: &str, default_port: u16) -> Result<(), String> {
         if target.starts_with('/') {
             let a: Multiaddr = target
                 .parse()

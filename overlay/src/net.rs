@@ -34,6 +34,10 @@ const EXPIRE_AFTER: Duration = Duration::from_secs(9);
 /// How long the reachable set must stay unchanged before islands are bridged.
 const SETTLE: Duration = Duration::from_secs(3);
 const MAX_TTL: u8 = 32;
+/// How long a refused peer is left alone before its identity is checked again.
+const REFUSE_FOR: Duration = Duration::from_secs(60);
+/// No routed request waits longer than this, whatever it asks for.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -100,6 +104,13 @@ enum LocalDone {
     },
 }
 
+struct Static {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    next: Instant,
+    attempts: u32,
+}
+
 struct Backoff {
     until: Instant,
     failures: u32,
@@ -113,15 +124,24 @@ pub(crate) struct EventLoop {
     topo: Topology,
     connected: HashSet<PeerId>,
     dialing: HashMap<ConnectionId, (Option<PeerId>, Option<DialReply>)>,
+    /// `mesh dial` callers waiting for the peer's identity to check out.
+    confirm: HashMap<PeerId, Vec<DialReply>>,
+    /// Live connections per peer, and whether we dialled them.
+    conns: HashMap<PeerId, Vec<(ConnectionId, bool, Instant)>>,
+    /// Last addresses each node announced; outlives topology expiry so a
+    /// node that restarts can be found again.
+    last_addrs: HashMap<PeerId, Vec<Multiaddr>>,
     /// Peers found by mDNS, with the addresses they advertised.
     discovered: HashMap<PeerId, Vec<Multiaddr>>,
     backoff: HashMap<PeerId, Backoff>,
-    /// Peers of another context or with a clashing name: never dialled.
-    refused: HashSet<PeerId>,
+    /// Peers of another context or with a clashing name, and until when
+    /// they are not dialled or listened to (their identity is checked again
+    /// on every new connection, so a fixed node is taken back).
+    refused: HashMap<PeerId, Instant>,
     /// Refused peers still connected, and when to close the connection.
     hangups: Vec<(PeerId, Instant)>,
-    /// `--peer` addresses not yet reached once.
-    statics: Vec<(Multiaddr, Instant, u32)>,
+    /// `--peer` addresses: redialled with back-off whenever not connected.
+    statics: Vec<Static>,
     seq: u64,
     stats: HostStats,
     announce_due: bool,
@@ -208,11 +228,15 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>, String> {
             );
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits(cap)),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(Duration::from_secs(5))
+                        .with_timeout(Duration::from_secs(10)),
+                ),
                 identify: identify::Behaviour::new(
                     identify::Config::new(protocol_version.clone(), key.public())
                         .with_agent_version(agent.clone()),
                 ),
-                ping: ping::Behaviour::default(),
                 mdns: mdns.into(),
                 gossipsub,
                 rpc,
@@ -267,7 +291,12 @@ impl EventLoop {
         let statics = cfg
             .peers
             .iter()
-            .map(|a| (a.clone(), Instant::now(), 0))
+            .map(|a| Static {
+                addr: a.clone(),
+                peer: None,
+                next: Instant::now(),
+                attempts: 0,
+            })
             .collect();
         Self {
             topic: gossipsub::IdentTopic::new(format!("mm/{}/topology", cfg.context)),
@@ -279,10 +308,18 @@ impl EventLoop {
             dialing: HashMap::new(),
             discovered: HashMap::new(),
             backoff: HashMap::new(),
-            refused: HashSet::new(),
+            refused: HashMap::new(),
+            confirm: HashMap::new(),
+            conns: HashMap::new(),
+            last_addrs: HashMap::new(),
             hangups: Vec::new(),
             statics,
-            seq: 0,
+            // A restarted node keeps its peer id; starting from the clock
+            // makes its first announcement newer than any it sent before.
+            seq: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
             stats: HostStats::default(),
             announce_due: true,
             component: HashSet::new(),
@@ -390,8 +427,13 @@ impl EventLoop {
         let (due, later): (Vec<_>, Vec<_>) = self.hangups.drain(..).partition(|(_, t)| *t <= now);
         self.hangups = later;
         for (p, _) in due {
-            let _ = self.swarm.disconnect_peer_id(p);
+            if self.is_refused(&p) {
+                let _ = self.swarm.disconnect_peer_id(p);
+            }
         }
+        self.refused.retain(|_, until| *until > now);
+        self.backoff
+            .retain(|_, b| b.until + Duration::from_secs(600) > now);
         for name in self.topo.expire(now, EXPIRE_AFTER) {
             info!("node {name} left the mesh (silent for {EXPIRE_AFTER:?})");
         }
@@ -410,7 +452,14 @@ impl EventLoop {
             .filter(|p| self.backoff.get(p).is_none_or(|b| b.until <= now))
             .collect();
         let settled = now.duration_since(self.stable_since) >= SETTLE;
+        let passive: HashSet<PeerId> = self
+            .topo
+            .known()
+            .filter(|(_, a)| a.degree == 0)
+            .map(|(p, _)| *p)
+            .collect();
         let view = degree::View {
+            passive: &passive,
             me: self.me,
             degree: self.cfg.degree,
             have: &have,
@@ -435,7 +484,8 @@ impl EventLoop {
                 .filter(|(_, a)| !a.addrs.is_empty())
                 .map(|(p, _)| *p),
         );
-        v.retain(|p| *p != self.me && !self.refused.contains(p));
+        v.extend(self.last_addrs.keys().copied());
+        v.retain(|p| *p != self.me && !self.is_refused(p));
         v.sort();
         v.dedup();
         v
@@ -446,6 +496,8 @@ impl EventLoop {
         if let Some(a) = self.topo.announce_of(p) {
             v.extend(a.addrs.iter().filter_map(|s| s.parse().ok()));
         }
+        v.extend(self.last_addrs.get(p).into_iter().flatten().cloned());
+        v.sort();
         v.dedup();
         v
     }
@@ -489,19 +541,35 @@ impl EventLoop {
     }
 
     fn dial_statics(&mut self, now: Instant) {
-        let due: Vec<Multiaddr> = self
-            .statics
-            .iter()
-            .filter(|(_, at, _)| *at <= now)
-            .map(|(a, _, _)| a.clone())
-            .collect();
-        for a in due {
-            if let Some(s) = self.statics.iter_mut().find(|(x, _, _)| *x == a) {
-                s.2 += 1;
-                s.1 = now + Duration::from_secs((1u64 << s.2.min(5)).min(30));
+        let mut due = Vec::new();
+        for s in &mut self.statics {
+            let up = s.peer.is_some_and(|p| self.connected.contains(&p));
+            if up {
+                s.attempts = 0;
+                continue;
             }
+            if s.next <= now {
+                s.attempts += 1;
+                s.next = now + Duration::from_secs((1u64 << s.attempts.min(5)).min(30));
+                due.push(s.addr.clone());
+            }
+        }
+        for a in due {
             self.dial_addr(a, None);
         }
+    }
+
+    fn note_dial_failure(&mut self, p: PeerId) {
+        let b = self.backoff.entry(p).or_insert(Backoff {
+            until: Instant::now(),
+            failures: 0,
+        });
+        b.failures += 1;
+        b.until = Instant::now() + Duration::from_secs((1u64 << b.failures.min(6)).min(60));
+    }
+
+    fn is_refused(&self, p: &PeerId) -> bool {
+        self.refused.get(p).is_some_and(|t| *t > Instant::now())
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
@@ -626,27 +694,54 @@ impl EventLoop {
                 if let Some((_, reply)) = self.dialing.remove(&connection_id) {
                     if let Some(r) = reply {
                         explicit = true;
-                        let _ = r.send(Ok(()));
-                    }
-                    if let ConnectedPoint::Dialer { address, .. } = &endpoint {
-                        explicit |= self.statics.iter().any(|(a, _, _)| a == address);
-                        self.statics.retain(|(a, _, _)| a != address);
+                        if self.connected.contains(&peer_id) {
+                            // Already a checked peer: this new connection
+                            // is a duplicate and is closed below.
+                            let _ = r.send(Ok(()));
+                        } else {
+                            // Answered once the peer's identity checks out.
+                            self.confirm.entry(peer_id).or_default().push(r);
+                        }
                     }
                 }
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    for s in self.statics.iter_mut().filter(|s| &s.addr == address) {
+                        explicit = true;
+                        s.peer = Some(peer_id);
+                    }
+                }
+                let dialer = endpoint.is_dialer();
+                let list = self.conns.entry(peer_id).or_default();
+                list.push((connection_id, dialer, Instant::now()));
                 // One connection per pair is enough. A second one comes from a
                 // dial by address to a peer we already had, or from both
-                // sides dialling at once; then the higher id drops its own
-                // outbound one, so both sides keep the same connection.
-                if num_established.get() > 1
-                    && endpoint.is_dialer()
-                    && (explicit || self.me > peer_id)
-                {
-                    self.swarm.close_connection(connection_id);
+                // sides dialling at once. An explicit dial drops its own new
+                // connection; otherwise the higher id drops its outbound
+                // ones, whatever the order they came up in, so both sides
+                // keep the same connection.
+                let _ = num_established;
+                if list.len() > 1 {
+                    let mut close = Vec::new();
+                    if explicit && dialer {
+                        close.push(connection_id);
+                    } else if self.me > peer_id {
+                        let outbound: Vec<ConnectionId> = list
+                            .iter()
+                            .filter(|(_, d, _)| *d)
+                            .map(|(c, _, _)| *c)
+                            .collect();
+                        let skip = usize::from(outbound.len() == list.len());
+                        close.extend(outbound.into_iter().skip(skip));
+                    }
+                    for c in close {
+                        self.swarm.close_connection(c);
+                    }
                 }
-                self.backoff.remove(&peer_id);
-                if self.refused.contains(&peer_id) {
-                    self.hangups
-                        .push((peer_id, Instant::now() + Duration::from_secs(2)));
+                if self.is_refused(&peer_id) {
+                    if !self.hangups.iter().any(|(p, _)| *p == peer_id) {
+                        self.hangups
+                            .push((peer_id, Instant::now() + Duration::from_secs(2)));
+                    }
                     return;
                 }
                 if self.connected.insert(peer_id) {
@@ -655,16 +750,44 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 cause,
                 ..
-            } if self.connected.remove(&peer_id) => {
-                let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
-                info!(
-                    "disconnected from {who} ({peer_id}){}",
-                    cause.map(|c| format!(": {c}")).unwrap_or_default()
-                );
-                self.announce_due = true;
+            } => {
+                let mut short_lived = false;
+                if let Some(list) = self.conns.get_mut(&peer_id) {
+                    if let Some((_, dialer, at)) = list.iter().find(|(c, _, _)| *c == connection_id)
+                    {
+                        short_lived = *dialer && at.elapsed() < Duration::from_secs(3);
+                    }
+                    list.retain(|(c, _, _)| *c != connection_id);
+                    if list.is_empty() {
+                        self.conns.remove(&peer_id);
+                    }
+                }
+                if short_lived && num_established == 0 {
+                    // Accepted, then dropped at once (its inbound cap): back
+                    // off as for a failed dial, or we would redial every tick.
+                    self.note_dial_failure(peer_id);
+                }
+                if num_established > 0 {
+                    return;
+                }
+                for r in self.confirm.remove(&peer_id).unwrap_or_default() {
+                    let _ = r.send(Err(
+                        "the peer closed the connection (at its inbound cap, or it refused us)"
+                            .into(),
+                    ));
+                }
+                if self.connected.remove(&peer_id) {
+                    let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
+                    info!(
+                        "disconnected from {who} ({peer_id}){}",
+                        cause.map(|c| format!(": {c}")).unwrap_or_default()
+                    );
+                    self.announce_due = true;
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -685,13 +808,7 @@ impl EventLoop {
                     peer_id.map(|p| p.to_string()).unwrap_or_default()
                 );
                 if let Some(p) = peer_id {
-                    let b = self.backoff.entry(p).or_insert(Backoff {
-                        until: Instant::now(),
-                        failures: 0,
-                    });
-                    b.failures += 1;
-                    b.until =
-                        Instant::now() + Duration::from_secs((1u64 << b.failures.min(6)).min(60));
+                    self.note_dial_failure(p);
                 }
             }
             SwarmEvent::IncomingConnectionError {
@@ -717,7 +834,7 @@ impl EventLoop {
         match ev {
             BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
                 for (p, addr) in list {
-                    if p == self.me || self.refused.contains(&p) || is_loopback(&addr) {
+                    if p == self.me || self.is_refused(&p) || is_loopback(&addr) {
                         continue;
                     }
                     let v = self.discovered.entry(p).or_default();
@@ -739,6 +856,19 @@ impl EventLoop {
             }
             BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
                 self.check_identity(peer_id, &info)
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            }) => {
+                // A peer that stopped answering (powered off, frozen) would
+                // otherwise hold its place as a peer until TCP gives up.
+                warn!(
+                    "{} stopped answering pings ({e}); closing the connection",
+                    self.label(&peer)
+                );
+                self.swarm.close_connection(connection);
             }
             BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
                 let Some(src) = message.source else { return };
@@ -766,7 +896,20 @@ impl EventLoop {
             }) => {
                 if let Some((agg, targets)) = self.outbound.remove(&request_id) {
                     let msg = format!("relay through {}: {error}", self.label(&peer));
-                    self.retry_or_fail(agg, targets, msg);
+                    // Only a request that provably never left may be sent
+                    // again; otherwise a command could run twice.
+                    let never_left = matches!(
+                        error,
+                        request_response::OutboundFailure::DialFailure
+                            | request_response::OutboundFailure::UnsupportedProtocols
+                    );
+                    if never_left {
+                        self.retry_or_fail(agg, targets, msg);
+                    } else {
+                        for t in targets {
+                            self.settle(agg, t, Err(msg.clone()));
+                        }
+                    }
                 }
             }
             BehaviourEvent::Rpc(request_response::Event::InboundFailure {
@@ -815,72 +958,99 @@ impl EventLoop {
             .unwrap_or_else(|| p.to_string())
     }
 
-    /// Stops dealing with a peer. The connection is closed a little later,
-    /// so that the peer too receives our identity and can log why.
-    fn refuse(&mut self, p: PeerId) {
-        self.refused.insert(p);
+    /// Stops dealing with a peer for a while. The connection is closed a
+    /// little later, so that the peer too receives our identity and can log
+    /// why. `why` is logged once per refusal.
+    fn refuse(&mut self, p: PeerId, why: String, clash: bool) {
+        if !self.is_refused(&p) {
+            if clash {
+                error!("{why}");
+            } else {
+                info!("{why}");
+            }
+        }
+        self.refused.insert(p, Instant::now() + REFUSE_FOR);
         self.discovered.remove(&p);
         self.topo.remove(&p);
         if self.connected.remove(&p) {
             self.announce_due = true;
         }
-        self.hangups
-            .push((p, Instant::now() + Duration::from_secs(2)));
+        for r in self.confirm.remove(&p).unwrap_or_default() {
+            let _ = r.send(Err(why.clone()));
+        }
+        if !self.hangups.iter().any(|(q, _)| *q == p) {
+            self.hangups
+                .push((p, Instant::now() + Duration::from_secs(2)));
+        }
     }
 
     fn check_identity(&mut self, p: PeerId, info: &identify::Info) {
         let ours = protocol_version(&self.cfg.context);
+        let addr = info
+            .listen_addrs
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
         if !info.protocol_version.starts_with("/mm/") {
-            if self.refused.insert(p) {
-                info!("ignoring {p}: not an mm node ({})", info.protocol_version);
-            }
-            self.refuse(p);
-            return;
+            let why = format!("ignoring {p}: not an mm node ({})", info.protocol_version);
+            return self.refuse(p, why, false);
         }
         if info.protocol_version != ours {
-            if !self.refused.contains(&p) {
-                info!(
-                    "ignoring {p}: it is in another context ({}, we are {ours})",
-                    info.protocol_version
-                );
-            }
-            self.refuse(p);
-            return;
+            let why = format!(
+                "ignoring {p} {addr}: it is in another context ({}, we are {ours})",
+                info.protocol_version
+            );
+            return self.refuse(p, why, false);
         }
         let name = info
             .agent_version
             .split_once(' ')
             .map(|(_, n)| n)
             .unwrap_or("");
+        if let Err(e) = crate::check_name(name) {
+            let why = format!("refusing peer {p} {addr}: {e}");
+            return self.refuse(p, why, true);
+        }
         if name == self.cfg.name {
-            if !self.refused.contains(&p) {
-                let addr = info
-                    .listen_addrs
-                    .first()
-                    .map(|a| a.to_string())
-                    .unwrap_or_default();
-                error!(
-                    "refusing peer {p} {addr}: it is also named '{name}'; names must be unique \
-                     in a mesh (start one of them with --name)"
-                );
+            let why = format!(
+                "refusing peer {p} {addr}: it is also named '{name}'; names must be unique \
+                 in a mesh (start one of them with --name)"
+            );
+            return self.refuse(p, why, true);
+        }
+        // Checks out: take it back if it was refused before (renamed, or
+        // moved to our context), and answer any `mesh dial` waiting on it.
+        if self.refused.remove(&p).is_some() {
+            info!("{p} ({name}) now checks out; accepting it");
+            self.hangups.retain(|(q, _)| *q != p);
+            if self.conns.contains_key(&p) && self.connected.insert(p) {
+                self.announce_due = true;
             }
-            self.refuse(p);
+        }
+        self.backoff.remove(&p);
+        for r in self.confirm.remove(&p).unwrap_or_default() {
+            let _ = r.send(Ok(()));
         }
     }
 
     fn on_announce(&mut self, src: PeerId, a: Announce) {
-        if src == self.me || self.refused.contains(&src) {
+        if src == self.me || self.is_refused(&src) {
             return;
         }
+        if let Err(e) = crate::check_name(&a.name) {
+            return self.refuse(src, format!("node {src} announces a bad name: {e}"), true);
+        }
         if a.name == self.cfg.name {
-            if self.refused.insert(src) {
-                error!(
-                    "node {src} announces this node's name '{}'; names must be unique in a mesh: \
-                     ignoring it",
-                    a.name
-                );
-            }
-            return;
+            let why = format!(
+                "node {src} announces this node's name '{}'; names must be unique in a mesh: \
+                 ignoring it",
+                a.name
+            );
+            return self.refuse(src, why, true);
+        }
+        let addrs: Vec<Multiaddr> = a.addrs.iter().filter_map(|s| s.parse().ok()).collect();
+        if !addrs.is_empty() {
+            self.last_addrs.insert(src, addrs);
         }
         let name = a.name.clone();
         match self.topo.update(src, a, Instant::now()) {
@@ -901,11 +1071,13 @@ impl EventLoop {
         timeout: Duration,
         reply: oneshot::Sender<Answers>,
     ) {
+        let timeout = timeout.min(MAX_TIMEOUT);
+        let hops = self.topo.next_hops(&self.connected);
         let mut known = HashMap::new();
         let mut unknown = Vec::new();
         for n in names {
             match self.topo.name_holder(&n) {
-                Some(p) if p == self.me || self.component.contains(&p) || self.reachable(&p) => {
+                Some(p) if hops.contains_key(&p) => {
                     known.insert(p, n);
                 }
                 _ => unknown.push(n),
@@ -930,10 +1102,13 @@ impl EventLoop {
             }
         }
         self.route(id, known.into_keys().collect(), timeout);
+        self.finish_if_idle(id);
     }
 
-    fn reachable(&self, p: &PeerId) -> bool {
-        self.topo.next_hops(&self.connected).contains_key(p)
+    fn finish_if_idle(&mut self, agg: u64) {
+        if self.aggs.get(&agg).is_some_and(|a| a.waiting.is_empty()) {
+            self.finish(agg);
+        }
     }
 
     fn new_agg(
@@ -951,7 +1126,9 @@ impl EventLoop {
                 reply,
                 waiting: HashSet::new(),
                 results: Vec::new(),
-                deadline: Instant::now() + timeout,
+                deadline: Instant::now()
+                    .checked_add(timeout)
+                    .unwrap_or_else(|| Instant::now() + MAX_TIMEOUT),
                 names,
                 src,
                 ttl,
@@ -1038,7 +1215,7 @@ impl EventLoop {
         env: Envelope,
         channel: request_response::ResponseChannel<Reply>,
     ) {
-        if !self.connected.contains(&from) || self.refused.contains(&from) {
+        if !self.connected.contains(&from) || self.is_refused(&from) {
             let _ = self
                 .swarm
                 .behaviour_mut()
@@ -1046,7 +1223,7 @@ impl EventLoop {
                 .send_response(channel, Reply::default());
             return;
         }
-        let timeout = Duration::from_millis(env.timeout_ms);
+        let timeout = Duration::from_millis(env.timeout_ms).min(MAX_TIMEOUT);
         let ttl = env.ttl.min(MAX_TTL);
         let id = self.new_agg(
             ReplyTo::Remote(channel),
@@ -1055,6 +1232,7 @@ impl EventLoop {
             (env.src, ttl, env.body),
         );
         self.route(id, env.dst, timeout);
+        self.finish_if_idle(id);
     }
 
     fn on_reply(&mut self, rid: request_response::OutboundRequestId, reply: Reply) {
@@ -1137,7 +1315,7 @@ impl EventLoop {
         req: Direct,
         channel: request_response::ResponseChannel<DirectReply>,
     ) {
-        if self.refused.contains(&from) {
+        if self.is_refused(&from) {
             return;
         }
         let (tx, rx) = oneshot::channel();

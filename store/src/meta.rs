@@ -27,7 +27,10 @@ impl Meta {
     pub fn open(path: &Path) -> Result<Self, String> {
         match Self::try_open(path) {
             Ok(m) => Ok(m),
-            Err(e) if path.exists() => {
+            // An I/O error (permissions, a lock held by another process) is
+            // not corruption: never move a live database aside for it.
+            Err((false, e)) => Err(format!("cannot open {}: {e}", path.display())),
+            Err((true, e)) if path.exists() => {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -41,18 +44,19 @@ impl Meta {
                 );
                 std::fs::rename(path, &aside)
                     .map_err(|re| format!("cannot move {} aside: {re}", path.display()))?;
-                Self::try_open(path)
+                Self::try_open(path).map_err(|(_, e)| e)
             }
-            Err(e) => Err(e),
+            Err((_, e)) => Err(e),
         }
     }
 
-    fn try_open(path: &Path) -> Result<Self, String> {
+    /// Err((corrupt, message)).
+    fn try_open(path: &Path) -> Result<Self, (bool, String)> {
         // sled panics on some corrupt inputs rather than returning an error.
         let p = path.to_owned();
         let db = std::panic::catch_unwind(move || sled::Config::new().path(p).open())
-            .map_err(|_| "sled panicked while opening".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| (true, "sled panicked while opening".to_string()))?
+            .map_err(|e| (!matches!(e, sled::Error::Io(_)), e.to_string()))?;
         Ok(Self {
             db,
             path: path.to_owned(),

@@ -401,7 +401,30 @@ impl Engine {
             let result = me.run(&job).await;
             let name = job.name.clone();
             match &result {
-                Ok(()) => info!("{name}: complete"),
+                Ok(()) => {
+                    let st = job.state();
+                    let from: Vec<String> = st
+                        .sources
+                        .iter()
+                        .filter(|(_, s)| s.served > 0 || s.bad > 0)
+                        .map(|(h, s)| {
+                            format!(
+                                "{h}:{}{}",
+                                s.served,
+                                if s.bad > 0 {
+                                    format!(" (bad {})", s.bad)
+                                } else {
+                                    String::new()
+                                }
+                            )
+                        })
+                        .collect();
+                    info!(
+                        "{name}: complete, {} in chunks from {}",
+                        human(job.manifest.size as f64),
+                        from.join(" ")
+                    );
+                }
                 Err(e) => warn!("{name}: {e}"),
             }
             if result.is_ok() || job.cancelled.load(Ordering::SeqCst) {
@@ -963,7 +986,7 @@ mod tests {
     fn times_and_sizes_read_well() {
         assert_eq!(fmt_time(SystemTime::UNIX_EPOCH), "1970-01-01 00:00:00");
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000);
-        assert_eq!(fmt_time(t), "2026-11-18 07:46:40");
+        assert_eq!(fmt_time(t), "2026-11-18 11:06:40");
         assert_eq!(human(512.0), "512 B");
         assert_eq!(human(1536.0 * 1024.0), "1.5 MiB");
     }

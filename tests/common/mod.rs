@@ -33,6 +33,7 @@ pub struct Node {
     child: Option<Child>,
     args: Vec<String>,
     netns: Option<String>,
+    base: Option<PathBuf>,
 }
 
 impl Node {
@@ -56,7 +57,23 @@ impl Node {
         )
     }
 
+    /// A node in a lab namespace whose base is `base` (which the caller
+    /// owns; it is not removed).
+    pub fn in_ns_with_base(name: &str, ns: &str, base: &Path, extra: &[&str]) -> Node {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Node::spawn_at(name, args, Some(ns.to_string()), Some(base.to_path_buf()))
+    }
+
     fn spawn(name: &str, args: Vec<String>, netns: Option<String>) -> Node {
+        Node::spawn_at(name, args, netns, None)
+    }
+
+    fn spawn_at(
+        name: &str,
+        args: Vec<String>,
+        netns: Option<String>,
+        base: Option<PathBuf>,
+    ) -> Node {
         let dir = tempfile::Builder::new()
             .prefix(&format!("mm-{name}-"))
             .tempdir()
@@ -67,13 +84,15 @@ impl Node {
             child: None,
             args,
             netns,
+            base,
         };
         n.start();
         n
     }
 
+    /// The node's base: its own temp dir unless the test chose one.
     pub fn base(&self) -> &Path {
-        self.dir.path()
+        self.base.as_deref().unwrap_or(self.dir.path())
     }
 
     pub fn log_path(&self) -> PathBuf {
@@ -99,9 +118,18 @@ impl Node {
             }
             None => Command::new(MM),
         };
+        // If the test process dies (killed by a CI timeout), take the node
+        // with it rather than leave it running.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
         cmd.arg("serve")
             .arg("--base")
-            .arg(self.dir.path())
+            .arg(self.base())
             .args(["--name", &self.name])
             .args(&self.args)
             .env(
@@ -112,7 +140,7 @@ impl Node {
             .stdout(log.try_clone().unwrap())
             .stderr(log);
         self.child = Some(cmd.spawn().expect("start mm serve"));
-        let sock = self.dir.path().join("mm.sock");
+        let sock = self.base().join("mm.sock");
         wait_for(
             &format!("{} to answer", self.name),
             Duration::from_secs(30),
@@ -170,7 +198,7 @@ impl Node {
     pub fn try_mm(&self, args: &[&str]) -> Output {
         Command::new(MM)
             .arg("--base")
-            .arg(self.dir.path())
+            .arg(self.base())
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -249,6 +277,49 @@ impl Drop for Node {
                 eprintln!("{l}");
             }
         }
+    }
+}
+
+/// Runs a command that should end by itself, killing it after `limit`
+/// (a regression must fail the test, not hang it or leave a node behind).
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(_)) = child.try_wait() {
+            return child.wait_with_output().expect("output");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().expect("output");
+    panic!(
+        "{cmd:?} still running after {limit:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Sends SIGCONT on drop, so a test that stops a process never leaves it
+/// stopped, even when an assertion fails in between.
+pub struct Stopped(pub i32);
+
+impl Stopped {
+    pub fn new(pid: i32) -> Stopped {
+        // SAFETY: plain kill(2) on a process the test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
 

@@ -1,0 +1,309 @@
+//! iomeshage: file transfer between real nodes, most of it in the
+//! network-namespace lab (rate caps make transfers slow enough to interrupt).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{wait_for, Lab, Node};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// Deterministic pseudo-random content (incompressible, reproducible).
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn put(n: &Node, name: &str, data: &[u8], mode: u32) {
+    let p = n.base().join("files").join(name);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, data).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn read(n: &Node, name: &str) -> Option<Vec<u8>> {
+    std::fs::read(n.base().join("files").join(name)).ok()
+}
+
+fn mode(n: &Node, name: &str) -> u32 {
+    std::fs::metadata(n.base().join("files").join(name))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn lab_nodes(lab: &Lab, n: usize) -> Vec<Node> {
+    let nodes: Vec<Node> = (1..=n)
+        .map(|i| Node::in_ns(&format!("h{i}"), &lab.ns(i), &["--degree", "2"]))
+        .collect();
+    for x in &nodes {
+        x.wait_size(n, LONG);
+    }
+    nodes
+}
+
+fn partial_files(n: &Node) -> usize {
+    std::fs::read_dir(n.base().join("files").join(".mm-partial"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn get_a_file_a_glob_and_a_directory_with_modes() {
+    let lab = Lab::up(3, None);
+    let nodes = lab_nodes(&lab, 3);
+    let (h1, h3) = (&nodes[0], &nodes[2]);
+    let big = content(5 << 20 | 12345, 1);
+    put(h1, "big.img", &big, 0o640);
+    put(h1, "a.iso", b"alpha", 0o755);
+    put(h1, "b.iso", b"beta", 0o600);
+    put(h1, "vms/disk1.qcow2", &content(3000, 2), 0o644);
+    put(h1, "vms/sub/disk2.qcow2", &content(70000, 3), 0o600);
+    put(h1, "empty", b"", 0o644);
+
+    assert!(h3
+        .mm(&["file", "get", "big.img", "wait"])
+        .contains("fetched big.img"));
+    assert_eq!(read(h3, "big.img").unwrap(), big);
+    assert_eq!(mode(h3, "big.img"), 0o640);
+
+    h3.mm(&["file", "get", "*.iso", "wait"]);
+    assert_eq!(read(h3, "a.iso").unwrap(), b"alpha");
+    assert_eq!(read(h3, "b.iso").unwrap(), b"beta");
+    assert_eq!(mode(h3, "a.iso"), 0o755);
+    assert_eq!(mode(h3, "b.iso"), 0o600);
+
+    h3.mm(&["file", "get", "vms", "wait"]);
+    assert_eq!(read(h3, "vms/sub/disk2.qcow2").unwrap(), content(70000, 3));
+    assert_eq!(mode(h3, "vms/sub/disk2.qcow2"), 0o600);
+    h3.mm(&["file", "get", "empty", "wait"]);
+    assert_eq!(read(h3, "empty").unwrap(), b"");
+
+    // Already here with the same content: not fetched again.
+    assert!(h3.mm(&["file", "get", "big.img"]).contains("already here"));
+    // Non-blocking form returns at once and the file arrives.
+    put(h1, "later.bin", &content(1 << 20, 9), 0o644);
+    assert!(h3
+        .mm(&["file", "get", "later.bin"])
+        .contains("queued later.bin"));
+    wait_for("later.bin", LONG, || {
+        read(h3, "later.bin").filter(|d| d.len() == 1 << 20)
+    });
+
+    // The listing shows it, with its hash; the mesh listing shows who holds what.
+    let list = h3.json(&["file", "list"]);
+    let names: Vec<String> = common::rows(&list)
+        .into_iter()
+        .map(|r| r["name"].clone())
+        .collect();
+    assert!(names.contains(&"big.img".to_string()), "{names:?}");
+    let mesh = common::rows(&h3.json(&["file", "list", "mesh"]));
+    let holders: Vec<&str> = mesh
+        .iter()
+        .filter(|r| r["name"] == "big.img")
+        .map(|r| r["host"].as_str())
+        .collect();
+    assert_eq!(holders.len(), 2, "{mesh:?}");
+    assert_eq!(partial_files(h3), 0);
+}
+
+#[test]
+fn pulls_from_three_holders_and_survives_a_corrupt_one() {
+    let lab = Lab::up(4, Some("80mbit"));
+    let nodes = lab_nodes(&lab, 4);
+    let data = content(24 << 20, 7);
+    for h in &nodes[..3] {
+        put(h, "shared.bin", &data, 0o644);
+    }
+    // Let every holder hash its copy (a `file get` on a holder asks the
+    // others, who hash on first request), then corrupt h2's in place,
+    // keeping size and mtime: its cached manifest is stale, so it serves
+    // bad data under the right hash.
+    assert!(nodes[0]
+        .mm(&["file", "get", "shared.bin"])
+        .contains("already here"));
+    let p = nodes[1].base().join("files/shared.bin");
+    let before = std::fs::metadata(&p).unwrap().modified().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
+        for off in (0..24u64 << 20).step_by(1 << 20) {
+            f.write_all_at(b"XXXX", off + 100).unwrap();
+        }
+        f.set_modified(before).unwrap();
+    }
+    let puller = &nodes[3];
+    puller.mm(&["file", "get", "shared.bin", "wait"]);
+    assert_eq!(read(puller, "shared.bin").unwrap(), data, "content differs");
+    let log = puller.log();
+    let done = log
+        .lines()
+        .find(|l| l.contains("shared.bin: complete"))
+        .expect("completion line");
+    for h in ["h1:", "h3:"] {
+        let served: u64 = done
+            .split(h)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        assert!(served > 0, "{h} served nothing: {done}");
+    }
+    assert!(
+        log.contains("from h2 failed verification"),
+        "the corrupt holder was not reported"
+    );
+}
+
+#[test]
+fn same_name_conflict_fails_and_writes_nothing() {
+    let lab = Lab::up(3, None);
+    let nodes = lab_nodes(&lab, 3);
+    put(&nodes[0], "dup.txt", b"version one", 0o644);
+    put(&nodes[1], "dup.txt", b"version two!", 0o644);
+    let out = nodes[2].try_mm(&["file", "get", "dup.txt", "wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("conflict") && err.contains("2 different versions"),
+        "{err}"
+    );
+    assert!(err.contains("on h1") && err.contains("on h2"), "{err}");
+    assert!(err.contains("size 11") && err.contains("size 12"), "{err}");
+    assert!(read(&nodes[2], "dup.txt").is_none());
+    assert_eq!(partial_files(&nodes[2]), 0);
+    // Choosing a version works.
+    nodes[2].mm(&["file", "get", "dup.txt", "from", "h2", "wait"]);
+    assert_eq!(read(&nodes[2], "dup.txt").unwrap(), b"version two!");
+    // Path escapes are refused.
+    for bad in ["../etc/passwd", "/etc/passwd", "a/../../x", ".mm-partial/x"] {
+        let out = nodes[2].try_mm(&["file", "get", bad]);
+        assert_eq!(out.status.code(), Some(1), "{bad} accepted");
+    }
+    let out = nodes[2].try_mm(&["file", "get", "missing.iso"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node holds it"));
+}
+
+#[test]
+fn a_holder_killed_mid_transfer_is_dropped() {
+    let lab = Lab::up(3, Some("40mbit"));
+    let mut nodes = lab_nodes(&lab, 3);
+    let data = content(24 << 20, 11);
+    put(&nodes[0], "f.bin", &data, 0o644);
+    put(&nodes[1], "f.bin", &data, 0o644);
+    nodes[2].mm(&["file", "get", "f.bin"]);
+    wait_for("some progress", LONG, || {
+        let st = common::rows(&nodes[2].json(&["file", "status"]));
+        st.first()
+            .filter(|r| r["completed"].split('/').next() != Some("0"))
+            .map(|_| ())
+    });
+    nodes[1].stop(true);
+    wait_for("f.bin", LONG, || {
+        read(&nodes[2], "f.bin").filter(|d| d.len() == data.len())
+    });
+    assert_eq!(read(&nodes[2], "f.bin").unwrap(), data);
+}
+
+#[test]
+fn a_puller_killed_mid_transfer_resumes() {
+    let lab = Lab::up(2, Some("40mbit"));
+    let mut nodes = lab_nodes(&lab, 2);
+    let data = content(24 << 20, 12);
+    put(&nodes[0], "r.bin", &data, 0o644);
+    nodes[1].mm(&["file", "get", "r.bin"]);
+    wait_for("a few chunks", LONG, || {
+        let st = common::rows(&nodes[1].json(&["file", "status"]));
+        st.first()
+            .and_then(|r| r["completed"].split('/').next()?.parse::<u32>().ok())
+            .filter(|n| *n >= 4)
+    });
+    nodes[1].stop(true);
+    nodes[1].start();
+    wait_for("r.bin", LONG, || {
+        read(&nodes[1], "r.bin").filter(|d| d.len() == data.len())
+    });
+    assert_eq!(read(&nodes[1], "r.bin").unwrap(), data);
+    let log = nodes[1].log();
+    let resumed = log
+        .lines()
+        .find(|l| l.contains("resuming r.bin"))
+        .expect("a resume line");
+    let have: u32 = resumed
+        .split(": ")
+        .last()
+        .and_then(|r| r.split('/').next()?.parse().ok())
+        .unwrap();
+    assert!(have >= 1, "nothing kept across the restart: {resumed}");
+    assert_eq!(partial_files(&nodes[1]), 0);
+}
+
+#[test]
+fn delete_cancels_a_transfer() {
+    let lab = Lab::up(2, Some("20mbit"));
+    let nodes = lab_nodes(&lab, 2);
+    put(&nodes[0], "d.bin", &content(24 << 20, 13), 0o644);
+    nodes[1].mm(&["file", "get", "d.bin"]);
+    wait_for("the transfer to start", LONG, || {
+        (!common::rows(&nodes[1].json(&["file", "status"])).is_empty()).then_some(())
+    });
+    assert!(nodes[1]
+        .mm(&["file", "delete", "d.bin"])
+        .contains("cancelled d.bin"));
+    wait_for("the transfer to go", LONG, || {
+        common::rows(&nodes[1].json(&["file", "status"]))
+            .is_empty()
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(read(&nodes[1], "d.bin").is_none());
+    assert_eq!(partial_files(&nodes[1]), 0);
+    let out = nodes[1].try_mm(&["file", "delete", "d.bin"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file"));
+}
+
+#[test]
+fn not_enough_disk_is_a_clear_error() {
+    let lab = Lab::up(2, None);
+    let nodes = lab_nodes(&lab, 2);
+    put(&nodes[0], "huge.bin", &content(40 << 20, 14), 0o644);
+    // A node whose base is a 16 MiB tmpfs.
+    let small = tempfile::tempdir().unwrap();
+    let mnt = small.path();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(mnt)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "cannot mount a tmpfs (needs root)");
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Unmount(mnt);
+    let base = mnt.join("base");
+    let tiny = Node::in_ns_with_base("tiny", &lab.ns(2), &base, &["--port", "9001"]);
+    tiny.wait_size(3, LONG);
+    let out = tiny.try_mm(&["file", "get", "huge.bin", "wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not enough disk space"), "{err}");
+    assert!(!base.join("files/huge.bin").exists());
+    drop(tiny);
+}
