@@ -6,6 +6,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mm_overlay::{wire, Overlay};
+use mm_store::transfer::HolderAnswers;
 use mm_store::{Held, Net};
 
 use crate::proto::Request;
@@ -18,10 +19,7 @@ pub struct MeshNet {
 }
 
 impl Net for MeshNet {
-    fn holders(
-        &self,
-        pattern: String,
-    ) -> BoxFuture<'static, Vec<(String, Result<Vec<Held>, String>)>> {
+    fn holders(&self, pattern: String) -> BoxFuture<'static, HolderAnswers> {
         let overlay = self.overlay.clone();
         async move {
             let Ok(snap) = overlay.snapshot().await else {

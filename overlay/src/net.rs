@@ -691,17 +691,15 @@ impl EventLoop {
                     endpoint.get_remote_address()
                 );
                 let mut explicit = false;
-                if let Some((_, reply)) = self.dialing.remove(&connection_id) {
-                    if let Some(r) = reply {
-                        explicit = true;
-                        if self.connected.contains(&peer_id) {
-                            // Already a checked peer: this new connection
-                            // is a duplicate and is closed below.
-                            let _ = r.send(Ok(()));
-                        } else {
-                            // Answered once the peer's identity checks out.
-                            self.confirm.entry(peer_id).or_default().push(r);
-                        }
+                if let Some((_, Some(r))) = self.dialing.remove(&connection_id) {
+                    explicit = true;
+                    if self.connected.contains(&peer_id) {
+                        // Already a checked peer: this new connection is a
+                        // duplicate and is closed below.
+                        let _ = r.send(Ok(()));
+                    } else {
+                        // Answered once the peer's identity checks out.
+                        self.confirm.entry(peer_id).or_default().push(r);
                     }
                 }
                 if let ConnectedPoint::Dialer { address, .. } = &endpoint {

@@ -32,6 +32,8 @@ pub const MAX_ACTIVE: usize = 3;
 const PER_SOURCE: usize = 4;
 /// Chunk requests in flight for one file, whatever the number of sources.
 const PER_FILE: usize = 16;
+/// Chunks written between two fdatasync + have-bit records.
+const SYNC_EVERY: usize = 8;
 /// A source that sent this many bad chunks is dropped for this transfer.
 const MAX_BAD: u32 = 3;
 
@@ -45,14 +47,18 @@ pub struct Held {
     pub partial: Option<Vec<u8>>,
 }
 
+/// Per host: the files it can serve, or why it did not answer.
+pub type HolderAnswers = Vec<(String, Result<Vec<Held>, String>)>;
+/// A finished chunk request: source, chunk index, data, time taken.
+type ChunkDone = (String, usize, Result<Vec<u8>, String>, Duration);
+/// Name -> whole-file hash (hex) -> that version's manifest and holders.
+type Versions = BTreeMap<String, BTreeMap<String, (Manifest, Vec<(String, Held)>)>>;
+
 /// How the engine reaches other nodes.
 pub trait Net: Send + Sync + 'static {
     /// Asks every other node which files match `pattern`; silent nodes are
     /// simply missing or errors, never a failure of the whole question.
-    fn holders(
-        &self,
-        pattern: String,
-    ) -> BoxFuture<'static, Vec<(String, Result<Vec<Held>, String>)>>;
+    fn holders(&self, pattern: String) -> BoxFuture<'static, HolderAnswers>;
     fn chunk(
         &self,
         host: String,
@@ -217,8 +223,7 @@ impl Engine {
         }
         let answers = self.net.holders(pattern.clone()).await;
         // name -> root hex -> (manifest, holders)
-        let mut found: BTreeMap<String, BTreeMap<String, (Manifest, Vec<(String, Held)>)>> =
-            BTreeMap::new();
+        let mut found: Versions = BTreeMap::new();
         let mut silent = Vec::new();
         for (host, res) in answers {
             match res {
@@ -361,6 +366,11 @@ impl Engine {
             self.start_job(name.clone(), m, have, sources);
             queued.push(name);
         }
+        // A queued transfer must survive a crash of this node.
+        let meta = self.local.meta.clone();
+        tokio::task::spawn_blocking(move || meta.flush())
+            .await
+            .map_err(|e| e.to_string())??;
         Ok(queued)
     }
 
@@ -610,7 +620,11 @@ impl Engine {
             // not halfway with a truncated file.
             use std::os::fd::AsRawFd;
             // SAFETY: posix_fallocate on a file descriptor we own.
-            let rc = unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, size as libc::off_t) };
+            let rc = if size == 0 {
+                0
+            } else {
+                unsafe { libc::posix_fallocate(f.as_raw_fd(), 0, size as libc::off_t) }
+            };
             if rc != 0 {
                 return Err(format!(
                     "cannot reserve {} for {}: {}",
@@ -625,8 +639,7 @@ impl Engine {
         .map_err(|e| e.to_string())??;
         let file = Arc::new(file);
 
-        let (tx, mut rx) =
-            mpsc::unbounded_channel::<(String, usize, Result<Vec<u8>, String>, Duration)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<ChunkDone>();
         let mut inflight: HashMap<usize, HashSet<String>> = HashMap::new();
         let mut last_refresh = Instant::now() - Duration::from_secs(60);
         let mut retry_wait = Duration::from_secs(1);
@@ -745,8 +758,9 @@ impl Engine {
                 }
             }
             unsynced += 1;
-            if unsynced > 0 && (unsynced >= 32 || last_persist.elapsed() >= Duration::from_secs(1))
-            {
+            // A restart re-fetches only chunks not yet recorded: keep that
+            // window small (a few chunks, a quarter second).
+            if unsynced >= SYNC_EVERY || last_persist.elapsed() >= Duration::from_millis(250) {
                 self.persist(job, &file).await?;
                 unsynced = 0;
                 last_persist = Instant::now();
@@ -767,7 +781,13 @@ impl Engine {
             manifest: job.manifest.clone(),
             have,
         };
-        self.local.meta.put("transfers", &job.name, &p)
+        self.local.meta.put("transfers", &job.name, &p)?;
+        // sled buffers writes; the record must be on disk before we count
+        // on it after a crash.
+        let meta = self.local.meta.clone();
+        tokio::task::spawn_blocking(move || meta.flush())
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     async fn finish(&self, job: &Arc<Job>, file: &Arc<std::fs::File>) -> Result<(), String> {
@@ -845,7 +865,7 @@ impl Engine {
         &self,
         job: &Arc<Job>,
         inflight: &mut HashMap<usize, HashSet<String>>,
-        tx: &mpsc::UnboundedSender<(String, usize, Result<Vec<u8>, String>, Duration)>,
+        tx: &mpsc::UnboundedSender<ChunkDone>,
     ) {
         let n = job.manifest.chunk_count();
         let mut st = job.state();
