@@ -147,6 +147,11 @@ fn hangup_then_the_mesh_reconverges() {
     for n in [&a, &b, &c, &d] {
         n.wait_size(4, CONVERGE);
     }
+    // Routes settle a little after sizes do: every node answers soon.
+    wait_for("every node to answer c", CONVERGE, || {
+        let ans = c.json(&["mesh", "send", "all", "version"]);
+        (ans.iter().filter(|r| r["error"] == "").count() == 3).then_some(())
+    });
     let ans = c.json(&["mesh", "send", "all", "version"]);
     assert_eq!(
         ans.iter().filter(|r| r["error"] == "").count(),

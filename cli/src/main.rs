@@ -145,12 +145,73 @@ fn client(cli: Cli) -> ExitCode {
     if cli.command.is_empty() {
         return shell(&rt, &mut conn, cli.json);
     }
-    match rt.block_on(conn.run(&cli.command)) {
+    let progress = (is_blocking_get(&cli.command)
+        && std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    .then(|| rt.spawn(progress_bar(cli.base.clone())));
+    let answer = rt.block_on(conn.run(&cli.command));
+    if let Some(p) = progress {
+        p.abort();
+        eprint!("\r\x1b[K");
+    }
+    match answer {
         Ok(rs) => print_answer(&rs, cli.json),
         Err(e) => {
             eprintln!("mm: {e}");
             ExitCode::from(2)
         }
+    }
+}
+
+fn is_blocking_get(argv: &[String]) -> bool {
+    argv.len() >= 3
+        && argv[0] == "file"
+        && argv[1] == "get"
+        && argv.last().is_some_and(|w| w == "wait")
+}
+
+/// While a `file get ... wait` runs, shows its transfers' progress on a
+/// second connection to the node.
+async fn progress_bar(base: PathBuf) {
+    let Ok(mut c) = Client::connect(&base).await else {
+        return;
+    };
+    let status = vec!["file".to_string(), "status".to_string()];
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let Ok(rs) = c.run(&status).await else {
+            return;
+        };
+        let Some(r) = rs.first() else { continue };
+        let col = |name: &str| r.header.iter().position(|h| h == name);
+        let (Some(f), Some(done), Some(bytes), Some(rate), Some(eta)) = (
+            col("filename"),
+            col("completed"),
+            col("bytes"),
+            col("rate"),
+            col("eta"),
+        ) else {
+            continue;
+        };
+        let line: Vec<String> = r
+            .tabular
+            .iter()
+            .map(|row| {
+                let (d, t) = row[done].split_once('/').unwrap_or(("0", "1"));
+                let frac =
+                    d.parse::<f64>().unwrap_or(0.0) / t.parse::<f64>().unwrap_or(1.0).max(1.0);
+                let filled = (frac * 20.0) as usize;
+                format!(
+                    "{} [{}{}] {} {} eta {}",
+                    row[f],
+                    "#".repeat(filled),
+                    " ".repeat(20 - filled.min(20)),
+                    row[bytes],
+                    row[rate],
+                    row[eta]
+                )
+            })
+            .collect();
+        eprint!("\r\x1b[K{}", line.join(" | "));
     }
 }
 

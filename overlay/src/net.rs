@@ -87,6 +87,8 @@ struct Agg {
     src: String,
     ttl: u8,
     body: Vec<u8>,
+    /// Nodes the request came through (origin first); not routed through.
+    path: Vec<PeerId>,
     /// Targets already re-routed once after a relay failed.
     retried: HashSet<PeerId>,
 }
@@ -1086,7 +1088,7 @@ impl EventLoop {
             ReplyTo::Local(reply),
             timeout,
             known.clone(),
-            (src, MAX_TTL, body),
+            (src, MAX_TTL, body, Vec::new()),
         );
         if let Some(agg) = self.aggs.get_mut(&id) {
             for n in unknown {
@@ -1114,7 +1116,7 @@ impl EventLoop {
         reply: ReplyTo,
         timeout: Duration,
         names: HashMap<PeerId, String>,
-        (src, ttl, body): (String, u8, Vec<u8>),
+        (src, ttl, body, path): (String, u8, Vec<u8>, Vec<PeerId>),
     ) -> u64 {
         self.next_agg += 1;
         let id = self.next_agg;
@@ -1131,6 +1133,7 @@ impl EventLoop {
                 src,
                 ttl,
                 body,
+                path,
                 retried: HashSet::new(),
             },
         );
@@ -1144,7 +1147,10 @@ impl EventLoop {
             return;
         };
         let (src, ttl, body) = (a.src.clone(), a.ttl, a.body.clone());
-        let hops = self.topo.next_hops(&self.connected);
+        let avoid: HashSet<PeerId> = a.path.iter().copied().collect();
+        let mut path = a.path.clone();
+        path.push(self.me);
+        let hops = self.topo.next_hops_avoiding(&self.connected, &avoid);
         let mut groups: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
         let mut local = false;
         let mut failed = Vec::new();
@@ -1175,6 +1181,7 @@ impl EventLoop {
                 dst: dst.clone(),
                 timeout_ms: downstream.as_millis() as u64,
                 ttl: ttl - 1,
+                path: path.clone(),
                 body: body.clone(),
             };
             let rid = self.swarm.behaviour_mut().rpc.send_request(&hop, env);
@@ -1227,7 +1234,7 @@ impl EventLoop {
             ReplyTo::Remote(channel),
             timeout,
             HashMap::new(),
-            (env.src, ttl, env.body),
+            (env.src, ttl, env.body, env.path),
         );
         self.route(id, env.dst, timeout);
         self.finish_if_idle(id);

@@ -137,7 +137,21 @@ impl Topology {
     /// For every node reachable from here, the direct peer to send through.
     /// This node itself maps to itself.
     pub fn next_hops(&self, direct: &HashSet<PeerId>) -> HashMap<PeerId, PeerId> {
-        let adj = self.graph(direct);
+        self.next_hops_avoiding(direct, &HashSet::new())
+    }
+
+    /// Like [`Self::next_hops`], but never through the nodes in `avoid`
+    /// (those a request already passed through), so a request cannot loop
+    /// while nodes' views of the mesh disagree.
+    pub fn next_hops_avoiding(
+        &self,
+        direct: &HashSet<PeerId>,
+        avoid: &HashSet<PeerId>,
+    ) -> HashMap<PeerId, PeerId> {
+        let mut adj = self.graph(direct);
+        for v in adj.values_mut() {
+            v.retain(|p| !avoid.contains(p));
+        }
         let mut hop: HashMap<PeerId, PeerId> = HashMap::new();
         hop.insert(self.me, self.me);
         let mut queue = VecDeque::new();
@@ -235,6 +249,22 @@ mod tests {
         assert_eq!(hops[&b], b);
         assert_eq!(hops[&c], b);
         assert_eq!(hops[&d], b);
+    }
+
+    #[test]
+    fn routes_avoid_nodes_already_visited() {
+        let (mut t, [a, b, c, d], _) = line();
+        // A square a-b-d-c-a seen from a; the way to d avoiding b is via c.
+        let now = Instant::now();
+        t.update(b, ann("b", 2, &[a, d]), now);
+        t.update(c, ann("c", 2, &[a, d]), now);
+        t.update(d, ann("d", 2, &[b, c]), now);
+        let direct = HashSet::from([b, c]);
+        assert_eq!(t.next_hops(&direct)[&d], b);
+        let avoid = HashSet::from([b]);
+        assert_eq!(t.next_hops_avoiding(&direct, &avoid)[&d], c);
+        let both = HashSet::from([b, c]);
+        assert!(!t.next_hops_avoiding(&direct, &both).contains_key(&d));
     }
 
     #[test]

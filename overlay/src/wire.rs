@@ -50,8 +50,11 @@ pub struct Envelope {
     pub dst: Vec<libp2p::PeerId>,
     /// Time left for the whole request, in milliseconds, as seen by the sender.
     pub timeout_ms: u64,
-    /// Hops left; guards against loops while topology views disagree.
+    /// Hops left; a last guard against loops.
     pub ttl: u8,
+    /// Nodes the request has passed through; never routed through again.
+    #[serde(default, with = "peer_list")]
+    pub path: Vec<libp2p::PeerId>,
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
@@ -137,6 +140,7 @@ mod tests {
             dst: vec![libp2p::PeerId::random()],
             timeout_ms: 10,
             ttl: 3,
+            path: vec![],
             body: vec![7u8; 4096],
         };
         let b = encode(&env);
