@@ -307,3 +307,31 @@ fn not_enough_disk_is_a_clear_error() {
     assert!(!base.join("files/huge.bin").exists());
     drop(tiny);
 }
+
+#[test]
+fn with_no_holder_left_the_transfer_waits_then_finishes() {
+    let lab = Lab::up(2, Some("40mbit"));
+    let mut nodes = lab_nodes(&lab, 2);
+    let data = content(16 << 20, 15);
+    put(&nodes[0], "w.bin", &data, 0o644);
+    nodes[1].mm(&["file", "get", "w.bin"]);
+    wait_for("some progress", LONG, || {
+        let st = common::rows(&nodes[1].json(&["file", "status"]));
+        st.first()
+            .filter(|r| r["completed"].split('/').next() != Some("0"))
+            .map(|_| ())
+    });
+    nodes[0].stop(true);
+    // Never silently abandoned: `file status` says it is waiting.
+    wait_for("the waiting state", LONG, || {
+        let st = common::rows(&nodes[1].json(&["file", "status"]));
+        st.first()
+            .filter(|r| r["state"].starts_with("waiting for holders"))
+            .map(|_| ())
+    });
+    nodes[0].start();
+    wait_for("w.bin", LONG, || {
+        read(&nodes[1], "w.bin").filter(|d| d.len() == data.len())
+    });
+    assert_eq!(read(&nodes[1], "w.bin").unwrap(), data);
+}

@@ -260,6 +260,16 @@ impl Engine {
             }
         }
         found.retain(|_, v| !v.is_empty());
+        if found.is_empty() && sel.from.is_none() && sel.hash.is_none() {
+            let local = self.local.clone();
+            let p = pattern.clone();
+            let here = tokio::task::spawn_blocking(move || local.files.expand(&p))
+                .await
+                .map_err(|e| e.to_string())??;
+            if !here.is_empty() {
+                return Ok(Vec::new()); // only here: nothing to fetch
+            }
+        }
         if found.is_empty() {
             let mut e = format!("{pattern}: no node holds it");
             if sel.from.is_some() || sel.hash.is_some() {
