@@ -288,6 +288,7 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>, 
                 .map_err(|e| e.to_string())??;
             Ok(encode(&held))
         }
+        proto::Request::Have { name, root } => node.engine.have_bits(&name, &root),
         proto::Request::Chunk { name, root, index } => {
             let engine = node.engine.clone();
             tokio::task::spawn_blocking(move || engine.read_chunk(&name, &root, index as usize))

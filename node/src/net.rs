@@ -46,6 +46,20 @@ impl Net for MeshNet {
         .boxed()
     }
 
+    fn have(
+        &self,
+        host: String,
+        name: String,
+        root: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let overlay = self.overlay.clone();
+        async move {
+            let body = wire::encode(&Request::Have { name, root });
+            overlay.direct(&host, body).await
+        }
+        .boxed()
+    }
+
     fn chunk(
         &self,
         host: String,

@@ -70,6 +70,12 @@ pub enum Request {
         root: Vec<u8>,
         index: u32,
     },
+    /// Which chunks of this file do you have so far? (raw bitfield)
+    Have {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        root: Vec<u8>,
+    },
 }
 
 /// Renders answers the way minimega prints them: tables merged across hosts

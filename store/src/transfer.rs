@@ -30,8 +30,13 @@ use crate::manifest::Manifest;
 pub const MAX_ACTIVE: usize = 3;
 /// Chunk requests in flight to one source.
 const PER_SOURCE: usize = 4;
+/// Chunk requests in flight to a complete holder while other pullers of
+/// the same file can serve too.
+const PER_HOLDER_SWARMING: usize = 2;
 /// Chunk requests in flight for one file, whatever the number of sources.
 const PER_FILE: usize = 16;
+/// How often the have-bitfields of other pullers are refreshed.
+const HAVE_EVERY: Duration = Duration::from_millis(300);
 /// Chunks written between two fdatasync + have-bit records.
 const SYNC_EVERY: usize = 8;
 /// A source that sent this many bad chunks is dropped for this transfer.
@@ -59,6 +64,13 @@ pub trait Net: Send + Sync + 'static {
     /// Asks every other node which files match `pattern`; silent nodes are
     /// simply missing or errors, never a failure of the whole question.
     fn holders(&self, pattern: String) -> BoxFuture<'static, HolderAnswers>;
+    /// The have-bitfield of a node that is itself pulling the file.
+    fn have(
+        &self,
+        host: String,
+        name: String,
+        root: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
     fn chunk(
         &self,
         host: String,
@@ -651,6 +663,8 @@ impl Engine {
 
         let (tx, mut rx) = mpsc::unbounded_channel::<ChunkDone>();
         let mut inflight: HashMap<usize, HashSet<String>> = HashMap::new();
+        let (have_tx, mut have_rx) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let mut last_have = Instant::now();
         let mut last_refresh = Instant::now() - Duration::from_secs(60);
         let mut retry_wait = Duration::from_secs(1);
         let mut last_persist = Instant::now();
@@ -687,10 +701,28 @@ impl Engine {
                         format!("waiting for holders (retry in {}s)", retry_wait.as_secs());
                 }
             }
+            // Other pullers' progress, often: the sooner we see what they
+            // have, the more we take from them instead of the holder.
+            if last_have.elapsed() >= HAVE_EVERY {
+                last_have = Instant::now();
+                self.poll_partial_sources(job, &have_tx);
+            }
             self.schedule(job, &mut inflight, &tx);
 
-            let next = tokio::time::timeout(Duration::from_millis(250), rx.recv()).await;
-            let Ok(Some((host, idx, res, took))) = next else {
+            let next = tokio::select! {
+                r = rx.recv() => r,
+                Some((host, bits)) = have_rx.recv() => {
+                    let want = job.manifest.chunk_count().div_ceil(8);
+                    if let Some(s) = job.state().sources.get_mut(&host) {
+                        if !s.complete && bits.len() == want {
+                            s.have = bits;
+                        }
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
+            };
+            let Some((host, idx, res, took)) = next else {
                 continue;
             };
             if let Some(set) = inflight.get_mut(&idx) {
@@ -838,6 +870,36 @@ impl Engine {
         .map_err(|e| e.to_string())?
     }
 
+    fn poll_partial_sources(&self, job: &Arc<Job>, tx: &mpsc::UnboundedSender<(String, Vec<u8>)>) {
+        let partial: Vec<String> = job
+            .state()
+            .sources
+            .iter()
+            .filter(|(_, s)| !s.complete && !s.dropped)
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in partial {
+            let fut = self
+                .net
+                .have(host.clone(), job.name.clone(), job.manifest.root.clone());
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                if let Ok(bits) = fut.await {
+                    let _ = tx.send((host, bits));
+                }
+            });
+        }
+    }
+
+    /// The have-bitfield of a transfer in progress here, for other pullers.
+    pub fn have_bits(&self, name: &str, root: &[u8]) -> Result<Vec<u8>, String> {
+        let job = self.jobs().get(name).cloned();
+        match job.filter(|j| j.manifest.root == root) {
+            Some(j) => Ok(j.state().have.clone()),
+            None => Err(format!("{name}: not being fetched here")),
+        }
+    }
+
     /// Asks the mesh again who holds the file: adds new holders and other
     /// pullers (with their progress), and re-admits benched sources.
     async fn refresh_sources(&self, job: &Arc<Job>) {
@@ -886,13 +948,19 @@ impl Engine {
             if total >= PER_FILE {
                 return;
             }
+            // While other pullers can serve, ask less of the original
+            // holders: their uplink is what every puller shares.
+            let swarming = st.sources.values().any(|s| !s.complete && !s.dropped);
             let ready: Vec<String> = st
                 .sources
                 .iter()
                 .filter(|(_, s)| {
-                    !s.dropped
-                        && s.inflight < PER_SOURCE
-                        && s.benched_until.is_none_or(|t| t <= now)
+                    let cap = if s.complete && swarming {
+                        PER_HOLDER_SWARMING
+                    } else {
+                        PER_SOURCE
+                    };
+                    !s.dropped && s.inflight < cap && s.benched_until.is_none_or(|t| t <= now)
                 })
                 .map(|(h, _)| h.clone())
                 .collect();
