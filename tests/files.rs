@@ -55,6 +55,17 @@ fn lab_nodes(lab: &Lab, n: usize) -> Vec<Node> {
     nodes
 }
 
+/// Waits until `n`'s first transfer has at least `chunks` chunks.
+fn wait_chunks(n: &Node, chunks: u32) {
+    wait_for(&format!("{chunks} chunks on {}", n.name), LONG, || {
+        let st = common::rows(&n.json(&["file", "status"]));
+        st.first()
+            .and_then(|r| r["completed"].split('/').next()?.parse::<u32>().ok())
+            .filter(|c| *c >= chunks)
+            .map(|_| ())
+    });
+}
+
 fn partial_files(n: &Node) -> usize {
     std::fs::read_dir(n.base().join("files").join(".mm-partial"))
         .map(|d| d.count())
@@ -205,12 +216,7 @@ fn a_holder_killed_mid_transfer_is_dropped() {
     put(&nodes[0], "f.bin", &data, 0o644);
     put(&nodes[1], "f.bin", &data, 0o644);
     nodes[2].mm(&["file", "get", "f.bin"]);
-    wait_for("some progress", LONG, || {
-        let st = common::rows(&nodes[2].json(&["file", "status"]));
-        st.first()
-            .filter(|r| r["completed"].split('/').next() != Some("0"))
-            .map(|_| ())
-    });
+    wait_chunks(&nodes[2], 1);
     nodes[1].stop(true);
     wait_for("f.bin", LONG, || {
         read(&nodes[2], "f.bin").filter(|d| d.len() == data.len())
@@ -225,12 +231,7 @@ fn a_puller_killed_mid_transfer_resumes() {
     let data = content(24 << 20, 12);
     put(&nodes[0], "r.bin", &data, 0o644);
     nodes[1].mm(&["file", "get", "r.bin"]);
-    wait_for("a few chunks", LONG, || {
-        let st = common::rows(&nodes[1].json(&["file", "status"]));
-        st.first()
-            .and_then(|r| r["completed"].split('/').next()?.parse::<u32>().ok())
-            .filter(|n| *n >= 4)
-    });
+    wait_chunks(&nodes[1], 4);
     nodes[1].stop(true);
     nodes[1].start();
     wait_for("r.bin", LONG, || {
@@ -315,12 +316,7 @@ fn with_no_holder_left_the_transfer_waits_then_finishes() {
     let data = content(16 << 20, 15);
     put(&nodes[0], "w.bin", &data, 0o644);
     nodes[1].mm(&["file", "get", "w.bin"]);
-    wait_for("some progress", LONG, || {
-        let st = common::rows(&nodes[1].json(&["file", "status"]));
-        st.first()
-            .filter(|r| r["completed"].split('/').next() != Some("0"))
-            .map(|_| ())
-    });
+    wait_chunks(&nodes[1], 1);
     nodes[0].stop(true);
     // Never silently abandoned: `file status` says it is waiting.
     wait_for("the waiting state", LONG, || {
