@@ -234,6 +234,7 @@ impl Engine {
             return Err("file get needs a file name, glob or directory".into());
         }
         let answers = self.net.holders(pattern.clone()).await;
+        let asked = answers.len();
         // name -> root hex -> (manifest, holders)
         let mut found: Versions = BTreeMap::new();
         let mut silent = Vec::new();
@@ -283,7 +284,7 @@ impl Engine {
             }
         }
         if found.is_empty() {
-            let mut e = format!("{pattern}: no node holds it");
+            let mut e = format!("{pattern}: no node holds it (asked {asked} other nodes)");
             if sel.from.is_some() || sel.hash.is_some() {
                 e.push_str(" (in the version asked for)");
             }
