@@ -289,15 +289,32 @@ async fn run(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Response>, 
                 from: c.arg("host").map(str::to_owned),
                 hash: c.arg("hash").map(str::to_owned),
             };
-            let queued = node.engine.get(name, &sel).await?;
-            if queued.is_empty() {
+            let pending = node.engine.get(name, &sel).await?;
+            if pending.is_empty() {
                 return one(Response::text(me, format!("{name}: already here")));
             }
+            let names = |queued: bool| -> Vec<String> {
+                pending
+                    .iter()
+                    .filter(|p| p.queued == queued)
+                    .map(|p| p.name.clone())
+                    .collect()
+            };
+            let (queued, coming) = (names(true), names(false));
             if c.has("wait") {
-                node.engine.wait(&queued).await?;
-                return one(Response::text(me, format!("fetched {}", queued.join(", "))));
+                let mut all = queued;
+                all.extend(coming);
+                node.engine.wait(pending).await?;
+                return one(Response::text(me, format!("fetched {}", all.join(", "))));
             }
-            one(Response::text(me, format!("queued {}", queued.join(", "))))
+            let mut text = Vec::new();
+            if !queued.is_empty() {
+                text.push(format!("queued {}", queued.join(", ")));
+            }
+            if !coming.is_empty() {
+                text.push(format!("already coming {}", coming.join(", ")));
+            }
+            one(Response::text(me, text.join("; ")))
         }
         "file status" => {
             let rows = node
@@ -336,7 +353,7 @@ async fn run(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Response>, 
         }
         "file delete" => {
             let name = c.arg("name").unwrap_or_default();
-            let cancelled = node.engine.cancel(name);
+            let cancelled = node.engine.cancel(name).await;
             let local = node.local.clone();
             let n = name.to_string();
             let deleted = tokio::task::spawn_blocking(move || delete_local(&local, &n))

@@ -202,36 +202,66 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
             .all(|(p, n)| component_match(p.as_bytes(), n.as_bytes()))
 }
 
-fn component_match(p: &[u8], n: &[u8]) -> bool {
-    match p.first() {
-        None => n.is_empty(),
-        Some(b'*') => (0..=n.len()).any(|i| component_match(&p[1..], &n[i..])),
-        Some(b'?') => !n.is_empty() && component_match(&p[1..], &n[1..]),
-        Some(b'[') => {
-            let Some(close) = p.iter().skip(1).position(|&c| c == b']').map(|i| i + 1) else {
-                return n.first() == Some(&b'[') && component_match(&p[1..], &n[1..]);
-            };
-            let Some(&c) = n.first() else { return false };
-            let mut set = &p[1..close];
-            let negate = set.first() == Some(&b'!');
-            if negate {
-                set = &set[1..];
-            }
-            let mut hit = false;
-            let mut i = 0;
-            while i < set.len() {
-                if i + 2 < set.len() && set[i + 1] == b'-' {
-                    hit |= set[i] <= c && c <= set[i + 2];
-                    i += 3;
-                } else {
-                    hit |= set[i] == c;
-                    i += 1;
-                }
-            }
-            hit != negate && component_match(&p[close + 1..], &n[1..])
-        }
-        Some(&c) => n.first() == Some(&c) && component_match(&p[1..], &n[1..]),
+/// One character class at the start of `p` (at its `[`): the length of the
+/// class including brackets, and whether `c` is in it. `None` if the
+/// bracket is not closed (then `[` is a plain character).
+fn class(p: &[u8], c: u8) -> Option<(usize, bool)> {
+    let close = p.iter().skip(1).position(|&x| x == b']')? + 1;
+    let mut set = &p[1..close];
+    let negate = set.first() == Some(&b'!');
+    if negate {
+        set = &set[1..];
     }
+    let mut hit = false;
+    let mut i = 0;
+    while i < set.len() {
+        if i + 2 < set.len() && set[i + 1] == b'-' {
+            hit |= set[i] <= c && c <= set[i + 2];
+            i += 3;
+        } else {
+            hit |= set[i] == c;
+            i += 1;
+        }
+    }
+    Some((close + 1, hit != negate))
+}
+
+/// Wildcard matching that backtracks only to the last `*`, so a pattern
+/// from the wire cannot make it explode (time O(pattern x name)).
+fn component_match(p: &[u8], n: &[u8]) -> bool {
+    let (mut pi, mut ni) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ni < n.len() {
+        let step = match p.get(pi) {
+            Some(b'*') => {
+                star = Some((pi, ni));
+                pi += 1;
+                continue;
+            }
+            Some(b'?') => Some(1),
+            Some(b'[') => match class(&p[pi..], n[ni]) {
+                Some((len, true)) => Some(len),
+                Some((_, false)) => None,
+                None => (n[ni] == b'[').then_some(1),
+            },
+            Some(&c) => (c == n[ni]).then_some(1),
+            None => None,
+        };
+        match (step, star) {
+            (Some(len), _) => {
+                pi += len;
+                ni += 1;
+            }
+            (None, Some((sp, sn))) => {
+                // Let the last `*` swallow one more character and retry.
+                pi = sp + 1;
+                ni = sn + 1;
+                star = Some((sp, sn + 1));
+            }
+            (None, None) => return false,
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]

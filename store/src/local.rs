@@ -25,9 +25,15 @@ pub struct Local {
     pub meta: Meta,
     /// One hashing at a time per name: a second asker waits for the first.
     hashing: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Manifests by name, with the stamp they were built from: serving a
+    /// chunk must not decode a large manifest from sled every time.
+    mem: Mutex<HashMap<String, (Stamp, Arc<Manifest>)>>,
 }
 
-fn stamp(m: &std::fs::Metadata) -> (u64, i64, u64) {
+/// Size, mtime (ns) and inode: what says a file is unchanged.
+type Stamp = (u64, i64, u64);
+
+fn stamp(m: &std::fs::Metadata) -> Stamp {
     (m.len(), m.mtime() * 1_000_000_000 + m.mtime_nsec(), m.ino())
 }
 
@@ -37,6 +43,7 @@ impl Local {
             files,
             meta,
             hashing: Mutex::new(HashMap::new()),
+            mem: Mutex::new(HashMap::new()),
         }
     }
 
@@ -57,8 +64,23 @@ impl Local {
             let mut h = self.hashing.lock().unwrap_or_else(|e| e.into_inner());
             h.entry(name.to_string()).or_default().clone()
         };
-        let _one = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let m = match std::fs::metadata(&path) {
+        let one = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let result = self.manifest_locked(name, &path);
+        drop(one);
+        // Names come from the wire: do not keep a lock per name forever.
+        let mut h = self.hashing.lock().unwrap_or_else(|e| e.into_inner());
+        if h.get(name).is_some_and(|l| Arc::strong_count(l) <= 2) {
+            h.remove(name);
+        }
+        result
+    }
+
+    fn manifest_locked(
+        &self,
+        name: &str,
+        path: &std::path::Path,
+    ) -> Result<Option<Manifest>, String> {
+        let m = match std::fs::metadata(path) {
             Ok(m) if m.is_file() => m,
             _ => return Ok(None),
         };
@@ -68,11 +90,10 @@ impl Local {
             }
         }
         debug!("hashing {name}");
-        let manifest =
-            Manifest::build(&path, &m, CHUNK_SIZE).map_err(|e| format!("{name}: {e}"))?;
+        let manifest = Manifest::build(path, &m, CHUNK_SIZE).map_err(|e| format!("{name}: {e}"))?;
         // The file may have changed while we read it; only cache a manifest
         // that matches what is on disk now.
-        let after = std::fs::metadata(&path).map_err(|e| format!("{name}: {e}"))?;
+        let after = std::fs::metadata(path).map_err(|e| format!("{name}: {e}"))?;
         if stamp(&after) != stamp(&m) {
             return Err(format!(
                 "{name} changed while it was being hashed; try again"
@@ -98,13 +119,44 @@ impl Local {
 
     pub fn forget(&self, name: &str) {
         let _ = self.meta.remove("manifests", name);
+        self.mem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
+    /// The manifest of an unchanged, already-hashed file, from memory when
+    /// possible. Never hashes.
+    fn current(&self, name: &str) -> Option<Arc<Manifest>> {
+        let path = self.files.resolve(name).ok()?;
+        let st = stamp(&std::fs::metadata(&path).ok()?);
+        let mut mem = self.mem.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, m)) = mem.get(name) {
+            if *s == st {
+                return Some(m.clone());
+            }
+        }
+        drop(mem);
+        let c: Cached = self.meta.get("manifests", name)?;
+        if (c.size, c.mtime_ns, c.ino) != st {
+            return None;
+        }
+        let m = Arc::new(c.manifest);
+        mem = self.mem.lock().unwrap_or_else(|e| e.into_inner());
+        if mem.len() > 4096 {
+            mem.clear();
+        }
+        mem.insert(name.to_string(), (st, m.clone()));
+        Some(m)
     }
 
     /// Reads chunk `index` of a complete local file whose manifest has hash
     /// `root`. Blocking.
     pub fn read_chunk(&self, name: &str, root: &[u8], index: usize) -> Result<Vec<u8>, String> {
+        // A chunk is only asked for after "who holds it" made us hash the
+        // file; a request for anything else is not worth a hashing.
         let m = self
-            .manifest(name)?
+            .current(name)
             .filter(|m| m.root == root)
             .ok_or_else(|| format!("{name}: not here in that version"))?;
         if index >= m.chunk_count() {

@@ -70,6 +70,18 @@ impl Manifest {
     /// size, and the chunk hashes merge to the whole-file hash.
     pub fn check(&self) -> Result<(), String> {
         let cs = self.chunk_size;
+        // Chunk indexes mean the same bytes on every node only with one
+        // chunk size; the hash alone does not say which was used.
+        if cs != CHUNK_SIZE {
+            return Err(format!("chunk size {cs}, not {CHUNK_SIZE}"));
+        }
+        self.check_tree()
+    }
+
+    /// The size and hash consistency part of [`Self::check`], for any
+    /// power-of-two chunk size.
+    fn check_tree(&self) -> Result<(), String> {
+        let cs = self.chunk_size;
         if cs < 1024 || !cs.is_power_of_two() {
             return Err(format!("bad chunk size {cs}"));
         }
@@ -202,7 +214,7 @@ mod tests {
                     "n={n} cs={cs}"
                 );
                 assert_eq!(m.chunk_count() as u64, (n as u64).div_ceil(cs));
-                m.check().unwrap();
+                m.check_tree().unwrap();
                 for i in 0..m.chunk_count() {
                     let (off, len) = m.chunk_range(i);
                     let chunk = &d[off as usize..(off + len) as usize];
@@ -226,10 +238,14 @@ mod tests {
         assert!(!m.verify_chunk(99, &d[..1024]));
         let mut forged = m.clone();
         forged.chunks[40] ^= 1;
-        assert!(forged.check().is_err());
+        assert!(forged.check_tree().is_err());
         let mut wrong_size = m.clone();
         wrong_size.size += 4096;
-        assert!(wrong_size.check().is_err());
+        assert!(wrong_size.check_tree().is_err());
+        assert!(
+            m.check().is_err(),
+            "1 KiB chunks are not this build's chunk size"
+        );
     }
 
     #[test]

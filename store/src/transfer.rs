@@ -54,6 +54,8 @@ pub struct Held {
 
 /// Per host: the files it can serve, or why it did not answer.
 pub type HolderAnswers = Vec<(String, Result<Vec<Held>, String>)>;
+/// A finished have poll: source, its bitfield.
+type HaveDone = (String, Result<Vec<u8>, String>);
 /// A finished chunk request: source, chunk index, data, time taken.
 type ChunkDone = (String, usize, Result<Vec<u8>, String>, Duration);
 /// Name -> whole-file hash (hex) -> that version's manifest and holders.
@@ -135,12 +137,60 @@ pub struct Job {
     tmp: PathBuf,
     st: Mutex<JobState>,
     cancelled: AtomicBool,
+    cancel_note: tokio::sync::Notify,
     done: watch::Sender<Option<Result<(), String>>>,
 }
 
 impl Job {
     fn state(&self) -> std::sync::MutexGuard<'_, JobState> {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sources_summary(&self) -> String {
+        let st = self.state();
+        let v: Vec<String> = st
+            .sources
+            .iter()
+            .filter(|(_, s)| s.served > 0 || s.bad > 0)
+            .map(|(h, s)| {
+                let bad = if s.bad > 0 {
+                    format!(" (bad {})", s.bad)
+                } else {
+                    String::new()
+                };
+                format!("{h}:{}{bad}", s.served)
+            })
+            .collect();
+        v.join(" ")
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel_note.notify_one();
+    }
+}
+
+/// The end of a transfer, to wait on.
+pub type Done = watch::Receiver<Option<Result<(), String>>>;
+
+/// What `get` did with each file: queued it now, or found it already coming.
+pub struct Pending {
+    pub name: String,
+    pub queued: bool,
+    pub done: Done,
+}
+
+/// Whether `name` is what `pattern` (cleaned) asks for: itself, something
+/// under it as a directory, or a glob match.
+pub fn selects(pattern: &str, name: &str) -> bool {
+    if has_magic(pattern) {
+        glob_match(pattern, name)
+    } else {
+        name == pattern || name.starts_with(&format!("{pattern}/"))
     }
 }
 
@@ -212,7 +262,10 @@ impl Engine {
     /// Restarts the transfers a previous run left unfinished.
     pub fn resume(self: &Arc<Self>) {
         for (name, p) in self.local.meta.all::<Persisted>("transfers") {
-            if p.manifest.check().is_err() || FilesDir::clean(&name).is_err() {
+            if p.manifest.check().is_err()
+                || FilesDir::clean(&name).is_err()
+                || p.have.len() != p.manifest.chunk_count().div_ceil(8)
+            {
                 warn!("dropping unreadable transfer state for {name}");
                 let _ = self.local.meta.remove("transfers", &name);
                 continue;
@@ -222,13 +275,19 @@ impl Engine {
                 "resuming {name}: {n}/{} chunks already here",
                 p.manifest.chunk_count()
             );
-            self.start_job(name, p.manifest, p.have, BTreeMap::new());
+            if let Err(e) = self.start_job(name.clone(), p.manifest, p.have, BTreeMap::new()) {
+                warn!("cannot resume {name}: {e}");
+            }
         }
     }
 
     /// Finds `pattern` across the mesh and queues what is missing here.
     /// Returns the names queued. Fails, writing nothing, on a conflict.
-    pub async fn get(self: &Arc<Self>, pattern: &str, sel: &Select) -> Result<Vec<String>, String> {
+    pub async fn get(
+        self: &Arc<Self>,
+        pattern: &str,
+        sel: &Select,
+    ) -> Result<Vec<Pending>, String> {
         let pattern = FilesDir::clean(pattern)?;
         if pattern.is_empty() {
             return Err("file get needs a file name, glob or directory".into());
@@ -241,10 +300,20 @@ impl Engine {
         for (host, res) in answers {
             match res {
                 Ok(list) => {
-                    for h in list {
-                        if FilesDir::clean(&h.name).is_err() || h.manifest.check().is_err() {
-                            warn!("{host} offered a bad manifest for {}: ignored", h.name);
-                            continue;
+                    for mut h in list {
+                        // Use the name as we would write it, and only what
+                        // was asked for.
+                        match FilesDir::clean(&h.name) {
+                            Ok(n) if selects(&pattern, &n) && h.manifest.check().is_ok() => {
+                                h.name = n
+                            }
+                            _ => {
+                                warn!(
+                                    "{host} offered a bad or unasked-for file {:?}: ignored",
+                                    h.name
+                                );
+                                continue;
+                            }
                         }
                         let v = found.entry(h.name.clone()).or_default();
                         let e = v
@@ -322,6 +391,7 @@ impl Engine {
 
         // Decide per file, and check it all fits, before queuing anything.
         let mut plan = Vec::new();
+        let mut coming = Vec::new();
         let mut need = 0u64;
         for (name, mut versions) in found {
             let (_, (m, holders)) = versions.pop_first().expect("one version");
@@ -343,8 +413,18 @@ impl Engine {
                 ));
             }
             if let Some(j) = self.jobs().get(&name) {
+                if j.is_cancelled() {
+                    return Err(format!(
+                        "{name}: a cancelled transfer is still ending; try again in a moment"
+                    ));
+                }
                 if j.manifest.root == m.root {
-                    continue; // already coming
+                    coming.push(Pending {
+                        name: name.clone(),
+                        queued: false,
+                        done: j.done.subscribe(),
+                    });
+                    continue;
                 }
                 return Err(format!(
                     "{name} is already being fetched in another version"
@@ -378,7 +458,7 @@ impl Engine {
                 ));
             }
         }
-        let mut queued = Vec::new();
+        let mut queued = coming;
         for (name, m, sources) in plan {
             let have = vec![0u8; m.chunk_count().div_ceil(8)];
             let p = Persisted {
@@ -386,8 +466,12 @@ impl Engine {
                 have: have.clone(),
             };
             self.local.meta.put("transfers", &name, &p)?;
-            self.start_job(name.clone(), m, have, sources);
-            queued.push(name);
+            let done = self.start_job(name.clone(), m, have, sources)?;
+            queued.push(Pending {
+                name,
+                queued: true,
+                done,
+            });
         }
         // A queued transfer must survive a crash of this node.
         let meta = self.local.meta.clone();
@@ -397,18 +481,22 @@ impl Engine {
         Ok(queued)
     }
 
+    /// Starts a transfer task, unless one for that name exists already.
     fn start_job(
         self: &Arc<Self>,
         name: String,
         manifest: Manifest,
         have: Vec<u8>,
         sources: BTreeMap<String, SourceStat>,
-    ) {
+    ) -> Result<Done, String> {
+        // The partial file is named by both the name and the content, so
+        // two names with the same content never share one.
+        let tag = crate::manifest::hex(&blake3::hash(name.as_bytes()).as_bytes()[..8]);
         let tmp = self
             .files()
             .partial_dir()
-            .join(format!("{}.part", &manifest.root_hex()[..32]));
-        let (done, _) = watch::channel(None);
+            .join(format!("{tag}-{}.part", &manifest.root_hex()[..32]));
+        let (done, rx) = watch::channel(None);
         let bytes = (0..manifest.chunk_count())
             .filter(|i| bit(&have, *i))
             .map(|i| manifest.chunk_range(i).1)
@@ -426,66 +514,64 @@ impl Engine {
                 sources,
             }),
             cancelled: AtomicBool::new(false),
+            cancel_note: tokio::sync::Notify::new(),
             done,
         });
-        self.jobs().insert(name, job.clone());
+        {
+            let mut jobs = self.jobs();
+            if jobs.contains_key(&name) {
+                return Err(format!("{name} is already being fetched"));
+            }
+            jobs.insert(name, job.clone());
+        }
         let me = self.clone();
         tokio::spawn(async move {
-            let result = me.run(&job).await;
+            // Whatever happens in `run` (even a panic), the entry goes and
+            // waiters get an answer.
+            let result = tokio::spawn({
+                let me = me.clone();
+                let job = job.clone();
+                async move { me.run(&job).await }
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("transfer task failed: {e}")));
             let name = job.name.clone();
             match &result {
-                Ok(()) => {
-                    let st = job.state();
-                    let from: Vec<String> = st
-                        .sources
-                        .iter()
-                        .filter(|(_, s)| s.served > 0 || s.bad > 0)
-                        .map(|(h, s)| {
-                            format!(
-                                "{h}:{}{}",
-                                s.served,
-                                if s.bad > 0 {
-                                    format!(" (bad {})", s.bad)
-                                } else {
-                                    String::new()
-                                }
-                            )
-                        })
-                        .collect();
-                    info!(
-                        "{name}: complete, {} in chunks from {}",
-                        human(job.manifest.size as f64),
-                        from.join(" ")
-                    );
-                }
+                Ok(()) => info!(
+                    "{name}: complete, {} in chunks from {}",
+                    human(job.manifest.size as f64),
+                    job.sources_summary()
+                ),
                 Err(e) => warn!("{name}: {e}"),
             }
-            if result.is_ok() || job.cancelled.load(Ordering::SeqCst) {
-                let _ = me.local.meta.remove("transfers", &name);
-                let _ = std::fs::remove_file(&job.tmp);
+            // Done, failed or cancelled: nothing is left to resume. A failed
+            // get is reported to its waiters and in the log; asking again
+            // starts afresh.
+            let _ = me.local.meta.remove("transfers", &name);
+            let _ = std::fs::remove_file(&job.tmp);
+            {
+                let mut jobs = me.jobs();
+                if jobs.get(&name).is_some_and(|j| Arc::ptr_eq(j, &job)) {
+                    jobs.remove(&name);
+                }
             }
-            me.jobs().remove(&name);
             let _ = job.done.send(Some(result));
         });
+        Ok(rx)
     }
 
-    /// Waits until every named transfer has ended; the first error wins.
-    pub async fn wait(&self, names: &[String]) -> Result<(), String> {
-        let watches: Vec<_> = {
-            let jobs = self.jobs();
-            names
-                .iter()
-                .filter_map(|n| jobs.get(n).map(|j| j.done.subscribe()))
-                .collect()
-        };
+    /// Waits until every transfer has ended; the first error wins.
+    pub async fn wait(&self, pending: Vec<Pending>) -> Result<(), String> {
         let mut first_err = None;
-        for mut w in watches {
+        for mut p in pending {
             let r = loop {
-                if let Some(r) = w.borrow().clone() {
+                if let Some(r) = p.done.borrow().clone() {
                     break r;
                 }
-                if w.changed().await.is_err() {
-                    break w.borrow().clone().unwrap_or(Ok(()));
+                if p.done.changed().await.is_err() {
+                    break p.done.borrow().clone().unwrap_or_else(|| {
+                        Err(format!("{}: transfer ended without a result", p.name))
+                    });
                 }
             };
             if let Err(e) = r {
@@ -496,23 +582,26 @@ impl Engine {
     }
 
     /// Cancels transfers whose name matches `pattern` (a name, glob or
-    /// directory); returns their names.
-    pub fn cancel(&self, pattern: &str) -> Vec<String> {
+    /// directory) and waits (briefly) for them to end; returns their names.
+    pub async fn cancel(&self, pattern: &str) -> Vec<String> {
         let Ok(clean) = FilesDir::clean(pattern) else {
             return Vec::new();
         };
-        let jobs = self.jobs();
+        let hit: Vec<(String, Done)> = {
+            let jobs = self.jobs();
+            jobs.iter()
+                .filter(|(name, _)| selects(&clean, name))
+                .map(|(name, j)| {
+                    j.cancel();
+                    (name.clone(), j.done.subscribe())
+                })
+                .collect()
+        };
         let mut out = Vec::new();
-        for (name, j) in jobs.iter() {
-            let hit = if has_magic(&clean) {
-                glob_match(&clean, name)
-            } else {
-                name == &clean || name.starts_with(&format!("{clean}/"))
-            };
-            if hit {
-                j.cancelled.store(true, Ordering::SeqCst);
-                out.push(name.clone());
-            }
+        for (name, mut rx) in hit {
+            let _ =
+                tokio::time::timeout(Duration::from_secs(30), rx.wait_for(|v| v.is_some())).await;
+            out.push(name);
         }
         out
     }
@@ -569,24 +658,26 @@ impl Engine {
     /// What this node can serve for `pattern`: complete files (hashed on
     /// first request) and files it is itself pulling. Blocking.
     pub fn held(&self, pattern: &str) -> Result<Vec<Held>, String> {
+        let clean = FilesDir::clean(pattern)?;
+        if clean.is_empty() {
+            // Would hash the whole directory for one question.
+            return Err("name a file, glob or directory".into());
+        }
         let mut out = Vec::new();
-        for name in self.files().expand(pattern)? {
-            if let Some(m) = self.local.manifest(&name)? {
-                out.push(Held {
+        for name in self.files().expand(&clean)? {
+            // One unreadable or changing file must not hide the others.
+            match self.local.manifest(&name) {
+                Ok(Some(m)) => out.push(Held {
                     name,
                     manifest: m,
                     partial: None,
-                });
+                }),
+                Ok(None) => {}
+                Err(e) => warn!("not offering {name}: {e}"),
             }
         }
-        let clean = FilesDir::clean(pattern)?;
         for (name, j) in self.jobs().iter() {
-            let hit = if has_magic(&clean) {
-                glob_match(&clean, name)
-            } else {
-                name == &clean || name.starts_with(&format!("{clean}/"))
-            };
-            if hit && !out.iter().any(|h| &h.name == name) {
+            if selects(&clean, name) && !j.is_cancelled() && !out.iter().any(|h| &h.name == name) {
                 out.push(Held {
                     name: name.clone(),
                     manifest: j.manifest.clone(),
@@ -616,12 +707,13 @@ impl Engine {
     }
 
     async fn run(self: &Arc<Self>, job: &Arc<Job>) -> Result<(), String> {
-        let _slot = self
-            .slots
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|e| e.to_string())?;
+        let _slot = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+            _ = job.cancel_note.notified() => return Err("cancelled".into()),
+        };
+        if job.is_cancelled() {
+            return Err("cancelled".into());
+        }
         {
             let mut st = job.state();
             st.queued = false;
@@ -661,18 +753,22 @@ impl Engine {
         .await
         .map_err(|e| e.to_string())??;
         let file = Arc::new(file);
+        self.verify_resumed(job, &file).await?;
 
         let (tx, mut rx) = mpsc::unbounded_channel::<ChunkDone>();
         let mut inflight: HashMap<usize, HashSet<String>> = HashMap::new();
-        let (have_tx, mut have_rx) = mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let (have_tx, mut have_rx) = mpsc::unbounded_channel::<HaveDone>();
         let mut last_have = Instant::now();
         let mut last_refresh = Instant::now() - Duration::from_secs(60);
         let mut retry_wait = Duration::from_secs(1);
         let mut last_persist = Instant::now();
         let mut unsynced = 0usize;
         let mut rate_window = (Instant::now(), 0u64);
+        let (refresh_tx, mut refresh_rx) = mpsc::unbounded_channel::<HolderAnswers>();
+        let mut refreshing = false;
+        let mut polling: HashSet<String> = HashSet::new();
         loop {
-            if job.cancelled.load(Ordering::SeqCst) {
+            if job.is_cancelled() {
                 return Err("cancelled".into());
             }
             let complete = count_bits(&job.state().have, n) == n;
@@ -689,38 +785,52 @@ impl Engine {
             } else {
                 retry_wait
             };
-            if last_refresh.elapsed() >= refresh_every {
-                last_refresh = Instant::now();
-                self.refresh_sources(job).await;
-                let usable = job.state().sources.values().any(|s| !s.dropped);
-                if usable {
-                    retry_wait = Duration::from_secs(1);
-                    job.state().phase = "pulling".into();
-                } else {
-                    retry_wait = (retry_wait * 2).min(Duration::from_secs(60));
-                    job.state().phase =
-                        format!("waiting for holders (retry in {}s)", retry_wait.as_secs());
-                }
+            // Asking the mesh can take a while (a silent node): never wait
+            // for it here.
+            if !refreshing && last_refresh.elapsed() >= refresh_every {
+                refreshing = true;
+                let fut = self.net.holders(job.name.clone());
+                let tx = refresh_tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(fut.await);
+                });
             }
             // Other pullers' progress, often: the sooner we see what they
             // have, the more we take from them instead of the holder.
             if last_have.elapsed() >= HAVE_EVERY {
                 last_have = Instant::now();
-                self.poll_partial_sources(job, &have_tx);
+                self.poll_partial_sources(job, &have_tx, &mut polling);
             }
             self.schedule(job, &mut inflight, &tx);
 
             let next = tokio::select! {
                 r = rx.recv() => r,
                 Some((host, bits)) = have_rx.recv() => {
+                    polling.remove(&host);
                     let want = job.manifest.chunk_count().div_ceil(8);
                     if let Some(s) = job.state().sources.get_mut(&host) {
-                        if !s.complete && bits.len() == want {
-                            s.have = bits;
+                        if !s.complete && bits.as_ref().is_ok_and(|b| b.len() == want) {
+                            s.have = bits.unwrap_or_default();
                         }
                     }
                     continue;
                 }
+                Some(answers) = refresh_rx.recv() => {
+                    refreshing = false;
+                    last_refresh = Instant::now();
+                    self.apply_refresh(job, answers);
+                    let usable = job.state().sources.values().any(|s| !s.dropped);
+                    if usable {
+                        retry_wait = Duration::from_secs(1);
+                        job.state().phase = "pulling".into();
+                    } else {
+                        retry_wait = (retry_wait * 2).min(Duration::from_secs(60));
+                        job.state().phase =
+                            format!("waiting for holders (retry in {}s)", retry_wait.as_secs());
+                    }
+                    continue;
+                }
+                _ = job.cancel_note.notified() => continue,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
             };
             let Some((host, idx, res, took)) = next else {
@@ -841,10 +951,13 @@ impl Engine {
         let dest = self.files().resolve(&job.name)?;
         let local = self.local.clone();
         let name = job.name.clone();
+        let job = job.clone();
         tokio::task::spawn_blocking(move || -> Result<(), String> {
             f.sync_all()
                 .map_err(|e| format!("syncing {}: {e}", tmp.display()))?;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m.mode))
+            // Permission bits only: a setuid bit from another node is not
+            // worth trusting (the mode is not covered by the hash).
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m.mode & 0o777))
                 .map_err(|e| format!("setting the mode of {}: {e}", tmp.display()))?;
             let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(m.mtime_ns.max(0) as u64);
             let _ = f.set_modified(mtime);
@@ -852,12 +965,16 @@ impl Engine {
                 std::fs::create_dir_all(parent)
                     .map_err(|e| format!("creating {}: {e}", parent.display()))?;
             }
-            if dest.exists() {
-                return Err(format!(
-                    "{name} appeared here while it was being fetched; kept the partial copy"
-                ));
+            if job.is_cancelled() {
+                return Err("cancelled".into());
             }
-            std::fs::rename(&tmp, &dest).map_err(|e| format!("moving {name} into place: {e}"))?;
+            rename_noreplace(&tmp, &dest).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    format!("{name} appeared here while it was being fetched; not overwritten")
+                } else {
+                    format!("moving {name} into place: {e}")
+                }
+            })?;
             if let Some(dir) = dest.parent() {
                 if let Ok(d) = std::fs::File::open(dir) {
                     let _ = d.sync_all();
@@ -871,25 +988,78 @@ impl Engine {
         .map_err(|e| e.to_string())?
     }
 
-    fn poll_partial_sources(&self, job: &Arc<Job>, tx: &mpsc::UnboundedSender<(String, Vec<u8>)>) {
+    fn poll_partial_sources(
+        &self,
+        job: &Arc<Job>,
+        tx: &mpsc::UnboundedSender<HaveDone>,
+        polling: &mut HashSet<String>,
+    ) {
         let partial: Vec<String> = job
             .state()
             .sources
             .iter()
-            .filter(|(_, s)| !s.complete && !s.dropped)
+            .filter(|(h, s)| !s.complete && !s.dropped && !polling.contains(*h))
             .map(|(h, _)| h.clone())
             .collect();
         for host in partial {
+            polling.insert(host.clone());
             let fut = self
                 .net
                 .have(host.clone(), job.name.clone(), job.manifest.root.clone());
             let tx = tx.clone();
             tokio::spawn(async move {
-                if let Ok(bits) = fut.await {
-                    let _ = tx.send((host, bits));
-                }
+                let _ = tx.send((host, fut.await));
             });
         }
+    }
+
+    /// After a restart, trusts no chunk without reading it back: a partial
+    /// file that was lost, truncated or not yet on disk costs a re-fetch,
+    /// never a corrupt file.
+    async fn verify_resumed(
+        &self,
+        job: &Arc<Job>,
+        file: &Arc<std::fs::File>,
+    ) -> Result<(), String> {
+        let marked: Vec<usize> = {
+            let st = job.state();
+            (0..job.manifest.chunk_count())
+                .filter(|i| bit(&st.have, *i))
+                .collect()
+        };
+        if marked.is_empty() {
+            return Ok(());
+        }
+        job.state().phase = "verifying partial data".into();
+        let m = job.manifest.clone();
+        let f = file.clone();
+        let bad: Vec<usize> = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; m.chunk_size as usize];
+            marked
+                .into_iter()
+                .filter(|&i| {
+                    let (off, len) = m.chunk_range(i);
+                    let b = &mut buf[..len as usize];
+                    f.read_exact_at(b, off).is_err() || !m.verify_chunk(i, b)
+                })
+                .collect()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut st = job.state();
+        for i in &bad {
+            st.have[i / 8] &= !(1 << (i % 8));
+            st.bytes = st.bytes.saturating_sub(job.manifest.chunk_range(*i).1);
+        }
+        if !bad.is_empty() {
+            warn!(
+                "{}: {} chunks recorded as here did not verify; fetching them again",
+                job.name,
+                bad.len()
+            );
+        }
+        st.phase = "pulling".into();
+        Ok(())
     }
 
     /// The have-bitfield of a transfer in progress here, for other pullers.
@@ -901,33 +1071,36 @@ impl Engine {
         }
     }
 
-    /// Asks the mesh again who holds the file: adds new holders and other
-    /// pullers (with their progress), and re-admits benched sources.
-    async fn refresh_sources(&self, job: &Arc<Job>) {
-        let answers = self.net.holders(job.name.clone()).await;
+    /// Applies a fresh answer to "who holds it": adds new holders and other
+    /// pullers (with their progress), re-admits sources that came back, and
+    /// drops those that answered without the file. A host that did not
+    /// answer keeps its state: it may be busy, and is benched if its chunk
+    /// requests fail.
+    fn apply_refresh(&self, job: &Arc<Job>, answers: HolderAnswers) {
         let mut st = job.state();
-        let mut seen = HashSet::new();
         for (host, res) in answers {
             let Ok(list) = res else { continue };
-            for h in list {
-                if h.name != job.name || h.manifest.root != job.manifest.root {
-                    continue;
+            let held = list
+                .into_iter()
+                .find(|h| h.name == job.name && h.manifest.root == job.manifest.root);
+            match held {
+                Some(h) => {
+                    let s = st.sources.entry(host.clone()).or_default();
+                    s.complete = h.partial.is_none();
+                    s.have = h.partial.unwrap_or_default();
+                    if s.dropped && s.bad < MAX_BAD {
+                        s.dropped = false;
+                        s.fails = 0;
+                    }
                 }
-                seen.insert(host.clone());
-                let s = st.sources.entry(host.clone()).or_default();
-                s.complete = h.partial.is_none();
-                s.have = h.partial.unwrap_or_default();
-                if s.dropped && s.bad < MAX_BAD {
-                    s.dropped = false;
-                    s.fails = 0;
+                None => {
+                    if let Some(s) = st.sources.get_mut(&host) {
+                        s.dropped = true;
+                    }
                 }
             }
         }
-        for (host, s) in st.sources.iter_mut() {
-            if !seen.contains(host) && s.bad < MAX_BAD {
-                s.dropped = true;
-            }
-        }
+        // Nodes gone from the mesh altogether are not in `answers`.
     }
 
     /// Starts chunk requests: rarest chunk first (random among equals), to
@@ -1048,6 +1221,31 @@ impl Engine {
                 let _ = tx.send((host, idx, r, t.elapsed()));
             });
         }
+    }
+}
+
+/// rename(2) that fails instead of replacing an existing file.
+fn rename_noreplace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &std::path::Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (a, b) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated C strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
