@@ -7,8 +7,10 @@
 //!   survive a restart.
 //! - `manifests`: file name -> the file's manifest and the size, mtime and
 //!   inode it was built from (so an unchanged file is never hashed twice).
-//! - `transfers`: file name -> a transfer in progress: its manifest, and the
-//!   bitfield of chunks already durable in the partial file.
+//! - `transfers`: file name -> a transfer in progress: its manifest (and
+//!   an empty bitfield), written once when it is queued.
+//! - `transfer-have`: file name -> the bitfield of chunks already durable in
+//!   that transfer's partial file, rewritten as it progresses.
 
 use std::path::{Path, PathBuf};
 

@@ -261,13 +261,22 @@ impl Engine {
 
     /// Restarts the transfers a previous run left unfinished.
     pub fn resume(self: &Arc<Self>) {
-        for (name, p) in self.local.meta.all::<Persisted>("transfers") {
+        for (name, mut p) in self.local.meta.all::<Persisted>("transfers") {
+            // The have-bits are recorded apart from the (large) manifest.
+            if let Some(h) = self
+                .local
+                .meta
+                .get::<serde_bytes::ByteBuf>("transfer-have", &name)
+            {
+                p.have = h.into_vec();
+            }
             if p.manifest.check().is_err()
                 || FilesDir::clean(&name).is_err()
                 || p.have.len() != p.manifest.chunk_count().div_ceil(8)
             {
                 warn!("dropping unreadable transfer state for {name}");
                 let _ = self.local.meta.remove("transfers", &name);
+                let _ = self.local.meta.remove("transfer-have", &name);
                 continue;
             }
             let n = count_bits(&p.have, p.manifest.chunk_count());
@@ -466,6 +475,7 @@ impl Engine {
                 have: have.clone(),
             };
             self.local.meta.put("transfers", &name, &p)?;
+            self.local.meta.remove("transfer-have", &name)?;
             let done = self.start_job(name.clone(), m, have, sources)?;
             queued.push(Pending {
                 name,
@@ -548,6 +558,7 @@ impl Engine {
             // get is reported to its waiters and in the log; asking again
             // starts afresh.
             let _ = me.local.meta.remove("transfers", &name);
+            let _ = me.local.meta.remove("transfer-have", &name);
             let _ = std::fs::remove_file(&job.tmp);
             {
                 let mut jobs = me.jobs();
@@ -930,11 +941,13 @@ impl Engine {
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("syncing {}: {e}", job.tmp.display()))?;
-        let p = Persisted {
-            manifest: job.manifest.clone(),
-            have,
-        };
-        self.local.meta.put("transfers", &job.name, &p)?;
+        // Only the bitfield: the manifest was recorded when the transfer was
+        // queued, and re-writing it (3 MB for 100 GiB) every time would cost.
+        self.local.meta.put(
+            "transfer-have",
+            &job.name,
+            &serde_bytes::ByteBuf::from(have),
+        )?;
         // sled buffers writes; the record must be on disk before we count
         // on it after a crash.
         let meta = self.local.meta.clone();
