@@ -718,10 +718,7 @@ impl Engine {
     }
 
     async fn run(self: &Arc<Self>, job: &Arc<Job>) -> Result<(), String> {
-        let _slot = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
-            _ = job.cancel_note.notified() => return Err("cancelled".into()),
-        };
+        let mut slot = Some(self.acquire_slot(job).await?);
         if job.is_cancelled() {
             return Err("cancelled".into());
         }
@@ -832,9 +829,17 @@ impl Engine {
                     self.apply_refresh(job, answers);
                     let usable = job.state().sources.values().any(|s| !s.dropped);
                     if usable {
+                        if slot.is_none() {
+                            job.state().queued = true;
+                            slot = Some(self.acquire_slot(job).await?);
+                            job.state().queued = false;
+                        }
                         retry_wait = Duration::from_secs(1);
                         job.state().phase = "pulling".into();
                     } else {
+                        // Waiting costs no transfer slot: files that can
+                        // move should not queue behind one that cannot.
+                        slot = None;
                         retry_wait = (retry_wait * 2).min(Duration::from_secs(60));
                         job.state().phase =
                             format!("waiting for holders (retry in {}s)", retry_wait.as_secs());
@@ -931,6 +936,17 @@ impl Engine {
             }
         }
         self.finish(job, &file).await
+    }
+
+    /// One of the MAX_ACTIVE transfer slots, or an error once cancelled.
+    async fn acquire_slot(
+        &self,
+        job: &Arc<Job>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, String> {
+        tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.map_err(|e| e.to_string()),
+            _ = job.cancel_note.notified() => Err("cancelled".into()),
+        }
     }
 
     /// fdatasync the partial file, then record the have-bits it covers.
