@@ -2,7 +2,7 @@
 //! built lazily on first request, and chunk reads for serving.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -164,10 +164,23 @@ impl Local {
         }
         let path = self.files.resolve(name)?;
         let (off, len) = m.chunk_range(index);
-        let f = std::fs::File::open(&path).map_err(|e| format!("{name}: {e}"))?;
-        let mut buf = vec![0u8; len as usize];
-        f.read_exact_at(&mut buf, off)
-            .map_err(|e| format!("{name}: {e}"))?;
-        Ok(buf)
+        read_range(&path, off, len).map_err(|e| format!("{name}: {e}"))
     }
+}
+
+/// Reads `len` bytes at `off` into a fresh buffer that is never zeroed
+/// first (a 1 MiB memset per chunk showed in profiles).
+pub fn read_range(path: &std::path::Path, off: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(off))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut buf)?;
+    if buf.len() as u64 != len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file is shorter than its manifest says",
+        ));
+    }
+    Ok(buf)
 }

@@ -29,12 +29,12 @@ use crate::manifest::Manifest;
 /// Files transferring at once on one node; more are queued.
 pub const MAX_ACTIVE: usize = 3;
 /// Chunk requests in flight to one source.
-const PER_SOURCE: usize = 4;
+const PER_SOURCE: usize = 8;
 /// Chunk requests in flight to a complete holder while other pullers of
 /// the same file can serve too.
 const PER_HOLDER_SWARMING: usize = 2;
 /// Chunk requests in flight for one file, whatever the number of sources.
-const PER_FILE: usize = 16;
+const PER_FILE: usize = 32;
 /// How often the have-bitfields of other pullers are refreshed.
 const HAVE_EVERY: Duration = Duration::from_millis(300);
 /// Chunks written between two fdatasync + have-bit records.
@@ -708,11 +708,7 @@ impl Engine {
                 return Err(format!("{name}: chunk {index} not here yet"));
             }
             let (off, len) = j.manifest.chunk_range(index);
-            let f = std::fs::File::open(&j.tmp).map_err(|e| format!("{name}: {e}"))?;
-            let mut buf = vec![0u8; len as usize];
-            f.read_exact_at(&mut buf, off)
-                .map_err(|e| format!("{name}: {e}"))?;
-            return Ok(buf);
+            return crate::local::read_range(&j.tmp, off, len).map_err(|e| format!("{name}: {e}"));
         }
         self.local.read_chunk(name, root, index)
     }
