@@ -685,7 +685,6 @@ impl EventLoop {
                 peer_id,
                 connection_id,
                 endpoint,
-                num_established,
                 ..
             } => {
                 debug!(
@@ -719,7 +718,6 @@ impl EventLoop {
                 // connection; otherwise the higher id drops its outbound
                 // ones, whatever the order they came up in, so both sides
                 // keep the same connection.
-                let _ = num_established;
                 if list.len() > 1 {
                     let mut close = Vec::new();
                     if explicit && dialer {
