@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use rand::seq::SliceRandom;
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, warn};
@@ -30,6 +31,8 @@ use crate::manifest::Manifest;
 pub const MAX_ACTIVE: usize = 3;
 /// Chunk requests in flight to one source.
 const PER_SOURCE: usize = 8;
+/// Candidate chunks looked at per request.
+const SAMPLE: usize = 64;
 /// Chunk requests in flight to a complete holder while other pullers of
 /// the same file can serve too.
 const PER_HOLDER_SWARMING: usize = 2;
@@ -1167,23 +1170,41 @@ impl Engine {
                 return;
             }
             let has = |s: &SourceStat, i: usize| s.complete || bit(&s.have, i);
-            let missing: Vec<usize> = (0..n).filter(|i| !bit(&st.have, *i)).collect();
-            let fresh: Vec<usize> = missing
-                .iter()
-                .copied()
-                .filter(|i| !inflight.contains_key(i))
-                .collect();
-            let (pool, endgame) = if fresh.is_empty() {
-                (
-                    missing
-                        .iter()
-                        .copied()
-                        .filter(|i| inflight.get(i).is_some_and(|s| s.len() < 2))
-                        .collect::<Vec<_>>(),
-                    true,
-                )
-            } else {
-                (fresh, false)
+            // A sample of the missing chunks a ready source can give, from a
+            // random starting point: the cost per request stays flat however
+            // large the file (rarest first is then among the sample).
+            let start = rng.gen_range(0..n.max(1));
+            let (mut fresh, mut dup) = (Vec::new(), Vec::new());
+            let mut any_fresh = false;
+            for k in 0..n {
+                let i = (start + k) % n;
+                if bit(&st.have, i) {
+                    continue;
+                }
+                let asked = inflight.get(&i);
+                any_fresh |= asked.is_none();
+                let ready_holder = ready
+                    .iter()
+                    .any(|h| has(&st.sources[h], i) && !asked.is_some_and(|s| s.contains(h)));
+                if !ready_holder {
+                    continue;
+                }
+                match asked {
+                    None => {
+                        fresh.push(i);
+                        if fresh.len() >= SAMPLE {
+                            break;
+                        }
+                    }
+                    Some(set) if set.len() < 2 => dup.push(i),
+                    Some(_) => {}
+                }
+            }
+            // Endgame only once every missing chunk has been asked for.
+            let (pool, endgame) = match (fresh.is_empty(), any_fresh) {
+                (false, _) => (fresh, false),
+                (true, false) => (dup, true),
+                (true, true) => return,
             };
             // Rarity over all live sources; candidates must be held by a ready one.
             let mut best: Vec<(usize, usize)> = pool
