@@ -473,8 +473,7 @@ async fn file_list(node: &Arc<Node>, c: &Call) -> Result<Vec<Response>, String> 
         return Ok(vec![mine]);
     }
     // Every other node's listing of the same path, in the same table.
-    let s = node.overlay.snapshot().await?;
-    let others: Vec<String> = s.nodes.keys().filter(|n| **n != s.name).cloned().collect();
+    let others = node.overlay.snapshot().await?.others();
     let mut out = vec![mine];
     if !others.is_empty() {
         let mut argv = vec!["file".to_string(), "list".into()];
@@ -482,12 +481,28 @@ async fn file_list(node: &Arc<Node>, c: &Call) -> Result<Vec<Response>, String> 
             argv.push(path);
         }
         argv.push("recursive".into());
-        let body = mm_overlay::wire::encode(&Request::Command { argv });
-        for (host, r) in node.overlay.send(others, body, node.send_timeout()).await? {
-            match r.and_then(|b| mm_overlay::wire::decode::<Vec<Response>>(&b)) {
-                Ok(rs) => out.extend(rs),
-                Err(e) => out.push(Response::error(&host, e)),
-            }
+        out.extend(run_remote(node, others, argv).await?);
+    }
+    Ok(out)
+}
+
+/// Runs a command of the grammar on other nodes; one error row per host
+/// that could not answer.
+async fn run_remote(
+    node: &Node,
+    targets: Vec<String>,
+    argv: Vec<String>,
+) -> Result<Vec<Response>, String> {
+    let body = mm_overlay::wire::encode(&Request::Command { argv });
+    let answers = node
+        .overlay
+        .send(targets, body, node.send_timeout())
+        .await?;
+    let mut out = Vec::new();
+    for (host, result) in answers {
+        match result.and_then(|b| mm_overlay::wire::decode::<Vec<Response>>(&b)) {
+            Ok(rs) => out.extend(rs),
+            Err(e) => out.push(Response::error(&host, e)),
         }
     }
     Ok(out)
@@ -544,29 +559,15 @@ async fn mesh_send(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Respo
         return Err("cannot run `mesh send` via meshage".into());
     }
     let spec = c.arg("hosts").unwrap_or_default();
-    let s = node.overlay.snapshot().await?;
     let targets: Vec<String> = if spec == "all" {
-        s.nodes.keys().filter(|n| **n != s.name).cloned().collect()
+        node.overlay.snapshot().await?.others()
     } else {
         hosts::expand(spec)?
     };
     if targets.is_empty() {
         return Err("mesh send all: there are no other nodes in the mesh".into());
     }
-    let body = mm_overlay::wire::encode(&Request::Command {
-        argv: c.sub.clone(),
-    });
-    let answers = node
-        .overlay
-        .send(targets, body, node.send_timeout())
-        .await?;
-    let mut out = Vec::new();
-    for (host, result) in answers {
-        match result.and_then(|b| mm_overlay::wire::decode::<Vec<Response>>(&b)) {
-            Ok(rs) => out.extend(rs),
-            Err(e) => out.push(Response::error(&host, e)),
-        }
-    }
+    let mut out = run_remote(node, targets, c.sub.clone()).await?;
     out.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(out)
 }

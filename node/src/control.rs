@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
@@ -100,8 +100,6 @@ async fn session(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
         w.write_all(&out).await?;
     }
 }
-
-use tokio::io::AsyncReadExt as _;
 
 /// A connection from the `mm` command to its local node.
 pub struct Client {

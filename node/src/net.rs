@@ -25,12 +25,7 @@ impl Net for MeshNet {
             let Ok(snap) = overlay.snapshot().await else {
                 return Vec::new();
             };
-            let others: Vec<String> = snap
-                .nodes
-                .keys()
-                .filter(|n| **n != snap.name)
-                .cloned()
-                .collect();
+            let others = snap.others();
             if others.is_empty() {
                 return Vec::new();
             }

@@ -79,6 +79,17 @@ pub struct Snapshot {
 /// One outcome per target of [`Overlay::send`], labelled by host name.
 pub type Answers = Vec<(String, Result<Vec<u8>, String>)>;
 
+impl Snapshot {
+    /// Every reachable node but this one: what `all` means.
+    pub fn others(&self) -> Vec<String> {
+        self.nodes
+            .keys()
+            .filter(|n| **n != self.name)
+            .cloned()
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 pub struct Overlay {
     tx: mpsc::Sender<net::Cmd>,

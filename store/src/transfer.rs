@@ -1206,22 +1206,17 @@ impl Engine {
                 (true, false) => (dup, true),
                 (true, true) => return,
             };
-            // Rarity over all live sources; candidates must be held by a ready one.
+            // Rarest first, over all live sources (the sample holds only
+            // chunks some ready source can give).
             let mut best: Vec<(usize, usize)> = pool
                 .iter()
-                .filter_map(|&i| {
-                    let holders_ready = ready.iter().any(|h| {
-                        has(&st.sources[h], i) && !inflight.get(&i).is_some_and(|s| s.contains(h))
-                    });
-                    if !holders_ready {
-                        return None;
-                    }
+                .map(|&i| {
                     let rarity = st
                         .sources
                         .values()
                         .filter(|s| !s.dropped && has(s, i))
                         .count();
-                    Some((rarity, i))
+                    (rarity, i)
                 })
                 .collect();
             if best.is_empty() {
