@@ -92,9 +92,23 @@ fn b1() {
     let scratch = tempfile::tempdir().unwrap();
     let raw = raw_tcp(&lab, &src, &scratch.path().join("copy"));
     drop(scratch);
+    // MM_PERF=FILE: a system-wide `perf record -g` of the timed get alone.
+    let perf = std::env::var("MM_PERF").ok().map(|out| {
+        let child = Command::new("perf")
+            .args(["record", "-a", "-g", "-q", "-o", &out])
+            .spawn()
+            .expect("perf");
+        std::thread::sleep(Duration::from_millis(500));
+        child
+    });
     let t = Instant::now();
     nodes[1].mm(&["file", "get", "big", "wait"]);
     let mm = t.elapsed();
+    if let Some(child) = perf {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait_with_output();
+    }
     let bytes = (mib << 20) as f64;
     println!("B1: {mib} MiB between two namespace hosts, uncapped");
     println!(

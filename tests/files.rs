@@ -134,7 +134,20 @@ fn get_a_file_a_glob_and_a_directory_with_modes() {
 #[test]
 fn pulls_from_three_holders_and_survives_a_corrupt_one() {
     let lab = Lab::up(4, Some("80mbit"));
-    let nodes = lab_nodes(&lab, 4);
+    // h3 serves without a data channel: its chunks take the overlay
+    // connection, and the puller mixes both ways.
+    let nodes: Vec<Node> = (1..=4)
+        .map(|i| {
+            let mut args = vec!["--degree", "2"];
+            if i == 3 {
+                args.push("--no-data-channel");
+            }
+            Node::in_ns(&format!("h{i}"), &lab.ns(i), &args)
+        })
+        .collect();
+    for x in &nodes {
+        x.wait_size(4, LONG);
+    }
     let data = content(24 << 20, 7);
     for h in &nodes[..3] {
         put(h, "shared.bin", &data, 0o644);
@@ -176,6 +189,10 @@ fn pulls_from_three_holders_and_survives_a_corrupt_one() {
     assert!(
         log.contains("from h2 failed verification"),
         "the corrupt holder was not reported"
+    );
+    assert!(
+        log.contains("no data channel to h3"),
+        "h3 was not reached over the overlay connection"
     );
 }
 
@@ -299,7 +316,7 @@ fn not_enough_disk_is_a_clear_error() {
     }
     let _u = Unmount(mnt);
     let base = mnt.join("base");
-    let tiny = Node::in_ns_with_base("tiny", &lab.ns(2), &base, &["--port", "9001"]);
+    let tiny = Node::in_ns_with_base("tiny", &lab.ns(2), &base, &["--port", "9100"]);
     tiny.wait_size(3, LONG);
     let out = tiny.try_mm(&["file", "get", "huge.bin", "wait"]);
     assert_eq!(out.status.code(), Some(1));

@@ -60,6 +60,14 @@ struct Serve {
     /// Turn off mDNS discovery (only --peer and `mesh dial` connect).
     #[arg(long)]
     no_mdns: bool,
+    /// TCP port for file chunks (the data channel) [default: --port + 1 if
+    /// free, else any free port].
+    #[arg(long)]
+    data_port: Option<u16>,
+    /// Send file chunks over the overlay connection instead (slower; one
+    /// port fewer to open).
+    #[arg(long)]
+    no_data_channel: bool,
 }
 
 fn main() -> ExitCode {
@@ -117,6 +125,12 @@ fn serve(cli: &Cli) -> ExitCode {
         psk_file: s.psk_file,
         peers: s.peers,
         mdns: !s.no_mdns,
+        data_port: match (s.no_data_channel, s.data_port) {
+            (true, _) => mm_node::DataPort::Off,
+            (false, Some(p)) => mm_node::DataPort::Fixed(p),
+            (false, None) if s.port == 0 => mm_node::DataPort::Fixed(0),
+            (false, None) => mm_node::DataPort::Preferred(s.port.wrapping_add(1)),
+        },
     };
     match runtime().block_on(mm_node::serve(opts)) {
         Ok(()) => ExitCode::SUCCESS,

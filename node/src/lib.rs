@@ -3,6 +3,7 @@
 
 pub mod commands;
 pub mod control;
+mod data;
 pub mod grammar;
 pub mod hosts;
 mod net;
@@ -32,6 +33,18 @@ pub struct Options {
     pub psk_file: Option<PathBuf>,
     pub peers: Vec<String>,
     pub mdns: bool,
+    pub data_port: DataPort,
+}
+
+/// Where the data channel listens.
+#[derive(Debug, Clone, Copy)]
+pub enum DataPort {
+    /// Off: chunks travel over the overlay connection.
+    Off,
+    /// This port (0 picks a free one); busy is an error.
+    Fixed(u16),
+    /// This port if it is free, else any (the default, --port + 1).
+    Preferred(u16),
 }
 
 pub const DEFAULT_DEGREE: usize = 3;
@@ -50,6 +63,7 @@ pub struct Node {
     pub meta: Meta,
     pub local: Arc<Local>,
     pub engine: Arc<Engine>,
+    data: Option<Arc<data::DataServer>>,
     pub started: std::time::Instant,
     timeout: Mutex<Duration>,
 }
@@ -226,8 +240,26 @@ pub async fn serve(opts: Options) -> Result<(), String> {
         local.clone(),
         Arc::new(net::MeshNet {
             overlay: overlay.clone(),
+            data: Arc::new(data::DataClient::new(overlay.clone())),
+            fallback: Arc::default(),
         }),
     );
+    let start = |port| data::DataServer::start(opts.listen, port, engine.clone());
+    let data = match opts.data_port {
+        DataPort::Fixed(port) => Some(start(port).await?),
+        DataPort::Preferred(port) => match start(port).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                warn!("{e}; using a free port instead");
+                Some(start(0).await?)
+            }
+        },
+        DataPort::Off => None,
+    };
+    match &data {
+        Some(d) => info!("data channel on port {}", d.port()),
+        None => info!("data channel off: chunks travel over the overlay connection"),
+    }
     engine.resume();
     let node = Arc::new(Node {
         name: opts.name.clone(),
@@ -236,6 +268,7 @@ pub async fn serve(opts: Options) -> Result<(), String> {
         meta: meta.clone(),
         local,
         engine,
+        data,
         started: std::time::Instant::now(),
         timeout: Mutex::new(timeout),
     });
@@ -289,11 +322,20 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>, 
             Ok(encode(&held))
         }
         proto::Request::Have { name, root } => node.engine.have_bits(&name, &root),
+        proto::Request::Data => {
+            let grant = node.data.as_ref().map(|d| d.grant(&from)).transpose()?;
+            Ok(encode(&grant))
+        }
         proto::Request::Chunk { name, root, index } => {
             let engine = node.engine.clone();
-            tokio::task::spawn_blocking(move || engine.read_chunk(&name, &root, index as usize))
-                .await
-                .map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || {
+                let mut buf = Vec::new();
+                engine
+                    .read_chunk(&name, &root, index as usize, &mut buf)
+                    .map(|()| buf)
+            })
+            .await
+            .map_err(|e| e.to_string())?
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The transfer engine's view of the mesh, over the overlay: `Holds` goes
-//! to every node as a routed request, chunks come straight from the holder.
+//! to every node as a routed request, chunks come straight from the holder,
+//! on the data channel when it can be had.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -9,6 +11,7 @@ use mm_overlay::{wire, Overlay};
 use mm_store::transfer::HolderAnswers;
 use mm_store::{Held, Net};
 
+use crate::data::{DataClient, DataError, Fallback};
 use crate::proto::Request;
 
 /// How long holders get to answer "who has it" (they may hash the file first).
@@ -16,6 +19,8 @@ const HOLDS_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct MeshNet {
     pub overlay: Overlay,
+    pub data: Arc<DataClient>,
+    pub fallback: Arc<Fallback>,
 }
 
 impl Net for MeshNet {
@@ -63,7 +68,15 @@ impl Net for MeshNet {
         index: u32,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let overlay = self.overlay.clone();
+        let (data, fallback) = (self.data.clone(), self.fallback.clone());
         async move {
+            if !fallback.active(&host) {
+                match data.chunk(&host, name.clone(), root.clone(), index).await {
+                    Ok(bytes) => return Ok(bytes),
+                    Err(DataError::Failed(e)) => return Err(e),
+                    Err(DataError::Setup(e)) => fallback.note(&host, &e),
+                }
+            }
             let body = wire::encode(&Request::Chunk { name, root, index });
             overlay.direct(&host, body).await
         }

@@ -70,6 +70,10 @@ pub enum Request {
         root: Vec<u8>,
         index: u32,
     },
+    /// A ticket and key for a data connection (answer: a CBOR
+    /// `Option<data::Grant>`, none if the node has the channel off). Sent over Noise only: it is what keeps strangers
+    /// off the data channel.
+    Data,
     /// Which chunks of this file do you have so far? (raw bitfield)
     Have {
         name: String,

@@ -125,7 +125,7 @@ pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>), St
     let addr = net::listen_addr(cfg.listen_ip, cfg.port);
     swarm
         .listen_on(addr.clone())
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .map_err(|e| format!("cannot listen on {addr}: {}", with_causes(&e)))?;
     // Bind errors surface as events; wait for the first listen address (or
     // failure) so a busy port is a startup error, not a silent node.
     let (inbound_tx, inbound_rx) = mpsc::channel(256);
@@ -141,6 +141,19 @@ pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>), St
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Err(format!("cannot listen on {addr}: is the port in use?"))
+}
+
+/// An error and its causes: libp2p's transport errors often say nothing
+/// themselves ("") and keep the io error as their source.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        parts.push(c.to_string());
+        cause = c.source();
+    }
+    parts.retain(|p| !p.is_empty());
+    parts.join(": ")
 }
 
 impl Overlay {

@@ -61,6 +61,15 @@ pub type HolderAnswers = Vec<(String, Result<Vec<Held>, String>)>;
 type HaveDone = (String, Result<Vec<u8>, String>);
 /// A finished chunk request: source, chunk index, data, time taken.
 type ChunkDone = (String, usize, Result<Vec<u8>, String>, Duration);
+/// How a verified write of one chunk ended.
+enum Written {
+    Ok(u64),
+    /// The chunk did not match its hash: nothing was written.
+    Bad,
+    Failed(String),
+}
+/// A finished write: source, chunk index, outcome, time the request took.
+type WriteDone = (String, usize, Written, Duration);
 /// Name -> whole-file hash (hex) -> that version's manifest and holders.
 type Versions = BTreeMap<String, BTreeMap<String, (Manifest, Vec<(String, Held)>)>>;
 
@@ -141,6 +150,9 @@ pub struct Job {
     st: Mutex<JobState>,
     cancelled: AtomicBool,
     cancel_note: tokio::sync::Notify,
+    /// Held while recording have-bits; true once the transfer has ended
+    /// and its records are gone (a late record must not bring them back).
+    persist_lock: tokio::sync::Mutex<bool>,
     done: watch::Sender<Option<Result<(), String>>>,
 }
 
@@ -528,6 +540,7 @@ impl Engine {
             }),
             cancelled: AtomicBool::new(false),
             cancel_note: tokio::sync::Notify::new(),
+            persist_lock: tokio::sync::Mutex::new(false),
             done,
         });
         {
@@ -560,6 +573,7 @@ impl Engine {
             // Done, failed or cancelled: nothing is left to resume. A failed
             // get is reported to its waiters and in the log; asking again
             // starts afresh.
+            *job.persist_lock.lock().await = true;
             let _ = me.local.meta.remove("transfers", &name);
             let _ = me.local.meta.remove("transfer-have", &name);
             let _ = std::fs::remove_file(&job.tmp);
@@ -704,16 +718,24 @@ impl Engine {
 
     /// A chunk for another node: from a complete file, or from a transfer
     /// in progress if that chunk is already verified here. Blocking.
-    pub fn read_chunk(&self, name: &str, root: &[u8], index: usize) -> Result<Vec<u8>, String> {
+    /// Appends the chunk to `buf`.
+    pub fn read_chunk(
+        &self,
+        name: &str,
+        root: &[u8],
+        index: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), String> {
         let job = self.jobs().get(name).cloned();
         if let Some(j) = job.filter(|j| j.manifest.root == root) {
             if !bit(&j.state().have, index) {
                 return Err(format!("{name}: chunk {index} not here yet"));
             }
             let (off, len) = j.manifest.chunk_range(index);
-            return crate::local::read_range(&j.tmp, off, len).map_err(|e| format!("{name}: {e}"));
+            return crate::local::read_range(&j.tmp, off, len, buf)
+                .map_err(|e| format!("{name}: {e}"));
         }
-        self.local.read_chunk(name, root, index)
+        self.local.read_chunk(name, root, index, buf)
     }
 
     async fn run(self: &Arc<Self>, job: &Arc<Job>) -> Result<(), String> {
@@ -763,6 +785,9 @@ impl Engine {
         self.verify_resumed(job, &file).await?;
 
         let (tx, mut rx) = mpsc::unbounded_channel::<ChunkDone>();
+        let (written_tx, mut written_rx) = mpsc::unbounded_channel::<WriteDone>();
+        let mut writing: HashSet<usize> = HashSet::new();
+        let mut persisting: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
         let mut inflight: HashMap<usize, HashSet<String>> = HashMap::new();
         let (have_tx, mut have_rx) = mpsc::unbounded_channel::<HaveDone>();
         let mut last_have = Instant::now();
@@ -808,10 +833,30 @@ impl Engine {
                 last_have = Instant::now();
                 self.poll_partial_sources(job, &have_tx, &mut polling);
             }
-            self.schedule(job, &mut inflight, &tx);
+            self.schedule(job, &mut inflight, &writing, &tx);
 
             let next = tokio::select! {
                 r = rx.recv() => r,
+                Some((host, idx, w, took)) = written_rx.recv() => {
+                    writing.remove(&idx);
+                    if self.written(job, host, idx, w, took, &mut rate_window)? {
+                        unsynced += 1;
+                    }
+                    // A restart re-fetches only chunks not yet recorded:
+                    // keep that window small (a few chunks, a quarter
+                    // second). One record at a time, off the loop.
+                    let due = unsynced >= SYNC_EVERY
+                        || (unsynced > 0 && last_persist.elapsed() >= Duration::from_millis(250));
+                    if due && persisting.as_ref().is_none_or(|h| h.is_finished()) {
+                        if let Some(h) = persisting.take() {
+                            h.await.map_err(|e| e.to_string())??;
+                        }
+                        persisting = Some(tokio::spawn(self.clone().persist(job.clone(), file.clone())));
+                        unsynced = 0;
+                        last_persist = Instant::now();
+                    }
+                    continue;
+                }
                 Some((host, bits)) = have_rx.recv() => {
                     polling.remove(&host);
                     let want = job.manifest.chunk_count().div_ceil(8);
@@ -857,7 +902,6 @@ impl Engine {
                     inflight.remove(&idx);
                 }
             }
-            // Decide under the lock; write without it.
             let data = {
                 let mut st = job.state();
                 if let Some(s) = st.sources.get_mut(&host) {
@@ -865,24 +909,7 @@ impl Engine {
                 }
                 match res {
                     // The other copy of an endgame request may have won.
-                    Ok(_) if bit(&st.have, idx) => None,
-                    Ok(data) if !m.verify_chunk(idx, &data) => {
-                        let s = st.sources.entry(host.clone()).or_default();
-                        s.bad += 1;
-                        warn!(
-                            "{}: chunk {idx} from {host} failed verification ({} bad from it); \
-                             fetching it elsewhere",
-                            job.name, s.bad
-                        );
-                        if s.bad >= MAX_BAD {
-                            s.dropped = true;
-                            warn!(
-                                "{}: dropping {host} as a source: it keeps sending bad data",
-                                job.name
-                            );
-                        }
-                        None
-                    }
+                    Ok(_) if bit(&st.have, idx) || writing.contains(&idx) => None,
                     Ok(data) => Some(data),
                     Err(e) => {
                         let s = st.sources.entry(host.clone()).or_default();
@@ -898,41 +925,28 @@ impl Engine {
                 }
             };
             let Some(data) = data else { continue };
-            let (off, _) = m.chunk_range(idx);
-            let f = file.clone();
-            let len = data.len() as u64;
-            tokio::task::spawn_blocking(move || f.write_all_at(&data, off))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("writing {}: {e}", job.tmp.display()))?;
-            {
-                let mut st = job.state();
-                set_bit(&mut st.have, idx);
-                st.bytes += len;
-                let s = st.sources.entry(host).or_default();
-                s.served += 1;
-                s.fails = 0;
-                let r = len as f64 / took.as_secs_f64().max(1e-6);
-                s.rate = if s.rate == 0.0 {
-                    r
+            // Verify and write on a blocking thread while the loop goes on
+            // asking: hashing and the copy into the page cache are a good
+            // part of a fast transfer's time.
+            writing.insert(idx);
+            let (j, f, wtx) = (job.clone(), file.clone(), written_tx.clone());
+            tokio::task::spawn_blocking(move || {
+                let w = if !j.manifest.verify_chunk(idx, &data) {
+                    Written::Bad
                 } else {
-                    0.7 * s.rate + 0.3 * r
+                    let (off, _) = j.manifest.chunk_range(idx);
+                    match f.write_all_at(&data, off) {
+                        Ok(()) => Written::Ok(data.len() as u64),
+                        Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
+                    }
                 };
-                rate_window.1 += len;
-                let el = rate_window.0.elapsed().as_secs_f64();
-                if el >= 1.0 {
-                    st.rate = rate_window.1 as f64 / el;
-                    rate_window = (Instant::now(), 0);
-                }
-            }
-            unsynced += 1;
-            // A restart re-fetches only chunks not yet recorded: keep that
-            // window small (a few chunks, a quarter second).
-            if unsynced >= SYNC_EVERY || last_persist.elapsed() >= Duration::from_millis(250) {
-                self.persist(job, &file).await?;
-                unsynced = 0;
-                last_persist = Instant::now();
-            }
+                let _ = wtx.send((host, idx, w, took));
+            });
+        }
+        // Every chunk is written; the last record, if any, must be done
+        // before the file moves.
+        if let Some(h) = persisting.take() {
+            h.await.map_err(|e| e.to_string())??;
         }
         self.finish(job, &file).await
     }
@@ -949,7 +963,18 @@ impl Engine {
     }
 
     /// fdatasync the partial file, then record the have-bits it covers.
-    async fn persist(&self, job: &Arc<Job>, file: &Arc<std::fs::File>) -> Result<(), String> {
+    /// Bits are set only after their chunk's write returned, so the sync
+    /// covers every bit in the copy taken first.
+    async fn persist(
+        self: Arc<Self>,
+        job: Arc<Job>,
+        file: Arc<std::fs::File>,
+    ) -> Result<(), String> {
+        // Records land in order, and never after the transfer's cleanup.
+        let ended = job.persist_lock.lock().await;
+        if *ended {
+            return Ok(());
+        }
         let have = job.state().have.clone();
         let f = file.clone();
         tokio::task::spawn_blocking(move || f.sync_data())
@@ -1135,10 +1160,64 @@ impl Engine {
     /// the least busy, fastest source that has it. When every missing chunk
     /// is already requested, the last ones are requested a second time
     /// from another source (endgame).
+    /// Books a finished write: the have-bit, the source's record. Returns
+    /// whether a chunk was added (and so awaits a durable record).
+    fn written(
+        &self,
+        job: &Arc<Job>,
+        host: String,
+        idx: usize,
+        w: Written,
+        took: Duration,
+        rate_window: &mut (Instant, u64),
+    ) -> Result<bool, String> {
+        let mut st = job.state();
+        let len = match w {
+            Written::Failed(e) => return Err(e),
+            Written::Bad => {
+                let s = st.sources.entry(host.clone()).or_default();
+                s.bad += 1;
+                warn!(
+                    "{}: chunk {idx} from {host} failed verification ({} bad from it); \
+                     fetching it elsewhere",
+                    job.name, s.bad
+                );
+                if s.bad >= MAX_BAD {
+                    s.dropped = true;
+                    warn!(
+                        "{}: dropping {host} as a source: it keeps sending bad data",
+                        job.name
+                    );
+                }
+                return Ok(false);
+            }
+            Written::Ok(len) => len,
+        };
+        set_bit(&mut st.have, idx);
+        st.bytes += len;
+        let s = st.sources.entry(host).or_default();
+        s.served += 1;
+        s.fails = 0;
+        let r = len as f64 / took.as_secs_f64().max(1e-6);
+        s.rate = if s.rate == 0.0 {
+            r
+        } else {
+            0.7 * s.rate + 0.3 * r
+        };
+        rate_window.1 += len;
+        let el = rate_window.0.elapsed().as_secs_f64();
+        if el >= 1.0 {
+            st.rate = rate_window.1 as f64 / el;
+            *rate_window = (Instant::now(), 0);
+        }
+        Ok(true)
+    }
+
     fn schedule(
         &self,
         job: &Arc<Job>,
         inflight: &mut HashMap<usize, HashSet<String>>,
+        writing: &HashSet<usize>,
         tx: &mpsc::UnboundedSender<ChunkDone>,
     ) {
         let n = job.manifest.chunk_count();
@@ -1146,7 +1225,8 @@ impl Engine {
         let now = Instant::now();
         let mut rng = rand::thread_rng();
         loop {
-            let total: usize = inflight.values().map(|s| s.len()).sum();
+            // Chunks waiting to be written count too: they hold memory.
+            let total: usize = inflight.values().map(|s| s.len()).sum::<usize>() + writing.len();
             if total >= PER_FILE {
                 return;
             }
@@ -1178,7 +1258,7 @@ impl Engine {
             let mut any_fresh = false;
             for k in 0..n {
                 let i = (start + k) % n;
-                if bit(&st.have, i) {
+                if bit(&st.have, i) || writing.contains(&i) {
                     continue;
                 }
                 let asked = inflight.get(&i);
