@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mm_overlay::{wire, Overlay};
+use mm_store::transfer::Miss;
 use mm_store::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -301,6 +302,7 @@ impl DataServer {
                 };
                 let req: DataReq = wire::decode(&plain).map_err(bad)?;
                 let engine = self.engine.clone();
+                let from = t.host.clone();
                 let key = sealer.key.clone();
                 // Nonces follow the order on the wire: take this one now.
                 let nonce = sealer.next_nonce();
@@ -308,15 +310,16 @@ impl DataServer {
                     let mut record = Vec::with_capacity(4 + MAX_ANSWER + TAG);
                     record.extend_from_slice(&[0u8; 4]);
                     let kind = match engine.read_chunk(
+                        &from,
                         &req.name,
                         &req.root,
                         req.index as usize,
                         &mut record,
                     ) {
                         Ok(()) => 0u8,
-                        Err(e) => {
+                        Err(miss) => {
                             record.truncate(4);
-                            record.extend_from_slice(e.as_bytes());
+                            record.extend_from_slice(miss.to_wire().as_bytes());
                             1
                         }
                     };
@@ -364,8 +367,8 @@ pub struct DataClient {
 pub enum DataError {
     /// No data connection could be made: use another way.
     Setup(String),
-    /// The connection or the server failed this request.
-    Failed(String),
+    /// The server's answer to this request, or a broken connection.
+    Miss(Miss),
 }
 
 impl DataClient {
@@ -396,14 +399,14 @@ impl DataClient {
             match tx.send(job).await {
                 Ok(()) => {
                     return match answer.await {
-                        Ok(r) => r.map_err(DataError::Failed),
-                        Err(_) => Err(DataError::Failed("data connection closed".into())),
+                        Ok(r) => r.map_err(|e| DataError::Miss(Miss::from_wire(e))),
+                        Err(_) => Err(failed("data connection closed".into())),
                     };
                 }
                 Err(mpsc::error::SendError(j)) => job = j,
             }
         }
-        Err(DataError::Failed("data connection keeps closing".into()))
+        Err(failed("data connection keeps closing".into()))
     }
 
     async fn conn(&self, host: &str) -> Result<mpsc::Sender<Job>, DataError> {
@@ -429,16 +432,16 @@ impl DataClient {
             .overlay
             .direct(host, wire::encode(&Request::Data))
             .await
-            .map_err(DataError::Failed)?;
+            .map_err(failed)?;
         let grant = wire::decode::<Option<Grant>>(&body)
-            .map_err(DataError::Failed)?
+            .map_err(failed)?
             .ok_or_else(|| DataError::Setup(format!("{host} has its data channel off")))?;
         if grant.ticket.len() != 16 || grant.key.len() != 32 {
-            return Err(DataError::Failed(format!(
+            return Err(failed(format!(
                 "{host} sent a malformed data channel grant"
             )));
         }
-        let snap = self.overlay.snapshot().await.map_err(DataError::Failed)?;
+        let snap = self.overlay.snapshot().await.map_err(failed)?;
         let mut ips: Vec<IpAddr> = snap
             .nodes
             .get(host)
@@ -466,6 +469,10 @@ impl DataClient {
             "no data connection to {host} ({last})"
         )))
     }
+}
+
+fn failed(e: String) -> DataError {
+    DataError::Miss(Miss::Failed(e))
 }
 
 fn ip_of(multiaddr: &str) -> Option<IpAddr> {

@@ -331,8 +331,9 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>, 
             tokio::task::spawn_blocking(move || {
                 let mut buf = Vec::new();
                 engine
-                    .read_chunk(&name, &root, index as usize, &mut buf)
+                    .read_chunk(&from, &name, &root, index as usize, &mut buf)
                     .map(|()| buf)
+                    .map_err(|m| m.to_wire())
             })
             .await
             .map_err(|e| e.to_string())?

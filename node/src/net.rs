@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mm_overlay::{wire, Overlay};
-use mm_store::transfer::HolderAnswers;
+use mm_store::transfer::{HolderAnswers, Miss};
 use mm_store::{Held, Net};
 
 use crate::data::{DataClient, DataError, Fallback};
@@ -66,19 +66,19 @@ impl Net for MeshNet {
         name: String,
         root: Vec<u8>,
         index: u32,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+    ) -> BoxFuture<'static, Result<Vec<u8>, Miss>> {
         let overlay = self.overlay.clone();
         let (data, fallback) = (self.data.clone(), self.fallback.clone());
         async move {
             if !fallback.active(&host) {
                 match data.chunk(&host, name.clone(), root.clone(), index).await {
                     Ok(bytes) => return Ok(bytes),
-                    Err(DataError::Failed(e)) => return Err(e),
+                    Err(DataError::Miss(m)) => return Err(m),
                     Err(DataError::Setup(e)) => fallback.note(&host, &e),
                 }
             }
             let body = wire::encode(&Request::Chunk { name, root, index });
-            overlay.direct(&host, body).await
+            overlay.direct(&host, body).await.map_err(Miss::from_wire)
         }
         .boxed()
     }

@@ -29,8 +29,10 @@ use crate::manifest::Manifest;
 
 /// Files transferring at once on one node; more are queued.
 pub const MAX_ACTIVE: usize = 3;
-/// Chunk requests in flight to one source.
+/// Chunk requests in flight to one source, at most.
 const PER_SOURCE: usize = 8;
+/// Requests in flight to a source cover about this much of its delivery.
+const IN_FLIGHT_TIME: Duration = Duration::from_millis(100);
 /// Candidate chunks looked at per request.
 const SAMPLE: usize = 64;
 /// Chunk requests in flight to a complete holder while other pullers of
@@ -42,11 +44,23 @@ const PER_FILE: usize = 32;
 /// requests, so a slow disk holds back the network instead of memory.
 const MAX_WRITING: usize = 8;
 /// How often the have-bitfields of other pullers are refreshed.
-const HAVE_EVERY: Duration = Duration::from_millis(300);
+const HAVE_EVERY: Duration = Duration::from_millis(100);
 /// Chunks written between two fdatasync + have-bit records (or a quarter
 /// second, whichever comes first). Each record costs a journal commit; 64
 /// chunks is 40-60 ms of a fast transfer to re-fetch after a crash.
 const SYNC_EVERY: usize = 64;
+/// A holder forgets a file's pullers this long after the last one asked.
+const LEDGER_IDLE: Duration = Duration::from_secs(60);
+/// A puller that asked for a chunk this recently is still pulling: other
+/// pullers can be pointed at it.
+const PULLER_ACTIVE: Duration = Duration::from_secs(5);
+/// A chunk sent to one puller this recently is not sent to another.
+const SENT_FRESH: Duration = Duration::from_secs(10);
+/// How long a puller waits for a chunk another puller was sent, before it
+/// asks the holder itself.
+const PROMISE: Duration = Duration::from_secs(3);
+/// A puller that does not have a chunk yet is asked again after this.
+const NOT_YET_WAIT: Duration = Duration::from_millis(150);
 /// A source that sent this many bad chunks is dropped for this transfer.
 const MAX_BAD: u32 = 3;
 
@@ -64,8 +78,91 @@ pub struct Held {
 pub type HolderAnswers = Vec<(String, Result<Vec<Held>, String>)>;
 /// A finished have poll: source, its bitfield.
 type HaveDone = (String, Result<Vec<u8>, String>);
-/// A finished chunk request: source, chunk index, data, time taken.
-type ChunkDone = (String, usize, Result<Vec<u8>, String>, Duration);
+/// A finished chunk request: source, chunk index, data.
+type ChunkDone = (String, usize, Result<Vec<u8>, Miss>);
+
+/// Why a source did not send a chunk.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Miss {
+    /// A puller that does not have this chunk yet: ask again shortly.
+    NotYet,
+    /// A holder that already sent this chunk to that other puller, which
+    /// will pass it on: the holder's uplink is what every puller shares.
+    Redirect(String),
+    Failed(String),
+}
+
+impl Miss {
+    /// As one line, for answers that can only carry a string.
+    pub fn to_wire(&self) -> String {
+        match self {
+            Miss::NotYet => "not yet".into(),
+            Miss::Redirect(h) => format!("redirect {h}"),
+            Miss::Failed(e) => e.clone(),
+        }
+    }
+
+    pub fn from_wire(s: String) -> Miss {
+        if s == "not yet" {
+            Miss::NotYet
+        } else if let Some(h) = s.strip_prefix("redirect ") {
+            Miss::Redirect(h.to_string())
+        } else {
+            Miss::Failed(s)
+        }
+    }
+}
+
+impl From<String> for Miss {
+    fn from(e: String) -> Miss {
+        Miss::Failed(e)
+    }
+}
+
+/// What a complete holder remembers of one file's pullers, so that its
+/// uplink sends each chunk about once: who got each chunk first, who was
+/// already sent elsewhere, and when each puller last asked.
+#[derive(Default)]
+struct Ledger {
+    root: Vec<u8>,
+    first: HashMap<u32, (String, Instant)>,
+    redirected: HashSet<(u32, String)>,
+    active: HashMap<String, Instant>,
+}
+
+impl Ledger {
+    /// Whom to point `from` at for chunk `index`, if anyone; else records
+    /// that `from` gets it.
+    fn decide(&mut self, from: &str, index: u32, now: Instant) -> Option<String> {
+        self.active.insert(from.to_string(), now);
+        match self.first.get(&index) {
+            // Sent a while ago: that puller may have finished and deleted it
+            // since. This is a new round.
+            Some((first, sent)) if first != from && now - *sent < SENT_FRESH => {
+                let asking = self
+                    .active
+                    .get(first)
+                    .is_some_and(|t| now - *t < PULLER_ACTIVE);
+                (asking && self.redirected.insert((index, from.to_string()))).then(|| first.clone())
+            }
+            Some((first, _)) if first == from => None,
+            _ => {
+                self.first.insert(index, (from.to_string(), now));
+                None
+            }
+        }
+    }
+}
+/// What the scheduler is told by earlier answers.
+#[derive(Default)]
+struct Hints {
+    /// Chunk -> the puller a holder sent it to instead, and when.
+    promised: HashMap<usize, (String, Instant)>,
+    /// Chunk -> not to be asked for again before then (a puller did not
+    /// have it yet).
+    not_before: HashMap<usize, Instant>,
+}
+
 /// How a verified write of one chunk ended.
 enum Written {
     Ok(u64),
@@ -73,8 +170,8 @@ enum Written {
     Bad,
     Failed(String),
 }
-/// A finished write: source, chunk index, outcome, time the request took.
-type WriteDone = (String, usize, Written, Duration);
+/// A finished write: source, chunk index, outcome.
+type WriteDone = (String, usize, Written);
 /// Name -> whole-file hash (hex) -> that version's manifest and holders.
 type Versions = BTreeMap<String, BTreeMap<String, (Manifest, Vec<(String, Held)>)>>;
 
@@ -96,7 +193,7 @@ pub trait Net: Send + Sync + 'static {
         name: String,
         root: Vec<u8>,
         index: u32,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+    ) -> BoxFuture<'static, Result<Vec<u8>, Miss>>;
 }
 
 /// Which version to take when holders disagree.
@@ -134,9 +231,33 @@ struct SourceStat {
     bad: u32,
     fails: u32,
     benched_until: Option<Instant>,
-    /// Bytes per second, smoothed.
+    /// What this source delivers to us, in bytes per second, smoothed:
+    /// measured between answers while it had requests in hand.
     rate: f64,
+    /// Since when the source has been working for us without a break.
+    busy_since: Option<Instant>,
     dropped: bool,
+}
+
+impl SourceStat {
+    /// Requests to keep in flight: about a tenth of a second of what the
+    /// source delivers, plus one; two until it is measured. Deep queues at
+    /// a shared source only make every puller's choices stale.
+    fn cap(&self, swarming: bool) -> usize {
+        let by_rate = if self.rate > 0.0 {
+            (self.rate * IN_FLIGHT_TIME.as_secs_f64() / crate::manifest::CHUNK_SIZE as f64).ceil()
+                as usize
+                + 1
+        } else {
+            2
+        };
+        let most = if self.complete && swarming {
+            PER_HOLDER_SWARMING
+        } else {
+            PER_SOURCE
+        };
+        by_rate.clamp(2, most)
+    }
 }
 
 struct JobState {
@@ -238,6 +359,8 @@ pub struct Engine {
     net: Arc<dyn Net>,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     slots: Arc<Semaphore>,
+    /// Per file served whole: see [`Ledger`].
+    ledgers: Mutex<HashMap<String, Ledger>>,
 }
 
 fn human(n: f64) -> String {
@@ -273,6 +396,7 @@ impl Engine {
             net,
             jobs: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(MAX_ACTIVE)),
+            ledgers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -729,26 +853,50 @@ impl Engine {
         Ok(out)
     }
 
-    /// A chunk for another node: from a complete file, or from a transfer
-    /// in progress if that chunk is already verified here. Blocking.
-    /// Appends the chunk to `buf`.
+    /// A chunk for node `from`: from a complete file, or from a transfer
+    /// in progress if that chunk is already verified here. A complete
+    /// holder sends each chunk to one puller and points the others at it
+    /// (once per chunk and puller, and only at a puller that is still
+    /// asking). Appends the chunk to `buf`. Blocking.
     pub fn read_chunk(
         &self,
+        from: &str,
         name: &str,
         root: &[u8],
         index: usize,
         buf: &mut Vec<u8>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Miss> {
         let job = self.jobs().get(name).cloned();
         if let Some(j) = job.filter(|j| j.manifest.root == root) {
             if !bit(&j.state().have, index) {
-                return Err(format!("{name}: chunk {index} not here yet"));
+                return Err(Miss::NotYet);
             }
             let (off, len) = j.manifest.chunk_range(index);
             return crate::local::read_range(&j.tmp, off, len, buf)
-                .map_err(|e| format!("{name}: {e}"));
+                .map_err(|e| Miss::Failed(format!("{name}: {e}")));
         }
-        self.local.read_chunk(name, root, index, buf)
+        if let Some(first) = self.redirect(from, name, root, index as u32) {
+            tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
+            return Err(Miss::Redirect(first));
+        }
+        tracing::trace!("{name}: chunk {index} to {from}");
+        Ok(self.local.read_chunk(name, root, index, buf)?)
+    }
+
+    /// Whom to point `from` at for this chunk, if anyone; else records
+    /// that `from` gets it.
+    fn redirect(&self, from: &str, name: &str, root: &[u8], index: u32) -> Option<String> {
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        ledgers.retain(|_, l| l.active.values().any(|t| now - *t < LEDGER_IDLE));
+        let l = ledgers.entry(name.to_string()).or_default();
+        if l.root != root {
+            *l = Ledger {
+                root: root.to_vec(),
+                ..Ledger::default()
+            };
+        }
+        l.decide(from, index, now)
     }
 
     async fn run(self: &Arc<Self>, job: &Arc<Job>) -> Result<(), String> {
@@ -801,6 +949,7 @@ impl Engine {
         let (tx, mut rx) = mpsc::unbounded_channel::<ChunkDone>();
         let (written_tx, mut written_rx) = mpsc::unbounded_channel::<WriteDone>();
         let mut writing: HashSet<usize> = HashSet::new();
+        let mut hints = Hints::default();
         let mut persisting: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
         let mut inflight: HashMap<usize, HashSet<String>> = HashMap::new();
         let (have_tx, mut have_rx) = mpsc::unbounded_channel::<HaveDone>();
@@ -847,13 +996,16 @@ impl Engine {
                 last_have = Instant::now();
                 self.poll_partial_sources(job, &have_tx, &mut polling);
             }
-            self.schedule(job, &mut inflight, &writing, &tx);
+            let now = Instant::now();
+            hints.promised.retain(|_, (_, t)| now - *t < PROMISE);
+            hints.not_before.retain(|_, t| *t > now);
+            self.schedule(job, &mut inflight, &writing, &hints, &tx);
 
             let next = tokio::select! {
                 r = rx.recv() => r,
-                Some((host, idx, w, took)) = written_rx.recv() => {
+                Some((host, idx, w)) = written_rx.recv() => {
                     writing.remove(&idx);
-                    if self.written(job, host, idx, w, took, &mut rate_window)? {
+                    if self.written(job, host, idx, w, &mut rate_window)? {
                         unsynced += 1;
                     }
                     // A restart re-fetches only chunks not yet recorded:
@@ -907,7 +1059,7 @@ impl Engine {
                 _ = job.cancel_note.notified() => continue,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
             };
-            let Some((host, idx, res, took)) = next else {
+            let Some((host, idx, res)) = next else {
                 continue;
             };
             if let Some(set) = inflight.get_mut(&idx) {
@@ -920,12 +1072,36 @@ impl Engine {
                 let mut st = job.state();
                 if let Some(s) = st.sources.get_mut(&host) {
                     s.inflight = s.inflight.saturating_sub(1);
+                    let now = Instant::now();
+                    if let (Ok(data), Some(since)) = (&res, s.busy_since) {
+                        let r = data.len() as f64 / (now - since).as_secs_f64().max(1e-6);
+                        s.rate = if s.rate == 0.0 {
+                            r
+                        } else {
+                            0.7 * s.rate + 0.3 * r
+                        };
+                    }
+                    s.busy_since = (s.inflight > 0).then_some(now);
                 }
                 match res {
                     // The other copy of an endgame request may have won.
                     Ok(_) if bit(&st.have, idx) || writing.contains(&idx) => None,
                     Ok(data) => Some(data),
-                    Err(e) => {
+                    // Neither is the source's fault.
+                    Err(Miss::NotYet) => {
+                        hints.not_before.insert(idx, Instant::now() + NOT_YET_WAIT);
+                        None
+                    }
+                    Err(Miss::Redirect(to)) => {
+                        // Possibly a puller we have not heard of yet: its
+                        // bitfield is polled from now on.
+                        let s = st.sources.entry(to.clone()).or_default();
+                        if !s.dropped {
+                            hints.promised.insert(idx, (to, Instant::now()));
+                        }
+                        None
+                    }
+                    Err(Miss::Failed(e)) => {
                         let s = st.sources.entry(host.clone()).or_default();
                         s.fails += 1;
                         let wait = Duration::from_millis(500 * (1u64 << s.fails.min(6)));
@@ -955,7 +1131,7 @@ impl Engine {
                         Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
                     }
                 };
-                let _ = wtx.send((host, idx, w, took));
+                let _ = wtx.send((host, idx, w));
             });
         }
         // Every chunk is written; the last record, if any, must be done
@@ -1190,7 +1366,6 @@ impl Engine {
         host: String,
         idx: usize,
         w: Written,
-        took: Duration,
         rate_window: &mut (Instant, u64),
     ) -> Result<bool, String> {
         let mut st = job.state();
@@ -1215,17 +1390,12 @@ impl Engine {
             }
             Written::Ok(len) => len,
         };
+        tracing::trace!("{}: chunk {idx} from {host} written", job.name);
         set_bit(&mut st.have, idx);
         st.bytes += len;
         let s = st.sources.entry(host).or_default();
         s.served += 1;
         s.fails = 0;
-        let r = len as f64 / took.as_secs_f64().max(1e-6);
-        s.rate = if s.rate == 0.0 {
-            r
-        } else {
-            0.7 * s.rate + 0.3 * r
-        };
         rate_window.1 += len;
         let el = rate_window.0.elapsed().as_secs_f64();
         if el >= 1.0 {
@@ -1240,6 +1410,7 @@ impl Engine {
         job: &Arc<Job>,
         inflight: &mut HashMap<usize, HashSet<String>>,
         writing: &HashSet<usize>,
+        hints: &Hints,
         tx: &mpsc::UnboundedSender<ChunkDone>,
     ) {
         let n = job.manifest.chunk_count();
@@ -1259,19 +1430,21 @@ impl Engine {
                 .sources
                 .iter()
                 .filter(|(_, s)| {
-                    let cap = if s.complete && swarming {
-                        PER_HOLDER_SWARMING
-                    } else {
-                        PER_SOURCE
-                    };
-                    !s.dropped && s.inflight < cap && s.benched_until.is_none_or(|t| t <= now)
+                    !s.dropped
+                        && s.inflight < s.cap(swarming)
+                        && s.benched_until.is_none_or(|t| t <= now)
                 })
                 .map(|(h, _)| h.clone())
                 .collect();
             if ready.is_empty() {
                 return;
             }
-            let has = |s: &SourceStat, i: usize| s.complete || bit(&s.have, i);
+            // A chunk another puller was sent for us is its to give, for a
+            // while: not the holder's again.
+            let has = |h: &str, s: &SourceStat, i: usize| match hints.promised.get(&i) {
+                Some((to, t)) if now - *t < PROMISE => to == h || (!s.complete && bit(&s.have, i)),
+                _ => s.complete || bit(&s.have, i),
+            };
             // A sample of the missing chunks a ready source can give, from a
             // random starting point: the cost per request stays flat however
             // large the file (rarest first is then among the sample).
@@ -1280,14 +1453,17 @@ impl Engine {
             let mut any_fresh = false;
             for k in 0..n {
                 let i = (start + k) % n;
-                if bit(&st.have, i) || writing.contains(&i) {
+                if bit(&st.have, i)
+                    || writing.contains(&i)
+                    || hints.not_before.get(&i).is_some_and(|t| *t > now)
+                {
                     continue;
                 }
                 let asked = inflight.get(&i);
                 any_fresh |= asked.is_none();
                 let ready_holder = ready
                     .iter()
-                    .any(|h| has(&st.sources[h], i) && !asked.is_some_and(|s| s.contains(h)));
+                    .any(|h| has(h, &st.sources[h], i) && !asked.is_some_and(|s| s.contains(h)));
                 if !ready_holder {
                     continue;
                 }
@@ -1315,8 +1491,8 @@ impl Engine {
                 .map(|&i| {
                     let rarity = st
                         .sources
-                        .values()
-                        .filter(|s| !s.dropped && has(s, i))
+                        .iter()
+                        .filter(|(h, s)| !s.dropped && has(h, s, i))
                         .count();
                     (rarity, i)
                 })
@@ -1330,7 +1506,8 @@ impl Engine {
             let host = ready
                 .iter()
                 .filter(|h| {
-                    has(&st.sources[*h], idx) && !inflight.get(&idx).is_some_and(|s| s.contains(*h))
+                    has(h, &st.sources[*h], idx)
+                        && !inflight.get(&idx).is_some_and(|s| s.contains(*h))
                 })
                 .min_by(|a, b| {
                     let (sa, sb) = (&st.sources[*a], &st.sources[*b]);
@@ -1349,8 +1526,13 @@ impl Engine {
             if endgame && inflight.get(&idx).is_some_and(|s| !s.is_empty()) {
                 tracing::debug!("{}: endgame, chunk {idx} again from {host}", job.name);
             }
+            tracing::trace!("{}: asking {host} for chunk {idx}", job.name);
             inflight.entry(idx).or_default().insert(host.clone());
-            st.sources.get_mut(&host).expect("ready source").inflight += 1;
+            let s = st.sources.get_mut(&host).expect("ready source");
+            if s.inflight == 0 {
+                s.busy_since = Some(Instant::now());
+            }
+            s.inflight += 1;
             let fut = self.net.chunk(
                 host.clone(),
                 job.name.clone(),
@@ -1359,9 +1541,7 @@ impl Engine {
             );
             let tx = tx.clone();
             tokio::spawn(async move {
-                let t = Instant::now();
-                let r = fut.await;
-                let _ = tx.send((host, idx, r, t.elapsed()));
+                let _ = tx.send((host, idx, fut.await));
             });
         }
     }
@@ -1429,6 +1609,42 @@ mod tests {
         assert_eq!(fmt_time(t), "2026-11-18 11:06:40");
         assert_eq!(human(512.0), "512 B");
         assert_eq!(human(1536.0 * 1024.0), "1.5 MiB");
+    }
+
+    #[test]
+    fn a_holder_sends_each_chunk_once_while_pullers_are_at_work() {
+        let t0 = Instant::now();
+        let mut l = Ledger::default();
+        assert_eq!(l.decide("a", 7, t0), None, "the first asker gets it");
+        assert_eq!(l.decide("a", 7, t0), None, "and again, if it asks again");
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            l.decide("b", 7, t1),
+            Some("a".into()),
+            "the next is pointed at a"
+        );
+        assert_eq!(l.decide("b", 7, t1), None, "but only once per chunk");
+        assert_eq!(l.decide("c", 7, t1), Some("a".into()));
+        // A puller that stopped asking is nobody to point at.
+        let later = t0 + PULLER_ACTIVE + Duration::from_secs(1);
+        assert_eq!(l.decide("d", 8, later), None);
+        assert_eq!(l.decide("e", 7, later), None, "a is not active any more");
+        // A chunk sent long ago starts a new round.
+        let t2 = t0 + SENT_FRESH + Duration::from_secs(1);
+        l.decide("a", 9, t2);
+        assert_eq!(l.decide("f", 7, t2), None);
+        assert_eq!(l.decide("g", 7, t2), Some("f".into()));
+    }
+
+    #[test]
+    fn misses_survive_the_wire() {
+        for m in [
+            Miss::NotYet,
+            Miss::Redirect("h3".into()),
+            Miss::Failed("big: no chunk 9".into()),
+        ] {
+            assert_eq!(Miss::from_wire(m.to_wire()), m);
+        }
     }
 
     #[test]

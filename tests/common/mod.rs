@@ -134,7 +134,10 @@ impl Node {
             .args(&self.args)
             .env(
                 "RUST_LOG",
-                "info,mm_overlay=debug,libp2p_gossipsub=warn,libp2p_mdns=warn",
+                // MM_LOG: more detail for a run, e.g. mm_store=trace.
+                std::env::var("MM_LOG").unwrap_or_else(|_| {
+                    "info,mm_overlay=debug,libp2p_gossipsub=warn,libp2p_mdns=warn".into()
+                }),
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
