@@ -361,6 +361,8 @@ struct Conn {
 pub struct DataClient {
     overlay: Overlay,
     conns: tokio::sync::Mutex<HashMap<String, Conn>>,
+    /// Per node: the round trip of its data channel handshake.
+    rtts: Mutex<HashMap<String, Duration>>,
 }
 
 /// Why a chunk did not come over the data channel.
@@ -376,7 +378,16 @@ impl DataClient {
         DataClient {
             overlay,
             conns: tokio::sync::Mutex::new(HashMap::new()),
+            rtts: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn rtt(&self, host: &str) -> Option<Duration> {
+        self.rtts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .copied()
     }
 
     pub async fn chunk(
@@ -457,8 +468,12 @@ impl DataClient {
         for ip in ips {
             let addr = SocketAddr::new(ip, grant.port);
             match tokio::time::timeout(SETUP_TIMEOUT, handshake(addr, &grant)).await {
-                Ok(Ok(conn)) => {
-                    debug!("data connection to {host} at {addr}");
+                Ok(Ok((conn, rtt))) => {
+                    debug!("data connection to {host} at {addr}, round trip {rtt:?}");
+                    self.rtts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(host.to_string(), rtt);
                     return Ok(conn);
                 }
                 Ok(Err(e)) => last = format!("{addr}: {e}"),
@@ -483,16 +498,19 @@ fn ip_of(multiaddr: &str) -> Option<IpAddr> {
     }
 }
 
-async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<Conn> {
+/// Opens a data connection; returns it with the ticket's round trip.
+async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Duration)> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
+    let sent = Instant::now();
     wr.write_all(&grant.ticket).await?;
     let mut sealer = Sealer::new(&grant.key, b"client to server");
     let mut opener = Sealer::new(&grant.key, b"server to client");
     if opener.open(&mut rd, ACK.len()).await? != ACK {
         return Err(bad("a wrong acknowledgement".into()));
     }
+    let rtt = sent.elapsed();
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     let (line_tx, mut line_rx) = mpsc::unbounded_channel::<Waiting>();
     let dead = Arc::new(AtomicBool::new(false));
@@ -568,7 +586,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<Conn> {
             }
         }
     });
-    Ok(Conn { tx, dead })
+    Ok((Conn { tx, dead }, rtt))
 }
 
 /// Splits an answer's trailer off. The outer error breaks the connection;

@@ -46,6 +46,10 @@ impl Net for MeshNet {
         .boxed()
     }
 
+    fn rtt(&self, host: &str) -> Option<Duration> {
+        self.data.rtt(host)
+    }
+
     fn have(
         &self,
         host: String,

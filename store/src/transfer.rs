@@ -31,8 +31,10 @@ use crate::manifest::Manifest;
 pub const MAX_ACTIVE: usize = 3;
 /// Chunk requests in flight to one source, at most.
 const PER_SOURCE: usize = 8;
-/// Requests in flight to a source cover about this much of its delivery.
-const IN_FLIGHT_TIME: Duration = Duration::from_millis(100);
+/// Requests in flight to a source cover about this much of its delivery,
+/// beyond a round trip. B2 (7 pullers sharing each other's uplinks): 100
+/// ms and at least two in flight gave 1.18; 50 ms and at least one, 1.13.
+const IN_FLIGHT_TIME: Duration = Duration::from_millis(50);
 /// Candidate chunks looked at per request.
 const SAMPLE: usize = 64;
 /// Chunk requests in flight to a complete holder while other pullers of
@@ -180,6 +182,8 @@ pub trait Net: Send + Sync + 'static {
     /// Asks every other node which files match `pattern`; silent nodes are
     /// simply missing or errors, never a failure of the whole question.
     fn holders(&self, pattern: String) -> BoxFuture<'static, HolderAnswers>;
+    /// The round trip time to `host`, if known (no data moving).
+    fn rtt(&self, host: &str) -> Option<Duration>;
     /// The have-bitfield of a node that is itself pulling the file.
     fn have(
         &self,
@@ -240,14 +244,16 @@ struct SourceStat {
 }
 
 impl SourceStat {
-    /// Requests to keep in flight: about a tenth of a second of what the
-    /// source delivers, plus one; two until it is measured. Deep queues at
-    /// a shared source only make every puller's choices stale.
-    fn cap(&self, swarming: bool) -> usize {
+    /// Requests to keep in flight: what the source delivers in a round
+    /// trip plus [`IN_FLIGHT_TIME`], at least one; two until it is
+    /// measured. Deep queues at a shared source (a puller's uplink serves
+    /// every other puller) only delay each chunk and make every puller's
+    /// choices stale; the round trip keeps a distant source busy (the cap
+    /// grows while requests come back faster than that window).
+    fn cap(&self, swarming: bool, rtt: Option<Duration>) -> usize {
+        let window = IN_FLIGHT_TIME + 2 * rtt.unwrap_or_default();
         let by_rate = if self.rate > 0.0 {
-            (self.rate * IN_FLIGHT_TIME.as_secs_f64() / crate::manifest::CHUNK_SIZE as f64).ceil()
-                as usize
-                + 1
+            (self.rate * window.as_secs_f64() / crate::manifest::CHUNK_SIZE as f64).ceil() as usize
         } else {
             2
         };
@@ -256,7 +262,7 @@ impl SourceStat {
         } else {
             PER_SOURCE
         };
-        by_rate.clamp(2, most)
+        by_rate.clamp(1, most)
     }
 }
 
@@ -1429,9 +1435,9 @@ impl Engine {
             let ready: Vec<String> = st
                 .sources
                 .iter()
-                .filter(|(_, s)| {
+                .filter(|(h, s)| {
                     !s.dropped
-                        && s.inflight < s.cap(swarming)
+                        && s.inflight < s.cap(swarming, self.net.rtt(h))
                         && s.benched_until.is_none_or(|t| t <= now)
                 })
                 .map(|(h, _)| h.clone())
@@ -1634,6 +1640,32 @@ mod tests {
         l.decide("a", 9, t2);
         assert_eq!(l.decide("f", 7, t2), None);
         assert_eq!(l.decide("g", 7, t2), Some("f".into()));
+    }
+
+    #[test]
+    fn requests_in_flight_cover_the_round_trip_but_no_queue() {
+        let chunk = crate::manifest::CHUNK_SIZE as f64;
+        // A distant source on a fast link: each request takes the round
+        // trip plus its transfer, so what we measure is cap x chunk / that.
+        // The cap must grow to the link, not settle at one per round trip.
+        let (rtt, link) = (Duration::from_millis(50), 1e9);
+        let mut s = SourceStat::default();
+        let mut cap = s.cap(false, Some(rtt));
+        for _ in 0..20 {
+            let latency = rtt.as_secs_f64() + chunk / link;
+            s.rate = (cap as f64 * chunk / latency).min(link);
+            cap = s.cap(false, Some(rtt));
+        }
+        assert_eq!(cap, PER_SOURCE, "stuck at {cap} in flight");
+        // A puller's uplink shared by six others, next door: about 4 MB/s
+        // each. One in flight keeps it busy; more only queue there.
+        let s = SourceStat {
+            rate: 4e6,
+            ..SourceStat::default()
+        };
+        assert_eq!(s.cap(false, Some(Duration::from_micros(200))), 1);
+        // Unmeasured: two, to measure.
+        assert_eq!(SourceStat::default().cap(false, None), 2);
     }
 
     #[test]
