@@ -64,8 +64,8 @@ struct Serve {
     /// free, else any free port].
     #[arg(long)]
     data_port: Option<u16>,
-    /// Send file chunks over the overlay connection instead (slower; one
-    /// port fewer to open).
+    /// Serve no data channel: other nodes fetch this node's chunks over the
+    /// overlay connection (slower; one port fewer to open).
     #[arg(long)]
     no_data_channel: bool,
 }

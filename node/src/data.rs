@@ -47,6 +47,17 @@ const TICKET_TTL: Duration = Duration::from_secs(30);
 const MAX_TICKETS: usize = 1024;
 /// Connecting, sending the ticket and getting the acknowledgement.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Asking for a grant over the mesh.
+const GRANT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a new connection may take to present its ticket.
+const TICKET_WAIT: Duration = Duration::from_secs(2);
+/// Connections waiting for their ticket at once; more are closed at once
+/// (anyone who can reach the port can open one).
+const UNPROVEN: usize = 128;
+/// A name in a request, at most.
+const MAX_NAME: usize = 4096;
+/// An error in an answer, at most.
+const MAX_ERROR: usize = 1024;
 /// A client connection with nothing to do for this long is closed.
 const IDLE: Duration = Duration::from_secs(30);
 /// A server connection that hears nothing for this long is closed.
@@ -238,12 +249,17 @@ impl DataServer {
     }
 
     async fn accept(self: Arc<Self>, listener: TcpListener) {
+        let unproven = Arc::new(tokio::sync::Semaphore::new(UNPROVEN));
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
+                    let Ok(permit) = unproven.clone().try_acquire_owned() else {
+                        debug!("data connection from {addr} closed: too many without a ticket");
+                        continue;
+                    };
                     let me = self.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = me.serve(stream).await {
+                        if let Err(e) = me.serve(stream, permit).await {
                             debug!("data connection from {addr}: {e}");
                         }
                     });
@@ -257,11 +273,15 @@ impl DataServer {
         }
     }
 
-    async fn serve(self: Arc<Self>, stream: TcpStream) -> std::io::Result<()> {
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        unproven: tokio::sync::OwnedSemaphorePermit,
+    ) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
         let mut ticket = [0u8; 16];
-        tokio::time::timeout(SETUP_TIMEOUT, rd.read_exact(&mut ticket))
+        tokio::time::timeout(TICKET_WAIT, rd.read_exact(&mut ticket))
             .await
             .map_err(|_| bad("no ticket".into()))??;
         let t = self
@@ -269,6 +289,8 @@ impl DataServer {
             .remove(&ticket)
             .filter(|t| t.issued.elapsed() < TICKET_TTL)
             .ok_or_else(|| bad("an unknown or expired ticket".into()))?;
+        // Proven: no longer counts against the connections still waiting.
+        drop(unproven);
         let mut opener = Sealer::new(&t.secret, b"client to server");
         let mut sealer = Sealer::new(&t.secret, b"server to client");
         let mut ack = vec![0u8; 4];
@@ -309,18 +331,34 @@ impl DataServer {
                 let h = tokio::task::spawn_blocking(move || {
                     let mut record = Vec::with_capacity(4 + MAX_ANSWER + TAG);
                     record.extend_from_slice(&[0u8; 4]);
-                    let kind = match engine.read_chunk(
-                        &from,
-                        &req.name,
-                        &req.root,
-                        req.index as usize,
-                        &mut record,
-                    ) {
-                        Ok(()) => 0u8,
+                    let read = if req.name.len() > MAX_NAME {
+                        Err(Miss::Failed("a name too long".into()))
+                    } else {
+                        engine.read_chunk(
+                            &from,
+                            &req.name,
+                            &req.root,
+                            req.index as usize,
+                            &mut record,
+                        )
+                    };
+                    let kind = match read {
+                        Ok(()) => KIND_CHUNK,
                         Err(miss) => {
                             record.truncate(4);
-                            record.extend_from_slice(miss.to_wire().as_bytes());
-                            1
+                            let (kind, text) = match miss {
+                                Miss::NotYet => (KIND_NOT_YET, String::new()),
+                                Miss::Redirect(h) => (KIND_REDIRECT, h),
+                                Miss::Failed(e) | Miss::Lost(e) => (KIND_FAILED, e),
+                            };
+                            // The text repeats the name asked for: keep it
+                            // within what the other side accepts.
+                            let mut end = text.len().min(MAX_ERROR);
+                            while !text.is_char_boundary(end) {
+                                end -= 1;
+                            }
+                            record.extend_from_slice(&text.as_bytes()[..end]);
+                            kind
                         }
                     };
                     record.push(kind);
@@ -343,7 +381,7 @@ impl DataServer {
 /// A request waiting for its answer, in line.
 struct Waiting {
     index: u32,
-    reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    reply: oneshot::Sender<Result<Vec<u8>, Miss>>,
 }
 
 struct Job {
@@ -357,18 +395,24 @@ struct Conn {
     dead: Arc<AtomicBool>,
 }
 
+/// One serving node's connection, opened on demand; its lock is held while
+/// one is being set up, so a burst of requests opens one connection, and a
+/// slow setup for one node holds up no other.
+type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
+
 /// The pulling side: one connection per serving node, opened on demand.
 pub struct DataClient {
     overlay: Overlay,
-    conns: tokio::sync::Mutex<HashMap<String, Conn>>,
+    conns: Mutex<HashMap<String, Slot>>,
     /// Per node: the round trip of its data channel handshake.
     rtts: Mutex<HashMap<String, Duration>>,
+    fallback: Fallback,
 }
 
 /// Why a chunk did not come over the data channel.
 pub enum DataError {
-    /// No data connection could be made: use another way.
-    Setup(String),
+    /// No data connection can be had for now (logged): use another way.
+    Setup,
     /// The server's answer to this request, or a broken connection.
     Miss(Miss),
 }
@@ -377,8 +421,9 @@ impl DataClient {
     pub fn new(overlay: Overlay) -> DataClient {
         DataClient {
             overlay,
-            conns: tokio::sync::Mutex::new(HashMap::new()),
+            conns: Mutex::new(HashMap::new()),
             rtts: Mutex::new(HashMap::new()),
+            fallback: Fallback::default(),
         }
     }
 
@@ -410,59 +455,82 @@ impl DataClient {
             match tx.send(job).await {
                 Ok(()) => {
                     return match answer.await {
-                        Ok(r) => r.map_err(|e| DataError::Miss(Miss::from_wire(e))),
-                        Err(_) => Err(failed("data connection closed".into())),
+                        Ok(r) => r.map_err(DataError::Miss),
+                        Err(_) => Err(lost("data connection closed".into())),
                     };
                 }
                 Err(mpsc::error::SendError(j)) => job = j,
             }
         }
-        Err(failed("data connection keeps closing".into()))
+        Err(lost("data connection keeps closing".into()))
     }
 
     async fn conn(&self, host: &str) -> Result<mpsc::Sender<Job>, DataError> {
-        // Held across the setup so that a burst of requests opens one
-        // connection, not one each.
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(host) {
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
             if !c.dead.load(Ordering::SeqCst) && !c.tx.is_closed() {
                 return Ok(c.tx.clone());
             }
         }
-        conns.remove(host);
-        let conn = self.open(host).await?;
-        let tx = conn.tx.clone();
-        conns.insert(host.to_string(), conn);
-        Ok(tx)
+        *slot = None;
+        // Checked under the slot's lock: requests that queued behind a
+        // failed setup go the other way at once instead of trying again.
+        if self.fallback.active(host) {
+            return Err(DataError::Setup);
+        }
+        match self.open(host).await {
+            Ok(conn) => {
+                let tx = conn.tx.clone();
+                *slot = Some(conn);
+                Ok(tx)
+            }
+            Err((why, off)) => {
+                self.fallback.note(host, &why, off);
+                Err(DataError::Setup)
+            }
+        }
     }
 
-    async fn open(&self, host: &str) -> Result<Conn, DataError> {
-        // Not reaching the node at all is no reason to stop trying its data
-        // channel; a node without one, or an unreachable port, is.
-        let body = self
-            .overlay
-            .direct(host, wire::encode(&Request::Data))
-            .await
-            .map_err(failed)?;
+    /// A new connection; or why not, and whether the node has the channel
+    /// off for good (as opposed to a setup that failed this time).
+    async fn open(&self, host: &str) -> Result<Conn, (String, bool)> {
+        let body = tokio::time::timeout(
+            GRANT_TIMEOUT,
+            self.overlay.direct(host, wire::encode(&Request::Data)),
+        )
+        .await
+        .map_err(|_| {
+            (
+                format!("{host} did not grant a data connection in time"),
+                false,
+            )
+        })?
+        .map_err(|e| (e, false))?;
         let grant = wire::decode::<Option<Grant>>(&body)
-            .map_err(failed)?
-            .ok_or_else(|| DataError::Setup(format!("{host} has its data channel off")))?;
+            .map_err(|e| (e, false))?
+            .ok_or_else(|| (format!("{host} grants no data connection"), true))?;
         if grant.ticket.len() != 16 || grant.key.len() != 32 {
-            return Err(failed(format!(
-                "{host} sent a malformed data channel grant"
-            )));
+            return Err((format!("{host} sent a malformed data channel grant"), false));
         }
-        let snap = self.overlay.snapshot().await.map_err(failed)?;
+        let snap = self.overlay.snapshot().await.map_err(|e| (e, false))?;
         let mut ips: Vec<IpAddr> = snap
             .nodes
             .get(host)
             .map(|n| n.addrs.iter().filter_map(|a| ip_of(a)).collect())
             .unwrap_or_default();
+        ips.sort_unstable();
+        ips.dedup();
         // Another host's loopback address is this host: try it last.
         ips.sort_by_key(|ip| ip.is_loopback());
-        ips.dedup();
         if ips.is_empty() {
-            return Err(DataError::Setup(format!("no address known for {host}")));
+            return Err((format!("no address known for {host}"), false));
         }
         let mut last = String::new();
         for ip in ips {
@@ -480,14 +548,13 @@ impl DataClient {
                 Err(_) => last = format!("{addr}: timed out"),
             }
         }
-        Err(DataError::Setup(format!(
-            "no data connection to {host} ({last})"
-        )))
+        Err((format!("no data connection to {host} ({last})"), false))
     }
 }
 
-fn failed(e: String) -> DataError {
-    DataError::Miss(Miss::Failed(e))
+/// The connection broke: not the answer to this request.
+fn lost(e: String) -> DataError {
+    DataError::Miss(Miss::Lost(e))
 }
 
 fn ip_of(multiaddr: &str) -> Option<IpAddr> {
@@ -540,7 +607,10 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
                 }
             };
             if wdead.load(Ordering::SeqCst) {
-                let _ = job.waiting.reply.send(Err("data connection lost".into()));
+                let _ = job
+                    .waiting
+                    .reply
+                    .send(Err(Miss::Lost("data connection lost".into())));
                 break;
             }
             let mut record = Vec::with_capacity(4 + job.req.len() + TAG);
@@ -572,7 +642,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
             };
             let (r, fatal) = match r {
                 Ok(answered) => (answered, false),
-                Err(e) => (Err(e), true),
+                Err(e) => (Err(Miss::Lost(e)), true),
             };
             let _ = w.reply.send(r);
             if fatal {
@@ -580,7 +650,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
                 // The rest in line will never be answered on this stream.
                 line_rx.close();
                 while let Some(w) = line_rx.recv().await {
-                    let _ = w.reply.send(Err("data connection lost".into()));
+                    let _ = w.reply.send(Err(Miss::Lost("data connection lost".into())));
                 }
                 return;
             }
@@ -591,7 +661,13 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
 
 /// Splits an answer's trailer off. The outer error breaks the connection;
 /// the inner one is the server's answer to this request alone.
-type Answer = Result<Result<Vec<u8>, String>, String>;
+type Answer = Result<Result<Vec<u8>, Miss>, String>;
+
+/// Answer kinds, in the trailer.
+const KIND_CHUNK: u8 = 0;
+const KIND_FAILED: u8 = 1;
+const KIND_NOT_YET: u8 = 2;
+const KIND_REDIRECT: u8 = 3;
 
 fn answer(mut plain: Vec<u8>, want: u32) -> Answer {
     if plain.len() < TRAILER {
@@ -606,30 +682,36 @@ fn answer(mut plain: Vec<u8>, want: u32) -> Answer {
             "data channel: answer for chunk {index}, expected {want}"
         ));
     }
+    let text = || String::from_utf8_lossy(&plain).into_owned();
     match kind {
-        0 => Ok(Ok(plain)),
-        1 => Ok(Err(String::from_utf8_lossy(&plain).into_owned())),
+        KIND_CHUNK => Ok(Ok(plain)),
+        KIND_FAILED => Ok(Err(Miss::Failed(text()))),
+        KIND_NOT_YET => Ok(Err(Miss::NotYet)),
+        KIND_REDIRECT => Ok(Err(Miss::Redirect(text()))),
         k => Err(format!("data channel: an answer of unknown kind {k}")),
     }
 }
 
 /// Which nodes refused or could not be reached on the data channel, so that
-/// chunks go the slower way for a while instead of failing.
+/// chunks go the slower way for a while instead of failing: a minute for a
+/// node with the channel off, a few seconds after a failed setup.
 #[derive(Default)]
-pub struct Fallback(Mutex<HashMap<String, Instant>>);
+struct Fallback(Mutex<HashMap<String, Instant>>);
 
 impl Fallback {
-    const FOR: Duration = Duration::from_secs(60);
+    const OFF: Duration = Duration::from_secs(60);
+    const FAILED: Duration = Duration::from_secs(5);
 
-    pub fn active(&self, host: &str) -> bool {
+    fn active(&self, host: &str) -> bool {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        m.retain(|_, t| t.elapsed() < Self::FOR);
+        m.retain(|_, until| *until > Instant::now());
         m.contains_key(host)
     }
 
-    pub fn note(&self, host: &str, why: &str) {
+    fn note(&self, host: &str, why: &str, off: bool) {
+        let until = Instant::now() + if off { Self::OFF } else { Self::FAILED };
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if m.insert(host.to_string(), Instant::now()).is_none() {
+        if m.insert(host.to_string(), until).is_none() {
             info!("no data channel to {host} ({why}); chunks go over the mesh connection");
         }
     }
@@ -707,7 +789,20 @@ mod tests {
         let mut err = b"not here".to_vec();
         err.push(1);
         err.extend_from_slice(&5u32.to_be_bytes());
-        assert_eq!(answer(err, 5).unwrap().unwrap_err(), "not here");
+        assert_eq!(
+            answer(err, 5).unwrap().unwrap_err(),
+            Miss::Failed("not here".into())
+        );
+        let mut redirect = b"h3".to_vec();
+        redirect.push(KIND_REDIRECT);
+        redirect.extend_from_slice(&5u32.to_be_bytes());
+        assert_eq!(
+            answer(redirect, 5).unwrap().unwrap_err(),
+            Miss::Redirect("h3".into())
+        );
+        let mut not_yet = vec![KIND_NOT_YET];
+        not_yet.extend_from_slice(&5u32.to_be_bytes());
+        assert_eq!(answer(not_yet, 5).unwrap().unwrap_err(), Miss::NotYet);
         assert!(answer(vec![1, 2], 0).is_err());
     }
 

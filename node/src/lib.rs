@@ -241,7 +241,6 @@ pub async fn serve(opts: Options) -> Result<(), String> {
         Arc::new(net::MeshNet {
             overlay: overlay.clone(),
             data: Arc::new(data::DataClient::new(overlay.clone())),
-            fallback: Arc::default(),
         }),
     );
     let start = |port| data::DataServer::start(opts.listen, port, engine.clone());

@@ -11,7 +11,7 @@ use mm_overlay::{wire, Overlay};
 use mm_store::transfer::{HolderAnswers, Miss};
 use mm_store::{Held, Net};
 
-use crate::data::{DataClient, DataError, Fallback};
+use crate::data::{DataClient, DataError};
 use crate::proto::Request;
 
 /// How long holders get to answer "who has it" (they may hash the file first).
@@ -20,7 +20,6 @@ const HOLDS_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct MeshNet {
     pub overlay: Overlay,
     pub data: Arc<DataClient>,
-    pub fallback: Arc<Fallback>,
 }
 
 impl Net for MeshNet {
@@ -72,14 +71,13 @@ impl Net for MeshNet {
         index: u32,
     ) -> BoxFuture<'static, Result<Vec<u8>, Miss>> {
         let overlay = self.overlay.clone();
-        let (data, fallback) = (self.data.clone(), self.fallback.clone());
+        let data = self.data.clone();
         async move {
-            if !fallback.active(&host) {
-                match data.chunk(&host, name.clone(), root.clone(), index).await {
-                    Ok(bytes) => return Ok(bytes),
-                    Err(DataError::Miss(m)) => return Err(m),
-                    Err(DataError::Setup(e)) => fallback.note(&host, &e),
-                }
+            match data.chunk(&host, name.clone(), root.clone(), index).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(DataError::Miss(m)) => return Err(m),
+                // Noted and logged by the client; for now, the other way.
+                Err(DataError::Setup) => {}
             }
             let body = wire::encode(&Request::Chunk { name, root, index });
             overlay.direct(&host, body).await.map_err(Miss::from_wire)

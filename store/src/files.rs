@@ -42,7 +42,9 @@ impl FilesDir {
 
     /// Normalises a file name: relative, no `..`, no empty or `.` parts.
     pub fn clean(name: &str) -> Result<String, String> {
-        if name.contains('\0') {
+        // Control characters: no use in a file name, and answers on the wire
+        // rely on a name never starting with one (see transfer::Miss).
+        if name.chars().any(char::is_control) {
             return Err(format!("invalid file name {name:?}"));
         }
         let p = Path::new(name);
@@ -288,7 +290,15 @@ mod tests {
     #[test]
     fn names_cannot_escape() {
         let (t, f) = setup();
-        for bad in ["/etc/passwd", "../x", "a/../../x", ".mm-partial/1", "a\0b"] {
+        for bad in [
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            ".mm-partial/1",
+            "a\0b",
+            "\u{1}redirect x",
+            "a\nb",
+        ] {
             assert!(f.resolve(bad).is_err(), "{bad} accepted");
         }
         std::os::unix::fs::symlink(t.path(), f.root().join("out")).unwrap();

@@ -127,7 +127,7 @@ impl Local {
 
     /// The manifest of an unchanged, already-hashed file, from memory when
     /// possible. Never hashes.
-    fn current(&self, name: &str) -> Option<Arc<Manifest>> {
+    pub(crate) fn current(&self, name: &str) -> Option<Arc<Manifest>> {
         let path = self.files.resolve(name).ok()?;
         let st = stamp(&std::fs::metadata(&path).ok()?);
         let mut mem = self.mem.lock().unwrap_or_else(|e| e.into_inner());
@@ -150,9 +150,8 @@ impl Local {
         Some(m)
     }
 
-    /// Reads chunk `index` of a complete local file whose manifest has hash
-    /// `root`. Blocking.
-    /// Appends chunk `index` of `name` (in version `root`) to `buf`.
+    /// Appends chunk `index` of the complete local file `name`, whose
+    /// manifest must have hash `root`, to `buf`. Blocking.
     pub fn read_chunk(
         &self,
         name: &str,

@@ -32,7 +32,7 @@ pub const MAX_ACTIVE: usize = 3;
 /// Chunk requests in flight to one source, at most.
 const PER_SOURCE: usize = 8;
 /// Requests in flight to a source cover about this much of its delivery,
-/// beyond a round trip. B2 (7 pullers sharing each other's uplinks): 100
+/// beyond two round trips. B2 (7 pullers sharing each other's uplinks): 100
 /// ms and at least two in flight gave 1.18; 50 ms and at least one, 1.13.
 const IN_FLIGHT_TIME: Duration = Duration::from_millis(50);
 /// Candidate chunks looked at per request.
@@ -61,6 +61,8 @@ const SENT_FRESH: Duration = Duration::from_secs(10);
 /// How long a puller waits for a chunk another puller was sent, before it
 /// asks the holder itself.
 const PROMISE: Duration = Duration::from_secs(3);
+/// A source whose connection broke is asked again after this.
+const LOST_WAIT: Duration = Duration::from_millis(500);
 /// A puller that does not have a chunk yet is asked again after this.
 const NOT_YET_WAIT: Duration = Duration::from_millis(150);
 /// A source that sent this many bad chunks is dropped for this transfer.
@@ -92,25 +94,34 @@ pub enum Miss {
     /// will pass it on: the holder's uplink is what every puller shares.
     Redirect(String),
     Failed(String),
+    /// The connection to the source broke: this request, and any others on
+    /// it, were not answered. Not a sign the source is bad.
+    Lost(String),
 }
+
+/// Marks the two misses that are not errors in a string answer; errors
+/// start with a file name, which never holds a control character
+/// (`FilesDir::clean` refuses them).
+const MISS_MARK: char = '\u{1}';
 
 impl Miss {
     /// As one line, for answers that can only carry a string.
     pub fn to_wire(&self) -> String {
         match self {
-            Miss::NotYet => "not yet".into(),
-            Miss::Redirect(h) => format!("redirect {h}"),
-            Miss::Failed(e) => e.clone(),
+            Miss::NotYet => format!("{MISS_MARK}not yet"),
+            Miss::Redirect(h) => format!("{MISS_MARK}redirect {h}"),
+            Miss::Failed(e) | Miss::Lost(e) => e.clone(),
         }
     }
 
     pub fn from_wire(s: String) -> Miss {
-        if s == "not yet" {
-            Miss::NotYet
-        } else if let Some(h) = s.strip_prefix("redirect ") {
-            Miss::Redirect(h.to_string())
-        } else {
-            Miss::Failed(s)
+        match s.strip_prefix(MISS_MARK) {
+            Some("not yet") => Miss::NotYet,
+            Some(rest) => match rest.strip_prefix("redirect ") {
+                Some(h) => Miss::Redirect(h.to_string()),
+                None => Miss::Failed(s),
+            },
+            None => Miss::Failed(s),
         }
     }
 }
@@ -128,8 +139,9 @@ impl From<String> for Miss {
 struct Ledger {
     root: Vec<u8>,
     first: HashMap<u32, (String, Instant)>,
-    redirected: HashSet<(u32, String)>,
+    redirected: HashMap<(u32, String), Instant>,
     active: HashMap<String, Instant>,
+    pruned: Option<Instant>,
 }
 
 impl Ledger {
@@ -137,17 +149,35 @@ impl Ledger {
     /// that `from` gets it.
     fn decide(&mut self, from: &str, index: u32, now: Instant) -> Option<String> {
         self.active.insert(from.to_string(), now);
+        // Old entries say nothing any more (a redirect is remembered longer
+        // than a puller waits on it, so a pointed-at puller still gets the
+        // chunk from here in the end): keep the ledger small.
+        if self.pruned.is_none_or(|t| now - t >= SENT_FRESH) {
+            self.first.retain(|_, (_, sent)| now - *sent < SENT_FRESH);
+            self.redirected.retain(|_, at| now - *at < SENT_FRESH);
+            self.active.retain(|_, at| now - *at < PULLER_ACTIVE);
+            self.active.insert(from.to_string(), now);
+            self.pruned = Some(now);
+        }
         match self.first.get(&index) {
-            // Sent a while ago: that puller may have finished and deleted it
-            // since. This is a new round.
+            // Sent recently to a puller that is still at work: point there,
+            // once per chunk and puller.
             Some((first, sent)) if first != from && now - *sent < SENT_FRESH => {
                 let asking = self
                     .active
                     .get(first)
                     .is_some_and(|t| now - *t < PULLER_ACTIVE);
-                (asking && self.redirected.insert((index, from.to_string()))).then(|| first.clone())
+                let key = (index, from.to_string());
+                if asking && !self.redirected.contains_key(&key) {
+                    self.redirected.insert(key, now);
+                    Some(first.clone())
+                } else {
+                    None
+                }
             }
             Some((first, _)) if first == from => None,
+            // Never sent, or sent a while ago (that puller may have finished
+            // and deleted it since): a new round.
             _ => {
                 self.first.insert(index, (from.to_string(), now));
                 None
@@ -238,18 +268,49 @@ struct SourceStat {
     /// What this source delivers to us, in bytes per second, smoothed:
     /// measured between answers while it had requests in hand.
     rate: f64,
-    /// Since when the source has been working for us without a break.
+    /// Since when the source has been working for us without a break, and
+    /// the bytes it delivered since.
     busy_since: Option<Instant>,
+    busy_bytes: u64,
     dropped: bool,
 }
 
 impl SourceStat {
-    /// Requests to keep in flight: what the source delivers in a round
-    /// trip plus [`IN_FLIGHT_TIME`], at least one; two until it is
-    /// measured. Deep queues at a shared source (a puller's uplink serves
-    /// every other puller) only delay each chunk and make every puller's
-    /// choices stale; the round trip keeps a distant source busy (the cap
-    /// grows while requests come back faster than that window).
+    /// Books an answer (`bytes` of chunk, 0 for a miss) for the rate. Rates
+    /// come from at least two chunks or 20 ms of work: answers that were
+    /// pipelined arrive back to back, and one of them alone says nothing.
+    fn measure(&mut self, bytes: u64) {
+        let now = Instant::now();
+        self.busy_bytes += bytes;
+        if let Some(since) = self.busy_since {
+            let took = now - since;
+            if self.busy_bytes >= 2 * crate::manifest::CHUNK_SIZE
+                || (self.busy_bytes > 0 && took >= Duration::from_millis(20))
+            {
+                let r = self.busy_bytes as f64 / took.as_secs_f64().max(1e-6);
+                self.rate = if self.rate == 0.0 {
+                    r
+                } else {
+                    0.7 * self.rate + 0.3 * r
+                };
+                self.busy_since = Some(now);
+                self.busy_bytes = 0;
+            }
+        }
+        if self.inflight == 0 {
+            self.busy_since = None;
+            self.busy_bytes = 0;
+        }
+    }
+
+    /// Requests to keep in flight: what the source delivers in two round
+    /// trips plus [`IN_FLIGHT_TIME`], at least one; two until it is
+    /// measured, or when its round trip is unknown. Deep queues at a shared
+    /// source (a puller's uplink serves every other puller) only delay each
+    /// chunk and make every puller's choices stale. The cap grows while
+    /// requests come back faster than that window: two round trips keep a
+    /// distant source growing even when a chunk takes longer to send than
+    /// the 50 ms.
     fn cap(&self, swarming: bool, rtt: Option<Duration>) -> usize {
         let window = IN_FLIGHT_TIME + 2 * rtt.unwrap_or_default();
         let by_rate = if self.rate > 0.0 {
@@ -262,7 +323,7 @@ impl SourceStat {
         } else {
             PER_SOURCE
         };
-        by_rate.clamp(1, most)
+        by_rate.clamp(if rtt.is_some() { 1 } else { 2 }, most)
     }
 }
 
@@ -881,16 +942,22 @@ impl Engine {
             return crate::local::read_range(&j.tmp, off, len, buf)
                 .map_err(|e| Miss::Failed(format!("{name}: {e}")));
         }
-        if let Some(first) = self.redirect(from, name, root, index as u32) {
-            tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
-            return Err(Miss::Redirect(first));
+        // Only a request this node can answer from its file enters the
+        // ledger: anything else gets the error below.
+        let servable = self
+            .local
+            .current(name)
+            .is_some_and(|m| m.root == root && index < m.chunk_count());
+        if servable {
+            if let Some(first) = self.redirect(from, name, root, index as u32) {
+                tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
+                return Err(Miss::Redirect(first));
+            }
         }
         tracing::trace!("{name}: chunk {index} to {from}");
         Ok(self.local.read_chunk(name, root, index, buf)?)
     }
 
-    /// Whom to point `from` at for this chunk, if anyone; else records
-    /// that `from` gets it.
     fn redirect(&self, from: &str, name: &str, root: &[u8], index: u32) -> Option<String> {
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -1078,16 +1145,7 @@ impl Engine {
                 let mut st = job.state();
                 if let Some(s) = st.sources.get_mut(&host) {
                     s.inflight = s.inflight.saturating_sub(1);
-                    let now = Instant::now();
-                    if let (Ok(data), Some(since)) = (&res, s.busy_since) {
-                        let r = data.len() as f64 / (now - since).as_secs_f64().max(1e-6);
-                        s.rate = if s.rate == 0.0 {
-                            r
-                        } else {
-                            0.7 * s.rate + 0.3 * r
-                        };
-                    }
-                    s.busy_since = (s.inflight > 0).then_some(now);
+                    s.measure(res.as_ref().map_or(0, |d| d.len() as u64));
                 }
                 match res {
                     // The other copy of an endgame request may have won.
@@ -1105,6 +1163,14 @@ impl Engine {
                         if !s.dropped {
                             hints.promised.insert(idx, (to, Instant::now()));
                         }
+                        None
+                    }
+                    // The connection broke under this request (and maybe
+                    // others): try again soon, on a new one.
+                    Err(Miss::Lost(e)) => {
+                        let s = st.sources.entry(host.clone()).or_default();
+                        s.benched_until = Some(Instant::now() + LOST_WAIT);
+                        tracing::debug!("{}: chunk {idx} from {host}: {e}", job.name);
                         None
                     }
                     Err(Miss::Failed(e)) => {
@@ -1126,17 +1192,23 @@ impl Engine {
             // part of a fast transfer's time.
             writing.insert(idx);
             let (j, f, wtx) = (job.clone(), file.clone(), written_tx.clone());
-            tokio::task::spawn_blocking(move || {
-                let w = if !j.manifest.verify_chunk(idx, &data) {
-                    Written::Bad
-                } else {
-                    let (off, _) = j.manifest.chunk_range(idx);
-                    let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-                    match f.write_all_at(&data, off) {
-                        Ok(()) => Written::Ok(data.len() as u64),
-                        Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
-                    }
-                };
+            let write = tokio::task::spawn_blocking(move || {
+                if !j.manifest.verify_chunk(idx, &data) {
+                    return Written::Bad;
+                }
+                let (off, _) = j.manifest.chunk_range(idx);
+                let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+                match f.write_all_at(&data, off) {
+                    Ok(()) => Written::Ok(data.len() as u64),
+                    Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
+                }
+            });
+            // Always report, even if the write panicked: a chunk left in
+            // `writing` would never be asked for again.
+            tokio::spawn(async move {
+                let w = write
+                    .await
+                    .unwrap_or_else(|e| Written::Failed(format!("writing chunk {idx}: {e}")));
                 let _ = wtx.send((host, idx, w));
             });
         }
@@ -1348,6 +1420,7 @@ impl Engine {
                     if s.dropped && s.bad < MAX_BAD {
                         s.dropped = false;
                         s.fails = 0;
+                        s.benched_until = None;
                     }
                 }
                 None => {
@@ -1360,10 +1433,6 @@ impl Engine {
         // Nodes gone from the mesh altogether are not in `answers`.
     }
 
-    /// Starts chunk requests: rarest chunk first (random among equals), to
-    /// the least busy, fastest source that has it. When every missing chunk
-    /// is already requested, the last ones are requested a second time
-    /// from another source (endgame).
     /// Books a finished write: the have-bit, the source's record. Returns
     /// whether a chunk was added (and so awaits a durable record).
     fn written(
@@ -1411,6 +1480,10 @@ impl Engine {
         Ok(true)
     }
 
+    /// Starts chunk requests: rarest chunk first (random among equals), to
+    /// the least busy, fastest source that has it. When every missing chunk
+    /// is already requested, the last ones are requested a second time
+    /// from another source (endgame).
     fn schedule(
         &self,
         job: &Arc<Job>,
@@ -1677,6 +1750,9 @@ mod tests {
         ] {
             assert_eq!(Miss::from_wire(m.to_wire()), m);
         }
+        // A file named like a miss is still an error about that file.
+        let e = "redirect x: not here in that version".to_string();
+        assert_eq!(Miss::from_wire(e.clone()), Miss::Failed(e));
     }
 
     #[test]
