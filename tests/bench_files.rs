@@ -142,6 +142,7 @@ fn b1() {
         } else {
             Duration::ZERO
         };
+        warm_memory(mib);
         // MM_PERF=FILE: a system-wide `perf record -g` of the last get.
         let perf = std::env::var("MM_PERF")
             .ok()
@@ -154,7 +155,6 @@ fn b1() {
                 std::thread::sleep(Duration::from_millis(500));
                 child
             });
-        warm_memory(mib);
         let cpu0 = (cpu_secs(&nodes[0]), cpu_secs(&nodes[1]));
         let t = Instant::now();
         nodes[1].mm(&["file", "get", "big", "wait"]);
