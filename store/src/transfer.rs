@@ -204,6 +204,31 @@ enum Written {
 }
 /// A finished write: source, chunk index, outcome.
 type WriteDone = (String, usize, Written);
+
+/// Reports a write's outcome to the loop, or a failure if the write never
+/// got to report (it panicked): a chunk left in `writing` would never be
+/// asked for again.
+struct Report(Option<(String, usize, mpsc::UnboundedSender<WriteDone>)>);
+
+impl Report {
+    fn send(mut self, w: Written) {
+        if let Some((host, idx, tx)) = self.0.take() {
+            let _ = tx.send((host, idx, w));
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some((host, idx, tx)) = self.0.take() {
+            let _ = tx.send((
+                host,
+                idx,
+                Written::Failed(format!("writing chunk {idx} failed")),
+            ));
+        }
+    }
+}
 /// Name -> whole-file hash (hex) -> that version's manifest and holders.
 type Versions = BTreeMap<String, BTreeMap<String, (Manifest, Vec<(String, Held)>)>>;
 
@@ -1191,25 +1216,20 @@ impl Engine {
             // asking: hashing and the copy into the page cache are a good
             // part of a fast transfer's time.
             writing.insert(idx);
-            let (j, f, wtx) = (job.clone(), file.clone(), written_tx.clone());
-            let write = tokio::task::spawn_blocking(move || {
-                if !j.manifest.verify_chunk(idx, &data) {
-                    return Written::Bad;
-                }
-                let (off, _) = j.manifest.chunk_range(idx);
-                let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-                match f.write_all_at(&data, off) {
-                    Ok(()) => Written::Ok(data.len() as u64),
-                    Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
-                }
-            });
-            // Always report, even if the write panicked: a chunk left in
-            // `writing` would never be asked for again.
-            tokio::spawn(async move {
-                let w = write
-                    .await
-                    .unwrap_or_else(|e| Written::Failed(format!("writing chunk {idx}: {e}")));
-                let _ = wtx.send((host, idx, w));
+            let (j, f) = (job.clone(), file.clone());
+            let report = Report(Some((host, idx, written_tx.clone())));
+            tokio::task::spawn_blocking(move || {
+                let w = if !j.manifest.verify_chunk(idx, &data) {
+                    Written::Bad
+                } else {
+                    let (off, _) = j.manifest.chunk_range(idx);
+                    let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+                    match f.write_all_at(&data, off) {
+                        Ok(()) => Written::Ok(data.len() as u64),
+                        Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
+                    }
+                };
+                report.send(w);
             });
         }
         // Every chunk is written; the last record, if any, must be done
