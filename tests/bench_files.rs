@@ -187,6 +187,11 @@ fn b1() {
         {
             eprintln!("puller: {}", l.split("big: ").nth(1).unwrap_or(l));
         }
+        if let Ok(dir) = std::env::var("MM_B1_LOGS") {
+            for x in &nodes {
+                let _ = std::fs::copy(x.log_path(), format!("{dir}/{}-{run}.log", x.name));
+            }
+        }
         raws.push(raw.as_secs_f64());
         mms.push(mm.as_secs_f64());
         nodes[1].mm(&["file", "delete", "big"]);
