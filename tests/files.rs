@@ -196,6 +196,64 @@ fn pulls_from_three_holders_and_survives_a_corrupt_one() {
     );
 }
 
+/// The chunk counts a puller's completion line gives for each source.
+fn served_by(n: &Node, name: &str) -> Vec<(String, u64)> {
+    let log = n.log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains(&format!("{name}: complete")))
+        .unwrap_or_else(|| panic!("{} has no completion line for {name}", n.name));
+    let list = line
+        .split("in chunks from ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_default();
+    list.split_whitespace()
+        .filter_map(|e| {
+            let (h, c) = e.split_once(':')?;
+            let c = c.split(|c: char| !c.is_ascii_digit()).next()?;
+            Some((h.to_string(), c.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn pullers_serve_each_other_and_the_holder_sends_each_chunk_about_once() {
+    let lab = Lab::up(4, Some("80mbit"));
+    let nodes = lab_nodes(&lab, 4);
+    let chunks = 40u64;
+    let data = content((chunks << 20) as usize, 21);
+    put(&nodes[0], "swarm.bin", &data, 0o644);
+    // Hash it on the holder first, as a later get would find it.
+    nodes[0].mm(&["file", "get", "swarm.bin"]);
+    nodes[0].mm(&["mesh", "timeout", "0"]);
+    let out = nodes[0].mm(&["mesh", "send", "all", "file", "get", "swarm.bin", "wait"]);
+    assert_eq!(out.matches("fetched").count(), 3, "{out}");
+    let mut from_holder = 0;
+    for p in &nodes[1..] {
+        assert_eq!(read(p, "swarm.bin").unwrap(), data, "{} differs", p.name);
+        let served = served_by(p, "swarm.bin");
+        assert_eq!(served.iter().map(|(_, c)| c).sum::<u64>(), chunks);
+        from_holder += served
+            .iter()
+            .filter(|(h, _)| h == "h1")
+            .map(|(_, c)| c)
+            .sum::<u64>();
+        assert!(
+            served.iter().any(|(h, c)| h != "h1" && *c > 0),
+            "{} took nothing from the other pullers: {served:?}",
+            p.name
+        );
+    }
+    // Without the holder pointing pullers at each other, it sent 46 in a
+    // trial run; a one-to-one copy each would be 120. With it, 40.
+    eprintln!("the holder sent {from_holder} chunks for {chunks}");
+    assert!(
+        from_holder <= chunks + chunks / 10,
+        "the holder sent {from_holder} chunks for {chunks}"
+    );
+}
+
 #[test]
 fn same_name_conflict_fails_and_writes_nothing() {
     let lab = Lab::up(3, None);

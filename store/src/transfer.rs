@@ -1540,8 +1540,18 @@ impl Engine {
             }
             // A chunk another puller was sent for us is its to give, for a
             // while: not the holder's again.
+            // (Unless that puller has been dropped: it finished and deleted
+            // the file, say. Then the holder serves it after all.)
+            let gone: HashSet<&String> = st
+                .sources
+                .iter()
+                .filter(|(_, s)| s.dropped)
+                .map(|(h, _)| h)
+                .collect();
             let has = |h: &str, s: &SourceStat, i: usize| match hints.promised.get(&i) {
-                Some((to, t)) if now - *t < PROMISE => to == h || (!s.complete && bit(&s.have, i)),
+                Some((to, t)) if now - *t < PROMISE && !gone.contains(to) => {
+                    to == h || (!s.complete && bit(&s.have, i))
+                }
                 _ => s.complete || bit(&s.have, i),
             };
             // A sample of the missing chunks a ready source can give, from a
