@@ -240,16 +240,13 @@ fn b2(pullers: usize) {
     }
     let mut from_holder = 0u64;
     for x in &nodes[1..] {
-        if let Some(l) = x.log().lines().rfind(|l| l.contains("big: complete")) {
-            let l = l.split("big: ").nth(1).unwrap_or(l);
-            eprintln!("{}: {l}", x.name);
-            from_holder += l
-                .split("h1:")
-                .nth(1)
-                .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-                .and_then(|n| n.parse::<u64>().ok())
-                .unwrap_or(0);
-        }
+        let served = x.served_by("big");
+        eprintln!("{}: chunks from {served:?}", x.name);
+        from_holder += served
+            .iter()
+            .filter(|(h, _)| h == "h1")
+            .map(|(_, c)| c)
+            .sum::<u64>();
     }
     // MM_B2_LOGS=DIR keeps the nodes' logs.
     if let Ok(dir) = std::env::var("MM_B2_LOGS") {

@@ -173,18 +173,12 @@ fn pulls_from_three_holders_and_survives_a_corrupt_one() {
     puller.mm(&["file", "get", "shared.bin", "wait"]);
     assert_eq!(read(puller, "shared.bin").unwrap(), data, "content differs");
     let log = puller.log();
-    let done = log
-        .lines()
-        .find(|l| l.contains("shared.bin: complete"))
-        .expect("completion line");
-    for h in ["h1:", "h3:"] {
-        let served: u64 = done
-            .split(h)
-            .nth(1)
-            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0);
-        assert!(served > 0, "{h} served nothing: {done}");
+    let served = puller.served_by("shared.bin");
+    for h in ["h1", "h3"] {
+        assert!(
+            served.iter().any(|(s, c)| s == h && *c > 0),
+            "{h} served nothing: {served:?}"
+        );
     }
     assert!(
         log.contains("from h2 failed verification"),
@@ -194,27 +188,6 @@ fn pulls_from_three_holders_and_survives_a_corrupt_one() {
         log.contains("no data channel to h3"),
         "h3 was not reached over the overlay connection"
     );
-}
-
-/// The chunk counts a puller's completion line gives for each source.
-fn served_by(n: &Node, name: &str) -> Vec<(String, u64)> {
-    let log = n.log();
-    let line = log
-        .lines()
-        .rfind(|l| l.contains(&format!("{name}: complete")))
-        .unwrap_or_else(|| panic!("{} has no completion line for {name}", n.name));
-    let list = line
-        .split("in chunks from ")
-        .nth(1)
-        .and_then(|r| r.split(',').next())
-        .unwrap_or_default();
-    list.split_whitespace()
-        .filter_map(|e| {
-            let (h, c) = e.split_once(':')?;
-            let c = c.split(|c: char| !c.is_ascii_digit()).next()?;
-            Some((h.to_string(), c.parse().ok()?))
-        })
-        .collect()
 }
 
 #[test]
@@ -232,7 +205,7 @@ fn pullers_serve_each_other_and_the_holder_sends_each_chunk_about_once() {
     let mut from_holder = 0;
     for p in &nodes[1..] {
         assert_eq!(read(p, "swarm.bin").unwrap(), data, "{} differs", p.name);
-        let served = served_by(p, "swarm.bin");
+        let served = p.served_by("swarm.bin");
         assert_eq!(served.iter().map(|(_, c)| c).sum::<u64>(), chunks);
         from_holder += served
             .iter()

@@ -34,7 +34,7 @@ use mm_store::Engine;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -177,10 +177,6 @@ fn bad(what: String) -> std::io::Error {
     )
 }
 
-async fn write_record<W: AsyncWrite + Unpin>(w: &mut W, record: &[u8]) -> std::io::Result<()> {
-    w.write_all(record).await
-}
-
 struct Ticket {
     secret: [u8; 32],
     host: String,
@@ -296,7 +292,7 @@ impl DataServer {
         let mut ack = vec![0u8; 4];
         ack.extend_from_slice(ACK);
         sealer.seal(&mut ack);
-        write_record(&mut wr, &ack).await?;
+        wr.write_all(&ack).await?;
         debug!("data connection from {} open", t.host);
 
         // Answers go out in request order: each is read and sealed on a
@@ -306,7 +302,7 @@ impl DataServer {
         let writer = tokio::spawn(async move {
             while let Some(h) = rx.recv().await {
                 let record = h.await.map_err(|e| bad(format!("reading a chunk: {e}")))?;
-                write_record(&mut wr, &record).await?;
+                wr.write_all(&record).await?;
             }
             wr.shutdown().await
         });

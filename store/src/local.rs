@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -125,15 +126,15 @@ impl Local {
             .remove(name);
     }
 
-    /// The manifest of an unchanged, already-hashed file, from memory when
-    /// possible. Never hashes.
-    pub(crate) fn current(&self, name: &str) -> Option<Arc<Manifest>> {
+    /// The path and manifest of an unchanged, already-hashed file, the
+    /// manifest from memory when possible. Never hashes.
+    fn current(&self, name: &str) -> Option<(PathBuf, Arc<Manifest>)> {
         let path = self.files.resolve(name).ok()?;
         let st = stamp(&std::fs::metadata(&path).ok()?);
         let mut mem = self.mem.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((s, m)) = mem.get(name) {
             if *s == st {
-                return Some(m.clone());
+                return Some((path, m.clone()));
             }
         }
         drop(mem);
@@ -147,30 +148,27 @@ impl Local {
             mem.clear();
         }
         mem.insert(name.to_string(), (st, m.clone()));
-        Some(m)
+        Some((path, m))
     }
 
-    /// Appends chunk `index` of the complete local file `name`, whose
-    /// manifest must have hash `root`, to `buf`. Blocking.
-    pub fn read_chunk(
+    /// Where chunk `index` of the complete local file `name`, in version
+    /// `root`, can be read: the file's path and manifest. Never hashes: a
+    /// chunk is only asked for after "who holds it" made us hash the file,
+    /// and a request for anything else is not worth a hashing.
+    pub fn chunk_source(
         &self,
         name: &str,
         root: &[u8],
         index: usize,
-        buf: &mut Vec<u8>,
-    ) -> Result<(), String> {
-        // A chunk is only asked for after "who holds it" made us hash the
-        // file; a request for anything else is not worth a hashing.
-        let m = self
+    ) -> Result<(PathBuf, Arc<Manifest>), String> {
+        let (path, m) = self
             .current(name)
-            .filter(|m| m.root == root)
+            .filter(|(_, m)| m.root == root)
             .ok_or_else(|| format!("{name}: not here in that version"))?;
         if index >= m.chunk_count() {
             return Err(format!("{name}: no chunk {index}"));
         }
-        let path = self.files.resolve(name)?;
-        let (off, len) = m.chunk_range(index);
-        read_range(&path, off, len, buf).map_err(|e| format!("{name}: {e}"))
+        Ok((path, m))
     }
 }
 

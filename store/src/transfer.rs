@@ -968,19 +968,16 @@ impl Engine {
                 .map_err(|e| Miss::Failed(format!("{name}: {e}")));
         }
         // Only a request this node can answer from its file enters the
-        // ledger: anything else gets the error below.
-        let servable = self
-            .local
-            .current(name)
-            .is_some_and(|m| m.root == root && index < m.chunk_count());
-        if servable {
-            if let Some(first) = self.redirect(from, name, root, index as u32) {
-                tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
-                return Err(Miss::Redirect(first));
-            }
+        // ledger.
+        let (path, m) = self.local.chunk_source(name, root, index)?;
+        if let Some(first) = self.redirect(from, name, root, index as u32) {
+            tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
+            return Err(Miss::Redirect(first));
         }
         tracing::trace!("{name}: chunk {index} to {from}");
-        Ok(self.local.read_chunk(name, root, index, buf)?)
+        let (off, len) = m.chunk_range(index);
+        crate::local::read_range(&path, off, len, buf)
+            .map_err(|e| Miss::Failed(format!("{name}: {e}")))
     }
 
     fn redirect(&self, from: &str, name: &str, root: &[u8], index: u32) -> Option<String> {
@@ -1548,10 +1545,9 @@ impl Engine {
                 .filter(|(_, s)| s.dropped)
                 .map(|(h, _)| h)
                 .collect();
+            // (The loop has dropped promises and waits that are over.)
             let has = |h: &str, s: &SourceStat, i: usize| match hints.promised.get(&i) {
-                Some((to, t)) if now - *t < PROMISE && !gone.contains(to) => {
-                    to == h || (!s.complete && bit(&s.have, i))
-                }
+                Some((to, _)) if !gone.contains(to) => to == h || (!s.complete && bit(&s.have, i)),
                 _ => s.complete || bit(&s.have, i),
             };
             // A sample of the missing chunks a ready source can give, from a
@@ -1562,10 +1558,7 @@ impl Engine {
             let mut any_fresh = false;
             for k in 0..n {
                 let i = (start + k) % n;
-                if bit(&st.have, i)
-                    || writing.contains(&i)
-                    || hints.not_before.get(&i).is_some_and(|t| *t > now)
-                {
+                if bit(&st.have, i) || writing.contains(&i) || hints.not_before.contains_key(&i) {
                     continue;
                 }
                 let asked = inflight.get(&i);

@@ -103,6 +103,29 @@ impl Node {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// Per source, the chunks it gave this node's last finished transfer
+    /// of `name` (from the log line `NAME: complete, ... in chunks from
+    /// h1:5 h2:3 (bad 1), ...`).
+    pub fn served_by(&self, name: &str) -> Vec<(String, u64)> {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rfind(|l| l.contains(&format!("{name}: complete")))
+            .unwrap_or_else(|| panic!("{} has no completion line for {name}", self.name));
+        let list = line
+            .split("in chunks from ")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_default();
+        list.split_whitespace()
+            .filter_map(|e| {
+                let (h, c) = e.split_once(':')?;
+                let c = c.split(|c: char| !c.is_ascii_digit()).next()?;
+                Some((h.to_string(), c.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// (Re)starts the process with the same base and arguments.
     pub fn start(&mut self) {
         let log = std::fs::OpenOptions::new()
