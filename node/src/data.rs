@@ -24,17 +24,18 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mm_overlay::{wire, Overlay};
 use mm_store::transfer::Miss;
-use mm_store::Engine;
+use mm_store::{ChunkBuf, Engine};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -73,6 +74,12 @@ const MAX_REQUEST: usize = 64 * 1024;
 /// An answer record: a chunk and the trailer.
 const MAX_ANSWER: usize = mm_store::manifest::CHUNK_SIZE as usize + 4096;
 const TAG: usize = 16;
+/// Where a chunk starts in the server's record buffer: on a page boundary,
+/// like the page cache it is copied from. A copy into a destination a few
+/// bytes past the source's offset within a page hits 4K aliasing in the
+/// CPU's string copy: on this machine, `pread` into a buffer at page offset
+/// 4 ran at 2.7 GB/s, at offset 0 or 64 at 10 GB/s.
+const ANSWER_AT: usize = mm_store::buf::ALIGN;
 const ACK: &[u8] = b"mm data channel ok";
 const TRAILER: usize = 5;
 
@@ -122,30 +129,36 @@ impl Sealer {
         Nonce::assume_unique_for_key(n)
     }
 
-    fn seal(&mut self, record: &mut Vec<u8>) {
+    fn seal(&mut self, record: &mut ChunkBuf) {
         let nonce = self.next_nonce();
-        seal_with(&self.key, nonce, record);
+        seal_with(&self.key, nonce, record, 0);
     }
 
-    /// Reads one record; returns its plaintext.
+    /// Reads one record; returns its plaintext (page-aligned: a chunk can
+    /// go to disk from this very buffer).
     async fn open<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
         max: usize,
-    ) -> std::io::Result<Vec<u8>> {
+    ) -> std::io::Result<ChunkBuf> {
         let mut head = [0u8; 4];
         r.read_exact(&mut head).await?;
         let len = u32::from_be_bytes(head) as usize;
         if !(TAG..=max + TAG).contains(&len) {
             return Err(bad(format!("a record of {len} bytes")));
         }
-        let mut buf = Vec::with_capacity(len);
-        // Into the spare capacity: no zeroing of a megabyte per chunk.
+        let mut buf = ChunkBuf::with_capacity(len);
+        // Into the spare room: no zeroing of a megabyte per chunk.
         while buf.len() < len {
             let want = len - buf.len();
-            if (&mut *r).take(want as u64).read_buf(&mut buf).await? == 0 {
+            let mut room = ReadBuf::uninit(&mut buf.spare()[..want]);
+            std::future::poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut room)).await?;
+            let n = room.filled().len();
+            if n == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());
             }
+            // SAFETY: poll_read initialised the first `n` bytes of the room.
+            unsafe { buf.filled(n) };
         }
         let nonce = self.next_nonce();
         let plain = self
@@ -158,12 +171,12 @@ impl Sealer {
     }
 }
 
-/// Turns `record` (plaintext after 4 bytes of room) into a whole record,
-/// in place.
-fn seal_with(key: &LessSafeKey, nonce: Nonce, record: &mut Vec<u8>) {
-    let len = (record.len() - 4 + TAG) as u32;
-    record[..4].copy_from_slice(&len.to_be_bytes());
-    let (head, body) = record.split_at_mut(4);
+/// Turns `record[start..]` (plaintext after 4 bytes of room) into a whole
+/// record, in place.
+fn seal_with(key: &LessSafeKey, nonce: Nonce, record: &mut ChunkBuf, start: usize) {
+    let len = (record.len() - start - 4 + TAG) as u32;
+    record[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    let (head, body) = record[start..].split_at_mut(4);
     let tag = key
         .seal_in_place_separate_tag(nonce, Aad::from(&*head), body)
         .expect("records are far below the AES-GCM limit");
@@ -289,7 +302,8 @@ impl DataServer {
         drop(unproven);
         let mut opener = Sealer::new(&t.secret, b"client to server");
         let mut sealer = Sealer::new(&t.secret, b"server to client");
-        let mut ack = vec![0u8; 4];
+        let mut ack = ChunkBuf::with_capacity(4 + ACK.len() + TAG);
+        ack.extend_from_slice(&[0u8; 4]);
         ack.extend_from_slice(ACK);
         sealer.seal(&mut ack);
         wr.write_all(&ack).await?;
@@ -298,11 +312,11 @@ impl DataServer {
         // Answers go out in request order: each is read and sealed on a
         // blocking thread (its nonce is known from its place in line), a
         // few ahead of the socket.
-        let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<Vec<u8>>>(READ_AHEAD);
+        let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<ChunkBuf>>(READ_AHEAD);
         let writer = tokio::spawn(async move {
             while let Some(h) = rx.recv().await {
                 let record = h.await.map_err(|e| bad(format!("reading a chunk: {e}")))?;
-                wr.write_all(&record).await?;
+                wr.write_all(&record[ANSWER_AT - 4..]).await?;
             }
             wr.shutdown().await
         });
@@ -325,8 +339,8 @@ impl DataServer {
                 // Nonces follow the order on the wire: take this one now.
                 let nonce = sealer.next_nonce();
                 let h = tokio::task::spawn_blocking(move || {
-                    let mut record = Vec::with_capacity(4 + MAX_ANSWER + TAG);
-                    record.extend_from_slice(&[0u8; 4]);
+                    let mut record = ChunkBuf::with_capacity(ANSWER_AT + MAX_ANSWER + TAG);
+                    record.extend_from_slice(&[0u8; ANSWER_AT]);
                     let read = if req.name.len() > MAX_NAME {
                         Err(Miss::Failed("a name too long".into()))
                     } else {
@@ -341,7 +355,7 @@ impl DataServer {
                     let kind = match read {
                         Ok(()) => KIND_CHUNK,
                         Err(miss) => {
-                            record.truncate(4);
+                            record.truncate(ANSWER_AT);
                             let (kind, text) = match miss {
                                 Miss::NotYet => (KIND_NOT_YET, String::new()),
                                 Miss::Redirect(h) => (KIND_REDIRECT, h),
@@ -357,9 +371,9 @@ impl DataServer {
                             kind
                         }
                     };
-                    record.push(kind);
+                    record.extend_from_slice(&[kind]);
                     record.extend_from_slice(&req.index.to_be_bytes());
-                    seal_with(&key, nonce, &mut record);
+                    seal_with(&key, nonce, &mut record, ANSWER_AT - 4);
                     record
                 });
                 if tx.send(h).await.is_err() {
@@ -377,7 +391,7 @@ impl DataServer {
 /// A request waiting for its answer, in line.
 struct Waiting {
     index: u32,
-    reply: oneshot::Sender<Result<Vec<u8>, Miss>>,
+    reply: oneshot::Sender<Result<ChunkBuf, Miss>>,
 }
 
 struct Job {
@@ -437,7 +451,7 @@ impl DataClient {
         name: String,
         root: Vec<u8>,
         index: u32,
-    ) -> Result<Vec<u8>, DataError> {
+    ) -> Result<ChunkBuf, DataError> {
         let req = wire::encode(&DataReq { name, root, index });
         let (reply, answer) = oneshot::channel();
         let mut job = Job {
@@ -570,7 +584,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
     wr.write_all(&grant.ticket).await?;
     let mut sealer = Sealer::new(&grant.key, b"client to server");
     let mut opener = Sealer::new(&grant.key, b"server to client");
-    if opener.open(&mut rd, ACK.len()).await? != ACK {
+    if &opener.open(&mut rd, ACK.len()).await?[..] != ACK {
         return Err(bad("a wrong acknowledgement".into()));
     }
     let rtt = sent.elapsed();
@@ -609,7 +623,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
                     .send(Err(Miss::Lost("data connection lost".into())));
                 break;
             }
-            let mut record = Vec::with_capacity(4 + job.req.len() + TAG);
+            let mut record = ChunkBuf::with_capacity(4 + job.req.len() + TAG);
             record.extend_from_slice(&[0u8; 4]);
             record.extend_from_slice(&job.req);
             sealer.seal(&mut record);
@@ -657,7 +671,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
 
 /// Splits an answer's trailer off. The outer error breaks the connection;
 /// the inner one is the server's answer to this request alone.
-type Answer = Result<Result<Vec<u8>, Miss>, String>;
+type Answer = Result<Result<ChunkBuf, Miss>, String>;
 
 /// Answer kinds, in the trailer.
 const KIND_CHUNK: u8 = 0;
@@ -665,7 +679,7 @@ const KIND_FAILED: u8 = 1;
 const KIND_NOT_YET: u8 = 2;
 const KIND_REDIRECT: u8 = 3;
 
-fn answer(mut plain: Vec<u8>, want: u32) -> Answer {
+fn answer(mut plain: ChunkBuf, want: u32) -> Answer {
     if plain.len() < TRAILER {
         return Err("data channel: a short answer".into());
     }
@@ -725,8 +739,13 @@ mod tests {
         )
     }
 
-    fn record(plain: &[u8]) -> Vec<u8> {
-        let mut r = vec![0u8; 4];
+    fn buf(bytes: &[u8]) -> ChunkBuf {
+        ChunkBuf::from(bytes)
+    }
+
+    fn record(plain: &[u8]) -> ChunkBuf {
+        let mut r = ChunkBuf::with_capacity(4 + plain.len() + TAG);
+        r.extend_from_slice(&[0u8; 4]);
         r.extend_from_slice(plain);
         r
     }
@@ -741,11 +760,11 @@ mod tests {
             wire.extend_from_slice(&r);
         }
         let mut rd = &wire[..];
-        assert_eq!(rx.open(&mut rd, MAX_ANSWER).await.unwrap(), b"one");
-        assert_eq!(rx.open(&mut rd, MAX_ANSWER).await.unwrap(), b"");
+        assert_eq!(&rx.open(&mut rd, MAX_ANSWER).await.unwrap()[..], b"one");
+        assert!(rx.open(&mut rd, MAX_ANSWER).await.unwrap().is_empty());
         assert_eq!(
-            rx.open(&mut rd, MAX_ANSWER).await.unwrap(),
-            vec![7u8; 70_000]
+            &rx.open(&mut rd, MAX_ANSWER).await.unwrap()[..],
+            &[7u8; 70_000][..]
         );
     }
 
@@ -754,7 +773,7 @@ mod tests {
         let (mut tx, mut rx) = pair();
         let mut r = record(b"chunk bytes");
         tx.seal(&mut r);
-        let mut flipped = r.clone();
+        let mut flipped = r.to_vec();
         flipped[6] ^= 1;
         assert!(rx.open(&mut &flipped[..], 100).await.is_err());
         // A fresh opener at nonce 0 takes the genuine record...
@@ -766,7 +785,7 @@ mod tests {
         let mut other = Sealer::new(&[9u8; 32], b"server to client");
         assert!(other.open(&mut &r[..], 100).await.is_err());
         // A length over the limit is refused before anything is allocated.
-        let mut huge = r.clone();
+        let mut huge = r.to_vec();
         huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         let (_, mut rx) = pair();
         assert!(rx.open(&mut &huge[..], 100).await.is_err());
@@ -777,29 +796,29 @@ mod tests {
         let mut ok = b"data".to_vec();
         ok.push(0);
         ok.extend_from_slice(&5u32.to_be_bytes());
-        assert_eq!(answer(ok.clone(), 5).unwrap().unwrap(), b"data");
+        assert_eq!(&answer(buf(&ok), 5).unwrap().unwrap()[..], b"data");
         assert!(
-            answer(ok, 6).is_err(),
+            answer(buf(&ok), 6).is_err(),
             "an answer out of line breaks the stream"
         );
         let mut err = b"not here".to_vec();
         err.push(1);
         err.extend_from_slice(&5u32.to_be_bytes());
         assert_eq!(
-            answer(err, 5).unwrap().unwrap_err(),
+            answer(buf(&err), 5).unwrap().unwrap_err(),
             Miss::Failed("not here".into())
         );
         let mut redirect = b"h3".to_vec();
         redirect.push(KIND_REDIRECT);
         redirect.extend_from_slice(&5u32.to_be_bytes());
         assert_eq!(
-            answer(redirect, 5).unwrap().unwrap_err(),
+            answer(buf(&redirect), 5).unwrap().unwrap_err(),
             Miss::Redirect("h3".into())
         );
         let mut not_yet = vec![KIND_NOT_YET];
         not_yet.extend_from_slice(&5u32.to_be_bytes());
-        assert_eq!(answer(not_yet, 5).unwrap().unwrap_err(), Miss::NotYet);
-        assert!(answer(vec![1, 2], 0).is_err());
+        assert_eq!(answer(buf(&not_yet), 5).unwrap().unwrap_err(), Miss::NotYet);
+        assert!(answer(buf(&[1, 2]), 0).is_err());
     }
 
     #[test]

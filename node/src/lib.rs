@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mm_overlay::{Keypair, Multiaddr, Overlay};
-use mm_store::{Engine, FilesDir, Local, Meta};
+use mm_store::{ChunkBuf, Engine, FilesDir, Local, Meta};
 use tracing::{info, warn};
 
 pub use proto::Response;
@@ -328,10 +328,10 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>, 
         proto::Request::Chunk { name, root, index } => {
             let engine = node.engine.clone();
             tokio::task::spawn_blocking(move || {
-                let mut buf = Vec::new();
+                let mut buf = ChunkBuf::with_capacity(mm_store::manifest::CHUNK_SIZE as usize);
                 engine
                     .read_chunk(&from, &name, &root, index as usize, &mut buf)
-                    .map(|()| buf)
+                    .map(|()| buf.to_vec())
                     .map_err(|m| m.to_wire())
             })
             .await

@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use mm_overlay::{wire, Overlay};
 use mm_store::transfer::{HolderAnswers, Miss};
-use mm_store::{Held, Net};
+use mm_store::{ChunkBuf, Held, Net};
 
 use crate::data::{DataClient, DataError};
 use crate::proto::Request;
@@ -69,7 +69,7 @@ impl Net for MeshNet {
         name: String,
         root: Vec<u8>,
         index: u32,
-    ) -> BoxFuture<'static, Result<Vec<u8>, Miss>> {
+    ) -> BoxFuture<'static, Result<ChunkBuf, Miss>> {
         let overlay = self.overlay.clone();
         let data = self.data.clone();
         async move {
@@ -80,7 +80,8 @@ impl Net for MeshNet {
                 Err(DataError::Setup) => {}
             }
             let body = wire::encode(&Request::Chunk { name, root, index });
-            overlay.direct(&host, body).await.map_err(Miss::from_wire)
+            let bytes = overlay.direct(&host, body).await.map_err(Miss::from_wire)?;
+            Ok(ChunkBuf::from(&bytes[..]))
         }
         .boxed()
     }

@@ -179,19 +179,7 @@ pub fn read_range(
     path: &std::path::Path,
     off: u64,
     len: u64,
-    buf: &mut Vec<u8>,
+    buf: &mut crate::ChunkBuf,
 ) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path)?;
-    f.seek(SeekFrom::Start(off))?;
-    let start = buf.len();
-    buf.reserve(len as usize);
-    f.take(len).read_to_end(buf)?;
-    if (buf.len() - start) as u64 != len {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the file is shorter than its manifest says",
-        ));
-    }
-    Ok(())
+    buf.read_at(&std::fs::File::open(path)?, off, len as usize)
 }

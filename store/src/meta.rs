@@ -118,6 +118,20 @@ impl Meta {
 mod tests {
     use super::*;
 
+    /// sled's flusher thread can hold the database's lock for a moment
+    /// after the last handle is dropped (a new process, as after a node
+    /// restart, never meets it): open again until it lets go.
+    fn reopen(p: &Path) -> Meta {
+        let start = std::time::Instant::now();
+        loop {
+            match Meta::open(p) {
+                Ok(m) => return m,
+                Err(e) if start.elapsed() > std::time::Duration::from_secs(5) => panic!("{e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+    }
+
     #[test]
     fn values_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -127,7 +141,7 @@ mod tests {
             m.put("settings", "degree", &5u64).unwrap();
             m.flush().unwrap();
         }
-        let m = Meta::open(&p).unwrap();
+        let m = reopen(&p);
         assert_eq!(m.get::<u64>("settings", "degree"), Some(5));
         assert_eq!(m.get::<u64>("settings", "missing"), None);
     }
@@ -143,7 +157,7 @@ mod tests {
         }
         // Overwrite sled's config file with garbage.
         std::fs::write(p.join("conf"), b"\xff\xfe garbage").unwrap();
-        let m = Meta::open(&p).unwrap();
+        let m = reopen(&p);
         assert_eq!(m.get::<u64>("settings", "degree"), None);
         let aside = std::fs::read_dir(dir.path())
             .unwrap()

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::unix::fs::{FileExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{info, warn};
 
+use crate::buf::{ChunkBuf, ALIGN};
 use crate::files::{glob_match, has_magic, FilesDir};
 use crate::local::Local;
 use crate::manifest::Manifest;
@@ -83,7 +84,7 @@ pub type HolderAnswers = Vec<(String, Result<Vec<Held>, String>)>;
 /// A finished have poll: source, its bitfield.
 type HaveDone = (String, Result<Vec<u8>, String>);
 /// A finished chunk request: source, chunk index, data.
-type ChunkDone = (String, usize, Result<Vec<u8>, Miss>);
+type ChunkDone = (String, usize, Result<ChunkBuf, Miss>);
 
 /// Why a source did not send a chunk.
 #[derive(Debug, Clone, PartialEq)]
@@ -252,7 +253,7 @@ pub trait Net: Send + Sync + 'static {
         name: String,
         root: Vec<u8>,
         index: u32,
-    ) -> BoxFuture<'static, Result<Vec<u8>, Miss>>;
+    ) -> BoxFuture<'static, Result<ChunkBuf, Miss>>;
 }
 
 /// Which version to take when holders disagree.
@@ -956,7 +957,7 @@ impl Engine {
         name: &str,
         root: &[u8],
         index: usize,
-        buf: &mut Vec<u8>,
+        buf: &mut ChunkBuf,
     ) -> Result<(), Miss> {
         let job = self.jobs().get(name).cloned();
         if let Some(j) = job.filter(|j| j.manifest.root == root) {
@@ -1039,6 +1040,7 @@ impl Engine {
         .await
         .map_err(|e| e.to_string())??;
         let file = Arc::new(file);
+        let direct = open_direct(&job.tmp).map(Arc::new);
         self.verify_resumed(job, &file).await?;
 
         let (tx, mut rx) = mpsc::unbounded_channel::<ChunkDone>();
@@ -1214,6 +1216,7 @@ impl Engine {
             // part of a fast transfer's time.
             writing.insert(idx);
             let (j, f) = (job.clone(), file.clone());
+            let d = direct.clone();
             let report = Report(Some((host, idx, written_tx.clone())));
             tokio::task::spawn_blocking(move || {
                 let w = if !j.manifest.verify_chunk(idx, &data) {
@@ -1221,7 +1224,18 @@ impl Engine {
                 } else {
                     let (off, _) = j.manifest.chunk_range(idx);
                     let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-                    match f.write_all_at(&data, off) {
+                    let direct =
+                        d.filter(|_| data.is_aligned() && off.is_multiple_of(ALIGN as u64));
+                    // A file system may take O_DIRECT at open and still
+                    // refuse a write: then the ordinary way.
+                    let wrote = match direct {
+                        Some(d) => d.write_all_at(&data, off).or_else(|e| {
+                            tracing::debug!("{}: O_DIRECT write: {e}", j.name);
+                            f.write_all_at(&data, off)
+                        }),
+                        None => f.write_all_at(&data, off),
+                    };
+                    match wrote {
                         Ok(()) => Written::Ok(data.len() as u64),
                         Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
                     }
@@ -1698,6 +1712,19 @@ pub fn fmt_time(t: SystemTime) -> String {
         rem / 60 % 60,
         rem % 60
     )
+}
+
+/// A second descriptor on the partial file that bypasses the page cache,
+/// for whole aligned chunks: the transfer makes every chunk durable soon
+/// anyway, and the page cache would cost a copy now and writeback later.
+/// None where the file system has no `O_DIRECT` (tmpfs on older kernels).
+fn open_direct(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .ok()
 }
 
 #[cfg(test)]

@@ -133,13 +133,16 @@ impl Node {
             .append(true)
             .open(self.log_path())
             .expect("log file");
+        // MM_SERVE_BIN: another build of `mm` for the nodes, to compare two
+        // versions on the same machine in the same hour (benchmarks).
+        let bin = std::env::var("MM_SERVE_BIN").unwrap_or_else(|_| MM.to_string());
         let mut cmd = match &self.netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, MM]);
+                c.args(["netns", "exec", ns, &bin]);
                 c
             }
-            None => Command::new(MM),
+            None => Command::new(&bin),
         };
         // If the test process dies (killed by a CI timeout), take the node
         // with it rather than leave it running.
