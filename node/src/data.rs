@@ -20,7 +20,11 @@
 //! client that it reached the node holding the key. Then the client sends
 //! requests (CBOR [`DataReq`]) and the server answers each, in order, with
 //! `body || kind (1 byte) || index (u32 BE)`: kind 0 is the chunk, kind 1 an
-//! error message.
+//! error message, 2 "not yet", 3 a redirect.
+//!
+//! The server gives each connection a thread with blocking I/O: request,
+//! read, seal, send, with the chunk on one core all the way (see
+//! docs/design.md for what that saved).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -55,6 +59,9 @@ const TICKET_WAIT: Duration = Duration::from_secs(2);
 /// Connections waiting for their ticket at once; more are closed at once
 /// (anyone who can reach the port can open one).
 const UNPROVEN: usize = 128;
+/// Connections being served at once, each by a thread of its own: one per
+/// node pulling from this one, normally. More are closed at once.
+const SERVING: usize = 512;
 /// A name in a request, at most.
 const MAX_NAME: usize = 4096;
 /// An error in an answer, at most.
@@ -65,8 +72,6 @@ const IDLE: Duration = Duration::from_secs(30);
 const SERVER_IDLE: Duration = Duration::from_secs(600);
 /// One chunk answer: how long the server may take once it is next in line.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
-/// Chunks a server connection reads ahead of the socket.
-const READ_AHEAD: usize = 4;
 /// Requests queued on one client connection.
 const QUEUE: usize = 64;
 /// A request record is a name, a hash and an index.
@@ -171,6 +176,28 @@ impl Sealer {
     }
 }
 
+impl Sealer {
+    /// Reads one small record (a request) from a blocking stream.
+    fn open_small(&mut self, r: &mut impl std::io::Read, max: usize) -> std::io::Result<Vec<u8>> {
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head)?;
+        let len = u32::from_be_bytes(head) as usize;
+        if !(TAG..=max + TAG).contains(&len) {
+            return Err(bad(format!("a record of {len} bytes")));
+        }
+        let mut buf = vec![0u8; len];
+        r.read_exact(&mut buf)?;
+        let nonce = self.next_nonce();
+        let plain = self
+            .key
+            .open_in_place(nonce, Aad::from(&head), &mut buf)
+            .map_err(|_| bad("a record that does not authenticate".into()))?
+            .len();
+        buf.truncate(plain);
+        Ok(buf)
+    }
+}
+
 /// Turns `record[start..]` (plaintext after 4 bytes of room) into a whole
 /// record, in place.
 fn seal_with(key: &LessSafeKey, nonce: Nonce, record: &mut ChunkBuf, start: usize) {
@@ -200,6 +227,7 @@ struct Ticket {
 pub struct DataServer {
     port: u16,
     engine: Arc<Engine>,
+    serving: Arc<tokio::sync::Semaphore>,
     tickets: Mutex<HashMap<[u8; 16], Ticket>>,
     rng: SystemRandom,
 }
@@ -214,6 +242,7 @@ impl DataServer {
         let me = Arc::new(DataServer {
             port,
             engine,
+            serving: Arc::new(tokio::sync::Semaphore::new(SERVING)),
             tickets: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
         });
@@ -300,7 +329,13 @@ impl DataServer {
             .ok_or_else(|| bad("an unknown or expired ticket".into()))?;
         // Proven: no longer counts against the connections still waiting.
         drop(unproven);
-        let mut opener = Sealer::new(&t.secret, b"client to server");
+        let Ok(serving) = self.serving.clone().try_acquire_owned() else {
+            return Err(bad(format!(
+                "{SERVING} data connections are open already; {} is refused",
+                t.host
+            )));
+        };
+        let opener = Sealer::new(&t.secret, b"client to server");
         let mut sealer = Sealer::new(&t.secret, b"server to client");
         let mut ack = ChunkBuf::with_capacity(4 + ACK.len() + TAG);
         ack.extend_from_slice(&[0u8; 4]);
@@ -309,83 +344,92 @@ impl DataServer {
         wr.write_all(&ack).await?;
         debug!("data connection from {} open", t.host);
 
-        // Answers go out in request order: each is read and sealed on a
-        // blocking thread (its nonce is known from its place in line), a
-        // few ahead of the socket.
-        let (tx, mut rx) = mpsc::channel::<tokio::task::JoinHandle<ChunkBuf>>(READ_AHEAD);
-        let writer = tokio::spawn(async move {
-            while let Some(h) = rx.recv().await {
-                let record = h.await.map_err(|e| bad(format!("reading a chunk: {e}")))?;
-                wr.write_all(&record[ANSWER_AT - 4..]).await?;
-            }
-            wr.shutdown().await
-        });
-        let result = async {
-            loop {
-                let plain = match tokio::time::timeout(
-                    SERVER_IDLE,
-                    opener.open(&mut rd, MAX_REQUEST),
-                )
-                .await
-                {
-                    Err(_) => return Ok(()),
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-                    Ok(r) => r?,
-                };
-                let req: DataReq = wire::decode(&plain).map_err(bad)?;
-                let engine = self.engine.clone();
-                let from = t.host.clone();
-                let key = sealer.key.clone();
-                // Nonces follow the order on the wire: take this one now.
-                let nonce = sealer.next_nonce();
-                let h = tokio::task::spawn_blocking(move || {
-                    let mut record = ChunkBuf::with_capacity(ANSWER_AT + MAX_ANSWER + TAG);
-                    record.extend_from_slice(&[0u8; ANSWER_AT]);
-                    let read = if req.name.len() > MAX_NAME {
-                        Err(Miss::Failed("a name too long".into()))
-                    } else {
-                        engine.read_chunk(
-                            &from,
-                            &req.name,
-                            &req.root,
-                            req.index as usize,
-                            &mut record,
-                        )
-                    };
-                    let kind = match read {
-                        Ok(()) => KIND_CHUNK,
-                        Err(miss) => {
-                            record.truncate(ANSWER_AT);
-                            let (kind, text) = match miss {
-                                Miss::NotYet => (KIND_NOT_YET, String::new()),
-                                Miss::Redirect(h) => (KIND_REDIRECT, h),
-                                Miss::Failed(e) | Miss::Lost(e) => (KIND_FAILED, e),
-                            };
-                            // The text repeats the name asked for: keep it
-                            // within what the other side accepts.
-                            let mut end = text.len().min(MAX_ERROR);
-                            while !text.is_char_boundary(end) {
-                                end -= 1;
-                            }
-                            record.extend_from_slice(&text.as_bytes()[..end]);
-                            kind
-                        }
-                    };
-                    record.extend_from_slice(&[kind]);
-                    record.extend_from_slice(&req.index.to_be_bytes());
-                    seal_with(&key, nonce, &mut record, ANSWER_AT - 4);
-                    record
-                });
-                if tx.send(h).await.is_err() {
-                    return Ok(());
+        // From here on, one thread per connection with blocking I/O: it
+        // reads a request, reads the chunk into its record, seals it and
+        // sends it, so a chunk is touched by one core from the page cache
+        // to the socket, and no task hands it to another. Requests are
+        // pipelined by the client; the socket buffer overlaps the rest.
+        let stream = rd.reunite(wr).map_err(|e| bad(e.to_string()))?.into_std()?;
+        stream.set_nonblocking(false)?;
+        stream.set_read_timeout(Some(SERVER_IDLE))?;
+        stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+        let engine = self.engine.clone();
+        std::thread::Builder::new()
+            .name("mm-data".into())
+            .spawn(move || {
+                let _serving = serving;
+                if let Err(e) = serve_blocking(&engine, &t.host, stream, opener, sealer) {
+                    debug!("data connection from {}: {e}", t.host);
                 }
-            }
-        }
-        .await;
-        drop(tx);
-        let _ = writer.await;
-        result
+            })?;
+        Ok(())
     }
+}
+
+/// Answers requests on `stream` until the client closes it (or is idle
+/// for [`SERVER_IDLE`]).
+fn serve_blocking(
+    engine: &Engine,
+    from: &str,
+    mut stream: std::net::TcpStream,
+    mut opener: Sealer,
+    mut sealer: Sealer,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    loop {
+        let plain = match opener.open_small(&mut stream, MAX_REQUEST) {
+            Ok(p) => p,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof
+                        | std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        let req: DataReq = wire::decode(&plain).map_err(bad)?;
+        let record = answer_record(engine, from, &req, &mut sealer);
+        stream.write_all(&record[ANSWER_AT - 4..])?;
+    }
+}
+
+/// The sealed answer to `req`: the chunk, or why not.
+fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer) -> ChunkBuf {
+    let mut record = ChunkBuf::with_capacity(ANSWER_AT + MAX_ANSWER + TAG);
+    record.extend_from_slice(&[0u8; ANSWER_AT]);
+    let read = if req.name.len() > MAX_NAME {
+        Err(Miss::Failed("a name too long".into()))
+    } else {
+        engine.read_chunk(from, &req.name, &req.root, req.index as usize, &mut record)
+    };
+    let kind = match read {
+        Ok(()) => KIND_CHUNK,
+        Err(miss) => {
+            record.truncate(ANSWER_AT);
+            let (kind, text) = match miss {
+                Miss::NotYet => (KIND_NOT_YET, String::new()),
+                Miss::Redirect(h) => (KIND_REDIRECT, h),
+                Miss::Failed(e) | Miss::Lost(e) => (KIND_FAILED, e),
+            };
+            // The text repeats the name asked for: keep it within what the
+            // other side accepts.
+            let mut end = text.len().min(MAX_ERROR);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            record.extend_from_slice(&text.as_bytes()[..end]);
+            kind
+        }
+    };
+    record.extend_from_slice(&[kind]);
+    record.extend_from_slice(&req.index.to_be_bytes());
+    let nonce = sealer.next_nonce();
+    seal_with(&sealer.key, nonce, &mut record, ANSWER_AT - 4);
+    record
 }
 
 /// A request waiting for its answer, in line.
