@@ -148,10 +148,7 @@ impl Sealer {
     ) -> std::io::Result<ChunkBuf> {
         let mut head = [0u8; 4];
         r.read_exact(&mut head).await?;
-        let len = u32::from_be_bytes(head) as usize;
-        if !(TAG..=max + TAG).contains(&len) {
-            return Err(bad(format!("a record of {len} bytes")));
-        }
+        let len = record_len(head, max)?;
         let mut buf = ChunkBuf::with_capacity(len);
         // Into the spare room: no zeroing of a megabyte per chunk.
         while buf.len() < len {
@@ -165,6 +162,21 @@ impl Sealer {
             // SAFETY: poll_read initialised the first `n` bytes of the room.
             unsafe { buf.filled(n) };
         }
+        self.unseal(head, buf)
+    }
+
+    /// The same from a data connection's thread.
+    fn open_blocking(&mut self, r: &mut FdReader, max: usize) -> std::io::Result<ChunkBuf> {
+        let mut head = [0u8; 4];
+        r.read_exact(&mut head)?;
+        let len = record_len(head, max)?;
+        let mut buf = ChunkBuf::with_capacity(len);
+        r.read_into(&mut buf, len)?;
+        self.unseal(head, buf)
+    }
+
+    /// Checks and decrypts a record's body in place.
+    fn unseal(&mut self, head: [u8; 4], mut buf: ChunkBuf) -> std::io::Result<ChunkBuf> {
         let nonce = self.next_nonce();
         let plain = self
             .key
@@ -176,25 +188,81 @@ impl Sealer {
     }
 }
 
-impl Sealer {
-    /// Reads one small record (a request) from a blocking stream.
-    fn open_small(&mut self, r: &mut impl std::io::Read, max: usize) -> std::io::Result<Vec<u8>> {
-        let mut head = [0u8; 4];
-        r.read_exact(&mut head)?;
-        let len = u32::from_be_bytes(head) as usize;
-        if !(TAG..=max + TAG).contains(&len) {
-            return Err(bad(format!("a record of {len} bytes")));
+/// A record's length from its head, if within `max` bytes of plaintext.
+fn record_len(head: [u8; 4], max: usize) -> std::io::Result<usize> {
+    let len = u32::from_be_bytes(head) as usize;
+    if !(TAG..=max + TAG).contains(&len) {
+        return Err(bad(format!("a record of {len} bytes")));
+    }
+    Ok(len)
+}
+
+/// Reads a socket by its descriptor from a thread, waiting at most `wait`
+/// for each piece; the same whether tokio owns the socket (non-blocking)
+/// or a thread does (blocking).
+struct FdReader {
+    fd: std::os::fd::RawFd,
+    wait: Duration,
+}
+
+impl FdReader {
+    fn read(&mut self, to: *mut u8, len: usize) -> std::io::Result<usize> {
+        use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+        loop {
+            let mut p = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let ms = self.wait.as_millis().min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            match unsafe { libc::poll(&mut p, 1, ms) } {
+                0 => return Err(TimedOut.into()),
+                rc if rc < 0 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != Interrupted {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            // SAFETY: the caller's room holds `len` bytes.
+            let n = unsafe { libc::read(self.fd, to.cast(), len) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.kind(), Interrupted | WouldBlock) {
+                return Err(e);
+            }
         }
-        let mut buf = vec![0u8; len];
-        r.read_exact(&mut buf)?;
-        let nonce = self.next_nonce();
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(&head), &mut buf)
-            .map_err(|_| bad("a record that does not authenticate".into()))?
-            .len();
-        buf.truncate(plain);
-        Ok(buf)
+    }
+
+    fn read_exact(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            match self.read(out[done..].as_mut_ptr(), out.len() - done)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends exactly `n` bytes to `buf`, into its spare room.
+    fn read_into(&mut self, buf: &mut ChunkBuf, n: usize) -> std::io::Result<()> {
+        let want = buf.len() + n;
+        while buf.len() < want {
+            let left = want - buf.len();
+            let room = &mut buf.spare()[..left];
+            match self.read(room.as_mut_ptr().cast(), room.len())? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                // SAFETY: read(2) initialised the first `got` bytes.
+                got => unsafe { buf.filled(got) },
+            }
+        }
+        Ok(())
     }
 }
 
@@ -351,7 +419,6 @@ impl DataServer {
         // pipelined by the client; the socket buffer overlaps the rest.
         let stream = rd.reunite(wr).map_err(|e| bad(e.to_string()))?.into_std()?;
         stream.set_nonblocking(false)?;
-        stream.set_read_timeout(Some(SERVER_IDLE))?;
         stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
         let engine = self.engine.clone();
         std::thread::Builder::new()
@@ -376,15 +443,18 @@ fn serve_blocking(
     mut sealer: Sealer,
 ) -> std::io::Result<()> {
     use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut rd = FdReader {
+        fd: stream.as_raw_fd(),
+        wait: SERVER_IDLE,
+    };
     loop {
-        let plain = match opener.open_small(&mut stream, MAX_REQUEST) {
+        let plain = match opener.open_blocking(&mut rd, MAX_REQUEST) {
             Ok(p) => p,
             Err(e)
                 if matches!(
                     e.kind(),
-                    std::io::ErrorKind::UnexpectedEof
-                        | std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::TimedOut
                 ) =>
             {
                 return Ok(())
@@ -683,16 +753,24 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
         // Dropping the write half tells the server we are done.
     });
 
-    // Reader: answers come in request order.
+    // Reader: answers come in request order. A thread of its own, as on
+    // the server: receive and decrypt on one core, no task in between. It
+    // reads the descriptor itself; the write half stays with tokio.
     let rdead = dead.clone();
-    tokio::spawn(async move {
-        while let Some(w) = line_rx.recv().await {
-            let r = match tokio::time::timeout(ANSWER_TIMEOUT, opener.open(&mut rd, MAX_ANSWER))
-                .await
-            {
-                Ok(Ok(plain)) => answer(plain, w.index),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("data connection: no answer in time".into()),
+    let mut from = FdReader {
+        fd: std::os::fd::AsRawFd::as_raw_fd(rd.as_ref()),
+        wait: ANSWER_TIMEOUT,
+    };
+    let reader = move || {
+        // Keeps the descriptor open for as long as it is read.
+        let _rd = rd;
+        while let Some(w) = line_rx.blocking_recv() {
+            let r = match opener.open_blocking(&mut from, MAX_ANSWER) {
+                Ok(plain) => answer(plain, w.index),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    Err("data connection: no answer in time".into())
+                }
+                Err(e) => Err(e.to_string()),
             };
             let (r, fatal) = match r {
                 Ok(answered) => (answered, false),
@@ -703,13 +781,16 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
                 rdead.store(true, Ordering::SeqCst);
                 // The rest in line will never be answered on this stream.
                 line_rx.close();
-                while let Some(w) = line_rx.recv().await {
+                while let Some(w) = line_rx.blocking_recv() {
                     let _ = w.reply.send(Err(Miss::Lost("data connection lost".into())));
                 }
                 return;
             }
         }
-    });
+    };
+    std::thread::Builder::new()
+        .name("mm-data-rx".into())
+        .spawn(reader)?;
     Ok((Conn { tx, dead }, rtt))
 }
 
