@@ -349,7 +349,8 @@ impl SourceStat {
         } else {
             PER_SOURCE
         };
-        by_rate.clamp(if rtt.is_some() { 1 } else { 2 }, most)
+        let least = if rtt.is_some() { 1 } else { 2 };
+        by_rate.clamp(least.min(most), most)
     }
 }
 
