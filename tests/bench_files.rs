@@ -1,8 +1,9 @@
 //! iomeshage benchmark (not a test). Run as root:
 //!   cargo bench --bench files            # B1, B2 (3 and 7 pullers), B3
 //!   cargo bench --bench files -- b1      # one part: b1 | b2
-//! Env: MM_B1_MIB (default 1024), MM_B2_MIB (default 256), MM_B2_RATE
-//! (default 200mbit). See docs/benchmarks.md.
+//! Env: MM_B1_MIB (default 1024), MM_B1_RUNS (default 9), MM_B2_MIB
+//! (default 256), MM_B2_RATE (default 200mbit); MM_SERVE_BIN runs the nodes
+//! from another build of `mm`. See docs/benchmarks.md.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -109,7 +110,7 @@ fn warm_memory(mib: u64) {
 
 fn b1() {
     let mib = env_num("MM_B1_MIB", 1024);
-    let runs = env_num("MM_B1_RUNS", 5) as usize;
+    let runs = env_num("MM_B1_RUNS", 9) as usize;
     let lab = Lab::up(2, None);
     let nodes: Vec<Node> = (1..=2)
         .map(|i| Node::in_ns(&format!("h{i}"), &lab.ns(i), &[]))
