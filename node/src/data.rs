@@ -39,7 +39,8 @@ use mm_store::{ChunkBuf, Engine};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -167,6 +168,7 @@ impl Sealer {
 
     /// The same from a data connection's thread.
     fn open_blocking(&mut self, r: &mut FdReader, max: usize) -> std::io::Result<ChunkBuf> {
+        r.start();
         let mut head = [0u8; 4];
         r.read_exact(&mut head)?;
         let len = record_len(head, max)?;
@@ -197,15 +199,29 @@ fn record_len(head: [u8; 4], max: usize) -> std::io::Result<usize> {
     Ok(len)
 }
 
-/// Reads a socket by its descriptor from a thread, waiting at most `wait`
-/// for each piece; the same whether tokio owns the socket (non-blocking)
-/// or a thread does (blocking).
+/// Reads a socket by its descriptor from a thread, giving each record at
+/// most `wait` from its first byte on (a peer that trickles cannot hold a
+/// thread for longer); the same for a blocking or a non-blocking socket.
 struct FdReader {
     fd: std::os::fd::RawFd,
     wait: Duration,
+    deadline: Instant,
 }
 
 impl FdReader {
+    fn new(fd: std::os::fd::RawFd, wait: Duration) -> FdReader {
+        FdReader {
+            fd,
+            wait,
+            deadline: Instant::now() + wait,
+        }
+    }
+
+    /// A new record: a new deadline.
+    fn start(&mut self) {
+        self.deadline = Instant::now() + self.wait;
+    }
+
     fn read(&mut self, to: *mut u8, len: usize) -> std::io::Result<usize> {
         use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
         loop {
@@ -214,7 +230,9 @@ impl FdReader {
                 events: libc::POLLIN,
                 revents: 0,
             };
-            let ms = self.wait.as_millis().min(i32::MAX as u128) as i32;
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            // Rounded up: a wait of less than a millisecond must not spin.
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
             // SAFETY: one valid pollfd.
             match unsafe { libc::poll(&mut p, 1, ms) } {
                 0 => return Err(TimedOut.into()),
@@ -444,10 +462,7 @@ fn serve_blocking(
 ) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
-    let mut rd = FdReader {
-        fd: stream.as_raw_fd(),
-        wait: SERVER_IDLE,
-    };
+    let mut rd = FdReader::new(stream.as_raw_fd(), SERVER_IDLE);
     loop {
         let plain = match opener.open_blocking(&mut rd, MAX_REQUEST) {
             Ok(p) => p,
@@ -702,6 +717,15 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
         return Err(bad("a wrong acknowledgement".into()));
     }
     let rtt = sent.elapsed();
+    // From here on tokio only writes: the reader is a thread (below) with a
+    // descriptor of its own, and the writing one is registered for
+    // writability alone, so arriving data does not wake tokio's driver.
+    let stream = rd.reunite(wr).map_err(|e| bad(e.to_string()))?.into_std()?;
+    let reading = stream.try_clone()?;
+    // SAFETY: a std TcpStream owns its descriptor for as long as it lives,
+    // and the AsyncFd owns the stream.
+    let wr = unsafe { AsyncFd::register_with_interest(stream, Interest::WRITABLE) }
+        .map_err(|e| e.into_parts().1)?;
     let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
     let (line_tx, mut line_rx) = mpsc::unbounded_channel::<Waiting>();
     let dead = Arc::new(AtomicBool::new(false));
@@ -744,26 +768,28 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
             if line_tx.send(job.waiting).is_err() {
                 break;
             }
-            if let Err(e) = wr.write_all(&record).await {
+            if let Err(e) = write_all(&wr, &record).await {
                 wdead.store(true, Ordering::SeqCst);
                 debug!("data connection to {addr}: {e}");
                 break;
             }
         }
-        // Dropping the write half tells the server we are done.
+        // Tells the server we are done (the reader's descriptor keeps the
+        // socket open for the answers still due).
+        let _ = wr.get_ref().shutdown(std::net::Shutdown::Write);
     });
 
     // Reader: answers come in request order. A thread of its own, as on
     // the server: receive and decrypt on one core, no task in between. It
     // reads the descriptor itself; the write half stays with tokio.
-    let rdead = dead.clone();
-    let mut from = FdReader {
-        fd: std::os::fd::AsRawFd::as_raw_fd(rd.as_ref()),
-        wait: ANSWER_TIMEOUT,
-    };
+    let mut from = FdReader::new(std::os::fd::AsRawFd::as_raw_fd(&reading), ANSWER_TIMEOUT);
+    // However the reader ends (even in a panic), no more answers come on
+    // this connection: new requests must go to a fresh one.
+    let rdead = DeadOnDrop(dead.clone());
     let reader = move || {
         // Keeps the descriptor open for as long as it is read.
-        let _rd = rd;
+        let _reading = reading;
+        let rdead = rdead;
         while let Some(w) = line_rx.blocking_recv() {
             let r = match opener.open_blocking(&mut from, MAX_ANSWER) {
                 Ok(plain) => answer(plain, w.index),
@@ -778,7 +804,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
             };
             let _ = w.reply.send(r);
             if fatal {
-                rdead.store(true, Ordering::SeqCst);
+                rdead.0.store(true, Ordering::SeqCst);
                 // The rest in line will never be answered on this stream.
                 line_rx.close();
                 while let Some(w) = line_rx.blocking_recv() {
@@ -792,6 +818,31 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
         .name("mm-data-rx".into())
         .spawn(reader)?;
     Ok((Conn { tx, dead }, rtt))
+}
+
+/// Sets a connection's dead flag when dropped.
+struct DeadOnDrop(Arc<AtomicBool>);
+
+impl Drop for DeadOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Writes all of `buf` to a socket tokio watches for writability only.
+async fn write_all(sock: &AsyncFd<std::net::TcpStream>, mut buf: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    while !buf.is_empty() {
+        let mut ready = sock.writable().await?;
+        match ready.try_io(|s| (&mut s.get_ref()).write(buf)) {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            // Not writable after all: wait again.
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Splits an answer's trailer off. The outer error breaks the connection;
@@ -914,6 +965,37 @@ mod tests {
         huge[..4].copy_from_slice(&u32::MAX.to_be_bytes());
         let (_, mut rx) = pair();
         assert!(rx.open(&mut &huge[..], 100).await.is_err());
+    }
+
+    #[test]
+    fn a_thread_reads_records_and_gives_up_on_silence() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut tx, mut rx) = pair();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut r = record(&[5u8; 100_000]);
+        tx.seal(&mut r);
+        // In two pieces, the second after a pause: the reader waits for it.
+        let (first, second) = r.split_at(1000);
+        b.write_all(first).unwrap();
+        let rest = second.to_vec();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            b.write_all(&rest).unwrap();
+            b
+        });
+        let mut from = FdReader::new(a.as_raw_fd(), Duration::from_secs(5));
+        let got = rx.open_blocking(&mut from, MAX_ANSWER).unwrap();
+        assert_eq!(&got[..], &[5u8; 100_000][..]);
+        let peer = writer.join().unwrap();
+        // Nothing more comes: a timeout, not a hang.
+        let mut quiet = FdReader::new(a.as_raw_fd(), Duration::from_millis(100));
+        let e = rx.open_blocking(&mut quiet, MAX_ANSWER).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        // The peer gone: end of stream.
+        drop(peer);
+        let e = rx.open_blocking(&mut from, MAX_ANSWER).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]

@@ -22,6 +22,10 @@ const POOL: usize = 64;
 /// allocator: they cost nothing to fault in, and must not crowd chunk
 /// buffers out of the pool.
 const POOLED: usize = 256 << 10;
+/// Every buffer from `POOLED` up to this size is this size, so that any
+/// pooled buffer fits any ask: a chunk, and the few pages a record adds
+/// around it on either side. Larger asks are allocated and freed as such.
+const CLASS: usize = crate::manifest::CHUNK_SIZE as usize + 4 * ALIGN;
 
 static FREE: Mutex<Vec<Raw>> = Mutex::new(Vec::new());
 
@@ -64,14 +68,12 @@ pub struct ChunkBuf {
 impl ChunkBuf {
     /// An empty buffer for at least `cap` bytes (from the pool if one fits).
     pub fn with_capacity(cap: usize) -> ChunkBuf {
-        let cap = cap.max(1);
-        let reused = (cap >= POOLED)
-            .then(|| {
-                let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-                free.iter()
-                    .position(|r| r.cap >= cap)
-                    .map(|i| free.swap_remove(i))
-            })
+        let cap = match cap.max(1) {
+            c if (POOLED..=CLASS).contains(&c) => CLASS,
+            c => c,
+        };
+        let reused = (cap == CLASS)
+            .then(|| FREE.lock().unwrap_or_else(|e| e.into_inner()).pop())
             .flatten();
         let raw = reused.unwrap_or_else(|| Raw::new(cap));
         ChunkBuf {
@@ -128,14 +130,17 @@ impl ChunkBuf {
         assert!(len <= spare.len(), "a chunk buffer does not grow");
         let mut done = 0;
         while done < len {
+            let at = libc::off64_t::try_from(off + done as u64).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, "an offset out of range")
+            })?;
             // SAFETY: pread writes at most `len - done` bytes into the
             // spare room, which holds at least `len`.
             let n = unsafe {
-                libc::pread(
+                libc::pread64(
                     file.as_raw_fd(),
                     spare[done..].as_mut_ptr().cast(),
                     len - done,
-                    (off + done as u64) as libc::off_t,
+                    at,
                 )
             };
             match n {
@@ -196,7 +201,7 @@ impl std::fmt::Debug for ChunkBuf {
 
 impl Drop for ChunkBuf {
     fn drop(&mut self) {
-        if let Some(raw) = self.raw.take().filter(|r| r.cap >= POOLED) {
+        if let Some(raw) = self.raw.take().filter(|r| r.cap == CLASS) {
             let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
             if free.len() < POOL {
                 free.push(raw);

@@ -1041,7 +1041,7 @@ impl Engine {
         .await
         .map_err(|e| e.to_string())??;
         let file = Arc::new(file);
-        let direct = open_direct(&job.tmp).map(Arc::new);
+        let direct = Direct::open(&job.tmp, &file).map(Arc::new);
         self.verify_resumed(job, &file).await?;
 
         let (tx, mut rx) = mpsc::unbounded_channel::<ChunkDone>();
@@ -1225,16 +1225,10 @@ impl Engine {
                 } else {
                     let (off, _) = j.manifest.chunk_range(idx);
                     let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-                    let direct =
-                        d.filter(|_| data.is_aligned() && off.is_multiple_of(ALIGN as u64));
-                    // A file system may take O_DIRECT at open and still
-                    // refuse a write: then the ordinary way.
-                    let wrote = match direct {
-                        Some(d) => d.write_all_at(&data, off).or_else(|e| {
-                            tracing::debug!("{}: O_DIRECT write: {e}", j.name);
-                            f.write_all_at(&data, off)
-                        }),
-                        None => f.write_all_at(&data, off),
+                    let wrote = match d.map_or(Ok(false), |d| d.write(&j.name, &data, off)) {
+                        Ok(true) => Ok(()),
+                        Ok(false) => f.write_all_at(&data, off),
+                        Err(e) => Err(e),
                     };
                     match wrote {
                         Ok(()) => Written::Ok(data.len() as u64),
@@ -1718,14 +1712,49 @@ pub fn fmt_time(t: SystemTime) -> String {
 /// A second descriptor on the partial file that bypasses the page cache,
 /// for whole aligned chunks: the transfer makes every chunk durable soon
 /// anyway, and the page cache would cost a copy now and writeback later.
-/// None where the file system has no `O_DIRECT` (tmpfs on older kernels).
-fn open_direct(path: &Path) -> Option<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
+struct Direct {
+    file: std::fs::File,
+    on: AtomicBool,
+}
+
+impl Direct {
+    /// None where the file system has no `O_DIRECT` (tmpfs on older
+    /// kernels), or if `path` is no longer the file `same_as` has open.
+    fn open(path: &Path, same_as: &std::fs::File) -> Option<Direct> {
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .ok()?;
+        let (a, b) = (file.metadata().ok()?, same_as.metadata().ok()?);
+        (a.dev() == b.dev() && a.ino() == b.ino()).then_some(Direct {
+            file,
+            on: AtomicBool::new(true),
+        })
+    }
+
+    /// Writes `data` at `off` this way if it can: Ok(false) means the
+    /// caller must write it the ordinary way.
+    fn write(&self, name: &str, data: &ChunkBuf, off: u64) -> std::io::Result<bool> {
+        if !self.on.load(Ordering::Relaxed)
+            || !data.is_aligned()
+            || !off.is_multiple_of(ALIGN as u64)
+        {
+            return Ok(false);
+        }
+        match self.file.write_all_at(data, off) {
+            Ok(()) => Ok(true),
+            // Taken at open, refused at write (alignment rules of its
+            // own): the page cache from now on. Any other error is real.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.on.store(false, Ordering::Relaxed);
+                tracing::debug!("{name}: O_DIRECT refused ({e}); writing through the page cache");
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
