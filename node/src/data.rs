@@ -22,9 +22,10 @@
 //! `body || kind (1 byte) || index (u32 BE)`: kind 0 is the chunk, kind 1 an
 //! error message, 2 "not yet", 3 a redirect.
 //!
-//! The server gives each connection a thread with blocking I/O: request,
-//! read, seal, send, with the chunk on one core all the way (see
-//! docs/design.md for what that saved).
+//! Each side reads a connection on a thread of its own, with the chunk on
+//! one core all the way: the server reads a request, reads the chunk, seals
+//! and sends it; the client receives and decrypts (see docs/design.md for
+//! what that saved). Only the client's requests are written by a task.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
