@@ -29,7 +29,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -41,7 +40,7 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -136,13 +135,22 @@ impl Sealer {
         Nonce::assume_unique_for_key(n)
     }
 
-    fn seal(&mut self, record: &mut ChunkBuf) {
+    /// Turns `record[start..]` (plaintext after 4 bytes of room) into a
+    /// whole record, in place, with the next nonce.
+    fn seal(&mut self, record: &mut ChunkBuf, start: usize) {
         let nonce = self.next_nonce();
-        seal_with(&self.key, nonce, record, 0);
+        let len = (record.len() - start - 4 + TAG) as u32;
+        record[start..start + 4].copy_from_slice(&len.to_be_bytes());
+        let (head, body) = record[start..].split_at_mut(4);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::from(&*head), body)
+            .expect("records are far below the AES-GCM limit");
+        record.extend_from_slice(tag.as_ref());
     }
 
-    /// Reads one record; returns its plaintext (page-aligned: a chunk can
-    /// go to disk from this very buffer).
+    /// Reads one small record from a task: the handshake's acknowledgement.
+    /// (Chunks are read by [`Sealer::open_blocking`], on a thread.)
     async fn open<R: AsyncRead + Unpin>(
         &mut self,
         r: &mut R,
@@ -150,24 +158,13 @@ impl Sealer {
     ) -> std::io::Result<ChunkBuf> {
         let mut head = [0u8; 4];
         r.read_exact(&mut head).await?;
-        let len = record_len(head, max)?;
-        let mut buf = ChunkBuf::with_capacity(len);
-        // Into the spare room: no zeroing of a megabyte per chunk.
-        while buf.len() < len {
-            let want = len - buf.len();
-            let mut room = ReadBuf::uninit(&mut buf.spare()[..want]);
-            std::future::poll_fn(|cx| Pin::new(&mut *r).poll_read(cx, &mut room)).await?;
-            let n = room.filled().len();
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            // SAFETY: poll_read initialised the first `n` bytes of the room.
-            unsafe { buf.filled(n) };
-        }
+        let mut buf = ChunkBuf::from(&vec![0u8; record_len(head, max)?][..]);
+        r.read_exact(&mut buf).await?;
         self.unseal(head, buf)
     }
 
-    /// The same from a data connection's thread.
+    /// Reads one record on a data connection's thread; returns its
+    /// plaintext (page-aligned: a chunk can go to disk from this buffer).
     fn open_blocking(&mut self, r: &mut FdReader, max: usize) -> std::io::Result<ChunkBuf> {
         r.start();
         let mut head = [0u8; 4];
@@ -283,18 +280,6 @@ impl FdReader {
         }
         Ok(())
     }
-}
-
-/// Turns `record[start..]` (plaintext after 4 bytes of room) into a whole
-/// record, in place.
-fn seal_with(key: &LessSafeKey, nonce: Nonce, record: &mut ChunkBuf, start: usize) {
-    let len = (record.len() - start - 4 + TAG) as u32;
-    record[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    let (head, body) = record[start..].split_at_mut(4);
-    let tag = key
-        .seal_in_place_separate_tag(nonce, Aad::from(&*head), body)
-        .expect("records are far below the AES-GCM limit");
-    record.extend_from_slice(tag.as_ref());
 }
 
 fn bad(what: String) -> std::io::Error {
@@ -427,7 +412,7 @@ impl DataServer {
         let mut ack = ChunkBuf::with_capacity(4 + ACK.len() + TAG);
         ack.extend_from_slice(&[0u8; 4]);
         ack.extend_from_slice(ACK);
-        sealer.seal(&mut ack);
+        sealer.seal(&mut ack, 0);
         wr.write_all(&ack).await?;
         debug!("data connection from {} open", t.host);
 
@@ -513,8 +498,7 @@ fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer
     };
     record.extend_from_slice(&[kind]);
     record.extend_from_slice(&req.index.to_be_bytes());
-    let nonce = sealer.next_nonce();
-    seal_with(&sealer.key, nonce, &mut record, ANSWER_AT - 4);
+    sealer.seal(&mut record, ANSWER_AT - 4);
     record
 }
 
@@ -765,7 +749,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
             let mut record = ChunkBuf::with_capacity(4 + job.req.len() + TAG);
             record.extend_from_slice(&[0u8; 4]);
             record.extend_from_slice(&job.req);
-            sealer.seal(&mut record);
+            sealer.seal(&mut record, 0);
             if line_tx.send(job.waiting).is_err() {
                 break;
             }
@@ -933,7 +917,7 @@ mod tests {
         let mut wire = Vec::new();
         for msg in [&b"one"[..], b"", &[7u8; 70_000]] {
             let mut r = record(msg);
-            tx.seal(&mut r);
+            tx.seal(&mut r, 0);
             wire.extend_from_slice(&r);
         }
         let mut rd = &wire[..];
@@ -949,7 +933,7 @@ mod tests {
     async fn tampered_replayed_or_misdirected_records_fail() {
         let (mut tx, mut rx) = pair();
         let mut r = record(b"chunk bytes");
-        tx.seal(&mut r);
+        tx.seal(&mut r, 0);
         let mut flipped = r.to_vec();
         flipped[6] ^= 1;
         assert!(rx.open(&mut &flipped[..], 100).await.is_err());
@@ -975,7 +959,7 @@ mod tests {
         let (mut tx, mut rx) = pair();
         let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
         let mut r = record(&[5u8; 100_000]);
-        tx.seal(&mut r);
+        tx.seal(&mut r, 0);
         // In two pieces, the second after a pause: the reader waits for it.
         let (first, second) = r.split_at(1000);
         b.write_all(first).unwrap();

@@ -1011,7 +1011,7 @@ impl Engine {
         let n = m.chunk_count();
         let tmp = job.tmp.clone();
         let size = m.size;
-        let file = tokio::task::spawn_blocking(move || -> Result<std::fs::File, String> {
+        let (file, direct) = tokio::task::spawn_blocking(move || {
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -1036,12 +1036,11 @@ impl Engine {
                     std::io::Error::from_raw_os_error(rc)
                 ));
             }
-            Ok(f)
+            let direct = Direct::open(&tmp, &f).map(Arc::new);
+            Ok::<_, String>((Arc::new(f), direct))
         })
         .await
         .map_err(|e| e.to_string())??;
-        let file = Arc::new(file);
-        let direct = Direct::open(&job.tmp, &file).map(Arc::new);
         self.verify_resumed(job, &file).await?;
 
         let (tx, mut rx) = mpsc::unbounded_channel::<ChunkDone>();
