@@ -2,8 +2,9 @@
 //!   cargo bench --bench files            # B1, B2 (3 and 7 pullers), B3
 //!   cargo bench --bench files -- b1      # one part: b1 | b2
 //! Env: MM_B1_MIB (default 1024), MM_B1_RUNS (default 9), MM_B2_MIB
-//! (default 256), MM_B2_RATE (default 200mbit); MM_SERVE_BIN runs the nodes
-//! from another build of `mm`. See docs/benchmarks.md.
+//! (default 256), MM_B2_RATE (default 200mbit), MM_B2_PULLERS (default
+//! 3,7); MM_SERVE_BIN runs the nodes from another build of `mm`. See
+//! docs/benchmarks.md.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -256,10 +257,10 @@ fn b2(pullers: usize) {
         }
     }
     // The swarm's aim: the holder's uplink sends each chunk about once.
+    let chunks = (mib << 20).div_ceil(mm_store::manifest::CHUNK_SIZE);
     eprintln!(
-        "chunks sent by the holder: {from_holder} for {} in the file ({:.2} each)",
-        mib,
-        from_holder as f64 / mib as f64
+        "chunks sent by the holder: {from_holder} for {chunks} in the file ({:.2} each)",
+        from_holder as f64 / chunks as f64
     );
     let ideal = (mib << 20) as f64 * 8.0 / bits;
     println!(
@@ -280,7 +281,9 @@ fn main() {
         b1();
     }
     if want("b2") {
-        b2(3);
-        b2(7);
+        let pullers = std::env::var("MM_B2_PULLERS").unwrap_or_else(|_| "3,7".into());
+        for n in pullers.split(',') {
+            b2(n.trim().parse().expect("MM_B2_PULLERS: numbers, e.g. 3,7"));
+        }
     }
 }

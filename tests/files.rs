@@ -194,8 +194,8 @@ fn pulls_from_three_holders_and_survives_a_corrupt_one() {
 fn pullers_serve_each_other_and_the_holder_sends_each_chunk_about_once() {
     let lab = Lab::up(4, Some("80mbit"));
     let nodes = lab_nodes(&lab, 4);
-    let chunks = 40u64;
-    let data = content((chunks << 20) as usize, 21);
+    let chunks = (40 << 20) / mm_store::manifest::CHUNK_SIZE;
+    let data = content(40 << 20, 21);
     put(&nodes[0], "swarm.bin", &data, 0o644);
     // Hash it on the holder first, as a later get would find it.
     nodes[0].mm(&["file", "get", "swarm.bin"]);
@@ -279,7 +279,11 @@ fn a_puller_killed_mid_transfer_resumes() {
     let data = content(24 << 20, 12);
     put(&nodes[0], "r.bin", &data, 0o644);
     nodes[1].mm(&["file", "get", "r.bin"]);
-    wait_chunks(&nodes[1], 4);
+    // 4 MiB in: more than a quarter second, when have-bits are recorded.
+    wait_chunks(
+        &nodes[1],
+        ((4 << 20) / mm_store::manifest::CHUNK_SIZE) as u32,
+    );
     nodes[1].stop(true);
     nodes[1].start();
     wait_for("r.bin", LONG, || {

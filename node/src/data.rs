@@ -75,10 +75,11 @@ const SERVER_IDLE: Duration = Duration::from_secs(600);
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 /// Requests queued on one client connection.
 const QUEUE: usize = 64;
-/// A request record is a name, a hash and an index.
+/// A request record is a name, a hash, an index and a count.
 const MAX_REQUEST: usize = 64 * 1024;
-/// An answer record: a chunk and the trailer.
-const MAX_ANSWER: usize = mm_store::manifest::CHUNK_SIZE as usize + 4096;
+/// An answer record: a run of chunks and the trailer.
+const MAX_ANSWER: usize =
+    mm_store::manifest::CHUNK_SIZE as usize * mm_store::manifest::MAX_RUN + 4096;
 const TAG: usize = 16;
 /// Where a chunk starts in the server's record buffer: on a page boundary,
 /// like the page cache it is copied from. A copy into a destination a few
@@ -105,6 +106,7 @@ struct DataReq {
     #[serde(with = "serde_bytes")]
     root: Vec<u8>,
     index: u32,
+    count: u32,
 }
 
 /// One direction of a connection: its key and the next nonce.
@@ -475,7 +477,8 @@ fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer
     let read = if req.name.len() > MAX_NAME {
         Err(Miss::Failed("a name too long".into()))
     } else {
-        engine.read_chunk(from, &req.name, &req.root, req.index as usize, &mut record)
+        let (index, count) = (req.index as usize, req.count as usize);
+        engine.read_chunk(from, &req.name, &req.root, index, count, &mut record)
     };
     let kind = match read {
         Ok(()) => KIND_CHUNK,
@@ -565,8 +568,14 @@ impl DataClient {
         name: String,
         root: Vec<u8>,
         index: u32,
+        count: u32,
     ) -> Result<ChunkBuf, DataError> {
-        let req = wire::encode(&DataReq { name, root, index });
+        let req = wire::encode(&DataReq {
+            name,
+            root,
+            index,
+            count,
+        });
         let (reply, answer) = oneshot::channel();
         let mut job = Job {
             req,

@@ -325,12 +325,25 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>, 
             let grant = node.data.as_ref().map(|d| d.grant(&from)).transpose()?;
             Ok(encode(&grant))
         }
-        proto::Request::Chunk { name, root, index } => {
+        proto::Request::Chunk {
+            name,
+            root,
+            index,
+            count,
+        } => {
             let engine = node.engine.clone();
             tokio::task::spawn_blocking(move || {
-                let mut buf = ChunkBuf::with_capacity(mm_store::manifest::CHUNK_SIZE as usize);
+                let most = mm_store::manifest::CHUNK_SIZE as usize * mm_store::manifest::MAX_RUN;
+                let mut buf = ChunkBuf::with_capacity(most);
                 engine
-                    .read_chunk(&from, &name, &root, index as usize, &mut buf)
+                    .read_chunk(
+                        &from,
+                        &name,
+                        &root,
+                        index as usize,
+                        count as usize,
+                        &mut buf,
+                    )
                     .map(|()| buf.to_vec())
                     .map_err(|m| m.to_wire())
             })

@@ -69,17 +69,26 @@ impl Net for MeshNet {
         name: String,
         root: Vec<u8>,
         index: u32,
+        count: u32,
     ) -> BoxFuture<'static, Result<ChunkBuf, Miss>> {
         let overlay = self.overlay.clone();
         let data = self.data.clone();
         async move {
-            match data.chunk(&host, name.clone(), root.clone(), index).await {
+            match data
+                .chunk(&host, name.clone(), root.clone(), index, count)
+                .await
+            {
                 Ok(bytes) => return Ok(bytes),
                 Err(DataError::Miss(m)) => return Err(m),
                 // Noted and logged by the client; for now, the other way.
                 Err(DataError::Setup) => {}
             }
-            let body = wire::encode(&Request::Chunk { name, root, index });
+            let body = wire::encode(&Request::Chunk {
+                name,
+                root,
+                index,
+                count,
+            });
             let bytes = overlay.direct(&host, body).await.map_err(Miss::from_wire)?;
             Ok(ChunkBuf::from(&bytes[..]))
         }

@@ -69,6 +69,9 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         root: Vec<u8>,
         index: u32,
+        /// Chunks from `index` on, one after another (the answer may hold
+        /// fewer, at least one).
+        count: u32,
     },
     /// A ticket and key for a data connection (answer: a CBOR
     /// `Option<data::Grant>`, none if the node has the channel off). Sent over Noise only: it is what keeps strangers

@@ -15,19 +15,32 @@ use std::sync::Mutex;
 
 /// What `O_DIRECT` asks of a buffer's address on any common block device.
 pub const ALIGN: usize = 4096;
-/// Buffers kept for reuse. A transfer has a few dozen chunks in flight at
-/// most; more than that in the pool is memory nobody needs.
+/// Buffers of each size kept for reuse. A transfer has a few dozen requests
+/// in flight at most; more than that in the pool is memory nobody needs.
 const POOL: usize = 64;
 /// Smaller buffers (requests, acknowledgements) come and go through the
 /// allocator: they cost nothing to fault in, and must not crowd chunk
 /// buffers out of the pool.
-const POOLED: usize = 256 << 10;
-/// Every buffer from `POOLED` up to this size is this size, so that any
-/// pooled buffer fits any ask: a chunk, and the few pages a record adds
-/// around it on either side. Larger asks are allocated and freed as such.
-const CLASS: usize = crate::manifest::CHUNK_SIZE as usize + 4 * ALIGN;
+const POOLED: usize = CHUNK / 2;
+const CHUNK: usize = crate::manifest::CHUNK_SIZE as usize;
+/// The pooled sizes: a chunk, and a run of chunks, each with the few pages
+/// a record adds around it on either side. An ask from `POOLED` up gets the
+/// smallest that fits, so that any pooled buffer of a size fits any ask of
+/// that size; larger asks are allocated and freed as such.
+const CLASSES: [usize; 2] = [
+    CHUNK + 4 * ALIGN,
+    CHUNK * crate::manifest::MAX_RUN + 4 * ALIGN,
+];
 
-static FREE: Mutex<Vec<Raw>> = Mutex::new(Vec::new());
+static FREE: [Mutex<Vec<Raw>>; 2] = [const { Mutex::new(Vec::new()) }; 2];
+
+/// The pool for buffers of `cap` bytes, if they are pooled.
+fn class_of(cap: usize) -> Option<usize> {
+    if cap < POOLED {
+        return None;
+    }
+    CLASSES.iter().position(|&c| cap <= c)
+}
 
 /// An allocation of `cap` bytes at `ALIGN`.
 struct Raw {
@@ -68,13 +81,9 @@ pub struct ChunkBuf {
 impl ChunkBuf {
     /// An empty buffer for at least `cap` bytes (from the pool if one fits).
     pub fn with_capacity(cap: usize) -> ChunkBuf {
-        let cap = match cap.max(1) {
-            c if (POOLED..=CLASS).contains(&c) => CLASS,
-            c => c,
-        };
-        let reused = (cap == CLASS)
-            .then(|| FREE.lock().unwrap_or_else(|e| e.into_inner()).pop())
-            .flatten();
+        let class = class_of(cap);
+        let cap = class.map_or(cap.max(1), |k| CLASSES[k]);
+        let reused = class.and_then(|k| FREE[k].lock().unwrap_or_else(|e| e.into_inner()).pop());
         let raw = reused.unwrap_or_else(|| Raw::new(cap));
         ChunkBuf {
             raw: Some(raw),
@@ -163,11 +172,6 @@ impl ChunkBuf {
         unsafe { self.filled(len) };
         Ok(())
     }
-
-    /// Whether `O_DIRECT` can take these bytes as they are.
-    pub fn is_aligned(&self) -> bool {
-        self.len.is_multiple_of(ALIGN)
-    }
 }
 
 impl From<&[u8]> for ChunkBuf {
@@ -201,8 +205,9 @@ impl std::fmt::Debug for ChunkBuf {
 
 impl Drop for ChunkBuf {
     fn drop(&mut self) {
-        if let Some(raw) = self.raw.take().filter(|r| r.cap == CLASS) {
-            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(raw) = self.raw.take() else { return };
+        if let Some(k) = class_of(raw.cap).filter(|&k| CLASSES[k] == raw.cap) {
+            let mut free = FREE[k].lock().unwrap_or_else(|e| e.into_inner());
             if free.len() < POOL {
                 free.push(raw);
             }
@@ -220,9 +225,8 @@ mod tests {
         assert_eq!(a.as_ptr() as usize % ALIGN, 0);
         a.extend_from_slice(&[7u8; 100]);
         assert_eq!(&a[..], &[7u8; 100][..]);
-        assert!(!a.is_aligned());
         a.extend_from_slice(&[1u8; ALIGN - 100]);
-        assert!(a.is_aligned());
+        assert_eq!(a.len(), ALIGN);
         a.truncate(5);
         assert_eq!(&a[..], &[7u8; 5][..]);
         let b = ChunkBuf::from(&b"abc"[..]);
@@ -237,10 +241,15 @@ mod tests {
         assert!(r.read_at(&f, 8, 5).is_err(), "past the end");
         let mut big = ChunkBuf::with_capacity(POOLED + 1);
         big.extend_from_slice(b"old bytes");
+        assert_eq!(big.raw().cap, CLASSES[0]);
         drop(big);
         // A chunk-sized buffer goes back to the pool, and comes out empty.
         let again = ChunkBuf::with_capacity(POOLED);
         assert!(again.is_empty());
         assert_eq!(again.as_ptr() as usize % ALIGN, 0);
+        // A run needs the larger size.
+        let run = ChunkBuf::with_capacity(CLASSES[0] + 1);
+        assert_eq!(run.raw().cap, CLASSES[1]);
+        assert_eq!(run.as_ptr() as usize % ALIGN, 0);
     }
 }

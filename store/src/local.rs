@@ -86,7 +86,9 @@ impl Local {
             _ => return Ok(None),
         };
         if let Some(c) = self.meta.get::<Cached>("manifests", name) {
-            if (c.size, c.mtime_ns, c.ino) == stamp(&m) {
+            // A manifest cached by a build with another chunk size is
+            // hashed again: other nodes would refuse it.
+            if (c.size, c.mtime_ns, c.ino) == stamp(&m) && c.manifest.chunk_size == CHUNK_SIZE {
                 return Ok(Some(c.manifest));
             }
         }

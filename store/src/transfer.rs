@@ -26,12 +26,18 @@ use tracing::{info, warn};
 use crate::buf::{ChunkBuf, ALIGN};
 use crate::files::{glob_match, has_magic, FilesDir};
 use crate::local::Local;
-use crate::manifest::Manifest;
+use crate::manifest::{Manifest, MAX_RUN};
 
 /// Files transferring at once on one node; more are queued.
 pub const MAX_ACTIVE: usize = 3;
-/// Chunk requests in flight to one source, at most.
-const PER_SOURCE: usize = 8;
+/// Chunks in `bytes` bytes, for limits that are about memory or time on the
+/// wire rather than about how many chunks.
+const fn chunks(bytes: u64) -> usize {
+    (bytes / crate::manifest::CHUNK_SIZE) as usize
+}
+
+/// Chunk requests in flight to one source, at most (8 MiB).
+const PER_SOURCE: usize = chunks(8 << 20);
 /// Requests in flight to a source cover about this much of its delivery,
 /// beyond two round trips. B2 (7 pullers sharing each other's uplinks): 100
 /// ms and at least two in flight gave 1.18; 50 ms and at least one, 1.13.
@@ -41,17 +47,18 @@ const SAMPLE: usize = 64;
 /// Chunk requests in flight to a complete holder while other pullers of
 /// the same file can serve too.
 const PER_HOLDER_SWARMING: usize = 2;
-/// Chunk requests in flight for one file, whatever the number of sources.
-const PER_FILE: usize = 32;
+/// Chunk requests in flight for one file, whatever the number of sources
+/// (32 MiB).
+const PER_FILE: usize = chunks(32 << 20);
 /// Chunks received and waiting for their write: past this, no new
 /// requests, so a slow disk holds back the network instead of memory.
-const MAX_WRITING: usize = 8;
+const MAX_WRITING: usize = chunks(8 << 20);
 /// How often the have-bitfields of other pullers are refreshed.
 const HAVE_EVERY: Duration = Duration::from_millis(100);
 /// Chunks written between two fdatasync + have-bit records (or a quarter
 /// second, whichever comes first). Each record costs a journal commit; 64
 /// chunks is 40-60 ms of a fast transfer to re-fetch after a crash.
-const SYNC_EVERY: usize = 64;
+const SYNC_EVERY: usize = chunks(64 << 20);
 /// A holder forgets a file's pullers this long after the last one asked.
 const LEDGER_IDLE: Duration = Duration::from_secs(60);
 /// A puller that asked for a chunk this recently is still pulling: other
@@ -83,8 +90,9 @@ pub struct Held {
 pub type HolderAnswers = Vec<(String, Result<Vec<Held>, String>)>;
 /// A finished have poll: source, its bitfield.
 type HaveDone = (String, Result<Vec<u8>, String>);
-/// A finished chunk request: source, chunk index, data.
-type ChunkDone = (String, usize, Result<ChunkBuf, Miss>);
+/// A finished chunk request: source, first chunk index, chunks asked for,
+/// data (the first of them, possibly fewer than asked).
+type ChunkDone = (String, usize, usize, Result<ChunkBuf, Miss>);
 
 /// Why a source did not send a chunk.
 #[derive(Debug, Clone, PartialEq)]
@@ -185,6 +193,41 @@ impl Ledger {
             }
         }
     }
+
+    /// How many chunks of the run `index..index + count` to send `from`
+    /// (at least the first), or whom to point it at for the first. A run
+    /// goes whole only to a lone puller: while others pull too, single
+    /// chunks reach each of them sooner, to be passed on.
+    fn decide_run(
+        &mut self,
+        from: &str,
+        index: u32,
+        count: u32,
+        now: Instant,
+    ) -> Result<u32, String> {
+        if let Some(to) = self.decide(from, index, now) {
+            return Err(to);
+        }
+        let alone = self
+            .active
+            .iter()
+            .all(|(p, t)| p == from || now - *t >= PULLER_ACTIVE);
+        if !alone {
+            return Ok(1);
+        }
+        let mut sent = 1;
+        while sent < count {
+            let i = index + sent;
+            match self.first.get(&i) {
+                Some((p, t)) if p != from && now - *t < SENT_FRESH => break,
+                _ => {
+                    self.first.insert(i, (from.to_string(), now));
+                }
+            }
+            sent += 1;
+        }
+        Ok(sent)
+    }
 }
 /// What the scheduler is told by earlier answers.
 #[derive(Default)]
@@ -203,30 +246,27 @@ enum Written {
     Bad,
     Failed(String),
 }
-/// A finished write: source, chunk index, outcome.
-type WriteDone = (String, usize, Written);
+/// A finished write: source, and each chunk's index and outcome.
+type WriteDone = (String, Vec<(usize, Written)>);
 
-/// Reports a write's outcome to the loop, or a failure if the write never
-/// got to report (it panicked): a chunk left in `writing` would never be
-/// asked for again.
-struct Report(Option<(String, usize, mpsc::UnboundedSender<WriteDone>)>);
+/// Reports the outcome of writing some chunks to the loop, in one message,
+/// or a failure if the write never got to report (it panicked): a chunk
+/// left in `writing` would never be asked for again.
+struct Report(Option<(String, Vec<usize>, mpsc::UnboundedSender<WriteDone>)>);
 
 impl Report {
-    fn send(mut self, w: Written) {
-        if let Some((host, idx, tx)) = self.0.take() {
-            let _ = tx.send((host, idx, w));
+    fn send(mut self, ws: Vec<Written>) {
+        if let Some((host, idxs, tx)) = self.0.take() {
+            let _ = tx.send((host, idxs.into_iter().zip(ws).collect()));
         }
     }
 }
 
 impl Drop for Report {
     fn drop(&mut self) {
-        if let Some((host, idx, tx)) = self.0.take() {
-            let _ = tx.send((
-                host,
-                idx,
-                Written::Failed(format!("writing chunk {idx} failed")),
-            ));
+        if let Some((host, idxs, tx)) = self.0.take() {
+            let failed = |i| (i, Written::Failed(format!("writing chunk {i} failed")));
+            let _ = tx.send((host, idxs.into_iter().map(failed).collect()));
         }
     }
 }
@@ -247,12 +287,15 @@ pub trait Net: Send + Sync + 'static {
         name: String,
         root: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+    /// Chunks `index..index + count`, one after another; a source may
+    /// send fewer (at least the first).
     fn chunk(
         &self,
         host: String,
         name: String,
         root: Vec<u8>,
         index: u32,
+        count: u32,
     ) -> BoxFuture<'static, Result<ChunkBuf, Miss>>;
 }
 
@@ -947,42 +990,68 @@ impl Engine {
         Ok(out)
     }
 
-    /// A chunk for node `from`: from a complete file, or from a transfer
-    /// in progress if that chunk is already verified here. A complete
-    /// holder sends each chunk to one puller and points the others at it
-    /// (once per chunk and puller, and only at a puller that is still
-    /// asking). Appends the chunk to `buf`. Blocking.
+    /// Chunks `index..index + count` (at most [`MAX_RUN`]) for node
+    /// `from`, appended to `buf`: from a complete file, or from a transfer
+    /// in progress, as many of them as are verified here in a row (at
+    /// least the first). A complete holder sends each chunk to one puller
+    /// and points the others at it (once per chunk and puller, and only at
+    /// a puller that is still asking), and sends a whole run only to a lone
+    /// puller. Blocking.
     pub fn read_chunk(
         &self,
         from: &str,
         name: &str,
         root: &[u8],
         index: usize,
+        count: usize,
         buf: &mut ChunkBuf,
     ) -> Result<(), Miss> {
+        let count = count.clamp(1, MAX_RUN);
         let job = self.jobs().get(name).cloned();
         if let Some(j) = job.filter(|j| j.manifest.root == root) {
-            if !bit(&j.state().have, index) {
+            let n = j.manifest.chunk_count();
+            if index >= n {
+                return Err(Miss::Failed(format!("{name}: no chunk {index}")));
+            }
+            let k = {
+                let st = j.state();
+                (index..(index + count).min(n))
+                    .take_while(|&i| bit(&st.have, i))
+                    .count()
+            };
+            if k == 0 {
                 return Err(Miss::NotYet);
             }
-            let (off, len) = j.manifest.chunk_range(index);
+            let (off, len) = j.manifest.run_range(index, k);
             return crate::local::read_range(&j.tmp, off, len, buf)
                 .map_err(|e| Miss::Failed(format!("{name}: {e}")));
         }
         // Only a request this node can answer from its file enters the
         // ledger.
         let (path, m) = self.local.chunk_source(name, root, index)?;
-        if let Some(first) = self.redirect(from, name, root, index as u32) {
-            tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
-            return Err(Miss::Redirect(first));
-        }
-        tracing::trace!("{name}: chunk {index} to {from}");
-        let (off, len) = m.chunk_range(index);
+        let count = count.min(m.chunk_count() - index);
+        let k = match self.portion(from, name, root, index as u32, count as u32) {
+            Ok(k) => k as usize,
+            Err(first) => {
+                tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
+                return Err(Miss::Redirect(first));
+            }
+        };
+        tracing::trace!("{name}: chunks {index}..{} to {from}", index + k);
+        let (off, len) = m.run_range(index, k);
         crate::local::read_range(&path, off, len, buf)
             .map_err(|e| Miss::Failed(format!("{name}: {e}")))
     }
 
-    fn redirect(&self, from: &str, name: &str, root: &[u8], index: u32) -> Option<String> {
+    /// How many chunks of a run to send `from`, or whom to point it at.
+    fn portion(
+        &self,
+        from: &str,
+        name: &str,
+        root: &[u8],
+        index: u32,
+        count: u32,
+    ) -> Result<u32, String> {
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         ledgers.retain(|_, l| l.active.values().any(|t| now - *t < LEDGER_IDLE));
@@ -993,7 +1062,7 @@ impl Engine {
                 ..Ledger::default()
             };
         }
-        l.decide(from, index, now)
+        l.decide_run(from, index, count, now)
     }
 
     async fn run(self: &Arc<Self>, job: &Arc<Job>) -> Result<(), String> {
@@ -1100,10 +1169,12 @@ impl Engine {
 
             let next = tokio::select! {
                 r = rx.recv() => r,
-                Some((host, idx, w)) = written_rx.recv() => {
-                    writing.remove(&idx);
-                    if self.written(job, host, idx, w, &mut rate_window)? {
-                        unsynced += 1;
+                Some((host, done)) = written_rx.recv() => {
+                    for (idx, w) in done {
+                        writing.remove(&idx);
+                        if self.written(job, host.clone(), idx, w, &mut rate_window)? {
+                            unsynced += 1;
+                        }
                     }
                     // A restart re-fetches only chunks not yet recorded:
                     // keep that window small (a few chunks, a quarter
@@ -1156,24 +1227,24 @@ impl Engine {
                 _ = job.cancel_note.notified() => continue,
                 _ = tokio::time::sleep(Duration::from_millis(100)) => continue,
             };
-            let Some((host, idx, res)) = next else {
+            let Some((host, idx, count, res)) = next else {
                 continue;
             };
-            if let Some(set) = inflight.get_mut(&idx) {
-                set.remove(&host);
-                if set.is_empty() {
-                    inflight.remove(&idx);
+            for i in idx..idx + count {
+                if let Some(set) = inflight.get_mut(&i) {
+                    set.remove(&host);
+                    if set.is_empty() {
+                        inflight.remove(&i);
+                    }
                 }
             }
             let data = {
                 let mut st = job.state();
                 if let Some(s) = st.sources.get_mut(&host) {
-                    s.inflight = s.inflight.saturating_sub(1);
+                    s.inflight = s.inflight.saturating_sub(count);
                     s.measure(res.as_ref().map_or(0, |d| d.len() as u64));
                 }
                 match res {
-                    // The other copy of an endgame request may have won.
-                    Ok(_) if bit(&st.have, idx) || writing.contains(&idx) => None,
                     Ok(data) => Some(data),
                     // Neither is the source's fault.
                     Err(Miss::NotYet) => {
@@ -1211,30 +1282,74 @@ impl Engine {
                 }
             };
             let Some(data) = data else { continue };
+            // The answer is the run's first chunks, one after another (a
+            // source may send fewer than asked). A short last piece is
+            // taken as it is, and fails verification.
+            let mut take = Vec::new();
+            {
+                let st = job.state();
+                let mut at = 0usize;
+                for i in idx..idx + count {
+                    if at >= data.len() {
+                        break;
+                    }
+                    let len = (job.manifest.chunk_range(i).1 as usize).min(data.len() - at);
+                    // The other copy of an endgame request may have won.
+                    if !bit(&st.have, i) && !writing.contains(&i) {
+                        take.push((i, at, len));
+                    }
+                    at += len;
+                }
+            }
+            if take.is_empty() {
+                continue;
+            }
             // Verify and write on a blocking thread while the loop goes on
             // asking: hashing and the copy into the page cache are a good
             // part of a fast transfer's time.
-            writing.insert(idx);
+            writing.extend(take.iter().map(|t| t.0));
             let (j, f) = (job.clone(), file.clone());
             let d = direct.clone();
-            let report = Report(Some((host, idx, written_tx.clone())));
+            let idxs = take.iter().map(|t| t.0).collect();
+            let report = Report(Some((host, idxs, written_tx.clone())));
             tokio::task::spawn_blocking(move || {
-                let w = if !j.manifest.verify_chunk(idx, &data) {
-                    Written::Bad
-                } else {
-                    let (off, _) = j.manifest.chunk_range(idx);
-                    let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-                    let wrote = match d.map_or(Ok(false), |d| d.write(&j.name, &data, off)) {
+                let good: Vec<bool> = take
+                    .iter()
+                    .map(|&(i, at, len)| j.manifest.verify_chunk(i, &data[at..at + len]))
+                    .collect();
+                let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+                let mut out = Vec::with_capacity(take.len());
+                let mut k = 0;
+                while k < take.len() {
+                    if !good[k] {
+                        out.push(Written::Bad);
+                        k += 1;
+                        continue;
+                    }
+                    // Good chunks in a row go down in one write.
+                    let mut e = k + 1;
+                    while e < take.len() && good[e] && take[e].0 == take[e - 1].0 + 1 {
+                        e += 1;
+                    }
+                    let bytes = &data[take[k].1..take[e - 1].1 + take[e - 1].2];
+                    let (off, _) = j.manifest.chunk_range(take[k].0);
+                    let wrote = match d
+                        .as_ref()
+                        .map_or(Ok(false), |d| d.write(&j.name, bytes, off))
+                    {
                         Ok(true) => Ok(()),
-                        Ok(false) => f.write_all_at(&data, off),
+                        Ok(false) => f.write_all_at(bytes, off),
                         Err(e) => Err(e),
                     };
-                    match wrote {
-                        Ok(()) => Written::Ok(data.len() as u64),
-                        Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
+                    for t in &take[k..e] {
+                        out.push(match &wrote {
+                            Ok(()) => Written::Ok(t.2 as u64),
+                            Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
+                        });
                     }
-                };
-                report.send(w);
+                    k = e;
+                }
+                report.send(out);
             });
         }
         // Every chunk is written; the last record, if any, must be done
@@ -1534,8 +1649,13 @@ impl Engine {
                 .sources
                 .iter()
                 .filter(|(h, s)| {
+                    // Room for a whole run from a complete holder, where the
+                    // cap allows one: one chunk asked whenever one came back
+                    // would split every later request into single chunks.
+                    let cap = s.cap(swarming, self.net.rtt(h));
+                    let need = if s.complete { cap.min(MAX_RUN) } else { 1 };
                     !s.dropped
-                        && s.inflight < s.cap(swarming, self.net.rtt(h))
+                        && s.inflight + need <= cap
                         && s.benched_until.is_none_or(|t| t <= now)
                 })
                 .map(|(h, _)| h.clone())
@@ -1636,22 +1756,54 @@ impl Engine {
             if endgame && inflight.get(&idx).is_some_and(|s| !s.is_empty()) {
                 tracing::debug!("{}: endgame, chunk {idx} again from {host}", job.name);
             }
-            tracing::trace!("{}: asking {host} for chunk {idx}", job.name);
-            inflight.entry(idx).or_default().insert(host.clone());
+            // From a complete holder, with it its neighbours in the same run
+            // of `MAX_RUN` that nobody was asked for yet, within the
+            // holder's room: one request, one record, one write. Pullers
+            // trade single chunks: a swarm spreads them faster, and a
+            // puller's uplink is shared by all the others.
+            let (mut lo, mut hi) = (idx, idx + 1);
+            if !endgame && st.sources[&host].complete {
+                let s = &st.sources[&host];
+                let room = s
+                    .cap(swarming, self.net.rtt(&host))
+                    .saturating_sub(s.inflight)
+                    .max(1);
+                let wanted = |i: usize| {
+                    !bit(&st.have, i)
+                        && !writing.contains(&i)
+                        && !hints.not_before.contains_key(&i)
+                        && !inflight.contains_key(&i)
+                        && has(&host, s, i)
+                };
+                let first = idx - idx % MAX_RUN;
+                let end = (first + MAX_RUN).min(n);
+                while hi < end && hi - lo < room && wanted(hi) {
+                    hi += 1;
+                }
+                while lo > first && hi - lo < room && wanted(lo - 1) {
+                    lo -= 1;
+                }
+            }
+            let count = hi - lo;
+            tracing::trace!("{}: asking {host} for chunks {lo}..{hi}", job.name);
+            for i in lo..hi {
+                inflight.entry(i).or_default().insert(host.clone());
+            }
             let s = st.sources.get_mut(&host).expect("ready source");
             if s.inflight == 0 {
                 s.busy_since = Some(Instant::now());
             }
-            s.inflight += 1;
+            s.inflight += count;
             let fut = self.net.chunk(
                 host.clone(),
                 job.name.clone(),
                 job.manifest.root.clone(),
-                idx as u32,
+                lo as u32,
+                count as u32,
             );
             let tx = tx.clone();
             tokio::spawn(async move {
-                let _ = tx.send((host, idx, fut.await));
+                let _ = tx.send((host, lo, count, fut.await));
             });
         }
     }
@@ -1735,9 +1887,10 @@ impl Direct {
 
     /// Writes `data` at `off` this way if it can: Ok(false) means the
     /// caller must write it the ordinary way.
-    fn write(&self, name: &str, data: &ChunkBuf, off: u64) -> std::io::Result<bool> {
+    fn write(&self, name: &str, data: &[u8], off: u64) -> std::io::Result<bool> {
         if !self.on.load(Ordering::Relaxed)
-            || !data.is_aligned()
+            || !(data.as_ptr() as usize).is_multiple_of(ALIGN)
+            || !data.len().is_multiple_of(ALIGN)
             || !off.is_multiple_of(ALIGN as u64)
         {
             return Ok(false);
@@ -1792,6 +1945,23 @@ mod tests {
         l.decide("a", 9, t2);
         assert_eq!(l.decide("f", 7, t2), None);
         assert_eq!(l.decide("g", 7, t2), Some("f".into()));
+    }
+
+    #[test]
+    fn a_holder_sends_whole_runs_only_to_a_lone_puller() {
+        let t0 = Instant::now();
+        let mut l = Ledger::default();
+        assert_eq!(l.decide_run("a", 8, 4, t0), Ok(4), "alone: the whole run");
+        assert_eq!(l.decide_run("a", 12, 4, t0), Ok(4));
+        // A second puller: single chunks to both from now on, and chunks
+        // a already has are pointed at a.
+        assert_eq!(l.decide_run("b", 16, 4, t0), Ok(1));
+        assert_eq!(l.decide_run("a", 20, 4, t0), Ok(1));
+        assert_eq!(l.decide_run("b", 9, 4, t0), Err("a".into()));
+        // Once b has gone quiet, a is alone again; a run stops short of a
+        // chunk sent to b (still fresh).
+        let t1 = t0 + PULLER_ACTIVE + Duration::from_secs(1);
+        assert_eq!(l.decide_run("a", 13, 4, t1), Ok(3), "16 went to b");
     }
 
     #[test]
