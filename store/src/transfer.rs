@@ -1333,10 +1333,13 @@ impl Engine {
                     }
                     let bytes = &data[take[k].1..take[e - 1].1 + take[e - 1].2];
                     let (off, _) = j.manifest.chunk_range(take[k].0);
-                    let wrote = match d
-                        .as_ref()
-                        .map_or(Ok(false), |d| d.write(&j.name, bytes, off))
-                    {
+                    // Whole runs bypass the page cache; single chunks, the
+                    // ones a swarm trades, do not: other pullers read them
+                    // back soon, and a write that waits on a busy disk
+                    // would hold the transfer up (seven pullers on one
+                    // disk stalled together for 0.7 s in B2).
+                    let direct = d.as_ref().filter(|_| e - k >= MAX_RUN);
+                    let wrote = match direct.map_or(Ok(false), |d| d.write(&j.name, bytes, off)) {
                         Ok(true) => Ok(()),
                         Ok(false) => f.write_all_at(bytes, off),
                         Err(e) => Err(e),
