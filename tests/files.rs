@@ -128,6 +128,17 @@ fn get_a_file_a_glob_and_a_directory_with_modes() {
         .map(|r| r["host"].as_str())
         .collect();
     assert_eq!(holders.len(), 2, "{mesh:?}");
+    // A path only some hosts have: their rows, and no error for the rest.
+    let out = h3.try_mm(&["file", "list", "mesh", "vms"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && out.stderr.is_empty(), "{out:?}");
+    assert!(text.contains("vms/sub/disk2.qcow2"), "{text}");
+    let out = h3.try_mm(&["file", "list", "mesh", "nowhere"]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not on any node"),
+        "{out:?}"
+    );
     assert_eq!(partial_files(h3), 0);
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::grammar::{self, Call, Spec};
 use crate::proto::{Request, Response};
 use crate::{hosts, stats, Node, Source};
+use mm_store::FilesDir;
 
 pub static SPECS: &[Spec] = &[
     Spec {
@@ -478,10 +479,17 @@ async fn file_list(node: &Arc<Node>, c: &Call) -> Result<Vec<Response>, String> 
     if !others.is_empty() {
         let mut argv = vec!["file".to_string(), "list".into()];
         if !path.is_empty() {
-            argv.push(path);
+            argv.push(path.clone());
         }
         argv.push("recursive".into());
         out.extend(run_remote(node, others, argv).await?);
+    }
+    // Which hosts hold it is the question: one without it is no error,
+    // unless none has it.
+    let before = out.len();
+    out.retain(|r| !FilesDir::is_not_here(&r.error));
+    if out.is_empty() && before > 0 {
+        return Err(format!("{path}: not on any node"));
     }
     Ok(out)
 }

@@ -7,6 +7,9 @@ use std::time::SystemTime;
 
 /// In-progress transfers live here, hidden from listings and never served.
 pub const PARTIAL_DIR: &str = ".mm-partial";
+/// How a listing says that there is no such file: `file list mesh` leaves
+/// out the nodes that answer this instead of showing each as an error.
+const NOT_HERE: &str = "no such file or directory here";
 
 #[derive(Debug, Clone)]
 pub struct FilesDir {
@@ -75,6 +78,12 @@ impl FilesDir {
         Ok(parts.join("/"))
     }
 
+    /// Whether an error from [`FilesDir::list`] (possibly another node's,
+    /// as text) says only that there is no such file there.
+    pub fn is_not_here(error: &str) -> bool {
+        error.ends_with(NOT_HERE)
+    }
+
     /// The path of `name`, checked to stay inside the directory even
     /// through symlinks. The file need not exist.
     pub fn resolve(&self, name: &str) -> Result<PathBuf, String> {
@@ -103,7 +112,10 @@ impl FilesDir {
     /// Entries under `dir` ("" for the top), sorted by name.
     pub fn list(&self, dir: &str, recursive: bool) -> Result<Vec<Entry>, String> {
         let start = self.resolve(dir)?;
-        let meta = std::fs::metadata(&start).map_err(|e| format!("{dir}: {e}"))?;
+        let meta = std::fs::metadata(&start).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => format!("{dir}: {NOT_HERE}"),
+            _ => format!("{dir}: {e}"),
+        })?;
         if !meta.is_dir() {
             return Ok(vec![self.entry(&start, &meta)]);
         }
