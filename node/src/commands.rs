@@ -120,7 +120,7 @@ pub static SPECS: &[Spec] = &[
             "file get <name> hash <hash> [wait,]",
         ],
         short: "fetch a file, glob or directory from every node that holds it",
-        long: "Finds NAME on every node, then pulls it in verified 1 MiB chunks from all \
+        long: "Finds NAME on every node, then pulls it in verified 256 KiB chunks from all \
                holders at once, and returns at once (see `file status`); with `wait`, returns \
                when done (`mm file get NAME wait` shows a progress bar on a terminal). A glob \
                or directory fetches every file under it. Modes are preserved; a file already \

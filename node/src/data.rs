@@ -106,6 +106,8 @@ struct DataReq {
     #[serde(with = "serde_bytes")]
     root: Vec<u8>,
     index: u32,
+    // Required: a build without runs had another chunk size, and nodes of
+    // different chunk sizes refuse each other's manifests anyway.
     count: u32,
 }
 

@@ -57,7 +57,8 @@ pub struct ControlRequest {
 
 /// What one node asks of another, routed (`Command`, `Holds`) or direct
 /// (`Chunk`). Answers: `Command` a CBOR `Vec<Response>`; `Holds` a CBOR
-/// `Vec<mm_store::Held>`; `Chunk` the chunk's raw bytes.
+/// `Vec<mm_store::Held>`; `Chunk` the raw bytes of the chunks sent, one
+/// after another.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// A command of the grammar, from `mesh send`.

@@ -32,7 +32,7 @@ const CLASSES: [usize; 2] = [
     CHUNK * crate::manifest::MAX_RUN + 4 * ALIGN,
 ];
 
-static FREE: [Mutex<Vec<Raw>>; 2] = [const { Mutex::new(Vec::new()) }; 2];
+static FREE: [Mutex<Vec<Raw>>; CLASSES.len()] = [const { Mutex::new(Vec::new()) }; CLASSES.len()];
 
 /// The pool for buffers of `cap` bytes, if they are pooled.
 fn class_of(cap: usize) -> Option<usize> {

@@ -21,6 +21,15 @@ struct Cached {
     manifest: Manifest,
 }
 
+impl Cached {
+    /// Whether this describes the file as it is now. A manifest cached by a
+    /// build with another chunk size does not: other nodes would refuse it,
+    /// and its chunk indexes mean other bytes.
+    fn fits(&self, m: &std::fs::Metadata) -> bool {
+        (self.size, self.mtime_ns, self.ino) == stamp(m) && self.manifest.chunk_size == CHUNK_SIZE
+    }
+}
+
 pub struct Local {
     pub files: FilesDir,
     pub meta: Meta,
@@ -54,7 +63,7 @@ impl Local {
         let path = self.files.resolve(name).ok()?;
         let m = std::fs::metadata(&path).ok()?;
         let c: Cached = self.meta.get("manifests", name)?;
-        ((c.size, c.mtime_ns, c.ino) == stamp(&m)).then_some(c.manifest)
+        c.fits(&m).then_some(c.manifest)
     }
 
     /// The manifest of a local file, hashing it if it is new or changed.
@@ -86,9 +95,7 @@ impl Local {
             _ => return Ok(None),
         };
         if let Some(c) = self.meta.get::<Cached>("manifests", name) {
-            // A manifest cached by a build with another chunk size is
-            // hashed again: other nodes would refuse it.
-            if (c.size, c.mtime_ns, c.ino) == stamp(&m) && c.manifest.chunk_size == CHUNK_SIZE {
+            if c.fits(&m) {
                 return Ok(Some(c.manifest));
             }
         }
@@ -141,7 +148,7 @@ impl Local {
         }
         drop(mem);
         let c: Cached = self.meta.get("manifests", name)?;
-        if (c.size, c.mtime_ns, c.ino) != st {
+        if (c.size, c.mtime_ns, c.ino) != st || c.manifest.chunk_size != CHUNK_SIZE {
             return None;
         }
         let m = Arc::new(c.manifest);

@@ -36,7 +36,7 @@ const fn chunks(bytes: u64) -> usize {
     (bytes / crate::manifest::CHUNK_SIZE) as usize
 }
 
-/// Chunk requests in flight to one source, at most (8 MiB).
+/// Chunks asked of one source and not yet answered, at most (8 MiB).
 const PER_SOURCE: usize = chunks(8 << 20);
 /// Requests in flight to a source cover about this much of its delivery,
 /// beyond two round trips. B2 (7 pullers sharing each other's uplinks): 100
@@ -47,8 +47,9 @@ const SAMPLE: usize = 64;
 /// Chunk requests in flight to a complete holder while other pullers of
 /// the same file can serve too.
 const PER_HOLDER_SWARMING: usize = 2;
-/// Chunk requests in flight for one file, whatever the number of sources
-/// (32 MiB).
+/// Chunks asked for one file and not yet answered, whatever the number of
+/// sources (32 MiB). Checked before each request, so a run may pass it by a
+/// few chunks.
 const PER_FILE: usize = chunks(32 << 20);
 /// Chunks received and waiting for their write: past this, no new
 /// requests, so a slow disk holds back the network instead of memory.
@@ -57,7 +58,7 @@ const MAX_WRITING: usize = chunks(8 << 20);
 const HAVE_EVERY: Duration = Duration::from_millis(100);
 /// Chunks written between two fdatasync + have-bit records (or a quarter
 /// second, whichever comes first). Each record costs a journal commit; 64
-/// chunks is 40-60 ms of a fast transfer to re-fetch after a crash.
+/// MiB is 40-60 ms of a fast transfer to re-fetch after a crash.
 const SYNC_EVERY: usize = chunks(64 << 20);
 /// A holder forgets a file's pullers this long after the last one asked.
 const LEDGER_IDLE: Duration = Duration::from_secs(60);
@@ -563,6 +564,11 @@ impl Engine {
                 warn!("dropping unreadable transfer state for {name}");
                 let _ = self.local.meta.remove("transfers", &name);
                 let _ = self.local.meta.remove("transfer-have", &name);
+                // Its partial file too (one from a build with another chunk
+                // size, say): nothing else would ever remove it.
+                if FilesDir::clean(&name).is_ok() && p.manifest.root.len() == 32 {
+                    let _ = std::fs::remove_file(self.partial_path(&name, &p.manifest));
+                }
                 continue;
             }
             let n = count_bits(&p.have, p.manifest.chunk_count());
@@ -777,6 +783,16 @@ impl Engine {
         Ok(queued)
     }
 
+    /// Where the transfer of `name` in `manifest`'s version is kept until
+    /// it is complete: named by both the name and the content, so two names
+    /// with the same content never share one.
+    fn partial_path(&self, name: &str, manifest: &Manifest) -> PathBuf {
+        let tag = crate::manifest::hex(&blake3::hash(name.as_bytes()).as_bytes()[..8]);
+        self.files()
+            .partial_dir()
+            .join(format!("{tag}-{}.part", &manifest.root_hex()[..32]))
+    }
+
     /// Starts a transfer task, unless one for that name exists already.
     fn start_job(
         self: &Arc<Self>,
@@ -785,13 +801,7 @@ impl Engine {
         have: Vec<u8>,
         sources: BTreeMap<String, SourceStat>,
     ) -> Result<Done, String> {
-        // The partial file is named by both the name and the content, so
-        // two names with the same content never share one.
-        let tag = crate::manifest::hex(&blake3::hash(name.as_bytes()).as_bytes()[..8]);
-        let tmp = self
-            .files()
-            .partial_dir()
-            .join(format!("{tag}-{}.part", &manifest.root_hex()[..32]));
+        let tmp = self.partial_path(&name, &manifest);
         let (done, rx) = watch::channel(None);
         let bytes = (0..manifest.chunk_count())
             .filter(|i| bit(&have, *i))
@@ -1290,7 +1300,9 @@ impl Engine {
                 let st = job.state();
                 let mut at = 0usize;
                 for i in idx..idx + count {
-                    if at >= data.len() {
+                    // Past the answer's end: not sent. (An empty answer
+                    // still yields its first chunk, to fail verification.)
+                    if at >= data.len() && i > idx {
                         break;
                     }
                     let len = (job.manifest.chunk_range(i).1 as usize).min(data.len() - at);
@@ -1327,30 +1339,30 @@ impl Engine {
                         continue;
                     }
                     // Good chunks in a row go down in one write.
-                    let mut e = k + 1;
-                    while e < take.len() && good[e] && take[e].0 == take[e - 1].0 + 1 {
-                        e += 1;
+                    let mut end = k + 1;
+                    while end < take.len() && good[end] && take[end].0 == take[end - 1].0 + 1 {
+                        end += 1;
                     }
-                    let bytes = &data[take[k].1..take[e - 1].1 + take[e - 1].2];
+                    let bytes = &data[take[k].1..take[end - 1].1 + take[end - 1].2];
                     let (off, _) = j.manifest.chunk_range(take[k].0);
                     // Whole runs bypass the page cache; single chunks, the
                     // ones a swarm trades, do not: other pullers read them
                     // back soon, and a write that waits on a busy disk
                     // would hold the transfer up (seven pullers on one
                     // disk stalled together for 0.7 s in B2).
-                    let direct = d.as_ref().filter(|_| e - k >= MAX_RUN);
+                    let direct = d.as_ref().filter(|_| end - k >= MAX_RUN);
                     let wrote = match direct.map_or(Ok(false), |d| d.write(&j.name, bytes, off)) {
                         Ok(true) => Ok(()),
                         Ok(false) => f.write_all_at(bytes, off),
                         Err(e) => Err(e),
                     };
-                    for t in &take[k..e] {
+                    for t in &take[k..end] {
                         out.push(match &wrote {
                             Ok(()) => Written::Ok(t.2 as u64),
                             Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
                         });
                     }
-                    k = e;
+                    k = end;
                 }
                 report.send(out);
             });
@@ -1401,7 +1413,7 @@ impl Engine {
             .map_err(|e| e.to_string())?
             .map_err(|e| format!("syncing {}: {e}", job.tmp.display()))?;
         // Only the bitfield: the manifest was recorded when the transfer was
-        // queued, and re-writing it (3 MB for 100 GiB) every time would cost.
+        // queued, and re-writing it (12.5 MB for 100 GiB) every time would cost.
         self.local.meta.put(
             "transfer-have",
             &job.name,
@@ -1656,7 +1668,11 @@ impl Engine {
                     // cap allows one: one chunk asked whenever one came back
                     // would split every later request into single chunks.
                     let cap = s.cap(swarming, self.net.rtt(h));
-                    let need = if s.complete { cap.min(MAX_RUN) } else { 1 };
+                    let need = if s.complete && !swarming {
+                        cap.min(MAX_RUN)
+                    } else {
+                        1
+                    };
                     !s.dropped
                         && s.inflight + need <= cap
                         && s.benched_until.is_none_or(|t| t <= now)
@@ -1761,11 +1777,13 @@ impl Engine {
             }
             // From a complete holder, with it its neighbours in the same run
             // of `MAX_RUN` that nobody was asked for yet, within the
-            // holder's room: one request, one record, one write. Pullers
-            // trade single chunks: a swarm spreads them faster, and a
+            // holder's room: one request, one record, one write. Not while
+            // other pullers can serve (the holder would send one chunk of
+            // the run, and the rest would wait for nothing): pullers trade
+            // single chunks, which a swarm spreads faster, and each
             // puller's uplink is shared by all the others.
             let (mut lo, mut hi) = (idx, idx + 1);
-            if !endgame && st.sources[&host].complete {
+            if !endgame && !swarming && st.sources[&host].complete {
                 let s = &st.sources[&host];
                 let room = s
                     .cap(swarming, self.net.rtt(&host))
@@ -1864,7 +1882,7 @@ pub fn fmt_time(t: SystemTime) -> String {
 }
 
 /// A second descriptor on the partial file that bypasses the page cache,
-/// for whole aligned chunks: the transfer makes every chunk durable soon
+/// for whole runs: the transfer makes every chunk durable soon
 /// anyway, and the page cache would cost a copy now and writeback later.
 struct Direct {
     file: std::fs::File,
