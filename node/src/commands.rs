@@ -482,7 +482,7 @@ async fn file_list(node: &Arc<Node>, c: &Call) -> Result<Vec<Response>, String> 
             argv.push(path.clone());
         }
         argv.push("recursive".into());
-        out.extend(run_remote(node, others, argv).await?);
+        out.extend(run_remote(node, others, argv, node.send_timeout()).await?);
     }
     // Which hosts hold it is the question: one without it is no error,
     // unless none has it.
@@ -494,18 +494,16 @@ async fn file_list(node: &Arc<Node>, c: &Call) -> Result<Vec<Response>, String> 
     Ok(out)
 }
 
-/// Runs a command of the grammar on other nodes; one error row per host
-/// that could not answer.
+/// Runs a command of the grammar on other nodes, waiting at most
+/// `timeout`; one error row per host that could not answer.
 async fn run_remote(
     node: &Node,
     targets: Vec<String>,
     argv: Vec<String>,
+    timeout: Duration,
 ) -> Result<Vec<Response>, String> {
     let body = mm_overlay::wire::encode(&Request::Command { argv });
-    let answers = node
-        .overlay
-        .send(targets, body, node.send_timeout())
-        .await?;
+    let answers = node.overlay.send(targets, body, timeout).await?;
     let mut out = Vec::new();
     for (host, result) in answers {
         match result.and_then(|b| mm_overlay::wire::decode::<Vec<Response>>(&b)) {
@@ -575,7 +573,15 @@ async fn mesh_send(node: &Arc<Node>, c: &Call, src: &Source) -> Result<Vec<Respo
     if targets.is_empty() {
         return Err("mesh send all: there are no other nodes in the mesh".into());
     }
-    let mut out = run_remote(node, targets, c.sub.clone()).await?;
+    // A `file get ... wait` is waited for however long the transfer takes:
+    // the timeout is for hosts that do not answer, and one that dies
+    // drops its connection, which fails its row at once.
+    let timeout = if sub.id == "file get" && sub.has("wait") {
+        node.send_timeout().max(crate::NO_LIMIT)
+    } else {
+        node.send_timeout()
+    };
+    let mut out = run_remote(node, targets, c.sub.clone(), timeout).await?;
     out.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(out)
 }

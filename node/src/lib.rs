@@ -68,16 +68,19 @@ pub struct Node {
     timeout: Mutex<Duration>,
 }
 
+/// What "no time limit" means for a `mesh send`.
+pub const NO_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
 impl Node {
     pub fn timeout(&self) -> Duration {
         *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The deadline `mesh send` uses: the mesh timeout, or a day for
-    /// "unlimited" (0).
+    /// The deadline `mesh send` uses: the mesh timeout, or
+    /// [`NO_LIMIT`] for "unlimited" (0).
     pub fn send_timeout(&self) -> Duration {
         match self.timeout() {
-            t if t.is_zero() => Duration::from_secs(24 * 3600),
+            t if t.is_zero() => NO_LIMIT,
             t => t,
         }
     }

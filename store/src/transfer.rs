@@ -346,6 +346,19 @@ struct SourceStat {
 }
 
 impl SourceStat {
+    /// `host:chunks`, then `(bad N)` and `(dropped)` where they apply: for
+    /// `file status` and the log alike.
+    fn label(&self, host: &str) -> String {
+        let mut t = format!("{host}:{}", self.served);
+        if self.bad > 0 {
+            t.push_str(&format!("(bad {})", self.bad));
+        }
+        if self.dropped {
+            t.push_str("(dropped)");
+        }
+        t
+    }
+
     /// Books an answer (`bytes` of chunk, 0 for a miss) for the rate. Rates
     /// come from at least two chunks or 20 ms of work: answers that were
     /// pipelined arrive back to back, and one of them alone says nothing.
@@ -405,6 +418,9 @@ struct JobState {
     bytes: u64,
     rate: f64,
     sources: BTreeMap<String, SourceStat>,
+    /// Chunks found here, verified, when the transfer resumed after a
+    /// restart: counted by no source.
+    resumed: usize,
     /// Once done: how long pulling and finishing took, for the log.
     took: String,
 }
@@ -432,19 +448,15 @@ impl Job {
 
     fn sources_summary(&self) -> String {
         let st = self.state();
-        let v: Vec<String> = st
+        let mut v: Vec<String> = st
             .sources
             .iter()
             .filter(|(_, s)| s.served > 0 || s.bad > 0)
-            .map(|(h, s)| {
-                let bad = if s.bad > 0 {
-                    format!(" (bad {})", s.bad)
-                } else {
-                    String::new()
-                };
-                format!("{h}:{}{bad}", s.served)
-            })
+            .map(|(h, s)| s.label(h))
             .collect();
+        if st.resumed > 0 {
+            v.push(format!("(and {} here before a restart)", st.resumed));
+        }
         v.join(" ")
     }
 
@@ -818,6 +830,7 @@ impl Engine {
                 bytes,
                 rate: 0.0,
                 sources,
+                resumed: 0,
                 took: String::new(),
             }),
             cancelled: AtomicBool::new(false),
@@ -932,20 +945,7 @@ impl Engine {
                 } else {
                     "-".into()
                 };
-                let sources: Vec<String> = st
-                    .sources
-                    .iter()
-                    .map(|(h, s)| {
-                        let mut t = format!("{h}:{}", s.served);
-                        if s.bad > 0 {
-                            t.push_str(&format!("(bad {})", s.bad));
-                        }
-                        if s.dropped {
-                            t.push_str("(dropped)");
-                        }
-                        t
-                    })
-                    .collect();
+                let sources: Vec<String> = st.sources.iter().map(|(h, s)| s.label(h)).collect();
                 Status {
                     name: j.name.clone(),
                     tempdir: j.tmp.to_string_lossy().into_owned(),
@@ -1535,6 +1535,7 @@ impl Engine {
             st.have[i / 8] &= !(1 << (i % 8));
             st.bytes = st.bytes.saturating_sub(job.manifest.chunk_range(*i).1);
         }
+        st.resumed = count_bits(&st.have, job.manifest.chunk_count());
         if !bad.is_empty() {
             warn!(
                 "{}: {} chunks recorded as here did not verify; fetching them again",
@@ -1609,7 +1610,8 @@ impl Engine {
                      fetching it elsewhere",
                     job.name, s.bad
                 );
-                if s.bad >= MAX_BAD {
+                // Chunks still in flight from it fail too: say it once.
+                if s.bad >= MAX_BAD && !s.dropped {
                     s.dropped = true;
                     warn!(
                         "{}: dropping {host} as a source: it keeps sending bad data",
