@@ -346,8 +346,9 @@ struct SourceStat {
 }
 
 impl SourceStat {
-    /// `host:chunks`, then `(bad N)` and `(dropped)` where they apply: for
-    /// `file status` and the log alike.
+    /// `host:chunks`, then `(bad N)`, and `(dropped)` or `(failing N)`
+    /// (requests failed in a row; it is asked again after a pause, and
+    /// dropped after 5) where they apply: for `file status` and the log.
     fn label(&self, host: &str) -> String {
         let mut t = format!("{host}:{}", self.served);
         if self.bad > 0 {
@@ -355,6 +356,8 @@ impl SourceStat {
         }
         if self.dropped {
             t.push_str("(dropped)");
+        } else if self.fails > 0 {
+            t.push_str(&format!("(failing {})", self.fails));
         }
         t
     }
@@ -639,7 +642,10 @@ impl Engine {
             }
         }
         if !silent.is_empty() {
-            info!("file get {pattern}: no answer from {}", silent.join(", "));
+            info!(
+                "file get {pattern}: no usable answer from {}",
+                silent.join(", ")
+            );
         }
         // Apply the caller's choice of version.
         for versions in found.values_mut() {
@@ -671,7 +677,7 @@ impl Engine {
                 e.push_str(" (in the version asked for)");
             }
             if !silent.is_empty() {
-                e.push_str(&format!("; no answer from {}", silent.join(", ")));
+                e.push_str(&format!("; no usable answer from {}", silent.join(", ")));
             }
             return Err(e);
         }
