@@ -25,8 +25,8 @@ impl Cached {
     /// Whether this describes the file as it is now. A manifest cached by a
     /// build with another chunk size does not: other nodes would refuse it,
     /// and its chunk indexes mean other bytes.
-    fn fits(&self, m: &std::fs::Metadata) -> bool {
-        (self.size, self.mtime_ns, self.ino) == stamp(m) && self.manifest.chunk_size == CHUNK_SIZE
+    fn fits(&self, stamp: Stamp) -> bool {
+        (self.size, self.mtime_ns, self.ino) == stamp && self.manifest.chunk_size == CHUNK_SIZE
     }
 }
 
@@ -63,7 +63,7 @@ impl Local {
         let path = self.files.resolve(name).ok()?;
         let m = std::fs::metadata(&path).ok()?;
         let c: Cached = self.meta.get("manifests", name)?;
-        c.fits(&m).then_some(c.manifest)
+        c.fits(stamp(&m)).then_some(c.manifest)
     }
 
     /// The manifest of a local file, hashing it if it is new or changed.
@@ -95,7 +95,7 @@ impl Local {
             _ => return Ok(None),
         };
         if let Some(c) = self.meta.get::<Cached>("manifests", name) {
-            if c.fits(&m) {
+            if c.fits(stamp(&m)) {
                 return Ok(Some(c.manifest));
             }
         }
@@ -148,7 +148,7 @@ impl Local {
         }
         drop(mem);
         let c: Cached = self.meta.get("manifests", name)?;
-        if (c.size, c.mtime_ns, c.ino) != st || c.manifest.chunk_size != CHUNK_SIZE {
+        if !c.fits(st) {
             return None;
         }
         let m = Arc::new(c.manifest);

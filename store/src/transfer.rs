@@ -247,6 +247,13 @@ enum Written {
     Bad,
     Failed(String),
 }
+/// One chunk of an answer: its index, and where it is in the answer.
+struct Piece {
+    idx: usize,
+    at: usize,
+    len: usize,
+}
+
 /// A finished write: source, and each chunk's index and outcome.
 type WriteDone = (String, Vec<(usize, Written)>);
 
@@ -1314,7 +1321,7 @@ impl Engine {
                     let len = (job.manifest.chunk_range(i).1 as usize).min(data.len() - at);
                     // The other copy of an endgame request may have won.
                     if !bit(&st.have, i) && !writing.contains(&i) {
-                        take.push((i, at, len));
+                        take.push(Piece { idx: i, at, len });
                     }
                     at += len;
                 }
@@ -1325,15 +1332,15 @@ impl Engine {
             // Verify and write on a blocking thread while the loop goes on
             // asking: hashing and the copy into the page cache are a good
             // part of a fast transfer's time.
-            writing.extend(take.iter().map(|t| t.0));
+            writing.extend(take.iter().map(|t| t.idx));
             let (j, f) = (job.clone(), file.clone());
             let d = direct.clone();
-            let idxs = take.iter().map(|t| t.0).collect();
+            let idxs = take.iter().map(|t| t.idx).collect();
             let report = Report(Some((host, idxs, written_tx.clone())));
             tokio::task::spawn_blocking(move || {
                 let good: Vec<bool> = take
                     .iter()
-                    .map(|&(i, at, len)| j.manifest.verify_chunk(i, &data[at..at + len]))
+                    .map(|t| j.manifest.verify_chunk(t.idx, &data[t.at..t.at + t.len]))
                     .collect();
                 let _one = j.write_lock.lock().unwrap_or_else(|e| e.into_inner());
                 let mut out = Vec::with_capacity(take.len());
@@ -1346,11 +1353,11 @@ impl Engine {
                     }
                     // Good chunks in a row go down in one write.
                     let mut end = k + 1;
-                    while end < take.len() && good[end] && take[end].0 == take[end - 1].0 + 1 {
+                    while end < take.len() && good[end] && take[end].idx == take[end - 1].idx + 1 {
                         end += 1;
                     }
-                    let bytes = &data[take[k].1..take[end - 1].1 + take[end - 1].2];
-                    let (off, _) = j.manifest.chunk_range(take[k].0);
+                    let bytes = &data[take[k].at..take[end - 1].at + take[end - 1].len];
+                    let (off, _) = j.manifest.chunk_range(take[k].idx);
                     // Whole runs bypass the page cache; single chunks, the
                     // ones a swarm trades, do not: other pullers read them
                     // back soon, and a write that waits on a busy disk
@@ -1364,7 +1371,7 @@ impl Engine {
                     };
                     for t in &take[k..end] {
                         out.push(match &wrote {
-                            Ok(()) => Written::Ok(t.2 as u64),
+                            Ok(()) => Written::Ok(t.len as u64),
                             Err(e) => Written::Failed(format!("writing {}: {e}", j.tmp.display())),
                         });
                     }
