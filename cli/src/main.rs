@@ -6,9 +6,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod render;
+
 use clap::Parser;
 use mm_node::control::Client;
-use mm_node::proto::{render, render_json};
+use render::{render, render_json};
 
 #[derive(Parser)]
 #[command(

@@ -9,38 +9,43 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use crate::cmd::{self, Source};
 use crate::proto::{ControlRequest, Response};
-use crate::{commands, Node, Source};
+use crate::{Error, Node, Result};
 
 /// Lines longer than this are refused rather than buffered without bound.
 const MAX_LINE: usize = 1 << 20;
 
-pub fn socket_path(base: &Path) -> PathBuf {
+pub(crate) fn socket_path(base: &Path) -> PathBuf {
     base.join("mm.sock")
 }
 
 /// Binds the socket, refusing to steal it from a live node.
-pub async fn bind(base: &Path) -> Result<UnixListener, String> {
+pub(crate) async fn bind(base: &Path) -> Result<UnixListener> {
     let path = socket_path(base);
     if path.exists() {
         if UnixStream::connect(&path).await.is_ok() {
-            return Err(format!(
+            return Err(Error::Startup(format!(
                 "a node is already running with base {} (its socket {} answers)",
                 base.display(),
                 path.display()
-            ));
+            )));
         }
         // Left by a node that did not shut down cleanly.
         let _ = std::fs::remove_file(&path);
     }
-    let listener = UnixListener::bind(&path)
-        .map_err(|e| format!("cannot create control socket {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(&path).map_err(|e| {
+        Error::io(
+            format!("cannot create control socket {}", path.display()),
+            e,
+        )
+    })?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict {}: {e}", path.display()))?;
+        .map_err(|e| Error::io(format!("cannot restrict {}", path.display()), e))?;
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, node: Arc<Node>) {
+pub(crate) async fn serve(listener: UnixListener, node: Arc<Node>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -87,7 +92,7 @@ async fn session(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
                     let src = Source::Local {
                         cwd: req.cwd.map(PathBuf::from),
                     };
-                    commands::execute(&node, &req.argv, &src).await
+                    cmd::execute(&node, &req.argv, src).await
                 }
                 Err(e) => vec![Response::error(
                     &node.name,
@@ -108,14 +113,14 @@ pub struct Client {
 }
 
 impl Client {
-    pub async fn connect(base: &Path) -> Result<Self, String> {
+    pub async fn connect(base: &Path) -> Result<Self> {
         let path = socket_path(base);
         let s = UnixStream::connect(&path).await.map_err(|e| {
-            format!(
+            Error::Startup(format!(
                 "cannot reach the mm node at {} ({e}); start one with `mm serve` \
                  (or `mm --base DIR ...` for a node with another base)",
                 path.display()
-            )
+            ))
         })?;
         let (r, w) = s.into_split();
         Ok(Self {
@@ -124,22 +129,27 @@ impl Client {
         })
     }
 
-    pub async fn run(&mut self, argv: &[String]) -> Result<Vec<Response>, String> {
+    pub async fn run(&mut self, argv: &[String]) -> Result<Vec<Response>> {
         let req = ControlRequest {
             argv: argv.to_vec(),
             cwd: std::env::current_dir()
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned()),
         };
-        let mut line = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+        let mut line = serde_json::to_vec(&req).expect("a request encodes as JSON");
         line.push(b'\n');
-        let lost = |e: std::io::Error| format!("lost the connection to the node: {e}");
+        let lost = |e| Error::io("lost the connection to the node", e);
         self.w.write_all(&line).await.map_err(lost)?;
         let mut answer = String::new();
         let n = self.r.read_line(&mut answer).await.map_err(lost)?;
         if n == 0 {
-            return Err("the node closed the connection".into());
+            return Err(Error::Startup("the node closed the connection".into()));
         }
-        serde_json::from_str(&answer).map_err(|e| format!("malformed answer from the node: {e}"))
+        serde_json::from_str(&answer).map_err(|e| {
+            Error::io(
+                "malformed answer from the node",
+                std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            )
+        })
     }
 }

@@ -1,25 +1,37 @@
 //! This host's load, read from /proc.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use mm_overlay::HostStats;
+use mm_overlay::{HostStats, Overlay};
+
+/// Samples this host every two seconds into the node's announcements,
+/// until the overlay stops.
+pub(crate) async fn publish(overlay: Overlay) {
+    let mut sampler = Sampler::new();
+    loop {
+        if overlay.set_stats(sampler.sample()).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
 
 /// Samples host stats; keeps the previous interface counters so rx/tx are
 /// rates, not totals since boot.
-pub struct Sampler {
+pub(crate) struct Sampler {
     started: Instant,
     last: Option<(Instant, u64, u64)>,
 }
 
 impl Sampler {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             started: Instant::now(),
             last: None,
         }
     }
 
-    pub fn sample(&mut self) -> HostStats {
+    pub(crate) fn sample(&mut self) -> HostStats {
         let now = Instant::now();
         let (rx, tx) = net_bytes();
         let (rx_bps, tx_bps) = match self.last {
@@ -103,7 +115,7 @@ fn net_bytes() -> (u64, u64) {
     (rx, tx)
 }
 
-pub fn duration(secs: u64) -> String {
+pub(crate) fn duration(secs: u64) -> String {
     let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
     if h > 0 {
         format!("{h}h{m}m{s}s")

@@ -7,6 +7,7 @@
 //! this node out to it.
 
 mod degree;
+mod error;
 mod net;
 mod topology;
 mod transport;
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
+pub use error::{Error, Result};
 pub use libp2p::identity::Keypair;
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::Multiaddr;
@@ -43,7 +45,7 @@ pub struct Inbound {
     /// Name of the originating node.
     pub from: String,
     pub body: Vec<u8>,
-    pub reply: oneshot::Sender<Result<Vec<u8>, String>>,
+    pub reply: oneshot::Sender<Result<Vec<u8>>>,
 }
 
 /// One node of the reachable mesh, as its latest announcement describes it.
@@ -77,7 +79,7 @@ pub struct Snapshot {
 }
 
 /// One outcome per target of [`Overlay::send`], labelled by host name.
-pub type Answers = Vec<(String, Result<Vec<u8>, String>)>;
+pub type Answers = Vec<(String, Result<Vec<u8>>)>;
 
 impl Snapshot {
     /// Every reachable node but this one: what `all` means.
@@ -95,37 +97,35 @@ pub struct Overlay {
     tx: mpsc::Sender<net::Cmd>,
 }
 
-const GONE: &str = "the overlay has stopped";
-
 /// Most direct peers a node may be asked to keep.
 pub const MAX_DEGREE: usize = 1024;
 
 /// Node names: what `mesh send` host lists and `mesh dot` can carry.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Config(format!("invalid node name '{name}': {why}")));
     if name.is_empty() || name.len() > 64 {
-        return Err(format!("invalid node name '{name}': 1 to 64 characters"));
+        return bad("1 to 64 characters");
     }
     if !name
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
-        return Err(format!(
-            "invalid node name '{name}': letters, digits, '-', '_' and '.' only"
-        ));
+        return bad("letters, digits, '-', '_' and '.' only");
     }
     if name == "all" {
-        return Err("invalid node name 'all': it means every node in `mesh send`".into());
+        return bad("it means every node in `mesh send`");
     }
     Ok(())
 }
 
 /// Starts the overlay: binds the listener and spawns the event loop.
-pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>), String> {
+pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>)> {
     let mut swarm = net::build_swarm(&cfg)?;
     let addr = net::listen_addr(cfg.listen_ip, cfg.port);
-    swarm
-        .listen_on(addr.clone())
-        .map_err(|e| format!("cannot listen on {addr}: {}", with_causes(&e)))?;
+    swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
+        addr: addr.to_string(),
+        reason: with_causes(&e),
+    })?;
     // Bind errors surface as events; wait for the first listen address (or
     // failure) so a busy port is a startup error, not a silent node.
     let (inbound_tx, inbound_rx) = mpsc::channel(256);
@@ -140,7 +140,10 @@ pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>), St
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Err(format!("cannot listen on {addr}: is the port in use?"))
+    Err(Error::Listen {
+        addr: addr.to_string(),
+        reason: "is the port in use?".into(),
+    })
 }
 
 /// An error and its causes: libp2p's transport errors often say nothing
@@ -157,67 +160,68 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 }
 
 impl Overlay {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> net::Cmd) -> Result<T, String> {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> net::Cmd) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(make(tx)).await.map_err(|_| GONE.to_string())?;
-        rx.await.map_err(|_| GONE.to_string())
+        self.tx.send(make(tx)).await.map_err(|_| Error::Stopped)?;
+        rx.await.map_err(|_| Error::Stopped)
     }
 
-    pub async fn snapshot(&self) -> Result<Snapshot, String> {
+    pub async fn snapshot(&self) -> Result<Snapshot> {
         self.ask(net::Cmd::Snapshot).await
     }
 
-    pub async fn set_degree(&self, degree: usize) -> Result<(), String> {
+    pub async fn set_degree(&self, degree: usize) -> Result<()> {
         self.tx
             .send(net::Cmd::SetDegree(degree.min(MAX_DEGREE)))
             .await
-            .map_err(|_| GONE.to_string())
+            .map_err(|_| Error::Stopped)
     }
 
-    pub async fn set_stats(&self, stats: HostStats) -> Result<(), String> {
+    pub async fn set_stats(&self, stats: HostStats) -> Result<()> {
         self.tx
             .send(net::Cmd::SetStats(stats))
             .await
-            .map_err(|_| GONE.to_string())
+            .map_err(|_| Error::Stopped)
     }
 
     /// Dials a mesh node by name, a multiaddr, `HOST:PORT`, or a host name
     /// (on this node's port), and waits until connected or failed.
-    pub async fn dial(&self, target: &str, default_port: u16) -> Result<(), String> {
+    pub async fn dial(&self, target: &str, default_port: u16) -> Result<()> {
         // libp2p bounds each step, but a caller must never wait forever.
         tokio::time::timeout(
             Duration::from_secs(60),
             self.dial_inner(target, default_port),
         )
         .await
-        .map_err(|_| format!("dial {target}: no answer within 60s"))?
+        .map_err(|_| Error::Dial(format!("dial {target}: no answer within 60s")))?
     }
 
-    async fn dial_inner(&self, target: &str, default_port: u16) -> Result<(), String> {
+    async fn dial_inner(&self, target: &str, default_port: u16) -> Result<()> {
         if target.starts_with('/') {
             let a: Multiaddr = target
                 .parse()
-                .map_err(|e| format!("bad multiaddr {target}: {e}"))?;
+                .map_err(|e| Error::Config(format!("bad multiaddr {target}: {e}")))?;
             return self.ask(|r| net::Cmd::DialAddr(a, r)).await?;
         }
         match self
             .ask(|r| net::Cmd::DialName(target.to_owned(), r))
             .await?
         {
-            Err(e) if e.starts_with("no such host") => {}
+            // Not a node's name: a host name or address, then.
+            Err(Error::NoSuchHost(_)) => {}
             other => return other,
         }
         let a = resolve(target, default_port).await?;
         self.ask(|r| net::Cmd::DialAddr(a, r)).await?
     }
 
-    pub async fn hangup(&self, name: &str) -> Result<(), String> {
+    pub async fn hangup(&self, name: &str) -> Result<()> {
         self.ask(|r| net::Cmd::Hangup(name.to_owned(), r)).await?
     }
 
     /// Sends `body` straight to one node, connecting to it if need be (never
     /// relayed: for bulk transfers), and returns its answer.
-    pub async fn direct(&self, name: &str, body: Vec<u8>) -> Result<Vec<u8>, String> {
+    pub async fn direct(&self, name: &str, body: Vec<u8>) -> Result<Vec<u8>> {
         self.ask(|reply| net::Cmd::Direct {
             name: name.to_owned(),
             body,
@@ -233,7 +237,7 @@ impl Overlay {
         names: Vec<String>,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> Result<Answers, String> {
+    ) -> Result<Answers> {
         self.ask(|reply| net::Cmd::Send {
             names,
             body,
@@ -245,7 +249,7 @@ impl Overlay {
 }
 
 /// Turns `HOST:PORT`, `HOST` or `IP` into a TCP multiaddr.
-pub async fn resolve(target: &str, default_port: u16) -> Result<Multiaddr, String> {
+pub async fn resolve(target: &str, default_port: u16) -> Result<Multiaddr> {
     let with_port = match target.parse::<IpAddr>() {
         Ok(IpAddr::V6(ip)) => format!("[{ip}]:{default_port}"),
         Ok(ip) => format!("{ip}:{default_port}"),
@@ -254,9 +258,9 @@ pub async fn resolve(target: &str, default_port: u16) -> Result<Multiaddr, Strin
     };
     let mut addrs = tokio::net::lookup_host(with_port.as_str())
         .await
-        .map_err(|e| format!("cannot resolve {target}: {e}"))?;
+        .map_err(|e| Error::Dial(format!("cannot resolve {target}: {e}")))?;
     let sa = addrs
         .find(|a| a.is_ipv4())
-        .ok_or_else(|| format!("cannot resolve {target}: no IPv4 address"))?;
+        .ok_or_else(|| Error::Dial(format!("cannot resolve {target}: no IPv4 address")))?;
     Ok(net::listen_addr(sa.ip(), sa.port()))
 }

@@ -36,12 +36,12 @@ pub fn build(key: &Keypair, psk: Option<PreSharedKey>) -> Boxed<(PeerId, StreamM
 }
 
 /// Parses a cluster key in the IPFS `swarm.key` format.
-pub fn parse_psk(text: &str) -> Result<PreSharedKey, String> {
+pub fn parse_psk(text: &str) -> crate::Result<PreSharedKey> {
     text.trim_start().parse::<PreSharedKey>().map_err(|e| {
-        format!(
+        crate::Error::Config(format!(
             "not a cluster key ({e:?}); expected three lines: /key/swarm/psk/1.0.0/, /base16/, \
              and 64 hex digits (`mm keygen` makes one)"
-        )
+        ))
     })
 }
 
@@ -63,7 +63,9 @@ mod tests {
             a.fingerprint().to_string(),
             parse_psk(&k).unwrap().fingerprint().to_string()
         );
-        let err = parse_psk("/key/swarm/psk/1.0.0/\n/base16/\nabc\n").unwrap_err();
+        let err = parse_psk("/key/swarm/psk/1.0.0/\n/base16/\nabc\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("64 hex digits"), "{err}");
         assert!(parse_psk("").is_err());
     }

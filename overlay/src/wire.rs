@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Error;
+
 /// A host's load, as spread to the whole mesh in its announcement. The
 /// scheduler reads the commitments; `host` and `mesh send all host` show all.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -69,7 +71,7 @@ pub struct Reply {
 pub struct Outcome {
     #[serde(with = "peer_id")]
     pub peer: libp2p::PeerId,
-    pub result: Result<ByteBuf, String>,
+    pub result: Result<ByteBuf, Error>,
 }
 
 /// A request straight to one peer (file chunks and other bulk work): never
@@ -83,7 +85,7 @@ pub struct Direct {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DirectReply {
-    pub result: Result<ByteBuf, String>,
+    pub result: Result<ByteBuf, Error>,
 }
 
 /// Raw bytes that encode as a CBOR byte string, not an array of integers.
@@ -95,8 +97,8 @@ pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     cbor4ii::serde::to_vec(Vec::new(), v).expect("cbor encoding into memory")
 }
 
-pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T, String> {
-    cbor4ii::serde::from_slice(b).map_err(|e| format!("malformed message: {e}"))
+pub fn decode<'a, T: Deserialize<'a>>(b: &'a [u8]) -> crate::Result<T> {
+    cbor4ii::serde::from_slice(b).map_err(|e| Error::Malformed(e.to_string()))
 }
 
 mod peer_id {

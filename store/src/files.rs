@@ -5,11 +5,10 @@
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::{Error, Result};
+
 /// In-progress transfers live here, hidden from listings and never served.
 pub const PARTIAL_DIR: &str = ".mm-partial";
-/// How a listing says that there is no such file: `file list mesh` leaves
-/// out the nodes that answer this instead of showing each as an error.
-const NOT_HERE: &str = "no such file or directory here";
 
 #[derive(Debug, Clone)]
 pub struct FilesDir {
@@ -26,12 +25,12 @@ pub struct Entry {
 }
 
 impl FilesDir {
-    pub fn open(root: &Path) -> Result<Self, String> {
+    pub fn open(root: &Path) -> Result<Self> {
         std::fs::create_dir_all(root.join(PARTIAL_DIR))
-            .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
+            .map_err(|e| Error::io("cannot create", root, e))?;
         let root = root
             .canonicalize()
-            .map_err(|e| format!("cannot resolve {}: {e}", root.display()))?;
+            .map_err(|e| Error::io("cannot resolve", root, e))?;
         Ok(Self { root })
     }
 
@@ -44,49 +43,43 @@ impl FilesDir {
     }
 
     /// Normalises a file name: relative, no `..`, no empty or `.` parts.
-    pub fn clean(name: &str) -> Result<String, String> {
-        // Control characters: no use in a file name, and answers on the wire
-        // rely on a name never starting with one (see transfer::Miss).
+    pub fn clean(name: &str) -> Result<String> {
+        let bad = |why: String| Err(Error::BadName(why));
+        // Control characters: no use in a file name, and a hazard on the
+        // operator's terminal.
         if name.chars().any(char::is_control) {
-            return Err(format!("invalid file name {name:?}"));
+            return bad(format!("invalid file name {name:?}"));
         }
         let p = Path::new(name);
         let mut parts = Vec::new();
         for c in p.components() {
             match c {
-                Component::Normal(s) => parts.push(
-                    s.to_str()
-                        .ok_or_else(|| format!("file name {name:?} is not UTF-8"))?
-                        .to_string(),
-                ),
+                Component::Normal(s) => match s.to_str() {
+                    Some(s) => parts.push(s.to_string()),
+                    None => return bad(format!("file name {name:?} is not UTF-8")),
+                },
                 Component::CurDir => {}
                 Component::ParentDir => {
-                    return Err(format!("file name {name:?} may not contain '..'"))
+                    return bad(format!("file name {name:?} may not contain '..'"))
                 }
                 Component::RootDir | Component::Prefix(_) => {
-                    return Err(format!(
+                    return bad(format!(
                         "file name {name:?} must be relative to the files directory"
                     ))
                 }
             }
         }
         if parts.first().is_some_and(|p| p == PARTIAL_DIR) {
-            return Err(format!(
+            return bad(format!(
                 "{PARTIAL_DIR} is reserved for transfers in progress"
             ));
         }
         Ok(parts.join("/"))
     }
 
-    /// Whether an error from [`FilesDir::list`] (possibly another node's,
-    /// as text) says only that there is no such file there.
-    pub fn is_not_here(error: &str) -> bool {
-        error.ends_with(NOT_HERE)
-    }
-
     /// The path of `name`, checked to stay inside the directory even
     /// through symlinks. The file need not exist.
-    pub fn resolve(&self, name: &str) -> Result<PathBuf, String> {
+    pub fn resolve(&self, name: &str) -> Result<PathBuf> {
         let clean = Self::clean(name)?;
         let path = self.root.join(&clean);
         // Canonicalise the longest existing prefix: a symlink anywhere along
@@ -100,21 +93,21 @@ impl FilesDir {
         }
         let real = existing
             .canonicalize()
-            .map_err(|e| format!("cannot resolve {name}: {e}"))?;
+            .map_err(|e| Error::io("cannot resolve", name, e))?;
         if !real.starts_with(&self.root) {
-            return Err(format!(
+            return Err(Error::BadName(format!(
                 "file name {name:?} leads outside the files directory"
-            ));
+            )));
         }
         Ok(path)
     }
 
     /// Entries under `dir` ("" for the top), sorted by name.
-    pub fn list(&self, dir: &str, recursive: bool) -> Result<Vec<Entry>, String> {
+    pub fn list(&self, dir: &str, recursive: bool) -> Result<Vec<Entry>> {
         let start = self.resolve(dir)?;
         let meta = std::fs::metadata(&start).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => format!("{dir}: {NOT_HERE}"),
-            _ => format!("{dir}: {e}"),
+            std::io::ErrorKind::NotFound => Error::NotHere { name: dir.into() },
+            _ => Error::io("", dir, e),
         })?;
         if !meta.is_dir() {
             return Ok(vec![self.entry(&start, &meta)]);
@@ -141,8 +134,8 @@ impl FilesDir {
             .into_owned()
     }
 
-    fn walk(&self, dir: &Path, recursive: bool, out: &mut Vec<Entry>) -> Result<(), String> {
-        let rd = std::fs::read_dir(dir).map_err(|e| format!("{}: {e}", self.rel(dir)))?;
+    fn walk(&self, dir: &Path, recursive: bool, out: &mut Vec<Entry>) -> Result<()> {
+        let rd = std::fs::read_dir(dir).map_err(|e| Error::io("", self.rel(dir), e))?;
         for e in rd.flatten() {
             let path = e.path();
             if path == self.partial_dir() {
@@ -168,7 +161,7 @@ impl FilesDir {
 
     /// The regular files a name stands for: a glob's matches, everything
     /// under a directory, or the file itself. Sorted; empty if none.
-    pub fn expand(&self, pattern: &str) -> Result<Vec<String>, String> {
+    pub fn expand(&self, pattern: &str) -> Result<Vec<String>> {
         let clean = Self::clean(pattern)?;
         let all = if clean.is_empty() || !has_magic(&clean) {
             let path = self.resolve(&clean)?;
@@ -314,7 +307,7 @@ mod tests {
             assert!(f.resolve(bad).is_err(), "{bad} accepted");
         }
         std::os::unix::fs::symlink(t.path(), f.root().join("out")).unwrap();
-        let e = f.resolve("out/secret").unwrap_err();
+        let e = f.resolve("out/secret").unwrap_err().to_string();
         assert!(e.contains("outside"), "{e}");
         std::os::unix::fs::symlink(f.root().join("img"), f.root().join("in")).unwrap();
         assert!(f.resolve("in/x.qcow2").is_ok());

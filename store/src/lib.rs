@@ -1,18 +1,22 @@
-//! Node-local storage: the files directory, file manifests, and small
-//! metadata in sled (`meta` is the only code that touches sled).
+//! Node-local storage: the files directory, file manifests, small metadata
+//! in sled (`meta` is the only code that touches sled), and the transfer
+//! engine that pulls files from other nodes.
 
 pub mod buf;
+mod error;
 pub mod files;
-pub mod manifest;
-pub mod meta;
-
-pub use buf::ChunkBuf;
-pub use files::FilesDir;
-pub use manifest::Manifest;
-pub use meta::Meta;
+pub mod fmt;
 pub mod local;
-
-pub use local::Local;
+pub mod manifest;
+#[cfg(any(test, feature = "test-util"))]
+pub mod mem;
+pub mod meta;
 pub mod transfer;
 
-pub use transfer::{Engine, Held, Net, Select};
+pub use buf::ChunkBuf;
+pub use error::{Error, Result};
+pub use files::FilesDir;
+pub use local::Local;
+pub use manifest::Manifest;
+pub use meta::Meta;
+pub use transfer::{Engine, Held, Miss, Net, Select, Tuning};

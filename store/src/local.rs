@@ -12,6 +12,7 @@ use tracing::debug;
 use crate::files::FilesDir;
 use crate::manifest::{Manifest, CHUNK_SIZE};
 use crate::meta::Meta;
+use crate::{Error, Result};
 
 #[derive(Serialize, Deserialize)]
 struct Cached {
@@ -68,7 +69,7 @@ impl Local {
 
     /// The manifest of a local file, hashing it if it is new or changed.
     /// Blocking. `Ok(None)` when there is no such regular file.
-    pub fn manifest(&self, name: &str) -> Result<Option<Manifest>, String> {
+    pub fn manifest(&self, name: &str) -> Result<Option<Manifest>> {
         let path = self.files.resolve(name)?;
         let lock = {
             let mut h = self.hashing.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,11 +86,7 @@ impl Local {
         result
     }
 
-    fn manifest_locked(
-        &self,
-        name: &str,
-        path: &std::path::Path,
-    ) -> Result<Option<Manifest>, String> {
+    fn manifest_locked(&self, name: &str, path: &std::path::Path) -> Result<Option<Manifest>> {
         let m = match std::fs::metadata(path) {
             Ok(m) if m.is_file() => m,
             _ => return Ok(None),
@@ -100,14 +97,13 @@ impl Local {
             }
         }
         debug!("hashing {name}");
-        let manifest = Manifest::build(path, &m, CHUNK_SIZE).map_err(|e| format!("{name}: {e}"))?;
+        let manifest =
+            Manifest::build(path, &m, CHUNK_SIZE).map_err(|e| Error::io("hashing", name, e))?;
         // The file may have changed while we read it; only cache a manifest
         // that matches what is on disk now.
-        let after = std::fs::metadata(path).map_err(|e| format!("{name}: {e}"))?;
+        let after = std::fs::metadata(path).map_err(|e| Error::io("", name, e))?;
         if stamp(&after) != stamp(&m) {
-            return Err(format!(
-                "{name} changed while it was being hashed; try again"
-            ));
+            return Err(Error::Changed(name.into()));
         }
         self.remember(name, &after, &manifest);
         Ok(Some(manifest))
@@ -169,13 +165,16 @@ impl Local {
         name: &str,
         root: &[u8],
         index: usize,
-    ) -> Result<(PathBuf, Arc<Manifest>), String> {
+    ) -> Result<(PathBuf, Arc<Manifest>)> {
         let (path, m) = self
             .current(name)
             .filter(|(_, m)| m.root == root)
-            .ok_or_else(|| format!("{name}: not here in that version"))?;
+            .ok_or_else(|| Error::NotThatVersion { name: name.into() })?;
         if index >= m.chunk_count() {
-            return Err(format!("{name}: no chunk {index}"));
+            return Err(Error::NoChunk {
+                name: name.into(),
+                index,
+            });
         }
         Ok((path, m))
     }

@@ -81,14 +81,16 @@ impl Manifest {
 
     /// Checks that the manifest is self-consistent: chunk count matches the
     /// size, and the chunk hashes merge to the whole-file hash.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> crate::Result<()> {
         let cs = self.chunk_size;
         // Chunk indexes mean the same bytes on every node only with one
         // chunk size; the hash alone does not say which was used.
         if cs != CHUNK_SIZE {
-            return Err(format!("chunk size {cs}, not {CHUNK_SIZE}"));
+            return Err(crate::Error::BadManifest(format!(
+                "chunk size {cs}, not {CHUNK_SIZE}"
+            )));
         }
-        self.check_tree()
+        self.check_tree().map_err(crate::Error::BadManifest)
     }
 
     /// The size and hash consistency part of [`Self::check`], for any

@@ -17,6 +17,15 @@ use std::path::{Path, PathBuf};
 use serde::{de::DeserializeOwned, Serialize};
 use tracing::warn;
 
+use crate::{Error, Result};
+
+/// Why sled would not open: only a corrupt database is moved aside, never
+/// one that is merely locked or unreadable.
+enum OpenError {
+    Corrupt(String),
+    Io(String),
+}
+
 #[derive(Clone)]
 pub struct Meta {
     db: sled::Db,
@@ -26,13 +35,14 @@ pub struct Meta {
 impl Meta {
     /// Opens (or creates) the database at `path`. A corrupt one is renamed to
     /// `<path>.corrupt-<unix time>` and replaced by an empty one.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self> {
+        let cannot = |e: String| Error::Meta(format!("cannot open {}: {e}", path.display()));
         match Self::try_open(path) {
             Ok(m) => Ok(m),
             // An I/O error (permissions, a lock held by another process) is
             // not corruption: never move a live database aside for it.
-            Err((false, e)) => Err(format!("cannot open {}: {e}", path.display())),
-            Err((true, e)) if path.exists() => {
+            Err(OpenError::Io(e)) => Err(cannot(e)),
+            Err(OpenError::Corrupt(e)) if path.exists() => {
                 let secs = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map(|d| d.as_secs())
@@ -45,20 +55,22 @@ impl Meta {
                     aside.display()
                 );
                 std::fs::rename(path, &aside)
-                    .map_err(|re| format!("cannot move {} aside: {re}", path.display()))?;
-                Self::try_open(path).map_err(|(_, e)| e)
+                    .map_err(|re| Error::io("cannot move aside", path, re))?;
+                Self::try_open(path).map_err(|(OpenError::Io(e) | OpenError::Corrupt(e))| cannot(e))
             }
-            Err((_, e)) => Err(e),
+            Err(OpenError::Corrupt(e)) => Err(cannot(e)),
         }
     }
 
-    /// Err((corrupt, message)).
-    fn try_open(path: &Path) -> Result<Self, (bool, String)> {
+    fn try_open(path: &Path) -> Result<Self, OpenError> {
         // sled panics on some corrupt inputs rather than returning an error.
         let p = path.to_owned();
         let db = std::panic::catch_unwind(move || sled::Config::new().path(p).open())
-            .map_err(|_| (true, "sled panicked while opening".to_string()))?
-            .map_err(|e| (!matches!(e, sled::Error::Io(_)), e.to_string()))?;
+            .map_err(|_| OpenError::Corrupt("sled panicked while opening".to_string()))?
+            .map_err(|e| match e {
+                sled::Error::Io(_) => OpenError::Io(e.to_string()),
+                _ => OpenError::Corrupt(e.to_string()),
+            })?;
         Ok(Self {
             db,
             path: path.to_owned(),
@@ -81,16 +93,16 @@ impl Meta {
         }
     }
 
-    pub fn put<T: Serialize>(&self, tree: &str, key: &str, value: &T) -> Result<(), String> {
-        let bytes = cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| e.to_string())?;
-        let t = self.db.open_tree(tree).map_err(|e| e.to_string())?;
-        t.insert(key, bytes).map_err(|e| e.to_string())?;
+    pub fn put<T: Serialize>(&self, tree: &str, key: &str, value: &T) -> Result<()> {
+        let bytes = cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| meta(tree, key, e))?;
+        let t = self.db.open_tree(tree).map_err(|e| meta(tree, key, e))?;
+        t.insert(key, bytes).map_err(|e| meta(tree, key, e))?;
         Ok(())
     }
 
-    pub fn remove(&self, tree: &str, key: &str) -> Result<(), String> {
-        let t = self.db.open_tree(tree).map_err(|e| e.to_string())?;
-        t.remove(key).map_err(|e| e.to_string())?;
+    pub fn remove(&self, tree: &str, key: &str) -> Result<()> {
+        let t = self.db.open_tree(tree).map_err(|e| meta(tree, key, e))?;
+        t.remove(key).map_err(|e| meta(tree, key, e))?;
         Ok(())
     }
 
@@ -109,9 +121,16 @@ impl Meta {
             .collect()
     }
 
-    pub fn flush(&self) -> Result<(), String> {
-        self.db.flush().map(|_| ()).map_err(|e| e.to_string())
+    pub fn flush(&self) -> Result<()> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| Error::Meta(format!("flushing: {e}")))
     }
+}
+
+fn meta(tree: &str, key: &str, e: impl std::fmt::Display) -> Error {
+    Error::Meta(format!("{tree}/{key}: {e}"))
 }
 
 #[cfg(test)]

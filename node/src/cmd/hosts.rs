@@ -3,11 +3,17 @@
 
 use std::collections::BTreeMap;
 
+use crate::{Error, Result};
+
 /// Most names one range may expand to; a typo like `n[1-99999999]` should be
 /// an error, not an allocation.
 const MAX_HOSTS: usize = 65536;
 
-pub fn expand(spec: &str) -> Result<Vec<String>, String> {
+pub(crate) fn expand(spec: &str) -> Result<Vec<String>> {
+    expand_list(spec).map_err(Error::Usage)
+}
+
+fn expand_list(spec: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for item in split_top(spec)? {
         if item.is_empty() {
@@ -108,7 +114,7 @@ fn expand_range(inner: &str, budget: usize) -> Result<Vec<String>, String> {
 }
 
 /// The reverse of [`expand`]: `mm1 mm2 mm3 x` → `mm[1-3],x`.
-pub fn compress(names: &[String]) -> String {
+pub(crate) fn compress(names: &[String]) -> String {
     // Group by prefix and digit width (so 01 and 1 never merge).
     let mut groups: BTreeMap<(String, usize), Vec<u64>> = BTreeMap::new();
     let mut plain = Vec::new();
@@ -195,7 +201,7 @@ mod tests {
             "",
             "n[1-9999999]",
         ] {
-            let e = expand(bad).unwrap_err();
+            let e = expand(bad).unwrap_err().to_string();
             assert!(e.contains("host list") || e.contains("range"), "{bad}: {e}");
         }
     }

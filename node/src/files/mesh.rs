@@ -8,18 +8,24 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mm_overlay::{wire, Overlay};
-use mm_store::transfer::{HolderAnswers, Miss};
-use mm_store::{ChunkBuf, Held, Net};
+use mm_store::transfer::HolderAnswers;
+use mm_store::{ChunkBuf, Held, Miss, Net};
 
-use crate::data::{DataClient, DataError};
-use crate::proto::Request;
+use super::data::{DataClient, DataError};
+use crate::proto::{ChunkAnswer, Request};
 
 /// How long holders get to answer "who has it" (they may hash the file first).
 const HOLDS_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct MeshNet {
-    pub overlay: Overlay,
-    pub data: Arc<DataClient>,
+/// The network as the store's engine needs it.
+pub(crate) struct MeshNet {
+    pub(crate) overlay: Overlay,
+    pub(crate) data: Arc<DataClient>,
+}
+
+/// An overlay error, as the store sees it.
+fn net(e: mm_overlay::Error) -> mm_store::Error {
+    mm_store::Error::Net(e.to_string())
 }
 
 impl Net for MeshNet {
@@ -37,9 +43,12 @@ impl Net for MeshNet {
             match overlay.send(others, body, HOLDS_TIMEOUT).await {
                 Ok(answers) => answers
                     .into_iter()
-                    .map(|(host, r)| (host, r.and_then(|b| wire::decode::<Vec<Held>>(&b))))
+                    .map(|(host, r)| {
+                        let held = r.and_then(|b| wire::decode::<Vec<Held>>(&b)).map_err(net);
+                        (host, held)
+                    })
                     .collect(),
-                Err(e) => vec![(snap.name, Err(e))],
+                Err(e) => vec![(snap.name, Err(net(e)))],
             }
         }
         .boxed()
@@ -54,11 +63,11 @@ impl Net for MeshNet {
         host: String,
         name: String,
         root: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+    ) -> BoxFuture<'static, mm_store::Result<Vec<u8>>> {
         let overlay = self.overlay.clone();
         async move {
             let body = wire::encode(&Request::Have { name, root });
-            overlay.direct(&host, body).await
+            overlay.direct(&host, body).await.map_err(net)
         }
         .boxed()
     }
@@ -89,8 +98,13 @@ impl Net for MeshNet {
                 index,
                 count,
             });
-            let bytes = overlay.direct(&host, body).await.map_err(Miss::from_wire)?;
-            Ok(ChunkBuf::from(&bytes[..]))
+            let bytes = overlay
+                .direct(&host, body)
+                .await
+                .map_err(|e| Miss::Failed(e.to_string()))?;
+            let answer: ChunkAnswer =
+                wire::decode(&bytes).map_err(|e| Miss::Failed(e.to_string()))?;
+            answer.map(|b| ChunkBuf::from(&b[..]))
         }
         .boxed()
     }

@@ -8,29 +8,26 @@
 
 use std::collections::{HashMap, HashSet};
 
-pub struct Spec {
-    pub id: &'static str,
-    pub patterns: &'static [&'static str],
-    pub short: &'static str,
-    pub long: &'static str,
-}
+use super::Spec;
+use crate::{Error, Result};
 
+/// A command line as a spec's pattern matched it.
 #[derive(Debug, Default, PartialEq)]
-pub struct Call {
-    pub id: &'static str,
-    pub strings: HashMap<String, String>,
-    pub bools: HashSet<String>,
-    pub lists: HashMap<String, Vec<String>>,
+pub(crate) struct Call {
+    pub(crate) id: &'static str,
+    pub(crate) strings: HashMap<String, String>,
+    pub(crate) bools: HashSet<String>,
+    pub(crate) lists: HashMap<String, Vec<String>>,
     /// The nested command of a `(command)` item.
-    pub sub: Vec<String>,
+    pub(crate) sub: Vec<String>,
 }
 
 impl Call {
-    pub fn arg(&self, name: &str) -> Option<&str> {
+    pub(crate) fn arg(&self, name: &str) -> Option<&str> {
         self.strings.get(name).map(String::as_str)
     }
 
-    pub fn has(&self, word: &str) -> bool {
+    pub(crate) fn has(&self, word: &str) -> bool {
         self.bools.contains(word)
     }
 }
@@ -149,9 +146,10 @@ fn literal_prefix(pattern: &str) -> Vec<&str> {
         .collect()
 }
 
-pub fn parse(specs: &'static [Spec], argv: &[String]) -> Result<Call, String> {
+/// The first spec whose pattern takes `argv`, and what it took.
+pub(crate) fn parse(specs: &[&'static Spec], argv: &[String]) -> Result<(&'static Spec, Call)> {
     if argv.is_empty() {
-        return Err("empty command; try `help`".into());
+        return Err(Error::usage("empty command; try `help`"));
     }
     for spec in specs {
         for p in spec.patterns {
@@ -160,7 +158,7 @@ pub fn parse(specs: &'static [Spec], argv: &[String]) -> Result<Call, String> {
                 ..Call::default()
             };
             if matches(&compile(p), argv, &mut call) {
-                return Ok(call);
+                return Ok((spec, call));
             }
         }
     }
@@ -192,22 +190,23 @@ pub fn parse(specs: &'static [Spec], argv: &[String]) -> Result<Call, String> {
                 .iter()
                 .any(|p| p.split_whitespace().next() == Some(argv[0].as_str()))
         });
-        return Err(if known {
+        return Err(Error::Usage(if known {
             format!("unknown command: {line}; try `help {}`", argv[0])
         } else {
             format!("unknown command: {}; try `help`", argv[0])
-        });
+        }));
     }
-    Err(format!(
+    Err(Error::Usage(format!(
         "invalid arguments: {line}\nusage: {}",
         near.join("\nusage: ")
-    ))
+    )))
 }
 
 /// `help` and `help WORDS...`.
-pub fn help(specs: &[Spec], words: &[String]) -> Result<String, String> {
+pub(crate) fn help(specs: &[&'static Spec], words: &[String]) -> Result<String> {
     let chosen: Vec<&Spec> = specs
         .iter()
+        .copied()
         .filter(|s| {
             s.patterns.iter().any(|p| {
                 let pw: Vec<&str> = p.split_whitespace().collect();
@@ -216,7 +215,10 @@ pub fn help(specs: &[Spec], words: &[String]) -> Result<String, String> {
         })
         .collect();
     if chosen.is_empty() {
-        return Err(format!("no command named {}; try `help`", words.join(" ")));
+        return Err(Error::Usage(format!(
+            "no command named {}; try `help`",
+            words.join(" ")
+        )));
     }
     let mut out = String::new();
     if chosen.len() == 1 && !words.is_empty() {
@@ -252,38 +254,59 @@ pub fn help(specs: &[Spec], words: &[String]) -> Result<String, String> {
 mod tests {
     use super::*;
 
-    static SPECS: &[Spec] = &[
+    use futures::FutureExt;
+
+    static TABLE: &[Spec] = &[
         Spec {
             id: "degree",
             patterns: &["mesh degree [degree]"],
             short: "view or set the degree",
             long: "Long text.",
+            run: |_, _| async { Ok(Vec::new()) }.boxed(),
         },
         Spec {
             id: "list",
             patterns: &["mesh list [all,peers]"],
             short: "list",
             long: "",
+            run: |_, _| async { Ok(Vec::new()) }.boxed(),
         },
         Spec {
             id: "send",
             patterns: &["mesh send <hosts> (command)"],
             short: "send",
             long: "",
+            run: |_, _| async { Ok(Vec::new()) }.boxed(),
         },
         Spec {
             id: "get",
             patterns: &["file get <name> [from] <host>", "file get <name>"],
             short: "get",
             long: "",
+            run: |_, _| async { Ok(Vec::new()) }.boxed(),
         },
         Spec {
             id: "del",
             patterns: &["file delete <glob>..."],
             short: "del",
             long: "",
+            run: |_, _| async { Ok(Vec::new()) }.boxed(),
         },
     ];
+
+    fn specs() -> Vec<&'static Spec> {
+        TABLE.iter().collect()
+    }
+
+    fn parse(specs: Vec<&'static Spec>, argv: &[String]) -> std::result::Result<Call, String> {
+        super::parse(&specs, argv)
+            .map(|(_, c)| c)
+            .map_err(|e| e.to_string())
+    }
+
+    fn help(specs: Vec<&'static Spec>, words: &[String]) -> std::result::Result<String, String> {
+        super::help(&specs, words).map_err(|e| e.to_string())
+    }
 
     fn a(s: &str) -> Vec<String> {
         s.split_whitespace().map(str::to_string).collect()
@@ -291,55 +314,55 @@ mod tests {
 
     #[test]
     fn optional_values_and_choices() {
-        let c = parse(SPECS, &a("mesh degree")).unwrap();
+        let c = parse(specs(), &a("mesh degree")).unwrap();
         assert_eq!((c.id, c.arg("degree")), ("degree", None));
-        let c = parse(SPECS, &a("mesh degree 4")).unwrap();
+        let c = parse(specs(), &a("mesh degree 4")).unwrap();
         assert_eq!(c.arg("degree"), Some("4"));
-        let c = parse(SPECS, &a("mesh list peers")).unwrap();
+        let c = parse(specs(), &a("mesh list peers")).unwrap();
         assert!(c.has("peers") && !c.has("all"));
-        assert!(parse(SPECS, &a("mesh list bogus")).is_err());
+        assert!(parse(specs(), &a("mesh list bogus")).is_err());
     }
 
     #[test]
     fn nested_commands_and_lists_take_the_rest() {
-        let c = parse(SPECS, &a("mesh send n[1-3] mesh status")).unwrap();
+        let c = parse(specs(), &a("mesh send n[1-3] mesh status")).unwrap();
         assert_eq!(c.arg("hosts"), Some("n[1-3]"));
         assert_eq!(c.sub, a("mesh status"));
-        let c = parse(SPECS, &a("file delete a b c")).unwrap();
+        let c = parse(specs(), &a("file delete a b c")).unwrap();
         assert_eq!(c.lists["glob"], a("a b c"));
     }
 
     #[test]
     fn backtracks_over_optional_items() {
-        let c = parse(SPECS, &a("file get x from h1")).unwrap();
+        let c = parse(specs(), &a("file get x from h1")).unwrap();
         assert_eq!((c.arg("name"), c.arg("host")), (Some("x"), Some("h1")));
-        let c = parse(SPECS, &a("file get x")).unwrap();
+        let c = parse(specs(), &a("file get x")).unwrap();
         assert_eq!(c.arg("name"), Some("x"));
     }
 
     #[test]
     fn errors_say_what_is_wrong() {
-        let e = parse(SPECS, &a("mesh degree 1 2")).unwrap_err();
+        let e = parse(specs(), &a("mesh degree 1 2")).unwrap_err();
         assert!(e.contains("usage: mesh degree [degree]"), "{e}");
-        let e = parse(SPECS, &a("mesh send")).unwrap_err();
+        let e = parse(specs(), &a("mesh send")).unwrap_err();
         assert!(e.contains("usage: mesh send <hosts> (command)"), "{e}");
-        let e = parse(SPECS, &a("mesh bogus")).unwrap_err();
+        let e = parse(specs(), &a("mesh bogus")).unwrap_err();
         assert!(e.contains("unknown command: mesh bogus"), "{e}");
-        let e = parse(SPECS, &a("frobnicate")).unwrap_err();
+        let e = parse(specs(), &a("frobnicate")).unwrap_err();
         assert!(e.contains("unknown command: frobnicate; try `help`"), "{e}");
-        assert!(parse(SPECS, &[]).is_err());
+        assert!(parse(specs(), &[]).is_err());
     }
 
     #[test]
     fn help_lists_and_explains() {
-        let all = help(SPECS, &[]).unwrap();
+        let all = help(specs(), &[]).unwrap();
         let line = all
             .lines()
             .find(|l| l.starts_with("mesh degree [degree]"))
             .unwrap();
         assert!(line.ends_with("  view or set the degree"), "{line}");
-        let one = help(SPECS, &a("mesh degree")).unwrap();
+        let one = help(specs(), &a("mesh degree")).unwrap();
         assert!(one.contains("Long text."));
-        assert!(help(SPECS, &a("nope")).is_err());
+        assert!(help(specs(), &a("nope")).is_err());
     }
 }

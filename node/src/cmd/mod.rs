@@ -1,0 +1,107 @@
+//! Every command: one family per file (`host.rs`, `mesh.rs`, `file.rs`),
+//! each exporting its [`Spec`]s, each spec carrying its handler. [`execute`]
+//! is the only way a command runs, whatever its source: the control socket,
+//! the shell, or `mesh send` from another node. The grammar (`grammar.rs`)
+//! parses every one; help and usage come from the same specs.
+//!
+//! Handlers call subsystems (`crate::files`, the overlay, ...); subsystems
+//! never call back into this module.
+
+mod file;
+pub(crate) mod grammar;
+mod host;
+pub(crate) mod hosts;
+mod mesh;
+
+use std::path::PathBuf;
+use std::sync::{Arc, LazyLock};
+
+use futures::future::BoxFuture;
+
+use crate::proto::Response;
+use crate::{Node, Result};
+use grammar::Call;
+
+/// What a handler answers: one response per host that answered.
+pub(crate) type Out = Result<Vec<Response>>;
+
+/// A handler: the command's context and its parsed arguments.
+pub(crate) type Handler = for<'a> fn(&'a Ctx, &'a Call) -> BoxFuture<'a, Out>;
+
+/// One command of the grammar: its patterns in minimega's notation (see
+/// `grammar.rs`), its help, and what runs it.
+pub(crate) struct Spec {
+    pub(crate) id: &'static str,
+    pub(crate) patterns: &'static [&'static str],
+    pub(crate) short: &'static str,
+    pub(crate) long: &'static str,
+    pub(crate) run: Handler,
+}
+
+/// Where a command came from: the local control socket, or another node.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Local { cwd: Option<PathBuf> },
+    Mesh { from: String },
+}
+
+/// What a handler runs with.
+pub(crate) struct Ctx {
+    pub(crate) node: Arc<Node>,
+    pub(crate) src: Source,
+    /// The namespace the command runs in, once namespaces exist; `None`
+    /// is the default one, which holds only this node.
+    #[allow(dead_code)]
+    pub(crate) ns: Option<String>,
+}
+
+impl Ctx {
+    /// This node's name, which labels its answers.
+    pub(crate) fn me(&self) -> &str {
+        &self.node.name
+    }
+
+    /// One answer, from this node.
+    pub(crate) fn one(&self, r: Response) -> Out {
+        Ok(vec![r])
+    }
+
+    /// An empty answer: the command worked and has nothing to say.
+    pub(crate) fn ok(&self) -> Out {
+        self.one(Response::text(self.me(), ""))
+    }
+
+    pub(crate) fn is_remote(&self) -> bool {
+        matches!(self.src, Source::Mesh { .. })
+    }
+}
+
+/// Every command, in the order `help` lists them (and the grammar tries
+/// them).
+pub(crate) fn specs() -> &'static [&'static Spec] {
+    static ALL: LazyLock<Vec<&'static Spec>> = LazyLock::new(|| {
+        host::SPECS
+            .iter()
+            .chain(mesh::SPECS)
+            .chain(file::SPECS)
+            .collect()
+    });
+    &ALL
+}
+
+/// Parses and runs one command; errors become error rows of this node.
+pub async fn execute(node: &Arc<Node>, argv: &[String], src: Source) -> Vec<Response> {
+    let (spec, call) = match grammar::parse(specs(), argv) {
+        Ok(p) => p,
+        Err(e) => return vec![Response::failure(&node.name, &e)],
+    };
+    let cx = Ctx {
+        node: node.clone(),
+        src,
+        ns: None,
+    };
+    match (spec.run)(&cx, &call).await {
+        Ok(rs) => rs,
+        Err(e) => vec![Response::failure(&node.name, &e)],
+    }
+}

@@ -1,0 +1,400 @@
+//! The pulling side: one connection per serving node, opened on demand,
+//! requests pipelined by a task, answers read by a thread; and the nodes to
+//! reach another way for a while.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mm_overlay::{wire, Overlay};
+use mm_store::{ChunkBuf, Miss};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info};
+
+use super::reader::FdReader;
+use super::record::{answer, bad, Sealer};
+use super::*;
+use crate::proto::Request;
+
+/// A request waiting for its answer, in line.
+struct Waiting {
+    index: u32,
+    reply: oneshot::Sender<Result<ChunkBuf, Miss>>,
+}
+
+struct Job {
+    req: Vec<u8>,
+    waiting: Waiting,
+}
+
+/// One open client connection.
+struct Conn {
+    tx: mpsc::Sender<Job>,
+    dead: Arc<AtomicBool>,
+}
+
+/// One serving node's connection, opened on demand; its lock is held while
+/// one is being set up, so a burst of requests opens one connection, and a
+/// slow setup for one node holds up no other.
+type Slot = Arc<tokio::sync::Mutex<Option<Conn>>>;
+
+/// The pulling side: one connection per serving node, opened on demand.
+pub(crate) struct DataClient {
+    overlay: Overlay,
+    conns: Mutex<HashMap<String, Slot>>,
+    /// Per node: the round trip of its data channel handshake.
+    rtts: Mutex<HashMap<String, Duration>>,
+    fallback: Fallback,
+}
+
+/// Why a chunk did not come over the data channel.
+pub(crate) enum DataError {
+    /// No data connection can be had for now (logged): use another way.
+    Setup,
+    /// The server's answer to this request, or a broken connection.
+    Miss(Miss),
+}
+
+impl DataClient {
+    pub(crate) fn new(overlay: Overlay) -> DataClient {
+        DataClient {
+            overlay,
+            conns: Mutex::new(HashMap::new()),
+            rtts: Mutex::new(HashMap::new()),
+            fallback: Fallback::default(),
+        }
+    }
+
+    pub(crate) fn rtt(&self, host: &str) -> Option<Duration> {
+        self.rtts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(host)
+            .copied()
+    }
+
+    pub(crate) async fn chunk(
+        &self,
+        host: &str,
+        name: String,
+        root: Vec<u8>,
+        index: u32,
+        count: u32,
+    ) -> Result<ChunkBuf, DataError> {
+        let req = wire::encode(&DataReq {
+            name,
+            root,
+            index,
+            count,
+        });
+        let (reply, answer) = oneshot::channel();
+        let mut job = Job {
+            req,
+            waiting: Waiting { index, reply },
+        };
+        // An idle connection may close just as it is picked: then once more
+        // on a fresh one.
+        for _ in 0..2 {
+            let tx = self.conn(host).await?;
+            match tx.send(job).await {
+                Ok(()) => {
+                    return match answer.await {
+                        Ok(r) => r.map_err(DataError::Miss),
+                        Err(_) => Err(lost("data connection closed".into())),
+                    };
+                }
+                Err(mpsc::error::SendError(j)) => job = j,
+            }
+        }
+        Err(lost("data connection keeps closing".into()))
+    }
+
+    async fn conn(&self, host: &str) -> Result<mpsc::Sender<Job>, DataError> {
+        let slot = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(host.to_string())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.dead.load(Ordering::SeqCst) && !c.tx.is_closed() {
+                return Ok(c.tx.clone());
+            }
+        }
+        *slot = None;
+        // Checked under the slot's lock: requests that queued behind a
+        // failed setup go the other way at once instead of trying again.
+        if self.fallback.active(host) {
+            return Err(DataError::Setup);
+        }
+        match self.open(host).await {
+            Ok(conn) => {
+                let tx = conn.tx.clone();
+                *slot = Some(conn);
+                Ok(tx)
+            }
+            Err((why, off)) => {
+                self.fallback.note(host, &why, off);
+                Err(DataError::Setup)
+            }
+        }
+    }
+
+    /// A new connection; or why not, and whether the node has the channel
+    /// off for good (as opposed to a setup that failed this time).
+    async fn open(&self, host: &str) -> Result<Conn, (String, bool)> {
+        let body = tokio::time::timeout(
+            GRANT_TIMEOUT,
+            self.overlay.direct(host, wire::encode(&Request::Data)),
+        )
+        .await
+        .map_err(|_| {
+            (
+                format!("{host} did not grant a data connection in time"),
+                false,
+            )
+        })?
+        .map_err(|e| (e.to_string(), false))?;
+        let grant = wire::decode::<Option<Grant>>(&body)
+            .map_err(|e| (e.to_string(), false))?
+            .ok_or_else(|| (format!("{host} grants no data connection"), true))?;
+        if grant.ticket.len() != 16 || grant.key.len() != 32 {
+            return Err((format!("{host} sent a malformed data channel grant"), false));
+        }
+        let snap = self
+            .overlay
+            .snapshot()
+            .await
+            .map_err(|e| (e.to_string(), false))?;
+        let mut ips: Vec<IpAddr> = snap
+            .nodes
+            .get(host)
+            .map(|n| n.addrs.iter().filter_map(|a| ip_of(a)).collect())
+            .unwrap_or_default();
+        ips.sort_unstable();
+        ips.dedup();
+        // Another host's loopback address is this host: try it last.
+        ips.sort_by_key(|ip| ip.is_loopback());
+        if ips.is_empty() {
+            return Err((format!("no address known for {host}"), false));
+        }
+        let mut last = String::new();
+        for ip in ips {
+            let addr = SocketAddr::new(ip, grant.port);
+            match tokio::time::timeout(SETUP_TIMEOUT, handshake(addr, &grant)).await {
+                Ok(Ok((conn, rtt))) => {
+                    debug!("data connection to {host} at {addr}, round trip {rtt:?}");
+                    self.rtts
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(host.to_string(), rtt);
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => last = format!("{addr}: timed out"),
+            }
+        }
+        Err((format!("no data connection to {host} ({last})"), false))
+    }
+}
+
+/// The connection broke: not the answer to this request.
+fn lost(e: String) -> DataError {
+    DataError::Miss(Miss::Lost(e))
+}
+
+fn ip_of(multiaddr: &str) -> Option<IpAddr> {
+    let mut parts = multiaddr.split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("ip4" | "ip6"), Some(ip)) => ip.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Opens a data connection; returns it with the ticket's round trip.
+async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Duration)> {
+    let stream = TcpStream::connect(addr).await?;
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let sent = Instant::now();
+    wr.write_all(&grant.ticket).await?;
+    let mut sealer = Sealer::new(&grant.key, b"client to server");
+    let mut opener = Sealer::new(&grant.key, b"server to client");
+    if &opener.open(&mut rd, ACK.len()).await?[..] != ACK {
+        return Err(bad("a wrong acknowledgement".into()));
+    }
+    let rtt = sent.elapsed();
+    // From here on tokio only writes: the reader is a thread (below) with a
+    // descriptor of its own, and the writing one is registered for
+    // writability alone, so arriving data does not wake tokio's driver.
+    let stream = rd.reunite(wr).map_err(|e| bad(e.to_string()))?.into_std()?;
+    let reading = stream.try_clone()?;
+    // SAFETY: a std TcpStream owns its descriptor for as long as it lives,
+    // and the AsyncFd owns the stream.
+    let wr = unsafe { AsyncFd::register_with_interest(stream, Interest::WRITABLE) }
+        .map_err(|e| e.into_parts().1)?;
+    let (tx, mut rx) = mpsc::channel::<Job>(QUEUE);
+    let (line_tx, mut line_rx) = mpsc::unbounded_channel::<Waiting>();
+    let dead = Arc::new(AtomicBool::new(false));
+
+    // Writer: seals requests in order and puts each in line for its answer.
+    let wdead = dead.clone();
+    tokio::spawn(async move {
+        let mut closing = false;
+        loop {
+            let job = if closing {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(_) => break,
+                }
+            } else {
+                match tokio::time::timeout(IDLE, rx.recv()).await {
+                    Ok(Some(j)) => j,
+                    Ok(None) => break,
+                    Err(_) => {
+                        // Idle: refuse new requests (they go to a fresh
+                        // connection), send what is already queued. Answers
+                        // still due arrive after our half-close.
+                        rx.close();
+                        closing = true;
+                        continue;
+                    }
+                }
+            };
+            if wdead.load(Ordering::SeqCst) {
+                let _ = job
+                    .waiting
+                    .reply
+                    .send(Err(Miss::Lost("data connection lost".into())));
+                break;
+            }
+            let mut record = ChunkBuf::with_capacity(4 + job.req.len() + TAG);
+            record.extend_from_slice(&[0u8; 4]);
+            record.extend_from_slice(&job.req);
+            sealer.seal(&mut record, 0);
+            if line_tx.send(job.waiting).is_err() {
+                break;
+            }
+            if let Err(e) = write_all(&wr, &record).await {
+                wdead.store(true, Ordering::SeqCst);
+                debug!("data connection to {addr}: {e}");
+                break;
+            }
+        }
+        // Tells the server we are done (the reader's descriptor keeps the
+        // socket open for the answers still due).
+        let _ = wr.get_ref().shutdown(std::net::Shutdown::Write);
+    });
+
+    // Reader: answers come in request order. A thread of its own, as on
+    // the server: receive and decrypt on one core, no task in between. It
+    // reads the descriptor itself; the write half stays with tokio.
+    let mut from = FdReader::new(std::os::fd::AsRawFd::as_raw_fd(&reading), ANSWER_TIMEOUT);
+    // However the reader ends (even in a panic), no more answers come on
+    // this connection: new requests must go to a fresh one.
+    let rdead = DeadOnDrop(dead.clone());
+    let reader = move || {
+        // Keeps the descriptor open for as long as it is read.
+        let _reading = reading;
+        let rdead = rdead;
+        while let Some(w) = line_rx.blocking_recv() {
+            let r = match opener.open_blocking(&mut from, MAX_ANSWER) {
+                Ok(plain) => answer(plain, w.index),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    Err("data connection: no answer in time".into())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let (r, fatal) = match r {
+                Ok(answered) => (answered, false),
+                Err(e) => (Err(Miss::Lost(e)), true),
+            };
+            let _ = w.reply.send(r);
+            if fatal {
+                rdead.0.store(true, Ordering::SeqCst);
+                // The rest in line will never be answered on this stream.
+                line_rx.close();
+                while let Some(w) = line_rx.blocking_recv() {
+                    let _ = w.reply.send(Err(Miss::Lost("data connection lost".into())));
+                }
+                return;
+            }
+        }
+    };
+    std::thread::Builder::new()
+        .name("mm-data-rx".into())
+        .spawn(reader)?;
+    Ok((Conn { tx, dead }, rtt))
+}
+
+/// Sets a connection's dead flag when dropped.
+struct DeadOnDrop(Arc<AtomicBool>);
+
+impl Drop for DeadOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Writes all of `buf` to a socket tokio watches for writability only.
+async fn write_all(sock: &AsyncFd<std::net::TcpStream>, mut buf: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    while !buf.is_empty() {
+        let mut ready = sock.writable().await?;
+        match ready.try_io(|s| (&mut s.get_ref()).write(buf)) {
+            Ok(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => buf = &buf[n..],
+            Ok(Err(e)) => return Err(e),
+            // Not writable after all: wait again.
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Which nodes refused or could not be reached on the data channel, so that
+/// chunks go the slower way for a while instead of failing: a minute for a
+/// node with the channel off, a few seconds after a failed setup.
+#[derive(Default)]
+struct Fallback(Mutex<HashMap<String, Instant>>);
+
+impl Fallback {
+    const OFF: Duration = Duration::from_secs(60);
+    const FAILED: Duration = Duration::from_secs(5);
+
+    fn active(&self, host: &str) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, until| *until > Instant::now());
+        m.contains_key(host)
+    }
+
+    fn note(&self, host: &str, why: &str, off: bool) {
+        let until = Instant::now() + if off { Self::OFF } else { Self::FAILED };
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if m.insert(host.to_string(), until).is_none() {
+            info!("no data channel to {host} ({why}); chunks go over the mesh connection");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_from_multiaddrs() {
+        assert_eq!(
+            ip_of("/ip4/10.0.0.2/tcp/9000"),
+            Some("10.0.0.2".parse().unwrap())
+        );
+        assert_eq!(ip_of("/ip6/::1/tcp/9000"), Some("::1".parse().unwrap()));
+        assert_eq!(ip_of("/dns4/x/tcp/1"), None);
+    }
+}

@@ -1,0 +1,144 @@
+//! Reading a socket from a thread by its descriptor, with a deadline per
+//! record.
+
+use std::time::{Duration, Instant};
+
+use mm_store::ChunkBuf;
+
+/// Reads a socket by its descriptor from a thread, giving each record at
+/// most `wait` from its first byte on (a peer that trickles cannot hold a
+/// thread for longer); the same for a blocking or a non-blocking socket.
+pub(super) struct FdReader {
+    fd: std::os::fd::RawFd,
+    wait: Duration,
+    deadline: Instant,
+}
+
+impl FdReader {
+    pub(super) fn new(fd: std::os::fd::RawFd, wait: Duration) -> FdReader {
+        FdReader {
+            fd,
+            wait,
+            deadline: Instant::now() + wait,
+        }
+    }
+
+    /// A new record: a new deadline.
+    pub(super) fn start(&mut self) {
+        self.deadline = Instant::now() + self.wait;
+    }
+
+    fn read(&mut self, to: *mut u8, len: usize) -> std::io::Result<usize> {
+        use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+        loop {
+            let mut p = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            // Rounded up: a wait of less than a millisecond must not spin.
+            let ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            // SAFETY: one valid pollfd.
+            match unsafe { libc::poll(&mut p, 1, ms) } {
+                0 => return Err(TimedOut.into()),
+                rc if rc < 0 => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != Interrupted {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            // SAFETY: the caller's room holds `len` bytes.
+            let n = unsafe { libc::read(self.fd, to.cast(), len) };
+            if n >= 0 {
+                return Ok(n as usize);
+            }
+            let e = std::io::Error::last_os_error();
+            if !matches!(e.kind(), Interrupted | WouldBlock) {
+                return Err(e);
+            }
+        }
+    }
+
+    pub(super) fn read_exact(&mut self, out: &mut [u8]) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            match self.read(out[done..].as_mut_ptr(), out.len() - done)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => done += n,
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends exactly `n` bytes to `buf`, into its spare room.
+    pub(super) fn read_into(&mut self, buf: &mut ChunkBuf, n: usize) -> std::io::Result<()> {
+        let want = buf.len() + n;
+        while buf.len() < want {
+            let left = want - buf.len();
+            let room = &mut buf.spare()[..left];
+            match self.read(room.as_mut_ptr().cast(), room.len())? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                // SAFETY: read(2) initialised the first `got` bytes.
+                got => unsafe { buf.filled(got) },
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::files::data::record::Sealer;
+    use crate::files::data::{MAX_ANSWER, TAG};
+
+    fn pair() -> (Sealer, Sealer) {
+        let secret = [9u8; 32];
+        (
+            Sealer::new(&secret, b"client to server"),
+            Sealer::new(&secret, b"client to server"),
+        )
+    }
+
+    fn record(plain: &[u8]) -> ChunkBuf {
+        let mut r = ChunkBuf::with_capacity(4 + plain.len() + TAG);
+        r.extend_from_slice(&[0u8; 4]);
+        r.extend_from_slice(plain);
+        r
+    }
+
+    #[test]
+    fn a_thread_reads_records_and_gives_up_on_silence() {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let (mut tx, mut rx) = pair();
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let mut r = record(&[5u8; 100_000]);
+        tx.seal(&mut r, 0);
+        // In two pieces, the second after a pause: the reader waits for it.
+        let (first, second) = r.split_at(1000);
+        b.write_all(first).unwrap();
+        let rest = second.to_vec();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            b.write_all(&rest).unwrap();
+            b
+        });
+        let mut from = FdReader::new(a.as_raw_fd(), Duration::from_secs(5));
+        let got = rx.open_blocking(&mut from, MAX_ANSWER).unwrap();
+        assert_eq!(&got[..], &[5u8; 100_000][..]);
+        let peer = writer.join().unwrap();
+        // Nothing more comes: a timeout, not a hang.
+        let mut quiet = FdReader::new(a.as_raw_fd(), Duration::from_millis(100));
+        let e = rx.open_blocking(&mut quiet, MAX_ANSWER).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        // The peer gone: end of stream.
+        drop(peer);
+        let e = rx.open_blocking(&mut from, MAX_ANSWER).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof);
+    }
+}

@@ -1,0 +1,260 @@
+//! The serving side: grants handed out over the mesh, the listener, and
+//! one thread per proven connection.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mm_overlay::wire;
+use mm_store::{ChunkBuf, Engine, Miss};
+use ring::rand::{SecureRandom, SystemRandom};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, warn};
+
+use super::reader::FdReader;
+use super::record::{bad, Sealer, KIND_CHUNK, KIND_FAILED, KIND_GONE, KIND_NOT_YET, KIND_REDIRECT};
+use super::*;
+use crate::{Error, Result};
+
+struct Ticket {
+    secret: [u8; 32],
+    host: String,
+    issued: Instant,
+}
+
+/// The serving side: a listener, and the tickets handed out.
+pub(crate) struct DataServer {
+    port: u16,
+    engine: Arc<Engine>,
+    serving: Arc<tokio::sync::Semaphore>,
+    /// The listener's task, aborted to stop serving.
+    accepting: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tickets: Mutex<HashMap<[u8; 16], Ticket>>,
+    rng: SystemRandom,
+}
+
+impl DataServer {
+    /// Listens on `ip:port` (0 picks a free port) and serves from `engine`.
+    pub(crate) async fn start(ip: IpAddr, port: u16, engine: Arc<Engine>) -> Result<Arc<Self>> {
+        let listener = TcpListener::bind(SocketAddr::new(ip, port))
+            .await
+            .map_err(|e| {
+                Error::Startup(format!(
+                    "data channel: cannot listen on {ip}:{port}: {e} (choose another port with \
+                 --data-port)"
+                ))
+            })?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| Error::io("data channel", e))?
+            .port();
+        let me = Arc::new(DataServer {
+            port,
+            engine,
+            serving: Arc::new(tokio::sync::Semaphore::new(SERVING)),
+            accepting: Mutex::new(None),
+            tickets: Mutex::new(HashMap::new()),
+            rng: SystemRandom::new(),
+        });
+        let accepting = tokio::spawn(me.clone().accept(listener));
+        *me.accepting.lock().unwrap_or_else(|e| e.into_inner()) = Some(accepting);
+        Ok(me)
+    }
+
+    /// Closes the listener: no new data connections.
+    pub(crate) fn stop(&self) {
+        if let Some(t) = self
+            .accepting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            t.abort();
+        }
+    }
+
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn tickets(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], Ticket>> {
+        self.tickets.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A one-time ticket and key for `host`, to be sent over Noise.
+    pub(crate) fn grant(&self, host: &str) -> Result<Grant> {
+        let mut ticket = [0u8; 16];
+        let mut secret = [0u8; 32];
+        self.rng
+            .fill(&mut ticket)
+            .and_then(|_| self.rng.fill(&mut secret))
+            .map_err(|_| Error::Refused("no randomness for a data channel key".into()))?;
+        let mut tickets = self.tickets();
+        tickets.retain(|_, t| t.issued.elapsed() < TICKET_TTL);
+        if tickets.len() >= MAX_TICKETS {
+            return Err(Error::Refused(
+                "too many data connections being set up; try again".into(),
+            ));
+        }
+        tickets.insert(
+            ticket,
+            Ticket {
+                secret,
+                host: host.to_string(),
+                issued: Instant::now(),
+            },
+        );
+        Ok(Grant {
+            port: self.port,
+            ticket: ticket.to_vec(),
+            key: secret.to_vec(),
+        })
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener) {
+        let unproven = Arc::new(tokio::sync::Semaphore::new(UNPROVEN));
+        loop {
+            match listener.accept().await {
+                Ok((stream, addr)) => {
+                    let Ok(permit) = unproven.clone().try_acquire_owned() else {
+                        debug!("data connection from {addr} closed: too many without a ticket");
+                        continue;
+                    };
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = me.serve(stream, permit).await {
+                            debug!("data connection from {addr}: {e}");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // Out of descriptors, typically: wait rather than spin.
+                    warn!("data channel: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve(
+        self: Arc<Self>,
+        stream: TcpStream,
+        unproven: tokio::sync::OwnedSemaphorePermit,
+    ) -> std::io::Result<()> {
+        let _ = stream.set_nodelay(true);
+        let (mut rd, mut wr) = stream.into_split();
+        let mut ticket = [0u8; 16];
+        tokio::time::timeout(TICKET_WAIT, rd.read_exact(&mut ticket))
+            .await
+            .map_err(|_| bad("no ticket".into()))??;
+        let t = self
+            .tickets()
+            .remove(&ticket)
+            .filter(|t| t.issued.elapsed() < TICKET_TTL)
+            .ok_or_else(|| bad("an unknown or expired ticket".into()))?;
+        // Proven: no longer counts against the connections still waiting.
+        drop(unproven);
+        let Ok(serving) = self.serving.clone().try_acquire_owned() else {
+            return Err(bad(format!(
+                "{SERVING} data connections are open already; {} is refused",
+                t.host
+            )));
+        };
+        let opener = Sealer::new(&t.secret, b"client to server");
+        let mut sealer = Sealer::new(&t.secret, b"server to client");
+        let mut ack = ChunkBuf::with_capacity(4 + ACK.len() + TAG);
+        ack.extend_from_slice(&[0u8; 4]);
+        ack.extend_from_slice(ACK);
+        sealer.seal(&mut ack, 0);
+        wr.write_all(&ack).await?;
+        debug!("data connection from {} open", t.host);
+
+        // From here on, one thread per connection with blocking I/O: it
+        // reads a request, reads the chunk into its record, seals it and
+        // sends it, so a chunk is touched by one core from the page cache
+        // to the socket, and no task hands it to another. Requests are
+        // pipelined by the client; the socket buffer overlaps the rest.
+        let stream = rd.reunite(wr).map_err(|e| bad(e.to_string()))?.into_std()?;
+        stream.set_nonblocking(false)?;
+        stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+        let engine = self.engine.clone();
+        std::thread::Builder::new()
+            .name("mm-data".into())
+            .spawn(move || {
+                let _serving = serving;
+                if let Err(e) = serve_blocking(&engine, &t.host, stream, opener, sealer) {
+                    debug!("data connection from {}: {e}", t.host);
+                }
+            })?;
+        Ok(())
+    }
+}
+
+/// Answers requests on `stream` until the client closes it (or is idle
+/// for [`SERVER_IDLE`]).
+fn serve_blocking(
+    engine: &Engine,
+    from: &str,
+    mut stream: std::net::TcpStream,
+    mut opener: Sealer,
+    mut sealer: Sealer,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    let mut rd = FdReader::new(stream.as_raw_fd(), SERVER_IDLE);
+    loop {
+        let plain = match opener.open_blocking(&mut rd, MAX_REQUEST) {
+            Ok(p) => p,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(e),
+        };
+        let req: DataReq = wire::decode(&plain).map_err(|e| bad(e.to_string()))?;
+        let record = answer_record(engine, from, &req, &mut sealer);
+        stream.write_all(&record[ANSWER_AT - 4..])?;
+    }
+}
+
+/// The sealed answer to `req`: the chunk, or why not.
+fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer) -> ChunkBuf {
+    let mut record = ChunkBuf::with_capacity(ANSWER_AT + MAX_ANSWER + TAG);
+    record.extend_from_slice(&[0u8; ANSWER_AT]);
+    let read = if req.name.len() > MAX_NAME {
+        Err(Miss::Failed("a name too long".into()))
+    } else {
+        let (index, count) = (req.index as usize, req.count as usize);
+        engine.read_chunk(from, &req.name, &req.root, index, count, &mut record)
+    };
+    let kind = match read {
+        Ok(()) => KIND_CHUNK,
+        Err(miss) => {
+            record.truncate(ANSWER_AT);
+            let (kind, text) = match miss {
+                Miss::NotYet => (KIND_NOT_YET, String::new()),
+                Miss::Redirect(h) => (KIND_REDIRECT, h),
+                Miss::Gone(e) => (KIND_GONE, e),
+                Miss::Failed(e) | Miss::Lost(e) => (KIND_FAILED, e),
+            };
+            // The text repeats the name asked for: keep it within what the
+            // other side accepts.
+            let mut end = text.len().min(MAX_ERROR);
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            record.extend_from_slice(&text.as_bytes()[..end]);
+            kind
+        }
+    };
+    record.extend_from_slice(&[kind]);
+    record.extend_from_slice(&req.index.to_be_bytes());
+    sealer.seal(&mut record, ANSWER_AT - 4);
+    record
+}

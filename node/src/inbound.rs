@@ -1,0 +1,43 @@
+//! Requests from other nodes: a command of the grammar (`mesh send`), or
+//! one of the files subsystem's requests.
+
+use std::sync::Arc;
+
+use mm_overlay::wire::{decode, encode};
+use mm_overlay::Inbound;
+use tokio::sync::mpsc;
+
+use crate::cmd::{self, Source};
+use crate::proto::Request;
+use crate::{Node, Result};
+
+/// Answers every request the overlay hands this node, each in a task of
+/// its own.
+pub(crate) async fn answer_all(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbound>) {
+    while let Some(req) = inbound.recv().await {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let answer = answer(&node, req.from, &req.body)
+                .await
+                .map_err(|e| mm_overlay::Error::Remote(e.to_string()));
+            let _ = req.reply.send(answer);
+        });
+    }
+}
+
+async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> {
+    Ok(match decode::<Request>(body)? {
+        Request::Command { argv } => {
+            encode(&cmd::execute(node, &argv, Source::Mesh { from }).await)
+        }
+        Request::Holds { pattern } => node.files.holds(pattern).await?,
+        Request::Have { name, root } => node.files.engine.have_bits(&name, &root)?,
+        Request::Data => node.files.grant(&from)?,
+        Request::Chunk {
+            name,
+            root,
+            index,
+            count,
+        } => node.files.chunk(from, name, root, index, count).await?,
+    })
+}

@@ -1,0 +1,99 @@
+//! The node: its settings, and the subsystems commands act on.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mm_overlay::Overlay;
+use mm_store::Meta;
+
+use crate::files::Files;
+use crate::Result;
+
+/// What `mm serve` was asked for.
+pub struct Options {
+    pub base: PathBuf,
+    pub name: String,
+    pub port: u16,
+    pub listen: IpAddr,
+    /// `None`: the persisted setting, else 3.
+    pub degree: Option<usize>,
+    pub context: String,
+    pub psk_file: Option<PathBuf>,
+    pub peers: Vec<String>,
+    pub mdns: bool,
+    pub data_port: DataPort,
+}
+
+/// Where the data channel listens.
+#[derive(Debug, Clone, Copy)]
+pub enum DataPort {
+    /// Off: chunks travel over the overlay connection.
+    Off,
+    /// This port (0 picks a free one); busy is an error.
+    Fixed(u16),
+    /// This port if it is free, else any (the default, --port + 1).
+    Preferred(u16),
+}
+
+pub const DEFAULT_DEGREE: usize = 3;
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// What "no time limit" means for a `mesh send`.
+pub const NO_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
+/// A running node: the overlay, the metadata database, and the subsystems
+/// (`files` now; namespaces, VMs and bridges join it).
+pub struct Node {
+    pub name: String,
+    pub base: PathBuf,
+    pub overlay: Overlay,
+    pub meta: Meta,
+    pub(crate) files: Files,
+    pub started: Instant,
+    timeout: Mutex<Duration>,
+}
+
+impl Node {
+    pub(crate) fn new(
+        name: String,
+        base: PathBuf,
+        overlay: Overlay,
+        meta: Meta,
+        files: Files,
+    ) -> Arc<Node> {
+        let timeout = meta
+            .get::<u64>("settings", "timeout_ms")
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_TIMEOUT);
+        Arc::new(Node {
+            name,
+            base,
+            overlay,
+            meta,
+            files,
+            started: Instant::now(),
+            timeout: Mutex::new(timeout),
+        })
+    }
+
+    pub fn timeout(&self) -> Duration {
+        *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The deadline `mesh send` uses: the mesh timeout, or
+    /// [`NO_LIMIT`] for "unlimited" (0).
+    pub fn send_timeout(&self) -> Duration {
+        match self.timeout() {
+            t if t.is_zero() => NO_LIMIT,
+            t => t,
+        }
+    }
+
+    pub fn set_timeout(&self, t: Duration) -> Result<()> {
+        *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
+        self.meta
+            .put("settings", "timeout_ms", &(t.as_millis() as u64))?;
+        Ok(())
+    }
+}

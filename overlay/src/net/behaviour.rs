@@ -1,0 +1,161 @@
+//! The swarm's behaviour and its configuration: what a connection speaks,
+//! and the limits that hold on it.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{
+    connection_limits, gossipsub, identify, mdns, ping, request_response, Multiaddr,
+    StreamProtocol, Swarm,
+};
+
+use crate::wire::{Direct, DirectReply, Envelope, Reply};
+use crate::{degree, Config, Error, Result};
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(super) limits: connection_limits::Behaviour,
+    pub(super) identify: identify::Behaviour,
+    pub(super) ping: ping::Behaviour,
+    pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
+    pub(super) gossipsub: gossipsub::Behaviour,
+    pub(super) rpc: request_response::cbor::Behaviour<Envelope, Reply>,
+    pub(super) bulk: request_response::cbor::Behaviour<Direct, DirectReply>,
+}
+
+pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>> {
+    let protocol_version = protocol_version(&cfg.context);
+    let agent = format!("mm/{} {}", env!("CARGO_PKG_VERSION"), cfg.name);
+    let mdns_on = cfg.mdns;
+    let cap = degree::inbound_cap(cfg.degree) as u32;
+    let psk = cfg.psk;
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(cfg.keypair.clone())
+        .with_tokio()
+        .with_other_transport(|key| crate::transport::build(key, psk))
+        .map_err(|e| Error::Config(format!("transport: {e}")))?
+        .with_behaviour(|key| {
+            let gossip_cfg = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_secs(1))
+                // Small clusters with low degree: keep the gossip mesh within
+                // the few connections a node has, and check the relations the
+                // builder no longer validates (D_lo <= D <= D_hi, D_out <= D/2).
+                .mesh_n(4)
+                .mesh_n_low(1)
+                .mesh_n_high(8)
+                .mesh_outbound_min(1)
+                .flood_publish(true)
+                .max_transmit_size(256 * 1024)
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .build()
+                .map_err(|e| e.to_string())?;
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gossip_cfg,
+            )?;
+            let mdns = if mdns_on {
+                let c = mdns::Config {
+                    ttl: Duration::from_secs(20),
+                    query_interval: Duration::from_secs(5),
+                    enable_ipv6: false,
+                };
+                Some(mdns::tokio::Behaviour::new(c, key.public().to_peer_id())?)
+            } else {
+                None
+            };
+            let rpc_cfg = request_response::Config::default()
+                // Deadlines are enforced per request by the aggregation logic;
+                // this only reaps requests whose peer vanished silently.
+                .with_request_timeout(Duration::from_secs(24 * 3600))
+                .with_max_concurrent_streams(1024);
+            let codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(16 << 20)
+                .set_response_size_maximum(64 << 20);
+            let rpc = request_response::Behaviour::with_codec(
+                codec,
+                [(
+                    StreamProtocol::new("/mm/route/1"),
+                    request_response::ProtocolSupport::Full,
+                )],
+                rpc_cfg,
+            );
+            let bulk_codec = request_response::cbor::codec::Codec::default()
+                .set_request_size_maximum(1 << 20)
+                .set_response_size_maximum(8 << 20);
+            let bulk = request_response::Behaviour::with_codec(
+                bulk_codec,
+                [(
+                    StreamProtocol::new("/mm/direct/1"),
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    // Callers bound the work in flight per peer; this only
+                    // has to outlast a queue of chunks on a slow link.
+                    .with_request_timeout(Duration::from_secs(120))
+                    .with_max_concurrent_streams(1024),
+            );
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits(cap)),
+                ping: ping::Behaviour::new(
+                    ping::Config::new()
+                        .with_interval(Duration::from_secs(5))
+                        .with_timeout(Duration::from_secs(10)),
+                ),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(protocol_version.clone(), key.public())
+                        .with_agent_version(agent.clone()),
+                ),
+                mdns: mdns.into(),
+                gossipsub,
+                rpc,
+                bulk,
+            })
+        })
+        .map_err(|e| Error::Config(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    Ok(swarm)
+}
+
+pub(super) fn limits(inbound_cap: u32) -> connection_limits::ConnectionLimits {
+    connection_limits::ConnectionLimits::default()
+        .with_max_established_incoming(Some(inbound_cap))
+        .with_max_established_per_peer(Some(2))
+}
+
+pub(super) fn protocol_version(context: &str) -> String {
+    format!("/mm/{context}/1")
+}
+
+pub(super) fn is_loopback(a: &Multiaddr) -> bool {
+    a.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+/// An error with its chain of causes: libp2p's top-level texts ("Failed to
+/// negotiate transport protocol(s)") say little on their own.
+pub(super) fn fmt_err(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}
+
+pub(crate) fn listen_addr(ip: IpAddr, port: u16) -> Multiaddr {
+    let mut a = Multiaddr::empty();
+    a.push(match ip {
+        IpAddr::V4(v4) => Protocol::Ip4(v4),
+        IpAddr::V6(v6) => Protocol::Ip6(v6),
+    });
+    a.push(Protocol::Tcp(port));
+    a
+}

@@ -1,0 +1,193 @@
+//! Dialing: whom to connect to, and what is known of how to reach them.
+//! [`Dialing`] holds that state; the event loop's methods here dial.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId};
+use tracing::{debug, warn};
+
+use super::behaviour::fmt_err;
+use super::{DialReply, EventLoop};
+use crate::Error;
+
+/// A `--peer` address, redialled with back-off until reached.
+pub(super) struct Static {
+    pub(super) addr: Multiaddr,
+    /// Who answered there, once reached.
+    pub(super) peer: Option<PeerId>,
+    next: Instant,
+    attempts: u32,
+}
+
+impl Static {
+    pub(super) fn new(addr: Multiaddr) -> Static {
+        Static {
+            addr,
+            peer: None,
+            next: Instant::now(),
+            attempts: 0,
+        }
+    }
+}
+
+struct Backoff {
+    until: Instant,
+    failures: u32,
+}
+
+#[derive(Default)]
+pub(super) struct Dialing {
+    /// Dials in progress, and the `mesh dial` caller waiting on each.
+    pub(super) pending: HashMap<ConnectionId, (Option<PeerId>, Option<DialReply>)>,
+    /// `mesh dial` callers waiting for the peer's identity to check out.
+    pub(super) confirm: HashMap<PeerId, Vec<DialReply>>,
+    backoff: HashMap<PeerId, Backoff>,
+    /// `--peer` addresses: redialled with back-off whenever not connected.
+    pub(super) statics: Vec<Static>,
+    /// Peers found by mDNS, with the addresses they advertised.
+    pub(super) discovered: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Last addresses each node announced; outlives topology expiry so a
+    /// node that restarts can be found again.
+    pub(super) last_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+impl Dialing {
+    pub(super) fn new(statics: Vec<Static>) -> Dialing {
+        Dialing {
+            statics,
+            ..Dialing::default()
+        }
+    }
+
+    /// A failed dial: leave the peer alone for a while, longer each time
+    /// (2 s doubling, at most 60 s).
+    pub(super) fn note_failure(&mut self, p: PeerId) {
+        let now = Instant::now();
+        let b = self.backoff.entry(p).or_insert(Backoff {
+            until: now,
+            failures: 0,
+        });
+        b.failures += 1;
+        b.until = now + Duration::from_secs((1u64 << b.failures.min(6)).min(60));
+    }
+
+    /// Not to be dialled automatically for `wait` (after `mesh hangup`).
+    pub(super) fn hold_off(&mut self, p: PeerId, wait: Duration) {
+        self.backoff.insert(
+            p,
+            Backoff {
+                until: Instant::now() + wait,
+                failures: 0,
+            },
+        );
+    }
+
+    /// A dial that worked, or one asked for explicitly: no back-off.
+    pub(super) fn forgive(&mut self, p: &PeerId) {
+        self.backoff.remove(p);
+    }
+
+    pub(super) fn backed_off(&self, p: &PeerId, now: Instant) -> bool {
+        self.backoff.get(p).is_some_and(|b| b.until > now)
+    }
+
+    /// Forgets back-offs that ended long ago.
+    pub(super) fn prune(&mut self, now: Instant) {
+        self.backoff
+            .retain(|_, b| b.until + Duration::from_secs(600) > now);
+    }
+
+    /// Static peers not connected whose next attempt is due.
+    fn due_statics(&mut self, now: Instant, connected: &HashSet<PeerId>) -> Vec<Multiaddr> {
+        let mut due = Vec::new();
+        for s in &mut self.statics {
+            let up = s.peer.is_some_and(|p| connected.contains(&p));
+            if up {
+                s.attempts = 0;
+                continue;
+            }
+            if s.next <= now {
+                s.attempts += 1;
+                s.next = now + Duration::from_secs((1u64 << s.attempts.min(5)).min(30));
+                due.push(s.addr.clone());
+            }
+        }
+        due
+    }
+}
+
+impl EventLoop {
+    /// Every peer we know how to reach: found by mDNS or announced in the mesh.
+    pub(super) fn dialable(&self) -> Vec<PeerId> {
+        let mut v: Vec<PeerId> = self.dials.discovered.keys().copied().collect();
+        v.extend(
+            self.topo
+                .known()
+                .filter(|(_, a)| !a.addrs.is_empty())
+                .map(|(p, _)| *p),
+        );
+        v.extend(self.dials.last_addrs.keys().copied());
+        v.retain(|p| *p != self.me && !self.is_refused(p));
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub(super) fn addrs_of(&self, p: &PeerId) -> Vec<Multiaddr> {
+        let mut v: Vec<Multiaddr> = self.dials.discovered.get(p).cloned().unwrap_or_default();
+        if let Some(a) = self.topo.announce_of(p) {
+            v.extend(a.addrs.iter().filter_map(|s| s.parse().ok()));
+        }
+        v.extend(self.dials.last_addrs.get(p).into_iter().flatten().cloned());
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub(super) fn dial_peer(&mut self, p: PeerId, reply: Option<DialReply>) {
+        let addrs = self.addrs_of(&p);
+        let opts = DialOpts::peer_id(p)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.pending.insert(id, (Some(p), reply));
+            }
+            Err(e) => {
+                let msg = format!("dial {p}: {}", fmt_err(&e));
+                debug!("{msg}");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Error::Dial(msg)));
+                }
+            }
+        }
+    }
+
+    pub(super) fn dial_addr(&mut self, a: Multiaddr, reply: Option<DialReply>) {
+        let opts = DialOpts::unknown_peer_id().address(a.clone()).build();
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.dials.pending.insert(id, (None, reply));
+            }
+            Err(e) => {
+                let msg = format!("dial {a}: {}", fmt_err(&e));
+                warn!("{msg}");
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Error::Dial(msg)));
+                }
+            }
+        }
+    }
+
+    pub(super) fn dial_statics(&mut self, now: Instant) {
+        for a in self.dials.due_statics(now, &self.connected) {
+            self.dial_addr(a, None);
+        }
+    }
+}

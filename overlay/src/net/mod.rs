@@ -1,0 +1,656 @@
+//! The event loop that owns the libp2p swarm. Everything else talks to it
+//! through [`crate::Overlay`] commands; nothing locks the swarm.
+//!
+//! Its state is cut by concern, each in a sibling file: [`routing`] (routed
+//! and direct requests in flight), [`dialing`] (whom to connect to, back-off,
+//! static peers), [`peers`] (identity checks and refusals); [`behaviour`]
+//! builds the swarm.
+
+mod behaviour;
+mod dialing;
+mod peers;
+mod routing;
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{gossipsub, identify, mdns, ping, request_response, Multiaddr, PeerId, Swarm};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+pub(crate) use behaviour::{build_swarm, listen_addr};
+use behaviour::{fmt_err, is_loopback, limits, Behaviour, BehaviourEvent};
+use dialing::{Dialing, Static};
+use peers::Refusals;
+use routing::Routing;
+
+use crate::degree;
+use crate::topology::Topology;
+use crate::wire::{self, Announce, HostStats};
+use crate::{Answers, Config, Error, Inbound, NodeView, Result, Snapshot};
+
+type DialReply = oneshot::Sender<Result<()>>;
+type DirectAnswer = oneshot::Sender<Result<Vec<u8>>>;
+
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
+/// A node silent for this long has left the mesh.
+const EXPIRE_AFTER: Duration = Duration::from_secs(9);
+/// How long the reachable set must stay unchanged before islands are bridged.
+const SETTLE: Duration = Duration::from_secs(3);
+const MAX_TTL: u8 = 32;
+/// How long a refused peer is left alone before its identity is checked again.
+const REFUSE_FOR: Duration = Duration::from_secs(60);
+/// No routed request waits longer than this, whatever it asks for.
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+
+pub(crate) enum Cmd {
+    Snapshot(oneshot::Sender<Snapshot>),
+    SetDegree(usize),
+    SetStats(HostStats),
+    DialName(String, DialReply),
+    DialAddr(Multiaddr, DialReply),
+    Hangup(String, oneshot::Sender<Result<()>>),
+    Direct {
+        name: String,
+        body: Vec<u8>,
+        reply: DirectAnswer,
+    },
+    Send {
+        names: Vec<String>,
+        body: Vec<u8>,
+        timeout: Duration,
+        reply: oneshot::Sender<Answers>,
+    },
+}
+
+pub(crate) struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    cfg: Config,
+    me: PeerId,
+    topic: gossipsub::IdentTopic,
+    topo: Topology,
+    connected: HashSet<PeerId>,
+    /// Live connections per peer, and whether we dialled them.
+    conns: HashMap<PeerId, Vec<(ConnectionId, bool, Instant)>>,
+    dials: Dialing,
+    refusals: Refusals,
+    routes: Routing,
+    seq: u64,
+    stats: HostStats,
+    announce_due: bool,
+    component: HashSet<PeerId>,
+    stable_since: Instant,
+    inbound_tx: mpsc::Sender<Inbound>,
+    done_tx: mpsc::UnboundedSender<routing::LocalDone>,
+    done_rx: mpsc::UnboundedReceiver<routing::LocalDone>,
+}
+
+impl EventLoop {
+    pub(crate) fn new(
+        swarm: Swarm<Behaviour>,
+        cfg: Config,
+        inbound_tx: mpsc::Sender<Inbound>,
+    ) -> Self {
+        let me = *swarm.local_peer_id();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let statics = cfg.peers.iter().cloned().map(Static::new).collect();
+        Self {
+            topic: gossipsub::IdentTopic::new(format!("mm/{}/topology", cfg.context)),
+            swarm,
+            me,
+            topo: Topology::new(me),
+            cfg,
+            connected: HashSet::new(),
+            conns: HashMap::new(),
+            dials: Dialing::new(statics),
+            refusals: Refusals::default(),
+            routes: Routing::default(),
+            // A restarted node keeps its peer id; starting from the clock
+            // makes its first announcement newer than any it sent before.
+            seq: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            stats: HostStats::default(),
+            announce_due: true,
+            component: HashSet::new(),
+            stable_since: Instant::now(),
+            inbound_tx,
+            done_tx,
+            done_rx,
+        }
+    }
+
+    pub(crate) async fn run(mut self, mut cmds: mpsc::Receiver<Cmd>) {
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&self.topic) {
+            error!("cannot subscribe to the topology topic: {e}");
+        }
+        self.publish();
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut last_announce = Instant::now();
+        let mut last_maintain = Instant::now();
+        loop {
+            tokio::select! {
+                ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                cmd = cmds.recv() => match cmd {
+                    Some(c) => self.on_cmd(c),
+                    None => break,
+                },
+                Some(d) = self.done_rx.recv() => self.on_local_done(d),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    self.reap_deadlines(now);
+                    if self.announce_due || now.duration_since(last_announce) >= ANNOUNCE_EVERY {
+                        self.publish();
+                        last_announce = now;
+                    }
+                    if now.duration_since(last_maintain) >= Duration::from_secs(1) {
+                        self.maintain(now);
+                        last_maintain = now;
+                    }
+                }
+            }
+        }
+        debug!("overlay event loop stopped");
+    }
+
+    fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let all: Vec<Multiaddr> = self.swarm.listeners().cloned().collect();
+        // Another host cannot reach our loopback; announce it only when it is
+        // all we have (a single-host test mesh).
+        if all.iter().any(|a| !is_loopback(a)) {
+            all.into_iter().filter(|a| !is_loopback(a)).collect()
+        } else {
+            all
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.swarm
+            .listeners()
+            .flat_map(|a| a.iter())
+            .find_map(|p| match p {
+                Protocol::Tcp(port) => Some(port),
+                _ => None,
+            })
+            .unwrap_or(self.cfg.port)
+    }
+
+    fn own_announce(&self) -> Announce {
+        let mut peers: Vec<PeerId> = self.connected.iter().copied().collect();
+        peers.sort();
+        Announce {
+            name: self.cfg.name.clone(),
+            seq: self.seq,
+            degree: self.cfg.degree as u32,
+            port: self.port(),
+            keyed: self.cfg.psk.is_some(),
+            addrs: self.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            peers,
+            stats: self.stats.clone(),
+        }
+    }
+
+    fn publish(&mut self) {
+        self.announce_due = false;
+        self.seq += 1;
+        let a = self.own_announce();
+        self.topo.update(self.me, a.clone(), Instant::now());
+        let topic = self.topic.clone();
+        if let Err(e) = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, wire::encode(&a))
+        {
+            // Normal while alone or before subscriptions are exchanged; the
+            // next periodic announcement covers it.
+            debug!("announce not sent: {e}");
+        }
+    }
+
+    /// Once a second: forget silent nodes, and dial whom the degree policy says.
+    fn maintain(&mut self, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = self
+            .refusals
+            .hangups
+            .drain(..)
+            .partition(|(_, t)| *t <= now);
+        self.refusals.hangups = later;
+        for (p, _) in due {
+            if self.is_refused(&p) {
+                let _ = self.swarm.disconnect_peer_id(p);
+            }
+        }
+        self.refusals.until.retain(|_, until| *until > now);
+        self.dials.prune(now);
+        for name in self.topo.expire(now, EXPIRE_AFTER) {
+            info!("node {name} left the mesh (silent for {EXPIRE_AFTER:?})");
+        }
+        let comp: HashSet<PeerId> = self.topo.next_hops(&self.connected).into_keys().collect();
+        if comp != self.component {
+            self.component = comp;
+            self.stable_since = now;
+        }
+        self.dial_statics(now);
+
+        let mut have: HashSet<PeerId> = self.connected.clone();
+        have.extend(self.dials.pending.values().filter_map(|(p, _)| *p));
+        let candidates: Vec<PeerId> = self
+            .dialable()
+            .into_iter()
+            .filter(|p| !self.dials.backed_off(p, now))
+            .collect();
+        let settled = now.duration_since(self.stable_since) >= SETTLE;
+        let passive: HashSet<PeerId> = self
+            .topo
+            .known()
+            .filter(|(_, a)| a.degree == 0)
+            .map(|(p, _)| *p)
+            .collect();
+        let view = degree::View {
+            passive: &passive,
+            me: self.me,
+            degree: self.cfg.degree,
+            have: &have,
+            candidates: &candidates,
+            component: settled.then_some(&self.component),
+        };
+        let plan = degree::plan(&view, &mut rand::thread_rng());
+        for p in plan {
+            if !have.contains(&p) && !self.connected.contains(&p) {
+                debug!("degree: dialling {p}");
+                self.dial_peer(p, None);
+            }
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Snapshot(r) => {
+                let _ = r.send(self.snapshot());
+            }
+            Cmd::SetDegree(d) => {
+                self.cfg.degree = d;
+                *self.swarm.behaviour_mut().limits.limits_mut() =
+                    limits(degree::inbound_cap(d) as u32);
+                self.announce_due = true;
+            }
+            Cmd::SetStats(s) => self.stats = s,
+            Cmd::DialName(name, r) => match self.topo.name_holder(&name) {
+                Some(p) if p == self.me => {
+                    let _ = r.send(Err(Error::IsSelf(name)));
+                }
+                Some(p) if self.connected.contains(&p) => {
+                    let _ = r.send(Ok(()));
+                }
+                Some(p) => {
+                    self.dials.forgive(&p);
+                    self.dial_peer(p, Some(r));
+                }
+                None => {
+                    let _ = r.send(Err(Error::NoSuchHost(name)));
+                }
+            },
+            Cmd::DialAddr(a, r) => self.dial_addr(a, Some(r)),
+            Cmd::Hangup(name, r) => {
+                let res = match self.topo.name_holder(&name) {
+                    Some(p) if self.connected.contains(&p) => {
+                        // Keep the degree logic from dialling it straight back.
+                        self.dials.hold_off(p, Duration::from_secs(30));
+                        let _ = self.swarm.disconnect_peer_id(p);
+                        Ok(())
+                    }
+                    Some(_) => Err(Error::NotPeer(name)),
+                    None => Err(Error::NoSuchHost(name)),
+                };
+                let _ = r.send(res);
+            }
+            Cmd::Send {
+                names,
+                body,
+                timeout,
+                reply,
+            } => self.send_from_here(names, body, timeout, reply),
+            Cmd::Direct { name, body, reply } => self.direct_to(name, body, reply),
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mesh = self.topo.reachable(&self.connected);
+        let mut nodes = std::collections::BTreeMap::new();
+        for (p, a) in self.topo.known() {
+            if let Some(peers) = mesh.get(&a.name) {
+                nodes.insert(
+                    a.name.clone(),
+                    NodeView {
+                        name: a.name.clone(),
+                        peer_id: p.to_string(),
+                        peers: peers.clone(),
+                        degree: a.degree,
+                        port: a.port,
+                        keyed: a.keyed,
+                        addrs: a.addrs.clone(),
+                        stats: a.stats.clone(),
+                    },
+                );
+            }
+        }
+        let mut direct: Vec<String> = self
+            .connected
+            .iter()
+            .map(|p| {
+                self.topo
+                    .name_of(p)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| p.to_string())
+            })
+            .collect();
+        direct.sort();
+        Snapshot {
+            name: self.cfg.name.clone(),
+            peer_id: self.me.to_string(),
+            context: self.cfg.context.clone(),
+            degree: self.cfg.degree,
+            port: self.port(),
+            keyed: self.cfg.psk.is_some(),
+            listen: self.listen_addrs().iter().map(|a| a.to_string()).collect(),
+            direct,
+            nodes,
+        }
+    }
+
+    fn on_swarm(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!("listening on {address}");
+                self.announce_due = true;
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                debug!(
+                    "connected to {peer_id} at {}",
+                    endpoint.get_remote_address()
+                );
+                let mut explicit = false;
+                if let Some((_, Some(r))) = self.dials.pending.remove(&connection_id) {
+                    explicit = true;
+                    if self.connected.contains(&peer_id) {
+                        // Already a checked peer: this new connection is a
+                        // duplicate and is closed below.
+                        let _ = r.send(Ok(()));
+                    } else {
+                        // Answered once the peer's identity checks out.
+                        self.dials.confirm.entry(peer_id).or_default().push(r);
+                    }
+                }
+                if let ConnectedPoint::Dialer { address, .. } = &endpoint {
+                    for s in self.dials.statics.iter_mut().filter(|s| &s.addr == address) {
+                        explicit = true;
+                        s.peer = Some(peer_id);
+                    }
+                }
+                let dialer = endpoint.is_dialer();
+                let list = self.conns.entry(peer_id).or_default();
+                list.push((connection_id, dialer, Instant::now()));
+                // One connection per pair is enough. A second one comes from a
+                // dial by address to a peer we already had, or from both
+                // sides dialling at once. An explicit dial drops its own new
+                // connection; otherwise the higher id drops its outbound
+                // ones, whatever the order they came up in, so both sides
+                // keep the same connection.
+                if list.len() > 1 {
+                    let mut close = Vec::new();
+                    if explicit && dialer {
+                        close.push(connection_id);
+                    } else if self.me > peer_id {
+                        let outbound: Vec<ConnectionId> = list
+                            .iter()
+                            .filter(|(_, d, _)| *d)
+                            .map(|(c, _, _)| *c)
+                            .collect();
+                        let skip = usize::from(outbound.len() == list.len());
+                        close.extend(outbound.into_iter().skip(skip));
+                    }
+                    for c in close {
+                        self.swarm.close_connection(c);
+                    }
+                }
+                if self.is_refused(&peer_id) {
+                    if !self.refusals.hangups.iter().any(|(p, _)| *p == peer_id) {
+                        self.refusals
+                            .hangups
+                            .push((peer_id, Instant::now() + Duration::from_secs(2)));
+                    }
+                    return;
+                }
+                if self.connected.insert(peer_id) {
+                    self.announce_due = true;
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                let mut short_lived = false;
+                if let Some(list) = self.conns.get_mut(&peer_id) {
+                    if let Some((_, dialer, at)) = list.iter().find(|(c, _, _)| *c == connection_id)
+                    {
+                        short_lived = *dialer && at.elapsed() < Duration::from_secs(3);
+                    }
+                    list.retain(|(c, _, _)| *c != connection_id);
+                    if list.is_empty() {
+                        self.conns.remove(&peer_id);
+                    }
+                }
+                if short_lived && num_established == 0 {
+                    // Accepted, then dropped at once (its inbound cap): back
+                    // off as for a failed dial, or we would redial every tick.
+                    self.dials.note_failure(peer_id);
+                }
+                if num_established > 0 {
+                    return;
+                }
+                for r in self.dials.confirm.remove(&peer_id).unwrap_or_default() {
+                    let _ = r.send(Err(Error::Dial(
+                        "the peer closed the connection (at its inbound cap, or it refused us)"
+                            .into(),
+                    )));
+                }
+                if self.connected.remove(&peer_id) {
+                    let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
+                    info!(
+                        "disconnected from {who} ({peer_id}){}",
+                        cause.map(|c| format!(": {c}")).unwrap_or_default()
+                    );
+                    self.announce_due = true;
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                let hint = if self.cfg.psk.is_some() {
+                    " (cluster key mismatch, or the peer is down?)"
+                } else {
+                    ""
+                };
+                let msg = format!("dial failed: {}{hint}", fmt_err(&error));
+                if let Some((_, Some(r))) = self.dials.pending.remove(&connection_id) {
+                    let _ = r.send(Err(Error::Dial(msg.clone())));
+                }
+                debug!(
+                    "{} {msg}",
+                    peer_id.map(|p| p.to_string()).unwrap_or_default()
+                );
+                if let Some(p) = peer_id {
+                    self.dials.note_failure(p);
+                }
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                let text = fmt_err(&error);
+                let at_cap = matches!(&error, libp2p::swarm::ListenError::Denied { cause }
+                    if cause.downcast_ref::<libp2p::connection_limits::Exceeded>().is_some());
+                if at_cap {
+                    debug!("refused inbound from {send_back_addr}: at the inbound cap");
+                } else if self.cfg.psk.is_some() {
+                    warn!("peer at {send_back_addr} rejected: cluster key mismatch? ({text})");
+                } else {
+                    warn!("inbound connection from {send_back_addr} failed: {text}");
+                }
+            }
+            SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
+            _ => {}
+        }
+    }
+
+    fn on_behaviour(&mut self, ev: BehaviourEvent) {
+        match ev {
+            BehaviourEvent::Mdns(mdns::Event::Discovered(list)) => {
+                for (p, addr) in list {
+                    if p == self.me || self.is_refused(&p) || is_loopback(&addr) {
+                        continue;
+                    }
+                    let v = self.dials.discovered.entry(p).or_default();
+                    if !v.contains(&addr) {
+                        debug!("mdns: found {p} at {addr}");
+                        v.push(addr);
+                    }
+                }
+            }
+            BehaviourEvent::Mdns(mdns::Event::Expired(list)) => {
+                for (p, addr) in list {
+                    if let Some(v) = self.dials.discovered.get_mut(&p) {
+                        v.retain(|a| *a != addr);
+                        if v.is_empty() {
+                            self.dials.discovered.remove(&p);
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                self.check_identity(peer_id, &info)
+            }
+            BehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(e),
+            }) => {
+                // A peer that stopped answering (powered off, frozen) would
+                // otherwise hold its place as a peer until TCP gives up.
+                warn!(
+                    "{} stopped answering pings ({e}); closing the connection",
+                    self.label(&peer)
+                );
+                self.swarm.close_connection(connection);
+            }
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. }) => {
+                let Some(src) = message.source else { return };
+                match wire::decode::<Announce>(&message.data) {
+                    Ok(a) => self.on_announce(src, a),
+                    Err(e) => warn!("bad announcement from {src}: {e}"),
+                }
+            }
+            BehaviourEvent::Rpc(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => self.on_envelope(peer, request, channel),
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => self.on_reply(request_id, response),
+                }
+            }
+            BehaviourEvent::Rpc(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            }) => {
+                if let Some((agg, targets)) = self.routes.outbound.remove(&request_id) {
+                    let failed = Error::Relay {
+                        via: self.label(&peer),
+                        reason: error.to_string(),
+                    };
+                    // Only a request that provably never left may be sent
+                    // again; otherwise a command could run twice.
+                    let never_left = matches!(
+                        error,
+                        request_response::OutboundFailure::DialFailure
+                            | request_response::OutboundFailure::UnsupportedProtocols
+                    );
+                    if never_left {
+                        self.retry_or_fail(agg, targets, failed);
+                    } else {
+                        for t in targets {
+                            self.settle(agg, t, Err(failed.clone()));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Rpc(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                debug!("inbound request from {peer} failed: {error}");
+            }
+            BehaviourEvent::Bulk(request_response::Event::Message { peer, message, .. }) => {
+                match message {
+                    request_response::Message::Request {
+                        request, channel, ..
+                    } => self.on_direct(peer, request, channel),
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    } => {
+                        if let Some(r) = self.routes.direct_out.remove(&request_id) {
+                            let _ = r.send(response.result.map(|b| b.0));
+                        }
+                    }
+                }
+            }
+            BehaviourEvent::Bulk(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                peer,
+                ..
+            }) => {
+                if let Some(r) = self.routes.direct_out.remove(&request_id) {
+                    let _ = r.send(Err(Error::Peer {
+                        peer: self.label(&peer),
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            BehaviourEvent::Bulk(request_response::Event::InboundFailure {
+                peer, error, ..
+            }) => {
+                debug!("direct request from {peer} failed: {error}");
+            }
+            _ => {}
+        }
+    }
+
+    fn label(&self, p: &PeerId) -> String {
+        self.topo
+            .name_of(p)
+            .map(str::to_owned)
+            .unwrap_or_else(|| p.to_string())
+    }
+}

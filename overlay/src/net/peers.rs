@@ -1,0 +1,138 @@
+//! Who may be a peer: identity checks (context, name), refusals, and
+//! announcements from the topology topic.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use libp2p::{identify, Multiaddr, PeerId};
+use tracing::{error, info, warn};
+
+use super::behaviour::protocol_version;
+use super::{EventLoop, REFUSE_FOR};
+use crate::topology::Update;
+use crate::wire::Announce;
+use crate::Error;
+
+/// Peers of another context or with a clashing name, and until when they
+/// are not dialled or listened to (their identity is checked again on every
+/// new connection, so a fixed node is taken back).
+#[derive(Default)]
+pub(super) struct Refusals {
+    pub(super) until: HashMap<PeerId, Instant>,
+    /// Refused peers still connected, and when to close the connection.
+    pub(super) hangups: Vec<(PeerId, Instant)>,
+}
+
+impl EventLoop {
+    pub(super) fn is_refused(&self, p: &PeerId) -> bool {
+        self.refusals
+            .until
+            .get(p)
+            .is_some_and(|t| *t > Instant::now())
+    }
+
+    /// Stops dealing with a peer for a while. The connection is closed a
+    /// little later, so that the peer too receives our identity and can log
+    /// why. `why` is logged once per refusal.
+    pub(super) fn refuse(&mut self, p: PeerId, why: String, clash: bool) {
+        if !self.is_refused(&p) {
+            if clash {
+                error!("{why}");
+            } else {
+                info!("{why}");
+            }
+        }
+        self.refusals.until.insert(p, Instant::now() + REFUSE_FOR);
+        self.dials.discovered.remove(&p);
+        self.topo.remove(&p);
+        if self.connected.remove(&p) {
+            self.announce_due = true;
+        }
+        for r in self.dials.confirm.remove(&p).unwrap_or_default() {
+            let _ = r.send(Err(Error::Dial(why.clone())));
+        }
+        if !self.refusals.hangups.iter().any(|(q, _)| *q == p) {
+            self.refusals
+                .hangups
+                .push((p, Instant::now() + Duration::from_secs(2)));
+        }
+    }
+
+    pub(super) fn check_identity(&mut self, p: PeerId, info: &identify::Info) {
+        let ours = protocol_version(&self.cfg.context);
+        let addr = info
+            .listen_addrs
+            .first()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        if !info.protocol_version.starts_with("/mm/") {
+            let why = format!("ignoring {p}: not an mm node ({})", info.protocol_version);
+            return self.refuse(p, why, false);
+        }
+        if info.protocol_version != ours {
+            let why = format!(
+                "ignoring {p} {addr}: it is in another context ({}, we are {ours})",
+                info.protocol_version
+            );
+            return self.refuse(p, why, false);
+        }
+        let name = info
+            .agent_version
+            .split_once(' ')
+            .map(|(_, n)| n)
+            .unwrap_or("");
+        if let Err(e) = crate::check_name(name) {
+            let why = format!("refusing peer {p} {addr}: {e}");
+            return self.refuse(p, why, true);
+        }
+        if name == self.cfg.name {
+            let why = format!(
+                "refusing peer {p} {addr}: it is also named '{name}'; names must be unique \
+                 in a mesh (start one of them with --name)"
+            );
+            return self.refuse(p, why, true);
+        }
+        // Checks out: take it back if it was refused before (renamed, or
+        // moved to our context), and answer any `mesh dial` waiting on it.
+        if self.refusals.until.remove(&p).is_some() {
+            info!("{p} ({name}) now checks out; accepting it");
+            self.refusals.hangups.retain(|(q, _)| *q != p);
+            if self.conns.contains_key(&p) && self.connected.insert(p) {
+                self.announce_due = true;
+            }
+        }
+        self.dials.forgive(&p);
+        for r in self.dials.confirm.remove(&p).unwrap_or_default() {
+            let _ = r.send(Ok(()));
+        }
+    }
+
+    pub(super) fn on_announce(&mut self, src: PeerId, a: Announce) {
+        if src == self.me || self.is_refused(&src) {
+            return;
+        }
+        if let Err(e) = crate::check_name(&a.name) {
+            return self.refuse(src, format!("node {src} announces a bad name: {e}"), true);
+        }
+        if a.name == self.cfg.name {
+            let why = format!(
+                "node {src} announces this node's name '{}'; names must be unique in a mesh: \
+                 ignoring it",
+                a.name
+            );
+            return self.refuse(src, why, true);
+        }
+        let addrs: Vec<Multiaddr> = a.addrs.iter().filter_map(|s| s.parse().ok()).collect();
+        if !addrs.is_empty() {
+            self.dials.last_addrs.insert(src, addrs);
+        }
+        let name = a.name.clone();
+        match self.topo.update(src, a, Instant::now()) {
+            Update::New => info!("node {name} joined the mesh"),
+            Update::NameTaken { holder } => warn!(
+                "node {src} announces the name '{name}', already used by {holder}: ignoring it"
+            ),
+            Update::Refreshed | Update::Stale => {}
+        }
+    }
+}

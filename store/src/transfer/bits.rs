@@ -1,0 +1,34 @@
+//! Bitfields of chunks: which a node has, one bit per chunk.
+
+pub(crate) fn bit(bits: &[u8], i: usize) -> bool {
+    bits.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0)
+}
+
+pub(crate) fn set_bit(bits: &mut [u8], i: usize) {
+    bits[i / 8] |= 1 << (i % 8);
+}
+
+pub(crate) fn clear_bit(bits: &mut [u8], i: usize) {
+    bits[i / 8] &= !(1 << (i % 8));
+}
+
+pub(crate) fn count_bits(bits: &[u8], n: usize) -> usize {
+    (0..n).filter(|i| bit(bits, *i)).count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitfields() {
+        let mut b = vec![0u8; 2];
+        set_bit(&mut b, 0);
+        set_bit(&mut b, 9);
+        assert!(bit(&b, 0) && bit(&b, 9) && !bit(&b, 1));
+        assert_eq!(count_bits(&b, 16), 2);
+        assert!(!bit(&b, 100));
+        clear_bit(&mut b, 9);
+        assert_eq!(count_bits(&b, 16), 1);
+    }
+}

@@ -1,0 +1,108 @@
+//! From the mesh's answers to "who holds it": the versions of each name and
+//! their holders, the operator's choice among them, and the errors that say
+//! why nothing can be fetched.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use tracing::warn;
+
+use super::{selects, Held, HolderAnswers, Select};
+use crate::files::FilesDir;
+use crate::fmt::fmt_time;
+use crate::manifest::Manifest;
+use crate::Error;
+
+/// Name -> whole-file hash (hex) -> that version's manifest and holders.
+pub(super) type Versions = BTreeMap<String, BTreeMap<String, (Manifest, Vec<(String, Held)>)>>;
+
+/// Sorts the answers into versions. Offers of names that were not asked
+/// for, or with a bad manifest, are dropped; hosts that did not answer
+/// usably are returned apart, as `host (why)`.
+pub(super) fn versions(pattern: &str, answers: HolderAnswers) -> (Versions, Vec<String>) {
+    let mut found: Versions = BTreeMap::new();
+    let mut silent = Vec::new();
+    for (host, res) in answers {
+        let list = match res {
+            Ok(list) => list,
+            Err(e) => {
+                silent.push(format!("{host} ({e})"));
+                continue;
+            }
+        };
+        for mut h in list {
+            // Use the name as we would write it, and only what was asked for.
+            match FilesDir::clean(&h.name) {
+                Ok(n) if selects(pattern, &n) && h.manifest.check().is_ok() => h.name = n,
+                _ => {
+                    warn!(
+                        "{host} offered a bad or unasked-for file {:?}: ignored",
+                        h.name
+                    );
+                    continue;
+                }
+            }
+            let v = found.entry(h.name.clone()).or_default();
+            let e = v
+                .entry(h.manifest.root_hex())
+                .or_insert_with(|| (h.manifest.clone(), Vec::new()));
+            e.1.push((host.clone(), h));
+        }
+    }
+    (found, silent)
+}
+
+/// Keeps only the versions the operator chose: those whose hash starts
+/// with `hash`, those that `from` holds whole.
+pub(super) fn choose(found: &mut Versions, sel: &Select) {
+    for versions in found.values_mut() {
+        if let Some(h) = &sel.hash {
+            versions.retain(|root, _| root.starts_with(&h.to_lowercase()));
+        }
+        if let Some(f) = &sel.from {
+            versions.retain(|_, (_, holders)| {
+                holders
+                    .iter()
+                    .any(|(host, held)| host == f && held.partial.is_none())
+            });
+        }
+    }
+    found.retain(|_, v| !v.is_empty());
+}
+
+/// Every name held in more than one version, each version with its hash,
+/// size, mtime and holders.
+pub(super) fn conflicts(found: &Versions) -> Option<String> {
+    let conflicts: Vec<String> = found
+        .iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(name, v)| {
+            let mut s = format!("{name}: {} different versions:", v.len());
+            for (root, (m, holders)) in v {
+                let mut hosts: Vec<&str> = holders.iter().map(|(h, _)| h.as_str()).collect();
+                hosts.sort();
+                let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(m.mtime_ns.max(0) as u64);
+                s.push_str(&format!(
+                    "\n  hash {root} size {} mtime {} on {}",
+                    m.size,
+                    fmt_time(mtime),
+                    hosts.join(",")
+                ));
+            }
+            s
+        })
+        .collect();
+    (!conflicts.is_empty()).then(|| conflicts.join("\n"))
+}
+
+/// Why nothing can be fetched for `pattern`.
+pub(super) fn no_holder(pattern: &str, asked: usize, sel: &Select, silent: &[String]) -> Error {
+    let mut e = format!("{pattern}: no node holds it (asked {asked} other nodes)");
+    if sel.from.is_some() || sel.hash.is_some() {
+        e.push_str(" (in the version asked for)");
+    }
+    if !silent.is_empty() {
+        e.push_str(&format!("; no usable answer from {}", silent.join(", ")));
+    }
+    Error::NoHolder(e)
+}

@@ -1,0 +1,199 @@
+//! One transfer: its file, what is here so far, its sources, and how it is
+//! shown in `file status`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use super::bits::count_bits;
+use super::source::SourceStat;
+use crate::fmt::human;
+use crate::manifest::Manifest;
+use crate::Result;
+
+pub(super) struct JobState {
+    pub(super) have: Vec<u8>,
+    pub(super) queued: bool,
+    pub(super) phase: String,
+    pub(super) bytes: u64,
+    pub(super) rate: f64,
+    pub(super) sources: BTreeMap<String, SourceStat>,
+    /// Chunks found here, verified, when the transfer resumed after a
+    /// restart: counted by no source.
+    pub(super) resumed: usize,
+    /// Once done: how long pulling and finishing took, for the log.
+    pub(super) took: String,
+}
+
+pub(super) struct Job {
+    pub(super) name: String,
+    pub(super) manifest: Manifest,
+    /// The partial file.
+    pub(super) tmp: PathBuf,
+    st: Mutex<JobState>,
+    cancelled: AtomicBool,
+    pub(super) cancel_note: tokio::sync::Notify,
+    /// Held while recording have-bits; true once the transfer has ended
+    /// and its records are gone (a late record must not bring them back).
+    pub(super) persist_lock: tokio::sync::Mutex<bool>,
+    /// One writer at a time: concurrent writes to one file only contend
+    /// for the inode lock in the kernel, spinning on both cores.
+    pub(super) write_lock: Mutex<()>,
+    pub(super) done: watch::Sender<Option<Result<()>>>,
+}
+
+/// One source's part in a transfer, for `file status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRow {
+    pub host: String,
+    /// Chunks it gave that were verified and written.
+    pub served: u64,
+    /// Chunks it gave that failed verification.
+    pub bad: u32,
+    /// Requests that failed in a row.
+    pub failing: u32,
+    pub dropped: bool,
+}
+
+impl SourceRow {
+    /// `host:chunks`, then `(bad N)`, and `(dropped)` or `(failing N)`.
+    pub fn label(&self) -> String {
+        let mut t = format!("{}:{}", self.host, self.served);
+        if self.bad > 0 {
+            t.push_str(&format!("(bad {})", self.bad));
+        }
+        if self.dropped {
+            t.push_str("(dropped)");
+        } else if self.failing > 0 {
+            t.push_str(&format!("(failing {})", self.failing));
+        }
+        t
+    }
+}
+
+/// One row of `file status`.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub name: String,
+    pub tempdir: String,
+    /// Chunks here, and in the file.
+    pub chunks_done: usize,
+    pub chunks: usize,
+    pub queued: bool,
+    pub bytes_done: u64,
+    pub size: u64,
+    /// Bytes per second over the last second or so.
+    pub rate: f64,
+    pub sources: Vec<SourceRow>,
+    /// Chunks that were here, verified, when the transfer resumed.
+    pub resumed: usize,
+    /// Seconds left at the current rate, if it is moving.
+    pub eta_secs: Option<u64>,
+    /// `queued`, `pulling`, `finishing`, `waiting for holders (...)`; for a
+    /// finished transfer, `done`, `cancelled` or `failed: why`.
+    pub phase: String,
+}
+
+impl Status {
+    pub fn completed(&self) -> String {
+        format!("{}/{}", self.chunks_done, self.chunks)
+    }
+
+    pub fn bytes(&self) -> String {
+        format!(
+            "{}/{}",
+            human(self.bytes_done as f64),
+            human(self.size as f64)
+        )
+    }
+
+    pub fn rate(&self) -> String {
+        format!("{}/s", human(self.rate))
+    }
+
+    pub fn eta(&self) -> String {
+        self.eta_secs
+            .map_or_else(|| "-".to_string(), |s| format!("{s}s"))
+    }
+
+    /// Every source, labelled as in the log.
+    pub fn sources_label(&self) -> String {
+        let v: Vec<String> = self.sources.iter().map(SourceRow::label).collect();
+        v.join(" ")
+    }
+}
+
+impl Job {
+    pub(super) fn new(
+        name: String,
+        manifest: Manifest,
+        tmp: PathBuf,
+        st: JobState,
+    ) -> (Job, watch::Receiver<Option<Result<()>>>) {
+        let (done, rx) = watch::channel(None);
+        let job = Job {
+            name,
+            manifest,
+            tmp,
+            st: Mutex::new(st),
+            cancelled: AtomicBool::new(false),
+            cancel_note: tokio::sync::Notify::new(),
+            persist_lock: tokio::sync::Mutex::new(false),
+            write_lock: Mutex::new(()),
+            done,
+        };
+        (job, rx)
+    }
+
+    pub(super) fn state(&self) -> MutexGuard<'_, JobState> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The sources that gave anything, as the completion line shows them.
+    pub(super) fn sources_summary(&self) -> String {
+        let st = self.state();
+        let mut v: Vec<String> = st
+            .sources
+            .iter()
+            .filter(|(_, s)| s.served > 0 || s.bad > 0)
+            .map(|(h, s)| s.label(h))
+            .collect();
+        if st.resumed > 0 {
+            v.push(format!("(and {} here before a restart)", st.resumed));
+        }
+        v.join(" ")
+    }
+
+    pub(super) fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.cancel_note.notify_one();
+    }
+
+    pub(super) fn status(&self) -> Status {
+        let st = self.state();
+        let n = self.manifest.chunk_count();
+        let left = self.manifest.size.saturating_sub(st.bytes);
+        let eta_secs = (st.rate > 1.0 && !st.queued).then(|| (left as f64 / st.rate).ceil() as u64);
+        Status {
+            name: self.name.clone(),
+            tempdir: self.tmp.to_string_lossy().into_owned(),
+            chunks_done: count_bits(&st.have, n),
+            chunks: n,
+            queued: st.queued,
+            bytes_done: st.bytes,
+            size: self.manifest.size,
+            rate: st.rate,
+            sources: st.sources.iter().map(|(h, s)| s.row(h)).collect(),
+            resumed: st.resumed,
+            eta_secs,
+            phase: st.phase.clone(),
+        }
+    }
+}

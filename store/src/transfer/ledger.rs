@@ -1,0 +1,166 @@
+//! What a complete holder remembers of one file's pullers, so that its
+//! uplink (which every puller shares) sends each chunk about once.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use super::Tuning;
+
+/// Per file: who got each chunk first, who was already sent elsewhere, and
+/// when each puller last asked.
+#[derive(Default)]
+pub(super) struct Ledger {
+    pub(super) root: Vec<u8>,
+    first: HashMap<u32, (String, Instant)>,
+    redirected: HashMap<(u32, String), Instant>,
+    pub(super) active: HashMap<String, Instant>,
+    pruned: Option<Instant>,
+}
+
+impl Ledger {
+    /// A new ledger for the version `root` of a file.
+    pub(super) fn new(root: &[u8]) -> Ledger {
+        Ledger {
+            root: root.to_vec(),
+            ..Ledger::default()
+        }
+    }
+
+    /// Whom to point `from` at for chunk `index`, if anyone; else records
+    /// that `from` gets it.
+    fn decide(&mut self, t: &Tuning, from: &str, index: u32, now: Instant) -> Option<String> {
+        self.active.insert(from.to_string(), now);
+        // Old entries say nothing any more (a redirect is remembered longer
+        // than a puller waits on it, so a pointed-at puller still gets the
+        // chunk from here in the end): keep the ledger small.
+        if self.pruned.is_none_or(|at| now - at >= t.sent_fresh) {
+            self.first.retain(|_, (_, sent)| now - *sent < t.sent_fresh);
+            self.redirected.retain(|_, at| now - *at < t.sent_fresh);
+            self.active.retain(|_, at| now - *at < t.puller_active);
+            self.active.insert(from.to_string(), now);
+            self.pruned = Some(now);
+        }
+        match self.first.get(&index) {
+            // Sent recently to a puller that is still at work: point there,
+            // once per chunk and puller.
+            Some((first, sent)) if first != from && now - *sent < t.sent_fresh => {
+                let asking = self
+                    .active
+                    .get(first)
+                    .is_some_and(|at| now - *at < t.puller_active);
+                let key = (index, from.to_string());
+                if asking && !self.redirected.contains_key(&key) {
+                    self.redirected.insert(key, now);
+                    Some(first.clone())
+                } else {
+                    None
+                }
+            }
+            Some((first, _)) if first == from => None,
+            // Never sent, or sent a while ago (that puller may have finished
+            // and deleted it since): a new round.
+            _ => {
+                self.first.insert(index, (from.to_string(), now));
+                None
+            }
+        }
+    }
+
+    /// How many chunks of the run `index..index + count` to send `from`
+    /// (at least the first), or whom to point it at for the first. A run
+    /// goes whole only to a lone puller: while others pull too, single
+    /// chunks reach each of them sooner, to be passed on.
+    pub(super) fn decide_run(
+        &mut self,
+        t: &Tuning,
+        from: &str,
+        index: u32,
+        count: u32,
+        now: Instant,
+    ) -> Result<u32, String> {
+        if let Some(to) = self.decide(t, from, index, now) {
+            return Err(to);
+        }
+        let alone = self
+            .active
+            .iter()
+            .all(|(p, at)| p == from || now - *at >= t.puller_active);
+        if !alone {
+            return Ok(1);
+        }
+        let mut sent = 1;
+        while sent < count {
+            let i = index + sent;
+            match self.first.get(&i) {
+                Some((p, at)) if p != from && now - *at < t.sent_fresh => break,
+                _ => {
+                    self.first.insert(i, (from.to_string(), now));
+                }
+            }
+            sent += 1;
+        }
+        Ok(sent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_holder_sends_each_chunk_once_while_pullers_are_at_work() {
+        let t = Tuning::default();
+        let t0 = Instant::now();
+        let mut l = Ledger::default();
+        assert_eq!(l.decide(&t, "a", 7, t0), None, "the first asker gets it");
+        assert_eq!(
+            l.decide(&t, "a", 7, t0),
+            None,
+            "and again, if it asks again"
+        );
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(
+            l.decide(&t, "b", 7, t1),
+            Some("a".into()),
+            "the next is pointed at a"
+        );
+        assert_eq!(l.decide(&t, "b", 7, t1), None, "but only once per chunk");
+        assert_eq!(l.decide(&t, "c", 7, t1), Some("a".into()));
+        // A puller that stopped asking is nobody to point at.
+        let later = t0 + t.puller_active + Duration::from_secs(1);
+        assert_eq!(l.decide(&t, "d", 8, later), None);
+        assert_eq!(
+            l.decide(&t, "e", 7, later),
+            None,
+            "a is not active any more"
+        );
+        // A chunk sent long ago starts a new round.
+        let t2 = t0 + t.sent_fresh + Duration::from_secs(1);
+        l.decide(&t, "a", 9, t2);
+        assert_eq!(l.decide(&t, "f", 7, t2), None);
+        assert_eq!(l.decide(&t, "g", 7, t2), Some("f".into()));
+    }
+
+    #[test]
+    fn a_holder_sends_whole_runs_only_to_a_lone_puller() {
+        let t = Tuning::default();
+        let t0 = Instant::now();
+        let mut l = Ledger::default();
+        assert_eq!(
+            l.decide_run(&t, "a", 8, 4, t0),
+            Ok(4),
+            "alone: the whole run"
+        );
+        assert_eq!(l.decide_run(&t, "a", 12, 4, t0), Ok(4));
+        // A second puller: single chunks to both from now on, and chunks
+        // a already has are pointed at a.
+        assert_eq!(l.decide_run(&t, "b", 16, 4, t0), Ok(1));
+        assert_eq!(l.decide_run(&t, "a", 20, 4, t0), Ok(1));
+        assert_eq!(l.decide_run(&t, "b", 9, 4, t0), Err("a".into()));
+        // Once b has gone quiet, a is alone again; a run stops short of a
+        // chunk sent to b (still fresh).
+        let t1 = t0 + t.puller_active + Duration::from_secs(1);
+        assert_eq!(l.decide_run(&t, "a", 13, 4, t1), Ok(3), "16 went to b");
+    }
+}

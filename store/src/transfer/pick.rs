@@ -1,0 +1,422 @@
+//! The choice of the next request: which chunk, from which source, how many
+//! in a row. A pure function over a [`View`] of one transfer, so the policy
+//! is unit-tested (and simulated) without a network; the pull loop asks it
+//! again after each request it makes.
+//!
+//! - Rarest chunk first (among a random sample of [`SAMPLE`] missing ones,
+//!   so the cost per request stays flat however large the file), random
+//!   among equals.
+//! - From the source that has it and is a puller itself (to spare the
+//!   original holder's uplink), then the least busy, then the fastest.
+//! - From a complete holder while no other puller can serve, the chunk's
+//!   missing neighbours in its aligned run of [`MAX_RUN`] too.
+//! - Once every missing chunk is asked for, the last ones a second time
+//!   from another source (endgame).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+use rand::Rng;
+
+use super::bits::bit;
+use super::source::SourceStat;
+use super::{MAX_WRITING, PER_FILE};
+use crate::manifest::MAX_RUN;
+
+/// Candidate chunks looked at per request.
+pub(crate) const SAMPLE: usize = 64;
+
+/// What earlier answers told the puller.
+#[derive(Default)]
+pub(crate) struct Hints {
+    /// Chunk -> the puller a holder sent it to instead, and when.
+    pub(crate) promised: HashMap<usize, (String, Instant)>,
+    /// Chunk -> not to be asked for again before then (a puller did not
+    /// have it yet).
+    pub(crate) not_before: HashMap<usize, Instant>,
+}
+
+/// One transfer as the picker sees it.
+pub(crate) struct View<'a> {
+    /// Chunks in the file.
+    pub(crate) chunks: usize,
+    /// What is here already (verified and written).
+    pub(crate) have: &'a [u8],
+    /// Received, being verified and written.
+    pub(crate) writing: &'a HashSet<usize>,
+    /// Chunk -> the sources it is asked of now.
+    pub(crate) inflight: &'a HashMap<usize, HashSet<String>>,
+    pub(crate) sources: &'a BTreeMap<String, SourceStat>,
+    pub(crate) hints: &'a Hints,
+    /// Round trips to the sources that have one measured.
+    pub(crate) rtts: &'a HashMap<String, Duration>,
+    pub(crate) now: Instant,
+}
+
+/// A request to make: chunks `first..first + count` of `host`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Ask {
+    pub(crate) host: String,
+    pub(crate) first: usize,
+    pub(crate) count: usize,
+    /// The chosen chunk is already asked of another source.
+    pub(crate) endgame: bool,
+}
+
+impl View<'_> {
+    /// Whether `h` can give chunk `i`. A chunk another puller was sent for
+    /// us is that puller's to give, for a while: not the holder's again
+    /// (unless that puller has been dropped: it finished and deleted the
+    /// file, say; then the holder serves it after all). The loop has
+    /// dropped promises that are over.
+    fn has(&self, h: &str, s: &SourceStat, i: usize) -> bool {
+        match self.hints.promised.get(&i) {
+            Some((to, _)) if !self.sources.get(to).is_some_and(|t| t.dropped) => {
+                to == h || (!s.complete && bit(&s.have, i))
+            }
+            _ => s.complete || bit(&s.have, i),
+        }
+    }
+
+    fn cap(&self, h: &str, s: &SourceStat, swarming: bool) -> usize {
+        s.cap(swarming, self.rtts.get(h).copied())
+    }
+
+    /// Missing here, not on its way to disk, and not held back.
+    fn wanted(&self, i: usize) -> bool {
+        !bit(self.have, i) && !self.writing.contains(&i) && !self.hints.not_before.contains_key(&i)
+    }
+
+    fn asked_of(&self, i: usize, h: &str) -> bool {
+        self.inflight.get(&i).is_some_and(|s| s.contains(h))
+    }
+}
+
+/// The next request to make, or `None` when nothing should be asked now
+/// (limits reached, no source ready, or nothing a ready source can give).
+pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
+    let n = v.chunks;
+    // Chunks waiting to be written count too: they hold memory.
+    let total: usize = v.inflight.values().map(|s| s.len()).sum::<usize>() + v.writing.len();
+    if total >= PER_FILE || v.writing.len() >= MAX_WRITING {
+        return None;
+    }
+    // While other pullers can serve, ask less of the original holders:
+    // their uplink is what every puller shares.
+    let swarming = v.sources.values().any(|s| !s.complete && !s.dropped);
+    let ready: Vec<&String> = v
+        .sources
+        .iter()
+        .filter(|(h, s)| {
+            // Room for a whole run from a complete holder, where the cap
+            // allows one: one chunk asked whenever one came back would
+            // split every later request into single chunks.
+            let cap = v.cap(h, s, swarming);
+            let need = if s.complete && !swarming {
+                cap.min(MAX_RUN)
+            } else {
+                1
+            };
+            !s.dropped && s.inflight + need <= cap && s.benched_until.is_none_or(|t| t <= v.now)
+        })
+        .map(|(h, _)| h)
+        .collect();
+    if ready.is_empty() {
+        return None;
+    }
+    // A sample of the missing chunks a ready source can give, from a random
+    // starting point.
+    let start = rng.gen_range(0..n.max(1));
+    let (mut fresh, mut dup) = (Vec::new(), Vec::new());
+    let mut any_fresh = false;
+    for k in 0..n {
+        let i = (start + k) % n;
+        if !v.wanted(i) {
+            continue;
+        }
+        let asked = v.inflight.get(&i);
+        any_fresh |= asked.is_none();
+        let ready_holder = ready
+            .iter()
+            .any(|h| v.has(h, &v.sources[*h], i) && !v.asked_of(i, h));
+        if !ready_holder {
+            continue;
+        }
+        match asked {
+            None => {
+                fresh.push(i);
+                if fresh.len() >= SAMPLE {
+                    break;
+                }
+            }
+            Some(set) if set.len() < 2 => dup.push(i),
+            Some(_) => {}
+        }
+    }
+    // Endgame only once every missing chunk has been asked for.
+    let (pool, endgame) = match (fresh.is_empty(), any_fresh) {
+        (false, _) => (fresh, false),
+        (true, false) => (dup, true),
+        (true, true) => return None,
+    };
+    // Rarest first, over all live sources (the sample holds only chunks
+    // some ready source can give).
+    let mut best: Vec<(usize, usize)> = pool
+        .iter()
+        .map(|&i| {
+            let rarity = v
+                .sources
+                .iter()
+                .filter(|(h, s)| !s.dropped && v.has(h, s, i))
+                .count();
+            (rarity, i)
+        })
+        .collect();
+    if best.is_empty() {
+        return None;
+    }
+    best.shuffle(rng);
+    best.sort_by_key(|(r, _)| *r);
+    let idx = best[0].1;
+    let host = ready
+        .iter()
+        .filter(|h| v.has(h, &v.sources[**h], idx) && !v.asked_of(idx, h))
+        .min_by(|a, b| {
+            let (sa, sb) = (&v.sources[**a], &v.sources[**b]);
+            // Partial holders first (spares the original holder's uplink),
+            // then the least busy, then the fastest.
+            (sa.complete, sa.inflight)
+                .cmp(&(sb.complete, sb.inflight))
+                .then(
+                    sb.rate
+                        .partial_cmp(&sa.rate)
+                        .unwrap_or(std::cmp::Ordering::Equal),
+                )
+        })
+        .map(|h| (*h).clone())
+        .expect("a ready holder");
+    // From a complete holder, with it its neighbours in the same run of
+    // `MAX_RUN` that nobody was asked for yet, within the holder's room:
+    // one request, one record, one write. Not while other pullers can serve
+    // (the holder would send one chunk of the run, and the rest would wait
+    // for nothing): pullers trade single chunks, which a swarm spreads
+    // faster, and each puller's uplink is shared by all the others.
+    let (mut lo, mut hi) = (idx, idx + 1);
+    let s = &v.sources[&host];
+    if !endgame && !swarming && s.complete {
+        let room = v.cap(&host, s, swarming).saturating_sub(s.inflight).max(1);
+        let wanted = |i: usize| v.wanted(i) && !v.inflight.contains_key(&i) && v.has(&host, s, i);
+        let first = idx - idx % MAX_RUN;
+        let end = (first + MAX_RUN).min(n);
+        while hi < end && hi - lo < room && wanted(hi) {
+            hi += 1;
+        }
+        while lo > first && hi - lo < room && wanted(lo - 1) {
+            lo -= 1;
+        }
+    }
+    Some(Ask {
+        host,
+        first: lo,
+        count: hi - lo,
+        endgame,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transfer::bits::set_bit;
+    use rand::SeedableRng;
+
+    /// A transfer of `n` chunks with the given sources, nothing asked yet.
+    struct T {
+        n: usize,
+        have: Vec<u8>,
+        writing: HashSet<usize>,
+        inflight: HashMap<usize, HashSet<String>>,
+        sources: BTreeMap<String, SourceStat>,
+        hints: Hints,
+        rtts: HashMap<String, Duration>,
+        now: Instant,
+    }
+
+    fn complete() -> SourceStat {
+        SourceStat {
+            complete: true,
+            ..SourceStat::default()
+        }
+    }
+
+    fn partial(n: usize, chunks: &[usize]) -> SourceStat {
+        let mut have = vec![0u8; n.div_ceil(8)];
+        for &i in chunks {
+            set_bit(&mut have, i);
+        }
+        SourceStat {
+            have,
+            ..SourceStat::default()
+        }
+    }
+
+    impl T {
+        fn new(n: usize, sources: &[(&str, SourceStat)]) -> T {
+            T {
+                n,
+                have: vec![0u8; n.div_ceil(8)],
+                writing: HashSet::new(),
+                inflight: HashMap::new(),
+                sources: sources
+                    .iter()
+                    .map(|(h, s)| (h.to_string(), s.clone()))
+                    .collect(),
+                hints: Hints::default(),
+                rtts: HashMap::new(),
+                now: Instant::now(),
+            }
+        }
+
+        fn next(&self, seed: u64) -> Option<Ask> {
+            let v = View {
+                chunks: self.n,
+                have: &self.have,
+                writing: &self.writing,
+                inflight: &self.inflight,
+                sources: &self.sources,
+                hints: &self.hints,
+                rtts: &self.rtts,
+                now: self.now,
+            };
+            next(&v, &mut rand::rngs::StdRng::seed_from_u64(seed))
+        }
+
+        /// Books an ask as the pull loop does.
+        fn apply(&mut self, a: &Ask) {
+            for i in a.first..a.first + a.count {
+                self.inflight.entry(i).or_default().insert(a.host.clone());
+            }
+            self.sources.get_mut(&a.host).unwrap().inflight += a.count;
+        }
+    }
+
+    #[test]
+    fn a_lone_complete_holder_is_asked_for_aligned_runs() {
+        // Measured and fast, next door: room for whole runs.
+        let fast = SourceStat {
+            rate: 1e9,
+            ..complete()
+        };
+        let mut t = T::new(16, &[("h", fast)]);
+        t.rtts.insert("h".into(), Duration::from_micros(200));
+        for seed in 0..20 {
+            let a = t.next(seed).unwrap();
+            assert_eq!(a.count, MAX_RUN, "{a:?}");
+            assert_eq!(a.first % MAX_RUN, 0, "{a:?}");
+            assert!(!a.endgame);
+        }
+        // Unmeasured, it has room for two chunks: a run of two.
+        let t = T::new(16, &[("h", complete())]);
+        let a = t.next(1).unwrap();
+        assert_eq!(a.count, 2, "{a:?}");
+    }
+
+    #[test]
+    fn the_rarest_chunk_comes_first_and_from_a_puller() {
+        // Chunk 3 is only on the holder; every other chunk is also on the
+        // puller p. p is asked first, for single chunks, never for 3.
+        let n = 8;
+        let others: Vec<usize> = (0..n).filter(|i| *i != 3).collect();
+        let t = T::new(n, &[("h", complete()), ("p", partial(n, &others))]);
+        for seed in 0..50 {
+            let a = t.next(seed).unwrap();
+            // 3 is the rarest (one holder): only h can give it.
+            assert_eq!((a.host.as_str(), a.first, a.count), ("h", 3, 1), "{a:?}");
+        }
+        // With 3 here already, the rest come from p, one at a time.
+        let mut t = t;
+        set_bit(&mut t.have, 3);
+        for seed in 0..50 {
+            let a = t.next(seed).unwrap();
+            assert_eq!((a.host.as_str(), a.count), ("p", 1), "{a:?}");
+        }
+    }
+
+    #[test]
+    fn a_promised_chunk_is_asked_only_of_the_puller_it_went_to() {
+        let n = 4;
+        let mut t = T::new(n, &[("h", complete()), ("p", partial(n, &[]))]);
+        for i in 0..n {
+            t.hints.promised.insert(i, ("p".into(), t.now));
+        }
+        for seed in 0..20 {
+            let a = t.next(seed).unwrap();
+            assert_eq!(a.host, "p", "{a:?}");
+        }
+        // Once p is dropped, the holder serves them after all.
+        t.sources.get_mut("p").unwrap().dropped = true;
+        assert_eq!(t.next(1).unwrap().host, "h");
+    }
+
+    #[test]
+    fn endgame_only_once_everything_is_asked() {
+        let n = 2;
+        let mut t = T::new(n, &[("a", partial(n, &[0, 1])), ("b", partial(n, &[0, 1]))]);
+        let first = t.next(7).unwrap();
+        assert!(!first.endgame);
+        t.apply(&first);
+        let second = t.next(7).unwrap();
+        assert!(!second.endgame);
+        assert_ne!(second.first, first.first, "a fresh chunk before any repeat");
+        t.apply(&second);
+        // Everything is asked for: the next ask repeats one, elsewhere.
+        let third = t.next(7).unwrap();
+        assert!(third.endgame, "{third:?}");
+        assert!(!t.inflight[&third.first].contains(&third.host));
+        t.apply(&third);
+        let fourth = t.next(7).unwrap();
+        t.apply(&fourth);
+        // Each chunk is now asked of both: nothing more to ask.
+        assert_eq!(t.next(7), None);
+    }
+
+    #[test]
+    fn no_ask_beyond_the_limits_or_of_unusable_sources() {
+        let n = 64;
+        let mut t = T::new(n, &[("h", complete())]);
+        t.sources.get_mut("h").unwrap().benched_until = Some(t.now + Duration::from_secs(1));
+        assert_eq!(t.next(1), None, "benched");
+        t.sources.get_mut("h").unwrap().benched_until = None;
+        t.sources.get_mut("h").unwrap().dropped = true;
+        assert_eq!(t.next(1), None, "dropped");
+        t.sources.get_mut("h").unwrap().dropped = false;
+        t.writing = (0..MAX_WRITING).collect();
+        assert_eq!(t.next(1), None, "too much waiting for the disk");
+        t.writing.clear();
+        // A source is never asked beyond its cap.
+        let mut asked = 0;
+        while let Some(a) = t.next(asked as u64) {
+            t.apply(&a);
+            asked += a.count;
+            assert!(asked <= 64);
+        }
+        let s = &t.sources["h"];
+        assert!(s.inflight <= s.cap(false, None), "{}", s.inflight);
+    }
+
+    #[test]
+    fn nothing_is_asked_that_is_here_or_held_back() {
+        let n = 8;
+        let mut t = T::new(n, &[("h", complete())]);
+        for i in 0..n {
+            if i != 5 {
+                set_bit(&mut t.have, i);
+            }
+        }
+        t.hints.not_before.insert(5, t.now + Duration::from_secs(1));
+        assert_eq!(t.next(3), None);
+        t.hints.not_before.clear();
+        let a = t.next(3).unwrap();
+        assert_eq!((a.first, a.count), (5, 1));
+    }
+}

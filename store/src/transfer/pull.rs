@@ -1,0 +1,599 @@
+//! One transfer's loop. [`Pull`] holds its state; each event has its own
+//! handler: a chunk answer, a finished write, a source's have-bits, a fresh
+//! holder list. Between events the loop asks [`pick::next`] what to
+//! request, until the file is complete.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use super::bits::{count_bits, set_bit};
+use super::durable::{Partial, Piece, Written};
+use super::job::Job;
+use super::pick::{self, Hints};
+use super::{Engine, HolderAnswers, Miss, SYNC_EVERY};
+use crate::buf::ChunkBuf;
+use crate::{Error, Result};
+
+/// A finished have poll: source, its bitfield.
+type HaveDone = (String, Result<Vec<u8>>);
+/// A finished chunk request: source, first chunk index, chunks asked for,
+/// data (the first of them, possibly fewer than asked).
+type ChunkDone = (String, usize, usize, Result<ChunkBuf, Miss>);
+/// A finished write: source, and each chunk's index and outcome.
+type WriteDone = (String, Vec<(usize, Written)>);
+
+/// Reports the outcome of writing some chunks to the loop, in one message,
+/// or a failure if the write never got to report (it panicked): a chunk
+/// left in `writing` would never be asked for again.
+struct Report(Option<(String, Vec<usize>, mpsc::UnboundedSender<WriteDone>)>);
+
+impl Report {
+    fn send(mut self, ws: Vec<Written>) {
+        if let Some((host, idxs, tx)) = self.0.take() {
+            let _ = tx.send((host, idxs.into_iter().zip(ws).collect()));
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some((host, idxs, tx)) = self.0.take() {
+            let failed = |i| {
+                let e = Error::Failed(format!("writing chunk {i} failed"));
+                (i, Written::Failed(e))
+            };
+            let _ = tx.send((host, idxs.into_iter().map(failed).collect()));
+        }
+    }
+}
+
+/// Channels from the tasks a pull starts back to its loop.
+struct Inbox {
+    chunk_tx: mpsc::UnboundedSender<ChunkDone>,
+    chunks: mpsc::UnboundedReceiver<ChunkDone>,
+    written_tx: mpsc::UnboundedSender<WriteDone>,
+    written: mpsc::UnboundedReceiver<WriteDone>,
+    have_tx: mpsc::UnboundedSender<HaveDone>,
+    haves: mpsc::UnboundedReceiver<HaveDone>,
+    refresh_tx: mpsc::UnboundedSender<HolderAnswers>,
+    refreshes: mpsc::UnboundedReceiver<HolderAnswers>,
+}
+
+impl Inbox {
+    fn new() -> Inbox {
+        let (chunk_tx, chunks) = mpsc::unbounded_channel();
+        let (written_tx, written) = mpsc::unbounded_channel();
+        let (have_tx, haves) = mpsc::unbounded_channel();
+        let (refresh_tx, refreshes) = mpsc::unbounded_channel();
+        Inbox {
+            chunk_tx,
+            chunks,
+            written_tx,
+            written,
+            have_tx,
+            haves,
+            refresh_tx,
+            refreshes,
+        }
+    }
+}
+
+pub(super) struct Pull {
+    engine: Arc<Engine>,
+    job: Arc<Job>,
+    partial: Arc<Partial>,
+    /// The transfer slot; given up while no source is usable.
+    slot: Option<OwnedSemaphorePermit>,
+    /// Chunk -> the sources it is asked of now.
+    inflight: HashMap<usize, HashSet<String>>,
+    /// Received and being verified and written.
+    writing: HashSet<usize>,
+    hints: Hints,
+    /// The have-bit record being made, if any (one at a time).
+    persisting: Option<JoinHandle<Result<()>>>,
+    /// Chunks written since the last record.
+    unsynced: usize,
+    last_persist: Instant,
+    last_have: Instant,
+    /// None until the first holder list is asked for.
+    last_refresh: Option<Instant>,
+    refreshing: bool,
+    /// Sources whose have-bits are being asked for.
+    polling: HashSet<String>,
+    retry_wait: Duration,
+    /// Bytes written since when, for the rate `file status` shows.
+    rate_window: (Instant, u64),
+    inbox: Inbox,
+}
+
+/// What woke the loop.
+enum Event {
+    Chunk(ChunkDone),
+    Written(WriteDone),
+    Have(HaveDone),
+    Refresh(HolderAnswers),
+    Tick,
+}
+
+impl Pull {
+    pub(super) fn new(
+        engine: Arc<Engine>,
+        job: Arc<Job>,
+        partial: Partial,
+        slot: OwnedSemaphorePermit,
+    ) -> Pull {
+        let now = Instant::now();
+        let retry_wait = engine.tuning.retry_first;
+        Pull {
+            engine,
+            job,
+            partial: Arc::new(partial),
+            slot: Some(slot),
+            inflight: HashMap::new(),
+            writing: HashSet::new(),
+            hints: Hints::default(),
+            persisting: None,
+            unsynced: 0,
+            last_persist: now,
+            last_have: now,
+            // Ask the mesh at once: new holders may have appeared since
+            // the get (and a resumed transfer knows no source at all).
+            last_refresh: None,
+            refreshing: false,
+            polling: HashSet::new(),
+            retry_wait,
+            rate_window: (now, 0),
+            inbox: Inbox::new(),
+        }
+    }
+
+    /// Pulls until every chunk is here and recorded.
+    pub(super) async fn run(mut self) -> Result<()> {
+        let n = self.job.manifest.chunk_count();
+        loop {
+            if self.job.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            if count_bits(&self.job.state().have, n) == n {
+                break;
+            }
+            self.start_refresh();
+            self.poll_partial_sources();
+            let now = Instant::now();
+            let promise = self.engine.tuning.promise;
+            self.hints.promised.retain(|_, (_, t)| now - *t < promise);
+            self.hints.not_before.retain(|_, t| *t > now);
+            self.schedule();
+            match self.next_event().await {
+                Event::Chunk(done) => self.on_chunk(done),
+                Event::Written((host, done)) => self.on_written(host, done).await?,
+                Event::Have((host, bits)) => self.on_have(host, bits),
+                Event::Refresh(answers) => self.on_refresh(answers).await?,
+                Event::Tick => {}
+            }
+        }
+        // Every chunk is written; the last record, if any, must be done
+        // before the file moves.
+        if let Some(h) = self.persisting.take() {
+            h.await??;
+        }
+        Ok(())
+    }
+
+    async fn next_event(&mut self) -> Event {
+        let inbox = &mut self.inbox;
+        tokio::select! {
+            Some(d) = inbox.chunks.recv() => Event::Chunk(d),
+            Some(d) = inbox.written.recv() => Event::Written(d),
+            Some(d) = inbox.haves.recv() => Event::Have(d),
+            Some(d) = inbox.refreshes.recv() => Event::Refresh(d),
+            _ = self.job.cancel_note.notified() => Event::Tick,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => Event::Tick,
+        }
+    }
+
+    /// Asks the mesh who holds the file, in the background (a silent node
+    /// never stalls the transfer): every few seconds while sources are
+    /// usable, with a growing wait while none is.
+    fn start_refresh(&mut self) {
+        let usable = self.job.state().sources.values().any(|s| !s.dropped);
+        let every = if usable {
+            self.engine.tuning.refresh_every
+        } else {
+            self.retry_wait
+        };
+        if self.refreshing || self.last_refresh.is_some_and(|t| t.elapsed() < every) {
+            return;
+        }
+        self.refreshing = true;
+        let fut = self.engine.net.holders(self.job.name.clone());
+        let tx = self.inbox.refresh_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+    }
+
+    /// Other pullers' progress, often: the sooner we see what they have,
+    /// the more we take from them instead of the holder.
+    fn poll_partial_sources(&mut self) {
+        if self.last_have.elapsed() < self.engine.tuning.have_every {
+            return;
+        }
+        self.last_have = Instant::now();
+        let partial: Vec<String> = self
+            .job
+            .state()
+            .sources
+            .iter()
+            .filter(|(h, s)| !s.complete && !s.dropped && !self.polling.contains(*h))
+            .map(|(h, _)| h.clone())
+            .collect();
+        for host in partial {
+            self.polling.insert(host.clone());
+            let fut = self.engine.net.have(
+                host.clone(),
+                self.job.name.clone(),
+                self.job.manifest.root.clone(),
+            );
+            let tx = self.inbox.have_tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send((host, fut.await));
+            });
+        }
+    }
+
+    /// Starts the requests [`pick::next`] chooses, until it chooses none.
+    fn schedule(&mut self) {
+        let job = self.job.clone();
+        let mut st = job.state();
+        let now = Instant::now();
+        let rtts: HashMap<String, Duration> = st
+            .sources
+            .keys()
+            .filter_map(|h| Some((h.clone(), self.engine.net.rtt(h)?)))
+            .collect();
+        let mut rng = rand::thread_rng();
+        loop {
+            let view = pick::View {
+                chunks: job.manifest.chunk_count(),
+                have: &st.have,
+                writing: &self.writing,
+                inflight: &self.inflight,
+                sources: &st.sources,
+                hints: &self.hints,
+                rtts: &rtts,
+                now,
+            };
+            let Some(ask) = pick::next(&view, &mut rng) else {
+                return;
+            };
+            let (host, lo, count) = (ask.host, ask.first, ask.count);
+            if ask.endgame {
+                tracing::debug!("{}: endgame, chunk {lo} again from {host}", job.name);
+            }
+            tracing::trace!(
+                "{}: asking {host} for chunks {lo}..{}",
+                job.name,
+                lo + count
+            );
+            for i in lo..lo + count {
+                self.inflight.entry(i).or_default().insert(host.clone());
+            }
+            let s = st
+                .sources
+                .get_mut(&host)
+                .expect("a source the picker chose");
+            if s.inflight == 0 {
+                s.busy_since = Some(Instant::now());
+            }
+            s.inflight += count;
+            let fut = self.engine.net.chunk(
+                host.clone(),
+                job.name.clone(),
+                job.manifest.root.clone(),
+                lo as u32,
+                count as u32,
+            );
+            let tx = self.inbox.chunk_tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send((host, lo, count, fut.await));
+            });
+        }
+    }
+
+    /// An answer to a chunk request: the chunks, to verify and write, or
+    /// a miss, which says when and whom to ask again.
+    fn on_chunk(&mut self, (host, idx, count, res): ChunkDone) {
+        for i in idx..idx + count {
+            if let Some(set) = self.inflight.get_mut(&i) {
+                set.remove(&host);
+                if set.is_empty() {
+                    self.inflight.remove(&i);
+                }
+            }
+        }
+        let t = &self.engine.tuning;
+        let data = {
+            let mut st = self.job.state();
+            if let Some(s) = st.sources.get_mut(&host) {
+                s.inflight = s.inflight.saturating_sub(count);
+                s.measure(res.as_ref().map_or(0, |d| d.len() as u64));
+            }
+            match res {
+                Ok(data) => Some(data),
+                // Neither is the source's fault.
+                Err(Miss::NotYet) => {
+                    self.hints
+                        .not_before
+                        .insert(idx, Instant::now() + t.not_yet_wait);
+                    None
+                }
+                Err(Miss::Redirect(to)) => {
+                    // Possibly a puller we have not heard of yet: its
+                    // bitfield is polled from now on.
+                    let s = st.sources.entry(to.clone()).or_default();
+                    if !s.dropped {
+                        self.hints.promised.insert(idx, (to, Instant::now()));
+                    }
+                    None
+                }
+                // The connection broke under this request (and maybe
+                // others): try again soon, on a new one.
+                Err(Miss::Lost(e)) => {
+                    let s = st.sources.entry(host.clone()).or_default();
+                    s.benched_until = Some(Instant::now() + t.lost_wait);
+                    tracing::debug!("{}: chunk {idx} from {host}: {e}", self.job.name);
+                    None
+                }
+                Err(miss @ (Miss::Failed(_) | Miss::Gone(_))) => {
+                    let s = st.sources.entry(host.clone()).or_default();
+                    s.fails += 1;
+                    s.benched_until = Some(Instant::now() + t.fail_wait * (1u32 << s.fails.min(6)));
+                    let e = match miss {
+                        Miss::Gone(e) => {
+                            s.dropped = true;
+                            e
+                        }
+                        Miss::Failed(e) => e,
+                        _ => unreachable!(),
+                    };
+                    if s.fails >= t.max_fails {
+                        s.dropped = true;
+                    }
+                    warn!("{}: chunk {idx} from {host} failed: {e}", self.job.name);
+                    None
+                }
+            }
+        };
+        if let Some(data) = data {
+            self.take(host, idx, count, data);
+        }
+    }
+
+    /// Hands the useful chunks of an answer to a blocking thread that
+    /// verifies and writes them, while the loop goes on asking: hashing
+    /// and the copy into the page cache are a good part of a fast
+    /// transfer's time.
+    fn take(&mut self, host: String, idx: usize, count: usize, data: ChunkBuf) {
+        // The answer is the run's first chunks, one after another (a
+        // source may send fewer than asked). A short last piece is taken as
+        // it is, and fails verification.
+        let mut take = Vec::new();
+        {
+            let st = self.job.state();
+            let mut at = 0usize;
+            for i in idx..idx + count {
+                // Past the answer's end: not sent. (An empty answer still
+                // yields its first chunk, to fail verification.)
+                if at >= data.len() && i > idx {
+                    break;
+                }
+                let len = (self.job.manifest.chunk_range(i).1 as usize).min(data.len() - at);
+                // The other copy of an endgame request may have won.
+                if !super::bits::bit(&st.have, i) && !self.writing.contains(&i) {
+                    take.push(Piece { idx: i, at, len });
+                }
+                at += len;
+            }
+        }
+        if take.is_empty() {
+            return;
+        }
+        self.writing.extend(take.iter().map(|t| t.idx));
+        let (job, partial) = (self.job.clone(), self.partial.clone());
+        let idxs = take.iter().map(|t| t.idx).collect();
+        let report = Report(Some((host, idxs, self.inbox.written_tx.clone())));
+        tokio::task::spawn_blocking(move || report.send(partial.write(&job, &take, &data)));
+    }
+
+    /// Chunks verified and written (or found bad): the have-bits, the
+    /// sources' records, and a durable record of the bits when one is due.
+    async fn on_written(&mut self, host: String, done: Vec<(usize, Written)>) -> Result<()> {
+        for (idx, w) in done {
+            self.writing.remove(&idx);
+            if self.written(host.clone(), idx, w)? {
+                self.unsynced += 1;
+            }
+        }
+        // A restart re-fetches only chunks not yet recorded: keep that
+        // window small (a few chunks, a quarter second). One record at a
+        // time, off the loop.
+        let due = self.unsynced >= SYNC_EVERY
+            || (self.unsynced > 0
+                && self.last_persist.elapsed() >= self.engine.tuning.persist_every);
+        if due && self.persisting.as_ref().is_none_or(|h| h.is_finished()) {
+            if let Some(h) = self.persisting.take() {
+                h.await??;
+            }
+            let record = self
+                .engine
+                .clone()
+                .persist(self.job.clone(), self.partial.file.clone());
+            self.persisting = Some(tokio::spawn(record));
+            self.unsynced = 0;
+            self.last_persist = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Books one finished write: the have-bit, the source's record.
+    /// Returns whether a chunk was added (and so awaits a durable record).
+    fn written(&mut self, host: String, idx: usize, w: Written) -> Result<bool> {
+        let job = &self.job;
+        let mut st = job.state();
+        let len = match w {
+            Written::Failed(e) => return Err(e),
+            Written::Bad => {
+                let s = st.sources.entry(host.clone()).or_default();
+                s.bad += 1;
+                warn!(
+                    "{}: chunk {idx} from {host} failed verification ({} bad from it); \
+                     fetching it elsewhere",
+                    job.name, s.bad
+                );
+                // Chunks still in flight from it fail too: say it once.
+                if s.bad >= self.engine.tuning.max_bad && !s.dropped {
+                    s.dropped = true;
+                    warn!(
+                        "{}: dropping {host} as a source: it keeps sending bad data",
+                        job.name
+                    );
+                }
+                return Ok(false);
+            }
+            Written::Ok(len) => len,
+        };
+        tracing::trace!("{}: chunk {idx} from {host} written", job.name);
+        set_bit(&mut st.have, idx);
+        st.bytes += len;
+        let s = st.sources.entry(host).or_default();
+        s.served += 1;
+        s.fails = 0;
+        self.rate_window.1 += len;
+        let el = self.rate_window.0.elapsed().as_secs_f64();
+        if el >= 1.0 {
+            st.rate = self.rate_window.1 as f64 / el;
+            self.rate_window = (Instant::now(), 0);
+        }
+        Ok(true)
+    }
+
+    /// A puller's have-bits, as it answered (ignored unless they fit).
+    fn on_have(&mut self, host: String, bits: Result<Vec<u8>>) {
+        self.polling.remove(&host);
+        let want = self.job.manifest.chunk_count().div_ceil(8);
+        if let Some(s) = self.job.state().sources.get_mut(&host) {
+            if !s.complete && bits.as_ref().is_ok_and(|b| b.len() == want) {
+                s.have = bits.unwrap_or_default();
+            }
+        }
+    }
+
+    /// A fresh answer to "who holds it". With no usable source the
+    /// transfer waits, retrying less and less often, and gives up its slot
+    /// meanwhile: files that can move should not queue behind one that
+    /// cannot.
+    async fn on_refresh(&mut self, answers: HolderAnswers) -> Result<()> {
+        self.refreshing = false;
+        self.last_refresh = Some(Instant::now());
+        self.apply_refresh(answers);
+        let usable = self.job.state().sources.values().any(|s| !s.dropped);
+        let t = &self.engine.tuning;
+        if usable {
+            if self.slot.is_none() {
+                self.job.state().queued = true;
+                self.slot = Some(self.engine.acquire_slot(&self.job).await?);
+                self.job.state().queued = false;
+            }
+            self.retry_wait = t.retry_first;
+            self.job.state().phase = "pulling".into();
+        } else {
+            self.slot = None;
+            self.retry_wait = (self.retry_wait * 2).min(t.retry_max);
+            self.job.state().phase = format!(
+                "waiting for holders (retry in {}s)",
+                self.retry_wait.as_secs()
+            );
+        }
+        Ok(())
+    }
+
+    /// Adds new holders and other pullers (with their progress),
+    /// re-admits sources that came back, and drops those that answered
+    /// without the file. A host that did not answer keeps its state: it
+    /// may be busy, and is benched if its chunk requests fail. (Nodes gone
+    /// from the mesh altogether are not in `answers`.)
+    fn apply_refresh(&self, answers: HolderAnswers) {
+        let job = &self.job;
+        let mut st = job.state();
+        for (host, res) in answers {
+            let Ok(list) = res else { continue };
+            let held = list
+                .into_iter()
+                .find(|h| h.name == job.name && h.manifest.root == job.manifest.root);
+            match held {
+                Some(h) => {
+                    let s = st.sources.entry(host.clone()).or_default();
+                    s.complete = h.partial.is_none();
+                    s.have = h.partial.unwrap_or_default();
+                    if s.dropped && s.bad < self.engine.tuning.max_bad {
+                        s.dropped = false;
+                        s.fails = 0;
+                        s.benched_until = None;
+                    }
+                }
+                None => {
+                    if let Some(s) = st.sources.get_mut(&host) {
+                        s.dropped = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// One transfer, from its slot to its final name.
+    pub(super) async fn run(self: &Arc<Self>, job: &Arc<Job>) -> Result<()> {
+        let slot = self.acquire_slot(job).await?;
+        if job.is_cancelled() {
+            return Err(Error::Cancelled);
+        }
+        {
+            let mut st = job.state();
+            st.queued = false;
+            st.phase = "pulling".into();
+        }
+        let started = Instant::now();
+        let partial = self.open_partial(job).await?;
+        self.verify_resumed(job, &partial.file).await?;
+        let file = partial.file.clone();
+        Pull::new(self.clone(), job.clone(), partial, slot)
+            .run()
+            .await?;
+        let pulled = started.elapsed();
+        self.finish(job, &file).await?;
+        job.state().took = format!(
+            ", pulled in {:.2} s, synced and moved in {:.2} s",
+            pulled.as_secs_f64(),
+            (started.elapsed() - pulled).as_secs_f64()
+        );
+        Ok(())
+    }
+
+    /// One of the [`super::MAX_ACTIVE`] transfer slots, or an error once
+    /// cancelled.
+    pub(super) async fn acquire_slot(&self, job: &Arc<Job>) -> Result<OwnedSemaphorePermit> {
+        tokio::select! {
+            p = self.slots.clone().acquire_owned() => {
+                p.map_err(|e| Error::Failed(format!("transfer slots: {e}")))
+            }
+            _ = job.cancel_note.notified() => Err(Error::Cancelled),
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! Answering other nodes: what this node can serve, chunks from complete
+//! files and from transfers in progress, and a puller's have-bits.
+
+use std::time::Instant;
+
+use tracing::warn;
+
+use super::bits::bit;
+use super::{selects, Engine, Held, Ledger, Miss};
+use crate::buf::ChunkBuf;
+use crate::files::FilesDir;
+use crate::local::read_range;
+use crate::manifest::MAX_RUN;
+use crate::{Error, Result};
+
+impl Engine {
+    /// What this node can serve for `pattern`: complete files (hashed on
+    /// first request) and files it is itself pulling. Blocking.
+    pub fn held(&self, pattern: &str) -> Result<Vec<Held>> {
+        let clean = FilesDir::clean(pattern)?;
+        if clean.is_empty() {
+            // Would hash the whole directory for one question.
+            return Err(Error::BadName("name a file, glob or directory".into()));
+        }
+        let mut out = Vec::new();
+        for name in self.files().expand(&clean)? {
+            // One unreadable or changing file must not hide the others.
+            match self.local.manifest(&name) {
+                Ok(Some(m)) => out.push(Held {
+                    name,
+                    manifest: m,
+                    partial: None,
+                }),
+                Ok(None) => {}
+                Err(e) => warn!("not offering {name}: {e}"),
+            }
+        }
+        for (name, j) in self.jobs().iter() {
+            if selects(&clean, name) && !j.is_cancelled() && !out.iter().any(|h| &h.name == name) {
+                out.push(Held {
+                    name: name.clone(),
+                    manifest: j.manifest.clone(),
+                    partial: Some(j.state().have.clone()),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Chunks `index..index + count` (at most [`MAX_RUN`]) for node
+    /// `from`, appended to `buf`: from a complete file, or from a transfer
+    /// in progress, as many of them as are verified here in a row (at
+    /// least the first). A complete holder sends each chunk to one puller
+    /// and points the others at it (once per chunk and puller, and only at
+    /// a puller that is still asking), and sends a whole run only to a lone
+    /// puller. Blocking.
+    pub fn read_chunk(
+        &self,
+        from: &str,
+        name: &str,
+        root: &[u8],
+        index: usize,
+        count: usize,
+        buf: &mut ChunkBuf,
+    ) -> Result<(), Miss> {
+        let count = count.clamp(1, MAX_RUN);
+        let job = self.jobs().get(name).cloned();
+        if let Some(j) = job.filter(|j| j.manifest.root == root) {
+            let n = j.manifest.chunk_count();
+            if index >= n {
+                return Err(Error::NoChunk {
+                    name: name.into(),
+                    index,
+                }
+                .into());
+            }
+            let k = {
+                let st = j.state();
+                (index..(index + count).min(n))
+                    .take_while(|&i| bit(&st.have, i))
+                    .count()
+            };
+            if k == 0 {
+                return Err(Miss::NotYet);
+            }
+            let (off, len) = j.manifest.run_range(index, k);
+            return read_range(&j.tmp, off, len, buf)
+                .map_err(|e| Error::io("reading", name, e).into());
+        }
+        // Only a request this node can answer from its file enters the
+        // ledger.
+        let (path, m) = self.local.chunk_source(name, root, index)?;
+        let count = count.min(m.chunk_count() - index);
+        let k = match self.portion(from, name, root, index as u32, count as u32) {
+            Ok(k) => k as usize,
+            Err(first) => {
+                tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
+                return Err(Miss::Redirect(first));
+            }
+        };
+        tracing::trace!("{name}: chunks {index}..{} to {from}", index + k);
+        let (off, len) = m.run_range(index, k);
+        read_range(&path, off, len, buf).map_err(|e| Error::io("reading", name, e).into())
+    }
+
+    /// How many chunks of a run to send `from`, or whom to point it at.
+    fn portion(
+        &self,
+        from: &str,
+        name: &str,
+        root: &[u8],
+        index: u32,
+        count: u32,
+    ) -> Result<u32, String> {
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let idle = self.tuning.ledger_idle;
+        ledgers.retain(|_, l| l.active.values().any(|t| now - *t < idle));
+        let l = ledgers.entry(name.to_string()).or_default();
+        if l.root != root {
+            *l = Ledger::new(root);
+        }
+        l.decide_run(&self.tuning, from, index, count, now)
+    }
+
+    /// The have-bitfield of a transfer in progress here, for other pullers.
+    pub fn have_bits(&self, name: &str, root: &[u8]) -> Result<Vec<u8>> {
+        let job = self.jobs().get(name).cloned();
+        match job.filter(|j| j.manifest.root == root) {
+            Some(j) => Ok(j.state().have.clone()),
+            None => Err(Error::NotFetching { name: name.into() }),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! What a puller knows of each source of a file: what it has, what it is
+//! asked for, how fast it delivers, and how it has behaved.
+
+use std::time::{Duration, Instant};
+
+use super::job::SourceRow;
+use super::{IN_FLIGHT_TIME, PER_HOLDER_SWARMING, PER_SOURCE};
+use crate::manifest::CHUNK_SIZE;
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct SourceStat {
+    pub(super) complete: bool,
+    pub(super) have: Vec<u8>,
+    pub(super) inflight: usize,
+    pub(super) served: u64,
+    pub(super) bad: u32,
+    pub(super) fails: u32,
+    pub(super) benched_until: Option<Instant>,
+    /// What this source delivers to us, in bytes per second, smoothed:
+    /// measured between answers while it had requests in hand.
+    pub(super) rate: f64,
+    /// Since when the source has been working for us without a break, and
+    /// the bytes it delivered since.
+    pub(super) busy_since: Option<Instant>,
+    pub(super) busy_bytes: u64,
+    pub(super) dropped: bool,
+}
+
+impl SourceStat {
+    /// This source's part, for `file status` and the completion line.
+    pub(super) fn row(&self, host: &str) -> SourceRow {
+        SourceRow {
+            host: host.to_string(),
+            served: self.served,
+            bad: self.bad,
+            failing: self.fails,
+            dropped: self.dropped,
+        }
+    }
+
+    /// `host:chunks`, then `(bad N)`, and `(dropped)` or `(failing N)`
+    /// (requests failed in a row; it is asked again after a pause, and
+    /// dropped after a few) where they apply.
+    pub(super) fn label(&self, host: &str) -> String {
+        self.row(host).label()
+    }
+
+    /// Books an answer (`bytes` of chunk, 0 for a miss) for the rate. Rates
+    /// come from at least two chunks or 20 ms of work: answers that were
+    /// pipelined arrive back to back, and one of them alone says nothing.
+    pub(super) fn measure(&mut self, bytes: u64) {
+        let now = Instant::now();
+        self.busy_bytes += bytes;
+        if let Some(since) = self.busy_since {
+            let took = now - since;
+            if self.busy_bytes >= 2 * CHUNK_SIZE
+                || (self.busy_bytes > 0 && took >= Duration::from_millis(20))
+            {
+                let r = self.busy_bytes as f64 / took.as_secs_f64().max(1e-6);
+                self.rate = if self.rate == 0.0 {
+                    r
+                } else {
+                    0.7 * self.rate + 0.3 * r
+                };
+                self.busy_since = Some(now);
+                self.busy_bytes = 0;
+            }
+        }
+        if self.inflight == 0 {
+            self.busy_since = None;
+            self.busy_bytes = 0;
+        }
+    }
+
+    /// Requests to keep in flight: what the source delivers in two round
+    /// trips plus [`IN_FLIGHT_TIME`], at least one; two until it is
+    /// measured, or when its round trip is unknown. Deep queues at a shared
+    /// source (a puller's uplink serves every other puller) only delay each
+    /// chunk and make every puller's choices stale. The cap grows while
+    /// requests come back faster than that window: two round trips keep a
+    /// distant source growing even when a chunk takes longer to send than
+    /// the 50 ms.
+    pub(super) fn cap(&self, swarming: bool, rtt: Option<Duration>) -> usize {
+        let window = IN_FLIGHT_TIME + 2 * rtt.unwrap_or_default();
+        let by_rate = if self.rate > 0.0 {
+            (self.rate * window.as_secs_f64() / CHUNK_SIZE as f64).ceil() as usize
+        } else {
+            2
+        };
+        let most = if self.complete && swarming {
+            PER_HOLDER_SWARMING
+        } else {
+            PER_SOURCE
+        };
+        let least = if rtt.is_some() { 1 } else { 2 };
+        by_rate.clamp(least.min(most), most)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_in_flight_cover_the_round_trip_but_no_queue() {
+        let chunk = CHUNK_SIZE as f64;
+        // A distant source on a fast link: each request takes the round
+        // trip plus its transfer, so what we measure is cap x chunk / that.
+        // The cap must grow to the link, not settle at one per round trip.
+        let (rtt, link) = (Duration::from_millis(50), 1e9);
+        let mut s = SourceStat::default();
+        let mut cap = s.cap(false, Some(rtt));
+        for _ in 0..20 {
+            let latency = rtt.as_secs_f64() + chunk / link;
+            s.rate = (cap as f64 * chunk / latency).min(link);
+            cap = s.cap(false, Some(rtt));
+        }
+        assert_eq!(cap, PER_SOURCE, "stuck at {cap} in flight");
+        // A puller's uplink shared by six others, next door: about 4 MB/s
+        // each. One in flight keeps it busy; more only queue there.
+        let s = SourceStat {
+            rate: 4e6,
+            ..SourceStat::default()
+        };
+        assert_eq!(s.cap(false, Some(Duration::from_micros(200))), 1);
+        // Unmeasured: two, to measure.
+        assert_eq!(SourceStat::default().cap(false, None), 2);
+    }
+}

@@ -1,0 +1,65 @@
+//! The engine's timing constants in one place, so that tests can shorten
+//! them instead of waiting real seconds. The defaults are what a node runs
+//! with; each says why it is what it is.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// How often the have-bitfields of other pullers are polled: the sooner
+    /// a puller sees what the others have, the more it takes from them
+    /// instead of the holder.
+    pub have_every: Duration,
+    /// How often the holder list is refreshed while sources are usable.
+    pub refresh_every: Duration,
+    /// With no usable source: the first wait before asking the mesh again,
+    /// doubling up to `retry_max`.
+    pub retry_first: Duration,
+    pub retry_max: Duration,
+    /// Have-bits are recorded at least this often while chunks land (and
+    /// every [`super::SYNC_EVERY`] chunks). A restart re-fetches at most
+    /// what arrived in this window.
+    pub persist_every: Duration,
+    /// How long a puller waits for a chunk another puller was sent, before
+    /// it asks the holder itself.
+    pub promise: Duration,
+    /// A puller that does not have a chunk yet is asked again after this.
+    pub not_yet_wait: Duration,
+    /// A source whose connection broke is asked again after this.
+    pub lost_wait: Duration,
+    /// A source whose request failed is asked again after this, doubling
+    /// with each failure in a row (up to 64 times).
+    pub fail_wait: Duration,
+    /// Failures in a row after which a source is dropped.
+    pub max_fails: u32,
+    /// Bad chunks after which a source is dropped for the transfer.
+    pub max_bad: u32,
+    /// A holder forgets a file's pullers this long after the last one asked.
+    pub ledger_idle: Duration,
+    /// A puller that asked for a chunk this recently is still pulling:
+    /// other pullers can be pointed at it.
+    pub puller_active: Duration,
+    /// A chunk sent to one puller this recently is not sent to another.
+    pub sent_fresh: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Tuning {
+        Tuning {
+            have_every: Duration::from_millis(100),
+            refresh_every: Duration::from_secs(2),
+            retry_first: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            persist_every: Duration::from_millis(250),
+            promise: Duration::from_secs(3),
+            not_yet_wait: Duration::from_millis(150),
+            lost_wait: Duration::from_millis(500),
+            fail_wait: Duration::from_millis(500),
+            max_fails: 5,
+            max_bad: 3,
+            ledger_idle: Duration::from_secs(60),
+            puller_active: Duration::from_secs(5),
+            sent_fresh: Duration::from_secs(10),
+        }
+    }
+}
