@@ -13,8 +13,8 @@ pub mod proto;
 mod serve;
 mod stats;
 
-pub use cmd::{execute, Source};
 pub use error::{Error, Result};
-pub use node::{DataPort, Node, Options, DEFAULT_DEGREE, DEFAULT_TIMEOUT, NO_LIMIT};
+pub use node::{DataPort, Options};
+pub(crate) use node::{Node, DEFAULT_DEGREE, NO_LIMIT};
 pub use proto::Response;
 pub use serve::serve;

@@ -37,20 +37,20 @@ pub enum DataPort {
     Preferred(u16),
 }
 
-pub const DEFAULT_DEGREE: usize = 3;
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_DEGREE: usize = 3;
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What "no time limit" means for a `mesh send`.
-pub const NO_LIMIT: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const NO_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// A running node: the overlay, the metadata database, and the subsystems
 /// (`files` now; namespaces, VMs and bridges join it).
-pub struct Node {
-    pub name: String,
-    pub base: PathBuf,
-    pub overlay: Overlay,
-    pub meta: Meta,
+pub(crate) struct Node {
+    pub(crate) name: String,
+    pub(crate) base: PathBuf,
+    pub(crate) overlay: Overlay,
+    pub(crate) meta: Meta,
     pub(crate) files: Files,
-    pub started: Instant,
+    pub(crate) started: Instant,
     timeout: Mutex<Duration>,
 }
 
@@ -77,20 +77,20 @@ impl Node {
         })
     }
 
-    pub fn timeout(&self) -> Duration {
+    pub(crate) fn timeout(&self) -> Duration {
         *self.timeout.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The deadline `mesh send` uses: the mesh timeout, or
     /// [`NO_LIMIT`] for "unlimited" (0).
-    pub fn send_timeout(&self) -> Duration {
+    pub(crate) fn send_timeout(&self) -> Duration {
         match self.timeout() {
             t if t.is_zero() => NO_LIMIT,
             t => t,
         }
     }
 
-    pub fn set_timeout(&self, t: Duration) -> Result<()> {
+    pub(crate) fn set_timeout(&self, t: Duration) -> Result<()> {
         *self.timeout.lock().unwrap_or_else(|e| e.into_inner()) = t;
         self.meta
             .put("settings", "timeout_ms", &(t.as_millis() as u64))?;

@@ -53,6 +53,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         psk,
         peers,
         mdns: opts.mdns,
+        tuning: mm_overlay::Tuning::default(),
     })
     .await?;
     let snap = overlay.snapshot().await?;

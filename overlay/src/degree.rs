@@ -8,7 +8,7 @@ use libp2p::PeerId;
 use rand::seq::SliceRandom;
 use rand::Rng;
 
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     pub me: PeerId,
     pub degree: usize,
     /// Live connections and dials in progress.
@@ -23,11 +23,11 @@ pub struct View<'a> {
 }
 
 /// Inbound connections beyond this are refused.
-pub fn inbound_cap(degree: usize) -> usize {
+pub(crate) fn inbound_cap(degree: usize) -> usize {
     degree.saturating_mul(4).max(8)
 }
 
-pub fn plan(v: &View, rng: &mut impl Rng) -> Vec<PeerId> {
+pub(crate) fn plan(v: &View, rng: &mut impl Rng) -> Vec<PeerId> {
     if v.degree == 0 {
         return Vec::new();
     }

@@ -11,6 +11,7 @@ mod error;
 mod net;
 mod topology;
 mod transport;
+mod tuning;
 pub mod wire;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::Multiaddr;
 use tokio::sync::{mpsc, oneshot};
 pub use transport::{new_psk, parse_psk};
+pub use tuning::Tuning;
 pub use wire::HostStats;
 
 pub struct Config {
@@ -37,6 +39,7 @@ pub struct Config {
     /// Static peers, dialled (with back-off) until first reached.
     pub peers: Vec<Multiaddr>,
     pub mdns: bool,
+    pub tuning: Tuning,
 }
 
 /// A request for this node to answer: routed to it by `send`, or sent

@@ -15,7 +15,7 @@ struct Entry {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Update {
+pub(crate) enum Update {
     /// First announcement from this node (or first since it expired).
     New,
     Refreshed,
@@ -28,20 +28,20 @@ pub enum Update {
 }
 
 #[derive(Debug)]
-pub struct Topology {
+pub(crate) struct Topology {
     me: PeerId,
     nodes: HashMap<PeerId, Entry>,
 }
 
 impl Topology {
-    pub fn new(me: PeerId) -> Self {
+    pub(crate) fn new(me: PeerId) -> Self {
         Self {
             me,
             nodes: HashMap::new(),
         }
     }
 
-    pub fn update(&mut self, from: PeerId, a: Announce, now: Instant) -> Update {
+    pub(crate) fn update(&mut self, from: PeerId, a: Announce, now: Instant) -> Update {
         if let Some(holder) = self.name_holder(&a.name) {
             if holder != from {
                 return Update::NameTaken { holder };
@@ -69,7 +69,7 @@ impl Topology {
 
     /// Drops nodes not heard from within `max_age` (never this node itself);
     /// returns their names.
-    pub fn expire(&mut self, now: Instant, max_age: Duration) -> Vec<String> {
+    pub(crate) fn expire(&mut self, now: Instant, max_age: Duration) -> Vec<String> {
         let me = self.me;
         let dead: Vec<PeerId> = self
             .nodes
@@ -83,30 +83,30 @@ impl Topology {
             .collect()
     }
 
-    pub fn remove(&mut self, peer: &PeerId) {
+    pub(crate) fn remove(&mut self, peer: &PeerId) {
         if *peer != self.me {
             self.nodes.remove(peer);
         }
     }
 
-    pub fn name_holder(&self, name: &str) -> Option<PeerId> {
+    pub(crate) fn name_holder(&self, name: &str) -> Option<PeerId> {
         self.nodes
             .iter()
             .find(|(_, e)| e.announce.name == name)
             .map(|(p, _)| *p)
     }
 
-    pub fn name_of(&self, peer: &PeerId) -> Option<&str> {
+    pub(crate) fn name_of(&self, peer: &PeerId) -> Option<&str> {
         self.nodes.get(peer).map(|e| e.announce.name.as_str())
     }
 
-    pub fn announce_of(&self, peer: &PeerId) -> Option<&Announce> {
+    pub(crate) fn announce_of(&self, peer: &PeerId) -> Option<&Announce> {
         self.nodes.get(peer).map(|e| &e.announce)
     }
 
     /// Adjacency over edges both ends confirm. This node's own edges are its
     /// live connections (`direct`), which it knows first-hand.
-    pub fn graph(&self, direct: &HashSet<PeerId>) -> HashMap<PeerId, Vec<PeerId>> {
+    pub(crate) fn graph(&self, direct: &HashSet<PeerId>) -> HashMap<PeerId, Vec<PeerId>> {
         let mut adj: HashMap<PeerId, Vec<PeerId>> = HashMap::new();
         for (p, e) in &self.nodes {
             if *p == self.me {
@@ -136,14 +136,14 @@ impl Topology {
 
     /// For every node reachable from here, the direct peer to send through.
     /// This node itself maps to itself.
-    pub fn next_hops(&self, direct: &HashSet<PeerId>) -> HashMap<PeerId, PeerId> {
+    pub(crate) fn next_hops(&self, direct: &HashSet<PeerId>) -> HashMap<PeerId, PeerId> {
         self.next_hops_avoiding(direct, &HashSet::new())
     }
 
     /// Like [`Self::next_hops`], but never through the nodes in `avoid`
     /// (those a request already passed through), so a request cannot loop
     /// while nodes' views of the mesh disagree.
-    pub fn next_hops_avoiding(
+    pub(crate) fn next_hops_avoiding(
         &self,
         direct: &HashSet<PeerId>,
         avoid: &HashSet<PeerId>,
@@ -178,7 +178,7 @@ impl Topology {
 
     /// The reachable part of the mesh, this node included, by name, with each
     /// node's confirmed neighbours by name. Sorted, for display.
-    pub fn reachable(&self, direct: &HashSet<PeerId>) -> BTreeMap<String, Vec<String>> {
+    pub(crate) fn reachable(&self, direct: &HashSet<PeerId>) -> BTreeMap<String, Vec<String>> {
         let adj = self.graph(direct);
         let hops = self.next_hops(direct);
         let mut out = BTreeMap::new();
@@ -200,7 +200,7 @@ impl Topology {
     }
 
     /// Peers known from announcements, with their advertised addresses.
-    pub fn known(&self) -> impl Iterator<Item = (&PeerId, &Announce)> {
+    pub(crate) fn known(&self) -> impl Iterator<Item = (&PeerId, &Announce)> {
         self.nodes.iter().map(|(p, e)| (p, &e.announce))
     }
 }

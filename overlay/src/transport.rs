@@ -9,7 +9,7 @@ use libp2p::core::Transport;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::{identity::Keypair, noise, tcp, yamux, PeerId};
 
-pub fn build(key: &Keypair, psk: Option<PreSharedKey>) -> Boxed<(PeerId, StreamMuxerBox)> {
+pub(crate) fn build(key: &Keypair, psk: Option<PreSharedKey>) -> Boxed<(PeerId, StreamMuxerBox)> {
     let noise = noise::Config::new(key).expect("noise config from an ed25519 key");
     let mut yamux = yamux::Config::default();
     // Many parallel requests on one connection (file chunks) must not stall

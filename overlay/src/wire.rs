@@ -105,11 +105,11 @@ mod peer_id {
     use libp2p::PeerId;
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(p: &PeerId, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_bytes(&p.to_bytes())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PeerId, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PeerId, D::Error> {
         let b: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
         PeerId::from_bytes(&b).map_err(D::Error::custom)
     }
@@ -119,11 +119,11 @@ mod peer_list {
     use libp2p::PeerId;
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(v: &[PeerId], s: S) -> Result<S::Ok, S::Error> {
+    pub(super) fn serialize<S: Serializer>(v: &[PeerId], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(v.iter().map(|p| serde_bytes::ByteBuf::from(p.to_bytes())))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerId>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerId>, D::Error> {
         let raw: Vec<serde_bytes::ByteBuf> = Deserialize::deserialize(d)?;
         raw.iter()
             .map(|b| PeerId::from_bytes(b).map_err(D::Error::custom))

@@ -40,7 +40,7 @@ pub(crate) struct Spec {
 
 /// Where a command came from: the local control socket, or another node.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     Local { cwd: Option<PathBuf> },
     Mesh { from: String },
 }
@@ -90,7 +90,10 @@ pub(crate) fn specs() -> &'static [&'static Spec] {
 }
 
 /// Parses and runs one command; errors become error rows of this node.
-pub async fn execute(node: &Arc<Node>, argv: &[String], src: Source) -> Vec<Response> {
+pub(crate) async fn execute(node: &Arc<Node>, argv: &[String], src: Source) -> Vec<Response> {
+    if let Source::Mesh { from } = &src {
+        tracing::debug!("command from {from}: {}", argv.join(" "));
+    }
     let (spec, call) = match grammar::parse(specs(), argv) {
         Ok(p) => p,
         Err(e) => return vec![Response::failure(&node.name, &e)],

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::behaviour::fmt_err;
 use super::{DialReply, EventLoop};
-use crate::Error;
+use crate::{Error, Tuning};
 
 /// A `--peer` address, redialled with back-off until reached.
 pub(super) struct Static {
@@ -52,18 +52,22 @@ pub(super) struct Dialing {
     /// Last addresses each node announced; outlives topology expiry so a
     /// node that restarts can be found again.
     pub(super) last_addrs: HashMap<PeerId, Vec<Multiaddr>>,
+    backoff_max: Duration,
+    static_retry_max: Duration,
 }
 
 impl Dialing {
-    pub(super) fn new(statics: Vec<Static>) -> Dialing {
+    pub(super) fn new(statics: Vec<Static>, t: &Tuning) -> Dialing {
         Dialing {
             statics,
+            backoff_max: t.backoff_max,
+            static_retry_max: t.static_retry_max,
             ..Dialing::default()
         }
     }
 
     /// A failed dial: leave the peer alone for a while, longer each time
-    /// (2 s doubling, at most 60 s).
+    /// (2 s doubling, up to the tuning's maximum).
     pub(super) fn note_failure(&mut self, p: PeerId) {
         let now = Instant::now();
         let b = self.backoff.entry(p).or_insert(Backoff {
@@ -71,7 +75,7 @@ impl Dialing {
             failures: 0,
         });
         b.failures += 1;
-        b.until = now + Duration::from_secs((1u64 << b.failures.min(6)).min(60));
+        b.until = now + Duration::from_secs(1u64 << b.failures.min(6)).min(self.backoff_max);
     }
 
     /// Not to be dialled automatically for `wait` (after `mesh hangup`).
@@ -111,7 +115,8 @@ impl Dialing {
             }
             if s.next <= now {
                 s.attempts += 1;
-                s.next = now + Duration::from_secs((1u64 << s.attempts.min(5)).min(30));
+                s.next =
+                    now + Duration::from_secs(1u64 << s.attempts.min(5)).min(self.static_retry_max);
                 due.push(s.addr.clone());
             }
         }

@@ -36,14 +36,7 @@ use crate::{Answers, Config, Error, Inbound, NodeView, Result, Snapshot};
 type DialReply = oneshot::Sender<Result<()>>;
 type DirectAnswer = oneshot::Sender<Result<Vec<u8>>>;
 
-const ANNOUNCE_EVERY: Duration = Duration::from_secs(2);
-/// A node silent for this long has left the mesh.
-const EXPIRE_AFTER: Duration = Duration::from_secs(9);
-/// How long the reachable set must stay unchanged before islands are bridged.
-const SETTLE: Duration = Duration::from_secs(3);
 const MAX_TTL: u8 = 32;
-/// How long a refused peer is left alone before its identity is checked again.
-const REFUSE_FOR: Duration = Duration::from_secs(60);
 /// No routed request waits longer than this, whatever it asks for.
 pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -98,6 +91,7 @@ impl EventLoop {
         let me = *swarm.local_peer_id();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let statics = cfg.peers.iter().cloned().map(Static::new).collect();
+        let dials = Dialing::new(statics, &cfg.tuning);
         Self {
             topic: gossipsub::IdentTopic::new(format!("mm/{}/topology", cfg.context)),
             swarm,
@@ -106,7 +100,7 @@ impl EventLoop {
             cfg,
             connected: HashSet::new(),
             conns: HashMap::new(),
-            dials: Dialing::new(statics),
+            dials,
             refusals: Refusals::default(),
             routes: Routing::default(),
             // A restarted node keeps its peer id; starting from the clock
@@ -130,7 +124,7 @@ impl EventLoop {
             error!("cannot subscribe to the topology topic: {e}");
         }
         self.publish();
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut tick = tokio::time::interval(self.cfg.tuning.tick);
         let mut last_announce = Instant::now();
         let mut last_maintain = Instant::now();
         loop {
@@ -144,11 +138,11 @@ impl EventLoop {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.reap_deadlines(now);
-                    if self.announce_due || now.duration_since(last_announce) >= ANNOUNCE_EVERY {
+                    if self.announce_due || now.duration_since(last_announce) >= self.cfg.tuning.announce_every {
                         self.publish();
                         last_announce = now;
                     }
-                    if now.duration_since(last_maintain) >= Duration::from_secs(1) {
+                    if now.duration_since(last_maintain) >= self.cfg.tuning.maintain_every {
                         self.maintain(now);
                         last_maintain = now;
                     }
@@ -228,8 +222,9 @@ impl EventLoop {
         }
         self.refusals.until.retain(|_, until| *until > now);
         self.dials.prune(now);
-        for name in self.topo.expire(now, EXPIRE_AFTER) {
-            info!("node {name} left the mesh (silent for {EXPIRE_AFTER:?})");
+        let expire = self.cfg.tuning.expire_after;
+        for name in self.topo.expire(now, expire) {
+            info!("node {name} left the mesh (silent for {expire:?})");
         }
         let comp: HashSet<PeerId> = self.topo.next_hops(&self.connected).into_keys().collect();
         if comp != self.component {
@@ -245,7 +240,7 @@ impl EventLoop {
             .into_iter()
             .filter(|p| !self.dials.backed_off(p, now))
             .collect();
-        let settled = now.duration_since(self.stable_since) >= SETTLE;
+        let settled = now.duration_since(self.stable_since) >= self.cfg.tuning.settle;
         let passive: HashSet<PeerId> = self
             .topo
             .known()
@@ -301,7 +296,7 @@ impl EventLoop {
                 let res = match self.topo.name_holder(&name) {
                     Some(p) if self.connected.contains(&p) => {
                         // Keep the degree logic from dialling it straight back.
-                        self.dials.hold_off(p, Duration::from_secs(30));
+                        self.dials.hold_off(p, self.cfg.tuning.hangup_hold);
                         let _ = self.swarm.disconnect_peer_id(p);
                         Ok(())
                     }
@@ -428,7 +423,7 @@ impl EventLoop {
                     if !self.refusals.hangups.iter().any(|(p, _)| *p == peer_id) {
                         self.refusals
                             .hangups
-                            .push((peer_id, Instant::now() + Duration::from_secs(2)));
+                            .push((peer_id, Instant::now() + self.cfg.tuning.refuse_close_after));
                     }
                     return;
                 }

@@ -2,13 +2,13 @@
 //! announcements from the topology topic.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use libp2p::{identify, Multiaddr, PeerId};
 use tracing::{error, info, warn};
 
 use super::behaviour::protocol_version;
-use super::{EventLoop, REFUSE_FOR};
+use super::EventLoop;
 use crate::topology::Update;
 use crate::wire::Announce;
 use crate::Error;
@@ -42,7 +42,9 @@ impl EventLoop {
                 info!("{why}");
             }
         }
-        self.refusals.until.insert(p, Instant::now() + REFUSE_FOR);
+        self.refusals
+            .until
+            .insert(p, Instant::now() + self.cfg.tuning.refuse_for);
         self.dials.discovered.remove(&p);
         self.topo.remove(&p);
         if self.connected.remove(&p) {
@@ -54,7 +56,7 @@ impl EventLoop {
         if !self.refusals.hangups.iter().any(|(q, _)| *q == p) {
             self.refusals
                 .hangups
-                .push((p, Instant::now() + Duration::from_secs(2)));
+                .push((p, Instant::now() + self.cfg.tuning.refuse_close_after));
         }
     }
 

@@ -6,6 +6,15 @@ use std::time::Instant;
 
 use super::Tuning;
 
+/// What a holder does with a request for a run of chunks.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Portion {
+    /// Sends this many of the run's chunks (at least the first).
+    Send(u32),
+    /// Points the asker at this puller, which was sent the first chunk.
+    Redirect(String),
+}
+
 /// Per file: who got each chunk first, who was already sent elsewhere, and
 /// when each puller last asked.
 #[derive(Default)]
@@ -77,16 +86,16 @@ impl Ledger {
         index: u32,
         count: u32,
         now: Instant,
-    ) -> Result<u32, String> {
+    ) -> Portion {
         if let Some(to) = self.decide(t, from, index, now) {
-            return Err(to);
+            return Portion::Redirect(to);
         }
         let alone = self
             .active
             .iter()
             .all(|(p, at)| p == from || now - *at >= t.puller_active);
         if !alone {
-            return Ok(1);
+            return Portion::Send(1);
         }
         let mut sent = 1;
         while sent < count {
@@ -99,7 +108,7 @@ impl Ledger {
             }
             sent += 1;
         }
-        Ok(sent)
+        Portion::Send(sent)
     }
 }
 
@@ -149,18 +158,25 @@ mod tests {
         let mut l = Ledger::default();
         assert_eq!(
             l.decide_run(&t, "a", 8, 4, t0),
-            Ok(4),
+            Portion::Send(4),
             "alone: the whole run"
         );
-        assert_eq!(l.decide_run(&t, "a", 12, 4, t0), Ok(4));
+        assert_eq!(l.decide_run(&t, "a", 12, 4, t0), Portion::Send(4));
         // A second puller: single chunks to both from now on, and chunks
         // a already has are pointed at a.
-        assert_eq!(l.decide_run(&t, "b", 16, 4, t0), Ok(1));
-        assert_eq!(l.decide_run(&t, "a", 20, 4, t0), Ok(1));
-        assert_eq!(l.decide_run(&t, "b", 9, 4, t0), Err("a".into()));
+        assert_eq!(l.decide_run(&t, "b", 16, 4, t0), Portion::Send(1));
+        assert_eq!(l.decide_run(&t, "a", 20, 4, t0), Portion::Send(1));
+        assert_eq!(
+            l.decide_run(&t, "b", 9, 4, t0),
+            Portion::Redirect("a".into())
+        );
         // Once b has gone quiet, a is alone again; a run stops short of a
         // chunk sent to b (still fresh).
         let t1 = t0 + t.puller_active + Duration::from_secs(1);
-        assert_eq!(l.decide_run(&t, "a", 13, 4, t1), Ok(3), "16 went to b");
+        assert_eq!(
+            l.decide_run(&t, "a", 13, 4, t1),
+            Portion::Send(3),
+            "16 went to b"
+        );
     }
 }

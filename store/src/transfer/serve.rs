@@ -6,7 +6,8 @@ use std::time::Instant;
 use tracing::warn;
 
 use super::bits::bit;
-use super::{selects, Engine, Held, Ledger, Miss};
+use super::ledger::{Ledger, Portion};
+use super::{selects, Engine, Held, Miss};
 use crate::buf::ChunkBuf;
 use crate::files::FilesDir;
 use crate::local::read_range;
@@ -92,8 +93,8 @@ impl Engine {
         let (path, m) = self.local.chunk_source(name, root, index)?;
         let count = count.min(m.chunk_count() - index);
         let k = match self.portion(from, name, root, index as u32, count as u32) {
-            Ok(k) => k as usize,
-            Err(first) => {
+            Portion::Send(k) => k as usize,
+            Portion::Redirect(first) => {
                 tracing::trace!("{name}: chunk {index}: {from} pointed at {first}");
                 return Err(Miss::Redirect(first));
             }
@@ -104,14 +105,7 @@ impl Engine {
     }
 
     /// How many chunks of a run to send `from`, or whom to point it at.
-    fn portion(
-        &self,
-        from: &str,
-        name: &str,
-        root: &[u8],
-        index: u32,
-        count: u32,
-    ) -> Result<u32, String> {
+    fn portion(&self, from: &str, name: &str, root: &[u8], index: u32, count: u32) -> Portion {
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         let idle = self.tuning.ledger_idle;

@@ -1,0 +1,288 @@
+//! Real `mm serve` processes: started, stopped, asked, and torn down on
+//! drop, also when the test panics.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::{rows, wait_for, MM};
+
+pub(crate) struct Node {
+    pub name: String,
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+    netns: Option<String>,
+    base: Option<PathBuf>,
+}
+
+impl Node {
+    /// A node on 127.0.0.1 with a free port and no mDNS (loopback tests must
+    /// not multicast onto the machine's real network).
+    pub(crate) fn local(name: &str, extra: &[&str]) -> Node {
+        let mut args: Vec<String> = ["--listen", "127.0.0.1", "--port", "0", "--no-mdns"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Node::spawn(name, args, None)
+    }
+
+    /// A node inside a lab namespace, with default discovery.
+    pub(crate) fn in_ns(name: &str, ns: &str, extra: &[&str]) -> Node {
+        Node::spawn(
+            name,
+            extra.iter().map(|s| s.to_string()).collect(),
+            Some(ns.to_string()),
+        )
+    }
+
+    /// A node in a lab namespace whose base is `base` (which the caller
+    /// owns; it is not removed).
+    pub(crate) fn in_ns_with_base(name: &str, ns: &str, base: &Path, extra: &[&str]) -> Node {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Node::spawn_at(name, args, Some(ns.to_string()), Some(base.to_path_buf()))
+    }
+
+    fn spawn(name: &str, args: Vec<String>, netns: Option<String>) -> Node {
+        Node::spawn_at(name, args, netns, None)
+    }
+
+    fn spawn_at(
+        name: &str,
+        args: Vec<String>,
+        netns: Option<String>,
+        base: Option<PathBuf>,
+    ) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mm-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let mut n = Node {
+            name: name.to_string(),
+            dir,
+            child: None,
+            args,
+            netns,
+            base,
+        };
+        n.start();
+        n
+    }
+
+    /// The node's base: its own temp dir unless the test chose one.
+    pub(crate) fn base(&self) -> &Path {
+        self.base.as_deref().unwrap_or(self.dir.path())
+    }
+
+    pub(crate) fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Per source, the chunks it gave this node's last finished transfer
+    /// of `name`, from `file status all` (whose `sources` cell reads
+    /// `h1:5 h2:3(bad 1)`).
+    pub(crate) fn served_by(&self, name: &str) -> Vec<(String, u64)> {
+        let st = rows(&self.json(&["file", "status", "all"]));
+        let done = st
+            .iter()
+            .rfind(|r| r["filename"] == name && r["state"] == "done")
+            .unwrap_or_else(|| panic!("{} has no finished transfer of {name}: {st:?}", self.name));
+        done["sources"]
+            .split_whitespace()
+            .filter_map(|e| {
+                let (h, c) = e.split_once(':')?;
+                let c = c.split(|c: char| !c.is_ascii_digit()).next()?;
+                Some((h.to_string(), c.parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// (Re)starts the process with the same base and arguments.
+    pub(crate) fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        // MM_SERVE_BIN: another build of `mm` for the nodes, to compare two
+        // versions on the same machine in the same hour (benchmarks).
+        let bin = std::env::var("MM_SERVE_BIN").unwrap_or_else(|_| MM.to_string());
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, &bin]);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        // If the test process dies (killed by a CI timeout), take the node
+        // with it rather than leave it running.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        cmd.arg("serve")
+            .arg("--base")
+            .arg(self.base())
+            .args(["--name", &self.name])
+            .args(&self.args)
+            .env(
+                "RUST_LOG",
+                // MM_LOG: more detail for a run, e.g. mm_store=trace.
+                std::env::var("MM_LOG").unwrap_or_else(|_| {
+                    "info,mm_overlay=debug,libp2p_gossipsub=warn,libp2p_mdns=warn".into()
+                }),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        self.child = Some(cmd.spawn().expect("start mm serve"));
+        let sock = self.base().join("mm.sock");
+        wait_for(
+            &format!("{} to answer", self.name),
+            Duration::from_secs(30),
+            || {
+                if let Some(c) = self.child.as_mut() {
+                    if let Ok(Some(st)) = c.try_wait() {
+                        panic!("{} exited at start ({st}):\n{}", self.name, self.log());
+                    }
+                }
+                (sock.exists() && self.try_mm(&["version"]).status.success()).then_some(())
+            },
+        );
+    }
+
+    /// Stops the process: SIGTERM, or SIGKILL when `hard`.
+    pub(crate) fn stop(&mut self, hard: bool) {
+        if let Some(mut c) = self.child.take() {
+            let sig = if hard { libc::SIGKILL } else { libc::SIGTERM };
+            // SAFETY: signalling a child we own.
+            unsafe { libc::kill(c.id() as i32, sig) };
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident memory of the node process, in KiB.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        status
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    }
+
+    pub(crate) fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub(crate) fn try_mm(&self, args: &[&str]) -> Output {
+        Command::new(MM)
+            .arg("--base")
+            .arg(self.base())
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run mm")
+    }
+
+    /// Runs a command, expecting success; returns stdout.
+    pub(crate) fn mm(&self, args: &[&str]) -> String {
+        let out = self.try_mm(args);
+        assert!(
+            out.status.success(),
+            "{}: mm {} failed ({}): {}{}",
+            self.name,
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a command with `--json`, whatever its exit status.
+    pub(crate) fn json(&self, args: &[&str]) -> Vec<Value> {
+        let mut full = vec!["--json"];
+        full.extend_from_slice(args);
+        let out = self.try_mm(&full);
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}: mm {} gave no JSON ({e}): {}{}",
+                self.name,
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    /// A column of this node's `mesh status`.
+    pub(crate) fn status(&self, col: &str) -> String {
+        let v = self.json(&["mesh", "status"]);
+        let header = v[0]["header"].as_array().expect("status header");
+        let i = header
+            .iter()
+            .position(|h| h == col)
+            .unwrap_or_else(|| panic!("no column {col}"));
+        v[0]["tabular"][0][i].as_str().unwrap().to_string()
+    }
+
+    pub(crate) fn size(&self) -> usize {
+        self.status("size").parse().unwrap()
+    }
+
+    pub(crate) fn port(&self) -> String {
+        self.status("port")
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port())
+    }
+
+    pub(crate) fn wait_size(&self, n: usize, limit: Duration) {
+        wait_for(&format!("{} to see {n} nodes", self.name), limit, || {
+            (self.size() == n).then_some(())
+        });
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop(false);
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- log of {} (last lines) ----", self.name);
+            for l in tail.iter().rev() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
