@@ -8,23 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{wait_for, Lab, Node};
+use mm_store::mem::content;
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// Deterministic pseudo-random content (incompressible, reproducible).
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn put(n: &Node, name: &str, data: &[u8], mode: u32) {
     let p = n.base().join("files").join(name);

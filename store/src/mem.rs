@@ -13,6 +13,22 @@ use futures::FutureExt;
 use crate::transfer::{HolderAnswers, Miss, Net};
 use crate::{ChunkBuf, Engine, Error, Result};
 
+/// Deterministic, incompressible bytes for test files: the same `seed`
+/// gives the same content.
+pub fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 /// What is wrong with a node, as the others see it.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
@@ -198,19 +214,7 @@ impl Net for MemNet {
             }
             let from = me.clone();
             let mut buf = tokio::task::spawn_blocking(move || {
-                let mut buf = ChunkBuf::with_capacity(
-                    crate::manifest::CHUNK_SIZE as usize * crate::manifest::MAX_RUN,
-                );
-                engine
-                    .read_chunk(
-                        &from,
-                        &name,
-                        &root,
-                        index as usize,
-                        count as usize,
-                        &mut buf,
-                    )
-                    .map(|()| buf)
+                engine.read_chunks(&from, &name, &root, index as usize, count as usize)
             })
             .await
             .map_err(|e| Miss::Failed(e.to_string()))??;

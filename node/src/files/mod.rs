@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use mm_overlay::{wire, Overlay};
-use mm_store::{ChunkBuf, Engine, FilesDir, Local, Meta};
+use mm_store::{Engine, FilesDir, Local, Meta};
 use tracing::{info, warn};
 
 use crate::proto::ChunkAnswer;
@@ -138,18 +138,9 @@ impl Files {
     ) -> Result<Vec<u8>> {
         let engine = self.engine.clone();
         let answer: ChunkAnswer = tokio::task::spawn_blocking(move || {
-            let most = mm_store::manifest::CHUNK_SIZE as usize * mm_store::manifest::MAX_RUN;
-            let mut buf = ChunkBuf::with_capacity(most);
             engine
-                .read_chunk(
-                    &from,
-                    &name,
-                    &root,
-                    index as usize,
-                    count as usize,
-                    &mut buf,
-                )
-                .map(|()| serde_bytes::ByteBuf::from(buf.to_vec()))
+                .read_chunks(&from, &name, &root, index as usize, count as usize)
+                .map(|buf| serde_bytes::ByteBuf::from(buf.to_vec()))
         })
         .await?;
         Ok(wire::encode(&answer))

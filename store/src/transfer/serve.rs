@@ -104,6 +104,21 @@ impl Engine {
         read_range(&path, off, len, buf).map_err(|e| Error::io("reading", name, e).into())
     }
 
+    /// [`Engine::read_chunk`] into a buffer of its own, with room for a
+    /// whole run.
+    pub fn read_chunks(
+        &self,
+        from: &str,
+        name: &str,
+        root: &[u8],
+        index: usize,
+        count: usize,
+    ) -> Result<ChunkBuf, Miss> {
+        let mut buf = ChunkBuf::with_capacity(crate::manifest::CHUNK_SIZE as usize * MAX_RUN);
+        self.read_chunk(from, name, root, index, count, &mut buf)?;
+        Ok(buf)
+    }
+
     /// How many chunks of a run to send `from`, or whom to point it at.
     fn portion(&self, from: &str, name: &str, root: &[u8], index: u32, count: u32) -> Portion {
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::durable::Persisted;
 use super::*;
 use crate::manifest::CHUNK_SIZE;
-use crate::mem::{Faults, Hub};
+use crate::mem::{content, Faults, Hub};
 use crate::{FilesDir, Local, Meta};
 
 struct TestNode {
@@ -77,19 +77,6 @@ fn uplink(hub: &Hub, name: &str, ms: u64) {
             ..Faults::default()
         },
     );
-}
-
-/// Deterministic, incompressible bytes.
-fn content(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 impl TestNode {

@@ -93,23 +93,8 @@ impl FdReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::data::record::Sealer;
-    use crate::files::data::{MAX_ANSWER, TAG};
-
-    fn pair() -> (Sealer, Sealer) {
-        let secret = [9u8; 32];
-        (
-            Sealer::new(&secret, b"client to server"),
-            Sealer::new(&secret, b"client to server"),
-        )
-    }
-
-    fn record(plain: &[u8]) -> ChunkBuf {
-        let mut r = ChunkBuf::with_capacity(4 + plain.len() + TAG);
-        r.extend_from_slice(&[0u8; 4]);
-        r.extend_from_slice(plain);
-        r
-    }
+    use crate::files::data::record::testing::{pair, record};
+    use crate::files::data::MAX_ANSWER;
 
     #[test]
     fn a_thread_reads_records_and_gives_up_on_silence() {

@@ -148,12 +148,12 @@ pub(super) fn answer(mut plain: ChunkBuf, want: u32) -> Answer {
     }
 }
 
+/// Sealers and records for the tests of this module and its neighbours.
 #[cfg(test)]
-mod tests {
+pub(super) mod testing {
     use super::*;
-    use crate::files::data::MAX_ANSWER;
 
-    fn pair() -> (Sealer, Sealer) {
+    pub(in crate::files::data) fn pair() -> (Sealer, Sealer) {
         let secret = [9u8; 32];
         (
             Sealer::new(&secret, b"client to server"),
@@ -161,15 +161,22 @@ mod tests {
         )
     }
 
-    fn buf(bytes: &[u8]) -> ChunkBuf {
-        ChunkBuf::from(bytes)
-    }
-
-    fn record(plain: &[u8]) -> ChunkBuf {
+    pub(in crate::files::data) fn record(plain: &[u8]) -> ChunkBuf {
         let mut r = ChunkBuf::with_capacity(4 + plain.len() + TAG);
         r.extend_from_slice(&[0u8; 4]);
         r.extend_from_slice(plain);
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{pair, record};
+    use super::*;
+    use crate::files::data::MAX_ANSWER;
+
+    fn buf(bytes: &[u8]) -> ChunkBuf {
+        ChunkBuf::from(bytes)
     }
 
     #[tokio::test]
