@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{rows, run_bounded, wait_for, Node, Stopped, MM};
+use common::{overlay_links, rows, run_bounded, wait_for, Node, Stopped, MM};
 
 const CONVERGE: Duration = Duration::from_secs(60);
 
@@ -33,6 +33,12 @@ fn four_nodes_join_by_peer_and_dial() {
         assert!(list.contains(name), "mesh list lacks {name:?}:\n{list}");
     }
     assert_eq!(a.mm(&["mesh", "list", "all"]).trim(), "a,b,c,d");
+    // One connection per pair, counted from the kernel's socket table:
+    // several dials between the same two nodes (both sides, or a --peer
+    // and a mesh dial) leave one.
+    let links = overlay_links(&[&a, &b, &c, &d]);
+    assert!(!links.is_empty(), "no links found");
+    assert!(links.values().all(|n| *n == 1), "{links:?}");
     assert_eq!(a.mm(&["mesh", "list", "peers"]).trim(), "b,c,d");
 
     // `mesh send all host`: one row per other node, with real stats.
@@ -84,13 +90,19 @@ fn multi_hop_line_and_missing_hosts() {
     assert!(err.contains("E: zz: no such host"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("mm "));
 
-    // A host that stops answering gets `timed out`, and does not hold up
-    // the others.
+    // A host that stops answering gets `timed out` when the mesh timeout
+    // says (not the default 10 s), and does not hold up the others.
     a.mm(&["mesh", "timeout", "2"]);
     assert_eq!(a.mm(&["mesh", "timeout"]).trim(), "2s");
     let frozen = Stopped::new(node_pid(&d));
+    let asked = std::time::Instant::now();
     let ans = a.json(&["mesh", "send", "c,d", "version"]);
+    let took = asked.elapsed();
     drop(frozen);
+    assert!(
+        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        "a 2 s timeout answered after {took:?}"
+    );
     let d_row = ans.iter().find(|r| r["host"] == "d").expect("a row for d");
     assert_eq!(d_row["error"], "timed out");
     let c_row = ans.iter().find(|r| r["host"] == "c").expect("a row for c");
@@ -115,6 +127,49 @@ fn multi_hop_line_and_missing_hosts() {
     );
 }
 
+/// Every hop forwards with a tenth less time, so that its answer makes it
+/// back before the hop before it gives up. That holds only if each hop
+/// answers when its own deadline falls due: when deadlines were checked on
+/// a 250 ms tick, a live host's row came back `timed out` (8 of 72 sends
+/// through 3 hops at a 2 s timeout; nearly always at 1 s, whose margins
+/// are 100 ms and less).
+#[test]
+fn live_hosts_answer_in_time_at_the_end_of_a_long_line() {
+    let names = ["a", "b", "c", "d", "e"];
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, n) in names.iter().enumerate() {
+        // Start offsets spread over a tick, so that the nodes' timers are
+        // out of phase.
+        std::thread::sleep(Duration::from_millis(37 * i as u64 + 11));
+        nodes.push(Node::local(n, &["--degree", "0"]));
+    }
+    for w in nodes.windows(2) {
+        w[1].mm(&["mesh", "dial", &w[0].addr()]);
+    }
+    for n in &nodes {
+        n.wait_size(5, CONVERGE);
+    }
+    let a = &nodes[0];
+    wait_for("routes to e", CONVERGE, || {
+        let ans = a.json(&["mesh", "send", "e", "version"]);
+        (ans.len() == 1 && ans[0]["error"] == "").then_some(())
+    });
+    a.mm(&["mesh", "timeout", "1"]);
+    let _frozen = Stopped::new(node_pid(&nodes[4]));
+    for round in 0..6 {
+        let ans = a.json(&["mesh", "send", "c,d,e", "version"]);
+        for live in ["c", "d"] {
+            let row = ans.iter().find(|r| r["host"] == live).expect("a row");
+            assert_eq!(
+                row["error"], "",
+                "round {round}: {live} answered late: {ans:?}"
+            );
+        }
+        let e = ans.iter().find(|r| r["host"] == "e").expect("a row for e");
+        assert_eq!(e["error"], "timed out", "round {round}: {ans:?}");
+    }
+}
+
 fn node_pid(n: &Node) -> i32 {
     // The node process is the one whose command line names this base.
     let base = n.base().to_string_lossy().to_string();
@@ -133,17 +188,34 @@ fn node_pid(n: &Node) -> i32 {
 
 #[test]
 fn hangup_then_the_mesh_reconverges() {
-    let a = Node::local("a", &["--degree", "2"]);
-    let b = Node::local("b", &["--degree", "2", "--peer", &a.addr()]);
+    // b keeps its links to a and d only because they dial it: degree 0 and
+    // no --peer, so after the hangup only a could restore a-b, and it
+    // must not for a while.
+    let a = Node::local("a", &["--degree", "3"]);
+    let b = Node::local("b", &["--degree", "0"]);
     let c = Node::local("c", &["--degree", "2", "--peer", &a.addr()]);
     let d = Node::local("d", &["--degree", "2", "--peer", &b.addr()]);
+    b.mm(&["mesh", "dial", &a.addr()]);
     for n in [&a, &b, &c, &d] {
         n.wait_size(4, CONVERGE);
     }
+    let ab = || {
+        overlay_links(&[&a, &b])
+            .get(&("a".to_string(), "b".to_string()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(ab(), 1, "no a-b link to hang up");
     a.mm(&["mesh", "hangup", "b"]);
     wait_for("a to log the hangup", CONVERGE, || {
         a.log().contains("disconnected from b").then_some(())
     });
+    // Gone, and not dialled back by a, which still wants a third peer,
+    // over several of its degree ticks.
+    for _ in 0..8 {
+        assert_eq!(ab(), 0, "the a-b link came back within the hold");
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // Not a direct peer (any more, or ever): a clear error.
     let out = d.try_mm(&["mesh", "hangup", "zz"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such host"));
@@ -408,4 +480,13 @@ fn inbound_connections_beyond_the_cap_are_refused() {
     wait_for("the hub to accept the rest", CONVERGE, || {
         (hub.status("peers") == "10").then_some(())
     });
+    let mut all: Vec<&Node> = spokes.iter().collect();
+    all.push(&hub);
+    let links = overlay_links(&all);
+    let to_hub: Vec<usize> = links
+        .iter()
+        .filter(|((x, y), _)| x == "hub" || y == "hub")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(to_hub, vec![1; 10], "{links:?}");
 }

@@ -98,17 +98,23 @@ mod tests {
 
     #[test]
     fn degree_zero_never_dials() {
+        // A settled view in which any other node would bridge: it is alone
+        // in its component (so it is the lowest id there), with candidates
+        // outside. Only degree 0 keeps it from dialling.
         let p = ids(3);
         let have = HashSet::new();
+        let alone = HashSet::from([p[0]]);
         let v = View {
             me: p[0],
             degree: 0,
             have: &have,
             candidates: &p,
-            component: Some(&have),
+            component: Some(&alone),
             passive: &HashSet::new(),
         };
         assert!(plan(&v, &mut rand::thread_rng()).is_empty());
+        let v = View { degree: 1, ..v };
+        assert!(!plan(&v, &mut rand::thread_rng()).is_empty());
     }
 
     #[test]
@@ -147,6 +153,44 @@ mod tests {
         assert_eq!(plan(&v, &mut rng).len(), 1);
     }
 
+    /// Runs the policy on every node until nothing changes (or 50 rounds),
+    /// with the nodes of `arrived(round)` taking part in each round.
+    fn settle(
+        p: &[PeerId],
+        adj: &mut [HashSet<PeerId>],
+        rng: &mut impl Rng,
+        arrived: impl Fn(usize) -> Vec<PeerId>,
+    ) {
+        let n = p.len();
+        let idx = |x: &PeerId| p.iter().position(|q| q == x).unwrap();
+        for round in 0..50 {
+            let here = arrived(round);
+            let mut changed = false;
+            for me in &here {
+                let i = idx(me);
+                let comp = component(adj, i, p);
+                let v = View {
+                    me: *me,
+                    degree: 2,
+                    have: &adj[i].clone(),
+                    candidates: &here,
+                    component: Some(&comp),
+                    passive: &HashSet::new(),
+                };
+                for t in plan(&v, rng) {
+                    let j = idx(&t);
+                    if adj[j].len() < inbound_cap(2) {
+                        changed |= adj[i].insert(t);
+                        adj[j].insert(*me);
+                    }
+                }
+            }
+            if !changed && here.len() == n {
+                break;
+            }
+        }
+    }
+
     /// Simulates arrival in every order: nodes dial by the policy until
     /// nothing changes, and the result is always one component.
     #[test]
@@ -158,35 +202,37 @@ mod tests {
             let mut order = p.clone();
             order.shuffle(&mut rng);
             let mut adj: Vec<HashSet<PeerId>> = vec![HashSet::new(); n];
-            let idx = |x: &PeerId| p.iter().position(|q| q == x).unwrap();
-            for round in 0..50 {
-                let arrived = &order[..n.min(round + 2)];
-                let mut changed = false;
-                for me in arrived {
-                    let i = idx(me);
-                    let comp = component(&adj, i, &p);
-                    let cands: Vec<PeerId> = arrived.to_vec();
-                    let v = View {
-                        me: *me,
-                        degree: 2,
-                        have: &adj[i].clone(),
-                        candidates: &cands,
-                        component: Some(&comp),
-                        passive: &HashSet::new(),
-                    };
-                    for t in plan(&v, &mut rng) {
-                        let j = idx(&t);
-                        if adj[j].len() < inbound_cap(2) {
-                            changed |= adj[i].insert(t);
-                            adj[j].insert(*me);
+            settle(&p, &mut adj, &mut rng, |round| {
+                order[..n.min(round + 2)].to_vec()
+            });
+            assert_eq!(component(&adj, 0, &p).len(), n, "seed {seed}: islands");
+        }
+    }
+
+    /// Two triangles: every node has its degree (2), so only the island
+    /// bridging can join them, and it must.
+    #[test]
+    fn islands_that_formed_are_joined() {
+        for seed in 0..50u64 {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let p = ids(6);
+            let mut adj: Vec<HashSet<PeerId>> = vec![HashSet::new(); 6];
+            for tri in [[0, 1, 2], [3, 4, 5]] {
+                for &a in &tri {
+                    for &b in &tri {
+                        if a != b {
+                            adj[a].insert(p[b]);
                         }
                     }
                 }
-                if !changed && arrived.len() == n {
-                    break;
-                }
             }
-            assert_eq!(component(&adj, 0, &p).len(), n, "seed {seed}: islands");
+            assert_eq!(component(&adj, 0, &p).len(), 3);
+            settle(&p, &mut adj, &mut rng, |_| p.clone());
+            assert_eq!(
+                component(&adj, 0, &p).len(),
+                6,
+                "seed {seed}: still two islands"
+            );
         }
     }
 

@@ -13,7 +13,8 @@ use serde_json::Value;
 
 #[allow(unused_imports)]
 pub(crate) use lab::Lab;
-pub(crate) use node::Node;
+#[allow(unused_imports)]
+pub(crate) use node::{overlay_links, Node};
 
 pub(crate) const MM: &str = env!("CARGO_BIN_EXE_mm");
 
@@ -34,26 +35,94 @@ pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Op
 
 /// Runs a command that should end by itself, killing it after `limit`
 /// (a regression must fail the test, not hang it or leave a node behind).
+/// Its output is read while it runs, so a long answer cannot block it.
 pub(crate) fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    use std::io::Read;
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().expect("stdout")));
+    let err = drain(Box::new(child.stderr.take().expect("stderr")));
     let start = Instant::now();
-    while start.elapsed() < limit {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("output");
+    let status = loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            break Some(st);
         }
-        std::thread::sleep(Duration::from_millis(50));
+        if start.elapsed() > limit {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        let stderr = err.join().unwrap_or_default();
+        panic!(
+            "{cmd:?} still running after {limit:?}: {}",
+            String::from_utf8_lossy(&stderr)
+        );
+    };
+    Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
     }
-    let _ = child.kill();
-    let out = child.wait_with_output().expect("output");
-    panic!(
-        "{cmd:?} still running after {limit:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+}
+
+/// A temporary directory named after this test process (`mm-PID-what-*`),
+/// removed on drop. Those of test processes that were killed (and so
+/// could not clean up) are removed first, with any file system still
+/// mounted in them.
+pub(crate) fn scratch_dir(what: &str) -> tempfile::TempDir {
+    static REAPED: std::sync::Once = std::sync::Once::new();
+    REAPED.call_once(reap_stale_dirs);
+    tempfile::Builder::new()
+        .prefix(&format!("mm-{}-{what}-", std::process::id()))
+        .tempdir()
+        .expect("temp dir")
+}
+
+fn reap_stale_dirs() {
+    let tmp = std::env::temp_dir();
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return;
+    };
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("mm-")
+            .and_then(|r| r.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = e.path();
+        // Deepest first: a mount inside another.
+        let mut inside: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|m| std::path::Path::new(m).starts_with(&dir))
+            .collect();
+        inside.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in inside {
+            let _ = Command::new("umount").arg(m).status();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// Sends SIGCONT on drop, so a test that stops a process never leaves it

@@ -7,7 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::{rows, wait_for, MM};
+use super::{rows, run_bounded, scratch_dir, wait_for, MM};
+
+/// No single `mm` call of a test takes longer than this: a regression that
+/// hangs fails the test instead of the whole suite.
+const CALL_LIMIT: Duration = Duration::from_secs(300);
 
 pub(crate) struct Node {
     pub name: String,
@@ -56,10 +60,7 @@ impl Node {
         netns: Option<String>,
         base: Option<PathBuf>,
     ) -> Node {
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("mm-{name}-"))
-            .tempdir()
-            .expect("temp dir");
+        let dir = scratch_dir(name);
         let mut n = Node {
             name: name.to_string(),
             dir,
@@ -87,15 +88,32 @@ impl Node {
 
     /// Per source, the chunks it gave this node's last finished transfer
     /// of `name`, from `file status all` (whose `sources` cell reads
-    /// `h1:5 h2:3(bad 1)`).
+    /// `h1:5 h2:3(bad 1)`). A node of an older build (`MM_SERVE_BIN`) has
+    /// no `all`; its completion line in the log says the same.
     pub(crate) fn served_by(&self, name: &str) -> Vec<(String, u64)> {
-        let st = rows(&self.json(&["file", "status", "all"]));
-        let done = st
-            .iter()
-            .rfind(|r| r["filename"] == name && r["state"] == "done")
-            .unwrap_or_else(|| panic!("{} has no finished transfer of {name}: {st:?}", self.name));
-        done["sources"]
-            .split_whitespace()
+        let out = self.try_mm(&["--json", "file", "status", "all"]);
+        let cell = if out.status.success() {
+            let v: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+            let st = rows(&v);
+            st.iter()
+                .rfind(|r| r["filename"] == name && r["state"] == "done")
+                .unwrap_or_else(|| {
+                    panic!("{} has no finished transfer of {name}: {st:?}", self.name)
+                })["sources"]
+                .clone()
+        } else {
+            let log = self.log();
+            let line = log
+                .lines()
+                .rfind(|l| l.contains(&format!("{name}: complete")))
+                .unwrap_or_else(|| panic!("{} has no completion line for {name}", self.name));
+            line.split("in chunks from ")
+                .nth(1)
+                .and_then(|r| r.split(',').next())
+                .unwrap_or_default()
+                .to_string()
+        };
+        cell.split_whitespace()
             .filter_map(|e| {
                 let (h, c) = e.split_once(':')?;
                 let c = c.split(|c: char| !c.is_ascii_digit()).next()?;
@@ -202,14 +220,13 @@ impl Node {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Runs `mm` against this node, whatever its exit status (killed and
+    /// failed after [`CALL_LIMIT`]).
     pub(crate) fn try_mm(&self, args: &[&str]) -> Output {
-        Command::new(MM)
-            .arg("--base")
-            .arg(self.base())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run mm")
+        run_bounded(
+            Command::new(MM).arg("--base").arg(self.base()).args(args),
+            CALL_LIMIT,
+        )
     }
 
     /// Runs a command, expecting success; returns stdout.
@@ -274,15 +291,104 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// Stops the node. After a failure, keeps its log where the message
+    /// says and shows its end. Never panics: a panic in a drop during a
+    /// panic aborts the test process, and the rest of its teardown (lab
+    /// namespaces, other nodes) would not run. Hence no `eprintln!`, which
+    /// panics when stderr is closed.
     fn drop(&mut self) {
+        use std::io::Write;
         self.stop(false);
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("---- log of {} (last lines) ----", self.name);
-            for l in tail.iter().rev() {
-                eprintln!("{l}");
+        if !std::thread::panicking() {
+            return;
+        }
+        let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("failed")
+            .join(format!("{}-{}.log", std::process::id(), self.name));
+        let copied = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")))
+            .and_then(|_| std::fs::copy(self.log_path(), &kept));
+        let log = self.log();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let mut err = std::io::stderr().lock();
+        let _ = match copied {
+            Ok(_) => writeln!(
+                err,
+                "---- log of {} kept in {} ----",
+                self.name,
+                kept.display()
+            ),
+            Err(e) => writeln!(err, "---- log of {} (not kept: {e}) ----", self.name),
+        };
+        for l in tail.iter().rev() {
+            let _ = writeln!(err, "{l}");
+        }
+    }
+}
+
+/// Established TCP connections between the overlay ports of `nodes` (all
+/// in this network namespace), per pair of node names: read from
+/// /proc/net/tcp and each node process's descriptors, not from what the
+/// nodes say. Data channel connections are not counted.
+pub(crate) fn overlay_links(
+    nodes: &[&Node],
+) -> std::collections::BTreeMap<(String, String), usize> {
+    use std::collections::{BTreeMap, HashMap};
+    // inode -> (local port, remote port), established only.
+    let mut socks: HashMap<u64, (u16, u16)> = HashMap::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 10 || f[3] != "01" {
+                continue;
+            }
+            let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
+            if let (Some(l), Some(r), Ok(ino)) = (port(f[1]), port(f[2]), f[9].parse()) {
+                socks.insert(ino, (l, r));
             }
         }
     }
+    // Per node: its name, its overlay port, and the (local, remote) ports
+    // of its sockets.
+    type Ends = (String, u16, Vec<(u16, u16)>);
+    let mut ends: Vec<Ends> = Vec::new();
+    for n in nodes {
+        let port: u16 = n.port().parse().expect("a port");
+        let pid = n.pid().expect("a running node");
+        let mut mine = Vec::new();
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let link = std::fs::read_link(fd.path()).unwrap_or_default();
+            let link = link.to_string_lossy();
+            if let Some(ino) = link
+                .strip_prefix("socket:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .and_then(|i| i.parse::<u64>().ok())
+            {
+                mine.extend(socks.get(&ino).copied());
+            }
+        }
+        ends.push((n.name.clone(), port, mine));
+    }
+    let mut links = BTreeMap::new();
+    for (name, port, socks) in &ends {
+        // Inbound to this node's overlay port, from another node's socket
+        // whose remote port is this port and local port the same ephemeral one.
+        for (_, remote) in socks.iter().filter(|(l, _)| l == port) {
+            for (other, _, theirs) in &ends {
+                if other != name && theirs.iter().any(|(l, r)| l == remote && r == port) {
+                    let key = if name < other {
+                        (name.clone(), other.clone())
+                    } else {
+                        (other.clone(), name.clone())
+                    };
+                    *links.entry(key).or_insert(0) += 1;
+                }
+            }
+        }
+    }
+    links
 }

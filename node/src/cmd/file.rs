@@ -56,6 +56,15 @@ pub(super) static SPECS: &[Spec] = &[
         run: |cx, c| status(cx, c).boxed(),
     },
     Spec {
+        id: "file served",
+        patterns: &["file served"],
+        short: "show what this node has sent to others",
+        long: "Columns: filename, chunks and bytes sent since the node started, and pullers \
+               (how many nodes they went to). When many nodes get one file at once, its \
+               holder sends each chunk about once; this is where to see it.",
+        run: |cx, _| served(cx).boxed(),
+    },
+    Spec {
         id: "file delete",
         patterns: &["file delete <name>"],
         short: "delete local files, and cancel their transfers",
@@ -173,6 +182,29 @@ async fn status(cx: &Ctx, c: &Call) -> Out {
             "eta",
             "state",
         ],
+        rows,
+    ))
+}
+
+async fn served(cx: &Ctx) -> Out {
+    let rows = cx
+        .node
+        .files
+        .engine
+        .sent()
+        .into_iter()
+        .map(|(name, s)| {
+            vec![
+                name,
+                s.chunks.to_string(),
+                mm_store::fmt::human(s.bytes as f64),
+                s.to.len().to_string(),
+            ]
+        })
+        .collect();
+    cx.one(Response::table(
+        cx.me(),
+        &["filename", "chunks", "bytes", "pullers"],
         rows,
     ))
 }

@@ -196,3 +196,58 @@ impl EventLoop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_dials_back_off_longer_each_time_up_to_the_cap() {
+        let t = Tuning::default();
+        let mut d = Dialing::new(Vec::new(), &t);
+        let p = PeerId::random();
+        let now = Instant::now();
+        assert!(!d.backed_off(&p, now));
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            d.note_failure(p);
+            waits.push(d.backoff[&p].until - now);
+        }
+        assert!(d.backed_off(&p, now));
+        assert!(waits[0] >= Duration::from_secs(2) && waits[0] < Duration::from_secs(3));
+        assert!(waits.windows(2).all(|w| w[1] >= w[0]), "{waits:?}");
+        assert!(*waits.last().unwrap() <= t.backoff_max + Duration::from_millis(100));
+        assert!(!d.backed_off(&p, now + t.backoff_max + Duration::from_secs(1)));
+        // A dial asked for explicitly, or that worked, clears it.
+        d.forgive(&p);
+        assert!(!d.backed_off(&p, now));
+    }
+
+    #[test]
+    fn a_hangup_holds_the_peer_off_for_its_time() {
+        let t = Tuning::default();
+        let mut d = Dialing::new(Vec::new(), &t);
+        let p = PeerId::random();
+        let now = Instant::now();
+        d.hold_off(p, t.hangup_hold);
+        assert!(d.backed_off(&p, now + t.hangup_hold - Duration::from_secs(1)));
+        assert!(!d.backed_off(&p, now + t.hangup_hold + Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn static_peers_are_redialled_with_back_off_while_down() {
+        let t = Tuning::default();
+        let a: Multiaddr = "/ip4/10.0.0.1/tcp/9000".parse().unwrap();
+        let mut d = Dialing::new(vec![Static::new(a.clone())], &t);
+        let none = HashSet::new();
+        let now = Instant::now();
+        assert_eq!(d.due_statics(now, &none), vec![a.clone()]);
+        assert!(d.due_statics(now, &none).is_empty(), "not again at once");
+        assert_eq!(d.due_statics(now + t.static_retry_max, &none), vec![a]);
+        // Reached: not dialled.
+        let p = PeerId::random();
+        d.statics[0].peer = Some(p);
+        let up = HashSet::from([p]);
+        assert!(d.due_statics(now + t.static_retry_max * 2, &up).is_empty());
+    }
+}

@@ -128,8 +128,19 @@ impl EventLoop {
         let mut last_announce = Instant::now();
         let mut last_maintain = Instant::now();
         loop {
+            // Each routed request is answered when its deadline falls due,
+            // not at the next tick: every hop keeps only a small margin
+            // (a tenth) for its answer to make it back in time.
+            let due = self.routes.next_deadline();
+            let reap = async move {
+                match due {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
+                    None => futures::future::pending().await,
+                }
+            };
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_swarm(ev),
+                _ = reap => self.reap_deadlines(Instant::now()),
                 cmd = cmds.recv() => match cmd {
                     Some(c) => self.on_cmd(c),
                     None => break,

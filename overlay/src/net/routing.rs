@@ -148,6 +148,29 @@ impl Routing {
         out
     }
 
+    /// The earliest deadline of a request in flight.
+    pub(super) fn next_deadline(&self) -> Option<Instant> {
+        self.aggs.values().map(|a| a.deadline).min()
+    }
+
+    /// After a relay failed: which of `targets` to route once more (not
+    /// re-routed before, and time left), and which to fail; with the time
+    /// left.
+    fn split_retry(
+        &mut self,
+        agg: u64,
+        targets: Vec<PeerId>,
+        now: Instant,
+    ) -> Option<(Vec<PeerId>, Vec<PeerId>, Duration)> {
+        let a = self.aggs.get_mut(&agg)?;
+        let left = a.deadline.saturating_duration_since(now);
+        let (again, fail): (Vec<PeerId>, Vec<PeerId>) = targets
+            .into_iter()
+            .partition(|t| !a.retried.contains(t) && left > Duration::from_millis(100));
+        a.retried.extend(again.iter().copied());
+        Some((again, fail, left))
+    }
+
     fn close(&mut self, agg: u64) -> Option<Agg> {
         let a = self.aggs.remove(&agg)?;
         self.outbound.retain(|_, (id, _)| *id != agg);
@@ -321,14 +344,10 @@ impl EventLoop {
     /// re-forms): route those targets once more over the current topology,
     /// if time remains; otherwise they fail with `failed`.
     pub(super) fn retry_or_fail(&mut self, agg: u64, targets: Vec<PeerId>, failed: Error) {
-        let Some(a) = self.routes.aggs.get_mut(&agg) else {
+        let Some((again, fail, left)) = self.routes.split_retry(agg, targets, Instant::now())
+        else {
             return;
         };
-        let left = a.deadline.saturating_duration_since(Instant::now());
-        let (again, fail): (Vec<PeerId>, Vec<PeerId>) = targets
-            .into_iter()
-            .partition(|t| !a.retried.contains(t) && left > Duration::from_millis(100));
-        a.retried.extend(again.iter().copied());
         for t in fail {
             self.settle(agg, t, Err(failed.clone()));
         }
@@ -446,5 +465,66 @@ impl EventLoop {
                     .send_response(ch, Reply { results: a.results });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(r: &mut Routing, timeout: Duration) -> (u64, oneshot::Receiver<Answers>) {
+        let (tx, rx) = oneshot::channel();
+        let id = r.open(
+            ReplyTo::Local(tx),
+            timeout,
+            HashMap::new(),
+            ("a".into(), MAX_TTL, Vec::new(), Vec::new()),
+        );
+        (id, rx)
+    }
+
+    #[test]
+    fn an_aggregation_closes_with_its_last_answer_or_at_its_deadline() {
+        let mut r = Routing::default();
+        let (id, _rx) = open(&mut r, Duration::from_secs(1));
+        let (p, q) = (PeerId::random(), PeerId::random());
+        r.aggs.get_mut(&id).unwrap().waiting.extend([p, q]);
+        assert!(r.settle(id, p, Ok(b"x".to_vec())).is_none());
+        assert!(r.settle(id, p, Ok(Vec::new())).is_none(), "answered twice");
+        let deadline = r.next_deadline().unwrap();
+        assert!(r.close_late(deadline - Duration::from_millis(1)).is_empty());
+        let late = r.close_late(deadline);
+        assert_eq!(late.len(), 1);
+        let outcomes: Vec<&Outcome> = late[0].results.iter().collect();
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes
+            .iter()
+            .any(|o| o.peer == q && o.result == Err(Error::TimedOut)));
+        assert!(r.next_deadline().is_none());
+        // The last answer closes it before its deadline.
+        let (id, _rx) = open(&mut r, Duration::from_secs(1));
+        r.aggs.get_mut(&id).unwrap().waiting.insert(p);
+        assert!(r.settle(id, p, Ok(Vec::new())).is_some());
+        assert!(r.aggs.is_empty());
+    }
+
+    #[test]
+    fn a_target_is_routed_again_once_and_only_in_time() {
+        let mut r = Routing::default();
+        let (id, _rx) = open(&mut r, Duration::from_secs(10));
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        let (again, fail, _) = r.split_retry(id, vec![p], now).unwrap();
+        assert_eq!((again, fail), (vec![p], vec![]));
+        let (again, fail, _) = r.split_retry(id, vec![p, q], now).unwrap();
+        assert_eq!(
+            (again, fail),
+            (vec![q], vec![p]),
+            "p was routed again already"
+        );
+        // With (almost) no time left, nothing is routed again.
+        let (id, _rx) = open(&mut r, Duration::from_millis(50));
+        let (again, fail, _) = r.split_retry(id, vec![p], now).unwrap();
+        assert_eq!((again, fail), (vec![], vec![p]));
     }
 }

@@ -25,6 +25,26 @@ use crate::fmt::human;
 use crate::manifest::{Manifest, MAX_RUN};
 use crate::{Error, Result};
 
+/// How a partial file's writes are made durable. The engine calls `sync`
+/// and only then records the have-bits that sync covers; a test stands a
+/// recording one in, to check that no bit is recorded before its data was
+/// synced (a SIGKILL keeps the page cache, so no process test can see it).
+pub trait Disk: Send + Sync + 'static {
+    /// fdatasync(2) of the partial file.
+    fn sync(&self, file: &std::fs::File) -> std::io::Result<()>;
+    /// The have-bits about to be recorded as durable for `name`.
+    fn recording(&self, _name: &str, _have: &[u8]) {}
+}
+
+/// The real one.
+pub struct SyncData;
+
+impl Disk for SyncData {
+    fn sync(&self, file: &std::fs::File) -> std::io::Result<()> {
+        file.sync_data()
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 pub(super) struct Persisted {
     pub(super) manifest: Manifest,
@@ -201,11 +221,14 @@ impl Engine {
         if *ended {
             return Ok(());
         }
+        // The bits as they are before the sync: each one's write has
+        // returned, so the sync covers it.
         let have = job.state().have.clone();
-        let f = file.clone();
-        tokio::task::spawn_blocking(move || f.sync_data())
+        let (f, disk) = (file.clone(), self.disk.clone());
+        tokio::task::spawn_blocking(move || disk.sync(&f))
             .await?
             .map_err(|e| Error::io("syncing", &job.tmp, e))?;
+        self.disk.recording(&job.name, &have);
         // Only the bitfield: the manifest was recorded when the transfer was
         // queued, and re-writing it (12.5 MB for 100 GiB) every time would cost.
         self.local.meta.put(

@@ -47,6 +47,7 @@ use crate::local::Local;
 use crate::manifest::Manifest;
 use crate::{Error, Result};
 use bits::{bit, count_bits};
+pub use durable::{Disk, SyncData};
 use job::{Job, JobState};
 pub use job::{SourceRow, Status};
 use ledger::Ledger;
@@ -180,12 +181,24 @@ pub struct Engine {
     local: Arc<Local>,
     net: Arc<dyn Net>,
     tuning: Tuning,
+    disk: Arc<dyn Disk>,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     /// Transfers that ended, newest last, for `file status all`.
     recent: Mutex<Vec<Status>>,
     slots: Arc<Semaphore>,
     /// Per file served whole: see [`Ledger`].
     ledgers: Mutex<HashMap<String, Ledger>>,
+    /// What this node has sent of each file, since it started.
+    sent: Mutex<BTreeMap<String, Sent>>,
+}
+
+/// What a node has sent of one file to other nodes, for `file served`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub chunks: u64,
+    pub bytes: u64,
+    /// The nodes it went to.
+    pub to: std::collections::BTreeSet<String>,
 }
 
 impl Engine {
@@ -194,14 +207,27 @@ impl Engine {
     }
 
     pub fn with_tuning(local: Arc<Local>, net: Arc<dyn Net>, tuning: Tuning) -> Arc<Engine> {
+        Engine::with(local, net, tuning, Arc::new(SyncData))
+    }
+
+    /// An engine with its timing and its way of making writes durable
+    /// chosen (tests shorten the one and record the other).
+    pub fn with(
+        local: Arc<Local>,
+        net: Arc<dyn Net>,
+        tuning: Tuning,
+        disk: Arc<dyn Disk>,
+    ) -> Arc<Engine> {
         Arc::new(Engine {
             local,
             net,
             tuning,
+            disk,
             jobs: Mutex::new(HashMap::new()),
             recent: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(MAX_ACTIVE)),
             ledgers: Mutex::new(HashMap::new()),
+            sent: Mutex::new(BTreeMap::new()),
         })
     }
 

@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::bits::bit;
 use super::ledger::{Ledger, Portion};
-use super::{selects, Engine, Held, Miss};
+use super::{selects, Engine, Held, Miss, Sent};
 use crate::buf::ChunkBuf;
 use crate::files::FilesDir;
 use crate::local::read_range;
@@ -56,6 +56,35 @@ impl Engine {
     /// a puller that is still asking), and sends a whole run only to a lone
     /// puller. Blocking.
     pub fn read_chunk(
+        &self,
+        from: &str,
+        name: &str,
+        root: &[u8],
+        index: usize,
+        count: usize,
+        buf: &mut ChunkBuf,
+    ) -> Result<(), Miss> {
+        let before = buf.len();
+        self.read_run(from, name, root, index, count, buf)?;
+        let bytes = (buf.len() - before) as u64;
+        let chunks = bytes.div_ceil(crate::manifest::CHUNK_SIZE).max(1);
+        let mut sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        let s = sent.entry(name.to_string()).or_default();
+        s.chunks += chunks;
+        s.bytes += bytes;
+        if !s.to.contains(from) {
+            s.to.insert(from.to_string());
+        }
+        Ok(())
+    }
+
+    /// What this node has sent of each file since it started, by name.
+    pub fn sent(&self) -> Vec<(String, Sent)> {
+        let sent = self.sent.lock().unwrap_or_else(|e| e.into_inner());
+        sent.iter().map(|(n, s)| (n.clone(), s.clone())).collect()
+    }
+
+    fn read_run(
         &self,
         from: &str,
         name: &str,

@@ -2,6 +2,7 @@
 //! several sources, a corrupt one, a failing one, a stalled one, resuming
 //! from a partial file, and the holder's ledger.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,10 +37,14 @@ fn fast() -> Tuning {
 }
 
 fn node_at(hub: &Arc<Hub>, name: &str, dir: tempfile::TempDir) -> TestNode {
+    node_with(hub, name, dir, Arc::new(SyncData))
+}
+
+fn node_with(hub: &Arc<Hub>, name: &str, dir: tempfile::TempDir, disk: Arc<dyn Disk>) -> TestNode {
     let files = FilesDir::open(&dir.path().join("files")).unwrap();
     let meta = open_meta(&dir.path().join("meta.db"));
     let local = Arc::new(Local::new(files, meta));
-    let engine = Engine::with_tuning(local.clone(), hub.net(name), fast());
+    let engine = Engine::with(local.clone(), hub.net(name), fast(), disk);
     hub.join(name, &engine);
     TestNode {
         name: name.to_string(),
@@ -344,4 +349,168 @@ async fn pullers_serve_each_other_and_the_holder_sends_each_chunk_about_once() {
     }
     let sent = hub.sent("h");
     assert!(sent <= 64 + 4, "the holder sent {sent} chunks for 64");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_chunk_is_never_written_nor_marked() {
+    let hub = Hub::new();
+    let (bad, stuck) = (node(&hub, "bad"), node(&hub, "stuck"));
+    let data = file();
+    bad.put("f", &data);
+    stuck.put("f", &data);
+    let m = bad.local.manifest("f").unwrap().unwrap();
+    hub.set_faults(
+        "bad",
+        Faults {
+            corrupt: true,
+            ..Faults::default()
+        },
+    );
+    // The only other source never answers: nothing good can arrive.
+    hub.set_faults(
+        "stuck",
+        Faults {
+            hangs: true,
+            ..Faults::default()
+        },
+    );
+    let p = node(&hub, "p");
+    let pending = p.engine.get("f", &Select::default()).await.unwrap();
+    // Until the corrupt source is dropped, having sent several bad chunks.
+    for _ in 0..500 {
+        let st = p.engine.status(false);
+        if st[0].sources.iter().any(|s| s.host == "bad" && s.dropped) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let st = p.engine.status(false);
+    let b = st[0].sources.iter().find(|s| s.host == "bad").unwrap();
+    assert!(b.dropped && b.bad >= 1, "{b:?}");
+    assert_eq!(st[0].chunks_done, 0, "a bad chunk was marked as here");
+    // The partial file holds nothing but the zeros it was reserved with.
+    let part = std::fs::read(p.engine.partial_path("f", &m)).unwrap();
+    assert_eq!(part.len(), data.len());
+    assert!(part.iter().all(|b| *b == 0), "a bad chunk was written");
+    assert_eq!(p.engine.cancel("f").await, vec!["f".to_string()]);
+    assert!(matches!(
+        p.engine.wait(pending).await,
+        Err(Error::Cancelled)
+    ));
+    assert_eq!(p.partial_files(), 0);
+}
+
+/// Records, for each sync of a partial file, which chunks were on disk
+/// (written in full and right) when it began; then checks every have-bit
+/// the engine records against what a sync covered.
+struct Recorder {
+    data: Vec<u8>,
+    durable: std::sync::Mutex<HashSet<usize>>,
+    records: std::sync::Mutex<usize>,
+    wrong: std::sync::Mutex<Vec<usize>>,
+}
+
+impl Disk for Recorder {
+    fn sync(&self, f: &std::fs::File) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let cs = CHUNK_SIZE as usize;
+        let mut buf = vec![0u8; cs];
+        let mut here = Vec::new();
+        for (i, want) in self.data.chunks(cs).enumerate() {
+            let b = &mut buf[..want.len()];
+            if f.read_exact_at(b, (i * cs) as u64).is_ok() && b == want {
+                here.push(i);
+            }
+        }
+        f.sync_data()?;
+        // A slow disk: chunks go on landing meanwhile, and must not be
+        // counted as covered by this sync.
+        std::thread::sleep(Duration::from_millis(15));
+        self.durable.lock().unwrap().extend(here);
+        Ok(())
+    }
+
+    fn recording(&self, _name: &str, have: &[u8]) {
+        *self.records.lock().unwrap() += 1;
+        let durable = self.durable.lock().unwrap();
+        let mut wrong = self.wrong.lock().unwrap();
+        for i in 0..self.data.len().div_ceil(CHUNK_SIZE as usize) {
+            if bits::bit(have, i) && !durable.contains(&i) {
+                wrong.push(i);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_have_bit_is_recorded_only_after_its_chunk_was_synced() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = content(64 * CHUNK_SIZE as usize, 9);
+    h.put("f", &data);
+    uplink(&hub, "h", 3);
+    let rec = Arc::new(Recorder {
+        data: data.clone(),
+        durable: Default::default(),
+        records: Default::default(),
+        wrong: Default::default(),
+    });
+    let p = node_with(&hub, "p", tempfile::tempdir().unwrap(), rec.clone());
+    p.get("f").await.unwrap();
+    assert_eq!(p.read("f").unwrap(), data);
+    let records = *rec.records.lock().unwrap();
+    assert!(records >= 3, "only {records} have-bit records were made");
+    let wrong = rec.wrong.lock().unwrap();
+    assert!(wrong.is_empty(), "recorded before synced: chunks {wrong:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_that_appears_meanwhile_is_never_overwritten() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = file();
+    h.put("f", &data);
+    uplink(&hub, "h", 10);
+    let p = node(&hub, "p");
+    let pending = p.engine.get("f", &Select::default()).await.unwrap();
+    p.put("f", b"mine");
+    let e = p.engine.wait(pending).await.unwrap_err();
+    assert!(matches!(e, Error::Exists(_)), "{e}");
+    assert!(e.to_string().contains("appeared here"), "{e}");
+    assert_eq!(p.read("f").unwrap(), b"mine");
+    assert_eq!(p.partial_files(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_file_with_other_content_is_refused() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    h.put("f", &file());
+    let p = node(&hub, "p");
+    p.put("f", b"mine");
+    let e = p.get("f").await.unwrap_err();
+    assert!(matches!(e, Error::Exists(_)), "{e}");
+    assert!(e.to_string().contains("different content"), "{e}");
+    assert_eq!(p.read("f").unwrap(), b"mine");
+    assert_eq!(p.partial_files(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setuid_and_setgid_are_stripped_and_the_mtime_is_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    h.put("tool", b"#!/bin/sh\necho hi\n");
+    let path = h.local.files.root().join("tool");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let mtime = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000);
+    std::fs::File::open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let p = node(&hub, "p");
+    p.get("tool").await.unwrap();
+    let m = std::fs::metadata(p.local.files.root().join("tool")).unwrap();
+    assert_eq!(m.permissions().mode() & 0o7777, 0o755);
+    assert_eq!(m.modified().unwrap(), mtime);
 }
