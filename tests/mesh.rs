@@ -99,8 +99,11 @@ fn multi_hop_line_and_missing_hosts() {
     let ans = a.json(&["mesh", "send", "c,d", "version"]);
     let took = asked.elapsed();
     drop(frozen);
+    // The relay next to d gives up first (each hop keeps a tenth for the
+    // way back: 2 s x 0.9 x 0.9 from here), so the answer is a little
+    // early, and far before the default 10 s.
     assert!(
-        took >= Duration::from_millis(1900) && took < Duration::from_secs(8),
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(8),
         "a 2 s timeout answered after {took:?}"
     );
     let d_row = ans.iter().find(|r| r["host"] == "d").expect("a row for d");

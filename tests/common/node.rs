@@ -304,7 +304,7 @@ impl Drop for Node {
         }
         let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("failed")
-            .join(format!("{}-{}.log", std::process::id(), self.name));
+            .join(format!("{}.log", self.dir.path().file_name().unwrap_or_default().to_string_lossy()));
         let copied = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")))
             .and_then(|_| std::fs::copy(self.log_path(), &kept));
         let log = self.log();
@@ -356,6 +356,7 @@ pub(crate) fn overlay_links(
         let port: u16 = n.port().parse().expect("a port");
         let pid = n.pid().expect("a running node");
         let mut mine = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
             .into_iter()
             .flatten()
@@ -368,25 +369,29 @@ pub(crate) fn overlay_links(
                 .and_then(|r| r.strip_suffix(']'))
                 .and_then(|i| i.parse::<u64>().ok())
             {
-                mine.extend(socks.get(&ino).copied());
+                // A socket may sit behind several descriptors.
+                if seen.insert(ino) {
+                    mine.extend(socks.get(&ino).copied());
+                }
             }
         }
         ends.push((n.name.clone(), port, mine));
     }
+    // Each connection once: from the side whose name sorts first. One end
+    // is an overlay port (libp2p dials from its listening port, so often
+    // both are).
     let mut links = BTreeMap::new();
-    for (name, port, socks) in &ends {
-        // Inbound to this node's overlay port, from another node's socket
-        // whose remote port is this port and local port the same ephemeral one.
-        for (_, remote) in socks.iter().filter(|(l, _)| l == port) {
-            for (other, _, theirs) in &ends {
-                if other != name && theirs.iter().any(|(l, r)| l == remote && r == port) {
-                    let key = if name < other {
-                        (name.clone(), other.clone())
-                    } else {
-                        (other.clone(), name.clone())
-                    };
-                    *links.entry(key).or_insert(0) += 1;
-                }
+    for (x, xport, xs) in &ends {
+        for (y, yport, ys) in &ends {
+            if x >= y {
+                continue;
+            }
+            let n = xs
+                .iter()
+                .filter(|(l, r)| (l == xport || r == yport) && ys.contains(&(*r, *l)))
+                .count();
+            if n > 0 {
+                links.insert((x.clone(), y.clone()), n);
             }
         }
     }
