@@ -101,7 +101,7 @@ fn raw_tcp(lab: &Lab, src: &std::path::Path, dst: &std::path::Path) -> Duration 
 /// cache memory.
 fn warm_memory(mib: u64) {
     use std::io::Write;
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch_dir("warm");
     let mut f = std::fs::File::create(dir.path().join("warm")).unwrap();
     let block = vec![1u8; 1 << 20];
     for _ in 0..mib + mib / 2 {
@@ -135,7 +135,7 @@ fn b1() {
         // memory the other just freed (warm or not).
         let raw_first = run % 2 == 1;
         let raw_copy = || {
-            let scratch = tempfile::tempdir().unwrap();
+            let scratch = common::scratch_dir("b1");
             warm_memory(mib);
             raw_tcp(&lab, &src, &scratch.path().join("copy"))
         };

@@ -358,6 +358,22 @@ fn a_puller_killed_mid_transfer_resumes() {
         ((4 << 20) / mm_store::manifest::CHUNK_SIZE) as u32,
     );
     nodes[1].stop(true);
+    // Between the kill and the restart, a chunk of every pair goes bad on
+    // disk: what was recorded as here must be read back and checked.
+    let cs = mm_store::manifest::CHUNK_SIZE;
+    let part = std::fs::read_dir(nodes[1].base().join("files/.mm-partial"))
+        .unwrap()
+        .next()
+        .expect("a partial file")
+        .unwrap()
+        .path();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&part).unwrap();
+        for off in (cs..24 << 20).step_by(2 * cs as usize) {
+            f.write_all_at(b"XXXX", off + 100).unwrap();
+        }
+    }
     nodes[1].start();
     wait_for("r.bin", LONG, || {
         read(&nodes[1], "r.bin").filter(|d| d.len() == data.len())
@@ -368,25 +384,34 @@ fn a_puller_killed_mid_transfer_resumes() {
         .lines()
         .find(|l| l.contains("resuming r.bin"))
         .expect("a resume line");
-    let have: u32 = resumed
+    let recorded: u64 = resumed
         .split(": ")
         .last()
         .and_then(|r| r.split('/').next()?.parse().ok())
         .unwrap();
-    assert!(have >= 1, "nothing kept across the restart: {resumed}");
+    // The summary counts what was here already and verified, so that the
+    // sources' counts need not add up to the whole file.
+    let kept: u64 = log
+        .split("(and ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no count of chunks kept across the restart:\n{log}"));
+    assert!(kept >= 1, "nothing kept across the restart: {resumed}");
+    assert!(
+        kept < recorded,
+        "the damaged chunks were taken as here ({kept} of {recorded})"
+    );
+    assert!(
+        log.contains("chunks recorded as here did not verify; fetching them again"),
+        "the damage was not reported"
+    );
     // What was kept is not fetched again: the holder gave exactly the rest.
-    let chunks = (24 << 20) / mm_store::manifest::CHUNK_SIZE;
+    let chunks = (24 << 20) / cs;
     let served: u64 = nodes[1].served_by("r.bin").iter().map(|(_, c)| c).sum();
     assert_eq!(
         served,
-        chunks - have as u64,
+        chunks - kept,
         "re-fetched chunks kept across the restart"
-    );
-    // The summary counts what was here already, so that the sources' counts
-    // need not add up to the whole file.
-    assert!(
-        log.contains(&format!("(and {have} here before a restart)")),
-        "{log}"
     );
     assert_eq!(partial_files(&nodes[1]), 0);
 }

@@ -159,7 +159,7 @@ fn live_hosts_answer_in_time_at_the_end_of_a_long_line() {
     });
     a.mm(&["mesh", "timeout", "1"]);
     let _frozen = Stopped::new(node_pid(&nodes[4]));
-    for round in 0..6 {
+    for round in 0..10 {
         let ans = a.json(&["mesh", "send", "c,d,e", "version"]);
         for live in ["c", "d"] {
             let row = ans.iter().find(|r| r["host"] == live).expect("a row");
@@ -240,7 +240,7 @@ fn hangup_then_the_mesh_reconverges() {
 
 #[test]
 fn a_node_without_the_cluster_key_stays_out() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = common::scratch_dir("keys");
     let key = |f: &str| {
         let out = std::process::Command::new(MM)
             .arg("keygen")

@@ -304,7 +304,14 @@ impl Drop for Node {
         }
         let kept = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join("failed")
-            .join(format!("{}.log", self.dir.path().file_name().unwrap_or_default().to_string_lossy()));
+            .join(format!(
+                "{}.log",
+                self.dir
+                    .path()
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+            ));
         let copied = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")))
             .and_then(|_| std::fs::copy(self.log_path(), &kept));
         let log = self.log();

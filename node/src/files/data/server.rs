@@ -258,3 +258,59 @@ fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer
     sealer.seal(&mut record, ANSWER_AT - 4);
     record
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A data server on loopback, serving an empty files directory.
+    async fn server() -> (tempfile::TempDir, Arc<DataServer>) {
+        let dir = tempfile::tempdir().unwrap();
+        let files = mm_store::FilesDir::open(&dir.path().join("files")).unwrap();
+        let meta = mm_store::Meta::open(&dir.path().join("meta.db")).unwrap();
+        let local = Arc::new(mm_store::Local::new(files, meta));
+        let hub = mm_store::mem::Hub::new();
+        let engine = Engine::new(local, hub.net("h"));
+        let s = DataServer::start("127.0.0.1".parse().unwrap(), 0, engine)
+            .await
+            .unwrap();
+        (dir, s)
+    }
+
+    /// Everything the server sends on a connection after `hello`, until it
+    /// closes it; fails if that takes longer than `limit`.
+    async fn answer_to(s: &DataServer, hello: &[u8], limit: Duration) -> Vec<u8> {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port())).await.unwrap();
+        c.write_all(hello).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(limit, c.read_to_end(&mut got))
+            .await
+            .expect("the server kept the connection open")
+            .ok();
+        got
+    }
+
+    #[tokio::test]
+    async fn strangers_get_nothing_and_are_closed_soon() {
+        let (_dir, s) = server().await;
+        // A ticket nobody was granted.
+        let got = answer_to(&s, &[7u8; 16], Duration::from_secs(5)).await;
+        assert!(got.is_empty(), "{} bytes to a bogus ticket", got.len());
+        // A client that says nothing at all.
+        let got = answer_to(&s, &[], TICKET_WAIT + Duration::from_secs(3)).await;
+        assert!(got.is_empty(), "{} bytes to a silent client", got.len());
+        // A granted ticket opens one connection, and only one.
+        let g = s.grant("p").unwrap();
+        let mut c = TcpStream::connect(("127.0.0.1", s.port())).await.unwrap();
+        c.write_all(&g.ticket).await.unwrap();
+        let mut opener = Sealer::new(&g.key, b"server to client");
+        let ack = tokio::time::timeout(Duration::from_secs(5), opener.open(&mut c, ACK.len()))
+            .await
+            .expect("no acknowledgement")
+            .unwrap();
+        assert_eq!(&ack[..], ACK);
+        let got = answer_to(&s, &g.ticket, Duration::from_secs(5)).await;
+        assert!(got.is_empty(), "{} bytes to a replayed ticket", got.len());
+    }
+}
