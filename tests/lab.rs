@@ -34,3 +34,48 @@ fn eight_hosts_with_degree_two_form_one_mesh() {
         (nodes[0].size() == 7).then_some(())
     });
 }
+
+#[test]
+fn without_a_cluster_key_a_node_keeps_to_its_host() {
+    let lab = Lab::up(3, None);
+    // The default: no key, so loopback only and no mDNS.
+    let alone = Node::in_ns("h1", &lab.ns(1), &["--no-key"]);
+    assert_eq!(alone.status("mode"), "loopback");
+    assert!(
+        alone.log().contains("listening on loopback only"),
+        "{}",
+        alone.log()
+    );
+    // An open mesh where the operator says so.
+    let open2 = Node::in_ns("h2", &lab.ns(2), &["--insecure"]);
+    let open3 = Node::in_ns("h3", &lab.ns(3), &["--insecure"]);
+    assert_eq!(open2.status("mode"), "insecure");
+    open2.wait_size(2, Duration::from_secs(60));
+    open3.wait_size(2, Duration::from_secs(60));
+    // The node on loopback is reached by nobody, and reaches nobody.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(alone.size(), 1);
+    assert_eq!(open2.size(), 2);
+    // Asked to listen on the network without a key: refused, with the way.
+    let out = common::run_bounded(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns(1), common::MM])
+            .args([
+                "serve",
+                "--base",
+                &common::scratch_dir("nokey").path().display().to_string(),
+                "--listen",
+                "10.77.0.1",
+            ]),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("without a cluster key") && err.contains("mm keygen"),
+        "{err}"
+    );
+    // With the key, the mode says so.
+    let keyed = Node::in_ns("h4", &lab.ns(1), &["--port", "9100"]);
+    assert_eq!(keyed.status("mode"), "keyed");
+}

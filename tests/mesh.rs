@@ -33,6 +33,8 @@ fn four_nodes_join_by_peer_and_dial() {
         assert!(list.contains(name), "mesh list lacks {name:?}:\n{list}");
     }
     assert_eq!(a.mm(&["mesh", "list", "all"]).trim(), "a,b,c,d");
+    // No cluster key: these nodes keep to this host.
+    assert_eq!(a.status("mode"), "loopback");
     // One connection per pair, counted from the kernel's socket table:
     // several dials between the same two nodes (both sides, or a --peer
     // and a mesh dial) leave one.
@@ -119,6 +121,23 @@ fn multi_hop_line_and_missing_hosts() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot run `mesh send` via meshage"));
 
+    // No node writes a file another names: `mesh dot` once replaced a
+    // node's identity key this way.
+    let key = std::fs::read(b.base().join("node.key")).unwrap();
+    let out = a.try_mm(&["mesh", "send", "b", "mesh", "dot", "node.key"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot run `mesh dot` via meshage"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read(b.base().join("node.key")).unwrap(), key);
+    // Nor deletes outside the files directory through a link.
+    let outside = common::scratch_dir("outside");
+    std::fs::write(outside.path().join("precious"), b"keep").unwrap();
+    std::os::unix::fs::symlink(outside.path(), b.base().join("files/out")).unwrap();
+    let out = a.try_mm(&["mesh", "send", "b", "file", "delete", "out/precious"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(outside.path().join("precious").exists());
     // A graphviz file of the line.
     let dot = a.base().join("mesh.dot");
     a.mm(&["mesh", "dot", dot.to_str().unwrap()]);

@@ -44,9 +44,10 @@ struct Serve {
     /// TCP port for the overlay (0 picks a free one).
     #[arg(long, default_value_t = 9000)]
     port: u16,
-    /// Address to bind.
-    #[arg(long, default_value = "0.0.0.0")]
-    listen: IpAddr,
+    /// Address to bind [default: 0.0.0.0 with a cluster key or --insecure,
+    /// else 127.0.0.1].
+    #[arg(long)]
+    listen: Option<IpAddr>,
     /// Direct peers to keep [default: 3, or the value last set by `mesh degree`].
     #[arg(long)]
     degree: Option<usize>,
@@ -54,8 +55,13 @@ struct Serve {
     #[arg(long, default_value = "mm")]
     context: String,
     /// Cluster key in swarm.key format (see `mm keygen`); only nodes with the same key join.
+    /// Without one, a node stays on loopback unless --insecure.
     #[arg(long)]
     psk_file: Option<PathBuf>,
+    /// Run without a cluster key on the network: anyone who can reach the
+    /// ports can join and run every command. Only on a trusted network.
+    #[arg(long)]
+    insecure: bool,
     /// Static peer (MULTIADDR or HOST:PORT), dialled at start; repeatable.
     #[arg(long = "peer")]
     peers: Vec<String>,
@@ -122,6 +128,7 @@ fn serve(cli: &Cli) -> ExitCode {
         name,
         port: s.port,
         listen: s.listen,
+        insecure: s.insecure,
         degree: s.degree,
         context: s.context,
         psk_file: s.psk_file,

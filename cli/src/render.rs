@@ -8,6 +8,8 @@ use mm_node::Response;
 /// by their host when several hosts answered. Errors are returned apart, as
 /// `E: host: message` lines for stderr.
 pub(crate) fn render(responses: &[Response]) -> (String, Vec<String>) {
+    let shown: Vec<Response> = responses.iter().map(defang).collect();
+    let responses = &shown[..];
     let mut out = String::new();
     let mut errors = Vec::new();
     let multi = responses.iter().filter(|r| r.error.is_empty()).count() > 1;
@@ -55,6 +57,35 @@ pub(crate) fn render(responses: &[Response]) -> (String, Vec<String>) {
         }
     }
     (out, errors)
+}
+
+/// An answer as it may reach a terminal: what other nodes sent can hold
+/// escape sequences that move the cursor or rewrite the screen, and bidi or
+/// zero-width characters that make one text look like another. Those are
+/// shown as `\u{..}`; line breaks survive in free text and errors only.
+fn defang(r: &Response) -> Response {
+    fn esc(s: &str, lines: bool) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            let keep = (lines && (c == '\n' || c == '\t'))
+                || !(c.is_control() || mm_store::files::is_format(c));
+            if keep {
+                out.push(c);
+            } else {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
+        }
+        out
+    }
+    let cells = |v: &[String]| v.iter().map(|c| esc(c, false)).collect::<Vec<_>>();
+    Response {
+        host: esc(&r.host, false),
+        header: cells(&r.header),
+        tabular: r.tabular.iter().map(|row| cells(row)).collect(),
+        response: esc(&r.response, true),
+        error: esc(&r.error, true),
+        kind: r.kind,
+    }
 }
 
 fn table(header: &[String], rows: &[Vec<String>]) -> String {
@@ -122,6 +153,29 @@ mod tests {
             "host  | size | degree\nnode1 | 10   | 3\nnode2 | 10   | 3\n"
         );
         assert_eq!(errs, vec!["E: node9: timed out"]);
+    }
+
+    #[test]
+    fn what_other_nodes_send_cannot_drive_the_terminal() {
+        let rs = vec![
+            Response::text("a", "\x1b[2J\x1b[Hok\nline two"),
+            Response::table("b", &["x"], vec![row(&["evil\u{202e}txt.exe", "\x07"])]),
+            Response::error("c\x1b]0;title\x07", "bad\r\x1b[1A"),
+        ];
+        let (out, errs) = render(&rs);
+        assert!(
+            !out.contains('\x1b') && !out.contains('\u{202e}'),
+            "{out:?}"
+        );
+        assert!(
+            out.contains("\\u{1b}[2J") && out.contains("line two"),
+            "{out:?}"
+        );
+        assert!(out.contains("evil\\u{202e}txt.exe"), "{out:?}");
+        assert!(
+            !errs[0].contains('\x1b') && !errs[0].contains('\r'),
+            "{errs:?}"
+        );
     }
 
     #[test]

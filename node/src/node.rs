@@ -16,7 +16,10 @@ pub struct Options {
     pub base: PathBuf,
     pub name: String,
     pub port: u16,
-    pub listen: IpAddr,
+    /// `None`: all addresses when keyed or insecure, else loopback.
+    pub listen: Option<IpAddr>,
+    /// No cluster key, and still on the network.
+    pub insecure: bool,
     /// `None`: the persisted setting, else 3.
     pub degree: Option<usize>,
     pub context: String,
@@ -42,14 +45,35 @@ pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// What "no time limit" means for a `mesh send`.
 pub(crate) const NO_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
+/// How strangers are kept out, as `mesh status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// A cluster key: only nodes that hold it connect.
+    Keyed,
+    /// No key, on the network (`--insecure`): anyone who reaches the port.
+    Insecure,
+    /// No key, so only this host: loopback, no mDNS.
+    Loopback,
+}
+
+impl Mode {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Mode::Keyed => "keyed",
+            Mode::Insecure => "insecure",
+            Mode::Loopback => "loopback",
+        }
+    }
+}
+
 /// A running node: the overlay, the metadata database, and the subsystems
 /// (`files` now; namespaces, VMs and bridges join it).
 pub(crate) struct Node {
     pub(crate) name: String,
-    pub(crate) base: PathBuf,
     pub(crate) overlay: Overlay,
     pub(crate) meta: Meta,
     pub(crate) files: Files,
+    pub(crate) mode: Mode,
     pub(crate) started: Instant,
     timeout: Mutex<Duration>,
 }
@@ -57,10 +81,10 @@ pub(crate) struct Node {
 impl Node {
     pub(crate) fn new(
         name: String,
-        base: PathBuf,
         overlay: Overlay,
         meta: Meta,
         files: Files,
+        mode: Mode,
     ) -> Arc<Node> {
         let timeout = meta
             .get::<u64>("settings", "timeout_ms")
@@ -68,10 +92,10 @@ impl Node {
             .unwrap_or(DEFAULT_TIMEOUT);
         Arc::new(Node {
             name,
-            base,
             overlay,
             meta,
             files,
+            mode,
             started: Instant::now(),
             timeout: Mutex::new(timeout),
         })

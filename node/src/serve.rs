@@ -1,6 +1,7 @@
 //! `mm serve`: start the subsystems in order, run until SIGINT or SIGTERM,
 //! then stop them in reverse.
 
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -9,6 +10,7 @@ use tracing::{info, warn};
 
 use crate::base::{check_base, load_key, lock_base, parse_peer};
 use crate::files::Files;
+use crate::node::Mode;
 use crate::{control, inbound, stats, Error, Node, Options, Result, DEFAULT_DEGREE};
 
 /// Runs a node until SIGINT or SIGTERM.
@@ -31,6 +33,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         }
         None => None,
     };
+    let (mode, listen, mdns) = secure_default(&opts, psk.is_some())?;
     let meta = Meta::open(&opts.base.join("meta.db"))?;
     let degree = opts
         .degree
@@ -46,13 +49,13 @@ pub async fn serve(opts: Options) -> Result<()> {
     let (overlay, inbound) = mm_overlay::start(mm_overlay::Config {
         name: opts.name.clone(),
         context: opts.context.clone(),
-        listen_ip: opts.listen,
+        listen_ip: listen,
         port: opts.port,
         degree,
         keypair,
         psk,
         peers,
-        mdns: opts.mdns,
+        mdns,
         tuning: mm_overlay::Tuning::default(),
     })
     .await?;
@@ -75,16 +78,16 @@ pub async fn serve(opts: Options) -> Result<()> {
         &opts.base.join("files"),
         meta.clone(),
         &overlay,
-        opts.listen,
+        listen,
         opts.data_port,
     )
     .await?;
     let node = Node::new(
         opts.name.clone(),
-        opts.base.clone(),
         overlay.clone(),
         meta.clone(),
         files,
+        mode,
     );
     // 3. What feeds and asks the node: host stats, other nodes, the CLI.
     let stats = tokio::spawn(stats::publish(overlay.clone()));
@@ -105,6 +108,38 @@ pub async fn serve(opts: Options) -> Result<()> {
     // Give aborted tasks a moment to drop what they hold.
     tokio::time::sleep(Duration::from_millis(10)).await;
     Ok(())
+}
+
+/// Without a cluster key, anyone who can reach a node's port could run any
+/// command on it: so a node without one stays on this host (loopback, no
+/// mDNS) unless told `--insecure`, and says how to do better.
+fn secure_default(opts: &Options, keyed: bool) -> Result<(Mode, IpAddr, bool)> {
+    let all = IpAddr::from([0, 0, 0, 0]);
+    if keyed {
+        return Ok((Mode::Keyed, opts.listen.unwrap_or(all), opts.mdns));
+    }
+    if opts.insecure {
+        warn!(
+            "no cluster key (--insecure): anyone who can reach port {} can join this mesh \
+             and run every command",
+            opts.port
+        );
+        return Ok((Mode::Insecure, opts.listen.unwrap_or(all), opts.mdns));
+    }
+    const HOW: &str = "give every node the same cluster key (`mm keygen > /etc/mm.key`, \
+                       then `mm serve --psk-file /etc/mm.key`), or run an open mesh on a \
+                       trusted network with --insecure";
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    match opts.listen {
+        Some(ip) if !ip.is_loopback() => Err(Error::Startup(format!(
+            "--listen {ip} without a cluster key would let anyone on the network run commands \
+             here; {HOW}"
+        ))),
+        ip => {
+            warn!("no cluster key: listening on loopback only, without mDNS; to join other hosts, {HOW}");
+            Ok((Mode::Loopback, ip.unwrap_or(loopback), false))
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -13,8 +13,9 @@ pub(crate) fn build(key: &Keypair, psk: Option<PreSharedKey>) -> Boxed<(PeerId, 
     let noise = noise::Config::new(key).expect("noise config from an ed25519 key");
     let mut yamux = yamux::Config::default();
     // Many parallel requests on one connection (file chunks) must not stall
-    // behind the default stream cap.
-    yamux.set_max_num_streams(1024);
+    // behind the default stream cap; the request-response protocols bound
+    // what each may use (see net/behaviour.rs).
+    yamux.set_max_num_streams(256);
     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
     // Only one path exists when keyed: every TCP connection goes through the
     // pnet handshake, so no dial can skip the key.

@@ -2,7 +2,13 @@
 //! file name (which may have come over the wire) into a path: absolute
 //! names, `..`, and symlinks that lead outside the directory are refused.
 
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::{Error, Result};
@@ -13,6 +19,8 @@ pub const PARTIAL_DIR: &str = ".mm-partial";
 #[derive(Debug, Clone)]
 pub struct FilesDir {
     root: PathBuf,
+    /// The root, open, for opening names beneath it.
+    dir: Arc<OwnedFd>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +39,215 @@ impl FilesDir {
         let root = root
             .canonicalize()
             .map_err(|e| Error::io("cannot resolve", root, e))?;
-        Ok(Self { root })
+        let c = CString::new(root.as_os_str().as_bytes())
+            .map_err(|_| Error::BadName(format!("{}: a NUL in the path", root.display())))?;
+        // SAFETY: a NUL-terminated path; the descriptor is checked and owned.
+        let fd = unsafe {
+            libc::open(
+                c.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(Error::io(
+                "cannot open",
+                &root,
+                std::io::Error::last_os_error(),
+            ));
+        }
+        // SAFETY: fd is a new descriptor of ours.
+        let dir = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
+        Ok(Self { root, dir })
+    }
+
+    /// Opens `name` (a name from anywhere, the wire included) beneath the
+    /// files directory, with `flags` (`O_RDONLY`, `O_WRONLY | O_DIRECT`,
+    /// ...). The kernel resolves it and refuses any step outside, through
+    /// `..` or a symlink, as it goes (`openat2` with `RESOLVE_BENEATH`):
+    /// nothing can swap a link in between a check and the open. Where the
+    /// kernel has no `openat2`, the path is checked as [`FilesDir::resolve`]
+    /// does and its last part opened without following a link.
+    pub fn open_file(&self, name: &str, flags: i32) -> Result<File> {
+        let clean = Self::clean(name)?;
+        self.open_beneath(&clean, flags, 0, libc::RESOLVE_BENEATH)
+            .map_err(|e| self.open_error(name, e))
+    }
+
+    /// Opens a transfer's partial file (`.mm-partial/NAME`), never through a
+    /// symlink; `create` makes it (mode 0600) if it is missing.
+    pub fn open_partial(&self, file: &str, flags: i32, create: bool) -> Result<File> {
+        let rel = format!("{PARTIAL_DIR}/{file}");
+        let (flags, mode) = if create {
+            (flags | libc::O_CREAT, 0o600)
+        } else {
+            (flags, 0)
+        };
+        self.open_beneath(
+            &rel,
+            flags,
+            mode,
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+        )
+        .map_err(|e| self.open_error(&rel, e))
+    }
+
+    /// The directory `name` is in, open (`O_PATH`), beneath the root.
+    pub fn open_parent(&self, name: &str) -> Result<(File, String)> {
+        let clean = Self::clean(name)?;
+        let (dir, base) = match clean.rsplit_once('/') {
+            Some((d, b)) => (d.to_string(), b.to_string()),
+            None => (".".to_string(), clean.clone()),
+        };
+        let f = self
+            .open_beneath(
+                &dir,
+                libc::O_PATH | libc::O_DIRECTORY,
+                0,
+                libc::RESOLVE_BENEATH,
+            )
+            .map_err(|e| self.open_error(&dir, e))?;
+        Ok((f, base))
+    }
+
+    /// Moves the partial file `partial` into place as `name`, creating the
+    /// directories it needs, never over a file that is there already
+    /// (`RENAME_NOREPLACE`: `AlreadyExists`), and never outside the files
+    /// directory (both ends are directories opened beneath it). Then syncs
+    /// the directory, so the new name survives a crash.
+    pub fn place(&self, partial: &str, name: &str) -> Result<()> {
+        let clean = Self::clean(name)?;
+        if let Some((dir, _)) = clean.rsplit_once('/') {
+            let path = self.resolve_path(dir)?;
+            std::fs::create_dir_all(&path).map_err(|e| Error::io("creating", &path, e))?;
+        }
+        let from = self
+            .open_beneath(
+                PARTIAL_DIR,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+                libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+            )
+            .map_err(|e| self.open_error(PARTIAL_DIR, e))?;
+        let (dir, base) = match clean.rsplit_once('/') {
+            Some((d, b)) => (d.to_string(), b.to_string()),
+            None => (".".to_string(), clean.clone()),
+        };
+        let to = self
+            .open_beneath(
+                &dir,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                0,
+                libc::RESOLVE_BENEATH,
+            )
+            .map_err(|e| self.open_error(&dir, e))?;
+        let c = |s: &str| {
+            CString::new(s).map_err(|_| Error::BadName(format!("invalid file name {s:?}")))
+        };
+        let (a, b) = (c(partial)?, c(&base)?);
+        // SAFETY: two directory descriptors we hold and two NUL-terminated
+        // names that outlive the call.
+        let rc = unsafe {
+            libc::renameat2(
+                from.as_raw_fd(),
+                a.as_ptr(),
+                to.as_raw_fd(),
+                b.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                return Err(Error::Exists(format!(
+                    "{name} appeared here while it was being fetched; not overwritten"
+                )));
+            }
+            return Err(Error::io("moving into place", name, e));
+        }
+        let _ = to.sync_all();
+        Ok(())
+    }
+
+    fn open_error(&self, name: &str, e: std::io::Error) -> Error {
+        match e.raw_os_error() {
+            Some(libc::EXDEV) => Error::BadName(format!(
+                "file name {name:?} leads outside the files directory"
+            )),
+            Some(libc::ELOOP) => Error::BadName(format!("{name:?} is a symlink here")),
+            Some(libc::ENOENT) => Error::NotHere { name: name.into() },
+            _ => Error::io("cannot open", name, e),
+        }
+    }
+
+    fn open_beneath(
+        &self,
+        rel: &str,
+        flags: i32,
+        mode: u32,
+        resolve: u64,
+    ) -> std::io::Result<File> {
+        static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+        let c = CString::new(rel)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        if !NO_OPENAT2.load(Ordering::Relaxed) {
+            match openat2(
+                self.dir.as_raw_fd(),
+                &c,
+                flags | libc::O_CLOEXEC,
+                mode,
+                resolve,
+            ) {
+                // Seccomp filters that predate the call answer ENOSYS or
+                // EPERM: the older way from now on.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                    NO_OPENAT2.store(true, Ordering::Relaxed);
+                }
+                // An absolute symlink, which RESOLVE_BENEATH never follows:
+                // where it leads is checked, and that path then opened with
+                // no symlink at all on the way, so none can be swapped in.
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EXDEV)
+                        && resolve & libc::RESOLVE_NO_SYMLINKS == 0 =>
+                {
+                    let real = self
+                        .resolve_path(rel)
+                        .ok()
+                        .and_then(|p| p.canonicalize().ok())
+                        .filter(|p| p.starts_with(&self.root))
+                        .ok_or(e)?;
+                    let inside = real.strip_prefix(&self.root).unwrap_or(&real);
+                    let inside = if inside.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        inside
+                    };
+                    let c = CString::new(inside.as_os_str().as_bytes())
+                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+                    let strict = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+                    return openat2(
+                        self.dir.as_raw_fd(),
+                        &c,
+                        flags | libc::O_CLOEXEC,
+                        mode,
+                        strict,
+                    );
+                }
+                r => return r,
+            }
+        }
+        let path = self
+            .resolve_path(rel)
+            .map_err(|_| std::io::Error::from_raw_os_error(libc::EXDEV))?;
+        let p = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: a NUL-terminated path; the descriptor is checked and owned.
+        let fd =
+            unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOFOLLOW, mode) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: fd is a new descriptor of ours.
+        Ok(unsafe { File::from_raw_fd(fd) })
     }
 
     pub fn root(&self) -> &Path {
@@ -45,9 +261,10 @@ impl FilesDir {
     /// Normalises a file name: relative, no `..`, no empty or `.` parts.
     pub fn clean(name: &str) -> Result<String> {
         let bad = |why: String| Err(Error::BadName(why));
-        // Control characters: no use in a file name, and a hazard on the
-        // operator's terminal.
-        if name.chars().any(char::is_control) {
+        // Control and format characters (bidi overrides, zero-width ones):
+        // no use in a file name, and a hazard on the operator's terminal,
+        // where they can make one name look like another.
+        if name.chars().any(|c| c.is_control() || is_format(c)) {
             return bad(format!("invalid file name {name:?}"));
         }
         let p = Path::new(name);
@@ -81,7 +298,13 @@ impl FilesDir {
     /// through symlinks. The file need not exist.
     pub fn resolve(&self, name: &str) -> Result<PathBuf> {
         let clean = Self::clean(name)?;
-        let path = self.root.join(&clean);
+        self.resolve_path(&clean)
+    }
+
+    /// [`FilesDir::resolve`] of a name already cleaned (or made here).
+    fn resolve_path(&self, clean: &str) -> Result<PathBuf> {
+        let name = clean;
+        let path = self.root.join(clean);
         // Canonicalise the longest existing prefix: a symlink anywhere along
         // the way must still land inside the root.
         let mut existing = path.as_path();
@@ -194,6 +417,53 @@ impl FilesDir {
     }
 }
 
+/// Unicode's format characters (general category Cf): invisible, and some
+/// reorder what follows them.
+pub fn is_format(c: char) -> bool {
+    matches!(c as u32,
+        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x890..=0x891 | 0x8E2 | 0x180E
+        | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
+/// `openat2(2)`: the C library has no wrapper for it.
+fn openat2(
+    dir: RawFd,
+    path: &CString,
+    flags: i32,
+    mode: u32,
+    resolve: u64,
+) -> std::io::Result<File> {
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: flags as u64,
+        mode: mode as u64,
+        resolve,
+    };
+    // SAFETY: the arguments are what openat2 takes: a directory descriptor,
+    // a NUL-terminated path, and an open_how of the size given.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a new descriptor of ours.
+    Ok(unsafe { File::from_raw_fd(fd as RawFd) })
+}
+
 pub fn has_magic(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
@@ -303,6 +573,9 @@ mod tests {
             "a\0b",
             "\u{1}redirect x",
             "a\nb",
+            "evil\u{202e}gpj.exe",
+            "zero\u{200b}width",
+            "\u{feff}bom",
         ] {
             assert!(f.resolve(bad).is_err(), "{bad} accepted");
         }
@@ -312,6 +585,18 @@ mod tests {
         std::os::unix::fs::symlink(f.root().join("img"), f.root().join("in")).unwrap();
         assert!(f.resolve("in/x.qcow2").is_ok());
         assert_eq!(FilesDir::clean("./img//x.qcow2").unwrap(), "img/x.qcow2");
+        // Opening goes no further: not through the link out, nor through one
+        // swapped in for a directory after a check.
+        std::fs::write(t.path().join("secret"), b"s").unwrap();
+        let e = f
+            .open_file("out/secret", libc::O_RDONLY)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("outside"), "{e}");
+        assert!(f.open_file("in/x.qcow2", libc::O_RDONLY).is_ok());
+        std::os::unix::fs::symlink(t.path().join("secret"), f.partial_dir().join("p.part"))
+            .unwrap();
+        assert!(f.open_partial("p.part", libc::O_RDWR, true).is_err());
         // Listings skip the escaping link.
         let names: Vec<String> = f
             .list("", true)

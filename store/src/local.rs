@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -70,13 +69,13 @@ impl Local {
     /// The manifest of a local file, hashing it if it is new or changed.
     /// Blocking. `Ok(None)` when there is no such regular file.
     pub fn manifest(&self, name: &str) -> Result<Option<Manifest>> {
-        let path = self.files.resolve(name)?;
+        FilesDir::clean(name)?;
         let lock = {
             let mut h = self.hashing.lock().unwrap_or_else(|e| e.into_inner());
             h.entry(name.to_string()).or_default().clone()
         };
         let one = lock.lock().unwrap_or_else(|e| e.into_inner());
-        let result = self.manifest_locked(name, &path);
+        let result = self.manifest_locked(name);
         drop(one);
         // Names come from the wire: do not keep a lock per name forever.
         let mut h = self.hashing.lock().unwrap_or_else(|e| e.into_inner());
@@ -86,8 +85,13 @@ impl Local {
         result
     }
 
-    fn manifest_locked(&self, name: &str, path: &std::path::Path) -> Result<Option<Manifest>> {
-        let m = match std::fs::metadata(path) {
+    fn manifest_locked(&self, name: &str) -> Result<Option<Manifest>> {
+        let file = match self.files.open_file(name, libc::O_RDONLY) {
+            Ok(f) => f,
+            Err(Error::NotHere { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let m = match file.metadata() {
             Ok(m) if m.is_file() => m,
             _ => return Ok(None),
         };
@@ -98,10 +102,10 @@ impl Local {
         }
         debug!("hashing {name}");
         let manifest =
-            Manifest::build(path, &m, CHUNK_SIZE).map_err(|e| Error::io("hashing", name, e))?;
+            Manifest::build(&file, &m, CHUNK_SIZE).map_err(|e| Error::io("hashing", name, e))?;
         // The file may have changed while we read it; only cache a manifest
         // that matches what is on disk now.
-        let after = std::fs::metadata(path).map_err(|e| Error::io("", name, e))?;
+        let after = file.metadata().map_err(|e| Error::io("", name, e))?;
         if stamp(&after) != stamp(&m) {
             return Err(Error::Changed(name.into()));
         }
@@ -131,15 +135,15 @@ impl Local {
             .remove(name);
     }
 
-    /// The path and manifest of an unchanged, already-hashed file, the
-    /// manifest from memory when possible. Never hashes.
-    fn current(&self, name: &str) -> Option<(PathBuf, Arc<Manifest>)> {
-        let path = self.files.resolve(name).ok()?;
-        let st = stamp(&std::fs::metadata(&path).ok()?);
+    /// The open file and manifest of an unchanged, already-hashed file,
+    /// the manifest from memory when possible. Never hashes.
+    fn current(&self, name: &str) -> Option<(std::fs::File, Arc<Manifest>)> {
+        let file = self.files.open_file(name, libc::O_RDONLY).ok()?;
+        let st = stamp(&file.metadata().ok()?);
         let mut mem = self.mem.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((s, m)) = mem.get(name) {
             if *s == st {
-                return Some((path, m.clone()));
+                return Some((file, m.clone()));
             }
         }
         drop(mem);
@@ -153,20 +157,20 @@ impl Local {
             mem.clear();
         }
         mem.insert(name.to_string(), (st, m.clone()));
-        Some((path, m))
+        Some((file, m))
     }
 
     /// Where chunk `index` of the complete local file `name`, in version
-    /// `root`, can be read: the file's path and manifest. Never hashes: a
-    /// chunk is only asked for after "who holds it" made us hash the file,
-    /// and a request for anything else is not worth a hashing.
+    /// `root`, can be read: the file, open, and its manifest. Never hashes:
+    /// a chunk is only asked for after "who holds it" made us hash the
+    /// file, and a request for anything else is not worth a hashing.
     pub fn chunk_source(
         &self,
         name: &str,
         root: &[u8],
         index: usize,
-    ) -> Result<(PathBuf, Arc<Manifest>)> {
-        let (path, m) = self
+    ) -> Result<(std::fs::File, Arc<Manifest>)> {
+        let (file, m) = self
             .current(name)
             .filter(|(_, m)| m.root == root)
             .ok_or_else(|| Error::NotThatVersion { name: name.into() })?;
@@ -176,18 +180,6 @@ impl Local {
                 index,
             });
         }
-        Ok((path, m))
+        Ok((file, m))
     }
-}
-
-/// Appends `len` bytes at `off` of `path` to `buf`, never zeroing it first
-/// (a 1 MiB memset per chunk showed in profiles). The caller sizes `buf`
-/// (say, with room for framing), so a chunk is read once, into place.
-pub fn read_range(
-    path: &std::path::Path,
-    off: u64,
-    len: u64,
-    buf: &mut crate::ChunkBuf,
-) -> std::io::Result<()> {
-    buf.read_at(&std::fs::File::open(path)?, off, len as usize)
 }

@@ -9,7 +9,6 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::path::Path;
 
 use blake3::hazmat::{
     left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, HasherExt, Mode,
@@ -120,13 +119,13 @@ impl Manifest {
     /// Hashes a file, reading it once. `meta` is the metadata the caller
     /// saw, so the manifest describes exactly that version.
     pub fn build(
-        path: &Path,
+        file: &File,
         meta: &std::fs::Metadata,
         chunk_size: u64,
     ) -> std::io::Result<Manifest> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let size = meta.len();
-        let mut f = File::open(path)?;
+        let mut f = file;
         let mut hashes = Vec::with_capacity(size.div_ceil(chunk_size) as usize);
         let mut buf = vec![0u8; chunk_size as usize];
         let mut i = 0usize;
@@ -134,10 +133,7 @@ impl Manifest {
         while done < size {
             let want = chunk_size.min(size - done) as usize;
             f.read_exact(&mut buf[..want]).map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("{} changed while hashing: {e}", path.display()),
-                )
+                std::io::Error::new(e.kind(), format!("changed while hashing: {e}"))
             })?;
             hashes.push(chunk_hash(i, &buf[..want], size, chunk_size));
             done += want as u64;
@@ -201,7 +197,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("f");
         std::fs::write(&p, bytes).unwrap();
-        Manifest::build(&p, &std::fs::metadata(&p).unwrap(), cs).unwrap()
+        Manifest::build(
+            &File::open(&p).unwrap(),
+            &std::fs::metadata(&p).unwrap(),
+            cs,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -270,7 +271,12 @@ mod tests {
         let p = dir.path().join("x");
         std::fs::write(&p, b"hi").unwrap();
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o751)).unwrap();
-        let m = Manifest::build(&p, &std::fs::metadata(&p).unwrap(), CHUNK_SIZE).unwrap();
+        let m = Manifest::build(
+            &File::open(&p).unwrap(),
+            &std::fs::metadata(&p).unwrap(),
+            CHUNK_SIZE,
+        )
+        .unwrap();
         assert_eq!(m.mode, 0o751);
         assert!(m.mtime_ns > 0);
         assert_eq!(m.size, 2);

@@ -22,6 +22,39 @@ pub(crate) struct Node {
     base: Option<PathBuf>,
 }
 
+/// The arguments, with the test process's cluster key added where the
+/// test did not choose.
+fn keyed(extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = extra
+        .iter()
+        .filter(|a| **a != "--no-key")
+        .map(|s| s.to_string())
+        .collect();
+    let chose = extra
+        .iter()
+        .any(|a| matches!(*a, "--psk-file" | "--insecure" | "--no-key"));
+    if !chose {
+        args.push("--psk-file".into());
+        args.push(cluster_key().display().to_string());
+    }
+    args
+}
+
+/// One cluster key for every lab node of this test process (`mm keygen`).
+pub(crate) fn cluster_key() -> PathBuf {
+    static KEY: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| {
+        let dir = scratch_dir("key");
+        let out = Command::new(MM).arg("keygen").output().expect("mm keygen");
+        assert!(out.status.success(), "mm keygen failed");
+        let path = dir.path().join("cluster.key");
+        std::fs::write(&path, &out.stdout).expect("write the key");
+        (dir, path)
+    })
+    .1
+    .clone()
+}
+
 impl Node {
     /// A node on 127.0.0.1 with a free port and no mDNS (loopback tests must
     /// not multicast onto the machine's real network).
@@ -35,19 +68,22 @@ impl Node {
     }
 
     /// A node inside a lab namespace, with default discovery.
+    /// A node inside a lab namespace, with default discovery and this test
+    /// process's cluster key (unless `extra` names a key or `--insecure`,
+    /// or asks for none with `--no-key`).
     pub(crate) fn in_ns(name: &str, ns: &str, extra: &[&str]) -> Node {
-        Node::spawn(
-            name,
-            extra.iter().map(|s| s.to_string()).collect(),
-            Some(ns.to_string()),
-        )
+        Node::spawn(name, keyed(extra), Some(ns.to_string()))
     }
 
     /// A node in a lab namespace whose base is `base` (which the caller
     /// owns; it is not removed).
     pub(crate) fn in_ns_with_base(name: &str, ns: &str, base: &Path, extra: &[&str]) -> Node {
-        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Node::spawn_at(name, args, Some(ns.to_string()), Some(base.to_path_buf()))
+        Node::spawn_at(
+            name,
+            keyed(extra),
+            Some(ns.to_string()),
+            Some(base.to_path_buf()),
+        )
     }
 
     fn spawn(name: &str, args: Vec<String>, netns: Option<String>) -> Node {

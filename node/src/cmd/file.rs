@@ -78,6 +78,13 @@ pub(super) static SPECS: &[Spec] = &[
 async fn list(cx: &Ctx, c: &Call) -> Out {
     let node = &cx.node;
     let mesh = c.has("mesh");
+    if mesh && cx.is_remote() {
+        // A node answers for itself only, so rows are labelled with the host
+        // that sent them; the node that asks can ask everyone itself.
+        return Err(Error::Refused(
+            "cannot run `file list mesh` via meshage; run it here".into(),
+        ));
+    }
     let path = c.arg("path").unwrap_or("").to_string();
     let recursive = c.has("recursive") || mesh;
     let header = &["dir", "name", "size", "modified", "hash"];

@@ -25,6 +25,9 @@ fn expand_list(spec: &str) -> Result<Vec<String>, String> {
                     return Err(format!("malformed host list '{spec}': unbalanced ']'"));
                 }
                 out.push(item.to_string());
+                if out.len() > MAX_HOSTS {
+                    return Err(format!("the list names more than {MAX_HOSTS} hosts"));
+                }
             }
             Some(open) => {
                 let close = item[open..]
@@ -38,7 +41,7 @@ fn expand_list(spec: &str) -> Result<Vec<String>, String> {
                         "malformed host list '{spec}': one [range] per name"
                     ));
                 }
-                let budget = MAX_HOSTS - out.len();
+                let budget = MAX_HOSTS.saturating_sub(out.len());
                 for n in expand_range(inner, budget)
                     .map_err(|e| format!("malformed host list '{spec}': {e}"))?
                 {
@@ -204,6 +207,18 @@ mod tests {
             let e = expand(bad).unwrap_err().to_string();
             assert!(e.contains("host list") || e.contains("range"), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn no_list_names_more_than_the_cap() {
+        // Names before a range used to leave it a budget that wrapped.
+        let mut spec = vec!["a"; 70_000].join(",");
+        spec.push_str(",x[1-100000]");
+        let e = expand(&spec).unwrap_err().to_string();
+        assert!(e.contains("more than 65536"), "{e}");
+        let many: Vec<String> = (0..70_000).map(|i| format!("h{i}")).collect();
+        assert!(expand(&many.join(",")).is_err());
+        assert_eq!(expand("n[1-65536]").unwrap().len(), 65536);
     }
 
     #[test]

@@ -35,8 +35,8 @@ pub(super) static SPECS: &[Spec] = &[
         id: "mesh dot",
         patterns: &["mesh dot <filename>"],
         short: "write the mesh as a graphviz dot file",
-        long: "A relative FILENAME is relative to the directory `mm` runs in (or to the \
-               node's base directory when run through `mesh send`).",
+        long: "A relative FILENAME is relative to the directory `mm` runs in. It cannot be \
+               sent to another node: no node writes a file another names.",
         run: |cx, c| dot(cx, c).boxed(),
     },
     Spec {
@@ -61,7 +61,8 @@ pub(super) static SPECS: &[Spec] = &[
         patterns: &["mesh status"],
         short: "display a short status report of the mesh",
         long: "Columns: size (nodes reachable, this one included), degree, peers (direct), \
-               context, port, and keyed (whether a cluster key is in use).",
+               context, port, keyed (whether a cluster key is in use), and mode: keyed, \
+               insecure (no key, on the network), or loopback (no key, so this host only).",
         run: |cx, _| status(cx).boxed(),
     },
     Spec {
@@ -89,7 +90,9 @@ async fn status(cx: &Ctx) -> Out {
     let s = cx.node.overlay.snapshot().await?;
     cx.one(Response::table(
         cx.me(),
-        &["size", "degree", "peers", "context", "port", "keyed"],
+        &[
+            "size", "degree", "peers", "context", "port", "keyed", "mode",
+        ],
         vec![vec![
             s.nodes.len().to_string(),
             s.degree.to_string(),
@@ -97,6 +100,7 @@ async fn status(cx: &Ctx) -> Out {
             s.context,
             s.port.to_string(),
             s.keyed.to_string(),
+            cx.node.mode.as_str().to_string(),
         ]],
     ))
 }
@@ -188,7 +192,20 @@ async fn hangup(cx: &Ctx, c: &Call) -> Out {
 
 async fn dot(cx: &Ctx, c: &Call) -> Out {
     let file = c.arg("filename").unwrap_or_default();
-    let path = local_path(&cx.node, &cx.src, file)?;
+    let Source::Local { cwd } = &cx.src else {
+        // It once replaced a node's identity key, and wrote through a
+        // symlink out of the base: a node never writes a path another chose.
+        return Err(Error::Refused(
+            "cannot run `mesh dot` via meshage: it writes a file where the node runs; \
+             run it on that node"
+                .into(),
+        ));
+    };
+    let p = PathBuf::from(file);
+    let path = match cwd {
+        Some(cwd) if !p.is_absolute() => cwd.join(p),
+        _ => p,
+    };
     let s = cx.node.overlay.snapshot().await?;
     let mut dot = String::from("graph mesh {\n\tsize=\"8,11\";\n");
     let _ = writeln!(dot, "\t\"{}\" [style=filled, color=lightblue];", s.name);
@@ -201,27 +218,6 @@ async fn dot(cx: &Ctx, c: &Call) -> Out {
     std::fs::write(&path, dot)
         .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
     cx.ok()
-}
-
-/// A path named in a command. From the local CLI: as the user wrote it,
-/// relative to their directory. From another node: only inside this node's
-/// base directory, so no node can write anywhere on another.
-fn local_path(node: &Node, src: &Source, file: &str) -> Result<PathBuf> {
-    let p = PathBuf::from(file);
-    match src {
-        Source::Local { cwd } => Ok(match cwd {
-            Some(cwd) if !p.is_absolute() => cwd.join(p),
-            _ => p,
-        }),
-        Source::Mesh { .. } => {
-            if p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
-                return Err(Error::Refused(format!(
-                    "{file}: from another node, a path must stay inside the base directory"
-                )));
-            }
-            Ok(node.base.join(p))
-        }
-    }
 }
 
 async fn send(cx: &Ctx, c: &Call) -> Out {
@@ -270,7 +266,12 @@ pub(super) async fn run_remote(
     let mut out = Vec::new();
     for (host, result) in answers {
         match result.and_then(|b| mm_overlay::wire::decode::<Vec<Response>>(&b)) {
-            Ok(rs) => out.extend(rs),
+            // Labelled with the host that answered, whatever the answer
+            // says it is from.
+            Ok(rs) => out.extend(rs.into_iter().map(|r| Response {
+                host: host.clone(),
+                ..r
+            })),
             Err(e) => out.push(Response::error(&host, e)),
         }
     }

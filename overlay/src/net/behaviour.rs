@@ -12,8 +12,28 @@ use libp2p::{
     StreamProtocol, Swarm,
 };
 
+use super::codec::Bounded;
 use crate::wire::{Direct, DirectReply, Envelope, Reply};
 use crate::{degree, Config, Error, Result};
+
+/// A routed request is a command line or a file pattern, and the list of
+/// targets it is for (about 40 bytes each): 256 KiB holds thousands.
+const ROUTED_REQUEST_MAX: u64 = 256 << 10;
+/// Answers carry manifests (32 bytes per 256 KiB chunk of every file a
+/// `file get` matched): see docs/design.md.
+const ROUTED_ANSWER_MAX: u64 = 64 << 20;
+/// A direct request is a chunk, have-bits or grant request: a name and a
+/// hash.
+const DIRECT_REQUEST_MAX: u64 = 64 << 10;
+/// A direct answer is at most a run of chunks.
+const DIRECT_ANSWER_MAX: u64 = 8 << 20;
+/// Streams at once per connection and protocol. With the request limits
+/// and the read deadline, what one connection can make a node hold is
+/// bounded: 32 x 256 KiB routed, 64 x 64 KiB direct.
+const ROUTED_STREAMS: usize = 32;
+const DIRECT_STREAMS: usize = 64;
+/// A request must arrive within this once its stream is open.
+const REQUEST_READ: Duration = Duration::from_secs(10);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
@@ -22,8 +42,8 @@ pub(crate) struct Behaviour {
     pub(super) ping: ping::Behaviour,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
     pub(super) gossipsub: gossipsub::Behaviour,
-    pub(super) rpc: request_response::cbor::Behaviour<Envelope, Reply>,
-    pub(super) bulk: request_response::cbor::Behaviour<Direct, DirectReply>,
+    pub(super) rpc: request_response::Behaviour<Bounded<Envelope, Reply>>,
+    pub(super) bulk: request_response::Behaviour<Bounded<Direct, DirectReply>>,
 }
 
 pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>> {
@@ -69,10 +89,8 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>> {
                 // Deadlines are enforced per request by the aggregation logic;
                 // this only reaps requests whose peer vanished silently.
                 .with_request_timeout(Duration::from_secs(24 * 3600))
-                .with_max_concurrent_streams(1024);
-            let codec = request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(16 << 20)
-                .set_response_size_maximum(64 << 20);
+                .with_max_concurrent_streams(ROUTED_STREAMS);
+            let codec = Bounded::new(ROUTED_REQUEST_MAX, ROUTED_ANSWER_MAX, REQUEST_READ);
             let rpc = request_response::Behaviour::with_codec(
                 codec,
                 [(
@@ -81,9 +99,7 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>> {
                 )],
                 rpc_cfg,
             );
-            let bulk_codec = request_response::cbor::codec::Codec::default()
-                .set_request_size_maximum(1 << 20)
-                .set_response_size_maximum(8 << 20);
+            let bulk_codec = Bounded::new(DIRECT_REQUEST_MAX, DIRECT_ANSWER_MAX, REQUEST_READ);
             let bulk = request_response::Behaviour::with_codec(
                 bulk_codec,
                 [(
@@ -94,7 +110,7 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>> {
                     // Callers bound the work in flight per peer; this only
                     // has to outlast a queue of chunks on a slow link.
                     .with_request_timeout(Duration::from_secs(120))
-                    .with_max_concurrent_streams(1024),
+                    .with_max_concurrent_streams(DIRECT_STREAMS),
             );
             Ok(Behaviour {
                 limits: connection_limits::Behaviour::new(limits(cap)),

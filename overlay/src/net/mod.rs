@@ -7,6 +7,7 @@
 //! builds the swarm.
 
 mod behaviour;
+mod codec;
 mod dialing;
 mod peers;
 mod routing;

@@ -25,6 +25,10 @@ use crate::fmt::human;
 use crate::manifest::{Manifest, MAX_RUN};
 use crate::{Error, Result};
 
+/// The permission bits a fetched file may keep: read and execute for all,
+/// write for its owner.
+pub(super) const MODE_MASK: u32 = 0o755;
+
 /// How a partial file's writes are made durable. The engine calls `sync`
 /// and only then records the have-bits that sync covers; a test stands a
 /// recording one in, to check that no bit is recorded before its data was
@@ -124,16 +128,12 @@ impl Engine {
 
     /// Opens (or creates) the partial file with its whole size reserved.
     pub(super) async fn open_partial(&self, job: &Job) -> Result<Partial> {
+        let files = self.files().clone();
         let tmp = job.tmp.clone();
+        let part = partial_name(&job.tmp);
         let size = job.manifest.size;
         tokio::task::spawn_blocking(move || {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&tmp)
-                .map_err(|e| Error::io("cannot create", &tmp, e))?;
+            let f = files.open_partial(&part, libc::O_RDWR, true)?;
             // Reserve the whole file now: a full disk fails here, clearly,
             // not halfway with a truncated file.
             use std::os::fd::AsRawFd;
@@ -150,13 +150,19 @@ impl Engine {
                     std::io::Error::from_raw_os_error(rc),
                 ));
             }
-            let direct = Direct::open(&tmp, &f);
+            let direct = Direct::open(&files, &part, &f);
             Ok(Partial {
                 file: Arc::new(f),
                 direct,
             })
         })
         .await?
+    }
+
+    /// The partial file of a transfer, open for reading (to serve it).
+    pub(super) fn partial_file(&self, job: &Job) -> Result<std::fs::File> {
+        self.files()
+            .open_partial(&partial_name(&job.tmp), libc::O_RDONLY, false)
     }
 
     /// After a restart, trusts no chunk without reading it back: a partial
@@ -249,44 +255,36 @@ impl Engine {
         let m = job.manifest.clone();
         let f = file.clone();
         let tmp = job.tmp.clone();
-        let dest = self.files().resolve(&job.name)?;
         let local = self.local.clone();
         let name = job.name.clone();
         let job = job.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
             f.sync_all().map_err(|e| Error::io("syncing", &tmp, e))?;
-            // Permission bits only: a setuid bit from another node is not
-            // worth trusting (the mode is not covered by the hash).
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(m.mode & 0o777))
+            // Permission bits only, and none that let others write: a mode
+            // from another node is not worth trusting (the hash does not
+            // cover it), and a setuid bit or a world-writable file least.
+            f.set_permissions(std::fs::Permissions::from_mode(m.mode & MODE_MASK))
                 .map_err(|e| Error::io("setting the mode of", &tmp, e))?;
             let mtime = SystemTime::UNIX_EPOCH + Duration::from_nanos(m.mtime_ns.max(0) as u64);
             let _ = f.set_modified(mtime);
-            if let Some(parent) = dest.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| Error::io("creating", parent, e))?;
-            }
             if job.is_cancelled() {
                 return Err(Error::Cancelled);
             }
-            rename_noreplace(&tmp, &dest).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::AlreadyExists {
-                    Error::Exists(format!(
-                        "{name} appeared here while it was being fetched; not overwritten"
-                    ))
-                } else {
-                    Error::io("moving into place", &name, e)
-                }
-            })?;
-            if let Some(dir) = dest.parent() {
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
-            }
-            let meta = std::fs::metadata(&dest).map_err(|e| Error::io("", &dest, e))?;
+            local.files.place(&partial_name(&tmp), &name)?;
+            // The file moved; its descriptor is the same file.
+            let meta = f.metadata().map_err(|e| Error::io("", &name, e))?;
             local.remember(&name, &meta, &m);
             Ok(())
         })
         .await?
     }
+}
+
+/// The partial file's name in the partial directory.
+fn partial_name(tmp: &Path) -> String {
+    tmp.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 impl Partial {
@@ -339,31 +337,6 @@ impl Partial {
     }
 }
 
-/// rename(2) that fails instead of replacing an existing file.
-fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = |p: &Path| {
-        std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
-    };
-    let (a, b) = (c(from)?, c(to)?);
-    // SAFETY: both paths are NUL-terminated C strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Bytes free for an unprivileged writer in the file system of `dir`.
 pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
@@ -386,13 +359,11 @@ struct Direct {
 
 impl Direct {
     /// None where the file system has no `O_DIRECT` (tmpfs on older
-    /// kernels), or if `path` is no longer the file `same_as` has open.
-    fn open(path: &Path, same_as: &std::fs::File) -> Option<Direct> {
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
+    /// kernels), or if `part` is no longer the file `same_as` has open.
+    fn open(files: &crate::FilesDir, part: &str, same_as: &std::fs::File) -> Option<Direct> {
+        use std::os::unix::fs::MetadataExt;
+        let file = files
+            .open_partial(part, libc::O_WRONLY | libc::O_DIRECT, false)
             .ok()?;
         let (a, b) = (file.metadata().ok()?, same_as.metadata().ok()?);
         (a.dev() == b.dev() && a.ino() == b.ino()).then_some(Direct {

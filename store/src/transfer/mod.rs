@@ -168,13 +168,28 @@ pub struct Pending {
 }
 
 /// Whether `name` is what `pattern` (cleaned) asks for: itself, something
-/// under it as a directory, or a glob match.
+/// under it as a directory, or a glob match, or something under a directory
+/// a glob matches (a holder offers those: `*` takes `sub/x.txt` too).
 pub fn selects(pattern: &str, name: &str) -> bool {
     if has_magic(pattern) {
-        glob_match(pattern, name)
+        let depth = pattern.split('/').count();
+        let parts: Vec<&str> = name.split('/').collect();
+        parts.len() >= depth && glob_match(pattern, &parts[..depth].join("/"))
     } else {
         name == pattern || name.starts_with(&format!("{pattern}/"))
     }
+}
+
+#[cfg(test)]
+#[test]
+fn a_glob_selects_what_is_under_the_directories_it_matches() {
+    assert!(selects("*", "a.iso"));
+    assert!(selects("*", "sub/x.txt"));
+    assert!(selects("img/*.qcow2", "img/a.qcow2"));
+    assert!(!selects("img/*.qcow2", "img/a.iso"));
+    assert!(selects("i*", "img/sub/a"));
+    assert!(!selects("img/*", "img"));
+    assert!(selects("img", "img/a") && !selects("img", "imgx"));
 }
 
 pub struct Engine {

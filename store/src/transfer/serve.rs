@@ -10,7 +10,6 @@ use super::ledger::{Ledger, Portion};
 use super::{selects, Engine, Held, Miss, Sent};
 use crate::buf::ChunkBuf;
 use crate::files::FilesDir;
-use crate::local::read_range;
 use crate::manifest::MAX_RUN;
 use crate::{Error, Result};
 
@@ -114,12 +113,14 @@ impl Engine {
                 return Err(Miss::NotYet);
             }
             let (off, len) = j.manifest.run_range(index, k);
-            return read_range(&j.tmp, off, len, buf)
+            let part = self.partial_file(&j)?;
+            return buf
+                .read_at(&part, off, len as usize)
                 .map_err(|e| Error::io("reading", name, e).into());
         }
         // Only a request this node can answer from its file enters the
         // ledger.
-        let (path, m) = self.local.chunk_source(name, root, index)?;
+        let (file, m) = self.local.chunk_source(name, root, index)?;
         let count = count.min(m.chunk_count() - index);
         let k = match self.portion(from, name, root, index as u32, count as u32) {
             Portion::Send(k) => k as usize,
@@ -130,7 +131,8 @@ impl Engine {
         };
         tracing::trace!("{name}: chunks {index}..{} to {from}", index + k);
         let (off, len) = m.run_range(index, k);
-        read_range(&path, off, len, buf).map_err(|e| Error::io("reading", name, e).into())
+        buf.read_at(&file, off, len as usize)
+            .map_err(|e| Error::io("reading", name, e).into())
     }
 
     /// [`Engine::read_chunk`] into a buffer of its own, with room for a
