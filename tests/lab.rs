@@ -75,6 +75,30 @@ fn without_a_cluster_key_a_node_keeps_to_its_host() {
         err.contains("without a cluster key") && err.contains("mm keygen"),
         "{err}"
     );
+    // Nor does it go out to the network by itself.
+    let out = alone.try_mm(&["mesh", "dial", "10.77.0.2:9000"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no cluster key"),
+        "{err}"
+    );
+    let out = common::run_bounded(
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns(1), common::MM])
+            .args([
+                "serve",
+                "--base",
+                &common::scratch_dir("nokey").path().display().to_string(),
+                "--peer",
+                "10.77.0.2",
+            ]),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("without a cluster key"),
+        "{err}"
+    );
     // With the key, the mode says so.
     let keyed = Node::in_ns("h4", &lab.ns(1), &["--port", "9100"]);
     assert_eq!(keyed.status("mode"), "keyed");

@@ -153,8 +153,8 @@ fn multi_hop_line_and_missing_hosts() {
 /// back before the hop before it gives up. That holds only if each hop
 /// answers when its own deadline falls due: when deadlines were checked on
 /// a 250 ms tick, a live host's row came back `timed out` (8 of 72 sends
-/// through 3 hops at a 2 s timeout; nearly always at 1 s, whose margins
-/// are 100 ms and less).
+/// through 3 hops at a 2 s timeout; nearly always at 1.2 s, whose last
+/// margin is about 100 ms).
 #[test]
 fn live_hosts_answer_in_time_at_the_end_of_a_long_line() {
     let names = ["a", "b", "c", "d", "e"];
@@ -176,9 +176,9 @@ fn live_hosts_answer_in_time_at_the_end_of_a_long_line() {
         let ans = a.json(&["mesh", "send", "e", "version"]);
         (ans.len() == 1 && ans[0]["error"] == "").then_some(())
     });
-    a.mm(&["mesh", "timeout", "1"]);
+    a.mm(&["mesh", "timeout", "1.2"]);
     let _frozen = Stopped::new(node_pid(&nodes[4]));
-    for round in 0..10 {
+    for round in 0..12 {
         let ans = a.json(&["mesh", "send", "c,d,e", "version"]);
         for live in ["c", "d"] {
             let row = ans.iter().find(|r| r["host"] == live).expect("a row");
@@ -187,8 +187,10 @@ fn live_hosts_answer_in_time_at_the_end_of_a_long_line() {
                 "round {round}: {live} answered late: {ans:?}"
             );
         }
+        // Frozen: it times out, until its peer or the mesh gives up on it
+        // (no route, no such host).
         let e = ans.iter().find(|r| r["host"] == "e").expect("a row for e");
-        assert_eq!(e["error"], "timed out", "round {round}: {ans:?}");
+        assert_ne!(e["error"], "", "round {round}: {ans:?}");
     }
 }
 

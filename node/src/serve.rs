@@ -13,8 +13,31 @@ use crate::files::Files;
 use crate::node::Mode;
 use crate::{control, inbound, stats, Error, Node, Options, Result, DEFAULT_DEGREE};
 
+/// Raises the soft limit on open descriptors to the hard one: a node holds
+/// one per connection, data connection and open file, and the default 1,024
+/// is soon reached on a busy node (or by a flood of connections).
+fn raise_fd_limit() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                warn!(
+                    "cannot raise the open file limit: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 /// Runs a node until SIGINT or SIGTERM.
 pub async fn serve(opts: Options) -> Result<()> {
+    raise_fd_limit();
     std::fs::create_dir_all(opts.base.join("files"))
         .map_err(|e| Error::io(format!("cannot create {}", opts.base.display()), e))?;
     let _ = std::fs::set_permissions(&opts.base, std::fs::Permissions::from_mode(0o700));
@@ -44,6 +67,22 @@ pub async fn serve(opts: Options) -> Result<()> {
         .iter()
         .map(|p| parse_peer(p, if opts.port == 0 { 9000 } else { opts.port }))
         .collect::<Result<Vec<_>>>()?;
+    if mode == Mode::Loopback {
+        let off_host = |a: &mm_overlay::Multiaddr| {
+            !a.iter().any(|p| match p {
+                mm_overlay::multiaddr::Protocol::Ip4(ip) => ip.is_loopback(),
+                mm_overlay::multiaddr::Protocol::Ip6(ip) => ip.is_loopback(),
+                _ => false,
+            })
+        };
+        if let Some(a) = peers.iter().find(|a| off_host(a)) {
+            return Err(Error::Startup(format!(
+                "--peer {a} without a cluster key would join this node to a mesh anyone can \
+                 command; give every node the same key (mm keygen, --psk-file), or use \
+                 --insecure on a trusted network"
+            )));
+        }
+    }
 
     // 1. The overlay: everything else reaches other nodes through it.
     let (overlay, inbound) = mm_overlay::start(mm_overlay::Config {
@@ -56,6 +95,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         psk,
         peers,
         mdns,
+        loopback_only: mode == Mode::Loopback,
         tuning: mm_overlay::Tuning::default(),
     })
     .await?;

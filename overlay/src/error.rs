@@ -46,6 +46,12 @@ pub enum Error {
     Overloaded,
     #[error("node dropped the request")]
     Dropped,
+    /// A peer that has not identified itself (yet) asked something.
+    #[error("not admitted: no identity checked yet")]
+    NotAdmitted,
+    /// A routed request whose origin could not be verified.
+    #[error("refused: {0}")]
+    Unverified(String),
     /// The target answered with an error of its own.
     #[error("{0}")]
     Remote(String),

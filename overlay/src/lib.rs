@@ -21,7 +21,7 @@ use std::time::Duration;
 pub use error::{Error, Result};
 pub use libp2p::identity::Keypair;
 pub use libp2p::pnet::PreSharedKey;
-pub use libp2p::Multiaddr;
+pub use libp2p::{multiaddr, Multiaddr};
 use tokio::sync::{mpsc, oneshot};
 pub use transport::{new_psk, parse_psk};
 pub use tuning::Tuning;
@@ -39,6 +39,9 @@ pub struct Config {
     /// Static peers, dialled (with back-off) until first reached.
     pub peers: Vec<Multiaddr>,
     pub mdns: bool,
+    /// Dial nothing but loopback addresses (a node without a cluster key
+    /// keeps to its host).
+    pub loopback_only: bool,
     pub tuning: Tuning,
 }
 

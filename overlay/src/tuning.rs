@@ -21,6 +21,9 @@ pub struct Tuning {
     /// A refused peer's connection is closed this long after, so that it
     /// too learns our identity and can log why.
     pub refuse_close_after: Duration,
+    /// A connected peer must identify itself within this, or it is closed
+    /// (and it is not answered until it has).
+    pub identify_within: Duration,
     /// After `mesh hangup`, the peer is not dialled again for this long.
     pub hangup_hold: Duration,
     /// A failed dial is retried after 2 s, doubling, at most this.
@@ -43,6 +46,7 @@ impl Default for Tuning {
             settle: Duration::from_secs(3),
             refuse_for: Duration::from_secs(60),
             refuse_close_after: Duration::from_secs(2),
+            identify_within: Duration::from_secs(10),
             hangup_hold: Duration::from_secs(30),
             backoff_max: Duration::from_secs(60),
             static_retry_max: Duration::from_secs(30),

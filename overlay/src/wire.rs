@@ -42,12 +42,28 @@ pub struct Announce {
     pub stats: HostStats,
 }
 
+/// Who sent a routed request, and for whom, signed by its origin and
+/// carried unchanged from hop to hop: a destination knows who asked (not
+/// just what the last hop claims), and a relay cannot turn the request to
+/// other targets or send it again later.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Origin {
+    #[serde(with = "peer_id")]
+    pub node: libp2p::PeerId,
+    /// Every target of the request.
+    #[serde(with = "peer_list")]
+    pub targets: Vec<libp2p::PeerId>,
+    /// Unix time (ms) after which the signature is not taken.
+    pub expires_ms: u64,
+    #[serde(with = "serde_bytes")]
+    pub sig: Vec<u8>,
+}
+
 /// A routed request. `dst` lists the final targets reached through this hop;
 /// each hop handles its own share and forwards the rest grouped by next hop.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Envelope {
-    /// Name of the node that originated the request.
-    pub src: String,
+    pub origin: Origin,
     #[serde(with = "peer_list")]
     pub dst: Vec<libp2p::PeerId>,
     /// Time left for the whole request, in milliseconds, as seen by the sender.
@@ -75,10 +91,10 @@ pub struct Outcome {
 }
 
 /// A request straight to one peer (file chunks and other bulk work): never
-/// relayed, so bulk bytes cross exactly one connection.
+/// relayed, so bulk bytes cross exactly one connection. Who sent it is the
+/// connection's authenticated peer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Direct {
-    pub src: String,
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
@@ -138,7 +154,12 @@ mod tests {
     #[test]
     fn envelope_round_trip_keeps_bytes_raw() {
         let env = Envelope {
-            src: "a".into(),
+            origin: Origin {
+                node: libp2p::PeerId::random(),
+                targets: vec![],
+                expires_ms: 0,
+                sig: vec![],
+            },
             dst: vec![libp2p::PeerId::random()],
             timeout_ms: 10,
             ttl: 3,

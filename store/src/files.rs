@@ -7,7 +7,6 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -186,63 +185,90 @@ impl FilesDir {
         mode: u32,
         resolve: u64,
     ) -> std::io::Result<File> {
-        static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
-        let c = CString::new(rel)
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        if !NO_OPENAT2.load(Ordering::Relaxed) {
-            match openat2(
-                self.dir.as_raw_fd(),
-                &c,
-                flags | libc::O_CLOEXEC,
-                mode,
-                resolve,
-            ) {
-                // Seccomp filters that predate the call answer ENOSYS or
-                // EPERM: the older way from now on.
-                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
-                    NO_OPENAT2.store(true, Ordering::Relaxed);
+        let invalid = || std::io::Error::from(std::io::ErrorKind::InvalidInput);
+        let flags = flags | libc::O_CLOEXEC;
+        if !has_openat2() {
+            return self.open_checked(rel, flags, mode, resolve);
+        }
+        let c = CString::new(rel).map_err(|_| invalid())?;
+        // EAGAIN: a rename raced the lookup; the kernel asks to try again.
+        let mut tries = 0;
+        let r = loop {
+            match openat2(self.dir.as_raw_fd(), &c, flags, mode, resolve) {
+                Err(e) if e.raw_os_error() == Some(libc::EAGAIN) && tries < 8 => tries += 1,
+                r => break r,
+            }
+        };
+        match r {
+            // An absolute symlink, which RESOLVE_BENEATH never follows:
+            // where it leads is checked, and that path then opened with no
+            // symlink at all on the way, so none can be swapped in.
+            Err(e)
+                if e.raw_os_error() == Some(libc::EXDEV)
+                    && resolve & libc::RESOLVE_NO_SYMLINKS == 0 =>
+            {
+                let real = self.real_path(rel).ok_or(e)?;
+                let inside = real.strip_prefix(&self.root).unwrap_or(&real);
+                let inside = if inside.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    inside
+                };
+                let c = CString::new(inside.as_os_str().as_bytes()).map_err(|_| invalid())?;
+                let strict = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
+                openat2(self.dir.as_raw_fd(), &c, flags, mode, strict)
+            }
+            r => r,
+        }
+    }
+
+    /// Where `rel` really is, if that is inside the root: symlinks
+    /// followed, as far as the path exists (a file not there yet: the real
+    /// path of its directory, and its name).
+    fn real_path(&self, rel: &str) -> Option<PathBuf> {
+        let path = self.resolve_path(rel).ok()?;
+        let mut existing = path.as_path();
+        let mut rest = Vec::new();
+        while !existing.exists() {
+            rest.push(existing.file_name()?.to_owned());
+            existing = existing.parent()?;
+        }
+        let mut real = existing.canonicalize().ok()?;
+        for part in rest.iter().rev() {
+            real.push(part);
+        }
+        real.starts_with(&self.root).then_some(real)
+    }
+
+    /// Without `openat2` (Linux before 5.6, or a seccomp filter that
+    /// refuses it): the path is checked as [`FilesDir::resolve`] does, and
+    /// the real path it leads to opened, its last part without following a
+    /// link (one swapped in after the check is refused, not followed).
+    fn open_checked(
+        &self,
+        rel: &str,
+        flags: i32,
+        mode: u32,
+        resolve: u64,
+    ) -> std::io::Result<File> {
+        let outside = || std::io::Error::from_raw_os_error(libc::EXDEV);
+        let path = self.resolve_path(rel).map_err(|_| outside())?;
+        if resolve & libc::RESOLVE_NO_SYMLINKS != 0 {
+            if let Ok(m) = std::fs::symlink_metadata(&path) {
+                if m.file_type().is_symlink() {
+                    return Err(std::io::Error::from_raw_os_error(libc::ELOOP));
                 }
-                // An absolute symlink, which RESOLVE_BENEATH never follows:
-                // where it leads is checked, and that path then opened with
-                // no symlink at all on the way, so none can be swapped in.
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EXDEV)
-                        && resolve & libc::RESOLVE_NO_SYMLINKS == 0 =>
-                {
-                    let real = self
-                        .resolve_path(rel)
-                        .ok()
-                        .and_then(|p| p.canonicalize().ok())
-                        .filter(|p| p.starts_with(&self.root))
-                        .ok_or(e)?;
-                    let inside = real.strip_prefix(&self.root).unwrap_or(&real);
-                    let inside = if inside.as_os_str().is_empty() {
-                        Path::new(".")
-                    } else {
-                        inside
-                    };
-                    let c = CString::new(inside.as_os_str().as_bytes())
-                        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-                    let strict = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS;
-                    return openat2(
-                        self.dir.as_raw_fd(),
-                        &c,
-                        flags | libc::O_CLOEXEC,
-                        mode,
-                        strict,
-                    );
-                }
-                r => return r,
             }
         }
-        let path = self
-            .resolve_path(rel)
-            .map_err(|_| std::io::Error::from_raw_os_error(libc::EXDEV))?;
-        let p = CString::new(path.as_os_str().as_bytes())
+        let real = match path.canonicalize() {
+            Ok(r) if r.starts_with(&self.root) => r,
+            Ok(_) => return Err(outside()),
+            Err(_) => path,
+        };
+        let p = CString::new(real.as_os_str().as_bytes())
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         // SAFETY: a NUL-terminated path; the descriptor is checked and owned.
-        let fd =
-            unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC | libc::O_NOFOLLOW, mode) };
+        let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_NOFOLLOW, mode) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -427,6 +453,23 @@ pub fn is_format(c: char) -> bool {
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
+/// Whether this kernel takes `openat2`, asked once: an old kernel answers
+/// ENOSYS, a seccomp filter that predates the call ENOSYS or EPERM.
+fn has_openat2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        let dot = CString::new(".").expect("no NUL");
+        let r = openat2(
+            libc::AT_FDCWD,
+            &dot,
+            libc::O_PATH | libc::O_CLOEXEC,
+            0,
+            libc::RESOLVE_BENEATH,
+        );
+        !matches!(r, Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)))
+    })
+}
+
 /// `openat2(2)`: the C library has no wrapper for it.
 fn openat2(
     dir: RawFd,
@@ -594,6 +637,9 @@ mod tests {
             .to_string();
         assert!(e.contains("outside"), "{e}");
         assert!(f.open_file("in/x.qcow2", libc::O_RDONLY).is_ok());
+        // A name not there yet, through that link, is not here; not outside.
+        let e = f.open_file("in/new.qcow2", libc::O_RDONLY).unwrap_err();
+        assert!(e.is_not_here(), "{e}");
         std::os::unix::fs::symlink(t.path().join("secret"), f.partial_dir().join("p.part"))
             .unwrap();
         assert!(f.open_partial("p.part", libc::O_RDWR, true).is_err());

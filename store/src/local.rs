@@ -40,6 +40,11 @@ pub struct Local {
     mem: Mutex<HashMap<String, (Stamp, Arc<Manifest>)>>,
 }
 
+/// How a file is opened to be read: not blocking (a FIFO in the files
+/// directory would wait for a writer forever; it is then seen not to be a
+/// regular file, and left alone), and never as a controlling terminal.
+const READ: i32 = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+
 /// Size, mtime (ns) and inode: what says a file is unchanged.
 type Stamp = (u64, i64, u64);
 
@@ -86,7 +91,7 @@ impl Local {
     }
 
     fn manifest_locked(&self, name: &str) -> Result<Option<Manifest>> {
-        let file = match self.files.open_file(name, libc::O_RDONLY) {
+        let file = match self.files.open_file(name, READ) {
             Ok(f) => f,
             Err(Error::NotHere { .. }) => return Ok(None),
             Err(e) => return Err(e),
@@ -138,8 +143,12 @@ impl Local {
     /// The open file and manifest of an unchanged, already-hashed file,
     /// the manifest from memory when possible. Never hashes.
     fn current(&self, name: &str) -> Option<(std::fs::File, Arc<Manifest>)> {
-        let file = self.files.open_file(name, libc::O_RDONLY).ok()?;
-        let st = stamp(&file.metadata().ok()?);
+        let file = self.files.open_file(name, READ).ok()?;
+        let m = file.metadata().ok()?;
+        if !m.is_file() {
+            return None;
+        }
+        let st = stamp(&m);
         let mut mem = self.mem.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((s, m)) = mem.get(name) {
             if *s == st {

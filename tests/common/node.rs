@@ -129,14 +129,18 @@ impl Node {
     pub(crate) fn served_by(&self, name: &str) -> Vec<(String, u64)> {
         let out = self.try_mm(&["--json", "file", "status", "all"]);
         let cell = if out.status.success() {
-            let v: Vec<Value> = serde_json::from_slice(&out.stdout).expect("JSON");
-            let st = rows(&v);
-            st.iter()
-                .rfind(|r| r["filename"] == name && r["state"] == "done")
-                .unwrap_or_else(|| {
-                    panic!("{} has no finished transfer of {name}: {st:?}", self.name)
-                })["sources"]
-                .clone()
+            // The row is kept a moment after the file is in place.
+            wait_for(
+                &format!("{}'s finished transfer of {name}", self.name),
+                Duration::from_secs(30),
+                || {
+                    let v = self.json(&["file", "status", "all"]);
+                    rows(&v)
+                        .into_iter()
+                        .rfind(|r| r["filename"] == name && r["state"] == "done")
+                        .map(|r| r["sources"].clone())
+                },
+            )
         } else {
             let log = self.log();
             let line = log

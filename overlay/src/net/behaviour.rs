@@ -2,6 +2,7 @@
 //! and the limits that hold on it.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::multiaddr::Protocol;
@@ -13,6 +14,7 @@ use libp2p::{
 };
 
 use super::codec::Bounded;
+use super::per_ip::PerIp;
 use crate::wire::{Direct, DirectReply, Envelope, Reply};
 use crate::{degree, Config, Error, Result};
 
@@ -27,16 +29,24 @@ const ROUTED_ANSWER_MAX: u64 = 64 << 20;
 const DIRECT_REQUEST_MAX: u64 = 64 << 10;
 /// A direct answer is at most a run of chunks.
 const DIRECT_ANSWER_MAX: u64 = 8 << 20;
-/// Streams at once per connection and protocol. With the request limits
-/// and the read deadline, what one connection can make a node hold is
-/// bounded: 32 x 256 KiB routed, 64 x 64 KiB direct.
-const ROUTED_STREAMS: usize = 32;
-const DIRECT_STREAMS: usize = 64;
+/// Streams at once per connection and protocol, each until answered (a
+/// `Holds` may wait 30 s for a node that is hashing, and pullers trading
+/// over the overlay keep dozens in flight each way).
+const ROUTED_STREAMS: usize = 256;
+const DIRECT_STREAMS: usize = 256;
+/// Bytes of requests being read at once, whatever the peers: what stalled
+/// or trickling streams can make a node hold.
+const READ_BUDGET: usize = 32 << 20;
+/// Inbound connections in their handshake at once: in all, and from one
+/// address (a host may run several nodes, a lab many).
+const PENDING: u32 = 128;
+const PENDING_PER_IP: usize = 32;
 /// A request must arrive within this once its stream is open.
 const REQUEST_READ: Duration = Duration::from_secs(10);
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    pub(super) per_ip: PerIp,
     pub(super) limits: connection_limits::Behaviour,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
@@ -90,20 +100,27 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>> {
                 // this only reaps requests whose peer vanished silently.
                 .with_request_timeout(Duration::from_secs(24 * 3600))
                 .with_max_concurrent_streams(ROUTED_STREAMS);
-            let codec = Bounded::new(ROUTED_REQUEST_MAX, ROUTED_ANSWER_MAX, REQUEST_READ);
+            let budget = Arc::new(tokio::sync::Semaphore::new(READ_BUDGET));
+            let codec = Bounded::new(
+                ROUTED_REQUEST_MAX,
+                ROUTED_ANSWER_MAX,
+                REQUEST_READ,
+                budget.clone(),
+            );
             let rpc = request_response::Behaviour::with_codec(
                 codec,
                 [(
-                    StreamProtocol::new("/mm/route/1"),
+                    StreamProtocol::new("/mm/route/2"),
                     request_response::ProtocolSupport::Full,
                 )],
                 rpc_cfg,
             );
-            let bulk_codec = Bounded::new(DIRECT_REQUEST_MAX, DIRECT_ANSWER_MAX, REQUEST_READ);
+            let bulk_codec =
+                Bounded::new(DIRECT_REQUEST_MAX, DIRECT_ANSWER_MAX, REQUEST_READ, budget);
             let bulk = request_response::Behaviour::with_codec(
                 bulk_codec,
                 [(
-                    StreamProtocol::new("/mm/direct/1"),
+                    StreamProtocol::new("/mm/direct/2"),
                     request_response::ProtocolSupport::Full,
                 )],
                 request_response::Config::default()
@@ -113,6 +130,7 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>> {
                     .with_max_concurrent_streams(DIRECT_STREAMS),
             );
             Ok(Behaviour {
+                per_ip: PerIp::new(PENDING_PER_IP),
                 limits: connection_limits::Behaviour::new(limits(cap)),
                 ping: ping::Behaviour::new(
                     ping::Config::new()
@@ -137,12 +155,17 @@ pub(crate) fn build_swarm(cfg: &Config) -> Result<Swarm<Behaviour>> {
 
 pub(super) fn limits(inbound_cap: u32) -> connection_limits::ConnectionLimits {
     connection_limits::ConnectionLimits::default()
+        .with_max_pending_incoming(Some(PENDING))
         .with_max_established_incoming(Some(inbound_cap))
         .with_max_established_per_peer(Some(2))
 }
 
+/// What identify carries: the context, and the version of what nodes
+/// exchange (2: typed outcomes, signed origins, typed chunk answers), so a
+/// node of another version is refused with a reason instead of failing on
+/// every message.
 pub(super) fn protocol_version(context: &str) -> String {
-    format!("/mm/{context}/1")
+    format!("/mm/{context}/2")
 }
 
 pub(super) fn is_loopback(a: &Multiaddr) -> bool {

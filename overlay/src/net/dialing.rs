@@ -9,7 +9,11 @@ use libp2p::swarm::ConnectionId;
 use libp2p::{Multiaddr, PeerId};
 use tracing::{debug, warn};
 
-use super::behaviour::fmt_err;
+use super::behaviour::{fmt_err, is_loopback};
+
+/// Why a node without a cluster key dials nothing off its host.
+const OFF_HOST: &str = "this node has no cluster key, so it stays on this host; give every \
+                        node the same key (mm keygen, --psk-file), or start it with --insecure";
 use super::{DialReply, EventLoop};
 use crate::{Error, Tuning};
 
@@ -153,7 +157,16 @@ impl EventLoop {
     }
 
     pub(super) fn dial_peer(&mut self, p: PeerId, reply: Option<DialReply>) {
-        let addrs = self.addrs_of(&p);
+        let mut addrs = self.addrs_of(&p);
+        if self.cfg.loopback_only {
+            addrs.retain(is_loopback);
+            if addrs.is_empty() {
+                if let Some(r) = reply {
+                    let _ = r.send(Err(Error::Dial(OFF_HOST.into())));
+                }
+                return;
+            }
+        }
         let opts = DialOpts::peer_id(p)
             .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
@@ -174,6 +187,12 @@ impl EventLoop {
     }
 
     pub(super) fn dial_addr(&mut self, a: Multiaddr, reply: Option<DialReply>) {
+        if self.cfg.loopback_only && !is_loopback(&a) {
+            if let Some(r) = reply {
+                let _ = r.send(Err(Error::Dial(format!("{a}: {OFF_HOST}"))));
+            }
+            return;
+        }
         let opts = DialOpts::unknown_peer_id().address(a.clone()).build();
         let id = opts.connection_id();
         match self.swarm.dial(opts) {

@@ -9,7 +9,9 @@
 mod behaviour;
 mod codec;
 mod dialing;
+mod origin;
 mod peers;
+mod per_ip;
 mod routing;
 
 use std::collections::{HashMap, HashSet};
@@ -26,7 +28,7 @@ use tracing::{debug, error, info, warn};
 pub(crate) use behaviour::{build_swarm, listen_addr};
 use behaviour::{fmt_err, is_loopback, limits, Behaviour, BehaviourEvent};
 use dialing::{Dialing, Static};
-use peers::Refusals;
+use peers::Admission;
 use routing::Routing;
 
 use crate::degree;
@@ -61,6 +63,38 @@ pub(crate) enum Cmd {
     },
 }
 
+/// Rate-limits warnings about failed inbound connections: one a minute per
+/// remote IP, with a count of the ones held back.
+#[derive(Default)]
+struct Quiet(HashMap<std::net::IpAddr, (Instant, u32)>);
+
+impl Quiet {
+    const EVERY: Duration = Duration::from_secs(60);
+
+    /// `Some(held back since the last one)` if this one may be logged.
+    fn allow(&mut self, addr: &Multiaddr, now: Instant) -> Option<u32> {
+        let ip = addr.iter().find_map(|p| match p {
+            Protocol::Ip4(ip) => Some(std::net::IpAddr::V4(ip)),
+            Protocol::Ip6(ip) => Some(std::net::IpAddr::V6(ip)),
+            _ => None,
+        })?;
+        if self.0.len() > 4096 {
+            self.0
+                .retain(|_, (t, _)| now.duration_since(*t) < Self::EVERY);
+        }
+        match self.0.get_mut(&ip) {
+            Some((t, held)) if now.duration_since(*t) < Self::EVERY => {
+                *held += 1;
+                None
+            }
+            _ => {
+                let held = self.0.insert(ip, (now, 0)).map_or(0, |(_, h)| h);
+                Some(held)
+            }
+        }
+    }
+}
+
 pub(crate) struct EventLoop {
     swarm: Swarm<Behaviour>,
     cfg: Config,
@@ -71,7 +105,9 @@ pub(crate) struct EventLoop {
     /// Live connections per peer, and whether we dialled them.
     conns: HashMap<PeerId, Vec<(ConnectionId, bool, Instant)>>,
     dials: Dialing,
-    refusals: Refusals,
+    admit: Admission,
+    /// When a failed inbound connection was last logged, per address.
+    quiet: Quiet,
     routes: Routing,
     seq: u64,
     stats: HostStats,
@@ -102,7 +138,8 @@ impl EventLoop {
             connected: HashSet::new(),
             conns: HashMap::new(),
             dials,
-            refusals: Refusals::default(),
+            admit: Admission::default(),
+            quiet: Quiet::default(),
             routes: Routing::default(),
             // A restarted node keeps its peer id; starting from the clock
             // makes its first announcement newer than any it sent before.
@@ -221,18 +258,16 @@ impl EventLoop {
 
     /// Once a second: forget silent nodes, and dial whom the degree policy says.
     fn maintain(&mut self, now: Instant) {
-        let (due, later): (Vec<_>, Vec<_>) = self
-            .refusals
-            .hangups
-            .drain(..)
-            .partition(|(_, t)| *t <= now);
-        self.refusals.hangups = later;
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.admit.hangups.drain(..).partition(|(_, t)| *t <= now);
+        self.admit.hangups = later;
         for (p, _) in due {
             if self.is_refused(&p) {
                 let _ = self.swarm.disconnect_peer_id(p);
             }
         }
-        self.refusals.until.retain(|_, until| *until > now);
+        self.admit.until.retain(|_, until| *until > now);
+        self.close_unidentified(now);
         self.dials.prune(now);
         let expire = self.cfg.tuning.expire_after;
         for name in self.topo.expire(now, expire) {
@@ -432,15 +467,19 @@ impl EventLoop {
                     }
                 }
                 if self.is_refused(&peer_id) {
-                    if !self.refusals.hangups.iter().any(|(p, _)| *p == peer_id) {
-                        self.refusals
+                    if !self.admit.hangups.iter().any(|(p, _)| *p == peer_id) {
+                        self.admit
                             .hangups
                             .push((peer_id, Instant::now() + self.cfg.tuning.refuse_close_after));
                     }
                     return;
                 }
-                if self.connected.insert(peer_id) {
-                    self.announce_due = true;
+                // Admitted once its identity checks out (peers.rs).
+                if !self.connected.contains(&peer_id) {
+                    self.admit
+                        .awaiting
+                        .entry(peer_id)
+                        .or_insert_with(Instant::now);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -469,6 +508,8 @@ impl EventLoop {
                 if num_established > 0 {
                     return;
                 }
+                self.admit.awaiting.remove(&peer_id);
+                self.admit.names.remove(&peer_id);
                 for r in self.dials.confirm.remove(&peer_id).unwrap_or_default() {
                     let _ = r.send(Err(Error::Dial(
                         "the peer closed the connection (at its inbound cap, or it refused us)"
@@ -512,14 +553,35 @@ impl EventLoop {
                 ..
             } => {
                 let text = fmt_err(&error);
-                let at_cap = matches!(&error, libp2p::swarm::ListenError::Denied { cause }
-                    if cause.downcast_ref::<libp2p::connection_limits::Exceeded>().is_some());
-                if at_cap {
-                    debug!("refused inbound from {send_back_addr}: at the inbound cap");
-                } else if self.cfg.psk.is_some() {
-                    warn!("peer at {send_back_addr} rejected: cluster key mismatch? ({text})");
+                let denied = |e: &libp2p::swarm::ListenError| match e {
+                    libp2p::swarm::ListenError::Denied { cause } => {
+                        cause
+                            .downcast_ref::<libp2p::connection_limits::Exceeded>()
+                            .is_some()
+                            || cause.downcast_ref::<per_ip::TooManyFromIp>().is_some()
+                    }
+                    _ => false,
+                };
+                if denied(&error) {
+                    debug!("refused inbound from {send_back_addr}: {text}");
+                    return;
+                }
+                // Once a minute per address at most: a stranger (or a node
+                // with another key) retrying would fill the log otherwise.
+                let Some(more) = self.quiet.allow(&send_back_addr, Instant::now()) else {
+                    return;
+                };
+                let more = if more > 0 {
+                    format!(" ({more} more like it in the last minute)")
                 } else {
-                    warn!("inbound connection from {send_back_addr} failed: {text}");
+                    String::new()
+                };
+                if self.cfg.psk.is_some() {
+                    warn!(
+                        "peer at {send_back_addr} rejected: cluster key mismatch? ({text}){more}"
+                    );
+                } else {
+                    warn!("inbound connection from {send_back_addr} failed: {text}{more}");
                 }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),

@@ -13,27 +13,62 @@ use crate::topology::Update;
 use crate::wire::Announce;
 use crate::Error;
 
-/// Peers of another context or with a clashing name, and until when they
-/// are not dialled or listened to (their identity is checked again on every
-/// new connection, so a fixed node is taken back).
+/// Who is a peer. A connection is admitted only once the peer's identity
+/// checks out (identify: our context, a valid name that is not ours nor
+/// another node's); until then nothing it asks is answered.
 #[derive(Default)]
-pub(super) struct Refusals {
+pub(super) struct Admission {
+    /// Peers of another context or with a clashing name, and until when
+    /// they are not dialled or listened to (their identity is checked again
+    /// on every new connection, so a fixed node is taken back).
     pub(super) until: HashMap<PeerId, Instant>,
     /// Refused peers still connected, and when to close the connection.
     pub(super) hangups: Vec<(PeerId, Instant)>,
+    /// Connected peers whose identity has not come yet, and since when.
+    pub(super) awaiting: HashMap<PeerId, Instant>,
+    /// The name each admitted peer gave (and its announcements carry).
+    pub(super) names: HashMap<PeerId, String>,
 }
 
 impl EventLoop {
     pub(super) fn is_refused(&self, p: &PeerId) -> bool {
-        self.refusals
-            .until
-            .get(p)
-            .is_some_and(|t| *t > Instant::now())
+        self.admit.until.get(p).is_some_and(|t| *t > Instant::now())
     }
 
     /// Stops dealing with a peer for a while. The connection is closed a
     /// little later, so that the peer too receives our identity and can log
     /// why. `why` is logged once per refusal.
+    /// Connections whose peer has not identified itself in time are
+    /// closed: it may be no mm node at all, or one that never will.
+    pub(super) fn close_unidentified(&mut self, now: Instant) {
+        let within = self.cfg.tuning.identify_within;
+        let late: Vec<PeerId> = self
+            .admit
+            .awaiting
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= within)
+            .map(|(p, _)| *p)
+            .collect();
+        for p in late {
+            self.admit.awaiting.remove(&p);
+            info!("closing the connection to {p}: no identity within {within:?}");
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+
+    /// The name an admitted peer gave, for requests it sends straight here;
+    /// `None` for a peer not admitted.
+    pub(super) fn admitted_name(&self, p: &PeerId) -> Option<String> {
+        if !self.connected.contains(p) {
+            return None;
+        }
+        self.admit
+            .names
+            .get(p)
+            .cloned()
+            .or_else(|| self.topo.name_of(p).map(str::to_owned))
+    }
+
     pub(super) fn refuse(&mut self, p: PeerId, why: String, clash: bool) {
         if !self.is_refused(&p) {
             if clash {
@@ -42,7 +77,7 @@ impl EventLoop {
                 info!("{why}");
             }
         }
-        self.refusals
+        self.admit
             .until
             .insert(p, Instant::now() + self.cfg.tuning.refuse_for);
         self.dials.discovered.remove(&p);
@@ -53,8 +88,8 @@ impl EventLoop {
         for r in self.dials.confirm.remove(&p).unwrap_or_default() {
             let _ = r.send(Err(Error::Dial(why.clone())));
         }
-        if !self.refusals.hangups.iter().any(|(q, _)| *q == p) {
-            self.refusals
+        if !self.admit.hangups.iter().any(|(q, _)| *q == p) {
+            self.admit
                 .hangups
                 .push((p, Instant::now() + self.cfg.tuning.refuse_close_after));
         }
@@ -73,7 +108,8 @@ impl EventLoop {
         }
         if info.protocol_version != ours {
             let why = format!(
-                "ignoring {p} {addr}: it is in another context ({}, we are {ours})",
+                "ignoring {p} {addr}: it is in another context or of another version ({}, \
+                 we are {ours})",
                 info.protocol_version
             );
             return self.refuse(p, why, false);
@@ -94,14 +130,24 @@ impl EventLoop {
             );
             return self.refuse(p, why, true);
         }
+        if let Some(holder) = self.topo.name_holder(name).filter(|h| *h != p) {
+            let why = format!(
+                "refusing peer {p} {addr}: it is named '{name}', which {holder} already is; \
+                 names must be unique in a mesh (start one of them with --name)"
+            );
+            return self.refuse(p, why, true);
+        }
         // Checks out: take it back if it was refused before (renamed, or
-        // moved to our context), and answer any `mesh dial` waiting on it.
-        if self.refusals.until.remove(&p).is_some() {
+        // moved to our context), admit it, and answer any `mesh dial`
+        // waiting on it.
+        if self.admit.until.remove(&p).is_some() {
             info!("{p} ({name}) now checks out; accepting it");
-            self.refusals.hangups.retain(|(q, _)| *q != p);
-            if self.conns.contains_key(&p) && self.connected.insert(p) {
-                self.announce_due = true;
-            }
+            self.admit.hangups.retain(|(q, _)| *q != p);
+        }
+        self.admit.awaiting.remove(&p);
+        self.admit.names.insert(p, name.to_string());
+        if self.conns.contains_key(&p) && self.connected.insert(p) {
+            self.announce_due = true;
         }
         self.dials.forgive(&p);
         for r in self.dials.confirm.remove(&p).unwrap_or_default() {

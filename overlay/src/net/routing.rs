@@ -9,8 +9,8 @@ use libp2p::{request_response, PeerId};
 use tokio::sync::oneshot;
 use tracing::debug;
 
-use super::{DirectAnswer, EventLoop, MAX_TIMEOUT, MAX_TTL};
-use crate::wire::{ByteBuf, Direct, DirectReply, Envelope, Outcome, Reply};
+use super::{origin, DirectAnswer, EventLoop, MAX_TIMEOUT, MAX_TTL};
+use crate::wire::{ByteBuf, Direct, DirectReply, Envelope, Origin, Outcome, Reply};
 use crate::{Answers, Error, Inbound, Result};
 
 /// Where a finished aggregation goes: back to a local caller, or back to
@@ -29,7 +29,7 @@ struct Agg {
     deadline: Instant,
     /// Names as the origin resolved them, to label rows.
     names: HashMap<PeerId, String>,
-    src: String,
+    origin: Origin,
     ttl: u8,
     body: Vec<u8>,
     /// Nodes the request came through (origin first); not routed through.
@@ -39,7 +39,7 @@ struct Agg {
 }
 
 /// What a request carries from hop to hop: origin, hops left, body, path.
-type Carried = (String, u8, Vec<u8>, Vec<PeerId>);
+type Carried = (Origin, u8, Vec<u8>, Vec<PeerId>);
 
 /// Answers from the node, back into the event loop.
 pub(super) enum LocalDone {
@@ -63,7 +63,16 @@ pub(super) struct Routing {
     pub(super) outbound: HashMap<request_response::OutboundRequestId, (u64, Vec<PeerId>)>,
     /// Direct requests sent, and who waits for each answer.
     pub(super) direct_out: HashMap<request_response::OutboundRequestId, DirectAnswer>,
+    /// Routed requests addressed here lately, so that none runs twice.
+    seen: origin::Seen,
+    /// Aggregations for other nodes' requests, and what they hold.
+    remote: usize,
+    remote_bytes: usize,
 }
+
+/// Other nodes' routed requests in flight here at once, and their bytes.
+const MAX_REMOTE: usize = 4096;
+const MAX_REMOTE_BYTES: usize = 64 << 20;
 
 impl Routing {
     fn open(
@@ -71,11 +80,15 @@ impl Routing {
         reply: ReplyTo,
         timeout: Duration,
         names: HashMap<PeerId, String>,
-        (src, ttl, body, path): Carried,
+        (origin, ttl, body, path): Carried,
     ) -> u64 {
         self.next_agg += 1;
         let id = self.next_agg;
         let now = Instant::now();
+        if matches!(reply, ReplyTo::Remote(_)) {
+            self.remote += 1;
+            self.remote_bytes += body.len() + 40 * origin.targets.len();
+        }
         self.aggs.insert(
             id,
             Agg {
@@ -86,7 +99,7 @@ impl Routing {
                     .checked_add(timeout)
                     .unwrap_or_else(|| now + MAX_TIMEOUT),
                 names,
-                src,
+                origin,
                 ttl,
                 body,
                 path,
@@ -173,6 +186,12 @@ impl Routing {
 
     fn close(&mut self, agg: u64) -> Option<Agg> {
         let a = self.aggs.remove(&agg)?;
+        if matches!(a.reply, ReplyTo::Remote(_)) {
+            self.remote -= 1;
+            self.remote_bytes = self
+                .remote_bytes
+                .saturating_sub(a.body.len() + 40 * a.origin.targets.len());
+        }
         self.outbound.retain(|_, (id, _)| *id != agg);
         Some(a)
     }
@@ -198,12 +217,12 @@ impl EventLoop {
                 _ => unknown.push(n),
             }
         }
-        let src = self.cfg.name.clone();
+        let origin = origin::sign(&self.cfg.keypair, known.keys().copied().collect(), &body);
         let id = self.routes.open(
             ReplyTo::Local(reply),
             timeout,
             known.clone(),
-            (src, MAX_TTL, body, Vec::new()),
+            (origin, MAX_TTL, body, Vec::new()),
         );
         if let Some(agg) = self.routes.aggs.get_mut(&id) {
             for n in unknown {
@@ -232,7 +251,7 @@ impl EventLoop {
         let Some(a) = self.routes.aggs.get(&agg) else {
             return;
         };
-        let (src, ttl, body) = (a.src.clone(), a.ttl, a.body.clone());
+        let (origin, ttl, body) = (a.origin.clone(), a.ttl, a.body.clone());
         let avoid: HashSet<PeerId> = a.path.iter().copied().collect();
         let mut path = a.path.clone();
         path.push(self.me);
@@ -258,12 +277,13 @@ impl EventLoop {
             self.settle(agg, t, Err(e));
         }
         // Leave each hop a margin so partial answers make it back before the
-        // caller gives up.
-        let margin = (timeout / 10).max(Duration::from_millis(50));
+        // caller gives up: a tenth, and at least 100 ms, which covers a hop
+        // of a loaded host.
+        let margin = (timeout / 10).max(Duration::from_millis(100));
         let downstream = timeout.saturating_sub(margin);
         for (hop, dst) in groups {
             let env = Envelope {
-                src: src.clone(),
+                origin: origin.clone(),
                 dst: dst.clone(),
                 timeout_ms: downstream.as_millis() as u64,
                 ttl: ttl - 1,
@@ -274,9 +294,20 @@ impl EventLoop {
             self.routes.outbound.insert(rid, (agg, dst));
         }
         if local {
+            // Who asked, as its signature proves: not a name any hop claims.
+            if let Err(e) = self.routes.seen.check(&origin, &self.me, &body) {
+                tracing::warn!("refusing a routed request: {e}");
+                self.settle(agg, self.me, Err(Error::Unverified(e)));
+                return;
+            }
+            let from = self
+                .topo
+                .name_of(&origin.node)
+                .map(str::to_owned)
+                .unwrap_or_else(|| origin.node.to_string());
             let (tx, rx) = oneshot::channel();
             let inbound = Inbound {
-                from: src,
+                from,
                 body,
                 reply: tx,
             };
@@ -312,13 +343,32 @@ impl EventLoop {
                 .send_response(channel, Reply::default());
             return;
         }
+        // What other nodes' requests may hold here while they run: a peer
+        // that sends many with long deadlines is answered `overloaded`.
+        let size = env.body.len() + 40 * (env.dst.len() + env.origin.targets.len());
+        if self.routes.remote >= MAX_REMOTE || self.routes.remote_bytes + size > MAX_REMOTE_BYTES {
+            let results = env
+                .dst
+                .iter()
+                .map(|p| Outcome {
+                    peer: *p,
+                    result: Err(Error::Overloaded),
+                })
+                .collect();
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(channel, Reply { results });
+            return;
+        }
         let timeout = Duration::from_millis(env.timeout_ms).min(MAX_TIMEOUT);
         let ttl = env.ttl.min(MAX_TTL);
         let id = self.routes.open(
             ReplyTo::Remote(channel),
             timeout,
             HashMap::new(),
-            (env.src, ttl, env.body, env.path),
+            (env.origin, ttl, env.body, env.path),
         );
         self.route(id, env.dst, timeout);
         self.finish_if_idle(id);
@@ -385,12 +435,11 @@ impl EventLoop {
                 self.swarm.add_peer_address(p, a);
             }
         }
-        let src = self.cfg.name.clone();
         let rid = self
             .swarm
             .behaviour_mut()
             .bulk
-            .send_request(&p, Direct { src, body });
+            .send_request(&p, Direct { body });
         self.routes.direct_out.insert(rid, reply);
     }
 
@@ -400,12 +449,22 @@ impl EventLoop {
         req: Direct,
         channel: request_response::ResponseChannel<DirectReply>,
     ) {
-        if self.is_refused(&from) {
+        // Answered only once its identity checked out, and labelled with the
+        // name it gave then: the connection's peer is authenticated.
+        let Some(name) = self.admitted_name(&from) else {
+            let reply = DirectReply {
+                result: Err(Error::NotAdmitted),
+            };
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .bulk
+                .send_response(channel, reply);
             return;
-        }
+        };
         let (tx, rx) = oneshot::channel();
         let inbound = Inbound {
-            from: req.src,
+            from: name,
             body: req.body,
             reply: tx,
         };
@@ -478,7 +537,12 @@ mod tests {
             ReplyTo::Local(tx),
             timeout,
             HashMap::new(),
-            ("a".into(), MAX_TTL, Vec::new(), Vec::new()),
+            (
+                origin::sign(&libp2p::identity::Keypair::generate_ed25519(), vec![], b""),
+                MAX_TTL,
+                Vec::new(),
+                Vec::new(),
+            ),
         );
         (id, rx)
     }

@@ -152,8 +152,9 @@ impl Pull {
         }
     }
 
-    /// Pulls until every chunk is here and recorded.
-    pub(super) async fn run(mut self) -> Result<()> {
+    /// Pulls until every chunk is here and recorded; hands back the
+    /// transfer slot, which the file keeps until it is in place.
+    pub(super) async fn run(mut self) -> Result<Option<OwnedSemaphorePermit>> {
         let n = self.job.manifest.chunk_count();
         loop {
             if self.job.is_cancelled() {
@@ -182,7 +183,7 @@ impl Pull {
         if let Some(h) = self.persisting.take() {
             h.await??;
         }
-        Ok(())
+        Ok(self.slot.take())
     }
 
     async fn next_event(&mut self) -> Event {
@@ -573,7 +574,7 @@ impl Engine {
         let partial = self.open_partial(job).await?;
         self.verify_resumed(job, &partial.file).await?;
         let file = partial.file.clone();
-        Pull::new(self.clone(), job.clone(), partial, slot)
+        let _slot = Pull::new(self.clone(), job.clone(), partial, slot)
             .run()
             .await?;
         let pulled = started.elapsed();

@@ -41,10 +41,20 @@ fn node_at(hub: &Arc<Hub>, name: &str, dir: tempfile::TempDir) -> TestNode {
 }
 
 fn node_with(hub: &Arc<Hub>, name: &str, dir: tempfile::TempDir, disk: Arc<dyn Disk>) -> TestNode {
+    node_tuned(hub, name, dir, disk, fast())
+}
+
+fn node_tuned(
+    hub: &Arc<Hub>,
+    name: &str,
+    dir: tempfile::TempDir,
+    disk: Arc<dyn Disk>,
+    tuning: Tuning,
+) -> TestNode {
     let files = FilesDir::open(&dir.path().join("files")).unwrap();
     let meta = open_meta(&dir.path().join("meta.db"));
     let local = Arc::new(Local::new(files, meta));
-    let engine = Engine::with(local.clone(), hub.net(name), fast(), disk);
+    let engine = Engine::with(local.clone(), hub.net(name), tuning, disk);
     hub.join(name, &engine);
     TestNode {
         name: name.to_string(),
@@ -209,9 +219,21 @@ async fn a_failing_source_is_dropped_and_the_others_finish() {
             ..Faults::default()
         },
     );
-    // Slow enough for the failing one to be tried a few times.
+    // Slow enough for the failing one to be tried a few times, and no
+    // fresh holder list meanwhile (it would take the failing one back: it
+    // still says it holds the file).
     uplink(&hub, "good", 10);
-    let p = node(&hub, "p");
+    let tuning = Tuning {
+        refresh_every: Duration::from_secs(30),
+        ..fast()
+    };
+    let p = node_tuned(
+        &hub,
+        "p",
+        tempfile::tempdir().unwrap(),
+        Arc::new(SyncData),
+        tuning,
+    );
     p.get("f").await.unwrap();
     assert_eq!(p.read("f").unwrap(), data);
     let d = p.served_by("f", "dead");
@@ -513,4 +535,34 @@ async fn setuid_and_setgid_are_stripped_and_the_mtime_is_kept() {
     let m = std::fs::metadata(p.local.files.root().join("tool")).unwrap();
     assert_eq!(m.permissions().mode() & 0o7777, 0o755);
     assert_eq!(m.modified().unwrap(), mtime);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_in_the_files_directory_is_left_alone() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    h.put("a.img", b"data");
+    let fifo = std::ffi::CString::new(
+        h.local
+            .files
+            .root()
+            .join("pipe")
+            .as_os_str()
+            .as_encoded_bytes(),
+    )
+    .unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // Opening it to hash it would wait for a writer forever.
+    let engine = h.engine.clone();
+    let held = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || engine.held("*")),
+    )
+    .await
+    .expect("held() hung on a FIFO")
+    .unwrap()
+    .unwrap();
+    let names: Vec<&str> = held.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, vec!["a.img"]);
 }
