@@ -217,15 +217,16 @@ impl Engine {
     /// fdatasync the partial file, then record the have-bits it covers.
     /// Bits are set only after their chunk's write returned, so the sync
     /// covers every bit in the copy taken first.
+    /// Returns the bits it recorded.
     pub(super) async fn persist(
         self: Arc<Self>,
         job: Arc<Job>,
         file: Arc<std::fs::File>,
-    ) -> Result<()> {
+    ) -> Result<Vec<u8>> {
         // Records land in order, and never after the transfer's cleanup.
         let ended = job.persist_lock.lock().await;
         if *ended {
-            return Ok(());
+            return Ok(Vec::new());
         }
         // The bits as they are before the sync: each one's write has
         // returned, so the sync covers it.
@@ -240,12 +241,13 @@ impl Engine {
         self.local.meta.put(
             "transfer-have",
             &job.name,
-            &serde_bytes::ByteBuf::from(have),
+            &serde_bytes::ByteBuf::from(have.clone()),
         )?;
         // sled buffers writes; the record must be on disk before we count
         // on it after a crash.
         let meta = self.local.meta.clone();
-        tokio::task::spawn_blocking(move || meta.flush()).await?
+        tokio::task::spawn_blocking(move || meta.flush()).await??;
+        Ok(have)
     }
 
     /// Syncs the complete file, gives it the holder's permission bits and
@@ -285,6 +287,50 @@ fn partial_name(tmp: &Path) -> String {
     tmp.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// Reads chunks back from the partial file, through its descriptor, and
+/// says which match the manifest: what is on disk, not what was sent, is
+/// what gets a final name. Blocking.
+pub(super) fn check_on_disk(job: &Job, file: &std::fs::File, idxs: &[usize]) -> Vec<(usize, bool)> {
+    let mut buf = vec![0u8; job.manifest.chunk_size as usize];
+    idxs.iter()
+        .map(|&i| {
+            let (off, len) = job.manifest.chunk_range(i);
+            let b = &mut buf[..len as usize];
+            let ok = file.read_exact_at(b, off).is_ok() && job.manifest.verify_chunk(i, b);
+            (i, ok)
+        })
+        .collect()
+}
+
+/// The holes in `file`'s first `size` bytes (ranges reading as zeros that
+/// no write filled): the space was reserved up front, and every chunk was
+/// written, so a complete partial file has none, unless it was cut short
+/// (truncated) under the transfer. A file system without SEEK_HOLE shows
+/// none.
+pub(super) fn holes(file: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    while (at as u64) < size {
+        // SAFETY: lseek on a descriptor we own.
+        let hole = unsafe { libc::lseek(fd, at, libc::SEEK_HOLE) };
+        if hole < 0 || hole as u64 >= size {
+            break;
+        }
+        // SAFETY: as above.
+        let data = unsafe { libc::lseek(fd, hole, libc::SEEK_DATA) };
+        let end = if data < 0 {
+            size
+        } else {
+            (data as u64).min(size)
+        };
+        out.push((hole as u64, end));
+        at = end as i64;
+    }
+    out
 }
 
 impl Partial {

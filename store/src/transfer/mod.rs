@@ -60,7 +60,7 @@ pub const MAX_ACTIVE: usize = 3;
 const RECENT: usize = 32;
 /// Chunks in `bytes` bytes, for limits that are about memory or time on the
 /// wire rather than about how many chunks.
-const fn chunks(bytes: u64) -> usize {
+pub(super) const fn chunks(bytes: u64) -> usize {
     (bytes / crate::manifest::CHUNK_SIZE) as usize
 }
 /// Chunks asked of one source and not yet answered, at most (8 MiB).

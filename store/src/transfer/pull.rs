@@ -8,10 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
-use tokio::task::JoinHandle;
 use tracing::warn;
 
-use super::bits::{count_bits, set_bit};
+use super::bits::{bit, clear_bit, count_bits, set_bit};
 use super::durable::{Partial, Piece, Written};
 use super::job::Job;
 use super::pick::{self, Hints};
@@ -26,6 +25,13 @@ type HaveDone = (String, Result<Vec<u8>>);
 type ChunkDone = (String, usize, usize, Result<ChunkBuf, Miss>);
 /// A finished write: source, and each chunk's index and outcome.
 type WriteDone = (String, Vec<(usize, Written)>);
+/// A finished have-bit record: the bits it recorded.
+type Persisted = Result<Vec<u8>>;
+/// Chunks read back from disk: each index, and whether it matched.
+type Checked = Vec<(usize, bool)>;
+
+/// Chunks read back from disk in one go, at most (32 MiB).
+const CHECK_BATCH: usize = super::chunks(32 << 20);
 
 /// Reports the outcome of writing some chunks to the loop, in one message,
 /// or a failure if the write never got to report (it panicked): a chunk
@@ -62,6 +68,10 @@ struct Inbox {
     haves: mpsc::UnboundedReceiver<HaveDone>,
     refresh_tx: mpsc::UnboundedSender<HolderAnswers>,
     refreshes: mpsc::UnboundedReceiver<HolderAnswers>,
+    persisted_tx: mpsc::UnboundedSender<Persisted>,
+    persisted: mpsc::UnboundedReceiver<Persisted>,
+    checked_tx: mpsc::UnboundedSender<Checked>,
+    checked: mpsc::UnboundedReceiver<Checked>,
 }
 
 impl Inbox {
@@ -70,7 +80,13 @@ impl Inbox {
         let (written_tx, written) = mpsc::unbounded_channel();
         let (have_tx, haves) = mpsc::unbounded_channel();
         let (refresh_tx, refreshes) = mpsc::unbounded_channel();
+        let (persisted_tx, persisted) = mpsc::unbounded_channel();
+        let (checked_tx, checked) = mpsc::unbounded_channel();
         Inbox {
+            persisted_tx,
+            persisted,
+            checked_tx,
+            checked,
             chunk_tx,
             chunks,
             written_tx,
@@ -94,8 +110,13 @@ pub(super) struct Pull {
     /// Received and being verified and written.
     writing: HashSet<usize>,
     hints: Hints,
-    /// The have-bit record being made, if any (one at a time).
-    persisting: Option<JoinHandle<Result<()>>>,
+    /// Whether a have-bit record is being made (one at a time).
+    persisting: bool,
+    /// Chunks a completed sync covers, and of those, the ones read back
+    /// from disk and found right.
+    synced: Vec<u8>,
+    checked: Vec<u8>,
+    checking: bool,
     /// Chunks written since the last record.
     unsynced: usize,
     last_persist: Instant,
@@ -117,6 +138,8 @@ enum Event {
     Written(WriteDone),
     Have(HaveDone),
     Refresh(HolderAnswers),
+    Persisted(Persisted),
+    Checked(Checked),
     Tick,
 }
 
@@ -129,6 +152,7 @@ impl Pull {
     ) -> Pull {
         let now = Instant::now();
         let retry_wait = engine.tuning.retry_first;
+        let here = job.state().have.clone();
         Pull {
             engine,
             job,
@@ -137,7 +161,11 @@ impl Pull {
             inflight: HashMap::new(),
             writing: HashSet::new(),
             hints: Hints::default(),
-            persisting: None,
+            persisting: false,
+            // What is here at the start was verified on disk when resumed.
+            synced: here.clone(),
+            checked: here,
+            checking: false,
             unsynced: 0,
             last_persist: now,
             last_have: now,
@@ -152,8 +180,9 @@ impl Pull {
         }
     }
 
-    /// Pulls until every chunk is here and recorded; hands back the
-    /// transfer slot, which the file keeps until it is in place.
+    /// Pulls until every chunk is here, recorded, and read back right from
+    /// disk; hands back the transfer slot, which the file keeps until it is
+    /// in place.
     pub(super) async fn run(mut self) -> Result<Option<OwnedSemaphorePermit>> {
         let n = self.job.manifest.chunk_count();
         loop {
@@ -161,7 +190,16 @@ impl Pull {
                 return Err(Error::Cancelled);
             }
             if count_bits(&self.job.state().have, n) == n {
-                break;
+                // The last record at once, not at the next quarter second.
+                if count_bits(&self.synced, n) < n && !self.persisting {
+                    self.start_persist();
+                }
+                if count_bits(&self.checked, n) == n && !self.persisting {
+                    // A cut made after chunks were read back leaves holes.
+                    if !self.refetch_holes() {
+                        break;
+                    }
+                }
             }
             self.start_refresh();
             self.poll_partial_sources();
@@ -175,13 +213,10 @@ impl Pull {
                 Event::Written((host, done)) => self.on_written(host, done).await?,
                 Event::Have((host, bits)) => self.on_have(host, bits),
                 Event::Refresh(answers) => self.on_refresh(answers).await?,
+                Event::Persisted(r) => self.on_persisted(r)?,
+                Event::Checked(r) => self.on_checked(r),
                 Event::Tick => {}
             }
-        }
-        // Every chunk is written; the last record, if any, must be done
-        // before the file moves.
-        if let Some(h) = self.persisting.take() {
-            h.await??;
         }
         Ok(self.slot.take())
     }
@@ -193,6 +228,8 @@ impl Pull {
             Some(d) = inbox.written.recv() => Event::Written(d),
             Some(d) = inbox.haves.recv() => Event::Have(d),
             Some(d) = inbox.refreshes.recv() => Event::Refresh(d),
+            Some(d) = inbox.persisted.recv() => Event::Persisted(d),
+            Some(d) = inbox.checked.recv() => Event::Checked(d),
             _ = self.job.cancel_note.notified() => Event::Tick,
             _ = tokio::time::sleep(Duration::from_millis(100)) => Event::Tick,
         }
@@ -427,19 +464,118 @@ impl Pull {
         let due = self.unsynced >= SYNC_EVERY
             || (self.unsynced > 0
                 && self.last_persist.elapsed() >= self.engine.tuning.persist_every);
-        if due && self.persisting.as_ref().is_none_or(|h| h.is_finished()) {
-            if let Some(h) = self.persisting.take() {
-                h.await??;
-            }
-            let record = self
-                .engine
-                .clone()
-                .persist(self.job.clone(), self.partial.file.clone());
-            self.persisting = Some(tokio::spawn(record));
-            self.unsynced = 0;
-            self.last_persist = Instant::now();
+        if due && !self.persisting {
+            self.start_persist();
         }
         Ok(())
+    }
+
+    /// Syncs the file and records the have-bits it covers, off the loop.
+    fn start_persist(&mut self) {
+        let record = self
+            .engine
+            .clone()
+            .persist(self.job.clone(), self.partial.file.clone());
+        let tx = self.inbox.persisted_tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(record.await);
+        });
+        self.persisting = true;
+        self.unsynced = 0;
+        self.last_persist = Instant::now();
+    }
+
+    /// A have-bit record is made: its chunks are on disk, to be read back.
+    fn on_persisted(&mut self, r: Persisted) -> Result<()> {
+        self.persisting = false;
+        let bits = r?;
+        {
+            // Not those found bad on disk since the record began.
+            let st = self.job.state();
+            for (s, (b, h)) in self.synced.iter_mut().zip(bits.iter().zip(&st.have)) {
+                *s |= b & h;
+            }
+        }
+        self.start_check();
+        Ok(())
+    }
+
+    /// Marks the chunks in holes of the partial file as missing again;
+    /// whether there were any.
+    fn refetch_holes(&mut self) -> bool {
+        let m = &self.job.manifest;
+        let holes = super::durable::holes(&self.partial.file, m.size);
+        if holes.is_empty() {
+            return false;
+        }
+        let cs = m.chunk_size;
+        let mut st = self.job.state();
+        let mut lost = 0;
+        for (from, to) in holes {
+            for i in (from / cs) as usize..to.div_ceil(cs) as usize {
+                if bit(&st.have, i) {
+                    lost += 1;
+                    clear_bit(&mut st.have, i);
+                    st.bytes = st.bytes.saturating_sub(m.chunk_range(i).1);
+                }
+                clear_bit(&mut self.synced, i);
+                clear_bit(&mut self.checked, i);
+            }
+        }
+        warn!(
+            "{}: the partial file was cut short under the transfer ({lost} chunks lost); \
+             fetching them again",
+            self.job.name
+        );
+        true
+    }
+
+    /// Reads back a batch of synced chunks not checked yet, off the loop.
+    fn start_check(&mut self) {
+        if self.checking {
+            return;
+        }
+        let n = self.job.manifest.chunk_count();
+        let idxs: Vec<usize> = (0..n)
+            .filter(|&i| bit(&self.synced, i) && !bit(&self.checked, i))
+            .take(CHECK_BATCH)
+            .collect();
+        if idxs.is_empty() {
+            return;
+        }
+        self.checking = true;
+        let (job, partial) = (self.job.clone(), self.partial.clone());
+        let tx = self.inbox.checked_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _ = tx.send(super::durable::check_on_disk(&job, &partial.file, &idxs));
+        });
+    }
+
+    /// Chunks read back: right ones are done; a wrong one (the file was
+    /// changed under the transfer) is fetched again.
+    fn on_checked(&mut self, results: Checked) {
+        self.checking = false;
+        let mut bad = 0;
+        {
+            let mut st = self.job.state();
+            for (i, ok) in results {
+                if ok {
+                    set_bit(&mut self.checked, i);
+                } else if bit(&st.have, i) {
+                    bad += 1;
+                    clear_bit(&mut st.have, i);
+                    clear_bit(&mut self.synced, i);
+                    st.bytes = st.bytes.saturating_sub(self.job.manifest.chunk_range(i).1);
+                }
+            }
+        }
+        if bad > 0 {
+            warn!(
+                "{}: {bad} chunks on disk do not match what was written; fetching them again",
+                self.job.name
+            );
+        }
+        self.start_check();
     }
 
     /// Books one finished write: the have-bit, the source's record.

@@ -566,3 +566,45 @@ async fn a_fifo_in_the_files_directory_is_left_alone() {
     let names: Vec<&str> = held.iter().map(|h| h.name.as_str()).collect();
     assert_eq!(names, vec!["a.img"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_file_cut_under_the_transfer_is_fetched_again() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = file();
+    h.put("f", &data);
+    let m = h.local.manifest("f").unwrap().unwrap();
+    uplink(&hub, "h", 8);
+    let p = node(&hub, "p");
+    let pending = p.engine.get("f", &Select::default()).await.unwrap();
+    let part = p.engine.partial_path("f", &m);
+    // Half of it here, then cut (as a remote `mesh dot` once could): 675
+    // MiB of zeros once passed as a verified 1 GiB file this way.
+    for _ in 0..1000 {
+        if p.engine
+            .status(false)
+            .first()
+            .is_some_and(|s| s.chunks_done >= N / 2)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&part)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(60), p.engine.wait(pending))
+        .await
+        .expect("the transfer hung")
+        .unwrap();
+    let got = p.read("f").unwrap();
+    assert!(
+        got == data,
+        "a cut file was taken as whole ({} of {} bytes zero)",
+        got.iter().filter(|b| **b == 0).count(),
+        got.len()
+    );
+}
