@@ -7,6 +7,8 @@ pub(crate) mod cmd;
 pub mod control;
 mod error;
 mod files;
+#[cfg(test)]
+mod fuzz;
 mod inbound;
 mod node;
 pub mod proto;

@@ -184,3 +184,88 @@ mod tests {
         assert!(decode::<Announce>(b"").is_err());
     }
 }
+
+/// Random and mutated bytes into every decoder of this layer: never a
+/// panic, only an error or a value.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn mutations(valid: &[u8], rng: &mut impl Rng) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            let mut m = valid.to_vec();
+            match rng.gen_range(0..4) {
+                0 if !m.is_empty() => {
+                    let i = rng.gen_range(0..m.len());
+                    m[i] = rng.gen();
+                }
+                1 => m.truncate(rng.gen_range(0..=m.len())),
+                2 => {
+                    let i = rng.gen_range(0..=m.len());
+                    m.insert(i, rng.gen());
+                }
+                _ => {
+                    let n = rng.gen_range(0..64);
+                    m = (0..n).map(|_| rng.gen()).collect();
+                }
+            }
+            out.push(m);
+        }
+        out
+    }
+
+    #[test]
+    fn no_decoder_panics_on_junk() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let p = libp2p::PeerId::random();
+        let env = encode(&Envelope {
+            origin: Origin {
+                node: p,
+                targets: vec![p],
+                expires_ms: 1,
+                sig: vec![1, 2, 3],
+            },
+            dst: vec![p],
+            timeout_ms: 5,
+            ttl: 3,
+            path: vec![p],
+            body: b"mesh status".to_vec(),
+        });
+        let reply = encode(&Reply {
+            results: vec![Outcome {
+                peer: p,
+                result: Err(Error::TimedOut),
+            }],
+        });
+        let ann = encode(&Announce {
+            name: "a".into(),
+            seq: 1,
+            degree: 3,
+            port: 9000,
+            keyed: true,
+            addrs: vec!["/ip4/1.2.3.4/tcp/9000".into()],
+            peers: vec![p],
+            stats: HostStats::default(),
+        });
+        let direct = encode(&DirectReply {
+            result: Ok(ByteBuf(vec![9; 100])),
+        });
+        for valid in [&env, &reply, &ann, &direct] {
+            for m in mutations(valid, &mut rng) {
+                let _ = decode::<Envelope>(&m);
+                let _ = decode::<Reply>(&m);
+                let _ = decode::<Announce>(&m);
+                let _ = decode::<Direct>(&m);
+                let _ = decode::<DirectReply>(&m);
+            }
+        }
+        // Deep nesting and huge declared lengths are errors, not stack
+        // overflows or allocations.
+        let nested = vec![0x81u8; 100_000];
+        assert!(decode::<Reply>(&nested).is_err());
+        let huge = [0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+        assert!(decode::<Direct>(&huge).is_err());
+    }
+}

@@ -653,6 +653,50 @@ mod tests {
         assert!(!names.iter().any(|n| n.starts_with("out")), "{names:?}");
     }
 
+    /// Random names: never a panic, and what is taken never climbs out.
+    #[test]
+    fn random_names_are_clean_or_refused() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let parts = [
+            "a",
+            "..",
+            ".",
+            "/",
+            "//",
+            "b c",
+            "\u{202e}",
+            "\0",
+            "\n",
+            "*",
+            "[",
+            "é",
+            ".mm-partial",
+        ];
+        for _ in 0..20000 {
+            let n = rng.gen_range(0..8);
+            let name: String = (0..n)
+                .map(|_| parts[rng.gen_range(0..parts.len())])
+                .collect();
+            if let Ok(c) = FilesDir::clean(&name) {
+                assert!(
+                    !c.split('/')
+                        .any(|p| p == ".." || p.is_empty() && !c.is_empty()),
+                    "{name:?} -> {c:?}"
+                );
+                assert!(
+                    !c.starts_with('/') && c.split('/').next() != Some(PARTIAL_DIR),
+                    "{name:?} -> {c:?}"
+                );
+                assert!(
+                    !c.chars().any(|ch| ch.is_control() || is_format(ch)),
+                    "{name:?}"
+                );
+            }
+            let _ = glob_match(&name, "a/b");
+        }
+    }
+
     #[test]
     fn globs_directories_and_files_expand() {
         let (_t, f) = setup();

@@ -150,7 +150,10 @@ impl Engine {
                     std::io::Error::from_raw_os_error(rc),
                 ));
             }
-            let direct = Direct::open(&files, &part, &f);
+            let direct = open_direct(&files, &part, &f, libc::O_WRONLY).map(|file| Direct {
+                file,
+                on: AtomicBool::new(true),
+            });
             Ok(Partial {
                 file: Arc::new(f),
                 direct,
@@ -289,30 +292,23 @@ fn partial_name(tmp: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Reads chunks back from the partial file, through its descriptor, and
-/// says which match the manifest: what is on disk, not what was sent, is
-/// what gets a final name. Blocking.
-pub(super) fn check_on_disk(job: &Job, file: &std::fs::File, idxs: &[usize]) -> Vec<(usize, bool)> {
-    let mut buf = vec![0u8; job.manifest.chunk_size as usize];
-    idxs.iter()
-        .map(|&i| {
-            let (off, len) = job.manifest.chunk_range(i);
-            let b = &mut buf[..len as usize];
-            let ok = file.read_exact_at(b, off).is_ok() && job.manifest.verify_chunk(i, b);
-            (i, ok)
-        })
-        .collect()
-}
-
-/// The holes in `file`'s first `size` bytes (ranges reading as zeros that
-/// no write filled): the space was reserved up front, and every chunk was
-/// written, so a complete partial file has none, unless it was cut short
-/// (truncated) under the transfer. A file system without SEEK_HOLE shows
-/// none.
-pub(super) fn holes(file: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
+/// What of the first `size` bytes the partial file, through its open
+/// descriptor, does not hold: past its end, and its holes (ranges no write
+/// filled). The space was reserved up front and every chunk was written,
+/// so a complete partial file has neither, unless it was cut short under
+/// the transfer (a remote `mesh dot` once did it, and 675 MiB of zeros
+/// passed as a verified 1 GiB file). A file system without SEEK_HOLE shows
+/// no holes. (Reading every byte back from disk instead would catch an
+/// overwrite too, but it cost B1 half its speed; see docs/design.md.)
+pub(super) fn missing(file: &std::fs::File, size: u64) -> Vec<(u64, u64)> {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut out = Vec::new();
+    if len < size {
+        out.push((len, size));
+    }
+    let size = size.min(len);
     let mut at = 0i64;
     while (at as u64) < size {
         // SAFETY: lseek on a descriptor we own.
@@ -395,6 +391,23 @@ pub(super) fn free_bytes(dir: &Path) -> Option<u64> {
     Some(s.f_bavail as u64 * s.f_frsize as u64)
 }
 
+/// The partial file opened `O_DIRECT` with `mode`; None where the file
+/// system has no `O_DIRECT` (tmpfs on older kernels), or if `part` is no
+/// longer the file `same_as` has open.
+fn open_direct(
+    files: &crate::FilesDir,
+    part: &str,
+    same_as: &std::fs::File,
+    mode: i32,
+) -> Option<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = files
+        .open_partial(part, mode | libc::O_DIRECT, false)
+        .ok()?;
+    let (a, b) = (file.metadata().ok()?, same_as.metadata().ok()?);
+    (a.dev() == b.dev() && a.ino() == b.ino()).then_some(file)
+}
+
 /// A second descriptor on the partial file that bypasses the page cache,
 /// for whole runs: the transfer makes every chunk durable soon
 /// anyway, and the page cache would cost a copy now and writeback later.
@@ -404,20 +417,6 @@ struct Direct {
 }
 
 impl Direct {
-    /// None where the file system has no `O_DIRECT` (tmpfs on older
-    /// kernels), or if `part` is no longer the file `same_as` has open.
-    fn open(files: &crate::FilesDir, part: &str, same_as: &std::fs::File) -> Option<Direct> {
-        use std::os::unix::fs::MetadataExt;
-        let file = files
-            .open_partial(part, libc::O_WRONLY | libc::O_DIRECT, false)
-            .ok()?;
-        let (a, b) = (file.metadata().ok()?, same_as.metadata().ok()?);
-        (a.dev() == b.dev() && a.ino() == b.ino()).then_some(Direct {
-            file,
-            on: AtomicBool::new(true),
-        })
-    }
-
     /// Writes `data` at `off` this way if it can: Ok(false) means the
     /// caller must write it the ordinary way.
     fn write(&self, name: &str, data: &[u8], off: u64) -> std::io::Result<bool> {

@@ -7,7 +7,10 @@
 //! - a have-bit is persisted only after the data it covers is fdatasync'ed;
 //! - a file appears under its final name only complete and verified;
 //! - nothing outside the files directory is written through a wire name
-//!   (every name goes through [`crate::FilesDir::resolve`]).
+//!   (every name is opened beneath it: [`crate::FilesDir::open_file`],
+//!   `open_partial`, `place`);
+//! - a file gets its name only once its bytes on disk were read back and
+//!   match the manifest.
 //!
 //! This file is the engine's public face (get, wait, cancel, status,
 //! resume). The rest, by concern: [`find`] (who holds what, versions and

@@ -27,11 +27,6 @@ type ChunkDone = (String, usize, usize, Result<ChunkBuf, Miss>);
 type WriteDone = (String, Vec<(usize, Written)>);
 /// A finished have-bit record: the bits it recorded.
 type Persisted = Result<Vec<u8>>;
-/// Chunks read back from disk: each index, and whether it matched.
-type Checked = Vec<(usize, bool)>;
-
-/// Chunks read back from disk in one go, at most (32 MiB).
-const CHECK_BATCH: usize = super::chunks(32 << 20);
 
 /// Reports the outcome of writing some chunks to the loop, in one message,
 /// or a failure if the write never got to report (it panicked): a chunk
@@ -70,8 +65,6 @@ struct Inbox {
     refreshes: mpsc::UnboundedReceiver<HolderAnswers>,
     persisted_tx: mpsc::UnboundedSender<Persisted>,
     persisted: mpsc::UnboundedReceiver<Persisted>,
-    checked_tx: mpsc::UnboundedSender<Checked>,
-    checked: mpsc::UnboundedReceiver<Checked>,
 }
 
 impl Inbox {
@@ -81,12 +74,9 @@ impl Inbox {
         let (have_tx, haves) = mpsc::unbounded_channel();
         let (refresh_tx, refreshes) = mpsc::unbounded_channel();
         let (persisted_tx, persisted) = mpsc::unbounded_channel();
-        let (checked_tx, checked) = mpsc::unbounded_channel();
         Inbox {
             persisted_tx,
             persisted,
-            checked_tx,
-            checked,
             chunk_tx,
             chunks,
             written_tx,
@@ -112,11 +102,8 @@ pub(super) struct Pull {
     hints: Hints,
     /// Whether a have-bit record is being made (one at a time).
     persisting: bool,
-    /// Chunks a completed sync covers, and of those, the ones read back
-    /// from disk and found right.
+    /// Chunks a completed record covers.
     synced: Vec<u8>,
-    checked: Vec<u8>,
-    checking: bool,
     /// Chunks written since the last record.
     unsynced: usize,
     last_persist: Instant,
@@ -139,7 +126,6 @@ enum Event {
     Have(HaveDone),
     Refresh(HolderAnswers),
     Persisted(Persisted),
-    Checked(Checked),
     Tick,
 }
 
@@ -162,10 +148,9 @@ impl Pull {
             writing: HashSet::new(),
             hints: Hints::default(),
             persisting: false,
-            // What is here at the start was verified on disk when resumed.
-            synced: here.clone(),
-            checked: here,
-            checking: false,
+            // What is here at the start was recorded (and read back and
+            // verified when resumed).
+            synced: here,
             unsynced: 0,
             last_persist: now,
             last_have: now,
@@ -180,9 +165,9 @@ impl Pull {
         }
     }
 
-    /// Pulls until every chunk is here, recorded, and read back right from
-    /// disk; hands back the transfer slot, which the file keeps until it is
-    /// in place.
+    /// Pulls until every chunk is here and recorded, and the partial file
+    /// holds them all; hands back the transfer slot, which the file keeps
+    /// until it is in place.
     pub(super) async fn run(mut self) -> Result<Option<OwnedSemaphorePermit>> {
         let n = self.job.manifest.chunk_count();
         loop {
@@ -191,12 +176,10 @@ impl Pull {
             }
             if count_bits(&self.job.state().have, n) == n {
                 // The last record at once, not at the next quarter second.
-                if count_bits(&self.synced, n) < n && !self.persisting {
-                    self.start_persist();
-                }
-                if count_bits(&self.checked, n) == n && !self.persisting {
-                    // A cut made after chunks were read back leaves holes.
-                    if !self.refetch_holes() {
+                if !self.persisting {
+                    if count_bits(&self.synced, n) < n {
+                        self.start_persist();
+                    } else if !self.refetch_holes() {
                         break;
                     }
                 }
@@ -214,7 +197,6 @@ impl Pull {
                 Event::Have((host, bits)) => self.on_have(host, bits),
                 Event::Refresh(answers) => self.on_refresh(answers).await?,
                 Event::Persisted(r) => self.on_persisted(r)?,
-                Event::Checked(r) => self.on_checked(r),
                 Event::Tick => {}
             }
         }
@@ -229,7 +211,6 @@ impl Pull {
             Some(d) = inbox.haves.recv() => Event::Have(d),
             Some(d) = inbox.refreshes.recv() => Event::Refresh(d),
             Some(d) = inbox.persisted.recv() => Event::Persisted(d),
-            Some(d) = inbox.checked.recv() => Event::Checked(d),
             _ = self.job.cancel_note.notified() => Event::Tick,
             _ = tokio::time::sleep(Duration::from_millis(100)) => Event::Tick,
         }
@@ -485,18 +466,15 @@ impl Pull {
         self.last_persist = Instant::now();
     }
 
-    /// A have-bit record is made: its chunks are on disk, to be read back.
+    /// A have-bit record is made: its chunks are on disk.
     fn on_persisted(&mut self, r: Persisted) -> Result<()> {
         self.persisting = false;
         let bits = r?;
-        {
-            // Not those found bad on disk since the record began.
-            let st = self.job.state();
-            for (s, (b, h)) in self.synced.iter_mut().zip(bits.iter().zip(&st.have)) {
-                *s |= b & h;
-            }
+        // Not those found missing from the file since the record began.
+        let st = self.job.state();
+        for (s, (b, h)) in self.synced.iter_mut().zip(bits.iter().zip(&st.have)) {
+            *s |= b & h;
         }
-        self.start_check();
         Ok(())
     }
 
@@ -504,7 +482,7 @@ impl Pull {
     /// whether there were any.
     fn refetch_holes(&mut self) -> bool {
         let m = &self.job.manifest;
-        let holes = super::durable::holes(&self.partial.file, m.size);
+        let holes = super::durable::missing(&self.partial.file, m.size);
         if holes.is_empty() {
             return false;
         }
@@ -519,63 +497,14 @@ impl Pull {
                     st.bytes = st.bytes.saturating_sub(m.chunk_range(i).1);
                 }
                 clear_bit(&mut self.synced, i);
-                clear_bit(&mut self.checked, i);
             }
         }
         warn!(
-            "{}: the partial file was cut short under the transfer ({lost} chunks lost); \
-             fetching them again",
+            "{}: the partial file lost data under the transfer (it was cut short: {lost} \
+             chunks); fetching them again",
             self.job.name
         );
         true
-    }
-
-    /// Reads back a batch of synced chunks not checked yet, off the loop.
-    fn start_check(&mut self) {
-        if self.checking {
-            return;
-        }
-        let n = self.job.manifest.chunk_count();
-        let idxs: Vec<usize> = (0..n)
-            .filter(|&i| bit(&self.synced, i) && !bit(&self.checked, i))
-            .take(CHECK_BATCH)
-            .collect();
-        if idxs.is_empty() {
-            return;
-        }
-        self.checking = true;
-        let (job, partial) = (self.job.clone(), self.partial.clone());
-        let tx = self.inbox.checked_tx.clone();
-        tokio::task::spawn_blocking(move || {
-            let _ = tx.send(super::durable::check_on_disk(&job, &partial.file, &idxs));
-        });
-    }
-
-    /// Chunks read back: right ones are done; a wrong one (the file was
-    /// changed under the transfer) is fetched again.
-    fn on_checked(&mut self, results: Checked) {
-        self.checking = false;
-        let mut bad = 0;
-        {
-            let mut st = self.job.state();
-            for (i, ok) in results {
-                if ok {
-                    set_bit(&mut self.checked, i);
-                } else if bit(&st.have, i) {
-                    bad += 1;
-                    clear_bit(&mut st.have, i);
-                    clear_bit(&mut self.synced, i);
-                    st.bytes = st.bytes.saturating_sub(self.job.manifest.chunk_range(i).1);
-                }
-            }
-        }
-        if bad > 0 {
-            warn!(
-                "{}: {bad} chunks on disk do not match what was written; fetching them again",
-                self.job.name
-            );
-        }
-        self.start_check();
     }
 
     /// Books one finished write: the have-bit, the source's record.

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant};
 use mm_overlay::{wire, Overlay};
 use mm_store::{ChunkBuf, Miss};
 use tokio::io::unix::AsyncFd;
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
+use super::handshake;
 use super::reader::FdReader;
-use super::record::{answer, bad, Sealer};
+use super::record::{answer, bad};
 use super::*;
 use crate::proto::Request;
 
@@ -223,10 +224,25 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
+    let secret: [u8; 32] = grant.key[..]
+        .try_into()
+        .map_err(|_| bad("a grant with a key of the wrong size".into()))?;
+    let noise = |e: snow::Error| bad(format!("handshake: {e}"));
     let sent = Instant::now();
-    wr.write_all(&grant.ticket).await?;
-    let mut sealer = Sealer::new(&grant.key, b"client to server");
-    let mut opener = Sealer::new(&grant.key, b"server to client");
+    let (hs, hello) = handshake::hello(&secret).map_err(noise)?;
+    let mut first = grant.ticket.clone();
+    first.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+    first.extend_from_slice(&hello);
+    wr.write_all(&first).await?;
+    let mut len = [0u8; 2];
+    rd.read_exact(&mut len).await?;
+    let len = u16::from_be_bytes(len) as usize;
+    if len > handshake::MESSAGE {
+        return Err(bad(format!("a handshake message of {len} bytes")));
+    }
+    let mut reply = vec![0u8; len];
+    rd.read_exact(&mut reply).await?;
+    let (mut sealer, mut opener) = handshake::finish(hs, &reply).map_err(noise)?;
     if &opener.open(&mut rd, ACK.len()).await?[..] != ACK {
         return Err(bad("a wrong acknowledgement".into()));
     }

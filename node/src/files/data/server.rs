@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
+use super::handshake;
 use super::reader::FdReader;
 use super::record::{bad, Sealer, KIND_CHUNK, KIND_FAILED, KIND_GONE, KIND_NOT_YET, KIND_REDIRECT};
 use super::*;
@@ -24,11 +25,52 @@ struct Ticket {
     issued: Instant,
 }
 
+/// Connections by remote IP that have not proven a ticket yet, and data
+/// connections served by node: a count each, and its cap.
+struct Counts<K: std::hash::Hash + Eq>(Mutex<HashMap<K, usize>>);
+
+impl<K: std::hash::Hash + Eq> Default for Counts<K> {
+    fn default() -> Self {
+        Counts(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone> Counts<K> {
+    /// One more for `k`, unless it has `max`: a guard that counts it down.
+    fn take(self: &Arc<Self>, k: K, max: usize) -> Option<Counted<K>> {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = m.entry(k.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Counted(self.clone(), k))
+    }
+}
+
+struct Counted<K: std::hash::Hash + Eq>(Arc<Counts<K>>, K);
+
+impl<K: std::hash::Hash + Eq> Drop for Counted<K> {
+    fn drop(&mut self) {
+        let mut m = (self.0).0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = m.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// The serving side: a listener, and the tickets handed out.
 pub(crate) struct DataServer {
     port: u16,
     engine: Arc<Engine>,
     serving: Arc<tokio::sync::Semaphore>,
+    /// Connections in their handshake, per remote IP.
+    unproven_ip: Arc<Counts<IpAddr>>,
+    /// Connections served, per node.
+    served_to: Arc<Counts<String>>,
     /// The listener's task, aborted to stop serving.
     accepting: Mutex<Option<tokio::task::JoinHandle<()>>>,
     tickets: Mutex<HashMap<[u8; 16], Ticket>>,
@@ -54,6 +96,8 @@ impl DataServer {
             port,
             engine,
             serving: Arc::new(tokio::sync::Semaphore::new(SERVING)),
+            unproven_ip: Arc::default(),
+            served_to: Arc::default(),
             accepting: Mutex::new(None),
             tickets: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
@@ -93,7 +137,9 @@ impl DataServer {
             .map_err(|_| Error::Refused("no randomness for a data channel key".into()))?;
         let mut tickets = self.tickets();
         tickets.retain(|_, t| t.issued.elapsed() < TICKET_TTL);
-        if tickets.len() >= MAX_TICKETS {
+        if tickets.len() >= MAX_TICKETS
+            || tickets.values().filter(|t| t.host == host).count() >= PER_NODE
+        {
             return Err(Error::Refused(
                 "too many data connections being set up; try again".into(),
             ));
@@ -118,13 +164,16 @@ impl DataServer {
         loop {
             match listener.accept().await {
                 Ok((stream, addr)) => {
-                    let Ok(permit) = unproven.clone().try_acquire_owned() else {
+                    let (Ok(permit), Some(per_ip)) = (
+                        unproven.clone().try_acquire_owned(),
+                        self.unproven_ip.take(addr.ip(), UNPROVEN_PER_IP),
+                    ) else {
                         debug!("data connection from {addr} closed: too many without a ticket");
                         continue;
                     };
                     let me = self.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = me.serve(stream, permit).await {
+                        if let Err(e) = me.serve(stream, (permit, per_ip)).await {
                             debug!("data connection from {addr}: {e}");
                         }
                     });
@@ -141,29 +190,58 @@ impl DataServer {
     async fn serve(
         self: Arc<Self>,
         stream: TcpStream,
-        unproven: tokio::sync::OwnedSemaphorePermit,
+        unproven: (tokio::sync::OwnedSemaphorePermit, Counted<IpAddr>),
     ) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        let mut ticket = [0u8; 16];
-        tokio::time::timeout(TICKET_WAIT, rd.read_exact(&mut ticket))
-            .await
-            .map_err(|_| bad("no ticket".into()))??;
-        let t = self
+        // The ticket and the client's handshake message, in time; nothing
+        // is spent on the connection before they check out.
+        let mut head = [0u8; 18];
+        let hello = tokio::time::timeout(TICKET_WAIT, async {
+            rd.read_exact(&mut head).await?;
+            let len = u16::from_be_bytes([head[16], head[17]]) as usize;
+            if len > handshake::MESSAGE {
+                return Err(bad(format!("a handshake message of {len} bytes")));
+            }
+            let mut msg = vec![0u8; len];
+            rd.read_exact(&mut msg).await?;
+            Ok(msg)
+        })
+        .await
+        .map_err(|_| bad("no ticket and handshake in time".into()))??;
+        let ticket: [u8; 16] = head[..16].try_into().expect("16 bytes");
+        let (secret, host) = self
             .tickets()
-            .remove(&ticket)
+            .get(&ticket)
             .filter(|t| t.issued.elapsed() < TICKET_TTL)
+            .map(|t| (t.secret, t.host.clone()))
             .ok_or_else(|| bad("an unknown or expired ticket".into()))?;
-        // Proven: no longer counts against the connections still waiting.
+        let hs = handshake::check(&secret, &hello)
+            .map_err(|_| bad(format!("a handshake for {host} that does not check out")))?;
+        // Proven. The ticket is used up now: a replayed first message finds
+        // it gone.
+        if self.tickets().remove(&ticket).is_none() {
+            return Err(bad("a ticket used meanwhile".into()));
+        }
         drop(unproven);
-        let Ok(serving) = self.serving.clone().try_acquire_owned() else {
+        let (Ok(serving), Some(per_node)) = (
+            self.serving.clone().try_acquire_owned(),
+            self.served_to.take(host.clone(), PER_NODE),
+        ) else {
             return Err(bad(format!(
-                "{SERVING} data connections are open already; {} is refused",
-                t.host
+                "too many data connections are open already; {host} is refused"
             )));
         };
-        let opener = Sealer::new(&t.secret, b"client to server");
-        let mut sealer = Sealer::new(&t.secret, b"server to client");
+        let (reply, mut sealer, opener) =
+            handshake::answer(hs).map_err(|e| bad(format!("handshake: {e}")))?;
+        let mut first = (reply.len() as u16).to_be_bytes().to_vec();
+        first.extend_from_slice(&reply);
+        wr.write_all(&first).await?;
+        let t = Ticket {
+            secret,
+            host,
+            issued: Instant::now(),
+        };
         let mut ack = ChunkBuf::with_capacity(4 + ACK.len() + TAG);
         ack.extend_from_slice(&[0u8; 4]);
         ack.extend_from_slice(ACK);
@@ -183,7 +261,7 @@ impl DataServer {
         std::thread::Builder::new()
             .name("mm-data".into())
             .spawn(move || {
-                let _serving = serving;
+                let _serving = (serving, per_node);
                 if let Err(e) = serve_blocking(&engine, &t.host, stream, opener, sealer) {
                     debug!("data connection from {}: {e}", t.host);
                 }
@@ -204,7 +282,14 @@ fn serve_blocking(
     use std::io::Write;
     use std::os::fd::AsRawFd;
     let mut rd = FdReader::new(stream.as_raw_fd(), SERVER_IDLE);
+    let mut sealed = 0u64;
     loop {
+        // Enough under these keys: the client asks for a new grant, and
+        // gets new keys, on its next request.
+        if sealed >= KEY_BYTES {
+            debug!("data connection from {from}: {sealed} bytes under its keys; closing it");
+            return Ok(());
+        }
         let plain = match opener.open_blocking(&mut rd, MAX_REQUEST) {
             Ok(p) => p,
             Err(e)
@@ -220,6 +305,7 @@ fn serve_blocking(
         let req: DataReq = wire::decode(&plain).map_err(|e| bad(e.to_string()))?;
         let record = answer_record(engine, from, &req, &mut sealer);
         stream.write_all(&record[ANSWER_AT - 4..])?;
+        sealed += record.len() as u64;
     }
 }
 
@@ -300,17 +386,40 @@ mod tests {
         // A client that says nothing at all.
         let got = answer_to(&s, &[], TICKET_WAIT + Duration::from_secs(3)).await;
         assert!(got.is_empty(), "{} bytes to a silent client", got.len());
-        // A granted ticket opens one connection, and only one.
+        // A real ticket with a handshake that is not keyed by its secret:
+        // refused, and the ticket not spent.
         let g = s.grant("p").unwrap();
+        let secret: [u8; 32] = g.key[..].try_into().unwrap();
+        let first = |secret: &[u8; 32]| {
+            let (hs, hello) = handshake::hello(secret).unwrap();
+            let mut m = g.ticket.clone();
+            m.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+            m.extend_from_slice(&hello);
+            (hs, m)
+        };
+        let (_, wrong) = first(&[1u8; 32]);
+        let got = answer_to(&s, &wrong, Duration::from_secs(5)).await;
+        assert!(got.is_empty(), "{} bytes to a wrong secret", got.len());
+        // The right one opens one connection, and only one.
+        let (hs, right) = first(&secret);
         let mut c = TcpStream::connect(("127.0.0.1", s.port())).await.unwrap();
-        c.write_all(&g.ticket).await.unwrap();
-        let mut opener = Sealer::new(&g.key, b"server to client");
+        c.write_all(&right).await.unwrap();
+        let mut len = [0u8; 2];
+        c.read_exact(&mut len).await.unwrap();
+        let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+        c.read_exact(&mut reply).await.unwrap();
+        let (_, mut opener) = handshake::finish(hs, &reply).unwrap();
         let ack = tokio::time::timeout(Duration::from_secs(5), opener.open(&mut c, ACK.len()))
             .await
             .expect("no acknowledgement")
             .unwrap();
         assert_eq!(&ack[..], ACK);
-        let got = answer_to(&s, &g.ticket, Duration::from_secs(5)).await;
-        assert!(got.is_empty(), "{} bytes to a replayed ticket", got.len());
+        // Its first message again (a replay): the ticket is gone.
+        let got = answer_to(&s, &right, Duration::from_secs(5)).await;
+        assert!(
+            got.is_empty(),
+            "{} bytes to a replayed handshake",
+            got.len()
+        );
     }
 }
