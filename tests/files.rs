@@ -506,3 +506,67 @@ fn with_no_holder_left_the_transfer_waits_then_finishes() {
     });
     assert_eq!(read(&nodes[1], "w.bin").unwrap(), data);
 }
+
+/// A mesh-wide get while nodes (the holder too) are killed and restarted at
+/// random: every copy that appears under its name is whole, and every
+/// puller ends with one (a restarted one resumes).
+#[test]
+fn kills_and_restarts_during_a_swarm_leave_only_whole_copies() {
+    let lab = Lab::up(5, Some("80mbit"));
+    let mut nodes = lab_nodes(&lab, 5);
+    let data = content(32 << 20, 31);
+    put(&nodes[0], "chaos.bin", &data, 0o644);
+    nodes[0].mm(&["file", "get", "chaos.bin"]);
+    for p in &nodes[1..] {
+        p.mm(&["file", "get", "chaos.bin"]);
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("chaos seed {seed}");
+    let mut x = seed | 1;
+    let mut next = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let check_whole = |nodes: &[Node]| {
+        for p in &nodes[1..] {
+            if let Some(got) = read(p, "chaos.bin") {
+                assert!(
+                    got == data,
+                    "{} has a wrong chaos.bin under its name",
+                    p.name
+                );
+            }
+        }
+    };
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(300 + next(1200)));
+        check_whole(&nodes);
+        let victim = next(5) as usize;
+        nodes[victim].stop(next(2) == 0);
+        std::thread::sleep(Duration::from_millis(next(800)));
+        nodes[victim].start();
+    }
+    // Every puller, restarted or not, finishes (a killed one resumes; one
+    // killed before it recorded the get asks again).
+    for p in &nodes[1..] {
+        if read(p, "chaos.bin").is_none() && common::rows(&p.json(&["file", "status"])).is_empty() {
+            p.mm(&["file", "get", "chaos.bin"]);
+        }
+    }
+    for p in &nodes[1..] {
+        wait_for(&format!("chaos.bin on {}", p.name), LONG, || {
+            read(p, "chaos.bin").filter(|d| d.len() == data.len())
+        });
+    }
+    check_whole(&nodes);
+    for p in &nodes[1..] {
+        wait_for("partial files to go", LONG, || {
+            (partial_files(p) == 0).then_some(())
+        });
+    }
+}

@@ -14,7 +14,7 @@ use serde_json::Value;
 #[allow(unused_imports)]
 pub(crate) use lab::Lab;
 #[allow(unused_imports)]
-pub(crate) use node::{overlay_links, Node};
+pub(crate) use node::{cluster_key, overlay_links, Node};
 
 pub(crate) const MM: &str = env!("CARGO_BIN_EXE_mm");
 

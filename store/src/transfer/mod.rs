@@ -9,8 +9,8 @@
 //! - nothing outside the files directory is written through a wire name
 //!   (every name is opened beneath it: [`crate::FilesDir::open_file`],
 //!   `open_partial`, `place`);
-//! - a file gets its name only once its bytes on disk were read back and
-//!   match the manifest.
+//! - a file gets its name only once its partial file, checked through the
+//!   open descriptor, holds every chunk (full size, no holes).
 //!
 //! This file is the engine's public face (get, wait, cancel, status,
 //! resume). The rest, by concern: [`find`] (who holds what, versions and

@@ -378,6 +378,16 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn grants_are_capped_per_node() {
+        let (_dir, s) = server().await;
+        for _ in 0..PER_NODE {
+            s.grant("p").unwrap();
+        }
+        assert!(s.grant("p").is_err(), "one node took more than its share");
+        assert!(s.grant("q").is_ok(), "another node is still served");
+    }
+
+    #[tokio::test]
     async fn strangers_get_nothing_and_are_closed_soon() {
         let (_dir, s) = server().await;
         // A ticket nobody was granted.
