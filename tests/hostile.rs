@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{wait_for, Node};
@@ -19,6 +18,7 @@ use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{identify, noise, pnet, tcp, yamux, Multiaddr, PeerId, StreamProtocol, Swarm};
+use mm_overlay::wire::{Direct, DirectReply};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -97,6 +97,8 @@ struct Hostile {
     identify: Toggle<identify::Behaviour>,
     routed: request_response::Behaviour<Stall>,
     direct: request_response::Behaviour<Stall>,
+    /// Well-formed direct requests, as a node sends them.
+    asks: request_response::cbor::Behaviour<Direct, DirectReply>,
 }
 
 /// A peer with the cluster key in `key_file`; `name` is what it tells
@@ -142,6 +144,13 @@ fn hostile(key_file: &std::path::Path, name: Option<&str>) -> Swarm<Hostile> {
                 [(StreamProtocol::new("/mm/direct/2"), ProtocolSupport::Full)],
                 cfg(),
             ),
+            asks: request_response::cbor::Behaviour::new(
+                [(
+                    StreamProtocol::new("/mm/direct/2"),
+                    ProtocolSupport::Outbound,
+                )],
+                cfg(),
+            ),
         })
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
@@ -156,6 +165,8 @@ struct Seen {
     /// Requests that ended in failure: the node cut their streams. Request
     /// ids count per swarm, so each carries the index of its swarm.
     failed: HashSet<(usize, Proto, OutboundRequestId)>,
+    /// Answers to well-formed direct requests: granted or refused.
+    answers: Vec<Result<(), String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -186,6 +197,15 @@ async fn drive_for(i: usize, swarm: &mut Swarm<Hostile>, dur: Duration) -> Seen 
                 )) => {
                     seen.failed.insert((i, Proto::Direct, request_id));
                 }
+                SwarmEvent::Behaviour(HostileEvent::Asks(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                })) => seen
+                    .answers
+                    .push(response.result.map(|_| ()).map_err(|e| format!("{e:?}"))),
+                SwarmEvent::Behaviour(HostileEvent::Asks(
+                    request_response::Event::OutboundFailure { error, .. },
+                )) => seen.answers.push(Err(format!("failed: {error}"))),
                 _ => {}
             },
             _ = &mut end => break,
@@ -403,33 +423,129 @@ fn a_peer_that_takes_a_name_in_use_is_refused() {
     drop(honest);
 }
 
+/// The data channel's port, from the node's log.
+fn data_port(n: &Node) -> u16 {
+    wait_for("the data channel", LONG, || {
+        let log = n.log();
+        let at = log.find("data channel on port ")? + "data channel on port ".len();
+        log[at..].split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// A connection to `port` on this host from 127.0.0.2, which the node's
+/// per-address caps count apart from the honest nodes on 127.0.0.1.
+async fn from_elsewhere(port: u16) -> Option<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4().ok()?;
+    sock.bind("127.0.0.2:0".parse().unwrap()).ok()?;
+    sock.connect(([127, 0, 0, 1], port).into()).await.ok()
+}
+
+/// The honest node fetched from the victim over the data channel, the fast
+/// path, not the overlay connection the puller falls back to.
+fn took_the_fast_path(honest: &Node, victim: &Node) {
+    assert!(
+        !honest
+            .log()
+            .contains(&format!("no data channel to {}", victim.name)),
+        "the honest node was pushed off the data channel:\n{}",
+        honest.log()
+    );
+}
+
+/// Silent connections and junk to both ports, from 127.0.0.2 (another
+/// host, as far as the per-address caps go): the node's descriptors stay
+/// bounded, it answers, and the honest node on 127.0.0.1 still gets its
+/// file over the data channel.
 #[test]
 fn floods_of_connections_and_junk_leave_the_node_serving() {
     let victim = node("victim", &[]);
     let honest = node("honest", &["--peer", &victim.addr()]);
     victim.wait_size(2, LONG);
     let port: u16 = victim.port().parse().unwrap();
-    let data_port = port + 1;
-    // Silent TCP connections to both ports, and junk.
-    let mut held = Vec::new();
-    for i in 0..600 {
-        let p = if i % 2 == 0 { port } else { data_port };
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", p)) {
-            if i % 3 == 0 {
-                let _ = s.write_all(&mm_store::mem::content(300, i));
+    let data_port = data_port(&victim);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let held = rt.block_on(async {
+        let mut held = Vec::new();
+        for i in 0..600u64 {
+            let p = if i % 2 == 0 { port } else { data_port };
+            if let Some(mut s) = from_elsewhere(p).await {
+                if i % 3 == 0 {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = s.write_all(&mm_store::mem::content(300, i)).await;
+                }
+                held.push(s);
             }
-            held.push(s);
         }
-    }
+        held
+    });
+    assert!(held.len() > 100, "only {} connections made", held.len());
     // The node never took more descriptors than it can have, and answers.
     assert!(fds(&victim) < 1000, "{} descriptors open", fds(&victim));
     still_serves(&victim, &honest, "after-flood.bin");
+    took_the_fast_path(&honest, &victim);
     drop(held);
-    // The warnings about failed connections are few.
-    let warnings = victim.log().matches("inbound connection").count()
-        + victim.log().matches("rejected").count();
+    // The warnings about refused connections are few.
+    let log = victim.log();
+    let warnings = log.matches("inbound connection").count() + log.matches("rejected").count();
     assert!(
         warnings < 50,
-        "{warnings} warning lines for 300 connections"
+        "{warnings} warning lines for 600 connections"
     );
+}
+
+/// A member asks for data-channel grants as fast as it can, and opens
+/// data connections that never prove they hold a key: it gets a few
+/// grants, the rest are refused, and an honest node still gets its file
+/// over the data channel.
+#[test]
+fn a_flood_of_grants_gets_a_few_and_leaves_honest_nodes_their_channel() {
+    let victim = node("victim", &[]);
+    let honest = node("honest", &["--peer", &victim.addr()]);
+    victim.wait_size(2, LONG);
+    let data_port = data_port(&victim);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _in = rt.enter();
+    let mut h = hostile(&common::cluster_key(), Some("mallory"));
+    h.dial(addr(&victim)).unwrap();
+    let seen = drive(&rt, &mut h, Duration::from_secs(2));
+    let id = *seen.established.first().expect("connected to the victim");
+    let ask = Direct {
+        body: mm_overlay::wire::encode(&mm_node::proto::Request::Data),
+    };
+    // 200 at once: more streams than the node's 256 per connection would
+    // have the multiplexer reset the connection, and test that instead.
+    for _ in 0..200 {
+        h.behaviour_mut().asks.send_request(&id, ask.clone());
+    }
+    let seen = drive(&rt, &mut h, Duration::from_secs(5));
+    let granted = seen.answers.iter().filter(|a| a.is_ok()).count();
+    let mut kinds: HashMap<&str, usize> = HashMap::new();
+    for a in &seen.answers {
+        *kinds
+            .entry(a.as_ref().err().map_or("granted", |e| e.as_str()))
+            .or_default() += 1;
+    }
+    eprintln!("answers: {kinds:?}");
+    assert_eq!(seen.answers.len(), 200, "{kinds:?}");
+    assert_eq!(
+        kinds.get(r#"Remote("too many data connections being set up; try again")"#),
+        Some(&(200 - granted)),
+        "{kinds:?}"
+    );
+    assert!(
+        (1..=8).contains(&granted),
+        "{granted} grants for one node: {:?}",
+        &seen.answers[..10.min(seen.answers.len())]
+    );
+    // Connections that never prove anything, held open.
+    let silent: Vec<_> = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..64 {
+            v.extend(from_elsewhere(data_port).await);
+        }
+        v
+    });
+    still_serves(&victim, &honest, "after-grants.bin");
+    took_the_fast_path(&honest, &victim);
+    drop(silent);
 }
