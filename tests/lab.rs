@@ -38,6 +38,17 @@ fn eight_hosts_with_degree_two_form_one_mesh() {
 #[test]
 fn without_a_cluster_key_a_node_keeps_to_its_host() {
     let lab = Lab::up(3, None);
+    // `mm serve` in host 1 without a key, with these arguments: it must exit.
+    let serve_without_a_key = |extra: &[&str]| {
+        let base = common::scratch_dir("nokey");
+        common::run_bounded(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &lab.ns(1), common::MM])
+                .args(["serve", "--base", &base.path().display().to_string()])
+                .args(extra),
+            Duration::from_secs(30),
+        )
+    };
     // The default: no key, so loopback only and no mDNS.
     let alone = Node::in_ns("h1", &lab.ns(1), &["--no-key"]);
     assert_eq!(alone.status("mode"), "loopback");
@@ -57,18 +68,7 @@ fn without_a_cluster_key_a_node_keeps_to_its_host() {
     assert_eq!(alone.size(), 1);
     assert_eq!(open2.size(), 2);
     // Asked to listen on the network without a key: refused, with the way.
-    let out = common::run_bounded(
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.ns(1), common::MM])
-            .args([
-                "serve",
-                "--base",
-                &common::scratch_dir("nokey").path().display().to_string(),
-                "--listen",
-                "10.77.0.1",
-            ]),
-        Duration::from_secs(30),
-    );
+    let out = serve_without_a_key(&["--listen", "10.77.0.1"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -82,18 +82,7 @@ fn without_a_cluster_key_a_node_keeps_to_its_host() {
         !out.status.success() && err.contains("no cluster key"),
         "{err}"
     );
-    let out = common::run_bounded(
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &lab.ns(1), common::MM])
-            .args([
-                "serve",
-                "--base",
-                &common::scratch_dir("nokey").path().display().to_string(),
-                "--peer",
-                "10.77.0.2",
-            ]),
-        Duration::from_secs(30),
-    );
+    let out = serve_without_a_key(&["--peer", "10.77.0.2"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("without a cluster key"),

@@ -92,20 +92,14 @@ impl FilesDir {
 
     /// The directory `name` is in, open (`O_PATH`), beneath the root.
     pub fn open_parent(&self, name: &str) -> Result<(File, String)> {
-        let clean = Self::clean(name)?;
-        let (dir, base) = match clean.rsplit_once('/') {
-            Some((d, b)) => (d.to_string(), b.to_string()),
-            None => (".".to_string(), clean.clone()),
-        };
-        let f = self
-            .open_beneath(
-                &dir,
-                libc::O_PATH | libc::O_DIRECTORY,
-                0,
-                libc::RESOLVE_BENEATH,
-            )
-            .map_err(|e| self.open_error(&dir, e))?;
-        Ok((f, base))
+        let (dir, base) = split_parent(&Self::clean(name)?);
+        Ok((self.open_dir(&dir, libc::O_PATH)?, base))
+    }
+
+    /// Directory `dir` (a clean name, or "."), opened beneath the root.
+    fn open_dir(&self, dir: &str, flags: libc::c_int) -> Result<File> {
+        self.open_beneath(dir, flags | libc::O_DIRECTORY, 0, libc::RESOLVE_BENEATH)
+            .map_err(|e| self.open_error(dir, e))
     }
 
     /// Moves the partial file `partial` into place as `name`, creating the
@@ -127,18 +121,8 @@ impl FilesDir {
                 libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
             )
             .map_err(|e| self.open_error(PARTIAL_DIR, e))?;
-        let (dir, base) = match clean.rsplit_once('/') {
-            Some((d, b)) => (d.to_string(), b.to_string()),
-            None => (".".to_string(), clean.clone()),
-        };
-        let to = self
-            .open_beneath(
-                &dir,
-                libc::O_RDONLY | libc::O_DIRECTORY,
-                0,
-                libc::RESOLVE_BENEATH,
-            )
-            .map_err(|e| self.open_error(&dir, e))?;
+        let (dir, base) = split_parent(&clean);
+        let to = self.open_dir(&dir, libc::O_RDONLY)?;
         let c = |s: &str| {
             CString::new(s).map_err(|_| Error::BadName(format!("invalid file name {s:?}")))
         };
@@ -582,6 +566,14 @@ fn component_match(p: &[u8], n: &[u8]) -> bool {
         }
     }
     p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// A clean name's directory ("." at the top) and last component.
+fn split_parent(clean: &str) -> (String, String) {
+    match clean.rsplit_once('/') {
+        Some((d, b)) => (d.to_string(), b.to_string()),
+        None => (".".to_string(), clean.to_string()),
+    }
 }
 
 #[cfg(test)]

@@ -452,14 +452,7 @@ impl EventLoop {
         // Answered only once its identity checked out, and labelled with the
         // name it gave then: the connection's peer is authenticated.
         let Some(name) = self.admitted_name(&from) else {
-            let reply = DirectReply {
-                result: Err(Error::NotAdmitted),
-            };
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .bulk
-                .send_response(channel, reply);
+            self.refuse_direct(channel, Error::NotAdmitted);
             return;
         };
         let (tx, rx) = oneshot::channel();
@@ -469,14 +462,7 @@ impl EventLoop {
             reply: tx,
         };
         if self.inbound_tx.try_send(inbound).is_err() {
-            let reply = DirectReply {
-                result: Err(Error::Overloaded),
-            };
-            let _ = self
-                .swarm
-                .behaviour_mut()
-                .bulk
-                .send_response(channel, reply);
+            self.refuse_direct(channel, Error::Overloaded);
             return;
         }
         let done = self.done_tx.clone();
@@ -484,6 +470,15 @@ impl EventLoop {
             let result = rx.await.unwrap_or(Err(Error::Dropped));
             let _ = done.send(LocalDone::Direct { channel, result });
         });
+    }
+
+    fn refuse_direct(&mut self, channel: request_response::ResponseChannel<DirectReply>, e: Error) {
+        let reply = DirectReply { result: Err(e) };
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .bulk
+            .send_response(channel, reply);
     }
 
     pub(super) fn settle(&mut self, agg: u64, peer: PeerId, result: Result<Vec<u8>>) {
