@@ -281,7 +281,7 @@ fn holder_sent(holder: &Node, name: &str) -> u64 {
 }
 
 /// The label of `host` in the `sources` cell of `name`'s last finished
-/// transfer on `n` (`h2:58(failing 4)`).
+/// transfer on `n` (`h2:58 (failing 4)`).
 fn source_label(n: &Node, name: &str, host: &str) -> String {
     // The row is kept a moment after the file is in place.
     let row = wait_for(&format!("the finished transfer of {name}"), LONG, || {
@@ -290,7 +290,7 @@ fn source_label(n: &Node, name: &str, host: &str) -> String {
             .rfind(|r| r["filename"] == name && r["state"] == "done")
     });
     row["sources"]
-        .split_whitespace()
+        .split(", ")
         .find(|s| s.starts_with(&format!("{host}:")))
         .unwrap_or_else(|| panic!("{host} is no source of {name}: {row:?}"))
         .to_string()

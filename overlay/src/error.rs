@@ -18,6 +18,12 @@ pub enum Error {
     /// row is labelled with the name, so the message does not repeat it.
     #[error("no such host")]
     NotInMesh,
+    /// A target that was in the mesh and is gone: how long ago, in seconds.
+    #[error("left the mesh {}", ago(*.0))]
+    LeftMesh(u64),
+    /// The connection to the target itself (a direct peer) failed.
+    #[error("{0}")]
+    Link(String),
     #[error("{0} is this node")]
     IsSelf(String),
     #[error("{0} is not a direct peer")]
@@ -60,6 +66,15 @@ pub enum Error {
     /// A bad setting: a node name, a cluster key, an address, the transport.
     #[error("{0}")]
     Config(String),
+}
+
+/// `3s ago`, `4m ago`, `2h ago`.
+fn ago(secs: u64) -> String {
+    match secs {
+        0..120 => format!("{secs}s ago"),
+        120..7200 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

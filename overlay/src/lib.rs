@@ -128,6 +128,10 @@ pub fn check_name(name: &str) -> Result<()> {
 pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>)> {
     let mut swarm = net::build_swarm(&cfg)?;
     let addr = net::listen_addr(cfg.listen_ip, cfg.port);
+    port_is_free(cfg.listen_ip, cfg.port).map_err(|reason| Error::Listen {
+        addr: addr.to_string(),
+        reason,
+    })?;
     swarm.listen_on(addr.clone()).map_err(|e| Error::Listen {
         addr: addr.to_string(),
         reason: with_causes(&e),
@@ -150,6 +154,24 @@ pub async fn start(cfg: Config) -> Result<(Overlay, mpsc::Receiver<Inbound>)> {
         addr: addr.to_string(),
         reason: "is the port in use?".into(),
     })
+}
+
+/// libp2p listens with `SO_REUSEPORT`, so a second node on the same port
+/// would bind next to the first, and the kernel would split the inbound
+/// connections between them. A plain bind first (without it) fails with
+/// `EADDRINUSE` while any socket listens on the port, `SO_REUSEPORT` or not.
+fn port_is_free(ip: std::net::IpAddr, port: u16) -> std::result::Result<(), String> {
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(format!(
+            "port {port} is in use (another mm node? each node on a host needs its own \
+             --port and --base)"
+        )),
+        Err(e) => Err(format!("port {port}: {e}")),
+    }
 }
 
 /// An error and its causes: libp2p's transport errors often say nothing

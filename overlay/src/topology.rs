@@ -31,14 +31,36 @@ pub(crate) enum Update {
 pub(crate) struct Topology {
     me: PeerId,
     nodes: HashMap<PeerId, Entry>,
+    /// Names of nodes that left (expired or were dropped), and when: a
+    /// `mesh send` to one says so, instead of `no such host` as for a typo.
+    left: HashMap<String, Instant>,
 }
+
+/// Departed names remembered at most (the oldest go first).
+const LEFT_MAX: usize = 4096;
 
 impl Topology {
     pub(crate) fn new(me: PeerId) -> Self {
         Self {
             me,
             nodes: HashMap::new(),
+            left: HashMap::new(),
         }
+    }
+
+    fn note_left(&mut self, name: String, now: Instant) {
+        if self.left.len() >= LEFT_MAX {
+            if let Some(oldest) = self.left.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone()) {
+                self.left.remove(&oldest);
+            }
+        }
+        self.left.insert(name, now);
+    }
+
+    /// When the node of this name left the mesh, if it was in it and is
+    /// not back.
+    pub(crate) fn left_at(&self, name: &str) -> Option<Instant> {
+        self.left.get(name).copied()
     }
 
     pub(crate) fn update(&mut self, from: PeerId, a: Announce, now: Instant) -> Update {
@@ -55,6 +77,7 @@ impl Topology {
                 Update::Refreshed
             }
             None => {
+                self.left.remove(&a.name);
                 self.nodes.insert(
                     from,
                     Entry {
@@ -77,15 +100,22 @@ impl Topology {
             .filter(|(p, e)| **p != me && now.duration_since(e.heard) > max_age)
             .map(|(p, _)| *p)
             .collect();
-        dead.iter()
+        let names: Vec<String> = dead
+            .iter()
             .filter_map(|p| self.nodes.remove(p))
             .map(|e| e.announce.name)
-            .collect()
+            .collect();
+        for n in &names {
+            self.note_left(n.clone(), now);
+        }
+        names
     }
 
     pub(crate) fn remove(&mut self, peer: &PeerId) {
         if *peer != self.me {
-            self.nodes.remove(peer);
+            if let Some(e) = self.nodes.remove(peer) {
+                self.note_left(e.announce.name, Instant::now());
+            }
         }
     }
 

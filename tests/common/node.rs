@@ -124,7 +124,7 @@ impl Node {
 
     /// Per source, the chunks it gave this node's last finished transfer
     /// of `name`, from `file status all` (whose `sources` cell reads
-    /// `h1:5 h2:3(bad 1)`). A node of an older build (`MM_SERVE_BIN`) has
+    /// `h1:5, h2:3 (bad 1)`; older builds: `h1:5 h2:3(bad 1)`). A node of an older build (`MM_SERVE_BIN`) has
     /// no `all`; its completion line in the log says the same.
     pub(crate) fn served_by(&self, name: &str) -> Vec<(String, u64)> {
         let out = self.try_mm(&["--json", "file", "status", "all"]);

@@ -124,6 +124,23 @@ async fn get(cx: &Ctx, c: &Call) -> Out {
         from: c.arg("host").map(str::to_owned),
         hash: c.arg("hash").map(str::to_owned),
     };
+    if let Some(h) = &sel.hash {
+        if h.is_empty() || !h.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::Usage(format!(
+                "hash {h:?}: a hash is hex digits (a prefix of one that `file list` or a \
+                 conflict shows)"
+            )));
+        }
+    }
+    if let Some(h) = &sel.from {
+        let s = cx.node.overlay.snapshot().await?;
+        if *h == s.name {
+            return Err(Error::Usage(format!("{h} is this node")));
+        }
+        if !s.nodes.contains_key(h) {
+            return Err(mm_overlay::Error::NoSuchHost(h.clone()).into());
+        }
+    }
     let pending = engine.get(name, &sel).await?;
     if pending.is_empty() {
         return cx.one(Response::text(cx.me(), format!("{name}: already here")));

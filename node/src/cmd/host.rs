@@ -21,7 +21,7 @@ pub(super) static SPECS: &[Spec] = &[
         patterns: &["host"],
         short: "show this host's load and VM commitments",
         long: "Columns: name, cpus, load (1 minute), memused and memtotal (MiB), rx and tx \
-               (MB/s over non-loopback interfaces), uptime (of the node), and the VM \
+               (MiB/s over non-loopback interfaces, as `file status` counts), uptime (of the node); `-` until the first sample, about a second after the node starts, and the VM \
                commitments the scheduler uses: vms, cpucommit (vCPUs), memcommit (MiB), \
                netcommit (NICs). `mesh send all host` shows every node.",
         run: |cx, _| host(cx).boxed(),
@@ -57,6 +57,10 @@ async fn host(cx: &Ctx) -> Out {
         .unwrap_or_default();
     // The sampled stats can be two seconds old; uptime need not be.
     st.uptime_secs = node.started.elapsed().as_secs();
+    // Until the first sample (about a second after start) there is nothing
+    // to show, and zeros would read as a host with no CPU.
+    let sampled = |v: String| if st.cpus == 0 { "-".to_string() } else { v };
+    let mib = |bps: u64| format!("{:.1}", bps as f64 / (1u64 << 20) as f64);
     cx.one(Response::table(
         cx.me(),
         &[
@@ -75,12 +79,12 @@ async fn host(cx: &Ctx) -> Out {
         ],
         vec![vec![
             node.name.clone(),
-            st.cpus.to_string(),
-            format!("{:.2}", st.load),
-            st.mem_used_mib.to_string(),
-            st.mem_total_mib.to_string(),
-            format!("{:.1}", st.rx_bps as f64 / 1e6),
-            format!("{:.1}", st.tx_bps as f64 / 1e6),
+            sampled(st.cpus.to_string()),
+            sampled(format!("{:.2}", st.load)),
+            sampled(st.mem_used_mib.to_string()),
+            sampled(st.mem_total_mib.to_string()),
+            sampled(mib(st.rx_bps)),
+            sampled(mib(st.tx_bps)),
             stats::duration(st.uptime_secs),
             st.vms.to_string(),
             st.cpu_commit.to_string(),

@@ -96,7 +96,13 @@ async fn status(cx: &Ctx) -> Out {
         vec![vec![
             s.nodes.len().to_string(),
             s.degree.to_string(),
-            s.direct.len().to_string(),
+            // Direct peers still in the mesh: a frozen peer's connection
+            // outlives its place in the mesh, and `size` no longer counts it.
+            s.direct
+                .iter()
+                .filter(|n| s.nodes.contains_key(*n))
+                .count()
+                .to_string(),
             s.context,
             s.port.to_string(),
             s.keyed.to_string(),

@@ -654,10 +654,7 @@ impl EventLoop {
                 ..
             }) => {
                 if let Some((agg, targets)) = self.routes.outbound.remove(&request_id) {
-                    let failed = Error::Relay {
-                        via: self.label(&peer),
-                        reason: error.to_string(),
-                    };
+                    let failed = hop_failure(&error, targets == [peer], || self.label(&peer));
                     // Only a request that provably never left may be sent
                     // again; otherwise a command could run twice.
                     let never_left = matches!(
@@ -721,5 +718,31 @@ impl EventLoop {
             .name_of(p)
             .map(str::to_owned)
             .unwrap_or_else(|| p.to_string())
+    }
+}
+
+/// A routed request's hop failed: a timeout is `timed out`, as for a host
+/// that does not answer; a failure of the target's own connection (it was
+/// a direct peer) is said in plain words; only a real relay is named.
+fn hop_failure(
+    error: &request_response::OutboundFailure,
+    to_target: bool,
+    via: impl FnOnce() -> String,
+) -> Error {
+    use request_response::OutboundFailure as F;
+    let words = match error {
+        F::Timeout => return Error::TimedOut,
+        F::ConnectionClosed => "the connection was lost".to_string(),
+        F::DialFailure => "cannot connect".to_string(),
+        F::UnsupportedProtocols => "not an mm node of this version".to_string(),
+        F::Io(e) => e.to_string(),
+    };
+    if to_target {
+        Error::Link(words)
+    } else {
+        Error::Relay {
+            via: via(),
+            reason: words,
+        }
     }
 }

@@ -228,10 +228,14 @@ impl EventLoop {
             for n in unknown {
                 // Unknown names have no peer id; label them with a random one.
                 let fake = PeerId::random();
+                let why = match self.topo.left_at(&n) {
+                    Some(t) => Error::LeftMesh(t.elapsed().as_secs()),
+                    None => Error::NotInMesh,
+                };
                 agg.names.insert(fake, n);
                 agg.results.push(Outcome {
                     peer: fake,
-                    result: Err(Error::NotInMesh),
+                    result: Err(why),
                 });
             }
         }

@@ -54,6 +54,20 @@ pub(super) fn versions(pattern: &str, answers: HolderAnswers) -> (Versions, Vec<
 
 /// Keeps only the versions the operator chose: those whose hash starts
 /// with `hash`, those that `from` holds whole.
+/// Every host that holds a whole copy of something in `found`, sorted.
+pub(super) fn whole_holders(found: &Versions) -> Vec<String> {
+    let mut hosts: Vec<String> = found
+        .values()
+        .flat_map(|v| v.values())
+        .flat_map(|(_, holders)| holders.iter())
+        .filter(|(_, held)| held.partial.is_none())
+        .map(|(h, _)| h.clone())
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
 pub(super) fn choose(found: &mut Versions, sel: &Select) {
     for versions in found.values_mut() {
         if let Some(h) = &sel.hash {
@@ -96,11 +110,27 @@ pub(super) fn conflicts(found: &Versions) -> Option<String> {
 }
 
 /// Why nothing can be fetched for `pattern`.
-pub(super) fn no_holder(pattern: &str, asked: usize, sel: &Select, silent: &[String]) -> Error {
-    let mut e = format!("{pattern}: no node holds it (asked {asked} other nodes)");
-    if sel.from.is_some() || sel.hash.is_some() {
-        e.push_str(" (in the version asked for)");
-    }
+/// Nothing to fetch: why, and where it is if the selection was the reason
+/// (`holders`: who holds a whole copy of any version).
+pub(super) fn no_holder(
+    pattern: &str,
+    asked: usize,
+    sel: &Select,
+    silent: &[String],
+    holders: &[String],
+) -> Error {
+    let mut e = match (&sel.from, &sel.hash) {
+        (Some(f), None) if !holders.is_empty() => {
+            format!("{pattern}: {f} does not hold it; held by {}", holders.join(", "))
+        }
+        (_, Some(h)) if !holders.is_empty() => format!(
+            "{pattern}: no version with hash {h}{}; other versions are held by {} (see \
+             `file list mesh {pattern}`)",
+            sel.from.as_ref().map(|f| format!(" on {f}")).unwrap_or_default(),
+            holders.join(", ")
+        ),
+        _ => format!("{pattern}: no node holds it (asked {asked} other nodes)"),
+    };
     if !silent.is_empty() {
         e.push_str(&format!("; no usable answer from {}", silent.join(", ")));
     }

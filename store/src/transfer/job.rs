@@ -63,12 +63,12 @@ impl SourceRow {
     pub fn label(&self) -> String {
         let mut t = format!("{}:{}", self.host, self.served);
         if self.bad > 0 {
-            t.push_str(&format!("(bad {})", self.bad));
+            t.push_str(&format!(" (bad {})", self.bad));
         }
         if self.dropped {
-            t.push_str("(dropped)");
+            t.push_str(" (dropped)");
         } else if self.failing > 0 {
-            t.push_str(&format!("(failing {})", self.failing));
+            t.push_str(&format!(" (failing {})", self.failing));
         }
         t
     }
@@ -122,7 +122,7 @@ impl Status {
     /// Every source, labelled as in the log.
     pub fn sources_label(&self) -> String {
         let v: Vec<String> = self.sources.iter().map(SourceRow::label).collect();
-        v.join(" ")
+        v.join(", ")
     }
 }
 
@@ -164,7 +164,7 @@ impl Job {
         if st.resumed > 0 {
             v.push(format!("(and {} here before a restart)", st.resumed));
         }
-        v.join(" ")
+        v.join(", ")
     }
 
     pub(super) fn is_cancelled(&self) -> bool {

@@ -289,6 +289,7 @@ impl Engine {
                 silent.join(", ")
             );
         }
+        let holders = find::whole_holders(&found);
         find::choose(&mut found, sel);
         if found.is_empty() && sel.from.is_none() && sel.hash.is_none() {
             let local = self.local.clone();
@@ -299,7 +300,7 @@ impl Engine {
             }
         }
         if found.is_empty() {
-            return Err(find::no_holder(&pattern, asked, sel, &silent));
+            return Err(find::no_holder(&pattern, asked, sel, &silent, &holders));
         }
         if let Some(c) = find::conflicts(&found) {
             return Err(Error::Conflict(c));

@@ -1,0 +1,136 @@
+//! What a new operator hits (issue 15): each mistake or mishap gets an
+//! answer that says what happened, on real nodes on loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{run_bounded, scratch_dir, Node, Stopped, MM};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// The error rows of a `mesh send`, by host.
+fn errors_of(answer: &[serde_json::Value]) -> Vec<(String, String)> {
+    answer
+        .iter()
+        .map(|r| {
+            (
+                r["host"].as_str().unwrap_or("").to_string(),
+                r["error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `mm serve` with these arguments, which must fail at start.
+fn serve_fails(args: &[&str]) -> String {
+    let base = scratch_dir("busy");
+    let key = common::cluster_key().display().to_string();
+    let out = run_bounded(
+        std::process::Command::new(MM)
+            .args(["serve", "--base", &base.path().display().to_string()])
+            .args(["--listen", "127.0.0.1", "--no-mdns", "--psk-file", &key])
+            .args(args),
+        Duration::from_secs(30),
+    );
+    let err = stderr_of(&out);
+    assert!(!out.status.success(), "mm serve {args:?} started: {err}");
+    err
+}
+
+/// A second node on a port in use does not start next to the first (the
+/// overlay listens with SO_REUSEPORT, which let it): the error names the
+/// port. The same for an explicit --data-port.
+#[test]
+fn a_port_in_use_is_an_error_that_names_it() {
+    let a = Node::local("a", &[]);
+    let port = a.port();
+    let err = serve_fails(&["--name", "b", "--port", &port]);
+    assert!(
+        err.contains(&format!("port {port} is in use")) && err.contains("--port"),
+        "{err}"
+    );
+    let data_port = {
+        let log = a.log();
+        let at = log.find("data channel on port ").expect("data port logged") + 21;
+        log[at..].split_whitespace().next().unwrap().to_string()
+    };
+    let err = serve_fails(&["--name", "c", "--port", "0", "--data-port", &data_port]);
+    assert!(
+        err.contains(&format!(":{data_port}")) && err.contains("--data-port"),
+        "{err}"
+    );
+    // The first node was not disturbed.
+    a.mm(&["mesh", "status"]);
+}
+
+/// A frozen direct peer's row says `timed out`, not the request-response
+/// internals; a node that left says so, and when; and `mesh status` does
+/// not count a frozen peer the mesh already dropped.
+#[test]
+fn mesh_send_rows_say_timed_out_and_left_the_mesh() {
+    let a = Node::local("a", &[]);
+    let mut b = Node::local("b", &["--peer", &a.addr()]);
+    a.wait_size(2, LONG);
+    a.mm(&["mesh", "timeout", "2"]);
+    {
+        let _frozen = Stopped::new(b.pid().unwrap() as i32);
+        let ans = a.json(&["mesh", "send", "b", "version"]);
+        assert_eq!(
+            errors_of(&ans),
+            vec![("b".to_string(), "timed out".to_string())],
+            "{ans:?}"
+        );
+        // Once the mesh drops it, it counts as a peer no longer.
+        a.wait_size(1, LONG);
+        assert_eq!(a.status("peers"), "0");
+    }
+    b.stop(true);
+    let ans = a.json(&["mesh", "send", "b", "version"]);
+    let errs = errors_of(&ans);
+    assert_eq!(errs.len(), 1, "{ans:?}");
+    assert!(
+        errs[0].0 == "b" && errs[0].1.starts_with("left the mesh ") && errs[0].1.ends_with(" ago"),
+        "{ans:?}"
+    );
+    // A name never seen is still what it was.
+    let ans = a.json(&["mesh", "send", "nobody", "version"]);
+    assert_eq!(errors_of(&ans)[0].1, "no such host", "{ans:?}");
+}
+
+/// `file get ... from HOST` names the real problem: a host that does not
+/// exist, or one without the file (and who has it); `hash` takes hex only.
+#[test]
+fn file_get_from_and_hash_say_what_is_wrong() {
+    let a = Node::local("a", &[]);
+    let b = Node::local("b", &["--peer", &a.addr()]);
+    let c = Node::local("c", &["--peer", &a.addr()]);
+    a.wait_size(3, LONG);
+    b.wait_size(3, LONG);
+    std::fs::write(b.base().join("files").join("x.bin"), b"some bytes").unwrap();
+    let fails = |args: &[&str]| {
+        let out = a.try_mm(args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr_of(&out));
+        stderr_of(&out)
+    };
+    let err = fails(&["file", "get", "x.bin", "from", "n9"]);
+    assert!(err.contains("no such host: n9"), "{err}");
+    let err = fails(&["file", "get", "x.bin", "from", "c"]);
+    assert!(
+        err.contains("x.bin: c does not hold it; held by b"),
+        "{err}"
+    );
+    let err = fails(&["file", "get", "x.bin", "hash", "zzzz"]);
+    assert!(err.contains("a hash is hex digits"), "{err}");
+    // And the right ones work.
+    a.mm(&["file", "get", "x.bin", "from", "b", "wait"]);
+    assert_eq!(
+        std::fs::read(a.base().join("files").join("x.bin")).unwrap(),
+        b"some bytes"
+    );
+    drop(c);
+}
