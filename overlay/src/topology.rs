@@ -48,7 +48,9 @@ impl Topology {
         }
     }
 
-    fn note_left(&mut self, name: String, now: Instant) {
+    /// Notes that `name` left (expired, dropped, or its last link went);
+    /// forgotten as soon as it is heard from again.
+    pub(crate) fn note_left(&mut self, name: String, now: Instant) {
         if self.left.len() >= LEFT_MAX {
             if let Some(oldest) = self.left.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone()) {
                 self.left.remove(&oldest);
@@ -72,6 +74,7 @@ impl Topology {
         match self.nodes.get_mut(&from) {
             Some(e) if e.announce.seq > a.seq && e.announce.name == a.name => Update::Stale,
             Some(e) => {
+                self.left.remove(&a.name);
                 e.announce = a;
                 e.heard = now;
                 Update::Refreshed

@@ -80,8 +80,8 @@ pub(super) static SPECS: &[Spec] = &[
         long: "HOSTS is a name, a comma list, a range such as node[1-8] or kn[01-05,20], or \
                `all` (every node but this one). Nodes that are not direct peers are reached \
                over several hops. The answers come back as one table with a host column; a \
-               host that does not answer in time gets a `timed out` error, an unknown one \
-               `no such host`. `mesh send` cannot itself be sent.",
+               host that does not answer in time gets a `timed out` error, one that left \
+               the mesh `left the mesh Ns ago`, a name never seen `no such host`. `mesh send` cannot itself be sent.",
         run: |cx, c| send(cx, c).boxed(),
     },
 ];

@@ -518,6 +518,12 @@ impl EventLoop {
                 }
                 if self.connected.remove(&peer_id) {
                     let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
+                    // Until it is heard from again (through another path,
+                    // say), a `mesh send` to it that finds no route says it
+                    // left, and when.
+                    if who != "?" {
+                        self.topo.note_left(who.clone(), Instant::now());
+                    }
                     info!(
                         "disconnected from {who} ({peer_id}){}",
                         cause.map(|c| format!(": {c}")).unwrap_or_default()

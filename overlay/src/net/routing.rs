@@ -230,6 +230,7 @@ impl EventLoop {
                 let fake = PeerId::random();
                 let why = match self.topo.left_at(&n) {
                     Some(t) => Error::LeftMesh(t.elapsed().as_secs()),
+                    None if self.topo.name_holder(&n).is_some() => Error::NoRoute,
                     None => Error::NotInMesh,
                 };
                 agg.names.insert(fake, n);
