@@ -351,6 +351,48 @@ fn a_stopped_holder_does_not_stall_the_transfer() {
     assert!(!source_label(&nodes[2], "s.bin", "h1").starts_with("h1:0"));
 }
 
+/// With every holder hung, the transfer shows it: no rate, no eta, the
+/// sources marked, and a state that says for how long. When they come back,
+/// so does the transfer.
+#[test]
+fn a_transfer_whose_holders_all_hang_says_so_and_resumes() {
+    let lab = Lab::up(3, Some("40mbit"));
+    let nodes = lab_nodes(&lab, 3);
+    let data = content(48 << 20, 18);
+    put(&nodes[0], "hung.bin", &data, 0o644);
+    put(&nodes[1], "hung.bin", &data, 0o644);
+    nodes[2].mm(&["file", "get", "hung.bin"]);
+    wait_served(&nodes[2], "h1");
+    {
+        let _a = common::Stopped::new(nodes[0].pid().unwrap() as i32);
+        let _b = common::Stopped::new(nodes[1].pid().unwrap() as i32);
+        let row = wait_for("the stall to show", LONG, || {
+            common::rows(&nodes[2].json(&["file", "status"]))
+                .into_iter()
+                .find(|r| r["filename"] == "hung.bin")
+                .filter(|r| r["state"].starts_with("stalled (no data for "))
+        });
+        assert_eq!(row["rate"], "0 B/s", "{row:?}");
+        assert_eq!(row["eta"], "-", "{row:?}");
+        for h in ["h1", "h2"] {
+            let label = row["sources"]
+                .split(", ")
+                .find(|s| s.starts_with(&format!("{h}:")))
+                .unwrap_or_else(|| panic!("{h} is no source: {row:?}"));
+            assert!(
+                ["(stalled)", "(failing", "(dropped)"]
+                    .iter()
+                    .any(|m| label.contains(m)),
+                "{h} looks healthy: {row:?}"
+            );
+        }
+    }
+    wait_for("hung.bin after the holders resume", LONG, || {
+        read(&nodes[2], "hung.bin").filter(|d| d.len() == data.len())
+    });
+    assert_eq!(read(&nodes[2], "hung.bin").unwrap(), data);
+}
+
 #[test]
 fn a_puller_killed_mid_transfer_resumes() {
     let lab = Lab::up(2, Some("40mbit"));

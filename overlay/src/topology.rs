@@ -52,7 +52,12 @@ impl Topology {
     /// forgotten as soon as it is heard from again.
     pub(crate) fn note_left(&mut self, name: String, now: Instant) {
         if self.left.len() >= LEFT_MAX {
-            if let Some(oldest) = self.left.iter().min_by_key(|(_, t)| **t).map(|(n, _)| n.clone()) {
+            if let Some(oldest) = self
+                .left
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(n, _)| n.clone())
+            {
                 self.left.remove(&oldest);
             }
         }

@@ -46,13 +46,14 @@ pub(super) static SPECS: &[Spec] = &[
     },
     Spec {
         id: "file status",
-        patterns: &["file status [all,]"],
+        patterns: &["file status [all,wide]", "file status <all,> <wide,>"],
         short: "show transfers in progress",
-        long: "Columns: filename, tempdir, completed (chunks), queued, bytes, rate, sources \
-               (host:chunks served, with bad chunks and dropped sources marked), eta, and \
-               state (pulling, queued, or waiting for holders with the next retry). `all` \
-               also shows the last transfers that ended, with state done, cancelled or \
-               failed: WHY.",
+        long: "Columns: filename, completed (chunks), queued, bytes, rate, sources \
+               (host:chunks served, with bad chunks, failing and dropped sources marked), \
+               eta, and state (pulling, queued, stalled, or waiting for holders with the \
+               next retry). `wide` adds minimega's tempdir column, the partial file's full \
+               path. `all` also shows the last transfers that ended, with state done, \
+               cancelled or failed: WHY.",
         run: |cx, c| status(cx, c).boxed(),
     },
     Spec {
@@ -173,6 +174,9 @@ async fn get(cx: &Ctx, c: &Call) -> Out {
 }
 
 async fn status(cx: &Ctx, c: &Call) -> Out {
+    // The partial file's path is half the width of a row, and rarely what
+    // an operator looks for: only `wide` shows it.
+    let wide = c.has("wide");
     let rows = cx
         .node
         .files
@@ -180,9 +184,11 @@ async fn status(cx: &Ctx, c: &Call) -> Out {
         .status(c.has("all"))
         .into_iter()
         .map(|s| {
-            vec![
-                s.name.clone(),
-                s.tempdir.clone(),
+            let mut row = vec![s.name.clone()];
+            if wide {
+                row.push(s.tempdir.clone());
+            }
+            row.extend([
                 s.completed(),
                 s.queued.to_string(),
                 s.bytes(),
@@ -190,24 +196,24 @@ async fn status(cx: &Ctx, c: &Call) -> Out {
                 s.sources_label(),
                 s.eta(),
                 s.phase.clone(),
-            ]
+            ]);
+            row
         })
         .collect();
-    cx.one(Response::table(
-        cx.me(),
-        &[
-            "filename",
-            "tempdir",
-            "completed",
-            "queued",
-            "bytes",
-            "rate",
-            "sources",
-            "eta",
-            "state",
-        ],
-        rows,
-    ))
+    let mut header = vec!["filename"];
+    if wide {
+        header.push("tempdir");
+    }
+    header.extend([
+        "completed",
+        "queued",
+        "bytes",
+        "rate",
+        "sources",
+        "eta",
+        "state",
+    ]);
+    cx.one(Response::table(cx.me(), &header, rows))
 }
 
 async fn served(cx: &Ctx) -> Out {

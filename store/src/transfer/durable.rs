@@ -214,6 +214,7 @@ impl Engine {
             );
         }
         st.phase = "pulling".into();
+        st.last_data = std::time::Instant::now();
         Ok(())
     }
 

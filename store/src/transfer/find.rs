@@ -121,12 +121,18 @@ pub(super) fn no_holder(
 ) -> Error {
     let mut e = match (&sel.from, &sel.hash) {
         (Some(f), None) if !holders.is_empty() => {
-            format!("{pattern}: {f} does not hold it; held by {}", holders.join(", "))
+            format!(
+                "{pattern}: {f} does not hold it; held by {}",
+                holders.join(", ")
+            )
         }
         (_, Some(h)) if !holders.is_empty() => format!(
             "{pattern}: no version with hash {h}{}; other versions are held by {} (see \
              `file list mesh {pattern}`)",
-            sel.from.as_ref().map(|f| format!(" on {f}")).unwrap_or_default(),
+            sel.from
+                .as_ref()
+                .map(|f| format!(" on {f}"))
+                .unwrap_or_default(),
             holders.join(", ")
         ),
         _ => format!("{pattern}: no node holds it (asked {asked} other nodes)"),

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -26,7 +27,16 @@ pub(super) struct JobState {
     pub(super) resumed: usize,
     /// Once done: how long pulling and finishing took, for the log.
     pub(super) took: String,
+    /// When a chunk was last written (or the transfer started): the rate
+    /// is measured per chunk, so without this a transfer whose sources all
+    /// hung would go on showing its last rate and a short eta.
+    pub(super) last_data: Instant,
 }
+
+/// No chunk for this long, and a pulling transfer shows as stalled, with no
+/// rate and no eta; a source that has had requests unanswered this long is
+/// marked `(stalled)`.
+pub(super) const STALLED: Duration = Duration::from_secs(5);
 
 pub(super) struct Job {
     pub(super) name: String,
@@ -56,10 +66,13 @@ pub struct SourceRow {
     /// Requests that failed in a row.
     pub failing: u32,
     pub dropped: bool,
+    /// It has had requests unanswered for [`STALLED`] or more.
+    pub stalled: bool,
 }
 
 impl SourceRow {
-    /// `host:chunks`, then `(bad N)`, and `(dropped)` or `(failing N)`.
+    /// `host:chunks`, then ` (bad N)`, and ` (dropped)`, ` (failing N)` or
+    /// ` (stalled)`.
     pub fn label(&self) -> String {
         let mut t = format!("{}:{}", self.host, self.served);
         if self.bad > 0 {
@@ -69,6 +82,8 @@ impl SourceRow {
             t.push_str(" (dropped)");
         } else if self.failing > 0 {
             t.push_str(&format!(" (failing {})", self.failing));
+        } else if self.stalled {
+            t.push_str(" (stalled)");
         }
         t
     }
@@ -180,7 +195,15 @@ impl Job {
         let st = self.state();
         let n = self.manifest.chunk_count();
         let left = self.manifest.size.saturating_sub(st.bytes);
-        let eta_secs = (st.rate > 1.0 && !st.queued).then(|| (left as f64 / st.rate).ceil() as u64);
+        let quiet = st.last_data.elapsed();
+        let stalled = st.phase == "pulling" && quiet >= STALLED;
+        let rate = if stalled { 0.0 } else { st.rate };
+        let eta_secs = (rate > 1.0 && !st.queued).then(|| (left as f64 / rate).ceil() as u64);
+        let phase = if stalled {
+            format!("stalled (no data for {}s)", quiet.as_secs())
+        } else {
+            st.phase.clone()
+        };
         Status {
             name: self.name.clone(),
             tempdir: self.tmp.to_string_lossy().into_owned(),
@@ -189,11 +212,11 @@ impl Job {
             queued: st.queued,
             bytes_done: st.bytes,
             size: self.manifest.size,
-            rate: st.rate,
+            rate,
             sources: st.sources.iter().map(|(h, s)| s.row(h)).collect(),
             resumed: st.resumed,
             eta_secs,
-            phase: st.phase.clone(),
+            phase,
         }
     }
 }

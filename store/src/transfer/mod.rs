@@ -421,6 +421,7 @@ impl Engine {
             sources,
             resumed: 0,
             took: String::new(),
+            last_data: std::time::Instant::now(),
         };
         let (job, rx) = Job::new(name.clone(), manifest, tmp, state);
         let job = Arc::new(job);

@@ -309,6 +309,7 @@ impl Pull {
                 .expect("a source the picker chose");
             if s.inflight == 0 {
                 s.busy_since = Some(Instant::now());
+                s.waiting_since = Some(Instant::now());
             }
             s.inflight += count;
             let fut = self.engine.net.chunk(
@@ -341,6 +342,7 @@ impl Pull {
             let mut st = self.job.state();
             if let Some(s) = st.sources.get_mut(&host) {
                 s.inflight = s.inflight.saturating_sub(count);
+                s.waiting_since = (s.inflight > 0).then(Instant::now);
                 s.measure(res.as_ref().map_or(0, |d| d.len() as u64));
             }
             match res {
@@ -537,6 +539,7 @@ impl Pull {
         tracing::trace!("{}: chunk {idx} from {host} written", job.name);
         set_bit(&mut st.have, idx);
         st.bytes += len;
+        st.last_data = Instant::now();
         let s = st.sources.entry(host).or_default();
         s.served += 1;
         s.fails = 0;
@@ -577,7 +580,11 @@ impl Pull {
                 self.job.state().queued = false;
             }
             self.retry_wait = t.retry_first;
-            self.job.state().phase = "pulling".into();
+            {
+                let mut st = self.job.state();
+                st.phase = "pulling".into();
+                st.last_data = Instant::now();
+            }
         } else {
             self.slot = None;
             self.retry_wait = (self.retry_wait * 2).min(t.retry_max);
@@ -634,6 +641,7 @@ impl Engine {
             let mut st = job.state();
             st.queued = false;
             st.phase = "pulling".into();
+            st.last_data = Instant::now();
         }
         let started = Instant::now();
         let partial = self.open_partial(job).await?;

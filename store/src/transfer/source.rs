@@ -24,6 +24,8 @@ pub(super) struct SourceStat {
     pub(super) busy_since: Option<Instant>,
     pub(super) busy_bytes: u64,
     pub(super) dropped: bool,
+    /// Since when it has had requests in hand and not answered one.
+    pub(super) waiting_since: Option<Instant>,
 }
 
 impl SourceStat {
@@ -35,6 +37,9 @@ impl SourceStat {
             bad: self.bad,
             failing: self.fails,
             dropped: self.dropped,
+            stalled: self
+                .waiting_since
+                .is_some_and(|t| t.elapsed() >= super::job::STALLED),
         }
     }
 

@@ -121,7 +121,11 @@ impl TestNode {
         self.engine
             .status(true)
             .into_iter()
-            .rfind(|s| s.name == name && !s.phase.starts_with("pulling"))
+            .rfind(|s| {
+                s.name == name
+                    && (matches!(s.phase.as_str(), "done" | "cancelled")
+                        || s.phase.starts_with("failed"))
+            })
             .unwrap_or_else(|| panic!("{}: no ended transfer of {name}", self.name))
     }
 
