@@ -134,3 +134,37 @@ fn file_get_from_and_hash_say_what_is_wrong() {
     );
     drop(c);
 }
+
+/// `mesh wait` holds a script until the mesh has formed, and says what is
+/// missing when it gives up; `file get` and `mesh send all` right after a
+/// start wait for the first peer instead of finding nobody.
+#[test]
+fn scripts_can_wait_for_the_mesh_and_a_fresh_node_finds_its_peers() {
+    let a = Node::local("a", &[]);
+    let out = a.try_mm(&["mesh", "wait", "2", "1"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no 2 nodes after 1s; the mesh has 1 (a)"),
+        "{err}"
+    );
+    std::fs::write(a.base().join("files").join("early.bin"), b"early").unwrap();
+    // Asked the moment its control socket answers, before its first peer.
+    let b = Node::local("b", &["--peer", &a.addr()]);
+    b.mm(&["file", "get", "early.bin", "wait"]);
+    assert_eq!(
+        std::fs::read(b.base().join("files").join("early.bin")).unwrap(),
+        b"early"
+    );
+    let c = Node::local("c", &["--peer", &a.addr()]);
+    let ans = c.json(&["mesh", "send", "all", "version"]);
+    assert!(
+        !ans.is_empty() && errors_of(&ans).iter().all(|(_, e)| e.is_empty()),
+        "{ans:?}"
+    );
+    a.mm(&["mesh", "wait", "3"]);
+    a.mm(&["mesh", "wait", "a,b,c", "30"]);
+    let out = a.try_mm(&["mesh", "wait", "b,zed[1-2]", "0.5"]);
+    let err = stderr_of(&out);
+    assert!(err.contains("no zed[1-2] after 0.5s"), "{err}");
+}

@@ -22,6 +22,9 @@ pub enum Error {
     /// Starting the node: the base, the key, the ports.
     #[error("{0}")]
     Startup(String),
+    /// A wait that ran out; the text says what did not happen.
+    #[error("{0}")]
+    TimedOut(String),
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -133,8 +133,10 @@ async fn get(cx: &Ctx, c: &Call) -> Out {
             )));
         }
     }
+    // Right after start the node may know nobody yet: asking then would
+    // say nobody holds the file.
+    let s = super::mesh::settle(&cx.node).await?;
     if let Some(h) = &sel.from {
-        let s = cx.node.overlay.snapshot().await?;
         if *h == s.name {
             return Err(Error::Usage(format!("{h} is this node")));
         }

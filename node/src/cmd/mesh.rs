@@ -74,6 +74,17 @@ pub(super) static SPECS: &[Spec] = &[
         run: |cx, c| timeout(cx, c).boxed(),
     },
     Spec {
+        id: "mesh wait",
+        patterns: &["mesh wait [hosts] [timeout]"],
+        short: "wait until the mesh has N nodes, or the hosts named",
+        long: "For scripts, right after `mm serve`: a new node is alone for about a second. \
+               HOSTS is a number N (wait until the mesh holds at least N nodes, this one \
+               included), or a name, list or range (wait until every one of them is in the \
+               mesh); without it, until one other node is. Gives up after TIMEOUT seconds \
+               (default 60) with an error that says what is missing.",
+        run: |cx, c| wait(cx, c).boxed(),
+    },
+    Spec {
         id: "mesh send",
         patterns: &["mesh send <hosts> (command)"],
         short: "run a command on other nodes",
@@ -181,6 +192,82 @@ async fn timeout(cx: &Ctx, c: &Call) -> Out {
     cx.ok()
 }
 
+async fn wait(cx: &Ctx, c: &Call) -> Out {
+    let limit = match c.arg("timeout") {
+        None => Duration::from_secs(60),
+        Some(t) => t
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .filter(|d| d.as_secs() <= 7 * 24 * 3600)
+            .ok_or_else(|| {
+                Error::Usage(format!("timeout must be a number of seconds, not '{t}'"))
+            })?,
+    };
+    enum Want {
+        Size(usize),
+        Hosts(Vec<String>),
+    }
+    let want = match c.arg("hosts") {
+        None => Want::Size(2),
+        Some(h) => match h.parse::<usize>() {
+            Ok(n) => Want::Size(n),
+            Err(_) => Want::Hosts(hosts::expand(h)?),
+        },
+    };
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        let s = cx.node.overlay.snapshot().await?;
+        let missing: Vec<String> = match &want {
+            Want::Size(_) => Vec::new(),
+            Want::Hosts(h) => h
+                .iter()
+                .filter(|n| !s.nodes.contains_key(*n))
+                .cloned()
+                .collect(),
+        };
+        let done = match &want {
+            Want::Size(n) => s.nodes.len() >= *n,
+            Want::Hosts(_) => missing.is_empty(),
+        };
+        if done {
+            return cx.one(Response::text(
+                cx.me(),
+                format!("{} nodes in the mesh", s.nodes.len()),
+            ));
+        }
+        if tokio::time::Instant::now() >= end {
+            let what = match &want {
+                Want::Size(n) => format!("{n} nodes"),
+                Want::Hosts(_) => hosts::compress(&missing),
+            };
+            return Err(Error::TimedOut(format!(
+                "mesh wait: no {what} after {}s; the mesh has {} ({})",
+                limit.as_secs_f64(),
+                s.nodes.len(),
+                hosts::compress(&s.nodes.keys().cloned().collect::<Vec<_>>())
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A node that has just started is alone for about a second, until its
+/// first peer connects: a command for "every node" waits that long, at most
+/// [`STARTUP_GRACE`] after the start, rather than find nobody.
+pub(super) async fn settle(node: &Node) -> Result<mm_overlay::Snapshot> {
+    loop {
+        let s = node.overlay.snapshot().await?;
+        if !s.others().is_empty() || node.started.elapsed() >= STARTUP_GRACE {
+            return Ok(s);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// See [`settle`].
+const STARTUP_GRACE: Duration = Duration::from_secs(5);
+
 async fn dial(cx: &Ctx, c: &Call) -> Out {
     let target = c.arg("hostname").unwrap_or_default();
     let s = cx.node.overlay.snapshot().await?;
@@ -237,7 +324,7 @@ async fn send(cx: &Ctx, c: &Call) -> Out {
     }
     let spec = c.arg("hosts").unwrap_or_default();
     let targets: Vec<String> = if spec == "all" {
-        cx.node.overlay.snapshot().await?.others()
+        settle(&cx.node).await?.others()
     } else {
         hosts::expand(spec)?
     };
