@@ -30,13 +30,13 @@ fn stderr_of(out: &std::process::Output) -> String {
 fn serve_fails(args: &[&str]) -> String {
     let base = scratch_dir("busy");
     let key = common::cluster_key().display().to_string();
-    let out = run_bounded(
-        std::process::Command::new(MM)
-            .args(["serve", "--base", &base.path().display().to_string()])
-            .args(["--listen", "127.0.0.1", "--no-mdns", "--psk-file", &key])
-            .args(args),
-        Duration::from_secs(30),
-    );
+    let mut cmd = std::process::Command::new(MM);
+    cmd.args(["serve", "--base", &base.path().display().to_string()])
+        .args(["--listen", "127.0.0.1", "--no-mdns"]);
+    if !args.contains(&"--psk-file") {
+        cmd.args(["--psk-file", &key]);
+    }
+    let out = run_bounded(cmd.args(args), Duration::from_secs(30));
     let err = stderr_of(&out);
     assert!(!out.status.success(), "mm serve {args:?} started: {err}");
     err
@@ -167,4 +167,30 @@ fn scripts_can_wait_for_the_mesh_and_a_fresh_node_finds_its_peers() {
     let out = a.try_mm(&["mesh", "wait", "b,zed[1-2]", "0.5"]);
     let err = stderr_of(&out);
     assert!(err.contains("no zed[1-2] after 0.5s"), "{err}");
+}
+
+/// A key file that others can read is taken, with a warning that says why
+/// it matters; one that is not a key says what is wrong in words.
+#[test]
+fn key_files_that_are_readable_or_wrong_are_explained() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = scratch_dir("keys");
+    let open_key = dir.path().join("open.key");
+    std::fs::copy(common::cluster_key(), &open_key).unwrap();
+    std::fs::set_permissions(&open_key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let a = Node::local("a", &["--psk-file", &open_key.display().to_string()]);
+    assert!(
+        a.log().contains("can be read by other users (mode 644)"),
+        "{}",
+        a.log()
+    );
+    let quiet = Node::local("q", &[]);
+    assert!(!quiet.log().contains("can be read by other users"));
+    let bad_key = dir.path().join("bad.key");
+    std::fs::write(&bad_key, "/key/swarm/psk/1.0.0/\n/base16/\nxyz\n").unwrap();
+    let err = serve_fails(&["--psk-file", &bad_key.display().to_string(), "--port", "0"]);
+    assert!(
+        err.contains("not a cluster key: its key is not 64 hex digits long") && !err.contains("Invalid"),
+        "{err}"
+    );
 }

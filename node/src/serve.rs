@@ -49,6 +49,17 @@ pub async fn serve(opts: Options) -> Result<()> {
         Some(f) => {
             let text = std::fs::read_to_string(f)
                 .map_err(|e| Error::io(format!("cannot read cluster key {}", f.display()), e))?;
+            // Whoever reads the key can join the mesh and run every command.
+            if let Ok(m) = std::fs::metadata(f) {
+                if m.permissions().mode() & 0o044 != 0 {
+                    warn!(
+                        "cluster key {} can be read by other users (mode {:o}): anyone who \
+                         reads it can join the mesh and run every command; chmod 600 it",
+                        f.display(),
+                        m.permissions().mode() & 0o777
+                    );
+                }
+            }
             Some(
                 mm_overlay::parse_psk(&text)
                     .map_err(|e| Error::Startup(format!("{}: {e}", f.display())))?,

@@ -38,9 +38,17 @@ pub(crate) fn build(key: &Keypair, psk: Option<PreSharedKey>) -> Boxed<(PeerId, 
 
 /// Parses a cluster key in the IPFS `swarm.key` format.
 pub fn parse_psk(text: &str) -> crate::Result<PreSharedKey> {
+    use libp2p::pnet::KeyParseError as K;
     text.trim_start().parse::<PreSharedKey>().map_err(|e| {
+        let why = match e {
+            K::InvalidKeyFile => "it does not have the three lines of one".to_string(),
+            K::InvalidKeyType => "its first line is not /key/swarm/psk/1.0.0/".to_string(),
+            K::InvalidKeyEncoding => "its second line is not /base16/".to_string(),
+            K::InvalidKeyLength => "its key is not 64 hex digits long".to_string(),
+            K::InvalidKeyChar(_) => "its key has a character that is not a hex digit".to_string(),
+        };
         crate::Error::Config(format!(
-            "not a cluster key ({e:?}); expected three lines: /key/swarm/psk/1.0.0/, /base16/, \
+            "not a cluster key: {why}; expected three lines: /key/swarm/psk/1.0.0/, /base16/, \
              and 64 hex digits (`mm keygen` makes one)"
         ))
     })
@@ -67,7 +75,11 @@ mod tests {
         let err = parse_psk("/key/swarm/psk/1.0.0/\n/base16/\nabc\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("64 hex digits"), "{err}");
-        assert!(parse_psk("").is_err());
+        assert!(err.contains("its key is not 64 hex digits long"), "{err}");
+        let err = parse_psk("").unwrap_err().to_string();
+        assert!(err.contains("does not have the three lines"), "{err}");
+        let bad = format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "g".repeat(64));
+        let err = parse_psk(&bad).unwrap_err().to_string();
+        assert!(err.contains("not a hex digit") && !err.contains("Invalid"), "{err}");
     }
 }

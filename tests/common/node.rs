@@ -49,6 +49,10 @@ pub(crate) fn cluster_key() -> PathBuf {
         assert!(out.status.success(), "mm keygen failed");
         let path = dir.path().join("cluster.key");
         std::fs::write(&path, &out.stdout).expect("write the key");
+        // As an operator should keep it: a node warns about a key that
+        // others can read.
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod the key");
         (dir, path)
     })
     .1
