@@ -194,3 +194,25 @@ fn key_files_that_are_readable_or_wrong_are_explained() {
         "{err}"
     );
 }
+
+/// A node without a key that a keyed node keeps dialling says that a key
+/// may be the reason; `mesh dial HOST` without a port says which port it
+/// tried.
+#[test]
+fn key_mismatches_and_portless_dials_say_what_to_do() {
+    let open = Node::local("open", &["--insecure"]);
+    let key = common::cluster_key().display().to_string();
+    let keyed = Node::local("keyed", &["--psk-file", &key, "--peer", &open.addr()]);
+    common::wait_for("the unkeyed side to explain", LONG, || {
+        open.log()
+            .contains("this node has none: give it the same key (--psk-file)")
+            .then_some(())
+    });
+    let port = keyed.port();
+    let out = keyed.try_mm(&["mesh", "dial", "127.0.0.2"]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("no port given, so this node's port {port} was tried: use 127.0.0.2:PORT")),
+        "{err}"
+    );
+}

@@ -170,14 +170,17 @@ fn secure_default(opts: &Options, keyed: bool) -> Result<(Mode, IpAddr, bool)> {
         return Ok((Mode::Keyed, opts.listen.unwrap_or(all), opts.mdns));
     }
     if opts.insecure {
+        let ports = match opts.port {
+            0 => "its ports".to_string(),
+            p => format!("port {p}"),
+        };
         warn!(
-            "no cluster key (--insecure): anyone who can reach port {} can join this mesh \
-             and run every command",
-            opts.port
+            "no cluster key (--insecure): anyone who can reach {ports} can join this mesh \
+             and run every command"
         );
         return Ok((Mode::Insecure, opts.listen.unwrap_or(all), opts.mdns));
     }
-    const HOW: &str = "give every node the same cluster key (`mm keygen > /etc/mm.key`, \
+    const HOW: &str = "give every node the same cluster key (`(umask 077; mm keygen > /etc/mm.key)`, \
                        then `mm serve --psk-file /etc/mm.key`), or run an open mesh on a \
                        trusted network with --insecure";
     let loopback = IpAddr::from([127, 0, 0, 1]);

@@ -240,7 +240,16 @@ impl Overlay {
             other => return other,
         }
         let a = resolve(target, default_port).await?;
-        self.ask(|r| net::Cmd::DialAddr(a, r)).await?
+        let no_port = target.parse::<IpAddr>().is_ok() || !target.contains(':');
+        match self.ask(|r| net::Cmd::DialAddr(a, r)).await? {
+            // The port was this node's own guess: say so, since the other
+            // node may listen elsewhere.
+            Err(Error::Dial(why)) if no_port => Err(Error::Dial(format!(
+                "{why} (no port given, so this node's port {default_port} was tried: \
+                 use {target}:PORT)"
+            ))),
+            other => other,
+        }
     }
 
     pub async fn hangup(&self, name: &str) -> Result<()> {

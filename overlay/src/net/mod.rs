@@ -63,13 +63,15 @@ pub(crate) enum Cmd {
     },
 }
 
-/// Rate-limits warnings about failed inbound connections: one a minute per
-/// remote IP, with a count of the ones held back.
+/// Rate-limits warnings about failed inbound connections: the first from a
+/// remote IP, then one every ten minutes, with a count of the ones held back
+/// (a node with another key retries every few seconds for as long as both
+/// run).
 #[derive(Default)]
 struct Quiet(HashMap<std::net::IpAddr, (Instant, u32)>);
 
 impl Quiet {
-    const EVERY: Duration = Duration::from_secs(60);
+    const EVERY: Duration = Duration::from_secs(600);
 
     /// `Some(held back since the last one)` if this one may be logged.
     fn allow(&mut self, addr: &Multiaddr, now: Instant) -> Option<u32> {
@@ -578,16 +580,22 @@ impl EventLoop {
                     return;
                 };
                 let more = if more > 0 {
-                    format!(" ({more} more like it in the last minute)")
+                    format!(" ({more} more like it since the last such line)")
                 } else {
                     String::new()
                 };
                 if self.cfg.psk.is_some() {
                     warn!(
-                        "peer at {send_back_addr} rejected: cluster key mismatch? ({text}){more}"
+                        "peer at {send_back_addr} rejected: cluster key mismatch? ({text}){more}; \
+                         next such line for this address in 10 minutes at the earliest"
                     );
                 } else {
-                    warn!("inbound connection from {send_back_addr} failed: {text}{more}");
+                    warn!(
+                        "inbound connection from {send_back_addr} failed: {text}{more}; if it is \
+                         an mm node with a cluster key, this node has none: give it the same \
+                         key (--psk-file); next such line for this address in 10 minutes at the \
+                         earliest"
+                    );
                 }
             }
             SwarmEvent::Behaviour(ev) => self.on_behaviour(ev),
@@ -750,5 +758,27 @@ fn hop_failure(
             via: via(),
             reason: words,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_inbound_connections_are_logged_once_then_every_ten_minutes() {
+        let mut q = Quiet::default();
+        let a: Multiaddr = "/ip4/10.0.0.1/tcp/5000".parse().unwrap();
+        let other_port: Multiaddr = "/ip4/10.0.0.1/tcp/5001".parse().unwrap();
+        let b: Multiaddr = "/ip4/10.0.0.2/tcp/5000".parse().unwrap();
+        let t = Instant::now();
+        assert_eq!(q.allow(&a, t), Some(0));
+        assert_eq!(q.allow(&b, t), Some(0), "another address is its own");
+        // A node retrying every few seconds, from new ports, for 9 minutes.
+        for i in 1..=180 {
+            let at = t + Duration::from_secs(3 * i);
+            assert_eq!(q.allow(&other_port, at), None, "logged again after {}s", 3 * i);
+        }
+        assert_eq!(q.allow(&a, t + Duration::from_secs(601)), Some(180));
     }
 }
