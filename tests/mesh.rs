@@ -316,6 +316,11 @@ fn duplicate_names_are_refused_on_both_sides() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(a.status("peers"), "0");
     assert_eq!(b.status("peers"), "0");
+    // Neither can tell which came first, so both stay, and both show it.
+    for n in [&a, &b] {
+        assert_eq!(n.status("clashes"), "twin");
+        assert!(n.mm(&["mesh", "list"]).contains("! name clash: two nodes claim 'twin'"));
+    }
 }
 
 #[test]

@@ -190,7 +190,8 @@ fn key_files_that_are_readable_or_wrong_are_explained() {
     std::fs::write(&bad_key, "/key/swarm/psk/1.0.0/\n/base16/\nxyz\n").unwrap();
     let err = serve_fails(&["--psk-file", &bad_key.display().to_string(), "--port", "0"]);
     assert!(
-        err.contains("not a cluster key: its key is not 64 hex digits long") && !err.contains("Invalid"),
+        err.contains("not a cluster key: its key is not 64 hex digits long")
+            && !err.contains("Invalid"),
         "{err}"
     );
 }
@@ -212,7 +213,40 @@ fn key_mismatches_and_portless_dials_say_what_to_do() {
     let out = keyed.try_mm(&["mesh", "dial", "127.0.0.2"]);
     let err = stderr_of(&out);
     assert!(
-        err.contains(&format!("no port given, so this node's port {port} was tried: use 127.0.0.2:PORT")),
+        err.contains(&format!(
+            "no port given, so this node's port {port} was tried: use 127.0.0.2:PORT"
+        )),
         "{err}"
     );
+}
+
+/// A node started with a name the mesh already has (a cloned VM image
+/// keeps the hostname) stops with an error that says so; the mesh shows the
+/// clash on every node, and the first holder of the name stays.
+#[test]
+fn a_newcomer_with_a_name_in_use_stops_and_the_mesh_shows_the_clash() {
+    let first = Node::local("n1", &[]);
+    let other = Node::local("n2", &["--peer", &first.addr()]);
+    first.wait_size(2, LONG);
+    // Up long enough to be the older of the two by any count.
+    std::thread::sleep(Duration::from_secs(4));
+    let mut clone = Node::local("n1", &["--peer", &other.addr()]);
+    let status = common::wait_for("the clone to stop", LONG, || clone.exit_status());
+    assert_eq!(status.code(), Some(1), "{}", clone.log());
+    assert!(
+        clone
+            .log()
+            .contains("the name 'n1' is already taken in this mesh"),
+        "{}",
+        clone.log()
+    );
+    for n in [&first, &other] {
+        common::wait_for("the clash to show", LONG, || {
+            (n.status("clashes") == "n1").then_some(())
+        });
+        let list = n.mm(&["mesh", "list"]);
+        assert!(list.contains("! name clash: two nodes claim 'n1'; n2 refused"), "{list}");
+    }
+    assert_eq!(first.size(), 2);
+    first.mm(&["mesh", "send", "n2", "version"]);
 }

@@ -145,7 +145,10 @@ pub async fn serve(opts: Options) -> Result<()> {
     let answering = tokio::spawn(inbound::answer_all(node.clone(), inbound));
     let control = tokio::spawn(control::serve(listener, node.clone()));
 
-    wait_for_signal().await;
+    let outcome = tokio::select! {
+        _ = wait_for_signal() => Ok(()),
+        e = newcomer_with_a_taken_name(&overlay) => Err(e),
+    };
     info!("shutting down");
     // In reverse: no new commands, no new requests, then the subsystems.
     control.abort();
@@ -158,7 +161,47 @@ pub async fn serve(opts: Options) -> Result<()> {
     }
     // Give aborted tasks a moment to drop what they hold.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    Ok(())
+    outcome
+}
+
+/// How long after its start a node leaves when it finds its name taken: a
+/// newcomer learns it within a second or two; later, it is the node that
+/// was there first, which stays and shows the clash.
+const NAME_CHECK: Duration = Duration::from_secs(15);
+
+/// Returns (with the error to stop with) only if, within [`NAME_CHECK`] of
+/// its start, this node turns out to be a newcomer whose name another node
+/// already has (cloned VM images share a hostname, the default name).
+async fn newcomer_with_a_taken_name(overlay: &mm_overlay::Overlay) -> Error {
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < NAME_CHECK {
+        if let Ok(s) = overlay.snapshot().await {
+            if let Some(c) = s.name_taken() {
+                let other = if c.seen_by == s.name {
+                    format!(
+                        "{}{}",
+                        c.peer_id,
+                        if c.addr.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" at {}", c.addr)
+                        }
+                    )
+                } else {
+                    format!("another node (so {} says)", c.seen_by)
+                };
+                let e = Error::Startup(format!(
+                    "the name '{}' is already taken in this mesh, by {other}: start this node \
+                     with another --name",
+                    s.name
+                ));
+                tracing::error!("{e}");
+                return e;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    std::future::pending().await
 }
 
 /// Without a cluster key, anyone who can reach a node's port could run any
@@ -180,7 +223,8 @@ fn secure_default(opts: &Options, keyed: bool) -> Result<(Mode, IpAddr, bool)> {
         );
         return Ok((Mode::Insecure, opts.listen.unwrap_or(all), opts.mdns));
     }
-    const HOW: &str = "give every node the same cluster key (`(umask 077; mm keygen > /etc/mm.key)`, \
+    const HOW: &str =
+        "give every node the same cluster key (`(umask 077; mm keygen > /etc/mm.key)`, \
                        then `mm serve --psk-file /etc/mm.key`), or run an open mesh on a \
                        trusted network with --insecure";
     let loopback = IpAddr::from([127, 0, 0, 1]);

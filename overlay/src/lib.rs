@@ -82,6 +82,36 @@ pub struct Snapshot {
     pub direct: Vec<String>,
     /// Every reachable node, this one included, by name.
     pub nodes: BTreeMap<String, NodeView>,
+    /// Names claimed by two nodes, as this node or others saw them.
+    pub clashes: Vec<ClashView>,
+}
+
+/// A name that two nodes claim, as one node saw it.
+#[derive(Debug, Clone)]
+pub struct ClashView {
+    pub name: String,
+    /// The node that saw it (this one, or one whose announcement says so).
+    pub seen_by: String,
+    /// The claimant it refused; where, when this node saw it (else empty).
+    pub peer_id: String,
+    pub addr: String,
+    pub secs_ago: u64,
+    /// The name is this node's own.
+    pub ours: bool,
+    /// This node saw the other claimant of its own name, up longer than it.
+    pub other_is_older: bool,
+}
+
+impl Snapshot {
+    /// Whether this node is the newcomer to a mesh that has its name
+    /// already: another node refused it over the name, or it met the other
+    /// claimant, which has been up longer. (Two nodes that meet as peers
+    /// refuse each other; neither is told to go, and both show the clash.)
+    pub fn name_taken(&self) -> Option<&ClashView> {
+        self.clashes.iter().find(|c| {
+            c.ours && (c.other_is_older || (c.seen_by != self.name && c.peer_id == self.peer_id))
+        })
+    }
 }
 
 /// One outcome per target of [`Overlay::send`], labelled by host name.

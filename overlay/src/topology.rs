@@ -258,6 +258,7 @@ mod tests {
             addrs: vec![],
             peers: peers.to_vec(),
             stats: HostStats::default(),
+            clashes: vec![],
         }
     }
 

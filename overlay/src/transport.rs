@@ -80,6 +80,9 @@ mod tests {
         assert!(err.contains("does not have the three lines"), "{err}");
         let bad = format!("/key/swarm/psk/1.0.0/\n/base16/\n{}\n", "g".repeat(64));
         let err = parse_psk(&bad).unwrap_err().to_string();
-        assert!(err.contains("not a hex digit") && !err.contains("Invalid"), "{err}");
+        assert!(
+            err.contains("not a hex digit") && !err.contains("Invalid"),
+            "{err}"
+        );
     }
 }

@@ -40,6 +40,11 @@ pub struct Announce {
     #[serde(with = "peer_list")]
     pub peers: Vec<libp2p::PeerId>,
     pub stats: HostStats,
+    /// Names this node saw claimed by two nodes lately, each with the peer
+    /// id of the claimant it refused (absent from older builds'
+    /// announcements).
+    #[serde(default)]
+    pub clashes: Vec<(String, String)>,
 }
 
 /// Who sent a routed request, and for whom, signed by its origin and
@@ -248,6 +253,7 @@ mod fuzz {
             addrs: vec!["/ip4/1.2.3.4/tcp/9000".into()],
             peers: vec![p],
             stats: HostStats::default(),
+            clashes: vec![("b".into(), p.to_string())],
         });
         let direct = encode(&DirectReply {
             result: Ok(ByteBuf(vec![9; 100])),

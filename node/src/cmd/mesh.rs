@@ -61,8 +61,10 @@ pub(super) static SPECS: &[Spec] = &[
         patterns: &["mesh status"],
         short: "display a short status report of the mesh",
         long: "Columns: size (nodes reachable, this one included), degree, peers (direct), \
-               context, port, keyed (whether a cluster key is in use), and mode: keyed, \
-               insecure (no key, on the network), or loopback (no key, so this host only).",
+               context, port, keyed (whether a cluster key is in use), mode: keyed, \
+               insecure (no key, on the network), or loopback (no key, so this host only), \
+               and clashes: names that two nodes claim, as any node saw them in the last \
+               10 minutes (- if none; `mesh list` says which nodes).",
         run: |cx, _| status(cx).boxed(),
     },
     Spec {
@@ -102,7 +104,7 @@ async fn status(cx: &Ctx) -> Out {
     cx.one(Response::table(
         cx.me(),
         &[
-            "size", "degree", "peers", "context", "port", "keyed", "mode",
+            "size", "degree", "peers", "context", "port", "keyed", "mode", "clashes",
         ],
         vec![vec![
             s.nodes.len().to_string(),
@@ -114,12 +116,25 @@ async fn status(cx: &Ctx) -> Out {
                 .filter(|n| s.nodes.contains_key(*n))
                 .count()
                 .to_string(),
-            s.context,
+            s.context.clone(),
             s.port.to_string(),
             s.keyed.to_string(),
             cx.node.mode.as_str().to_string(),
+            clashed_names(&s),
         ]],
     ))
+}
+
+/// Names two nodes claim, as this node or any other saw them: `-` if none.
+fn clashed_names(s: &mm_overlay::Snapshot) -> String {
+    let mut names: Vec<String> = s.clashes.iter().map(|c| c.name.clone()).collect();
+    names.sort();
+    names.dedup();
+    if names.is_empty() {
+        "-".into()
+    } else {
+        hosts::compress(&names)
+    }
 }
 
 async fn list(cx: &Ctx, c: &Call) -> Out {
@@ -139,6 +154,20 @@ async fn list(cx: &Ctx, c: &Call) -> Out {
             for p in &n.peers {
                 let _ = writeln!(text, " |--{p}");
             }
+        }
+        // A second node with a name in use is kept out of the mesh, so the
+        // list above cannot show it: say so under it.
+        for c in &s.clashes {
+            let _ = write!(
+                text,
+                "! name clash: two nodes claim '{}'; {} refused ",
+                c.name, c.seen_by
+            );
+            let _ = match (c.peer_id.is_empty(), c.addr.is_empty()) {
+                (true, _) => writeln!(text, "one"),
+                (false, true) => writeln!(text, "{}", c.peer_id),
+                (false, false) => writeln!(text, "{} at {}", c.peer_id, c.addr),
+            };
         }
     }
     cx.one(Response::text(cx.me(), text))

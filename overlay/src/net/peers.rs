@@ -28,9 +28,65 @@ pub(super) struct Admission {
     pub(super) awaiting: HashMap<PeerId, Instant>,
     /// The name each admitted peer gave (and its announcements carry).
     pub(super) names: HashMap<PeerId, String>,
+    /// Names that two nodes claim, as this node saw them: the one it
+    /// refused, where, and when last. Shown by `mesh status` and `mesh
+    /// list`, and carried in announcements, so that every node shows them.
+    pub(super) clashes: HashMap<String, Clash>,
 }
 
+#[derive(Debug, Clone)]
+pub(super) struct Clash {
+    pub(super) peer: PeerId,
+    pub(super) addr: String,
+    pub(super) at: Instant,
+    /// The other claimant of this node's own name has been up longer.
+    pub(super) older: bool,
+}
+
+/// How long a clash is shown after it was last seen, and how many are kept.
+pub(super) const CLASH_SHOWN: std::time::Duration = std::time::Duration::from_secs(600);
+const CLASHES_MAX: usize = 256;
+
 impl EventLoop {
+    /// `name` is claimed by `peer` (at `addr`) as well as by another node
+    /// (this one, or one in the topology).
+    fn note_clash(&mut self, name: &str, peer: PeerId, addr: String, older: bool) {
+        let now = Instant::now();
+        if self.admit.clashes.len() >= CLASHES_MAX && !self.admit.clashes.contains_key(name) {
+            self.admit
+                .clashes
+                .retain(|_, c| now.duration_since(c.at) < CLASH_SHOWN);
+            if self.admit.clashes.len() >= CLASHES_MAX {
+                return;
+            }
+        }
+        let new = self
+            .admit
+            .clashes
+            .insert(
+                name.to_string(),
+                Clash {
+                    peer,
+                    addr,
+                    at: now,
+                    older,
+                },
+            )
+            .is_none();
+        if new {
+            self.announce_due = true;
+        }
+    }
+
+    /// The clashes seen here lately, by name.
+    pub(super) fn recent_clashes(&self) -> impl Iterator<Item = (&String, &Clash)> {
+        let now = Instant::now();
+        self.admit
+            .clashes
+            .iter()
+            .filter(move |(_, c)| now.duration_since(c.at) < CLASH_SHOWN)
+    }
+
     pub(super) fn is_refused(&self, p: &PeerId) -> bool {
         self.admit.until.get(p).is_some_and(|t| *t > Instant::now())
     }
@@ -128,9 +184,11 @@ impl EventLoop {
                 "refusing peer {p} {addr}: it is also named '{name}'; names must be unique \
                  in a mesh (start one of them with --name)"
             );
+            self.note_clash(name, p, addr.clone(), false);
             return self.refuse(p, why, true);
         }
         if let Some(holder) = self.topo.name_holder(name).filter(|h| *h != p) {
+            self.note_clash(name, p, addr.clone(), false);
             let why = format!(
                 "refusing peer {p} {addr}: it is named '{name}', which {holder} already is; \
                  names must be unique in a mesh (start one of them with --name)"
@@ -168,6 +226,10 @@ impl EventLoop {
                  ignoring it",
                 a.name
             );
+            let addr = a.addrs.first().cloned().unwrap_or_default();
+            // Up at least two seconds longer: this node is the newcomer.
+            let older = a.stats.uptime_secs > self.stats.uptime_secs + 2;
+            self.note_clash(&a.name, src, addr, older);
             return self.refuse(src, why, true);
         }
         let addrs: Vec<Multiaddr> = a.addrs.iter().filter_map(|s| s.parse().ok()).collect();
@@ -177,9 +239,22 @@ impl EventLoop {
         let name = a.name.clone();
         match self.topo.update(src, a, Instant::now()) {
             Update::New => info!("node {name} joined the mesh"),
-            Update::NameTaken { holder } => warn!(
-                "node {src} announces the name '{name}', already used by {holder}: ignoring it"
-            ),
+            Update::NameTaken { holder } => {
+                if !self.admit.clashes.contains_key(&name) {
+                    warn!(
+                        "node {src} announces the name '{name}', already used by {holder}: \
+                         ignoring it"
+                    );
+                }
+                let addr = self
+                    .dials
+                    .last_addrs
+                    .get(&src)
+                    .and_then(|v| v.first())
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                self.note_clash(&name, src, addr, false);
+            }
             Update::Refreshed | Update::Stale => {}
         }
     }
