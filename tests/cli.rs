@@ -286,8 +286,8 @@ fn assert_clean_bars(screen: &str) {
     let rows: Vec<&str> = screen.lines().collect();
     let first = rows.iter().position(|r| bars.contains(r)).unwrap();
     assert_eq!(&rows[first..first + 3], &bars[..], "{screen}");
-    let head = &LONG_NAME[..10];
-    for name in ["a.bin", head, "c.bin"] {
+    let head = "set/a-disk-";
+    for name in ["set/a.bin", head, "set/c.bin"] {
         let n = screen.lines().filter(|l| l.contains(name)).count();
         assert_eq!(n, 1, "{name} on {n} lines:\n{screen}");
     }
@@ -318,7 +318,10 @@ fn a_one_shot_wait_shows_a_line_per_file_and_ctrl_c_leaves_the_pull_going() {
         "mm --base {} file get set/ wait; echo \"exit=$?\"",
         h2.base().display()
     ));
-    let screen = t.wait("three bars", |s| bar_lines(s).len() == 3);
+    let screen = t.wait("three bars under way", |s| {
+        let bars = bar_lines(s);
+        bars.len() == 3 && bars.iter().all(|l| l.contains('#'))
+    });
     println!("---- bars, one-shot ----\n{screen}");
     assert_clean_bars(&screen);
     t.ctrl_c();
@@ -344,16 +347,19 @@ fn the_shell_shows_bars_and_ctrl_c_returns_to_the_prompt() {
     let home = scratch_dir("home");
     let t = Tmux::new(home.path());
     t.type_line(&format!("mm --base {}", h2.base().display()));
-    t.wait("the prompt", |s| s.contains("mm$ "));
+    t.wait("the prompt", |s| s.contains("\nmm$"));
     t.type_line("file get set/ wait");
-    let screen = t.wait("three bars", |s| bar_lines(s).len() == 3);
+    let screen = t.wait("three bars under way", |s| {
+        let bars = bar_lines(s);
+        bars.len() == 3 && bars.iter().all(|l| l.contains('#'))
+    });
     println!("---- bars, shell ----\n{screen}");
     assert_clean_bars(&screen);
     t.ctrl_c();
     let screen = t.wait("a new prompt after the message", |s| {
         s.split("stopped waiting; the transfer goes on")
             .nth(1)
-            .is_some_and(|rest| rest.contains("mm$ "))
+            .is_some_and(|rest| rest.contains("\nmm$"))
     });
     println!("---- after Ctrl-C, shell ----\n{screen}");
     assert!(bar_lines(&screen).is_empty(), "{screen}");
@@ -372,7 +378,7 @@ fn the_shell_reconnects_to_a_node_that_restarts() {
     let home = scratch_dir("home");
     let t = Tmux::new(home.path());
     t.type_line(&format!("mm --base {}", a.base().display()));
-    t.wait("the prompt", |s| s.contains("mm$ "));
+    t.wait("the prompt", |s| s.contains("\nmm$"));
     t.type_line("version");
     t.wait("the version", |s| s.contains("mm 0."));
     a.stop(false);
@@ -381,7 +387,7 @@ fn the_shell_reconnects_to_a_node_that_restarts() {
     let screen = t.wait("the lost command's error and a prompt", |s| {
         s.split("the command was not sent")
             .nth(1)
-            .is_some_and(|rest| rest.contains("mm$ "))
+            .is_some_and(|rest| rest.contains("\nmm$"))
     });
     println!("---- shell after a node restart ----\n{screen}");
     // Nothing ran again by itself.
