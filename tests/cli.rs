@@ -67,16 +67,15 @@ fn a_script_with_a_failing_line_exits_1_and_leaves_no_history() {
         stdout.contains("size") && stdout.contains("memtotal"),
         "{stdout}"
     );
-    // No prompt is printed for a script.
+    // No prompt is printed for a script, and nothing is kept of it.
     assert!(!stdout.contains("mm$"), "{stdout}");
+    let history = home.path().join(".mm_history");
+    assert!(!history.exists(), "a script's lines went into the history");
     let ok = script("mesh status\nhost\n");
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok.stderr));
     // A quote left open is a failing line too.
     assert_eq!(script("mesh 'status\nhost\n").status.code(), Some(1));
-    assert!(
-        !home.path().join(".mm_history").exists(),
-        "a script's lines went into the history"
-    );
+    assert!(!history.exists(), "a script's lines went into the history");
 }
 
 /// `mm` with its environment cleaned of `MM_BASE`, whatever the test
