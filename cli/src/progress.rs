@@ -164,11 +164,7 @@ fn style(bar: usize) -> ProgressStyle {
 /// while it pulls, else its state; failing sources, named. Fixed widths,
 /// so the columns stay put from one redraw to the next.
 fn info(t: &TransferStatus) -> String {
-    let pct = if t.size == 0 {
-        100
-    } else {
-        t.bytes_done * 100 / t.size
-    };
+    let pct = (t.bytes_done * 100).checked_div(t.size).unwrap_or(100);
     let mut s = format!("{pct:>3}% of {:<10}", human(t.size as f64));
     if t.state == "pulling" {
         let eta = t
