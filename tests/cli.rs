@@ -249,17 +249,20 @@ impl Drop for Tmux {
 const LONG_NAME: &str =
     "a-disk-image-with-a-name-far-too-long-for-one-line-of-eighty-columns-base.qcow2";
 
-/// Three 4 MiB files under `dir/` on the holder of a lab whose hosts are
+/// The files of [`slow_pair`]: a.bin ends well before the others.
+const FILES: [(&str, usize); 3] = [("a.bin", 1 << 20), (LONG_NAME, 4 << 20), ("c.bin", 4 << 20)];
+
+/// Three files (1 and 4 MiB) under `dir/` on the holder of a lab whose hosts are
 /// capped at 4 Mbit/s: tens of seconds to pull, three at once.
 fn slow_pair(dir: &str) -> (common::Lab, Node, Node) {
     let lab = common::Lab::up(2, Some("4mbit"));
     let h1 = Node::in_ns("h1", &lab.ns(1), &[]);
     let h2 = Node::in_ns("h2", &lab.ns(2), &[]);
     h2.wait_size(2, Duration::from_secs(120));
-    for (i, name) in ["a.bin", LONG_NAME, "c.bin"].iter().enumerate() {
+    for (i, (name, size)) in FILES.iter().enumerate() {
         let p = h1.base().join("files").join(dir).join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(&p, mm_store::mem::content(4 << 20, 40 + i as u64)).unwrap();
+        std::fs::write(&p, mm_store::mem::content(*size, 40 + i as u64)).unwrap();
     }
     (lab, h1, h2)
 }
@@ -303,9 +306,9 @@ fn assert_clean_bars(screen: &str) {
 /// All three files are here, whole, on `n`: the pull went on.
 fn wait_complete(n: &Node, dir: &str) {
     wait_for("the transfers to finish", Duration::from_secs(300), || {
-        let done = ["a.bin", LONG_NAME, "c.bin"].iter().all(|f| {
+        let done = FILES.iter().all(|(f, size)| {
             std::fs::metadata(n.base().join("files").join(dir).join(f))
-                .is_ok_and(|m| m.len() == 4 << 20)
+                .is_ok_and(|m| m.len() == *size as u64)
         });
         done.then_some(())
     });
@@ -326,6 +329,11 @@ fn a_one_shot_wait_shows_a_line_per_file_and_ctrl_c_leaves_the_pull_going() {
     });
     println!("---- bars, one-shot ----\n{screen}");
     assert_clean_bars(&screen);
+    // A file whose transfer ended leaves the display; the others stay.
+    let screen = t.wait("a.bin to leave the bars", |s| {
+        !s.contains("set/a.bin") && bar_lines(s).len() == 2
+    });
+    println!("---- a.bin done, one-shot ----\n{screen}");
     t.ctrl_c();
     let screen = t.wait("the exit status", |s| {
         s.lines().any(|l| l.starts_with("exit="))

@@ -204,9 +204,10 @@ pub(crate) fn parse(specs: &[&'static Spec], argv: &[String]) -> Result<(&'stati
 
 /// What the pattern notation means, at the top of the command list: the
 /// patterns are minimega's, and read wrongly they look like shell syntax.
-const NOTATION: &str = "Notation: `word` is typed as is; <name> is a value you give, [name] an \
-optional one; <a,b> is one of the words a or b, [a,] an optional word a; <name>... one or \
-more values; (command) any command, to the end of the line.";
+const NOTATION: &str = "Notation: a plain word is typed as is; <name> is a value you give, \
+[name] an optional one; <a,b> is one of the words a or b, [a,b] one of them or neither, \
+[a,] the word a or nothing; <name>... one or more values; (command) any command, to the \
+end of the line.";
 
 /// The width of the `help` command's answer: the node knows no terminal.
 pub(crate) const HELP_WIDTH: usize = 80;
