@@ -250,9 +250,9 @@ const LONG_NAME: &str =
     "a-disk-image-with-a-name-far-too-long-for-one-line-of-eighty-columns-base.qcow2";
 
 /// The files of [`slow_pair`]: a.bin ends well before the others.
-const FILES: [(&str, usize); 3] = [("a.bin", 1 << 20), (LONG_NAME, 4 << 20), ("c.bin", 4 << 20)];
+const FILES: [(&str, usize); 3] = [("a.bin", 2 << 20), (LONG_NAME, 4 << 20), ("c.bin", 4 << 20)];
 
-/// Three files (1 and 4 MiB) under `dir/` on the holder of a lab whose hosts are
+/// Three files (2 and 4 MiB) under `dir/` on the holder of a lab whose hosts are
 /// capped at 4 Mbit/s: tens of seconds to pull, three at once.
 fn slow_pair(dir: &str) -> (common::Lab, Node, Node) {
     let lab = common::Lab::up(2, Some("4mbit"));
