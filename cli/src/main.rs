@@ -96,14 +96,8 @@ fn main() -> ExitCode {
         // command: an `mm` option there would silently not apply.
         if let Some(opt) = misplaced_option(&cli.command) {
             eprintln!(
-                "mm: {opt} is an mm option: put it before the command, as in `mm {opt}{} {}`",
-                if opt == "--base" { " DIR" } else { "" },
-                cli.command
-                    .iter()
-                    .filter(|w| !w.starts_with("--"))
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(" ")
+                "mm: {opt} is an mm option: put it before the command, as in `{}`",
+                options_first(&cli.command)
             );
             return ExitCode::from(2);
         }
@@ -126,6 +120,25 @@ fn misplaced_option(command: &[String]) -> Option<&'static str> {
             .into_iter()
             .find(|o| w == o || w.strip_prefix(o).is_some_and(|r| r.starts_with('=')))
     })
+}
+
+/// The command line with `mm`'s options (and `--base`'s value) moved in
+/// front of the command, as the operator meant it.
+fn options_first(command: &[String]) -> String {
+    let (mut front, mut rest) = (vec!["mm".to_string()], Vec::new());
+    let mut words = command.iter();
+    while let Some(w) = words.next() {
+        if w == "--base" {
+            front.push(w.clone());
+            front.extend(words.next().cloned());
+        } else if w == "--json" || w.starts_with("--base=") {
+            front.push(w.clone());
+        } else {
+            rest.push(w.clone());
+        }
+    }
+    front.extend(rest);
+    front.join(" ")
 }
 
 /// `--base`, else `MM_BASE` (when set and not empty), else the default.
@@ -538,6 +551,24 @@ fn split_line(line: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::split_line;
+
+    #[test]
+    fn misplaced_options_move_in_front() {
+        let w = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            super::options_first(&w("mesh status --base n1 --json")),
+            "mm --base n1 --json mesh status"
+        );
+        assert_eq!(
+            super::options_first(&w("mesh send all --base=/x host")),
+            "mm --base=/x mesh send all host"
+        );
+        assert_eq!(
+            super::misplaced_option(&w("mesh status --json")),
+            Some("--json")
+        );
+        assert_eq!(super::misplaced_option(&w("file get --basement")), None);
+    }
 
     #[test]
     fn shell_words() {
