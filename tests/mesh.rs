@@ -319,7 +319,9 @@ fn duplicate_names_are_refused_on_both_sides() {
     // Neither can tell which came first, so both stay, and both show it.
     for n in [&a, &b] {
         assert_eq!(n.status("clashes"), "twin");
-        assert!(n.mm(&["mesh", "list"]).contains("! name clash: two nodes claim 'twin'"));
+        assert!(n
+            .mm(&["mesh", "list"])
+            .contains("! name clash: two nodes claim 'twin'"));
     }
 }
 

@@ -245,7 +245,10 @@ fn a_newcomer_with_a_name_in_use_stops_and_the_mesh_shows_the_clash() {
             (n.status("clashes") == "n1").then_some(())
         });
         let list = n.mm(&["mesh", "list"]);
-        assert!(list.contains("! name clash: two nodes claim 'n1'; n2 refused"), "{list}");
+        assert!(
+            list.contains("! name clash: two nodes claim 'n1'; n2 refused"),
+            "{list}"
+        );
     }
     assert_eq!(first.size(), 2);
     first.mm(&["mesh", "send", "n2", "version"]);

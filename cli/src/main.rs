@@ -3,9 +3,10 @@
 //! command, an interactive shell.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod progress;
 mod render;
 
 use clap::Parser;
@@ -17,12 +18,15 @@ use render::{render, render_json};
     name = "mm",
     version,
     about = "Drive an mm cluster: `mm serve` starts a node, `mm help` lists the commands",
-    override_usage = "mm [--base DIR] [--json] [COMMAND...]\n       mm serve [OPTIONS]\n       mm keygen"
+    override_usage = "mm [--base DIR] [--json] [COMMAND...]\n       mm serve [OPTIONS]\n       mm keygen",
+    after_help = "Options go before the command: `mm --base /tmp/mm-n1 mesh status`.\n\
+                  Environment: MM_BASE sets the base directory (--base wins)."
 )]
 struct Cli {
-    /// The node's base directory (its control socket is BASE/mm.sock).
-    #[arg(long, default_value = "/tmp/mm")]
-    base: PathBuf,
+    /// The node's base directory (its control socket is BASE/mm.sock)
+    /// [default: $MM_BASE, else /tmp/mm].
+    #[arg(long)]
+    base: Option<PathBuf>,
     /// Print answers as a JSON array, one object per responding host.
     #[arg(long)]
     json: bool,
@@ -78,8 +82,27 @@ struct Serve {
     no_data_channel: bool,
 }
 
+/// The base when neither `--base` nor `MM_BASE` names one.
+const DEFAULT_BASE: &str = "/tmp/mm";
+
+/// The message for a wait that Ctrl-C ended: the pull is the node's.
+const STOPPED_WAITING: &str =
+    "stopped waiting; the transfer goes on in the background (see file status)";
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if cli.command.first().map(String::as_str) != Some("serve") {
+        // Clap hands everything after the first command word to the
+        // command: an `mm` option there would silently not apply.
+        if let Some(opt) = misplaced_option(&cli.command) {
+            eprintln!(
+                "mm: {opt} is an mm option: put it before the command, as in `{}`",
+                options_first(&cli.command)
+            );
+            return ExitCode::from(2);
+        }
+    }
+    cli.base = Some(base_dir(cli.base.take(), std::env::var_os("MM_BASE")));
     match cli.command.first().map(String::as_str) {
         Some("serve") => serve(&cli),
         Some("keygen") if cli.command.len() == 1 => {
@@ -88,6 +111,40 @@ fn main() -> ExitCode {
         }
         _ => client(cli),
     }
+}
+
+/// The first word of the command that is one of `mm`'s own options.
+fn misplaced_option(command: &[String]) -> Option<&'static str> {
+    command.iter().skip(1).find_map(|w| {
+        ["--base", "--json"]
+            .into_iter()
+            .find(|o| w == o || w.strip_prefix(o).is_some_and(|r| r.starts_with('=')))
+    })
+}
+
+/// The command line with `mm`'s options (and `--base`'s value) moved in
+/// front of the command, as the operator meant it.
+fn options_first(command: &[String]) -> String {
+    let (mut front, mut rest) = (vec!["mm".to_string()], Vec::new());
+    let mut words = command.iter();
+    while let Some(w) = words.next() {
+        if w == "--base" {
+            front.push(w.clone());
+            front.extend(words.next().cloned());
+        } else if w == "--json" || w.starts_with("--base=") {
+            front.push(w.clone());
+        } else {
+            rest.push(w.clone());
+        }
+    }
+    front.extend(rest);
+    front.join(" ")
+}
+
+/// `--base`, else `MM_BASE` (when set and not empty), else the default.
+fn base_dir(flag: Option<PathBuf>, env: Option<std::ffi::OsString>) -> PathBuf {
+    flag.or_else(|| env.filter(|e| !e.is_empty()).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -110,7 +167,7 @@ fn serve(cli: &Cli) -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     // `mm --base X serve` and `mm serve --base X` both work.
-    let base = s.base.unwrap_or_else(|| cli.base.clone());
+    let base = s.base.unwrap_or_else(|| cli.base());
     let name = s.name.unwrap_or_else(hostname);
     if let Err(e) = mm_overlay::check_name(&name) {
         eprintln!("mm serve: {e} (set one with --name)");
@@ -156,9 +213,23 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+impl Cli {
+    fn base(&self) -> PathBuf {
+        self.base
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BASE))
+    }
+}
+
 fn client(cli: Cli) -> ExitCode {
+    let base = cli.base();
+    // Help is the grammar's: it needs no node (and a node's `help` answer
+    // is the same text, at 80 columns).
+    if cli.command.first().is_some_and(|w| w == "help") && !cli.json {
+        return local_help(&cli.command[1..]);
+    }
     let rt = runtime();
-    let mut conn = match rt.block_on(Client::connect(&cli.base)) {
+    let mut conn = match rt.block_on(Client::connect(&base)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("mm: {e}");
@@ -166,16 +237,31 @@ fn client(cli: Cli) -> ExitCode {
         }
     };
     if cli.command.is_empty() {
-        return shell(&rt, &mut conn, cli.json);
+        return if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            shell(&rt, conn, &base, cli.json)
+        } else {
+            script(&rt, &mut conn, &base, cli.json)
+        };
     }
-    let progress = (is_blocking_get(&cli.command)
-        && std::io::IsTerminal::is_terminal(&std::io::stderr()))
-    .then(|| rt.spawn(progress_bar(cli.base.clone())));
-    let answer = rt.block_on(conn.run(&cli.command));
-    if let Some(p) = progress {
-        p.abort();
-        eprint!("\r\x1b[K");
-    }
+    let answer = if is_blocking_get(&cli.command) {
+        let bars = progress::Bars::start(&rt, base.clone());
+        let answer = rt.block_on(async {
+            tokio::select! {
+                a = conn.run(&cli.command) => Some(a),
+                _ = tokio::signal::ctrl_c() => None,
+            }
+        });
+        if let Some(b) = bars {
+            rt.block_on(b.stop());
+        }
+        let Some(answer) = answer else {
+            eprintln!("mm: {STOPPED_WAITING}");
+            return ExitCode::from(130);
+        };
+        answer
+    } else {
+        rt.block_on(conn.run(&cli.command))
+    };
     match answer {
         Ok(rs) => print_answer(&rs, cli.json),
         Err(e) => {
@@ -185,57 +271,30 @@ fn client(cli: Cli) -> ExitCode {
     }
 }
 
+/// Prints `help WORDS...` as the node would answer it, at the width of
+/// the terminal (80 columns when stdout is not one).
+fn local_help(words: &[String]) -> ExitCode {
+    let width = std::io::IsTerminal::is_terminal(&std::io::stdout())
+        .then(|| console::Term::stdout().size_checked())
+        .flatten()
+        .map(|(_, w)| w as usize);
+    match mm_node::help(words, width) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("E: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn is_blocking_get(argv: &[String]) -> bool {
     argv.len() >= 3
         && argv[0] == "file"
         && argv[1] == "get"
         && argv.last().is_some_and(|w| w == "wait")
-}
-
-/// While a `file get ... wait` runs, shows its transfers' progress on a
-/// second connection to the node.
-async fn progress_bar(base: PathBuf) {
-    let Ok(mut c) = Client::connect(&base).await else {
-        return;
-    };
-    let status = vec!["file".to_string(), "status".to_string()];
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let Ok(rs) = c.run(&status).await else {
-            return;
-        };
-        let Some(r) = rs.first() else { continue };
-        let col = |name: &str| r.header.iter().position(|h| h == name);
-        let (Some(f), Some(done), Some(bytes), Some(rate), Some(eta)) = (
-            col("filename"),
-            col("completed"),
-            col("bytes"),
-            col("rate"),
-            col("eta"),
-        ) else {
-            continue;
-        };
-        let line: Vec<String> = r
-            .tabular
-            .iter()
-            .map(|row| {
-                let (d, t) = row[done].split_once('/').unwrap_or(("0", "1"));
-                let frac =
-                    d.parse::<f64>().unwrap_or(0.0) / t.parse::<f64>().unwrap_or(1.0).max(1.0);
-                let filled = (frac * 20.0) as usize;
-                format!(
-                    "{} [{}{}] {} {} eta {}",
-                    row[f],
-                    "#".repeat(filled),
-                    " ".repeat(20 - filled.min(20)),
-                    row[bytes],
-                    row[rate],
-                    row[eta]
-                )
-            })
-            .collect();
-        eprint!("\r\x1b[K{}", line.join(" | "));
-    }
 }
 
 fn print_answer(rs: &[mm_node::Response], json: bool) -> ExitCode {
@@ -256,7 +315,100 @@ fn print_answer(rs: &[mm_node::Response], json: bool) -> ExitCode {
     }
 }
 
-fn shell(rt: &tokio::runtime::Runtime, conn: &mut Client, json: bool) -> ExitCode {
+/// A script on standard input: one command per line, no prompt and no
+/// history (a script's lines are not the operator's). Exits 1 if any line
+/// failed, 2 if the node went away, 130 on Ctrl-C.
+fn script(rt: &tokio::runtime::Runtime, conn: &mut Client, base: &Path, json: bool) -> ExitCode {
+    use std::io::BufRead;
+    let mut failed = false;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let argv = match split_line(&line) {
+            Ok(a) => a,
+            Err(e) => {
+                eprintln!("E: {e}");
+                failed = true;
+                continue;
+            }
+        };
+        if argv.is_empty() {
+            continue;
+        }
+        if argv == ["exit"] || argv == ["quit"] {
+            break;
+        }
+        match one_command(rt, conn, base, &argv, json) {
+            Outcome::Done(code) => failed |= code != ExitCode::SUCCESS,
+            Outcome::Interrupted => return ExitCode::from(130),
+            Outcome::Lost(e) => {
+                eprintln!("mm: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// How one command of the shell or a script ended.
+enum Outcome {
+    Done(ExitCode),
+    /// Ctrl-C: the answer was not waited for (and the connection, which
+    /// would still deliver it, must not be used again).
+    Interrupted,
+    /// The connection to the node broke.
+    Lost(mm_node::Error),
+}
+
+/// Runs one command from the shell or a script: `help` here, the rest on
+/// the node, with bars for a `file get ... wait`; Ctrl-C stops the wait.
+fn one_command(
+    rt: &tokio::runtime::Runtime,
+    conn: &mut Client,
+    base: &Path,
+    argv: &[String],
+    json: bool,
+) -> Outcome {
+    if argv[0] == "help" && !json {
+        return Outcome::Done(local_help(&argv[1..]));
+    }
+    let waiting = is_blocking_get(argv);
+    let bars = waiting
+        .then(|| progress::Bars::start(rt, base.to_path_buf()))
+        .flatten();
+    let answer = rt.block_on(async {
+        tokio::select! {
+            a = conn.run(argv) => Some(a),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    if let Some(b) = bars {
+        rt.block_on(b.stop());
+    }
+    match answer {
+        Some(Ok(rs)) => Outcome::Done(print_answer(&rs, json)),
+        Some(Err(e)) => Outcome::Lost(e),
+        None if waiting => {
+            eprintln!("mm: {STOPPED_WAITING}");
+            Outcome::Interrupted
+        }
+        None => {
+            eprintln!("mm: stopped waiting for the answer; the command may still run on the node");
+            Outcome::Interrupted
+        }
+    }
+}
+
+/// How long the shell tries to reach its node again after losing it (a
+/// restart takes a second or two).
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The interactive shell, with history in `~/.mm_history`. A node that
+/// restarts is reached again; nothing is re-run by itself.
+fn shell(rt: &tokio::runtime::Runtime, mut conn: Client, base: &Path, json: bool) -> ExitCode {
     let mut ed = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -289,11 +441,26 @@ fn shell(rt: &tokio::runtime::Runtime, conn: &mut Client, json: bool) -> ExitCod
         if argv == ["exit"] || argv == ["quit"] {
             break;
         }
-        match rt.block_on(conn.run(&argv)) {
-            Ok(rs) => status = print_answer(&rs, json),
-            Err(e) => {
+        let lost = match one_command(rt, &mut conn, base, &argv, json) {
+            Outcome::Done(code) => {
+                status = code;
+                None
+            }
+            // The old connection would hand this answer to the next
+            // command: take a new one.
+            Outcome::Interrupted => Some(None),
+            Outcome::Lost(e) => Some(Some(e)),
+        };
+        if let Some(e) = lost {
+            if let Some(e) = &e {
                 eprintln!("mm: {e}");
-                return ExitCode::from(2);
+            }
+            match rt.block_on(reconnect(base, e.is_some())) {
+                Some(c) => conn = c,
+                None => {
+                    status = ExitCode::from(2);
+                    break;
+                }
             }
         }
     }
@@ -301,6 +468,40 @@ fn shell(rt: &tokio::runtime::Runtime, conn: &mut Client, json: bool) -> ExitCod
         let _ = ed.save_history(h);
     }
     status
+}
+
+/// A new connection to the node, retried for [`RECONNECT_FOR`] (saying
+/// so when `loud`); Ctrl-C gives up.
+async fn reconnect(base: &Path, loud: bool) -> Option<Client> {
+    let start = std::time::Instant::now();
+    let mut said = false;
+    loop {
+        match Client::connect(base).await {
+            Ok(c) => {
+                if loud {
+                    eprintln!("mm: reconnected to the node at {}", base.display());
+                }
+                return Some(c);
+            }
+            Err(e) if start.elapsed() > RECONNECT_FOR => {
+                eprintln!("mm: {e}");
+                eprintln!("mm: gave up after {}s", RECONNECT_FOR.as_secs());
+                return None;
+            }
+            Err(_) => {}
+        }
+        if loud && !said {
+            eprintln!(
+                "mm: reconnecting to the node at {} (Ctrl-C gives up)...",
+                base.display()
+            );
+            said = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = tokio::signal::ctrl_c() => return None,
+        }
+    }
 }
 
 /// Splits a shell line into words: whitespace separates, single and double
@@ -350,6 +551,24 @@ fn split_line(line: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::split_line;
+
+    #[test]
+    fn misplaced_options_move_in_front() {
+        let w = |s: &str| s.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            super::options_first(&w("mesh status --base n1 --json")),
+            "mm --base n1 --json mesh status"
+        );
+        assert_eq!(
+            super::options_first(&w("mesh send all --base=/x host")),
+            "mm --base=/x mesh send all host"
+        );
+        assert_eq!(
+            super::misplaced_option(&w("mesh status --json")),
+            Some("--json")
+        );
+        assert_eq!(super::misplaced_option(&w("file get --basement")), None);
+    }
 
     #[test]
     fn shell_words() {

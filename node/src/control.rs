@@ -10,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::cmd::{self, Source};
-use crate::proto::{ControlRequest, Response};
+use crate::proto::{ControlRequest, Query, Response, TransferStatus};
 use crate::{Error, Node, Result};
 
 /// Lines longer than this are refused rather than buffered without bound.
@@ -86,21 +86,32 @@ async fn session(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
             w.write_all(&out).await?;
             return Ok(());
         }
-        let answer = {
-            match serde_json::from_str::<ControlRequest>(&line) {
-                Ok(req) => {
-                    let src = Source::Local {
-                        cwd: req.cwd.map(PathBuf::from),
-                    };
-                    cmd::execute(&node, &req.argv, src).await
-                }
-                Err(e) => vec![Response::error(
-                    &node.name,
-                    format!("malformed request: {e}"),
-                )],
+        let answer = match serde_json::from_str::<ControlRequest>(&line) {
+            Ok(ControlRequest {
+                query: Some(Query::Transfers),
+                ..
+            }) => {
+                let rows: Vec<TransferStatus> = node
+                    .files
+                    .engine
+                    .status(false)
+                    .iter()
+                    .map(TransferStatus::from)
+                    .collect();
+                serde_json::to_vec(&rows)
             }
+            Ok(req) => {
+                let src = Source::Local {
+                    cwd: req.cwd.map(PathBuf::from),
+                };
+                serde_json::to_vec(&cmd::execute(&node, &req.argv, src).await)
+            }
+            Err(e) => serde_json::to_vec(&[Response::error(
+                &node.name,
+                format!("malformed request: {e}"),
+            )]),
         };
-        let mut out = serde_json::to_vec(&answer).unwrap_or_else(|_| b"[]".to_vec());
+        let mut out = answer.unwrap_or_else(|_| b"[]".to_vec());
         out.push(b'\n');
         w.write_all(&out).await?;
     }
@@ -129,21 +140,48 @@ impl Client {
         })
     }
 
+    /// Runs a command on the node.
     pub async fn run(&mut self, argv: &[String]) -> Result<Vec<Response>> {
+        self.ask(argv, None).await
+    }
+
+    /// The node's transfers in progress, as typed data.
+    pub async fn transfers(&mut self) -> Result<Vec<TransferStatus>> {
+        self.ask(&[], Some(Query::Transfers)).await
+    }
+
+    async fn ask<T: serde::de::DeserializeOwned>(
+        &mut self,
+        argv: &[String],
+        query: Option<Query>,
+    ) -> Result<T> {
         let req = ControlRequest {
             argv: argv.to_vec(),
             cwd: std::env::current_dir()
                 .ok()
                 .map(|p| p.to_string_lossy().into_owned()),
+            query,
         };
         let mut line = serde_json::to_vec(&req).expect("a request encodes as JSON");
         line.push(b'\n');
-        let lost = |e| Error::io("lost the connection to the node", e);
-        self.w.write_all(&line).await.map_err(lost)?;
+        self.w.write_all(&line).await.map_err(|e| Error::Lost {
+            sent: false,
+            detail: e.to_string(),
+        })?;
         let mut answer = String::new();
-        let n = self.r.read_line(&mut answer).await.map_err(lost)?;
+        let n = self
+            .r
+            .read_line(&mut answer)
+            .await
+            .map_err(|e| Error::Lost {
+                sent: true,
+                detail: e.to_string(),
+            })?;
         if n == 0 {
-            return Err(Error::Startup("the node closed the connection".into()));
+            return Err(Error::Lost {
+                sent: true,
+                detail: "it closed the connection".into(),
+            });
         }
         serde_json::from_str(&answer).map_err(|e| {
             Error::io(

@@ -25,6 +25,11 @@ pub enum Error {
     /// A wait that ran out; the text says what did not happen.
     #[error("{0}")]
     TimedOut(String),
+    /// The `mm` command's connection to its node broke, before the
+    /// request was written (`sent` false: it did not run) or after (it may
+    /// have run).
+    #[error("{}", lost(*sent, detail))]
+    Lost { sent: bool, detail: String },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -44,9 +49,22 @@ impl Error {
         }
     }
 
+    /// Whether the connection to the node broke (a client may reconnect).
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Error::Lost { .. })
+    }
+
     /// Whether it only says that a name is not here at all.
     pub(crate) fn is_not_here(&self) -> bool {
         matches!(self, Error::Store(e) if e.is_not_here())
+    }
+}
+
+fn lost(sent: bool, detail: &str) -> String {
+    if sent {
+        format!("the command was sent but the node did not answer ({detail}); it may have run")
+    } else {
+        format!("the command was not sent: lost the connection to the node ({detail})")
     }
 }
 

@@ -88,7 +88,7 @@ fn the_grammar_and_host_lists() {
             .map(|_| words[rng.gen_range(0..words.len())].to_string())
             .collect();
         let _ = grammar::parse(specs(), &argv);
-        let _ = grammar::help(specs(), &argv);
+        let _ = grammar::help(specs(), &argv, rng.gen_range(0..120));
     }
     let pieces = [
         "a", "b", ",", "[", "]", "-", "0", "1", "9", "01", "99999", "x",

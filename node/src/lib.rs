@@ -20,3 +20,15 @@ pub use node::{DataPort, Options};
 pub(crate) use node::{Node, DEFAULT_DEGREE, NO_LIMIT};
 pub use proto::Response;
 pub use serve::serve;
+
+/// The `help` command's text, `help WORDS...` included, wrapped to `width`
+/// columns (`None`: as the node answers it): the grammar's own, so `mm
+/// help` needs no node.
+pub fn help(words: &[String], width: Option<usize>) -> std::result::Result<String, String> {
+    cmd::grammar::help(
+        cmd::specs(),
+        words,
+        width.unwrap_or(cmd::grammar::HELP_WIDTH),
+    )
+    .map_err(|e| e.to_string())
+}

@@ -74,6 +74,81 @@ pub struct ControlRequest {
     /// The client's working directory, for commands that take a local path.
     #[serde(default)]
     pub cwd: Option<String>,
+    /// Typed data for the `mm` command itself instead of running `argv`:
+    /// what it draws must not depend on how a table is rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<Query>,
+}
+
+/// What [`ControlRequest::query`] asks for; each answers a JSON line of
+/// its own type instead of `Vec<Response>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    /// This node's transfers in progress: a `Vec<TransferStatus>`.
+    Transfers,
+}
+
+/// One transfer in progress, as `file status` knows it, for progress bars.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferStatus {
+    pub name: String,
+    pub chunks_done: usize,
+    pub chunks: usize,
+    pub bytes_done: u64,
+    pub size: u64,
+    /// Bytes per second, recently.
+    pub rate: f64,
+    /// Seconds left at that rate; none while it is not moving.
+    pub eta_secs: Option<u64>,
+    /// The `state` column of `file status`.
+    pub state: String,
+    pub queued: bool,
+    pub sources: Vec<TransferSource>,
+}
+
+/// One source of a [`TransferStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferSource {
+    pub host: String,
+    /// Chunks it gave that were verified and written.
+    pub served: u64,
+    /// Chunks it gave that failed verification.
+    pub bad: u32,
+    /// Requests that failed in a row.
+    pub failing: u32,
+    pub dropped: bool,
+    /// Requests unanswered for 5 s or more (a hung host).
+    #[serde(default)]
+    pub stalled: bool,
+}
+
+impl From<&mm_store::transfer::Status> for TransferStatus {
+    fn from(s: &mm_store::transfer::Status) -> Self {
+        Self {
+            name: s.name.clone(),
+            chunks_done: s.chunks_done,
+            chunks: s.chunks,
+            bytes_done: s.bytes_done,
+            size: s.size,
+            rate: s.rate,
+            eta_secs: s.eta_secs,
+            state: s.phase.clone(),
+            queued: s.queued,
+            sources: s
+                .sources
+                .iter()
+                .map(|r| TransferSource {
+                    host: r.host.clone(),
+                    served: r.served,
+                    bad: r.bad,
+                    failing: r.failing,
+                    dropped: r.dropped,
+                    stalled: r.stalled,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// What one node asks of another, routed (`Command`, `Holds`) or direct

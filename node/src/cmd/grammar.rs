@@ -202,8 +202,18 @@ pub(crate) fn parse(specs: &[&'static Spec], argv: &[String]) -> Result<(&'stati
     )))
 }
 
-/// `help` and `help WORDS...`.
-pub(crate) fn help(specs: &[&'static Spec], words: &[String]) -> Result<String> {
+/// What the pattern notation means, at the top of the command list: the
+/// patterns are minimega's, and read wrongly they look like shell syntax.
+const NOTATION: &str = "Notation: a plain word is typed as is; <name> is a value you give, \
+[name] an optional one; <a,b> is one of the words a or b, [a,b] one of them or neither, \
+[a,] the word a or nothing; <name>... one or more values; (command) any command, to the \
+end of the line.";
+
+/// The width of the `help` command's answer: the node knows no terminal.
+pub(crate) const HELP_WIDTH: usize = 80;
+
+/// `help` and `help WORDS...`, wrapped to `width` columns.
+pub(crate) fn help(specs: &[&'static Spec], words: &[String], width: usize) -> Result<String> {
     let chosen: Vec<&Spec> = specs
         .iter()
         .copied()
@@ -223,31 +233,71 @@ pub(crate) fn help(specs: &[&'static Spec], words: &[String]) -> Result<String> 
     let mut out = String::new();
     if chosen.len() == 1 && !words.is_empty() {
         let s = chosen[0];
-        out.push_str(&format!("{}\n\n", s.short));
+        out.push_str(&wrap("", s.short, width, 0));
+        out.push('\n');
         for p in s.patterns {
-            out.push_str(&format!("usage: {p}\n"));
+            out.push_str(&wrap("usage: ", p, width, 7));
         }
         if !s.long.is_empty() {
             out.push('\n');
-            out.push_str(s.long.trim());
-            out.push('\n');
+            out.push_str(&wrap("", s.long, width, 0));
         }
         return Ok(out);
     }
-    let width = chosen
+    if words.is_empty() {
+        out.push_str(&wrap("", NOTATION, width, 0));
+        out.push('\n');
+    }
+    let col = chosen
         .iter()
         .flat_map(|s| s.patterns.iter())
         .map(|p| p.len())
         .max()
-        .unwrap_or(0);
+        .unwrap_or(0)
+        + 2;
     for s in chosen {
         for (i, p) in s.patterns.iter().enumerate() {
             let d = if i == 0 { s.short } else { "" };
-            out.push_str(format!("{p:width$}  {d}").trim_end());
-            out.push('\n');
+            if col + 20 <= width {
+                // The description in its column, continued beneath itself.
+                out.push_str(&wrap(&format!("{p:col$}"), d, width, col));
+            } else {
+                // Too narrow for two columns: the description goes below.
+                out.push_str(&wrap("", p, width, 4));
+                if !d.is_empty() {
+                    out.push_str(&wrap("    ", d, width, 4));
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// Fills `text` into lines of at most `width` columns after `first` (kept
+/// as it is, padding and all), continuation lines indented by `indent`; a
+/// word longer than a line keeps a line of its own. Each line ends with a
+/// newline.
+pub(crate) fn wrap(first: &str, text: &str, width: usize, indent: usize) -> String {
+    let mut out = String::new();
+    let mut line = first.to_string();
+    let mut fresh = true;
+    for w in text.split_whitespace() {
+        let len = line.chars().count();
+        if len > indent.max(first.chars().count()) && len + 1 + w.chars().count() > width {
+            out.push_str(line.trim_end());
+            out.push('\n');
+            line = " ".repeat(indent);
+            fresh = true;
+        }
+        if !fresh {
+            line.push(' ');
+        }
+        line.push_str(w);
+        fresh = false;
+    }
+    out.push_str(line.trim_end());
+    out.push('\n');
+    out
 }
 
 #[cfg(test)]
@@ -305,7 +355,7 @@ mod tests {
     }
 
     fn help(specs: Vec<&'static Spec>, words: &[String]) -> std::result::Result<String, String> {
-        super::help(&specs, words).map_err(|e| e.to_string())
+        super::help(&specs, words, 80).map_err(|e| e.to_string())
     }
 
     fn a(s: &str) -> Vec<String> {
@@ -364,5 +414,41 @@ mod tests {
         let one = help(specs(), &a("mesh degree")).unwrap();
         assert!(one.contains("Long text."));
         assert!(help(specs(), &a("nope")).is_err());
+        assert!(all.starts_with("Notation: "), "{all}");
+        assert!(!one.contains("Notation"), "{one}");
+    }
+
+    #[test]
+    fn help_fits_the_width() {
+        let real = crate::cmd::specs();
+        for width in [30, 50, 80, 120] {
+            for words in [vec![], a("mesh"), a("file get"), a("mesh send")] {
+                let text = super::help(real, &words, width).unwrap();
+                for l in text.lines() {
+                    // Only a single word longer than the width may pass it.
+                    assert!(
+                        l.chars().count() <= width || !l.trim().contains(' '),
+                        "{width}: {l:?}"
+                    );
+                }
+                // Nothing is lost: the same words as unwrapped.
+                let words_of =
+                    |t: &str| t.split_whitespace().map(str::to_string).collect::<Vec<_>>();
+                assert_eq!(
+                    words_of(&text),
+                    words_of(&super::help(real, &words, usize::MAX).unwrap()),
+                );
+            }
+        }
+        // A description continues in its column.
+        let list = super::help(real, &[], 80).unwrap();
+        let lines: Vec<&str> = list.lines().collect();
+        let i = lines
+            .iter()
+            .position(|l| l.starts_with("file get <name> [wait,] "))
+            .unwrap();
+        let col = lines[i].find("fetch").unwrap();
+        assert!(lines[i + 1].starts_with(&" ".repeat(col)), "{list}");
+        assert!(lines[i + 1].trim_end().ends_with("holds it"), "{list}");
     }
 }

@@ -37,7 +37,10 @@ pub(super) static SPECS: &[Spec] = &[
 
 async fn help(cx: &Ctx, c: &Call) -> Out {
     let words = c.lists.get("command").cloned().unwrap_or_default();
-    cx.one(Response::text(cx.me(), grammar::help(specs(), &words)?))
+    cx.one(Response::text(
+        cx.me(),
+        grammar::help(specs(), &words, grammar::HELP_WIDTH)?,
+    ))
 }
 
 async fn version(cx: &Ctx) -> Out {
