@@ -253,3 +253,41 @@ fn a_newcomer_with_a_name_in_use_stops_and_the_mesh_shows_the_clash() {
     assert_eq!(first.size(), 2);
     first.mm(&["mesh", "send", "n2", "version"]);
 }
+
+/// `file status` fits a terminal: minimega's tempdir column, a long path,
+/// only with `wide`.
+#[test]
+fn file_status_leaves_the_tempdir_to_wide() {
+    let a = Node::local("a", &[]);
+    let header = |args: &[&str]| -> Vec<String> {
+        let v = a.json(args);
+        v[0]["header"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h.as_str().unwrap().to_string())
+            .collect()
+    };
+    let short = header(&["file", "status"]);
+    assert_eq!(
+        short,
+        [
+            "filename",
+            "completed",
+            "queued",
+            "bytes",
+            "rate",
+            "sources",
+            "eta",
+            "state"
+        ]
+    );
+    for args in [
+        &["file", "status", "wide"][..],
+        &["file", "status", "all", "wide"],
+    ] {
+        let wide = header(args);
+        assert_eq!(wide[..2], ["filename", "tempdir"], "{args:?}");
+        assert_eq!(wide.len(), short.len() + 1);
+    }
+}
