@@ -11,6 +11,7 @@ mod files;
 mod fuzz;
 mod inbound;
 mod node;
+mod ns;
 pub mod proto;
 mod serve;
 mod stats;
