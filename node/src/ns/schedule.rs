@@ -463,14 +463,14 @@ mod tests {
                 .collect();
             let n = rng.gen_range(1..20);
             let mut q = vms(n);
-            for i in 0..n {
+            for (i, w) in q.iter_mut().enumerate() {
                 match rng.gen_range(0..10) {
-                    0 => q[i].schedule = Some(format!("h{}", rng.gen_range(0..6))),
-                    1 if i > 0 => q[i].colocate = Some(format!("vm-{}", rng.gen_range(0..i))),
-                    2 => q[i].coschedule = Some(rng.gen_range(0..4)),
+                    0 => w.schedule = Some(format!("h{}", rng.gen_range(0..6))),
+                    1 if i > 0 => w.colocate = Some(format!("vm-{}", rng.gen_range(0..i))),
+                    2 => w.coschedule = Some(rng.gen_range(0..4)),
                     _ => {}
                 }
-                q[i].vcpus = rng.gen_range(1..4);
+                w.vcpus = rng.gen_range(1..4);
             }
             let cap = Capacity {
                 cpu: rng.gen_bool(0.3).then(|| rng.gen_range(1..4) as f64),
