@@ -67,12 +67,13 @@ impl Mode {
 }
 
 /// A running node: the overlay, the metadata database, and the subsystems
-/// (`files` now; namespaces, VMs and bridges join it).
+/// (`files`, `ns`; VMs and bridges join it).
 pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) overlay: Overlay,
     pub(crate) meta: Meta,
     pub(crate) files: Files,
+    pub(crate) ns: crate::ns::Namespaces,
     pub(crate) mode: Mode,
     pub(crate) started: Instant,
     timeout: Mutex<Duration>,
@@ -90,11 +91,13 @@ impl Node {
             .get::<u64>("settings", "timeout_ms")
             .map(Duration::from_millis)
             .unwrap_or(DEFAULT_TIMEOUT);
+        let ns = crate::ns::Namespaces::open(meta.clone(), &name);
         Arc::new(Node {
             name,
             overlay,
             meta,
             files,
+            ns,
             mode,
             started: Instant::now(),
             timeout: Mutex::new(timeout),

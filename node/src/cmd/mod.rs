@@ -12,6 +12,7 @@ pub(crate) mod grammar;
 mod host;
 pub(crate) mod hosts;
 mod mesh;
+mod ns;
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
@@ -49,9 +50,8 @@ pub(crate) enum Source {
 pub(crate) struct Ctx {
     pub(crate) node: Arc<Node>,
     pub(crate) src: Source,
-    /// The namespace the command runs in, once namespaces exist; `None`
-    /// is the default one, which holds only this node.
-    #[allow(dead_code)]
+    /// The namespace the command runs in when `namespace NAME COMMAND`
+    /// chose one; `None`: the node's active namespace.
     pub(crate) ns: Option<String>,
 }
 
@@ -71,6 +71,11 @@ impl Ctx {
         self.one(Response::text(self.me(), ""))
     }
 
+    /// The namespace this command runs in.
+    pub(crate) fn namespace(&self) -> String {
+        self.ns.clone().unwrap_or_else(|| self.node.ns.active())
+    }
+
     pub(crate) fn is_remote(&self) -> bool {
         matches!(self.src, Source::Mesh { .. })
     }
@@ -84,6 +89,7 @@ pub(crate) fn specs() -> &'static [&'static Spec] {
             .iter()
             .chain(mesh::SPECS)
             .chain(file::SPECS)
+            .chain(ns::SPECS)
             .collect()
     });
     &ALL

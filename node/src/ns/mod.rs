@@ -1,7 +1,231 @@
-//! Namespaces and the scheduler (issue 10). The placement policy comes
-//! first, as a pure function with its own tests; the `namespace`/`ns`
-//! commands, the queue and the stored schedule build on it.
+//! Namespaces (issue 10): named sets of hosts that VMs are launched into,
+//! with their queueing and scheduler settings, kept in sled on the node
+//! that owns them. The default namespace, `mm`, holds only this node. The
+//! placement policy is [`schedule`], a pure function with its own tests.
 
-// Until the `ns` and `vm` commands call it, only its tests do.
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use mm_store::Meta;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+// Until the `vm launch` commands call it, only its tests do.
 #[cfg_attr(not(test), allow(dead_code))]
 pub(crate) mod schedule;
+
+/// The namespace every node starts in.
+pub(crate) const DEFAULT: &str = "mm";
+
+const TREE: &str = "namespaces";
+
+/// One namespace's settings, as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Namespace {
+    pub(crate) hosts: BTreeSet<String>,
+    /// `vm launch TYPE N` only queues (`ns queueing true`).
+    #[serde(default)]
+    pub(crate) queueing: bool,
+    /// `ns load`: cpucommit, memcommit or netcommit.
+    #[serde(default = "default_load")]
+    pub(crate) load: String,
+}
+
+fn default_load() -> String {
+    "cpucommit".into()
+}
+
+impl Namespace {
+    fn new(hosts: BTreeSet<String>) -> Namespace {
+        Namespace {
+            hosts,
+            queueing: false,
+            load: default_load(),
+        }
+    }
+}
+
+/// This node's namespaces, and which one is active.
+pub(crate) struct Namespaces {
+    meta: Meta,
+    me: String,
+    state: Mutex<(String, BTreeMap<String, Namespace>)>,
+}
+
+impl Namespaces {
+    /// Loads the namespaces kept in `meta`; `mm` always exists.
+    pub(crate) fn open(meta: Meta, me: &str) -> Namespaces {
+        let mut all: BTreeMap<String, Namespace> = meta.all(TREE).into_iter().collect();
+        all.entry(DEFAULT.into())
+            .or_insert_with(|| Namespace::new(BTreeSet::from([me.to_string()])));
+        let active = meta
+            .get::<String>("settings", "namespace")
+            .filter(|a| all.contains_key(a))
+            .unwrap_or_else(|| DEFAULT.into());
+        Namespaces {
+            meta,
+            me: me.to_string(),
+            state: Mutex::new((active, all)),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, (String, BTreeMap<String, Namespace>)> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn active(&self) -> String {
+        self.state().0.clone()
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Option<Namespace> {
+        self.state().1.get(name).cloned()
+    }
+
+    pub(crate) fn list(&self) -> Vec<(String, Namespace)> {
+        self.state()
+            .1
+            .iter()
+            .map(|(n, ns)| (n.clone(), ns.clone()))
+            .collect()
+    }
+
+    /// Creates `name` with `hosts` if it is new (minimega: every node the
+    /// mesh reaches but this one, the caller's choice); true if it was.
+    pub(crate) fn create(&self, name: &str, hosts: BTreeSet<String>) -> Result<bool> {
+        check_name(name)?;
+        let mut st = self.state();
+        if st.1.contains_key(name) {
+            return Ok(false);
+        }
+        let ns = Namespace::new(hosts);
+        self.meta.put(TREE, name, &ns)?;
+        st.1.insert(name.to_string(), ns);
+        Ok(true)
+    }
+
+    pub(crate) fn set_active(&self, name: &str) -> Result<()> {
+        let mut st = self.state();
+        if !st.1.contains_key(name) {
+            return Err(no_such(name));
+        }
+        self.meta.put("settings", "namespace", &name.to_string())?;
+        st.0 = name.to_string();
+        Ok(())
+    }
+
+    /// Changes `name`'s settings with `f`, and stores them, or nothing if
+    /// `f` fails.
+    pub(crate) fn update<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Namespace) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.state();
+        let ns = st.1.get_mut(name).ok_or_else(|| no_such(name))?;
+        let mut changed = ns.clone();
+        let out = f(&mut changed)?;
+        self.meta.put(TREE, name, &changed)?;
+        *ns = changed;
+        Ok(out)
+    }
+
+    /// Removes `name` and returns to `mm` if it was active. `mm` itself
+    /// is reset to its defaults instead (as minimega recreates its own).
+    pub(crate) fn clear(&self, name: &str) -> Result<()> {
+        let mut st = self.state();
+        if !st.1.contains_key(name) {
+            return Err(no_such(name));
+        }
+        if name == DEFAULT {
+            let ns = Namespace::new(BTreeSet::from([self.me.clone()]));
+            self.meta.put(TREE, name, &ns)?;
+            st.1.insert(name.into(), ns);
+        } else {
+            self.meta.remove(TREE, name)?;
+            st.1.remove(name);
+        }
+        if st.0 == name {
+            self.meta
+                .put("settings", "namespace", &DEFAULT.to_string())?;
+            st.0 = DEFAULT.into();
+        }
+        Ok(())
+    }
+}
+
+fn no_such(name: &str) -> Error {
+    Error::NotFound(format!("no such namespace: {name}"))
+}
+
+/// Namespace names: what a VM's directory and a host list can carry.
+fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && !name.starts_with('.')
+        && name != "all";
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "invalid namespace name '{name}': 1 to 64 letters, digits, '-', '_' and '.', not \
+             starting with '.', and not 'all'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(h: &[&str]) -> BTreeSet<String> {
+        h.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn namespaces_persist_and_mm_always_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.db");
+        {
+            let ns = Namespaces::open(Meta::open(&path).unwrap(), "head");
+            assert_eq!(ns.active(), "mm");
+            assert_eq!(ns.get("mm").unwrap().hosts, hosts(&["head"]));
+            assert!(ns.create("foo", hosts(&["n1", "n2"])).unwrap());
+            assert!(!ns.create("foo", hosts(&["x"])).unwrap(), "created twice");
+            ns.set_active("foo").unwrap();
+            ns.update("foo", |n| {
+                n.queueing = true;
+                Ok(())
+            })
+            .unwrap();
+            // A failed update changes nothing.
+            let e = ns.update("foo", |n| {
+                n.hosts.clear();
+                Err::<(), _>(Error::Usage("no".into()))
+            });
+            assert!(e.is_err());
+            assert!(ns.create("bad/name", hosts(&[])).is_err());
+            assert!(ns.set_active("nope").is_err());
+        }
+        let ns = Namespaces::open(Meta::open(&path).unwrap(), "head");
+        assert_eq!(ns.active(), "foo");
+        let foo = ns.get("foo").unwrap();
+        assert_eq!(foo.hosts, hosts(&["n1", "n2"]));
+        assert!(foo.queueing);
+        // Clearing the active one returns to mm; clearing mm resets it.
+        ns.clear("foo").unwrap();
+        assert_eq!(ns.active(), "mm");
+        assert!(ns.get("foo").is_none());
+        ns.update("mm", |n| {
+            n.hosts.insert("other".into());
+            Ok(())
+        })
+        .unwrap();
+        ns.clear("mm").unwrap();
+        assert_eq!(ns.get("mm").unwrap().hosts, hosts(&["head"]));
+        assert!(ns.clear("foo").is_err());
+    }
+}

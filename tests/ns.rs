@@ -1,0 +1,115 @@
+//! Namespaces across a mesh (issue 10): real nodes on loopback, a head
+//! node and three hosts.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{rows, Node};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn namespaces(n: &Node) -> Vec<(String, String)> {
+    rows(&n.json(&["namespace"]))
+        .into_iter()
+        .map(|r| (r["namespace"].clone(), r["active"].clone()))
+        .collect()
+}
+
+#[test]
+fn a_namespace_holds_the_mesh_but_the_head_and_survives_a_restart() {
+    // The head dials n1 (again after its restart, on a new port).
+    let n1 = Node::local("n1", &[]);
+    let n: Vec<Node> = (2..=3)
+        .map(|i| Node::local(&format!("n{i}"), &["--peer", &n1.addr()]))
+        .collect();
+    let mut head = Node::local("head", &["--peer", &n1.addr()]);
+    head.wait_size(4, LONG);
+    // The default holds the head alone.
+    assert_eq!(head.mm(&["ns", "hosts"]).trim(), "head");
+    head.mm(&["namespace", "foo"]);
+    assert_eq!(head.mm(&["ns", "hosts"]).trim(), "n[1-3]");
+    assert_eq!(
+        namespaces(&head),
+        vec![("foo".into(), "true".into()), ("mm".into(), "false".into())]
+    );
+    // One command in another namespace leaves the active one alone.
+    assert_eq!(head.mm(&["namespace", "mm", "ns", "hosts"]).trim(), "head");
+    assert_eq!(head.mm(&["ns", "hosts"]).trim(), "n[1-3]");
+    // Unknown hosts change nothing.
+    let out = head.try_mm(&["ns", "add-hosts", "n9,head"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("not in the mesh: n9; nothing changed"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(head.mm(&["ns", "hosts"]).trim(), "n[1-3]");
+    head.mm(&["ns", "del-hosts", "n2"]);
+    assert_eq!(head.mm(&["ns", "hosts"]).trim(), "n[1,3]");
+    let out = head.try_mm(&["ns", "del-hosts", "n2"]);
+    assert!(
+        stderr_of(&out).contains("not in namespace foo: n2"),
+        "{}",
+        stderr_of(&out)
+    );
+    head.mm(&["ns", "add-hosts", "localhost"]);
+    assert_eq!(head.mm(&["ns", "hosts"]).trim(), "head,n[1,3]");
+    head.mm(&["ns", "queueing", "true"]);
+    head.mm(&["ns", "load", "memcommit"]);
+    // ns run: every host of the namespace, one table.
+    let ans = head.json(&["ns", "run", "version"]);
+    let hosts: Vec<&str> = ans.iter().map(|r| r["host"].as_str().unwrap()).collect();
+    assert_eq!(hosts, ["head", "n1", "n3"], "{ans:?}");
+    assert!(ans.iter().all(|r| r["error"] == ""), "{ans:?}");
+    // Never through mesh send, nor nested.
+    let ans = head.json(&["mesh", "send", "n1", "ns", "run", "version"]);
+    assert!(
+        ans[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot run `ns run` via meshage"),
+        "{ans:?}"
+    );
+    let out = head.try_mm(&["ns", "run", "ns", "run", "version"]);
+    assert!(
+        stderr_of(&out).contains("cannot run `ns run` via ns run"),
+        "{}",
+        stderr_of(&out)
+    );
+    // Kept in sled: a restart brings it all back.
+    head.stop(false);
+    head.start();
+    head.wait_size(4, LONG);
+    assert_eq!(head.mm(&["ns", "hosts"]).trim(), "head,n[1,3]");
+    assert_eq!(head.mm(&["ns", "queueing"]).trim(), "true");
+    assert_eq!(head.mm(&["ns", "load"]).trim(), "memcommit");
+    // Clearing the active one returns to mm.
+    head.mm(&["clear", "namespace"]);
+    assert_eq!(namespaces(&head), vec![("mm".into(), "true".into())]);
+    assert_eq!(head.mm(&["ns", "hosts"]).trim(), "head");
+    drop((n1, n));
+}
+
+#[test]
+fn a_new_namespace_on_a_lone_node_holds_that_node() {
+    let a = Node::local("alone", &[]);
+    a.mm(&["namespace", "solo"]);
+    assert_eq!(a.mm(&["ns", "hosts"]).trim(), "alone");
+    let out = a.try_mm(&["namespace", "bad/name"]);
+    assert!(
+        stderr_of(&out).contains("invalid namespace name"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = a.try_mm(&["clear", "namespace", "nope"]);
+    assert!(
+        stderr_of(&out).contains("no such namespace: nope"),
+        "{}",
+        stderr_of(&out)
+    );
+}
