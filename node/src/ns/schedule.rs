@@ -10,7 +10,7 @@
 //! that sorts first (minimega breaks them by arrival order, which differs
 //! from run to run).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 /// What decides "least loaded" (`ns load`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,18 +91,36 @@ pub(crate) enum PlaceError {
     NoRoom { vm: String, why: String },
 }
 
-impl Host {
+/// A host while placing: what it has and commits, and its VMs' count and
+/// tightest coschedule limit, kept up to date (a scan of its VMs for every
+/// candidate VM would be quadratic).
+struct Slot {
+    h: Host,
+    count: usize,
+    min_co: Option<usize>,
+}
+
+impl Slot {
+    fn new(h: Host) -> Slot {
+        Slot {
+            count: h.vms.len(),
+            min_co: h.vms.iter().flatten().min().copied(),
+            h,
+        }
+    }
+
     fn load(&self, m: Metric) -> f64 {
+        let h = &self.h;
         match m {
-            Metric::Cpu => self.cpu_commit as f64 / self.cpus.max(1) as f64,
-            Metric::Mem => self.mem_commit_mib as f64 / self.mem_mib.max(1) as f64,
-            Metric::Net => self.net_commit as f64,
+            Metric::Cpu => h.cpu_commit as f64 / h.cpus.max(1) as f64,
+            Metric::Mem => h.mem_commit_mib as f64 / h.mem_mib.max(1) as f64,
+            Metric::Net => h.net_commit as f64,
         }
     }
 
     /// Why `w` may not join this host, if it may not.
     fn refuses(&self, w: &Want, cap: &Capacity) -> Option<String> {
-        let others = self.vms.len();
+        let (h, others) = (&self.h, self.count);
         if let Some(n) = w.coschedule {
             if others > n {
                 return Some(format!(
@@ -110,29 +128,29 @@ impl Host {
                 ));
             }
         }
-        if let Some(n) = self.vms.iter().flatten().min() {
+        if let Some(n) = self.min_co {
             // A VM there allows `n` others; with `w`, it would have `others`.
-            if others > *n {
+            if others > n {
                 return Some(format!("a VM there allows only {n} other VMs beside it"));
             }
         }
         if let Some(r) = cap.cpu {
-            let after = (self.cpu_commit + w.vcpus) as f64;
-            if after > r * self.cpus as f64 {
+            let after = (h.cpu_commit + w.vcpus) as f64;
+            if after > r * h.cpus as f64 {
                 return Some(format!(
                     "{} vCPUs would pass its cap of {r} x {} CPUs",
-                    self.cpu_commit + w.vcpus,
-                    self.cpus
+                    h.cpu_commit + w.vcpus,
+                    h.cpus
                 ));
             }
         }
         if let Some(r) = cap.mem {
-            let after = (self.mem_commit_mib + w.mem_mib) as f64;
-            if after > r * self.mem_mib as f64 {
+            let after = (h.mem_commit_mib + w.mem_mib) as f64;
+            if after > r * h.mem_mib as f64 {
                 return Some(format!(
                     "{} MiB would pass its cap of {r} x {} MiB",
-                    self.mem_commit_mib + w.mem_mib,
-                    self.mem_mib
+                    h.mem_commit_mib + w.mem_mib,
+                    h.mem_mib
                 ));
             }
         }
@@ -140,10 +158,34 @@ impl Host {
     }
 
     fn take(&mut self, w: &Want) {
-        self.cpu_commit += w.vcpus;
-        self.mem_commit_mib += w.mem_mib;
-        self.net_commit += w.nics;
-        self.vms.push(w.coschedule);
+        self.h.cpu_commit += w.vcpus;
+        self.h.mem_commit_mib += w.mem_mib;
+        self.h.net_commit += w.nics;
+        self.count += 1;
+        self.min_co = match (self.min_co, w.coschedule) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+}
+
+/// A host's place in the queue of candidates: lowest load first, then the
+/// name that sorts first (hosts are indexed in name order).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Key(f64, usize);
+
+impl Eq for Key {}
+
+impl Ord for Key {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Reversed: BinaryHeap pops its greatest.
+        o.0.total_cmp(&self.0).then(o.1.cmp(&self.1))
+    }
+}
+
+impl PartialOrd for Key {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
     }
 }
 
@@ -172,12 +214,20 @@ pub(crate) fn place(
     if !missing.is_empty() {
         return Err(PlaceError::NoSuchColocate(missing));
     }
-    let mut hosts: Vec<Host> = hosts.to_vec();
-    hosts.sort_by(|a, b| a.name.cmp(&b.name));
-    let index: HashMap<String, usize> = hosts
+    let mut sorted: Vec<Host> = hosts.to_vec();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let index: HashMap<String, usize> = sorted
         .iter()
         .enumerate()
         .map(|(i, h)| (h.name.clone(), i))
+        .collect();
+    let mut hosts: Vec<Slot> = sorted.into_iter().map(Slot::new).collect();
+    // Every host, by load; an entry whose load is no longer the host's is
+    // stale and skipped (each change pushes a fresh one).
+    let mut heap: BinaryHeap<Key> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| Key(h.load(metric), i))
         .collect();
 
     // The VM each one ends up beside: follow colocate to its root.
@@ -220,10 +270,11 @@ pub(crate) fn place(
                 }
                 i
             }
-            None => least_loaded(&hosts, w, metric, cap)?,
+            None => least_loaded(&hosts, &mut heap, w, metric, cap)?,
         };
         hosts[i].take(w);
-        out.insert(w.name.clone(), hosts[i].name.clone());
+        heap.push(Key(hosts[i].load(metric), i));
+        out.insert(w.name.clone(), hosts[i].h.name.clone());
     }
     // Colocated VMs, in queue order, once their roots are placed.
     for w in queue.iter().filter(|w| w.colocate.is_some()) {
@@ -243,21 +294,33 @@ pub(crate) fn place(
     Ok(out)
 }
 
-fn least_loaded(hosts: &[Host], w: &Want, m: Metric, cap: &Capacity) -> Result<usize, PlaceError> {
-    let mut best: Option<(f64, usize)> = None;
+fn least_loaded(
+    hosts: &[Slot],
+    heap: &mut BinaryHeap<Key>,
+    w: &Want,
+    m: Metric,
+    cap: &Capacity,
+) -> Result<usize, PlaceError> {
+    let mut passed = Vec::new();
     let mut why = String::from("the namespace has no hosts");
-    for (i, h) in hosts.iter().enumerate() {
-        if let Some(no) = h.refuses(w, cap) {
-            why = format!("{}: {no}", h.name);
-            continue;
+    let mut chosen = None;
+    while let Some(k) = heap.pop() {
+        if k.0.to_bits() != hosts[k.1].load(m).to_bits() {
+            continue; // stale
         }
-        let l = h.load(m);
-        // Strictly less: hosts are in name order, so the first wins a tie.
-        if best.is_none_or(|(b, _)| l < b) {
-            best = Some((l, i));
+        match hosts[k.1].refuses(w, cap) {
+            Some(no) => {
+                why = format!("{}: {no}", hosts[k.1].h.name);
+                passed.push(k);
+            }
+            None => {
+                chosen = Some(k.1);
+                break;
+            }
         }
     }
-    best.map(|(_, i)| i).ok_or_else(|| PlaceError::NoRoom {
+    heap.extend(passed);
+    chosen.ok_or_else(|| PlaceError::NoRoom {
         vm: w.name.clone(),
         why: if hosts.len() > 1 {
             format!("every host refuses it (last, {why})")
