@@ -15,6 +15,9 @@ mod ns;
 pub mod proto;
 mod serve;
 mod stats;
+// The QEMU driver and the `vm` commands that use it come next (issue 10).
+#[cfg_attr(not(test), allow(dead_code))]
+mod vm;
 
 pub use error::{Error, Result};
 pub use node::{DataPort, Options};
