@@ -87,6 +87,40 @@ impl EventLoop {
             .filter(move |(_, c)| now.duration_since(c.at) < CLASH_SHOWN)
     }
 
+    /// Clashes seen here, then those other nodes report.
+    pub(super) fn clash_views(&self) -> Vec<crate::ClashView> {
+        let now = Instant::now();
+        let mut out: Vec<crate::ClashView> = self
+            .recent_clashes()
+            .map(|(name, c)| crate::ClashView {
+                name: name.clone(),
+                seen_by: self.cfg.name.clone(),
+                peer_id: c.peer.to_string(),
+                addr: c.addr.clone(),
+                secs_ago: now.duration_since(c.at).as_secs(),
+                ours: *name == self.cfg.name,
+                other_is_older: c.older,
+            })
+            .collect();
+        for (_, a) in self.topo.known() {
+            for (name, peer) in &a.clashes {
+                if !out.iter().any(|c| c.name == *name && c.seen_by == a.name) {
+                    out.push(crate::ClashView {
+                        name: name.clone(),
+                        seen_by: a.name.clone(),
+                        peer_id: peer.clone(),
+                        addr: String::new(),
+                        secs_ago: 0,
+                        ours: *name == self.cfg.name,
+                        other_is_older: false,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.name, &a.seen_by).cmp(&(&b.name, &b.seen_by)));
+        out
+    }
+
     pub(super) fn is_refused(&self, p: &PeerId) -> bool {
         self.admit.until.get(p).is_some_and(|t| *t > Instant::now())
     }
