@@ -13,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::{Error, Result};
 
+pub(crate) mod qemu;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
     Building,

@@ -1,0 +1,301 @@
+//! The KVM driver: one `qemu-system-x86_64` process per VM, started paused
+//! (`-S`) and steered over its QMP socket. KVM where `/dev/kvm` works,
+//! TCG where it does not (`accel=kvm:tcg`). Each VM has a directory
+//! `<base>/<namespace>/<id>/` with its QMP socket, serial log, stderr and
+//! pid file.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{Config, Driver};
+use crate::{Error, Result};
+
+/// How long QEMU may take to open its QMP socket, and to answer on it.
+const QMP_WAIT: Duration = Duration::from_secs(10);
+
+struct Proc {
+    child: Child,
+    dir: PathBuf,
+}
+
+pub(crate) struct Qemu {
+    base: PathBuf,
+    binary: String,
+    procs: Mutex<HashMap<u64, Proc>>,
+}
+
+impl Qemu {
+    pub(crate) fn new(base: &Path) -> Qemu {
+        Qemu {
+            base: base.to_path_buf(),
+            binary: "qemu-system-x86_64".into(),
+            procs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Proc>> {
+        self.procs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dir(&self, id: u64) -> Result<PathBuf> {
+        self.procs()
+            .get(&id)
+            .map(|p| p.dir.clone())
+            .ok_or_else(|| Error::NotFound(format!("no process for vm {id}")))
+    }
+
+    /// One QMP command, after the handshake; its `return` value.
+    pub(crate) fn qmp(&self, id: u64, command: &str) -> Result<serde_json::Value> {
+        qmp_at(&self.dir(id)?.join("qmp.sock"), id, command)
+    }
+
+    /// QEMU's own word on the VM: `prelaunch`, `running`, `paused`, ...
+    pub(crate) fn status(&self, id: u64) -> Result<String> {
+        let v = self.qmp(id, "query-status")?;
+        Ok(v["status"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// `kvm` or `tcg`, as QEMU reports it.
+    pub(crate) fn accel(&self, id: u64) -> Result<&'static str> {
+        let v = self.qmp(id, "query-kvm")?;
+        Ok(if v["enabled"] == true { "kvm" } else { "tcg" })
+    }
+}
+
+impl Driver for Qemu {
+    fn launch(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<u32> {
+        let dir = self.base.join(namespace).join(id.to_string());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let sock = dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&sock);
+        let stderr = std::fs::File::create(dir.join("stderr.log"))
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let mut cmd = Command::new(&self.binary);
+        cmd.args(["-S", "-nodefaults", "-nographic", "-display", "none"])
+            .args(["-machine", "accel=kvm:tcg"])
+            .args(["-name", name])
+            .args(["-m", &cfg.memory_mib.to_string()])
+            .args(["-smp", &cfg.vcpus.to_string()])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", sock.display()))
+            .arg("-serial")
+            .arg(format!("file:{}", dir.join("serial.log").display()))
+            .arg("-pidfile")
+            .arg(dir.join("pid"));
+        if let Some(d) = &cfg.disk {
+            cmd.arg("-drive")
+                .arg(format!("file={d},if=ide,snapshot=on"));
+        }
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| Error::io(format!("cannot run {}", self.binary), e))?;
+        let start = Instant::now();
+        while !sock.exists() {
+            if let Ok(Some(st)) = child.try_wait() {
+                return Err(Error::Refused(format!(
+                    "{name}: qemu exited at start ({st}): {}",
+                    last_words(&dir)
+                )));
+            }
+            if start.elapsed() > QMP_WAIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Error::Refused(format!(
+                    "{name}: qemu opened no QMP socket within {QMP_WAIT:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // QEMU opens the socket before it reads the rest of its command
+        // line (a missing disk fails after): it has started once it answers.
+        if let Err(e) = qmp_at(&sock, id, "query-status") {
+            let _ = child.kill();
+            let st = child.wait().map(|s| s.to_string()).unwrap_or_default();
+            let words = last_words(&dir);
+            return Err(Error::Refused(if words.is_empty() {
+                format!("{name}: qemu did not start ({e})")
+            } else {
+                format!("{name}: qemu exited at start ({st}): {words}")
+            }));
+        }
+        let pid = child.id();
+        self.procs().insert(id, Proc { child, dir });
+        Ok(pid)
+    }
+
+    fn resume(&self, id: u64) -> Result<()> {
+        self.qmp(id, "cont").map(|_| ())
+    }
+
+    fn pause(&self, id: u64) -> Result<()> {
+        self.qmp(id, "stop").map(|_| ())
+    }
+
+    fn kill(&self, id: u64) -> Result<()> {
+        let _ = self.qmp(id, "quit");
+        let Some(mut p) = self.procs().remove(&id) else {
+            return Ok(());
+        };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = p.child.try_wait() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = p.child.kill();
+        let _ = p.child.wait();
+        Ok(())
+    }
+
+    fn died(&self, id: u64) -> Option<String> {
+        let mut procs = self.procs();
+        let p = procs.get_mut(&id)?;
+        let st = p.child.try_wait().ok()??;
+        let words = last_words(&p.dir);
+        Some(if words.is_empty() {
+            format!("qemu exited ({st})")
+        } else {
+            format!("qemu exited ({st}): {words}")
+        })
+    }
+}
+
+impl Drop for Qemu {
+    /// A node that stops takes its VMs with it.
+    fn drop(&mut self) {
+        for (_, mut p) in self.procs().drain() {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// One QMP command on the socket at `sock`, after the handshake.
+fn qmp_at(sock: &Path, id: u64, command: &str) -> Result<serde_json::Value> {
+    let io = |e: std::io::Error| Error::io(format!("QMP of vm {id} ({})", sock.display()), e);
+    let s = UnixStream::connect(sock).map_err(io)?;
+    s.set_read_timeout(Some(QMP_WAIT)).map_err(io)?;
+    let mut w = s.try_clone().map_err(io)?;
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).map_err(io)?; // the greeting
+    let mut ask = |cmd: &str| -> Result<serde_json::Value> {
+        writeln!(w, "{{\"execute\":\"{cmd}\"}}").map_err(io)?;
+        loop {
+            line.clear();
+            if r.read_line(&mut line).map_err(io)? == 0 {
+                // `quit` closes the socket before or after its answer.
+                return Ok(serde_json::Value::Null);
+            }
+            let v: serde_json::Value = serde_json::from_str(&line)
+                .map_err(|e| Error::Refused(format!("QMP of vm {id}: {e}: {}", line.trim())))?;
+            if let Some(ret) = v.get("return") {
+                return Ok(ret.clone());
+            }
+            if let Some(err) = v.get("error") {
+                return Err(Error::Refused(format!("QMP {cmd} on vm {id}: {err}")));
+            }
+            // An event: not the answer.
+        }
+    };
+    ask("qmp_capabilities")?;
+    ask(command)
+}
+
+/// The end of what QEMU wrote to stderr, on one line.
+fn last_words(dir: &Path) -> String {
+    let text = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(3)..].join(" / ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::{State, Target, Vms};
+    use super::*;
+
+    fn tiny() -> Config {
+        Config {
+            memory_mib: 32,
+            ..Config::default()
+        }
+    }
+
+    /// Real QEMU processes (CI installs qemu-system-x86): the states the
+    /// node keeps are the ones QEMU reports.
+    #[test]
+    fn real_qemu_vms_follow_the_state_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Arc::new(Qemu::new(dir.path()));
+        let vms = Vms::new(q.clone());
+        let names = vec!["a".to_string(), "b".to_string()];
+        vms.launch("foo", &names, &tiny()).unwrap();
+        let info = vms.info("foo");
+        assert!(info.iter().all(|v| v.state == State::Building));
+        let (a, b) = (info[0].id, info[1].id);
+        assert_eq!(q.status(a).unwrap(), "prelaunch");
+        assert!(["kvm", "tcg"].contains(&q.accel(a).unwrap()));
+        assert!(dir.path().join(format!("foo/{a}/pid")).exists());
+        vms.start("foo", &Target::All).unwrap();
+        assert_eq!(q.status(a).unwrap(), "running");
+        vms.stop("foo", &Target::Names(&["a".to_string()])).unwrap();
+        assert_eq!(q.status(a).unwrap(), "paused");
+        // A process that dies on its own shows as ERROR.
+        let pid = info[1].pid as i32;
+        // SAFETY: kill(2) on a child this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let b_state = (0..100)
+            .find_map(|_| {
+                let v = vms.info("foo").into_iter().find(|v| v.id == b)?;
+                if v.state == State::Error {
+                    return Some(v);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                None
+            })
+            .expect("b never showed as ERROR");
+        assert!(b_state.error.contains("qemu exited"), "{}", b_state.error);
+        vms.kill("foo", &Target::All).unwrap();
+        let gone = (0..100).any(|_| {
+            // SAFETY: signal 0 only asks whether the process exists.
+            let alive = unsafe { libc::kill(info[0].pid as i32, 0) } == 0;
+            if alive {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            !alive
+        });
+        assert!(gone, "a's qemu outlived vm kill");
+        assert_eq!(vms.flush("foo"), 2);
+    }
+
+    #[test]
+    fn a_qemu_that_cannot_start_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let vms = Vms::new(Arc::new(Qemu::new(dir.path())));
+        let cfg = Config {
+            disk: Some("/nonexistent/disk.qcow2".into()),
+            ..tiny()
+        };
+        let e = vms
+            .launch("foo", &["a".to_string()], &cfg)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("qemu exited at start") && e.contains("disk.qcow2"),
+            "{e}"
+        );
+        assert!(vms.info("foo").is_empty());
+    }
+}
