@@ -67,13 +67,14 @@ impl Mode {
 }
 
 /// A running node: the overlay, the metadata database, and the subsystems
-/// (`files`, `ns`; VMs and bridges join it).
+/// (`files`, `ns`, `vms`; bridges join it).
 pub(crate) struct Node {
     pub(crate) name: String,
     pub(crate) overlay: Overlay,
     pub(crate) meta: Meta,
     pub(crate) files: Files,
     pub(crate) ns: crate::ns::Namespaces,
+    pub(crate) vms: crate::vm::Vms,
     pub(crate) mode: Mode,
     pub(crate) started: Instant,
     timeout: Mutex<Duration>,
@@ -85,6 +86,7 @@ impl Node {
         overlay: Overlay,
         meta: Meta,
         files: Files,
+        vms: crate::vm::Vms,
         mode: Mode,
     ) -> Arc<Node> {
         let timeout = meta
@@ -98,6 +100,7 @@ impl Node {
             meta,
             files,
             ns,
+            vms,
             mode,
             started: Instant::now(),
             timeout: Mutex::new(timeout),

@@ -133,14 +133,17 @@ pub async fn serve(opts: Options) -> Result<()> {
         opts.data_port,
     )
     .await?;
+    // 3. VMs: one QEMU process each, in a directory under the base.
+    let vms = crate::vm::Vms::new(std::sync::Arc::new(crate::vm::qemu::Qemu::new(&opts.base)));
     let node = Node::new(
         opts.name.clone(),
         overlay.clone(),
         meta.clone(),
         files,
+        vms,
         mode,
     );
-    // 3. What feeds and asks the node: host stats, other nodes, the CLI.
+    // 4. What feeds and asks the node: host stats, other nodes, the CLI.
     let stats = tokio::spawn(stats::publish(overlay.clone()));
     let answering = tokio::spawn(inbound::answer_all(node.clone(), inbound));
     let control = tokio::spawn(control::serve(listener, node.clone()));
@@ -156,6 +159,8 @@ pub async fn serve(opts: Options) -> Result<()> {
     answering.abort();
     stats.abort();
     node.files.stop();
+    // A node that stops takes its VMs with it.
+    node.vms.kill_all();
     if let Err(e) = meta.flush() {
         warn!("flushing metadata: {e}");
     }

@@ -247,17 +247,16 @@ async fn wait(cx: &Ctx, c: &Call) -> Out {
     let end = tokio::time::Instant::now() + limit;
     loop {
         let s = cx.node.overlay.snapshot().await?;
-        let missing: Vec<String> = match &want {
-            Want::Size(_) => Vec::new(),
-            Want::Hosts(h) => h
-                .iter()
-                .filter(|n| !s.nodes.contains_key(*n))
-                .cloned()
-                .collect(),
-        };
-        let done = match &want {
-            Want::Size(n) => s.nodes.len() >= *n,
-            Want::Hosts(_) => missing.is_empty(),
+        let (done, missing) = match &want {
+            Want::Size(n) => (s.nodes.len() >= *n, Vec::new()),
+            Want::Hosts(h) => {
+                let m: Vec<String> = h
+                    .iter()
+                    .filter(|n| !s.nodes.contains_key(*n))
+                    .cloned()
+                    .collect();
+                (m.is_empty(), m)
+            }
         };
         if done {
             return cx.one(Response::text(

@@ -97,6 +97,16 @@ pub(crate) fn specs() -> &'static [&'static Spec] {
 
 /// Parses and runs one command; errors become error rows of this node.
 pub(crate) async fn execute(node: &Arc<Node>, argv: &[String], src: Source) -> Vec<Response> {
+    execute_in(node, argv, src, None).await
+}
+
+/// [`execute`] in namespace `ns` (None: the active one).
+pub(crate) async fn execute_in(
+    node: &Arc<Node>,
+    argv: &[String],
+    src: Source,
+    ns: Option<String>,
+) -> Vec<Response> {
     if let Source::Mesh { from } = &src {
         tracing::debug!("command from {from}: {}", argv.join(" "));
     }
@@ -107,7 +117,7 @@ pub(crate) async fn execute(node: &Arc<Node>, argv: &[String], src: Source) -> V
     let cx = Ctx {
         node: node.clone(),
         src,
-        ns: None,
+        ns,
     };
     match (spec.run)(&cx, &call).await {
         Ok(rs) => rs,

@@ -97,9 +97,8 @@ async fn namespace(cx: &Ctx, c: &Call) -> Out {
             .list()
             .into_iter()
             .map(|(n, _)| {
-                // No VM runs yet: the VM subsystem arrives with issue 10's
-                // next part, and then counts them here.
-                vec![n.clone(), "0".to_string(), (n == active).to_string()]
+                let vms = node.vms.info(&n).len().to_string();
+                vec![n.clone(), vms, (n == active).to_string()]
             })
             .collect();
         return cx.one(Response::table(
@@ -262,7 +261,8 @@ async fn ns_run(cx: &Ctx, c: &Call) -> Out {
         .cloned()
         .collect();
     if ns.hosts.contains(&cx.node.name) {
-        out.extend(super::execute(&cx.node, &c.sub, cx.src.clone()).await);
+        let ns = Some(cx.namespace());
+        out.extend(super::execute_in(&cx.node, &c.sub, cx.src.clone(), ns).await);
     }
     if !others.is_empty() {
         out.extend(run_remote(&cx.node, others, c.sub.clone(), cx.node.send_timeout()).await?);
