@@ -109,7 +109,8 @@ impl Vms {
     }
 
     /// Launches `names` in `namespace`, each BUILDING. Checks every name
-    /// first: nothing is launched if one is bad or taken.
+    /// first: nothing is launched if one is bad or taken, or if a process
+    /// fails to start (those of the batch already started are killed).
     pub(crate) fn launch(&self, namespace: &str, names: &[String], cfg: &Config) -> Result<()> {
         let mut st = self.st();
         let mut seen = std::collections::HashSet::new();
@@ -126,10 +127,22 @@ impl Vms {
                 return Err(Error::Usage(format!("vm already exists with name {n}")));
             }
         }
+        let mut launched = Vec::new();
         for n in names {
             st.0 += 1;
             let id = st.0;
-            let pid = self.driver.launch(namespace, id, n, cfg)?;
+            let pid = match self.driver.launch(namespace, id, n, cfg) {
+                Ok(pid) => pid,
+                Err(e) => {
+                    // All or nothing: the batch's earlier VMs go too.
+                    for id in launched {
+                        let _ = self.driver.kill(id);
+                        st.1.remove(&id);
+                    }
+                    return Err(e);
+                }
+            };
+            launched.push(id);
             st.1.insert(
                 id,
                 Vm {
@@ -280,11 +293,16 @@ fn check_name(n: &str) -> Result<()> {
 pub(crate) struct Fake {
     pub(crate) calls: Mutex<Vec<String>>,
     pub(crate) dead: Mutex<BTreeMap<u64, String>>,
+    /// Names whose launch fails.
+    pub(crate) fail: Mutex<Vec<String>>,
 }
 
 #[cfg(test)]
 impl Driver for Fake {
     fn launch(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<u32> {
+        if self.fail.lock().unwrap().iter().any(|f| f == name) {
+            return Err(Error::Refused(format!("{name}: no process")));
+        }
         self.calls.lock().unwrap().push(format!(
             "launch {namespace}/{id} {name} vcpus={} mem={}",
             cfg.vcpus, cfg.memory_mib
@@ -408,6 +426,25 @@ mod tests {
             assert!(e.to_string().contains(why), "{bad:?}: {e}");
         }
         assert_eq!(vms.info("foo").len(), 1, "a bad batch launched something");
+        // A process that fails to start takes its batch with it.
+        fake.fail.lock().unwrap().push("y".into());
+        let e = vms
+            .launch("foo", &names(&["x", "y"]), &Config::default())
+            .unwrap_err();
+        assert!(e.to_string().contains("y: no process"), "{e}");
+        assert_eq!(vms.info("foo").len(), 1, "half a batch stayed");
+        let calls = fake.calls.lock().unwrap().clone();
+        let x = calls
+            .iter()
+            .find_map(|c| {
+                c.strip_prefix("launch foo/")?
+                    .strip_suffix(" x vcpus=1 mem=2048")
+            })
+            .expect("x was launched");
+        assert!(
+            calls.contains(&format!("kill {x}")),
+            "x was not killed: {calls:?}"
+        );
         // Names are per namespace.
         vms.launch("bar", &names(&["web"]), &Config::default())
             .unwrap();
