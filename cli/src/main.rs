@@ -6,12 +6,13 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod dots;
 mod progress;
 mod render;
 
 use clap::Parser;
 use mm_node::control::Client;
-use render::{render, render_json};
+use render::{render, render_json, Flags, Mode, Op};
 
 #[derive(Parser)]
 #[command(
@@ -236,35 +237,21 @@ fn client(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut flags = Flags::default();
+    if cli.json {
+        flags.mode = Mode::Json;
+    }
     if cli.command.is_empty() {
         return if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
-            shell(&rt, conn, &base, cli.json)
+            shell(&rt, conn, &base, flags)
         } else {
-            script(&rt, &mut conn, &base, cli.json)
+            script(&rt, &mut conn, &base, flags)
         };
     }
-    let answer = if is_blocking_get(&cli.command) {
-        let bars = progress::Bars::start(&rt, base.clone());
-        let answer = rt.block_on(async {
-            tokio::select! {
-                a = conn.run(&cli.command) => Some(a),
-                _ = tokio::signal::ctrl_c() => None,
-            }
-        });
-        if let Some(b) = bars {
-            rt.block_on(b.stop());
-        }
-        let Some(answer) = answer else {
-            eprintln!("mm: {STOPPED_WAITING}");
-            return ExitCode::from(130);
-        };
-        answer
-    } else {
-        rt.block_on(conn.run(&cli.command))
-    };
-    match answer {
-        Ok(rs) => print_answer(&rs, cli.json),
-        Err(e) => {
+    match run_line(&rt, &mut conn, &base, &cli.command, &mut flags, false) {
+        Outcome::Done(code) => code,
+        Outcome::Interrupted => ExitCode::from(130),
+        Outcome::Lost(e) => {
             eprintln!("mm: {e}");
             ExitCode::from(2)
         }
@@ -297,12 +284,12 @@ fn is_blocking_get(argv: &[String]) -> bool {
         && argv.last().is_some_and(|w| w == "wait")
 }
 
-fn print_answer(rs: &[mm_node::Response], json: bool) -> ExitCode {
+fn print_answer(rs: &[mm_node::Response], flags: &Flags) -> ExitCode {
     let failed = rs.iter().any(|r| !r.error.is_empty());
-    if json {
+    if flags.mode == Mode::Json {
         println!("{}", render_json(rs));
     } else {
-        let (out, errors) = render(rs);
+        let (out, errors) = render(rs, flags);
         print!("{out}");
         for e in errors {
             eprintln!("{e}");
@@ -318,7 +305,12 @@ fn print_answer(rs: &[mm_node::Response], json: bool) -> ExitCode {
 /// A script on standard input: one command per line, no prompt and no
 /// history (a script's lines are not the operator's). Exits 1 if any line
 /// failed, 2 if the node went away, 130 on Ctrl-C.
-fn script(rt: &tokio::runtime::Runtime, conn: &mut Client, base: &Path, json: bool) -> ExitCode {
+fn script(
+    rt: &tokio::runtime::Runtime,
+    conn: &mut Client,
+    base: &Path,
+    mut flags: Flags,
+) -> ExitCode {
     use std::io::BufRead;
     let mut failed = false;
     for line in std::io::stdin().lock().lines() {
@@ -337,7 +329,7 @@ fn script(rt: &tokio::runtime::Runtime, conn: &mut Client, base: &Path, json: bo
         if argv == ["exit"] || argv == ["quit"] {
             break;
         }
-        match one_command(rt, conn, base, &argv, json) {
+        match run_line(rt, conn, base, &argv, &mut flags, false) {
             Outcome::Done(code) => failed |= code != ExitCode::SUCCESS,
             Outcome::Interrupted => return ExitCode::from(130),
             Outcome::Lost(e) => {
@@ -351,6 +343,104 @@ fn script(rt: &tokio::runtime::Runtime, conn: &mut Client, base: &Path, json: bo
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// One line of the shell, a script, a `read` file or the command line:
+/// its dot commands, `read`, or a command for the node.
+fn run_line(
+    rt: &tokio::runtime::Runtime,
+    conn: &mut Client,
+    base: &Path,
+    argv: &[String],
+    session: &mut Flags,
+    in_read: bool,
+) -> Outcome {
+    let (argv, ops, flags) = match dots::parse(argv, session) {
+        Ok(dots::Line::Session(text)) => {
+            if let Some(t) = text {
+                println!("{t}");
+            }
+            return Outcome::Done(ExitCode::SUCCESS);
+        }
+        Ok(dots::Line::Command { argv, ops, flags }) => (argv, ops, flags),
+        Err(e) => {
+            eprintln!("E: {e}");
+            return Outcome::Done(ExitCode::from(1));
+        }
+    };
+    if argv.first().is_some_and(|w| w == "read") {
+        if in_read {
+            eprintln!("E: cannot run nested `read` commands");
+            return Outcome::Done(ExitCode::from(1));
+        }
+        return read_file(rt, conn, base, &argv, session);
+    }
+    one_command(rt, conn, base, &argv, &ops, flags)
+}
+
+/// `read FILE [check,continue]`: the file's lines, one command each, as if
+/// typed; `#` starts a comment. Stops at the first line that fails, unless
+/// `continue`; `check` only checks that each line is a command.
+fn read_file(
+    rt: &tokio::runtime::Runtime,
+    conn: &mut Client,
+    base: &Path,
+    argv: &[String],
+    session: &mut Flags,
+) -> Outcome {
+    let fail = |msg: String| {
+        eprintln!("E: {msg}");
+        Outcome::Done(ExitCode::from(1))
+    };
+    let (file, mode) = match argv {
+        [_, f] => (f, None),
+        [_, f, m] if m == "check" || m == "continue" => (f, Some(m.as_str())),
+        _ => return fail("usage: read <file> [check,continue]".into()),
+    };
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => return fail(format!("read: cannot read {file}: {e}")),
+    };
+    let mut failed = false;
+    for (n, line) in text.lines().enumerate() {
+        let at = format!("{file}:{}", n + 1);
+        let words = match split_line(line) {
+            Ok(w) if w.is_empty() => continue,
+            Ok(w) => w,
+            Err(e) => return fail(format!("{at}: {e}")),
+        };
+        if mode == Some("check") {
+            let mut scratch = session.clone();
+            let checked = match dots::parse(&words, &mut scratch) {
+                Ok(dots::Line::Command { argv, .. }) if argv[0] == "read" => {
+                    Err("cannot run nested `read` commands".to_string())
+                }
+                Ok(dots::Line::Command { argv, .. }) => mm_node::check_command(&argv),
+                Ok(dots::Line::Session(_)) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = checked {
+                eprintln!("E: {at}: {e}");
+                failed = true;
+            }
+            continue;
+        }
+        match run_line(rt, conn, base, &words, session, true) {
+            Outcome::Done(code) if code != ExitCode::SUCCESS => {
+                failed = true;
+                if mode != Some("continue") {
+                    return fail(format!("read: stopped at {at}: {line}"));
+                }
+            }
+            Outcome::Done(_) => {}
+            other => return other,
+        }
+    }
+    Outcome::Done(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// How one command of the shell or a script ended.
@@ -370,9 +460,10 @@ fn one_command(
     conn: &mut Client,
     base: &Path,
     argv: &[String],
-    json: bool,
+    ops: &[Op],
+    mut flags: Flags,
 ) -> Outcome {
-    if argv[0] == "help" && !json {
+    if argv[0] == "help" && flags.mode != Mode::Json {
         return Outcome::Done(local_help(&argv[1..]));
     }
     let waiting = is_blocking_get(argv);
@@ -389,7 +480,13 @@ fn one_command(
         rt.block_on(b.stop());
     }
     match answer {
-        Some(Ok(rs)) => Outcome::Done(print_answer(&rs, json)),
+        Some(Ok(mut rs)) => match render::reshape(&mut rs, ops, &mut flags) {
+            Ok(()) => Outcome::Done(print_answer(&rs, &flags)),
+            Err(e) => {
+                eprintln!("E: {e}");
+                Outcome::Done(ExitCode::from(1))
+            }
+        },
         Some(Err(e)) => Outcome::Lost(e),
         None if waiting => {
             eprintln!("mm: {STOPPED_WAITING}");
@@ -408,7 +505,12 @@ const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The interactive shell, with history in `~/.mm_history`. A node that
 /// restarts is reached again; nothing is re-run by itself.
-fn shell(rt: &tokio::runtime::Runtime, mut conn: Client, base: &Path, json: bool) -> ExitCode {
+fn shell(
+    rt: &tokio::runtime::Runtime,
+    mut conn: Client,
+    base: &Path,
+    mut flags: Flags,
+) -> ExitCode {
     let mut ed = match rustyline::DefaultEditor::new() {
         Ok(e) => e,
         Err(e) => {
@@ -441,7 +543,7 @@ fn shell(rt: &tokio::runtime::Runtime, mut conn: Client, base: &Path, json: bool
         if argv == ["exit"] || argv == ["quit"] {
             break;
         }
-        let lost = match one_command(rt, &mut conn, base, &argv, json) {
+        let lost = match run_line(rt, &mut conn, base, &argv, &mut flags, false) {
             Outcome::Done(code) => {
                 status = code;
                 None
@@ -527,6 +629,8 @@ fn split_line(line: &str) -> Result<Vec<String>, String> {
                 quote = Some(c);
                 in_word = true;
             }
+            // A comment, as in sh: `#` where a word would start.
+            (None, '#') if !in_word => break,
             (None, c) if c.is_whitespace() => {
                 if in_word {
                     words.push(std::mem::take(&mut cur));

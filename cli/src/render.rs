@@ -3,11 +3,46 @@
 
 use mm_node::Response;
 
+/// How answers are shown: minicli's flags, set for one command by a dot
+/// prefix (`.headers false vm info`) or for the rest of the shell or
+/// script by the dot command alone (`.headers false`).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Flags {
+    /// The host column, and `host: ` before text from several hosts.
+    pub(crate) annotate: bool,
+    pub(crate) headers: bool,
+    /// Rows by their first column, numbers as numbers.
+    pub(crate) sort: bool,
+    /// The same text from several hosts once, as `n[1-3]: text`.
+    pub(crate) compress: bool,
+    pub(crate) mode: Mode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Table,
+    Csv,
+    Json,
+}
+
+impl Default for Flags {
+    /// minicli's defaults.
+    fn default() -> Flags {
+        Flags {
+            annotate: true,
+            headers: true,
+            sort: true,
+            compress: true,
+            mode: Mode::Table,
+        }
+    }
+}
+
 /// Renders answers the way minimega prints them: tables merged across hosts
 /// with a leading `host` column and sorted rows, free-form responses prefixed
 /// by their host when several hosts answered. Errors are returned apart, as
 /// `E: host: message` lines for stderr.
-pub(crate) fn render(responses: &[Response]) -> (String, Vec<String>) {
+pub(crate) fn render(responses: &[Response], f: &Flags) -> (String, Vec<String>) {
     let shown: Vec<Response> = responses.iter().map(defang).collect();
     let responses = &shown[..];
     let mut out = String::new();
@@ -22,7 +57,10 @@ pub(crate) fn render(responses: &[Response]) -> (String, Vec<String>) {
         }
         if !r.header.is_empty() {
             let rows = r.tabular.iter().map(|row| {
-                let mut v = vec![r.host.clone()];
+                let mut v = Vec::new();
+                if f.annotate {
+                    v.push(r.host.clone());
+                }
                 v.extend(row.iter().cloned());
                 v
             });
@@ -35,28 +73,200 @@ pub(crate) fn render(responses: &[Response]) -> (String, Vec<String>) {
         }
     }
     for (header, mut rows) in groups {
-        rows.sort();
-        let mut full = vec!["host".to_string()];
+        if f.sort {
+            rows.sort_by(|a, b| by_cells(a, b));
+        }
+        let mut full = Vec::new();
+        if f.annotate {
+            full.push("host".to_string());
+        }
         full.extend(header.iter().cloned());
-        if !out.is_empty() {
+        if !out.is_empty() && f.mode == Mode::Table {
             out.push('\n');
         }
-        out.push_str(&table(&full, &rows));
+        let head = f.headers.then_some(&full[..]);
+        match f.mode {
+            Mode::Csv => out.push_str(&csv(head, &rows)),
+            _ => out.push_str(&table(head, full.len(), &rows)),
+        }
     }
     texts.sort_by(|a, b| a.host.cmp(&b.host));
+    // The same text from several hosts: once, under their names.
+    let mut shown: Vec<(Vec<String>, &str)> = Vec::new();
     for r in texts {
-        if multi {
-            for line in r.response.lines() {
-                out.push_str(&format!("{}: {line}\n", r.host));
+        match shown
+            .iter_mut()
+            .find(|(_, t)| f.compress && *t == r.response.as_str())
+        {
+            Some((hosts, _)) => hosts.push(r.host.clone()),
+            None => shown.push((vec![r.host.clone()], &r.response)),
+        }
+    }
+    for (hosts, text) in shown {
+        if multi && f.annotate {
+            let who = mm_node::compress_hosts(&hosts);
+            for line in text.lines() {
+                out.push_str(&format!("{who}: {line}\n"));
             }
         } else {
-            out.push_str(&r.response);
-            if !r.response.ends_with('\n') {
+            out.push_str(text);
+            if !text.ends_with('\n') {
                 out.push('\n');
             }
         }
     }
     (out, errors)
+}
+
+/// minicli's row order: cell by cell, as numbers where both are.
+fn by_cells(a: &[String], b: &[String]) -> std::cmp::Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return match (x.parse::<i64>(), y.parse::<i64>()) {
+                (Ok(i), Ok(j)) => i.cmp(&j),
+                _ => x.cmp(y),
+            };
+        }
+    }
+    a.len().cmp(&b.len())
+}
+
+fn csv(header: Option<&[String]>, rows: &[Vec<String>]) -> String {
+    let field = |c: &String| {
+        if c.contains([',', '"', '\n']) {
+            format!("\"{}\"", c.replace('"', "\"\""))
+        } else {
+            c.clone()
+        }
+    };
+    let mut out = String::new();
+    for row in header.into_iter().chain(rows.iter().map(|r| &r[..])) {
+        out.push_str(&row.iter().map(field).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    out
+}
+
+/// The dot commands that reshape answers before they are shown:
+/// `.filter` and `.columns`, applied innermost first, as minicli does.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Op {
+    Filter(Filter),
+    Columns(Vec<String>),
+}
+
+/// `.filter COL=VAL`, `COL!=VAL`, `COL~VAL` (substring), `COL!~VAL`;
+/// case-insensitive. A value that is a list or a map (`[..]`, `{..}`)
+/// matches by substring.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Filter {
+    col: String,
+    val: String,
+    negate: bool,
+    fuzzy: bool,
+}
+
+impl Filter {
+    pub(crate) fn parse(s: &str) -> Result<Filter, String> {
+        for (sep, negate, fuzzy) in [
+            ("!~", true, true),
+            ("~", false, true),
+            ("!=", true, false),
+            ("=", false, false),
+        ] {
+            if let Some((c, v)) = s.split_once(sep) {
+                if c.is_empty() || c.contains(['=', '~', '!']) {
+                    break;
+                }
+                return Ok(Filter {
+                    col: c.to_lowercase(),
+                    val: v.to_lowercase(),
+                    negate,
+                    fuzzy,
+                });
+            }
+        }
+        Err(format!(
+            "invalid filter `{s}`: COLUMN=VALUE, COLUMN!=VALUE, COLUMN~SUBSTRING or COLUMN!~SUBSTRING"
+        ))
+    }
+
+    fn matches(&self, v: &str) -> bool {
+        let v = v.to_lowercase();
+        let fuzzy = self.fuzzy
+            || (v.starts_with('[') && v.ends_with(']'))
+            || (v.starts_with('{') && v.ends_with('}'));
+        let hit = v == self.val || (fuzzy && v.contains(&self.val));
+        hit != self.negate
+    }
+}
+
+/// A column by its name or a prefix of it that only it has.
+fn find_column(header: &[String], col: &str) -> Result<usize, String> {
+    if let Some(i) = header.iter().position(|h| h.to_lowercase() == col) {
+        return Ok(i);
+    }
+    let mut found = header
+        .iter()
+        .enumerate()
+        .filter(|(_, h)| h.to_lowercase().starts_with(col));
+    match (found.next(), found.next()) {
+        (Some((i, _)), None) => Ok(i),
+        (Some(_), Some(_)) => Err(format!("ambiguous column `{col}`")),
+        _ => Err(format!("no such column `{col}`")),
+    }
+}
+
+/// Applies `ops` (outermost first, as typed) to the answers. A `host`
+/// column named in `.columns` becomes a real column, placed where it was
+/// named; the flags then show no second one.
+pub(crate) fn reshape(rs: &mut Vec<Response>, ops: &[Op], f: &mut Flags) -> Result<(), String> {
+    for op in ops.iter().rev() {
+        match op {
+            Op::Filter(flt) if flt.col == "host" => rs.retain(|r| flt.matches(&r.host)),
+            Op::Filter(flt) => {
+                for r in rs.iter_mut().filter(|r| !r.header.is_empty()) {
+                    let i = find_column(&r.header, &flt.col)?;
+                    r.tabular
+                        .retain(|row| row.get(i).is_some_and(|c| flt.matches(c)));
+                }
+            }
+            Op::Columns(cols) => {
+                for r in rs.iter_mut().filter(|r| !r.header.is_empty()) {
+                    let mut header = Vec::new();
+                    let mut pick: Vec<Option<usize>> = Vec::new();
+                    for c in cols {
+                        let c = c.to_lowercase();
+                        if c == "host" {
+                            header.push("host".to_string());
+                            pick.push(None);
+                            continue;
+                        }
+                        let i = find_column(&r.header, &c)?;
+                        header.push(r.header[i].clone());
+                        pick.push(Some(i));
+                    }
+                    r.tabular = r
+                        .tabular
+                        .iter()
+                        .map(|row| {
+                            pick.iter()
+                                .map(|p| match p {
+                                    Some(i) => row.get(*i).cloned().unwrap_or_default(),
+                                    None => r.host.clone(),
+                                })
+                                .collect()
+                        })
+                        .collect();
+                    r.header = header;
+                }
+                if cols.iter().any(|c| c.eq_ignore_ascii_case("host")) {
+                    f.annotate = false;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An answer as it may reach a terminal: what other nodes sent can hold
@@ -88,10 +298,9 @@ fn defang(r: &Response) -> Response {
     }
 }
 
-fn table(header: &[String], rows: &[Vec<String>]) -> String {
-    let cols = header.len();
-    let mut width: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+fn table(header: Option<&[String]>, cols: usize, rows: &[Vec<String>]) -> String {
+    let mut width = vec![0; cols];
+    for row in header.into_iter().chain(rows.iter().map(|r| &r[..])) {
         for (i, c) in row.iter().enumerate().take(cols) {
             width[i] = width[i].max(c.chars().count());
         }
@@ -111,7 +320,7 @@ fn table(header: &[String], rows: &[Vec<String>]) -> String {
         s.push('\n');
         s
     };
-    let mut out = line(header);
+    let mut out = header.map(line).unwrap_or_default();
     for row in rows {
         out.push_str(&line(row));
     }
@@ -147,7 +356,7 @@ mod tests {
             Response::table("node1", h, vec![row(&["10", "3"])]),
             Response::error("node9", "timed out"),
         ];
-        let (out, errs) = render(&rs);
+        let (out, errs) = render(&rs, &Flags::default());
         assert_eq!(
             out,
             "host  | size | degree\nnode1 | 10   | 3\nnode2 | 10   | 3\n"
@@ -162,7 +371,7 @@ mod tests {
             Response::table("b", &["x"], vec![row(&["evil\u{202e}txt.exe", "\x07"])]),
             Response::error("c\x1b]0;title\x07", "bad\r\x1b[1A"),
         ];
-        let (out, errs) = render(&rs);
+        let (out, errs) = render(&rs, &Flags::default());
         assert!(
             !out.contains('\x1b') && !out.contains('\u{202e}'),
             "{out:?}"
@@ -180,10 +389,11 @@ mod tests {
 
     #[test]
     fn text_is_prefixed_only_when_several_hosts_answer() {
+        let d = Flags::default();
         let one = vec![Response::text("a", "3")];
-        assert_eq!(render(&one).0, "3\n");
+        assert_eq!(render(&one, &d).0, "3\n");
         let two = vec![Response::text("b", "x\ny"), Response::text("a", "3")];
-        assert_eq!(render(&two).0, "a: 3\nb: x\nb: y\n");
+        assert_eq!(render(&two, &d).0, "a: 3\nb: x\nb: y\n");
     }
 
     #[test]

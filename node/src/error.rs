@@ -19,6 +19,9 @@ pub enum Error {
     /// Not allowed from where the command came.
     #[error("{0}")]
     Refused(String),
+    /// A VM's process would not start, or would not do what it was told.
+    #[error("{0}")]
+    Vm(String),
     /// Starting the node: the base, the key, the ports.
     #[error("{0}")]
     Startup(String),

@@ -31,6 +31,7 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> 
             encode(&cmd::execute(node, &argv, Source::Mesh { from }).await)
         }
         Request::Holds { pattern } => node.files.holds(pattern).await?,
+        Request::Vm { ask } => crate::vm::wire::answer(node, decode(&ask)?).await?,
         Request::Have { name, root } => node.files.engine.have_bits(&name, &root)?,
         Request::Data => node.files.grant(&from)?,
         Request::Chunk {

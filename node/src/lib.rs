@@ -15,8 +15,6 @@ mod ns;
 pub mod proto;
 mod serve;
 mod stats;
-// The QEMU driver and the `vm` commands that use it come next (issue 10).
-#[cfg_attr(not(test), allow(dead_code))]
 mod vm;
 
 pub use error::{Error, Result};
@@ -35,4 +33,17 @@ pub fn help(words: &[String], width: Option<usize>) -> std::result::Result<Strin
         width.unwrap_or(cmd::grammar::HELP_WIDTH),
     )
     .map_err(|e| e.to_string())
+}
+
+/// Host names as minimega writes a list of them: `n[1-3],other`.
+pub fn compress_hosts(names: &[String]) -> String {
+    cmd::hosts::compress(names)
+}
+
+/// Whether `argv` is a command of the grammar, without running it (`read
+/// FILE check`).
+pub fn check_command(argv: &[String]) -> std::result::Result<(), String> {
+    cmd::grammar::parse(cmd::specs(), argv)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }

@@ -151,7 +151,7 @@ impl From<&mm_store::transfer::Status> for TransferStatus {
     }
 }
 
-/// What one node asks of another, routed (`Command`, `Holds`) or direct
+/// What one node asks of another, routed (`Command`, `Holds`, `Vm`) or direct
 /// (`Chunk`, `Data`, `Have`). Answers: `Command` a CBOR `Vec<Response>`;
 /// `Holds` a CBOR `Vec<mm_store::Held>`; `Chunk` a CBOR [`ChunkAnswer`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -173,6 +173,13 @@ pub enum Request {
     /// `Option<Grant>`, none if the node has the channel off). Sent over
     /// Noise only: it is what keeps strangers off the data channel.
     Data,
+    /// A namespace head's request about VMs: a CBOR `vm::wire::Ask`,
+    /// answered in the CBOR its variant names. Opaque here so the VM
+    /// subsystem's types stay its own.
+    Vm {
+        #[serde(with = "serde_bytes")]
+        ask: Vec<u8>,
+    },
     /// Which chunks of this file do you have so far? (raw bitfield)
     Have {
         name: String,

@@ -134,7 +134,10 @@ pub async fn serve(opts: Options) -> Result<()> {
     )
     .await?;
     // 3. VMs: one QEMU process each, in a directory under the base.
-    let vms = crate::vm::Vms::new(std::sync::Arc::new(crate::vm::qemu::Qemu::new(&opts.base)));
+    let vms = crate::vm::Vms::open(
+        std::sync::Arc::new(crate::vm::qemu::Qemu::new(&opts.base)),
+        meta.clone(),
+    );
     let node = Node::new(
         opts.name.clone(),
         overlay.clone(),
@@ -144,7 +147,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         mode,
     );
     // 4. What feeds and asks the node: host stats, other nodes, the CLI.
-    let stats = tokio::spawn(stats::publish(overlay.clone()));
+    let stats = tokio::spawn(stats::publish(node.clone()));
     let answering = tokio::spawn(inbound::answer_all(node.clone(), inbound));
     let control = tokio::spawn(control::serve(listener, node.clone()));
 

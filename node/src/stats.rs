@@ -2,14 +2,26 @@
 
 use std::time::{Duration, Instant};
 
-use mm_overlay::{HostStats, Overlay};
+use std::sync::Arc;
+
+use mm_overlay::HostStats;
+
+use crate::Node;
 
 /// Samples this host every two seconds into the node's announcements,
-/// until the overlay stops.
-pub(crate) async fn publish(overlay: Overlay) {
+/// with what its VMs commit, until the overlay stops.
+pub(crate) async fn publish(node: Arc<Node>) {
     let mut sampler = Sampler::new();
     loop {
-        if overlay.set_stats(sampler.sample()).await.is_err() {
+        let mut st = sampler.sample();
+        let n = node.clone();
+        if let Ok(c) = tokio::task::spawn_blocking(move || n.vms.commit()).await {
+            st.vms = c.vms as u32;
+            st.cpu_commit = c.vcpus as u32;
+            st.mem_commit_mib = c.mem_mib;
+            st.net_commit = c.nics as u32;
+        }
+        if node.overlay.set_stats(st).await.is_err() {
             return;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -63,6 +75,11 @@ impl Default for Sampler {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// CPUs and total memory (MiB), as the scheduler weighs a host.
+pub(crate) fn capacity() -> (u64, u64) {
+    (cpus() as u64, meminfo().0 / 1024)
 }
 
 fn cpus() -> u32 {

@@ -209,6 +209,9 @@ const NOTATION: &str = "Notation: a plain word is typed as is; <name> is a value
 [a,] the word a or nothing; <name>... one or more values; (command) any command, to the \
 end of the line.";
 
+/// Patterns longer than this do not set the description column.
+const LONG_PATTERN: usize = 44;
+
 /// The width of the `help` command's answer: the node knows no terminal.
 pub(crate) const HELP_WIDTH: usize = 80;
 
@@ -248,17 +251,25 @@ pub(crate) fn help(specs: &[&'static Spec], words: &[String], width: usize) -> R
         out.push_str(&wrap("", NOTATION, width, 0));
         out.push('\n');
     }
+    // The description column: past the patterns, but not past a long
+    // one (`vm config`'s), which gets a line of its own instead.
     let col = chosen
         .iter()
         .flat_map(|s| s.patterns.iter())
         .map(|p| p.len())
+        .filter(|n| *n <= LONG_PATTERN)
         .max()
         .unwrap_or(0)
         + 2;
     for s in chosen {
         for (i, p) in s.patterns.iter().enumerate() {
             let d = if i == 0 { s.short } else { "" };
-            if col + 20 <= width {
+            if col + 20 <= width && p.len() + 2 > col {
+                out.push_str(&wrap("", p, width, 4));
+                if !d.is_empty() {
+                    out.push_str(&wrap(&" ".repeat(col), d, width, col));
+                }
+            } else if col + 20 <= width {
                 // The description in its column, continued beneath itself.
                 out.push_str(&wrap(&format!("{p:col$}"), d, width, col));
             } else {

@@ -10,6 +10,15 @@ use crate::{Error, Result};
 const MAX_HOSTS: usize = 65536;
 
 pub(crate) fn expand(spec: &str) -> Result<Vec<String>> {
+    let mut out = expand_list(spec).map_err(Error::Usage)?;
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|h| seen.insert(h.clone()));
+    Ok(out)
+}
+
+/// [`expand`] keeping names given twice, for lists where that is an error
+/// the caller reports (VM names).
+pub(crate) fn expand_all(spec: &str) -> Result<Vec<String>> {
     expand_list(spec).map_err(Error::Usage)
 }
 
@@ -50,8 +59,6 @@ fn expand_list(spec: &str) -> Result<Vec<String>, String> {
             }
         }
     }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|h| seen.insert(h.clone()));
     Ok(out)
 }
 

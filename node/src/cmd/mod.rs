@@ -13,6 +13,7 @@ mod host;
 pub(crate) mod hosts;
 mod mesh;
 mod ns;
+mod vm;
 
 use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
@@ -90,6 +91,7 @@ pub(crate) fn specs() -> &'static [&'static Spec] {
             .chain(mesh::SPECS)
             .chain(file::SPECS)
             .chain(ns::SPECS)
+            .chain(vm::SPECS)
             .collect()
     });
     &ALL

@@ -9,6 +9,7 @@ use super::grammar::{self, Call};
 use super::mesh::{run_remote, settle};
 use super::{hosts, specs, Ctx, Out, Spec};
 use crate::proto::Response;
+use crate::vm::wire::{ask_all, Ask};
 use crate::{Error, Result};
 
 pub(super) static SPECS: &[Spec] = &[
@@ -78,6 +79,48 @@ pub(super) static SPECS: &[Spec] = &[
         run: |cx, c| load(cx, c).boxed(),
     },
     Spec {
+        id: "ns queue",
+        patterns: &["ns queue"],
+        short: "show the VMs queued by vm launch",
+        long: "One row per vm launch that queued: count, names, type, and the vm config \
+               fields it differs from the defaults in.",
+        run: |cx, _| ns_queue(cx).boxed(),
+    },
+    Spec {
+        id: "ns flush",
+        patterns: &["ns flush"],
+        short: "empty the queue (and its stored schedule)",
+        long: "",
+        run: |cx, _| ns_flush(cx).boxed(),
+    },
+    Spec {
+        id: "ns schedule",
+        patterns: &[
+            "ns schedule",
+            "ns schedule <dry-run,dump,status>",
+            "ns schedule mv <vms> <host>",
+        ],
+        short: "place the queue, edit or show the placement, launch it",
+        long: "dry-run places the queue as vm launch would, stores the placement and shows \
+               it (vm, dst); mv VMS HOST moves queued VMs (names and ranges) to another host of \
+               the namespace in the stored placement (it overrides the scheduler: \
+               constraints are not checked again); dump shows the stored placement; status \
+               shows each launch: start, end, state, launched, failures, total, hosts. With \
+               no argument, launches the queue, with the stored placement if there is one. \
+               Queueing more VMs drops the stored placement.",
+        run: |cx, c| ns_schedule(cx, c).boxed(),
+    },
+    Spec {
+        id: "ns capacity",
+        patterns: &["ns capacity", "ns capacity <cpu,mem> [ratio]"],
+        short: "show or set caps on what the scheduler commits a host to",
+        long: "cpu RATIO allows at most RATIO vCPUs per CPU of a host, mem RATIO at most \
+               RATIO times its memory, counting the VMs it runs and those being placed; \
+               `none` removes a cap (the default: no caps, as in minimega). A launch that \
+               does not fit under the caps fails before anything launches, naming the VM.",
+        run: |cx, c| ns_capacity(cx, c).boxed(),
+    },
+    Spec {
         id: "ns run",
         patterns: &["ns run (command)"],
         short: "run a command on every host of the active namespace",
@@ -136,7 +179,212 @@ async fn namespace(cx: &Ctx, c: &Call) -> Out {
 
 async fn clear(cx: &Ctx, c: &Call) -> Out {
     let name = c.arg("name").map_or_else(|| cx.namespace(), str::to_owned);
+    let ns = cx
+        .node
+        .ns
+        .get(&name)
+        .ok_or_else(|| Error::NotFound(format!("no such namespace: {name}")))?;
+    // Its VMs go first, on every host; one that does not answer is named,
+    // and the namespace goes all the same.
+    let answers = ask_all::<usize>(
+        &cx.node,
+        ns.hosts.iter().cloned(),
+        Ask::Clear {
+            namespace: name.clone(),
+        },
+        cx.node.send_timeout(),
+    )
+    .await;
     cx.node.ns.clear(&name)?;
+    let errors: Vec<Response> = answers
+        .into_iter()
+        .filter_map(|(h, r)| {
+            r.err()
+                .map(|e| Response::error(&h, format!("its VMs of {name} were not killed: {e}")))
+        })
+        .collect();
+    if errors.is_empty() {
+        return cx.ok();
+    }
+    Ok(errors)
+}
+
+async fn ns_queue(cx: &Ctx) -> Out {
+    let (_, ns) = current(cx)?;
+    cx.one(super::vm::queue_table(cx, &ns))
+}
+
+async fn ns_flush(cx: &Ctx) -> Out {
+    let (name, _) = current(cx)?;
+    cx.node.ns.update(&name, |n| {
+        n.queue.clear();
+        n.placement = None;
+        Ok(())
+    })?;
+    cx.ok()
+}
+
+fn placement_table(cx: &Ctx, p: &std::collections::BTreeMap<String, String>) -> Response {
+    let mut rows: Vec<Vec<String>> = p.iter().map(|(v, h)| vec![v.clone(), h.clone()]).collect();
+    rows.sort_by(|a, b| natural(&a[0]).cmp(&natural(&b[0])));
+    Response::table(cx.me(), &["vm", "dst"], rows)
+}
+
+/// Sorts `vm-10` after `vm-9`.
+fn natural(s: &str) -> (String, u64, String) {
+    let digits = s.len() - s.trim_end_matches(|c: char| c.is_ascii_digit()).len();
+    let (head, tail) = s.split_at(s.len() - digits);
+    (head.to_string(), tail.parse().unwrap_or(0), s.to_string())
+}
+
+fn when(secs: u64) -> String {
+    // UTC, to the second: the same on every node.
+    let (d, t) = (secs / 86400, secs % 86400);
+    let (y, m, dd) = civil(d as i64);
+    format!(
+        "{y:04}-{m:02}-{dd:02} {:02}:{:02}:{:02}",
+        t / 3600,
+        t / 60 % 60,
+        t % 60
+    )
+}
+
+/// Days since 1970-01-01 to a date (Howard Hinnant's algorithm).
+fn civil(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+async fn ns_schedule(cx: &Ctx, c: &Call) -> Out {
+    let (name, ns) = current(cx)?;
+    if c.has("status") {
+        let rows = ns
+            .runs
+            .iter()
+            .map(|r| {
+                vec![
+                    when(r.start),
+                    r.end.map(when).unwrap_or_default(),
+                    r.state.clone(),
+                    r.launched.to_string(),
+                    r.failures.to_string(),
+                    r.total.to_string(),
+                    r.hosts.to_string(),
+                ]
+            })
+            .collect();
+        return cx.one(Response::table(
+            cx.me(),
+            &[
+                "start", "end", "state", "launched", "failures", "total", "hosts",
+            ],
+            rows,
+        ));
+    }
+    if c.has("dump") {
+        let p = ns.placement.clone().unwrap_or_default();
+        return cx.one(placement_table(cx, &p));
+    }
+    if c.has("dry-run") {
+        if ns.queue.is_empty() {
+            return Err(Error::usage("nothing is queued to schedule"));
+        }
+        let p = super::vm::dry_run(cx, &name, &ns).await?;
+        return cx.one(placement_table(cx, &p));
+    }
+    if let Some(spec) = c.arg("vms") {
+        let host = c.arg("host").unwrap_or_default();
+        let Some(mut p) = ns.placement.clone() else {
+            return Err(Error::usage(
+                "no stored schedule to change: run ns schedule dry-run first",
+            ));
+        };
+        if !ns.hosts.contains(host) {
+            return Err(Error::NotFound(format!(
+                "{host} is not a host of namespace {name}; nothing changed"
+            )));
+        }
+        let vms = hosts::expand(spec)?;
+        let unknown: Vec<String> = vms
+            .iter()
+            .filter(|v| !p.contains_key(*v))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(Error::NotFound(format!(
+                "not in the stored schedule: {}; nothing changed",
+                hosts::compress(&unknown)
+            )));
+        }
+        for v in vms {
+            p.insert(v, host.to_string());
+        }
+        cx.node.ns.update(&name, |n| {
+            n.placement = Some(p);
+            Ok(())
+        })?;
+        return cx.ok();
+    }
+    if cx.is_remote() {
+        return Err(Error::Refused(
+            "cannot run `ns schedule` via meshage: it launches VMs".into(),
+        ));
+    }
+    if ns.queue.is_empty() {
+        return Err(Error::usage("nothing is queued to launch"));
+    }
+    super::vm::launch_queue(cx, &name, ns).await
+}
+
+async fn ns_capacity(cx: &Ctx, c: &Call) -> Out {
+    let (name, ns) = current(cx)?;
+    let show = |v: Option<f64>| v.map_or("none".to_string(), |r| r.to_string());
+    let which = if c.has("cpu") {
+        "cpu"
+    } else if c.has("mem") {
+        "mem"
+    } else {
+        return cx.one(Response::table(
+            cx.me(),
+            &["cpu", "mem"],
+            vec![vec![show(ns.capacity.cpu), show(ns.capacity.mem)]],
+        ));
+    };
+    let Some(r) = c.arg("ratio") else {
+        let v = if which == "cpu" {
+            ns.capacity.cpu
+        } else {
+            ns.capacity.mem
+        };
+        return cx.one(Response::text(cx.me(), show(v)));
+    };
+    let ratio = match r {
+        "none" => None,
+        _ => match r.parse::<f64>() {
+            Ok(x) if x.is_finite() && x > 0.0 => Some(x),
+            _ => {
+                return Err(Error::Usage(format!(
+                    "ns capacity {which}: `{r}` is not a ratio above 0 (such as 1 or 1.5), or none"
+                )))
+            }
+        },
+    };
+    cx.node.ns.update(&name, |n| {
+        if which == "cpu" {
+            n.capacity.cpu = ratio;
+        } else {
+            n.capacity.mem = ratio;
+        }
+        Ok(())
+    })?;
     cx.ok()
 }
 
@@ -246,7 +494,7 @@ async fn ns_run(cx: &Ctx, c: &Call) -> Out {
         return Err(Error::Refused("cannot run `ns run` via meshage".into()));
     }
     let (sub, _) = grammar::parse(specs(), &c.sub)?;
-    if matches!(sub.id, "ns run" | "mesh send") {
+    if matches!(sub.id, "ns run" | "mesh send" | "read" | "vm launch") {
         return Err(Error::Refused(format!(
             "cannot run `{}` via ns run",
             sub.id

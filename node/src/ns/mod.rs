@@ -11,8 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
-// Until the `vm launch` commands call it, only its tests do.
-#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) mod launch;
 pub(crate) mod schedule;
 
 /// The namespace every node starts in.
@@ -30,6 +29,46 @@ pub(crate) struct Namespace {
     /// `ns load`: cpucommit, memcommit or netcommit.
     #[serde(default = "default_load")]
     pub(crate) load: String,
+    /// What `vm launch` launches with (`vm config`).
+    #[serde(default)]
+    pub(crate) config: crate::vm::Config,
+    /// The next N of `vm-N`, for `vm launch TYPE COUNT`.
+    #[serde(default)]
+    pub(crate) counter: u64,
+    /// Batches `vm launch` queued (`ns queueing true`), in order.
+    #[serde(default)]
+    pub(crate) queue: Vec<Batch>,
+    /// The stored placement of the queue (`ns schedule dry-run`, edited by
+    /// `ns schedule mv`): vm to host.
+    #[serde(default)]
+    pub(crate) placement: Option<BTreeMap<String, String>>,
+    /// `ns capacity`: caps on what each host may be committed to.
+    #[serde(default)]
+    pub(crate) capacity: schedule::Capacity,
+    /// Each launch from this namespace, for `ns schedule status`.
+    #[serde(default)]
+    pub(crate) runs: Vec<Run>,
+}
+
+/// VMs `vm launch TYPE NAMES` queued together, with the config of then.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Batch {
+    pub(crate) kind: String,
+    pub(crate) names: Vec<String>,
+    pub(crate) config: crate::vm::Config,
+}
+
+/// One launch of queued or immediate VMs, as `ns schedule status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Run {
+    /// Seconds since the epoch.
+    pub(crate) start: u64,
+    pub(crate) end: Option<u64>,
+    pub(crate) state: String,
+    pub(crate) launched: usize,
+    pub(crate) failures: usize,
+    pub(crate) total: usize,
+    pub(crate) hosts: usize,
 }
 
 fn default_load() -> String {
@@ -42,6 +81,12 @@ impl Namespace {
             hosts,
             queueing: false,
             load: default_load(),
+            config: crate::vm::Config::default(),
+            counter: 0,
+            queue: Vec::new(),
+            placement: None,
+            capacity: schedule::Capacity::default(),
+            runs: Vec::new(),
         }
     }
 }
@@ -158,21 +203,27 @@ fn no_such(name: &str) -> Error {
     Error::NotFound(format!("no such namespace: {name}"))
 }
 
+/// What the base directory holds beside the VMs' `<namespace>/`
+/// directories: a namespace of one of these names would write into it.
+const RESERVED: &[&str] = &["all", "files", "node.key", "lock", "mm.sock", "meta.db"];
+
 /// Namespace names: what a VM's directory and a host list can carry.
-fn check_name(name: &str) -> Result<()> {
+pub(crate) fn check_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
+        && !RESERVED.contains(&name)
+        && !name.ends_with(".log")
         && name.len() <= 64
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && !name.starts_with('.')
-        && name != "all";
+        && !name.starts_with('.');
     if ok {
         Ok(())
     } else {
         Err(Error::Usage(format!(
             "invalid namespace name '{name}': 1 to 64 letters, digits, '-', '_' and '.', not \
-             starting with '.', and not 'all'"
+             starting with '.', and not one of {} or a name ending .log",
+            RESERVED.join(", ")
         )))
     }
 }

@@ -38,7 +38,7 @@ impl Metric {
 /// Optional caps on what a host may be committed to, as ratios of what it
 /// has (`ns capacity cpu 2` allows twice as many vCPUs as CPUs). None: no
 /// cap, as in minimega.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Capacity {
     pub(crate) cpu: Option<f64>,
     pub(crate) mem: Option<f64>,

@@ -1,21 +1,33 @@
-//! VMs on this node (issue 10, in progress): their names, states and
-//! configs, over a [`Driver`] that owns the processes. The QEMU driver and
-//! the `vm` commands build on this; the state machine is tested here over
-//! a recording fake, without QEMU or root.
+//! VMs on this node (issue 10): their names, states and configs, over a
+//! [`Driver`] that owns the processes, kept in sled so that a node that
+//! restarts still knows them. The state machine is tested here over a
+//! recording fake, without QEMU or root; the `vm` commands drive it from
+//! the namespace's head node with typed requests.
 //!
 //! States follow minimega: a launched VM is BUILDING (its process started,
 //! paused); `start` makes it RUNNING, `stop` PAUSED, `kill` QUIT; a VM whose
 //! process dies on its own is ERROR, with what it said kept. `flush` forgets
-//! QUIT and ERROR VMs.
+//! QUIT and ERROR VMs. A VM the node did not see end (the node was killed)
+//! is ERROR after the restart, and its orphaned process is killed: it is
+//! never shown as running when nothing steers it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use mm_store::Meta;
+use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
 
+pub(crate) mod config;
 pub(crate) mod qemu;
+pub(crate) mod wire;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) use config::Config;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
 pub(crate) enum State {
     Building,
     Running,
@@ -40,39 +52,30 @@ impl State {
     }
 }
 
-/// What a VM is launched with (`vm config`); minimega's defaults.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Config {
-    pub(crate) vcpus: u64,
-    pub(crate) memory_mib: u64,
-    pub(crate) disk: Option<String>,
-    pub(crate) tags: BTreeMap<String, String>,
-}
-
-impl Default for Config {
-    fn default() -> Config {
-        Config {
-            vcpus: 1,
-            memory_mib: 2048,
-            disk: None,
-            tags: BTreeMap::new(),
-        }
-    }
+/// A process the driver started.
+#[derive(Debug, Clone)]
+pub(crate) struct Launched {
+    pub(crate) pid: u32,
+    /// `kvm` or `tcg`.
+    pub(crate) accel: String,
 }
 
 /// The edge to the processes: QEMU for real, a recording fake in tests.
 pub(crate) trait Driver: Send + Sync {
-    /// Starts the VM's process, paused; returns its pid.
-    fn launch(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<u32>;
+    /// Starts the VM's process, paused.
+    fn launch(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<Launched>;
     fn resume(&self, id: u64) -> Result<()>;
     fn pause(&self, id: u64) -> Result<()>;
     fn kill(&self, id: u64) -> Result<()>;
     /// None while the process lives; what it said (its stderr) once it died
     /// on its own.
     fn died(&self, id: u64) -> Option<String>;
+    /// After a restart: ends the process `pid` if it is still this VM's,
+    /// left behind by a node that was killed.
+    fn reap(&self, namespace: &str, id: u64, pid: u32);
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Vm {
     pub(crate) id: u64,
     pub(crate) name: String,
@@ -82,25 +85,91 @@ pub(crate) struct Vm {
     pub(crate) config: Config,
     /// Why it is ERROR.
     pub(crate) error: String,
+    #[serde(default)]
+    pub(crate) accel: String,
+    /// When it was launched, in seconds since the epoch.
+    #[serde(default)]
+    pub(crate) launched: u64,
 }
+
+/// What a host's live VMs commit, for the scheduler.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Commit {
+    pub(crate) vms: u64,
+    pub(crate) vcpus: u64,
+    pub(crate) mem_mib: u64,
+    pub(crate) nics: u64,
+    /// Each live VM's coschedule limit.
+    pub(crate) coschedule: Vec<Option<usize>>,
+}
+
+/// What `vm start|stop|kill` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Op {
+    Start,
+    Stop,
+    Kill,
+}
+
+/// What one host did for a `vm start|stop|kill`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Acted {
+    /// The names and ids asked for that name a VM here.
+    pub(crate) matched: Vec<String>,
+    /// How many VMs changed state.
+    pub(crate) changed: usize,
+    /// VMs whose process would not do it.
+    pub(crate) errors: Vec<String>,
+}
+
+/// Which VMs a command is for: `all`, or names and ids.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Target {
+    All,
+    Names(Vec<String>),
+}
+
+const TREE: &str = "vms";
 
 /// The VMs of this node, every namespace.
 pub(crate) struct Vms {
     driver: Arc<dyn Driver>,
+    meta: Meta,
     st: Mutex<(u64, BTreeMap<u64, Vm>)>,
 }
 
-/// Which VMs a command is for: `all`, or names and ids.
-pub(crate) enum Target<'a> {
-    All,
-    Names(&'a [String]),
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Vms {
-    pub(crate) fn new(driver: Arc<dyn Driver>) -> Vms {
+    /// The VMs kept in `meta`; those the node did not see end are ERROR,
+    /// their leftover processes killed.
+    pub(crate) fn open(driver: Arc<dyn Driver>, meta: Meta) -> Vms {
+        let mut all = BTreeMap::new();
+        for (_, mut v) in meta.all::<Vm>(TREE) {
+            if !v.state.ended() {
+                driver.reap(&v.namespace, v.id, v.pid);
+                v.error = format!(
+                    "the node stopped without ending it (it was {}); its process was killed at restart",
+                    v.state.as_str()
+                );
+                v.state = State::Error;
+                let _ = meta.put(TREE, &key(v.id), &v);
+            }
+            all.insert(v.id, v);
+        }
+        let last = meta
+            .get::<u64>("settings", "vm_id")
+            .unwrap_or(0)
+            .max(all.keys().copied().max().unwrap_or(0));
         Vms {
             driver,
-            st: Mutex::new((0, BTreeMap::new())),
+            meta,
+            st: Mutex::new((last, all)),
         }
     }
 
@@ -108,13 +177,20 @@ impl Vms {
         self.st.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Launches `names` in `namespace`, each BUILDING. Checks every name
-    /// first: nothing is launched if one is bad or taken, or if a process
-    /// fails to start (those of the batch already started are killed).
-    pub(crate) fn launch(&self, namespace: &str, names: &[String], cfg: &Config) -> Result<()> {
+    fn save(&self, v: &Vm) {
+        if let Err(e) = self.meta.put(TREE, &key(v.id), v) {
+            tracing::warn!("cannot keep vm {} in the database: {e}", v.name);
+        }
+    }
+
+    /// Launches `batch` (names and configs) in `namespace`, each BUILDING.
+    /// Checks every name first: nothing is launched if one is bad or
+    /// taken, or if a process fails to start (those of the batch already
+    /// started are killed).
+    pub(crate) fn launch(&self, namespace: &str, batch: &[(String, Config)]) -> Result<Vec<Vm>> {
         let mut st = self.st();
         let mut seen = std::collections::HashSet::new();
-        for n in names {
+        for (n, _) in batch {
             check_name(n)?;
             if !seen.insert(n) {
                 return Err(Error::Usage(format!("`{n}` is specified twice")));
@@ -127,48 +203,60 @@ impl Vms {
                 return Err(Error::Usage(format!("vm already exists with name {n}")));
             }
         }
-        let mut launched = Vec::new();
-        for n in names {
+        let mut launched: Vec<Vm> = Vec::new();
+        for (n, cfg) in batch {
             st.0 += 1;
             let id = st.0;
-            let pid = match self.driver.launch(namespace, id, n, cfg) {
-                Ok(pid) => pid,
+            let mut cfg = cfg.clone();
+            if cfg.uuid.is_none() {
+                cfg.uuid = Some(config::new_uuid());
+            }
+            let l = match self.driver.launch(namespace, id, n, &cfg) {
+                Ok(l) => l,
                 Err(e) => {
                     // All or nothing: the batch's earlier VMs go too.
-                    for id in launched {
-                        let _ = self.driver.kill(id);
-                        st.1.remove(&id);
+                    for v in launched {
+                        let _ = self.driver.kill(v.id);
+                        st.1.remove(&v.id);
                     }
                     return Err(e);
                 }
             };
-            launched.push(id);
-            st.1.insert(
+            launched.push(Vm {
                 id,
-                Vm {
-                    id,
-                    name: n.clone(),
-                    namespace: namespace.to_string(),
-                    state: State::Building,
-                    pid,
-                    config: cfg.clone(),
-                    error: String::new(),
-                },
-            );
+                name: n.clone(),
+                namespace: namespace.to_string(),
+                state: State::Building,
+                pid: l.pid,
+                config: cfg,
+                error: String::new(),
+                accel: l.accel,
+                launched: now_secs(),
+            });
         }
-        Ok(())
+        let _ = self.meta.put("settings", "vm_id", &st.0);
+        for v in &launched {
+            self.save(v);
+            st.1.insert(v.id, v.clone());
+        }
+        Ok(launched)
     }
 
     /// The VMs of `namespace`, by id, with any that died marked ERROR.
     pub(crate) fn info(&self, namespace: &str) -> Vec<Vm> {
         let mut st = self.st();
+        let mut died = Vec::new();
         for v in st.1.values_mut() {
             if !v.state.ended() {
                 if let Some(why) = self.driver.died(v.id) {
                     v.state = State::Error;
                     v.error = why;
+                    died.push(v.clone());
                 }
             }
+        }
+        for v in &died {
+            self.save(v);
         }
         st.1.values()
             .filter(|v| v.namespace == namespace)
@@ -176,95 +264,144 @@ impl Vms {
             .collect()
     }
 
-    fn targets(&self, namespace: &str, t: &Target<'_>) -> Result<Vec<u64>> {
-        let vms = self.info(namespace);
-        match t {
-            Target::All => Ok(vms.iter().map(|v| v.id).collect()),
-            Target::Names(names) => names
-                .iter()
-                .map(|n| {
-                    vms.iter()
-                        .find(|v| v.name == *n || v.id.to_string() == *n)
-                        .map(|v| v.id)
-                        .ok_or_else(|| Error::NotFound(format!("no such vm: {n}")))
-                })
-                .collect(),
-        }
-    }
-
-    /// BUILDING or PAUSED to RUNNING; others are left as they are.
-    pub(crate) fn start(&self, namespace: &str, t: &Target<'_>) -> Result<usize> {
-        self.change(
-            namespace,
-            t,
-            &[State::Building, State::Paused],
-            State::Running,
-            |d, id| d.resume(id),
-        )
-    }
-
-    /// RUNNING to PAUSED.
-    pub(crate) fn stop(&self, namespace: &str, t: &Target<'_>) -> Result<usize> {
-        self.change(namespace, t, &[State::Running], State::Paused, |d, id| {
-            d.pause(id)
-        })
-    }
-
-    /// Any state but QUIT and ERROR to QUIT.
-    pub(crate) fn kill(&self, namespace: &str, t: &Target<'_>) -> Result<usize> {
-        self.change(
-            namespace,
-            t,
-            &[State::Building, State::Running, State::Paused],
-            State::Quit,
-            |d, id| d.kill(id),
-        )
-    }
-
-    fn change(
-        &self,
-        namespace: &str,
-        t: &Target<'_>,
-        from: &[State],
-        to: State,
-        act: impl Fn(&dyn Driver, u64) -> Result<()>,
-    ) -> Result<usize> {
-        let ids = self.targets(namespace, t)?;
-        let mut st = self.st();
-        let mut n = 0;
-        for id in ids {
-            let Some(v) = st.1.get_mut(&id) else { continue };
-            if from.contains(&v.state) {
-                act(self.driver.as_ref(), id)?;
-                v.state = to;
-                n += 1;
+    /// What the live VMs of every namespace commit.
+    pub(crate) fn commit(&self) -> Commit {
+        let mut c = Commit::default();
+        for ns in self.namespaces() {
+            for v in self.info(&ns).iter().filter(|v| !v.state.ended()) {
+                c.vms += 1;
+                c.vcpus += v.config.vcpus;
+                c.mem_mib += v.config.memory_mib;
+                c.nics += v.config.net.len() as u64;
+                c.coschedule.push(v.config.coschedule);
             }
         }
-        Ok(n)
+        c
+    }
+
+    fn namespaces(&self) -> std::collections::BTreeSet<String> {
+        self.st().1.values().map(|v| v.namespace.clone()).collect()
+    }
+
+    /// Does `op` to the VMs `t` names in `namespace` that are here; names
+    /// not here are left for other hosts (see [`Acted::matched`]). Only
+    /// VMs in a state `op` applies to change: start takes BUILDING and
+    /// PAUSED to RUNNING, stop RUNNING to PAUSED, kill any live state to
+    /// QUIT.
+    pub(crate) fn act(&self, namespace: &str, op: Op, t: &Target) -> Acted {
+        let vms = self.info(namespace);
+        let mut out = Acted::default();
+        let ids: Vec<u64> = match t {
+            Target::All => vms.iter().map(|v| v.id).collect(),
+            Target::Names(names) => {
+                let mut ids = Vec::new();
+                for n in names {
+                    if let Some(v) = vms.iter().find(|v| v.name == *n || v.id.to_string() == *n) {
+                        out.matched.push(n.clone());
+                        ids.push(v.id);
+                    }
+                }
+                ids
+            }
+        };
+        let (from, to): (&[State], State) = match op {
+            Op::Start => (&[State::Building, State::Paused], State::Running),
+            Op::Stop => (&[State::Running], State::Paused),
+            Op::Kill => (
+                &[State::Building, State::Running, State::Paused],
+                State::Quit,
+            ),
+        };
+        let mut st = self.st();
+        let mut changed = Vec::new();
+        for id in ids {
+            let Some(v) = st.1.get_mut(&id) else { continue };
+            if !from.contains(&v.state) {
+                continue;
+            }
+            let done = match op {
+                Op::Start => self.driver.resume(id),
+                Op::Stop => self.driver.pause(id),
+                Op::Kill => self.driver.kill(id),
+            };
+            match done {
+                Ok(()) => {
+                    v.state = to;
+                    out.changed += 1;
+                    changed.push(v.clone());
+                }
+                Err(e) => out.errors.push(format!("{}: {e}", v.name)),
+            }
+        }
+        drop(st);
+        for v in &changed {
+            self.save(v);
+        }
+        out
+    }
+
+    /// [`Vms::act`] where every name must be here.
+    #[cfg(test)]
+    fn strict(&self, namespace: &str, op: Op, t: &Target) -> Result<usize> {
+        let a = self.act(namespace, op, t);
+        if let Target::Names(n) = t {
+            if let Some(missing) = n.iter().find(|n| !a.matched.contains(n)) {
+                return Err(Error::NotFound(format!("no such vm: {missing}")));
+            }
+        }
+        match a.errors.first() {
+            Some(e) => Err(Error::Vm(e.clone())),
+            None => Ok(a.changed),
+        }
     }
 
     /// Forgets the QUIT and ERROR VMs of `namespace`; how many.
     pub(crate) fn flush(&self, namespace: &str) -> usize {
         self.info(namespace);
         let mut st = self.st();
-        let before = st.1.len();
-        st.1.retain(|_, v| v.namespace != namespace || !v.state.ended());
-        before - st.1.len()
+        let gone: Vec<u64> =
+            st.1.values()
+                .filter(|v| v.namespace == namespace && v.state.ended())
+                .map(|v| v.id)
+                .collect();
+        for id in &gone {
+            st.1.remove(id);
+            let _ = self.meta.remove(TREE, &key(*id));
+        }
+        gone.len()
+    }
+
+    /// Kills and forgets every VM of `namespace` (`clear namespace`).
+    pub(crate) fn clear(&self, namespace: &str) -> usize {
+        self.act(namespace, Op::Kill, &Target::All);
+        self.flush(namespace)
     }
 
     /// On the node's way down: every VM's process goes with it.
     pub(crate) fn kill_all(&self) {
         let mut st = self.st();
+        let mut changed = Vec::new();
         for v in st.1.values_mut().filter(|v| !v.state.ended()) {
             let _ = self.driver.kill(v.id);
             v.state = State::Quit;
+            changed.push(v.clone());
         }
+        drop(st);
+        for v in &changed {
+            self.save(v);
+        }
+        let _ = self.meta.flush();
     }
+}
+
+/// Sled keys that sort as the ids do.
+fn key(id: u64) -> String {
+    format!("{id:020}")
 }
 
 /// minimega's VM names: letters, digits, `-`, `_`, `.`; not `all`, not an
 /// integer (that would read as an id).
-fn check_name(n: &str) -> Result<()> {
+pub(crate) fn check_name(n: &str) -> Result<()> {
     if n == "all" {
         return Err(Error::Usage("`all` is a reserved word".into()));
     }
@@ -299,15 +436,18 @@ pub(crate) struct Fake {
 
 #[cfg(test)]
 impl Driver for Fake {
-    fn launch(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<u32> {
+    fn launch(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<Launched> {
         if self.fail.lock().unwrap().iter().any(|f| f == name) {
-            return Err(Error::Refused(format!("{name}: no process")));
+            return Err(Error::Vm(format!("{name}: no process")));
         }
         self.calls.lock().unwrap().push(format!(
             "launch {namespace}/{id} {name} vcpus={} mem={}",
             cfg.vcpus, cfg.memory_mib
         ));
-        Ok(1000 + id as u32)
+        Ok(Launched {
+            pid: 1000 + id as u32,
+            accel: "tcg".into(),
+        })
     }
     fn resume(&self, id: u64) -> Result<()> {
         self.calls.lock().unwrap().push(format!("resume {id}"));
@@ -324,6 +464,20 @@ impl Driver for Fake {
     fn died(&self, id: u64) -> Option<String> {
         self.dead.lock().unwrap().get(&id).cloned()
     }
+    fn reap(&self, namespace: &str, id: u64, pid: u32) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("reap {namespace}/{id} {pid}"));
+    }
+}
+
+/// A database in a temporary directory, for tests.
+#[cfg(test)]
+pub(crate) fn temp_meta() -> (tempfile::TempDir, Meta) {
+    let dir = tempfile::tempdir().unwrap();
+    let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
+    (dir, meta)
 }
 
 #[cfg(test)]
@@ -334,6 +488,12 @@ mod tests {
         n.iter().map(|s| s.to_string()).collect()
     }
 
+    fn batch(n: &[&str]) -> Vec<(String, Config)> {
+        n.iter()
+            .map(|s| (s.to_string(), Config::default()))
+            .collect()
+    }
+
     fn states(vms: &Vms, ns: &str) -> Vec<(String, &'static str)> {
         vms.info(ns)
             .into_iter()
@@ -341,23 +501,24 @@ mod tests {
             .collect()
     }
 
+    fn by(n: &[&str]) -> Target {
+        Target::Names(names(n))
+    }
+
     #[test]
     fn the_state_machine_follows_minimega() {
         let fake = Arc::new(Fake::default());
-        let vms = Vms::new(fake.clone());
-        vms.launch("foo", &names(&["a", "b", "c"]), &Config::default())
-            .unwrap();
+        let (_dir, meta) = temp_meta();
+        let vms = Vms::open(fake.clone(), meta);
+        vms.launch("foo", &batch(&["a", "b", "c"])).unwrap();
         assert!(states(&vms, "foo").iter().all(|(_, s)| *s == "BUILDING"));
         let a = &vms.info("foo")[0];
         assert_eq!(
             (a.pid, a.config.vcpus, a.config.memory_mib),
             (1001, 1, 2048)
         );
-        assert_eq!(
-            vms.start("foo", &Target::Names(&names(&["a", "2"])))
-                .unwrap(),
-            2
-        );
+        assert!(config::is_uuid(a.config.uuid.as_deref().unwrap()));
+        assert_eq!(vms.strict("foo", Op::Start, &by(&["a", "2"])).unwrap(), 2);
         assert_eq!(
             states(&vms, "foo"),
             [
@@ -367,9 +528,9 @@ mod tests {
             ]
         );
         // Stop only touches running ones; start again resumes a paused one.
-        assert_eq!(vms.stop("foo", &Target::All).unwrap(), 2);
-        assert_eq!(vms.start("foo", &Target::Names(&names(&["b"]))).unwrap(), 1);
-        assert_eq!(vms.kill("foo", &Target::Names(&names(&["c"]))).unwrap(), 1);
+        assert_eq!(vms.strict("foo", Op::Stop, &Target::All).unwrap(), 2);
+        assert_eq!(vms.strict("foo", Op::Start, &by(&["b"])).unwrap(), 1);
+        assert_eq!(vms.strict("foo", Op::Kill, &by(&["c"])).unwrap(), 1);
         assert_eq!(
             states(&vms, "foo"),
             [
@@ -382,12 +543,16 @@ mod tests {
         fake.dead.lock().unwrap().insert(2, "qemu: oops".into());
         let b = vms.info("foo").into_iter().find(|v| v.name == "b").unwrap();
         assert_eq!((b.state, b.error.as_str()), (State::Error, "qemu: oops"));
+        // Only live VMs commit anything.
+        assert_eq!((vms.commit().vms, vms.commit().vcpus), (1, 1));
         // Killing the ended ones does nothing; flush forgets them.
-        assert_eq!(vms.kill("foo", &Target::All).unwrap(), 1);
-        vms.launch("foo", &names(&["d"]), &Config::default())
-            .unwrap();
+        assert_eq!(vms.strict("foo", Op::Kill, &Target::All).unwrap(), 1);
+        vms.launch("foo", &batch(&["d"])).unwrap();
         assert_eq!(vms.flush("foo"), 3);
         assert_eq!(states(&vms, "foo"), [("d".into(), "BUILDING")]);
+        // Names not here are someone else's: reported, not an error.
+        let acted = vms.act("foo", Op::Start, &by(&["d", "elsewhere"]));
+        assert_eq!((acted.matched, acted.changed), (names(&["d"]), 1));
         let calls = fake.calls.lock().unwrap().clone();
         assert_eq!(
             calls,
@@ -403,6 +568,7 @@ mod tests {
                 "kill 3",
                 "kill 1",
                 "launch foo/4 d vcpus=1 mem=2048",
+                "resume 4",
             ]
         );
     }
@@ -410,9 +576,9 @@ mod tests {
     #[test]
     fn bad_names_launch_nothing() {
         let fake = Arc::new(Fake::default());
-        let vms = Vms::new(fake.clone());
-        vms.launch("foo", &names(&["web"]), &Config::default())
-            .unwrap();
+        let (_dir, meta) = temp_meta();
+        let vms = Vms::open(fake.clone(), meta);
+        vms.launch("foo", &batch(&["web"])).unwrap();
         for (bad, why) in [
             (vec!["x", "all"], "`all` is a reserved word"),
             (vec!["x", "12"], "invalid vm name, `12` is an integer"),
@@ -420,17 +586,13 @@ mod tests {
             (vec!["x", "web"], "vm already exists with name web"),
             (vec!["x", "a/b"], "invalid vm name `a/b`"),
         ] {
-            let e = vms
-                .launch("foo", &names(&bad), &Config::default())
-                .unwrap_err();
+            let e = vms.launch("foo", &batch(&bad)).unwrap_err();
             assert!(e.to_string().contains(why), "{bad:?}: {e}");
         }
         assert_eq!(vms.info("foo").len(), 1, "a bad batch launched something");
         // A process that fails to start takes its batch with it.
         fake.fail.lock().unwrap().push("y".into());
-        let e = vms
-            .launch("foo", &names(&["x", "y"]), &Config::default())
-            .unwrap_err();
+        let e = vms.launch("foo", &batch(&["x", "y"])).unwrap_err();
         assert!(e.to_string().contains("y: no process"), "{e}");
         assert_eq!(vms.info("foo").len(), 1, "half a batch stayed");
         let calls = fake.calls.lock().unwrap().clone();
@@ -446,9 +608,8 @@ mod tests {
             "x was not killed: {calls:?}"
         );
         // Names are per namespace.
-        vms.launch("bar", &names(&["web"]), &Config::default())
-            .unwrap();
-        assert!(vms.start("foo", &Target::Names(&names(&["nope"]))).is_err());
+        vms.launch("bar", &batch(&["web"])).unwrap();
+        assert!(vms.strict("foo", Op::Start, &by(&["nope"])).is_err());
         // A node going down takes its VMs with it.
         vms.kill_all();
         assert!(vms
@@ -456,5 +617,43 @@ mod tests {
             .iter()
             .chain(vms.info("bar").iter())
             .all(|v| v.state == State::Quit));
+    }
+
+    #[test]
+    fn after_a_restart_old_vms_are_never_running() {
+        let (_dir, meta) = temp_meta();
+        {
+            let vms = Vms::open(Arc::new(Fake::default()), meta.clone());
+            vms.launch("foo", &batch(&["a", "b", "c"])).unwrap();
+            vms.strict("foo", Op::Start, &by(&["a"])).unwrap();
+            vms.strict("foo", Op::Kill, &by(&["c"])).unwrap();
+            // The node is killed: nothing ends its VMs.
+        }
+        let fake = Arc::new(Fake::default());
+        let vms = Vms::open(fake.clone(), meta.clone());
+        let info = vms.info("foo");
+        let st: Vec<(&str, State)> = info.iter().map(|v| (v.name.as_str(), v.state)).collect();
+        assert_eq!(
+            st,
+            [("a", State::Error), ("b", State::Error), ("c", State::Quit)]
+        );
+        assert!(
+            info[0].error.contains("it was RUNNING"),
+            "{}",
+            info[0].error
+        );
+        // Their leftover processes were ended, and ids go on from there.
+        let calls = fake.calls.lock().unwrap().clone();
+        assert_eq!(calls, ["reap foo/1 1001", "reap foo/2 1002"]);
+        vms.launch("foo", &batch(&["d"])).unwrap();
+        assert_eq!(vms.info("foo").last().unwrap().id, 4);
+        assert_eq!(vms.flush("foo"), 3);
+        vms.kill_all();
+        drop(vms);
+        // A flushed VM is gone for good; a clean stop leaves QUIT.
+        let fake = Arc::new(Fake::default());
+        let vms = Vms::open(fake.clone(), meta);
+        assert_eq!(states(&vms, "foo"), [("d".into(), "QUIT")]);
+        assert!(fake.calls.lock().unwrap().is_empty());
     }
 }

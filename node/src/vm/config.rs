@@ -1,0 +1,327 @@
+//! `vm config`: what the next VMs are launched with, field by field, with
+//! minimega's names and defaults. Values are checked when they are set,
+//! where they can be known then (a number, a file on this node), so a bad
+//! one fails at `vm config` and not at launch on a host.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+/// What a VM is launched with; minimega's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub(crate) struct Config {
+    pub(crate) vcpus: u64,
+    pub(crate) memory_mib: u64,
+    /// A disk image (qcow2 or raw); written to a snapshot unless
+    /// `snapshot` is false.
+    pub(crate) disk: Option<String>,
+    pub(crate) cdrom: Option<String>,
+    pub(crate) kernel: Option<String>,
+    pub(crate) initrd: Option<String>,
+    /// The kernel's command line, a word each.
+    pub(crate) append: Vec<String>,
+    /// NICs, a spec each (VLAN networking: issue 12).
+    pub(crate) net: Vec<String>,
+    pub(crate) schedule: Option<String>,
+    pub(crate) colocate: Option<String>,
+    /// At most this many other VMs on its host; 0: alone.
+    pub(crate) coschedule: Option<usize>,
+    pub(crate) tags: BTreeMap<String, String>,
+    /// None: a fresh one for each VM at launch.
+    pub(crate) uuid: Option<String>,
+    pub(crate) snapshot: bool,
+    /// A container's root filesystem; kept for container VMs, unused by kvm.
+    pub(crate) filesystem: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            vcpus: 1,
+            memory_mib: 2048,
+            disk: None,
+            cdrom: None,
+            kernel: None,
+            initrd: None,
+            append: Vec::new(),
+            net: Vec::new(),
+            schedule: None,
+            colocate: None,
+            coschedule: None,
+            tags: BTreeMap::new(),
+            uuid: None,
+            snapshot: true,
+            filesystem: None,
+        }
+    }
+}
+
+/// Every field `vm config` takes, in the order it shows them.
+pub(crate) const FIELDS: &[&str] = &[
+    "vcpus",
+    "memory",
+    "disk",
+    "cdrom",
+    "kernel",
+    "initrd",
+    "append",
+    "net",
+    "schedule",
+    "colocate",
+    "coschedule",
+    "tags",
+    "uuid",
+    "snapshot",
+    "filesystem",
+];
+
+fn opt(v: &Option<String>) -> String {
+    v.clone().unwrap_or_default()
+}
+
+/// A map as minimega prints one: `{"a":"b"}`.
+pub(crate) fn show_tags(tags: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(tags).unwrap_or_default()
+}
+
+impl Config {
+    /// One field as `vm config` shows it.
+    pub(crate) fn show(&self, field: &str) -> String {
+        match field {
+            "vcpus" => self.vcpus.to_string(),
+            "memory" => self.memory_mib.to_string(),
+            "disk" => opt(&self.disk),
+            "cdrom" => opt(&self.cdrom),
+            "kernel" => opt(&self.kernel),
+            "initrd" => opt(&self.initrd),
+            "append" => self.append.join(" "),
+            "net" => self.net.join(" "),
+            "schedule" => opt(&self.schedule),
+            "colocate" => opt(&self.colocate),
+            "coschedule" => self.coschedule.map_or("-1".into(), |n| n.to_string()),
+            "tags" => show_tags(&self.tags),
+            "uuid" => opt(&self.uuid),
+            "snapshot" => self.snapshot.to_string(),
+            "filesystem" => opt(&self.filesystem),
+            _ => String::new(),
+        }
+    }
+
+    /// Sets `field` from `values` (one word for most fields; the words of
+    /// `append` and `net`; a key and a value for `tags`), or fails and
+    /// changes nothing. Relative paths are taken from `cwd`.
+    pub(crate) fn set(&mut self, field: &str, values: &[String], cwd: Option<&Path>) -> Result<()> {
+        let one = || -> Result<&str> {
+            match values {
+                [v] => Ok(v.as_str()),
+                _ => Err(Error::Usage(format!("vm config {field} takes one value"))),
+            }
+        };
+        let mut next = self.clone();
+        match field {
+            "vcpus" => next.vcpus = positive(field, one()?, 512)?,
+            "memory" => next.memory_mib = positive(field, one()?, 16 << 20)?,
+            "disk" => next.disk = Some(file(one()?, cwd)?),
+            "cdrom" => next.cdrom = Some(file(one()?, cwd)?),
+            "kernel" => next.kernel = Some(file(one()?, cwd)?),
+            "initrd" => next.initrd = Some(file(one()?, cwd)?),
+            "filesystem" => next.filesystem = Some(file(one()?, cwd)?),
+            "append" => next.append = values.to_vec(),
+            "net" => next.net = values.to_vec(),
+            "schedule" => {
+                if let Some(c) = &self.colocate {
+                    return Err(Error::Usage(format!(
+                        "cannot set schedule: colocate is set (to {c}); clear vm config colocate first"
+                    )));
+                }
+                next.schedule = Some(one()?.to_string());
+            }
+            "colocate" => {
+                if let Some(s) = &self.schedule {
+                    return Err(Error::Usage(format!(
+                        "cannot set colocate: schedule is set (to {s}); clear vm config schedule first"
+                    )));
+                }
+                next.colocate = Some(one()?.to_string());
+            }
+            "coschedule" => {
+                let v = one()?;
+                next.coschedule = match v.parse::<i64>() {
+                    Ok(-1) => None,
+                    Ok(n) if n >= 0 => Some(n as usize),
+                    _ => {
+                        return Err(Error::Usage(format!(
+                            "coschedule: `{v}` is not a count of VMs (0 or more; -1 for no limit)"
+                        )))
+                    }
+                };
+            }
+            "tags" => match values {
+                [k, v] => {
+                    next.tags.insert(k.clone(), v.clone());
+                }
+                _ => return Err(Error::usage("vm config tags KEY VALUE")),
+            },
+            "uuid" => {
+                let v = one()?;
+                if !is_uuid(v) {
+                    return Err(Error::Usage(format!(
+                        "uuid: `{v}` is not a UUID like 0e5f7d33-3a4b-4a2e-9a7c-0c1f6b1a9e21"
+                    )));
+                }
+                next.uuid = Some(v.to_ascii_lowercase());
+            }
+            "snapshot" => {
+                next.snapshot = match one()? {
+                    "true" => true,
+                    "false" => false,
+                    v => {
+                        return Err(Error::Usage(format!(
+                            "snapshot: `{v}` is not true or false"
+                        )))
+                    }
+                }
+            }
+            _ => return Err(Error::Usage(format!("no vm config field {field}"))),
+        }
+        *self = next;
+        Ok(())
+    }
+
+    /// Puts `field` back to its default.
+    pub(crate) fn reset(&mut self, field: &str) {
+        let d = Config::default();
+        match field {
+            "vcpus" => self.vcpus = d.vcpus,
+            "memory" => self.memory_mib = d.memory_mib,
+            "disk" => self.disk = None,
+            "cdrom" => self.cdrom = None,
+            "kernel" => self.kernel = None,
+            "initrd" => self.initrd = None,
+            "append" => self.append.clear(),
+            "net" => self.net.clear(),
+            "schedule" => self.schedule = None,
+            "colocate" => self.colocate = None,
+            "coschedule" => self.coschedule = None,
+            "tags" => self.tags.clear(),
+            "uuid" => self.uuid = None,
+            "snapshot" => self.snapshot = d.snapshot,
+            "filesystem" => self.filesystem = None,
+            _ => {}
+        }
+    }
+}
+
+fn positive(field: &str, v: &str, max: u64) -> Result<u64> {
+    match v.parse::<u64>() {
+        Ok(n) if n >= 1 && n <= max => Ok(n),
+        _ => Err(Error::Usage(format!(
+            "{field}: `{v}` is not a whole number from 1 to {max}"
+        ))),
+    }
+}
+
+/// A path that exists here, made absolute: the hosts see the same path
+/// (a testbed shares its images), and a typo shows now, not at launch.
+fn file(v: &str, cwd: Option<&Path>) -> Result<String> {
+    let p = Path::new(v);
+    let p = match cwd {
+        Some(c) if p.is_relative() => c.join(p),
+        _ => p.to_path_buf(),
+    };
+    if !p.exists() {
+        return Err(Error::NotFound(format!("no such file: {}", p.display())));
+    }
+    Ok(p.display().to_string())
+}
+
+pub(crate) fn is_uuid(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('-').collect();
+    parts.len() == 5
+        && parts
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(p, n)| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// A random (version 4) UUID.
+pub(crate) fn new_uuid() -> String {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 16];
+    // The system RNG does not fail on Linux once booted; a zero UUID would
+    // still be a valid, if dull, one.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn bad_values_fail_at_config_time_and_change_nothing() {
+        let mut c = Config::default();
+        c.set("memory", &s(&["512"]), None).unwrap();
+        for (f, v, why) in [
+            ("memory", "-5", "not a whole number"),
+            ("memory", "0", "not a whole number"),
+            ("vcpus", "two", "not a whole number"),
+            (
+                "disk",
+                "/nonexistent/x.qcow2",
+                "no such file: /nonexistent/x.qcow2",
+            ),
+            ("coschedule", "-2", "not a count"),
+            ("uuid", "nope", "not a UUID"),
+            ("snapshot", "yes", "not true or false"),
+            ("bogus", "1", "no vm config field bogus"),
+        ] {
+            let e = c.set(f, &s(&[v]), None).unwrap_err().to_string();
+            assert!(e.contains(why), "{f} {v}: {e}");
+        }
+        assert_eq!(c.memory_mib, 512);
+        assert_eq!(c.vcpus, 1);
+        // schedule and colocate exclude each other, in either order.
+        c.set("schedule", &s(&["n1"]), None).unwrap();
+        assert!(c.set("colocate", &s(&["a"]), None).is_err());
+        c.reset("schedule");
+        c.set("colocate", &s(&["a"]), None).unwrap();
+        assert!(c.set("schedule", &s(&["n1"]), None).is_err());
+        c.set("coschedule", &s(&["0"]), None).unwrap();
+        assert_eq!(c.show("coschedule"), "0");
+        c.set("tags", &s(&["role", "web"]), None).unwrap();
+        assert_eq!(c.show("tags"), r#"{"role":"web"}"#);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("d.img"), b"x").unwrap();
+        c.set("disk", &s(&["d.img"]), Some(dir.path())).unwrap();
+        assert_eq!(
+            c.show("disk"),
+            dir.path().join("d.img").display().to_string()
+        );
+        for f in FIELDS {
+            c.reset(f);
+        }
+        assert_eq!(c, Config::default());
+        let u = new_uuid();
+        assert!(is_uuid(&u) && u.as_bytes()[14] == b'4', "{u}");
+        assert_ne!(u, new_uuid());
+    }
+}
