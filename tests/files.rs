@@ -202,7 +202,8 @@ fn pullers_serve_each_other_and_the_holder_sends_each_chunk_about_once() {
     // `mesh send` is waited for all the same.
     nodes[0].mm(&["mesh", "timeout", "1"]);
     let out = nodes[0].mm(&["mesh", "send", "all", "file", "get", "swarm.bin", "wait"]);
-    assert_eq!(out.matches("fetched").count(), 3, "{out}");
+    // The same answer from three hosts, compressed as minimega does.
+    assert!(out.starts_with("h[2-4]: fetched"), "{out}");
     let mut from_holder = 0;
     for p in &nodes[1..] {
         assert_eq!(read(p, "swarm.bin").unwrap(), data, "{} differs", p.name);

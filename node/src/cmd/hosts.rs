@@ -133,7 +133,12 @@ pub(crate) fn compress(names: &[String]) -> String {
         let (prefix, num) = n.split_at(n.len() - digits);
         match num.parse::<u64>() {
             Ok(v) if digits > 0 => {
-                let width = if num.starts_with('0') { digits } else { 0 };
+                // A lone 0 is not zero-padding: vm-0 joins vm-1.
+                let width = if num.starts_with('0') && digits > 1 {
+                    digits
+                } else {
+                    0
+                };
                 groups
                     .entry((prefix.to_string(), width))
                     .or_default()
@@ -238,5 +243,8 @@ mod tests {
         let mut orig = names.clone();
         orig.sort();
         assert_eq!(back, orig);
+        // 0 is a number like any other, 00 a padded one.
+        assert_eq!(compress(&v(&["vm-0", "vm-1", "vm-2"])), "vm-[0-2]");
+        assert_eq!(compress(&v(&["a00", "a01", "a1"])), "a1,a[00-01]");
     }
 }
