@@ -113,3 +113,64 @@ fn a_new_namespace_on_a_lone_node_holds_that_node() {
         stderr_of(&out)
     );
 }
+
+#[test]
+fn a_read_file_runs_line_by_line_with_its_modes_and_stops_at_the_first_error() {
+    let a = Node::local("reader", &[]);
+    let dir = common::scratch_dir("script");
+    let script = dir.path().join("setup.mm");
+    std::fs::write(
+        &script,
+        "# set up a namespace\n\
+         namespace scripted\n\
+         .annotate false\n\
+         ns queueing true   # and queue\n\
+         .columns namespace,active namespace\n\
+         ns bogus\n\
+         namespace after\n",
+    )
+    .unwrap();
+    let path = script.display().to_string();
+    let out = a.try_mm(&["read", &path]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // The mode set on line 3 holds for the lines after it.
+    assert!(
+        stdout.starts_with("namespace | active\nmm        | false\nscripted  | true\n"),
+        "{stdout}"
+    );
+    let err = stderr_of(&out);
+    assert!(err.contains("unknown command: ns bogus"), "{err}");
+    assert!(err.contains(&format!("read: stopped at {path}:6")), "{err}");
+    let names: Vec<String> = namespaces(&a).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, ["mm", "scripted"], "a line after the error ran");
+    assert_eq!(a.mm(&["ns", "queueing"]).trim(), "true");
+    // `check` runs nothing and names every bad line.
+    a.mm(&["namespace", "mm"]);
+    std::fs::write(&script, "namespace checked\nvm lunch kvm 2\nns hosts\n").unwrap();
+    let out = a.try_mm(&["read", &path, "check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains(&format!("{path}:2: unknown command: vm lunch")),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(namespaces(&a).len(), 2, "check ran a line");
+    // `continue` goes past errors; nested reads and ns run read are refused.
+    std::fs::write(&script, "vm lunch\nread x\nnamespace later\n").unwrap();
+    let out = a.try_mm(&["read", &path, "continue"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("cannot run nested `read` commands"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(namespaces(&a).len(), 3);
+    a.mm(&["namespace", "mm"]);
+    let out = a.try_mm(&["ns", "run", "read", &path]);
+    assert!(
+        stderr_of(&out).contains("cannot run `read` via ns run"),
+        "{}",
+        stderr_of(&out)
+    );
+}

@@ -396,6 +396,88 @@ mod tests {
         assert_eq!(render(&two, &d).0, "a: 3\nb: x\nb: y\n");
     }
 
+    fn vms() -> Vec<Response> {
+        let h = &["id", "name", "state"];
+        vec![
+            Response::table("n2", h, vec![row(&["10", "b", "RUNNING"])]),
+            Response::table(
+                "n1",
+                h,
+                vec![row(&["9", "a", "PAUSED"]), row(&["2", "c", "RUNNING"])],
+            ),
+        ]
+    }
+
+    fn shaped(ops: &[Op], f: &Flags) -> Result<String, String> {
+        let mut rs = vms();
+        let mut f = f.clone();
+        reshape(&mut rs, ops, &mut f)?;
+        Ok(render(&rs, &f).0)
+    }
+
+    #[test]
+    fn dot_commands_shape_the_merged_table() {
+        let d = Flags::default();
+        let cols = |c: &str| Op::Columns(c.split(',').map(str::to_string).collect());
+        let filter = |s: &str| Op::Filter(Filter::parse(s).unwrap());
+        // Rows sort by host, then numbers as numbers.
+        assert_eq!(
+            shaped(&[], &d).unwrap(),
+            "host | id | name | state\nn1   | 2  | c    | RUNNING\nn1   | 9  | a    | PAUSED\nn2   | 10 | b    | RUNNING\n"
+        );
+        // A named host column goes where it is named, and only there.
+        assert_eq!(
+            shaped(&[cols("name,host")], &d).unwrap(),
+            "name | host\na    | n1\nb    | n2\nc    | n1\n"
+        );
+        // Prefixes name columns; filters ignore case; innermost first.
+        assert_eq!(
+            shaped(&[cols("na"), filter("state=running")], &d).unwrap(),
+            "host | name\nn1   | c\nn2   | b\n"
+        );
+        assert_eq!(
+            shaped(&[filter("state!~run")], &d).unwrap(),
+            "host | id | name | state\nn1   | 9  | a    | PAUSED\n"
+        );
+        assert_eq!(
+            shaped(&[filter("host=n2"), cols("name")], &d).unwrap(),
+            "host | name\nn2   | b\n"
+        );
+        let e = shaped(&[filter("state=x"), cols("name")], &d).unwrap_err();
+        assert_eq!(e, "no such column `state`");
+        assert!(shaped(&[cols("s,n")], &d).is_ok());
+        assert_eq!(
+            shaped(&[cols("nope")], &d).unwrap_err(),
+            "no such column `nope`"
+        );
+        let f = Flags {
+            annotate: false,
+            headers: false,
+            sort: false,
+            mode: Mode::Csv,
+            ..Flags::default()
+        };
+        assert_eq!(
+            shaped(&[cols("name,state")], &f).unwrap(),
+            "b,RUNNING\na,PAUSED\nc,RUNNING\n"
+        );
+        // The same text from several hosts, once.
+        let texts = vec![
+            Response::text("n1", "mm 1.0"),
+            Response::text("n2", "mm 1.0"),
+            Response::text("n3", "mm 0.9"),
+        ];
+        assert_eq!(render(&texts, &d).0, "n[1-2]: mm 1.0\nn3: mm 0.9\n");
+        let loose = Flags {
+            compress: false,
+            ..Flags::default()
+        };
+        assert_eq!(
+            render(&texts, &loose).0,
+            "n1: mm 1.0\nn2: mm 1.0\nn3: mm 0.9\n"
+        );
+    }
+
     #[test]
     fn json_has_every_field() {
         let j = render_json(&[Response::table("a", &["x"], vec![row(&["1"])])]);

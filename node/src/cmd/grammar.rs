@@ -20,6 +20,9 @@ pub(crate) struct Call {
     pub(crate) lists: HashMap<String, Vec<String>>,
     /// The nested command of a `(command)` item.
     pub(crate) sub: Vec<String>,
+    /// A word was abbreviated (`vm inf`): an exact match of another
+    /// command wins over this one.
+    inexact: bool,
 }
 
 impl Call {
@@ -88,7 +91,18 @@ fn matches(items: &[Item], args: &[String], call: &mut Call) -> bool {
         return args.is_empty();
     };
     match first {
-        Item::Lit(w) => args.first() == Some(w) && matches(rest, &args[1..], call),
+        Item::Lit(w) => {
+            let Some(a) = args.first() else {
+                return false;
+            };
+            let exact = a == w;
+            if !exact && !(!a.is_empty() && w.starts_with(a.as_str())) {
+                return false;
+            }
+            let ok = matches(rest, &args[1..], call);
+            call.inexact |= ok && !exact;
+            ok
+        }
         Item::Value { name, optional } => {
             if let Some(a) = args.first() {
                 let mut trial = Call::default();
@@ -101,14 +115,13 @@ fn matches(items: &[Item], args: &[String], call: &mut Call) -> bool {
             *optional && matches(rest, args, call)
         }
         Item::Choice { words, optional } => {
-            if let Some(a) = args.first() {
-                if words.contains(a) {
-                    let mut trial = Call::default();
-                    if matches(rest, &args[1..], &mut trial) {
-                        merge(call, trial);
-                        call.bools.insert(a.clone());
-                        return true;
-                    }
+            if let Some(word) = args.first().and_then(|a| choose(words, a)) {
+                let mut trial = Call::default();
+                if matches(rest, &args[1..], &mut trial) {
+                    merge(call, trial);
+                    call.inexact |= word != args[0];
+                    call.bools.insert(word.to_string());
+                    return true;
                 }
             }
             *optional && matches(rest, args, call)
@@ -130,7 +143,20 @@ fn matches(items: &[Item], args: &[String], call: &mut Call) -> bool {
     }
 }
 
+/// The word of a choice that `a` is, or abbreviates and no other does.
+fn choose<'a>(words: &'a [String], a: &str) -> Option<&'a str> {
+    if let Some(w) = words.iter().find(|w| *w == a) {
+        return Some(w);
+    }
+    let mut prefixed = words.iter().filter(|w| !a.is_empty() && w.starts_with(a));
+    match (prefixed.next(), prefixed.next()) {
+        (Some(w), None) => Some(w),
+        _ => None,
+    }
+}
+
 fn merge(into: &mut Call, from: Call) {
+    into.inexact |= from.inexact;
     into.strings.extend(from.strings);
     into.bools.extend(from.bools);
     into.lists.extend(from.lists);
@@ -151,6 +177,10 @@ pub(crate) fn parse(specs: &[&'static Spec], argv: &[String]) -> Result<(&'stati
     if argv.is_empty() {
         return Err(Error::usage("empty command; try `help`"));
     }
+    // Words may be abbreviated, as in minimega: the first command that
+    // takes the words as typed wins, else the one command that takes
+    // them abbreviated; two are ambiguous.
+    let mut abbreviated: Vec<(&'static Spec, Call, &str)> = Vec::new();
     for spec in specs {
         for p in spec.patterns {
             let mut call = Call {
@@ -158,9 +188,26 @@ pub(crate) fn parse(specs: &[&'static Spec], argv: &[String]) -> Result<(&'stati
                 ..Call::default()
             };
             if matches(&compile(p), argv, &mut call) {
-                return Ok((spec, call));
+                if !call.inexact {
+                    return Ok((spec, call));
+                }
+                if !abbreviated.iter().any(|(s, _, _)| s.id == spec.id) {
+                    abbreviated.push((spec, call, p));
+                }
             }
         }
+    }
+    if abbreviated.len() == 1 {
+        let (spec, call, _) = abbreviated.remove(0);
+        return Ok((spec, call));
+    }
+    if abbreviated.len() > 1 {
+        let could: Vec<&str> = abbreviated.iter().map(|(_, _, p)| *p).collect();
+        return Err(Error::Usage(format!(
+            "ambiguous command: {}; it could be:\n  {}",
+            argv.join(" "),
+            could.join("\n  ")
+        )));
     }
     // No match: find the commands whose leading words match best, to say
     // whether the command is unknown or only its arguments are wrong.
@@ -412,6 +459,35 @@ mod tests {
         let e = parse(specs(), &a("frobnicate")).unwrap_err();
         assert!(e.contains("unknown command: frobnicate; try `help`"), "{e}");
         assert!(parse(specs(), &[]).is_err());
+    }
+
+    #[test]
+    fn words_may_be_abbreviated_where_only_one_command_fits() {
+        let c = parse(specs(), &a("mesh deg 4")).unwrap();
+        assert_eq!((c.id, c.arg("degree")), ("degree", Some("4")));
+        let c = parse(specs(), &a("m l p")).unwrap();
+        assert!(c.id == "list" && c.has("peers"), "{c:?}");
+        // Values are never abbreviations: a host named `s` is a host.
+        let c = parse(specs(), &a("mesh se s mesh status")).unwrap();
+        assert_eq!(c.arg("hosts"), Some("s"));
+        let real = crate::cmd::specs();
+        // Two commands fit (degree, dial, dot): none runs.
+        let e = super::parse(real, &a("mesh d 4"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("ambiguous command: mesh d 4"), "{e}");
+        let (s, c) = super::parse(real, &a("vm conf mem 64")).unwrap();
+        assert_eq!(
+            (s.id, c.has("memory"), c.arg("value")),
+            ("vm config", true, Some("64"))
+        );
+        let (s, _) = super::parse(real, &a("vm inf")).unwrap();
+        assert_eq!(s.id, "vm info");
+        // An exact command wins over an abbreviated one.
+        let (s, _) = super::parse(real, &a("host")).unwrap();
+        assert_eq!(s.id, "host");
+        assert!(super::parse(real, &a("vm config co 1")).is_err());
     }
 
     #[test]

@@ -351,15 +351,24 @@ async fn clone(cx: &Ctx, name: &str, ns: &Namespace, vm: &str) -> Out {
 
 async fn clear_config(cx: &Ctx, c: &Call) -> Out {
     let (name, _) = current(cx)?;
-    let field = c.arg("field");
-    if let Some(f) = field {
-        if !FIELDS.contains(&f) {
-            return Err(Error::Usage(format!(
-                "no vm config field {f}; the fields: {}",
-                FIELDS.join(", ")
-            )));
+    // A field by its name or a prefix only it has, as the grammar takes
+    // words.
+    let field = match c.arg("field") {
+        None => None,
+        Some(f) => {
+            let exact = FIELDS.iter().find(|x| **x == f);
+            let mut by_prefix = FIELDS.iter().filter(|x| x.starts_with(f));
+            match (exact, by_prefix.next(), by_prefix.next()) {
+                (Some(x), _, _) | (None, Some(x), None) => Some(*x),
+                _ => {
+                    return Err(Error::Usage(format!(
+                        "no vm config field {f}; the fields: {}",
+                        FIELDS.join(", ")
+                    )))
+                }
+            }
         }
-    }
+    };
     cx.node.ns.update(&name, |n| {
         match field {
             Some(f) => n.config.reset(f),
