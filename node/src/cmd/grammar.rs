@@ -96,7 +96,7 @@ fn matches(items: &[Item], args: &[String], call: &mut Call) -> bool {
                 return false;
             };
             let exact = a == w;
-            if !exact && !(!a.is_empty() && w.starts_with(a.as_str())) {
+            if !exact && (a.is_empty() || !w.starts_with(a.as_str())) {
                 return false;
             }
             let ok = matches(rest, &args[1..], call);
