@@ -4,7 +4,12 @@
 //!
 //! Trees and keys:
 //! - `settings`: `degree` (u64), `timeout_ms` (u64): runtime settings that
-//!   survive a restart.
+//!   survive a restart; `namespace` (the active one), `vm_id` (the last VM
+//!   id this node gave).
+//! - `namespaces`: name -> a namespace's hosts, settings, vm config, queue,
+//!   stored schedule and launch history (on the node that owns it).
+//! - `vms`: zero-padded id -> a VM of this host: its name, namespace,
+//!   state, pid and config (so a restart knows what it ran).
 //! - `manifests`: file name -> the file's manifest and the size, mtime and
 //!   inode it was built from (so an unchanged file is never hashed twice).
 //! - `transfers`: file name -> a transfer in progress: its manifest (and
