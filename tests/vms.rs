@@ -168,6 +168,16 @@ fn the_cluster_workflow_runs_real_vms_across_three_hosts() {
         );
         assert_eq!(qmp_status(&sock(&hosts, v, "foo")), "prelaunch");
     }
+    let listed = rows(&head.json(&["namespace"]));
+    let foo = listed.iter().find(|r| r["namespace"] == "foo").unwrap();
+    assert_eq!((foo["vms"].as_str(), foo["active"].as_str()), ("6", "true"));
+    // ns run: each host answers in this namespace, for its own VMs.
+    let ran = rows(&head.json(&["ns", "run", "vm", "info"]));
+    assert_eq!(ran.len(), 6, "{ran:?}");
+    assert!(
+        ran.iter().all(|r| stored[&r["name"]] == r["host"]),
+        "{ran:?}"
+    );
     // The hosts' commitments count these VMs.
     let load: HashMap<String, HashMap<String, String>> = rows(&head.json(&["host"]))
         .into_iter()

@@ -38,6 +38,7 @@ fn messages_between_nodes() {
     let valid = [
         encode(&Request::Command {
             argv: vec!["mesh".into(), "status".into()],
+            namespace: Some("foo".into()),
         }),
         encode(&Request::Chunk {
             name: "img/a.qcow2".into(),

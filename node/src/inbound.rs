@@ -27,8 +27,11 @@ pub(crate) async fn answer_all(node: Arc<Node>, mut inbound: mpsc::Receiver<Inbo
 
 async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> {
     Ok(match decode::<Request>(body)? {
-        Request::Command { argv } => {
-            encode(&cmd::execute(node, &argv, Source::Mesh { from }).await)
+        Request::Command { argv, namespace } => {
+            if let Some(ns) = &namespace {
+                crate::ns::check_name(ns)?;
+            }
+            encode(&cmd::execute_in(node, &argv, Source::Mesh { from }, namespace).await)
         }
         Request::Holds { pattern } => node.files.holds(pattern).await?,
         Request::Vm { ask } => crate::vm::wire::answer(node, decode(&ask)?).await?,

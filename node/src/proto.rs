@@ -156,8 +156,13 @@ impl From<&mm_store::transfer::Status> for TransferStatus {
 /// `Holds` a CBOR `Vec<mm_store::Held>`; `Chunk` a CBOR [`ChunkAnswer`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    /// A command of the grammar, from `mesh send`.
-    Command { argv: Vec<String> },
+    /// A command of the grammar, from `mesh send` (in the receiver's
+    /// active namespace) or `ns run` (in the sender's: `namespace`).
+    Command {
+        argv: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        namespace: Option<String>,
+    },
     /// Which files matching this name, glob or directory can you serve?
     Holds { pattern: String },
     Chunk {

@@ -106,7 +106,7 @@ async fn list(cx: &Ctx, c: &Call) -> Out {
             argv.push(path.clone());
         }
         argv.push("recursive".into());
-        out.extend(run_remote(node, others, argv, node.send_timeout()).await?);
+        out.extend(run_remote(node, others, argv, None, node.send_timeout()).await?);
     }
     // Which hosts hold it is the question: one without it is no error,
     // unless none has it.

@@ -90,7 +90,7 @@ async fn host(cx: &Ctx) -> Out {
     }
     if !others.is_empty() {
         let argv = vec!["host".to_string()];
-        out.extend(run_remote(&cx.node, others, argv, cx.node.send_timeout()).await?);
+        out.extend(run_remote(&cx.node, others, argv, None, cx.node.send_timeout()).await?);
     }
     Ok(out)
 }

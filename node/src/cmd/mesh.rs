@@ -369,20 +369,22 @@ async fn send(cx: &Ctx, c: &Call) -> Out {
     } else {
         cx.node.send_timeout()
     };
-    let mut out = run_remote(&cx.node, targets, c.sub.clone(), timeout).await?;
+    let mut out = run_remote(&cx.node, targets, c.sub.clone(), None, timeout).await?;
     out.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(out)
 }
 
-/// Runs a command of the grammar on other nodes, waiting at most
-/// `timeout`; one error row per host that could not answer.
+/// Runs a command of the grammar on other nodes, in `namespace` (None:
+/// each one's active namespace), waiting at most `timeout`; one error row
+/// per host that could not answer.
 pub(super) async fn run_remote(
     node: &Node,
     targets: Vec<String>,
     argv: Vec<String>,
+    namespace: Option<String>,
     timeout: Duration,
 ) -> Result<Vec<Response>> {
-    let body = mm_overlay::wire::encode(&Request::Command { argv });
+    let body = mm_overlay::wire::encode(&Request::Command { argv, namespace });
     let answers = node.overlay.send(targets, body, timeout).await?;
     let mut out = Vec::new();
     for (host, result) in answers {

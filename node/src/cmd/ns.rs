@@ -124,9 +124,10 @@ pub(super) static SPECS: &[Spec] = &[
         id: "ns run",
         patterns: &["ns run (command)"],
         short: "run a command on every host of the active namespace",
-        long: "The answers come back as one table with a host column; a host that does not \
-               answer gets an error row. `ns run` and `mesh send` cannot be run this way, and \
-               `ns run` cannot be sent with `mesh send`.",
+        long: "Each host runs it in this namespace (`ns run vm info`: each host's VMs of \
+               it). The answers come back as one table with a host column; a host that does not \
+               answer gets an error row. `ns run`, `mesh send`, `read` and `vm launch` cannot \
+               be run this way, and `ns run` cannot be sent with `mesh send`.",
         run: |cx, c| ns_run(cx, c).boxed(),
     },
 ];
@@ -134,21 +135,7 @@ pub(super) static SPECS: &[Spec] = &[
 async fn namespace(cx: &Ctx, c: &Call) -> Out {
     let node = &cx.node;
     let Some(name) = c.arg("name") else {
-        let active = node.ns.active();
-        let rows = node
-            .ns
-            .list()
-            .into_iter()
-            .map(|(n, _)| {
-                let vms = node.vms.info(&n).len().to_string();
-                vec![n.clone(), vms, (n == active).to_string()]
-            })
-            .collect();
-        return cx.one(Response::table(
-            cx.me(),
-            &["namespace", "vms", "active"],
-            rows,
-        ));
+        return list(cx).await;
     };
     if node.ns.get(name).is_none() {
         let others: BTreeSet<String> = settle(node).await?.others().into_iter().collect();
@@ -175,6 +162,45 @@ async fn namespace(cx: &Ctx, c: &Call) -> Out {
         ns: Some(name.to_string()),
     };
     (spec.run)(&inner, &call).await
+}
+
+/// `namespace`: each namespace with its VMs counted on its hosts (one
+/// question per host for all namespaces); a host that does not answer
+/// gets an error row, and its VMs are not counted.
+async fn list(cx: &Ctx) -> Out {
+    let node = &cx.node;
+    let all = node.ns.list();
+    let hosts: BTreeSet<String> = all.iter().flat_map(|(_, ns)| ns.hosts.clone()).collect();
+    let answers = ask_all::<std::collections::BTreeMap<String, usize>>(
+        node,
+        hosts,
+        Ask::Counts,
+        node.send_timeout(),
+    )
+    .await;
+    let mut out = Vec::new();
+    let mut counts = std::collections::BTreeMap::new();
+    for (h, r) in answers {
+        match r {
+            Ok(c) => {
+                counts.insert(h, c);
+            }
+            Err(e) => out.push(Response::error(&h, format!("its VMs are not counted: {e}"))),
+        }
+    }
+    let active = node.ns.active();
+    let rows = all
+        .into_iter()
+        .map(|(n, ns)| {
+            let vms: usize = ns.hosts.iter().filter_map(|h| counts.get(h)?.get(&n)).sum();
+            vec![n.clone(), vms.to_string(), (n == active).to_string()]
+        })
+        .collect();
+    out.insert(
+        0,
+        Response::table(cx.me(), &["namespace", "vms", "active"], rows),
+    );
+    Ok(out)
 }
 
 async fn clear(cx: &Ctx, c: &Call) -> Out {
@@ -513,7 +539,18 @@ async fn ns_run(cx: &Ctx, c: &Call) -> Out {
         out.extend(super::execute_in(&cx.node, &c.sub, cx.src.clone(), ns).await);
     }
     if !others.is_empty() {
-        out.extend(run_remote(&cx.node, others, c.sub.clone(), cx.node.send_timeout()).await?);
+        // In this namespace, as minimega's `ns run` does: `ns run vm info`
+        // shows each host's VMs of it.
+        out.extend(
+            run_remote(
+                &cx.node,
+                others,
+                c.sub.clone(),
+                Some(cx.namespace()),
+                cx.node.send_timeout(),
+            )
+            .await?,
+        );
     }
     out.sort_by(|a, b| a.host.cmp(&b.host));
     Ok(out)

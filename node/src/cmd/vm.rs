@@ -110,14 +110,19 @@ pub(super) static SPECS: &[Spec] = &[
     },
 ];
 
+/// The namespace a command runs in. From the mesh (`ns run` of another
+/// head) it need not exist here: the command acts on this node's VMs of
+/// that name alone.
 fn current(cx: &Ctx) -> Result<(String, Namespace)> {
     let name = cx.namespace();
-    let ns = cx
-        .node
-        .ns
-        .get(&name)
-        .ok_or_else(|| Error::NotFound(format!("no such namespace: {name}")))?;
-    Ok((name, ns))
+    match cx.node.ns.get(&name) {
+        Some(ns) => Ok((name, ns)),
+        None if cx.is_remote() => {
+            let me = BTreeSet::from([cx.node.name.clone()]);
+            Ok((name, Namespace::new(me)))
+        }
+        None => Err(Error::NotFound(format!("no such namespace: {name}"))),
+    }
 }
 
 /// The hosts a `vm` command reaches: the namespace's, or only this node

@@ -76,7 +76,7 @@ fn default_load() -> String {
 }
 
 impl Namespace {
-    fn new(hosts: BTreeSet<String>) -> Namespace {
+    pub(crate) fn new(hosts: BTreeSet<String>) -> Namespace {
         Namespace {
             hosts,
             queueing: false,

@@ -279,6 +279,15 @@ impl Vms {
         c
     }
 
+    /// How many VMs (of any state) each namespace has here.
+    pub(crate) fn counts(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for v in self.st().1.values() {
+            *out.entry(v.namespace.clone()).or_default() += 1;
+        }
+        out
+    }
+
     fn namespaces(&self) -> std::collections::BTreeSet<String> {
         self.st().1.values().map(|v| v.namespace.clone()).collect()
     }

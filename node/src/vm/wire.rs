@@ -36,6 +36,9 @@ pub(crate) enum Ask {
     Clear { namespace: String },
     /// What this host has and its VMs commit (answer: [`Load`]).
     Load,
+    /// How many VMs each namespace has here (answer: `BTreeMap<String,
+    /// usize>`).
+    Counts,
 }
 
 /// A host as the scheduler needs it.
@@ -74,6 +77,7 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
                 target,
             } => encode(&vms.act(&namespace, op, &target)),
             Ask::Flush { namespace } => encode(&vms.flush(&namespace)),
+            Ask::Counts => encode(&vms.counts()),
             Ask::Clear { namespace } => encode(&vms.clear(&namespace)),
             Ask::Load => {
                 let (cpus, mem_mib) = crate::stats::capacity();
