@@ -388,16 +388,26 @@ async fn clear_config(cx: &Ctx, c: &Call) -> Out {
 const MAX_LAUNCH: u64 = 100_000;
 
 /// The names `vm launch TYPE VMS` makes: a count from the namespace's
-/// counter, or the names and ranges given.
-fn names_of(spec: &str, counter: u64) -> Result<(Vec<String>, u64)> {
+/// counter (passing over `vm-N` names `taken` already, so a VM someone
+/// named so never blocks the counter), or the names and ranges given; and
+/// the counter after.
+fn names_of(spec: &str, counter: u64, taken: impl Fn(&str) -> bool) -> Result<(Vec<String>, u64)> {
     if let Ok(n) = spec.parse::<u64>() {
         if n == 0 || n > MAX_LAUNCH {
             return Err(Error::Usage(format!(
                 "vm launch: a count from 1 to {MAX_LAUNCH}, not {n}"
             )));
         }
-        let names = (counter..counter + n).map(|i| format!("vm-{i}")).collect();
-        return Ok((names, counter + n));
+        let mut names = Vec::with_capacity(n as usize);
+        let mut i = counter;
+        while names.len() < n as usize {
+            let name = format!("vm-{i}");
+            i += 1;
+            if !taken(&name) {
+                names.push(name);
+            }
+        }
+        return Ok((names, i));
     }
     let names = hosts::expand_all(spec)?;
     let mut seen = BTreeSet::new();
@@ -431,9 +441,10 @@ async fn vm_launch(cx: &Ctx, c: &Call) -> Out {
             "container VMs are not supported by this build; launch kvm VMs".into(),
         ));
     }
-    let (names, counter) = names_of(spec, ns.counter)?;
     let s = launch::survey(&cx.node, &name, &ns).await?;
     let queued: BTreeSet<&String> = ns.queue.iter().flat_map(|b| &b.names).collect();
+    let taken = |n: &str| s.existing.contains_key(n) || queued.iter().any(|q| q.as_str() == n);
+    let (names, counter) = names_of(spec, ns.counter, taken)?;
     if let Some(n) = names
         .iter()
         .find(|n| s.existing.contains_key(*n) || queued.contains(n))
@@ -600,12 +611,16 @@ mod tests {
 
     #[test]
     fn launch_names_count_from_the_counter_or_are_given() {
-        let (n, next) = names_of("3", 5).unwrap();
+        let free = |_: &str| false;
+        let (n, next) = names_of("3", 5, free).unwrap();
         assert_eq!(
             (n, next),
             (vec!["vm-5".into(), "vm-6".into(), "vm-7".into()], 8)
         );
-        let (n, next) = names_of("vm[01-03],web", 5).unwrap();
+        // A vm-N someone took by name is passed over.
+        let (n, next) = names_of("2", 5, |n| n == "vm-6").unwrap();
+        assert_eq!((n, next), (vec!["vm-5".into(), "vm-7".into()], 8));
+        let (n, next) = names_of("vm[01-03],web", 5, free).unwrap();
         assert_eq!(n, ["vm01", "vm02", "vm03", "web"]);
         assert_eq!(next, 5);
         for (bad, why) in [
@@ -614,7 +629,7 @@ mod tests {
             ("0", "a count from 1"),
             ("a[1-", "malformed"),
         ] {
-            let e = names_of(bad, 0).unwrap_err().to_string();
+            let e = names_of(bad, 0, free).unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
     }

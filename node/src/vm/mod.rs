@@ -73,6 +73,8 @@ pub(crate) trait Driver: Send + Sync {
     /// After a restart: ends the process `pid` if it is still this VM's,
     /// left behind by a node that was killed.
     fn reap(&self, namespace: &str, id: u64, pid: u32);
+    /// `vm flush`: the ended VM's files (its directory) go.
+    fn forget(&self, namespace: &str, id: u64);
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,6 +378,7 @@ impl Vms {
         for id in &gone {
             st.1.remove(id);
             let _ = self.meta.remove(TREE, &key(*id));
+            self.driver.forget(namespace, *id);
         }
         gone.len()
     }
@@ -479,6 +482,12 @@ impl Driver for Fake {
             .unwrap()
             .push(format!("reap {namespace}/{id} {pid}"));
     }
+    fn forget(&self, namespace: &str, id: u64) {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("forget {namespace}/{id}"));
+    }
 }
 
 /// A database in a temporary directory, for tests.
@@ -577,6 +586,9 @@ mod tests {
                 "kill 3",
                 "kill 1",
                 "launch foo/4 d vcpus=1 mem=2048",
+                "forget foo/1",
+                "forget foo/2",
+                "forget foo/3",
                 "resume 4",
             ]
         );

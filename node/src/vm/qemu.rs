@@ -211,6 +211,21 @@ impl Driver for Qemu {
         }
     }
 
+    fn forget(&self, namespace: &str, id: u64) {
+        self.procs().remove(&id);
+        // The namespace is a checked name and the id a number: this is
+        // always a directory beneath the base.
+        let ns_dir = self.base.join(namespace);
+        let dir = ns_dir.join(id.to_string());
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", dir.display());
+            }
+        }
+        // The namespace's directory goes with its last VM.
+        let _ = std::fs::remove_dir(&ns_dir);
+    }
+
     fn died(&self, id: u64) -> Option<String> {
         let mut procs = self.procs();
         let p = procs.get_mut(&id)?;
@@ -339,6 +354,7 @@ mod tests {
         });
         assert!(gone, "a's qemu outlived vm kill");
         assert_eq!(vms.flush("foo"), 2);
+        assert!(!dir.path().join("foo").exists(), "flushed VMs left files");
     }
 
     #[test]
