@@ -259,7 +259,7 @@ fn same_name_conflict_fails_and_writes_nothing() {
     // Path escapes are refused as such (not merely found nowhere).
     for (bad, why) in [
         ("../etc/passwd", "may not contain '..'"),
-        ("/etc/passwd", "must be relative to the files directory"),
+        ("/../etc/passwd", "may not contain '..'"),
         ("a/../../x", "may not contain '..'"),
         (".mm-partial/x", "reserved for transfers in progress"),
     ] {
@@ -270,6 +270,12 @@ fn same_name_conflict_fails_and_writes_nothing() {
     }
     let out = nodes[2].try_mm(&["file", "get", "missing.iso"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no node holds it"));
+    // A leading `/` is the files directory's root (minimega's names), and
+    // a file already here is not fetched again.
+    let out = nodes[2].try_mm(&["file", "get", "/etc/passwd"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node holds it"));
+    let here = nodes[2].mm(&["file", "get", "/dup.txt", "from", "h2", "wait"]);
+    assert!(here.contains("already here"), "{here}");
 }
 
 /// Chunks of `name` that `holder` has sent, by its own count (`file served`).

@@ -70,6 +70,10 @@ struct Serve {
     /// Static peer (MULTIADDR or HOST:PORT), dialled at start; repeatable.
     #[arg(long = "peer")]
     peers: Vec<String>,
+    /// Let other nodes run `shell` and `background` here, through `mesh
+    /// send` and `ns run` (from the local control socket they always run).
+    #[arg(long)]
+    allow_shell: bool,
     /// Turn off mDNS discovery (only --peer and `mesh dial` connect).
     #[arg(long)]
     no_mdns: bool,
@@ -187,6 +191,7 @@ fn serve(cli: &Cli) -> ExitCode {
         port: s.port,
         listen: s.listen,
         insecure: s.insecure,
+        allow_shell: s.allow_shell,
         degree: s.degree,
         context: s.context,
         psk_file: s.psk_file,
@@ -277,11 +282,18 @@ fn local_help(words: &[String]) -> ExitCode {
     }
 }
 
+/// A command that waits for transfers of this node: `file get ... wait`,
+/// or one whose `file:` words the node fetches before running it (not the
+/// `file` commands, which take bare names, nor `mesh send`, whose targets
+/// fetch for themselves).
 fn is_blocking_get(argv: &[String]) -> bool {
-    argv.len() >= 3
+    let get_wait = argv.len() >= 3
         && argv[0] == "file"
         && argv[1] == "get"
-        && argv.last().is_some_and(|w| w == "wait")
+        && argv.last().is_some_and(|w| w == "wait");
+    let fetches =
+        !matches!(argv[0].as_str(), "file" | "mesh") && argv.iter().any(|w| w.starts_with("file:"));
+    get_wait || fetches
 }
 
 fn print_answer(rs: &[mm_node::Response], flags: &Flags) -> ExitCode {

@@ -14,6 +14,7 @@ mod node;
 mod ns;
 pub mod proto;
 mod serve;
+mod shell;
 mod stats;
 mod vm;
 

@@ -20,6 +20,8 @@ pub struct Options {
     pub listen: Option<IpAddr>,
     /// No cluster key, and still on the network.
     pub insecure: bool,
+    /// Other nodes may run `shell` and `background` here.
+    pub allow_shell: bool,
     /// `None`: the persisted setting, else 3.
     pub degree: Option<usize>,
     pub context: String,
@@ -76,6 +78,9 @@ pub(crate) struct Node {
     pub(crate) ns: crate::ns::Namespaces,
     pub(crate) vms: crate::vm::Vms,
     pub(crate) mode: Mode,
+    pub(crate) allow_shell: bool,
+    /// `background` processes.
+    pub(crate) background: crate::shell::Background,
     pub(crate) started: Instant,
     timeout: Mutex<Duration>,
 }
@@ -88,6 +93,7 @@ impl Node {
         files: Files,
         vms: crate::vm::Vms,
         mode: Mode,
+        allow_shell: bool,
     ) -> Arc<Node> {
         let timeout = meta
             .get::<u64>("settings", "timeout_ms")
@@ -102,6 +108,8 @@ impl Node {
             ns,
             vms,
             mode,
+            allow_shell,
+            background: crate::shell::Background::default(),
             started: Instant::now(),
             timeout: Mutex::new(timeout),
         })

@@ -145,6 +145,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         files,
         vms,
         mode,
+        opts.allow_shell,
     );
     // 4. What feeds and asks the node: host stats, other nodes, the CLI.
     let stats = tokio::spawn(stats::publish(node.clone()));
@@ -164,6 +165,7 @@ pub async fn serve(opts: Options) -> Result<()> {
     node.files.stop();
     // A node that stops takes its VMs with it.
     node.vms.kill_all();
+    node.background.kill_all();
     if let Err(e) = meta.flush() {
         warn!("flushing metadata: {e}");
     }

@@ -289,7 +289,10 @@ impl FilesDir {
                 Component::ParentDir => {
                     return bad(format!("file name {name:?} may not contain '..'"))
                 }
-                Component::RootDir | Component::Prefix(_) => {
+                // minimega's scripts write `/images/big`: the root is the
+                // files directory's.
+                Component::RootDir => {}
+                Component::Prefix(_) => {
                     return bad(format!(
                         "file name {name:?} must be relative to the files directory"
                     ))
@@ -601,7 +604,7 @@ mod tests {
     fn names_cannot_escape() {
         let (t, f) = setup();
         for bad in [
-            "/etc/passwd",
+            "/../x",
             "../x",
             "a/../../x",
             ".mm-partial/1",
@@ -620,6 +623,12 @@ mod tests {
         std::os::unix::fs::symlink(f.root().join("img"), f.root().join("in")).unwrap();
         assert!(f.resolve("in/x.qcow2").is_ok());
         assert_eq!(FilesDir::clean("./img//x.qcow2").unwrap(), "img/x.qcow2");
+        // A leading `/` is the files directory's root, as in minimega.
+        assert_eq!(FilesDir::clean("/img/x.qcow2").unwrap(), "img/x.qcow2");
+        assert_eq!(
+            f.resolve("/etc/passwd").unwrap(),
+            f.root().join("etc/passwd")
+        );
         // Opening goes no further: not through the link out, nor through one
         // swapped in for a directory after a check.
         std::fs::write(t.path().join("secret"), b"s").unwrap();

@@ -13,6 +13,7 @@ mod host;
 pub(crate) mod hosts;
 mod mesh;
 mod ns;
+mod shell;
 mod vm;
 
 use std::path::PathBuf;
@@ -92,6 +93,7 @@ pub(crate) fn specs() -> &'static [&'static Spec] {
             .chain(file::SPECS)
             .chain(ns::SPECS)
             .chain(vm::SPECS)
+            .chain(shell::SPECS)
             .collect()
     });
     &ALL
@@ -112,7 +114,7 @@ pub(crate) async fn execute_in(
     if let Source::Mesh { from } = &src {
         tracing::debug!("command from {from}: {}", argv.join(" "));
     }
-    let (spec, call) = match grammar::parse(specs(), argv) {
+    let (spec, call) = match parse_resolved(node, argv).await {
         Ok(p) => p,
         Err(e) => return vec![Response::failure(&node.name, &e)],
     };
@@ -125,4 +127,59 @@ pub(crate) async fn execute_in(
         Ok(rs) => rs,
         Err(e) => vec![Response::failure(&node.name, &e)],
     }
+}
+
+/// What makes a word fetch itself (issue 11): `file:NAME` is the local
+/// path of NAME, fetched through iomeshage first unless it is here.
+const FILE_PREFIX: &str = "file:";
+
+/// Whether a command's words are resolved before it runs: not the `file`
+/// commands (they take bare names), nor those that carry a command for
+/// elsewhere (`mesh send`, `ns run`: each node resolves its own copy;
+/// `namespace NAME COMMAND` resolves its command when it runs it).
+fn resolves(spec: &Spec) -> bool {
+    !(spec.id.starts_with("file ")
+        || matches!(
+            spec.id,
+            "mesh send" | "ns run" | "namespace" | "help" | "read"
+        ))
+}
+
+/// Parses `argv` with its `file:` words made local paths, on this node:
+/// each is fetched and verified before the command runs, and one that
+/// cannot be fails the command, which then does not run.
+pub(crate) async fn parse_resolved(
+    node: &Arc<Node>,
+    argv: &[String],
+) -> Result<(&'static Spec, Call)> {
+    let (spec, call) = grammar::parse(specs(), argv)?;
+    if !resolves(spec) || !argv.iter().any(|w| w.starts_with(FILE_PREFIX)) {
+        return Ok((spec, call));
+    }
+    let mut words = Vec::with_capacity(argv.len());
+    for w in argv {
+        words.push(match w.strip_prefix(FILE_PREFIX) {
+            Some(name) => fetch(node, name)
+                .await
+                .map_err(|e| crate::Error::NotFound(format!("{w}: {e}")))?,
+            None => w.clone(),
+        });
+    }
+    grammar::parse(specs(), &words)
+}
+
+/// The local path of the files directory's NAME, fetched (and waited for)
+/// if it is not here.
+async fn fetch(node: &Arc<Node>, name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(crate::Error::usage("a file: word needs a name: file:NAME"));
+    }
+    let engine = &node.files.engine;
+    // Right after start the node may know nobody yet.
+    mesh::settle(node).await?;
+    let pending = engine.get(name, &mm_store::Select::default()).await?;
+    if !pending.is_empty() {
+        engine.wait(pending).await?;
+    }
+    Ok(node.files.local.files.resolve(name)?.display().to_string())
 }

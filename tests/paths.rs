@@ -1,0 +1,134 @@
+//! Paths that fetch themselves and host commands (issue 11): real nodes on
+//! loopback.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{rows, Node};
+
+const LONG: Duration = Duration::from_secs(60);
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn md5(data: &[u8]) -> String {
+    let out = std::process::Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(data)?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in() {
+    let n1 = Node::local("p1", &["--allow-shell"]);
+    let n2 = Node::local("p2", &["--allow-shell", "--peer", &n1.addr()]);
+    let n3 = Node::local("p3", &["--peer", &n1.addr()]);
+    n1.wait_size(3, LONG);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::create_dir_all(n1.base().join("files/images")).unwrap();
+    std::fs::write(n1.base().join("files/images/x.img"), &data).unwrap();
+    let sum = md5(&data);
+
+    // Each target fetches the file for itself and sums its own copy; a
+    // node without --allow-shell refuses, naming the flag.
+    let ans = n1.json(&[
+        "mesh",
+        "send",
+        "all",
+        "shell",
+        "md5sum",
+        "file:images/x.img",
+    ]);
+    let by: std::collections::HashMap<&str, &serde_json::Value> = ans
+        .iter()
+        .map(|r| (r["host"].as_str().unwrap(), r))
+        .collect();
+    let p2 = by["p2"]["response"].as_str().unwrap();
+    let p2_path = n2.base().join("files/images/x.img");
+    assert_eq!(
+        p2.trim(),
+        format!("{sum}  {}", p2_path.display()),
+        "{ans:?}"
+    );
+    assert_eq!(std::fs::read(&p2_path).unwrap(), data);
+    let p3 = by["p3"]["error"].as_str().unwrap();
+    assert!(
+        p3.contains("cannot run `shell` via meshage: this node was not started with --allow-shell"),
+        "{ans:?}"
+    );
+    // From its own control socket a node always runs it; a leading `/`
+    // is the files directory's root, as minimega writes it.
+    let out = n3.mm(&["shell", "md5sum", "file:/images/x.img"]);
+    let p3_path = n3.base().join("files/images/x.img");
+    assert_eq!(out.trim(), format!("{sum}  {}", p3_path.display()));
+    // vm config shows the local path.
+    n2.mm(&["vm", "config", "disk", "file:images/x.img"]);
+    assert_eq!(
+        n2.mm(&["vm", "config", "disk"]).trim(),
+        p2_path.display().to_string()
+    );
+    // A word that cannot be fetched fails the command, which does not run.
+    let marker = n2.base().join("marker");
+    let out = n2.try_mm(&[
+        "shell",
+        "touch",
+        &marker.display().to_string(),
+        "file:nope.img",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("file:nope.img: ") && stderr_of(&out).contains("no node holds it"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert!(!marker.exists(), "the command ran");
+    // The file commands take bare names: nothing is rewritten.
+    let out = n2.try_mm(&["file", "get", "file:images/x.img"]);
+    assert!(
+        stderr_of(&out).contains("no node holds it"),
+        "{}",
+        stderr_of(&out)
+    );
+    // A failing program is an error with its status and stderr.
+    let out = n2.try_mm(&["shell", "ls", "/nonexistent-mm-dir"]);
+    let e = stderr_of(&out);
+    assert!(
+        e.contains("ls failed (exit status 2)") && e.contains("nonexistent-mm-dir"),
+        "{e}"
+    );
+
+    // background: started, listed, cleared; refused from the mesh without
+    // the opt-in.
+    let started = n2.mm(&["background", "sleep", "300"]);
+    assert!(started.starts_with("started 1 (pid "), "{started}");
+    let listed = rows(&n2.json(&["background"]));
+    assert_eq!(
+        (listed[0]["state"].as_str(), listed[0]["command"].as_str()),
+        ("running", "sleep 300")
+    );
+    let pid = listed[0]["pid"].clone();
+    n2.mm(&["clear", "background", "1"]);
+    assert!(rows(&n2.json(&["background"])).is_empty());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "sleep survived"
+    );
+    let ans = n1.json(&["mesh", "send", "p3", "background", "sleep", "1"]);
+    assert!(
+        ans[0]["error"].as_str().unwrap().contains("--allow-shell"),
+        "{ans:?}"
+    );
+}
