@@ -31,6 +31,20 @@ fn md5(data: &[u8]) -> String {
         .to_string()
 }
 
+/// A qcow2 (version 2) header naming `backing`: what a reader of backing
+/// files looks at.
+fn qcow2(backing: Option<&str>) -> Vec<u8> {
+    let mut h = vec![0u8; 72];
+    h[..4].copy_from_slice(b"QFI\xfb");
+    h[4..8].copy_from_slice(&2u32.to_be_bytes());
+    if let Some(b) = backing {
+        h[8..16].copy_from_slice(&72u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(b.len() as u32).to_be_bytes());
+        h.extend_from_slice(b.as_bytes());
+    }
+    h
+}
+
 #[test]
 fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in() {
     let n1 = Node::local("p1", &["--allow-shell"]);
@@ -79,6 +93,37 @@ fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in
     assert_eq!(
         n2.mm(&["vm", "config", "disk"]).trim(),
         p2_path.display().to_string()
+    );
+    // A qcow2 image brings its backing files, named relative to it.
+    std::fs::create_dir_all(n1.base().join("files/images/layer")).unwrap();
+    std::fs::write(n1.base().join("files/images/base.qcow2"), qcow2(None)).unwrap();
+    std::fs::write(
+        n1.base().join("files/images/layer/mid.qcow2"),
+        qcow2(Some("../base.qcow2")),
+    )
+    .unwrap();
+    std::fs::write(
+        n1.base().join("files/images/layer/top.qcow2"),
+        qcow2(Some("mid.qcow2")),
+    )
+    .unwrap();
+    n2.mm(&["vm", "config", "disk", "file:images/layer/top.qcow2"]);
+    for f in ["layer/top.qcow2", "layer/mid.qcow2", "base.qcow2"] {
+        let here = n2.base().join("files/images").join(f);
+        let there = n1.base().join("files/images").join(f);
+        assert_eq!(std::fs::read(&here).ok(), std::fs::read(&there).ok(), "{f}");
+    }
+    // One that names a file outside the files directory is refused.
+    std::fs::write(
+        n1.base().join("files/images/evil.qcow2"),
+        qcow2(Some("../../node.key")),
+    )
+    .unwrap();
+    let out = n2.try_mm(&["vm", "config", "disk", "file:images/evil.qcow2"]);
+    assert!(
+        stderr_of(&out).contains("is outside the files directory"),
+        "{}",
+        stderr_of(&out)
     );
     // A word that cannot be fetched fails the command, which does not run.
     let marker = n2.base().join("marker");

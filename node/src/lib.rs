@@ -13,6 +13,7 @@ mod inbound;
 mod node;
 mod ns;
 pub mod proto;
+mod resolve;
 mod serve;
 mod shell;
 mod stats;

@@ -44,6 +44,8 @@ pub enum DataPort {
 
 pub(crate) const DEFAULT_DEGREE: usize = 3;
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// See [`Node::settle`].
+const STARTUP_GRACE: Duration = Duration::from_secs(5);
 /// What "no time limit" means for a `mesh send`.
 pub(crate) const NO_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
@@ -113,6 +115,20 @@ impl Node {
             started: Instant::now(),
             timeout: Mutex::new(timeout),
         })
+    }
+
+    /// A node that has just started is alone for about a second, until
+    /// its first peer connects: a command for "every node" waits that
+    /// long, at most [`STARTUP_GRACE`] after the start, rather than find
+    /// nobody.
+    pub(crate) async fn settle(&self) -> Result<mm_overlay::Snapshot> {
+        loop {
+            let s = self.overlay.snapshot().await?;
+            if !s.others().is_empty() || self.started.elapsed() >= STARTUP_GRACE {
+                return Ok(s);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     pub(crate) fn timeout(&self) -> Duration {

@@ -237,7 +237,16 @@ pub(crate) fn parse(specs: &[&'static Spec], argv: &[String]) -> Result<(&'stati
                 .iter()
                 .any(|p| p.split_whitespace().next() == Some(argv[0].as_str()))
         });
-        return Err(Error::Usage(if known {
+        // `vm` alone: the start of commands, not a command.
+        let starts = specs.iter().any(|s| {
+            s.patterns.iter().any(|p| {
+                let lits = literal_prefix(p);
+                lits.len() > argv.len() && lits.iter().zip(argv).all(|(l, a)| *l == a.as_str())
+            })
+        });
+        return Err(Error::Usage(if starts {
+            format!("incomplete command: {line}; try `help {line}`")
+        } else if known {
             format!("unknown command: {line}; try `help {}`", argv[0])
         } else {
             format!("unknown command: {}; try `help`", argv[0])
@@ -454,6 +463,11 @@ mod tests {
         assert!(e.contains("usage: mesh degree [degree]"), "{e}");
         let e = parse(specs(), &a("mesh send")).unwrap_err();
         assert!(e.contains("usage: mesh send <hosts> (command)"), "{e}");
+        let e = parse(specs(), &a("mesh")).unwrap_err();
+        assert!(
+            e.contains("incomplete command: mesh; try `help mesh`"),
+            "{e}"
+        );
         let e = parse(specs(), &a("mesh bogus")).unwrap_err();
         assert!(e.contains("unknown command: mesh bogus"), "{e}");
         let e = parse(specs(), &a("frobnicate")).unwrap_err();

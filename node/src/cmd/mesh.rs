@@ -280,21 +280,10 @@ async fn wait(cx: &Ctx, c: &Call) -> Out {
     }
 }
 
-/// A node that has just started is alone for about a second, until its
-/// first peer connects: a command for "every node" waits that long, at most
-/// [`STARTUP_GRACE`] after the start, rather than find nobody.
+/// See [`Node::settle`].
 pub(super) async fn settle(node: &Node) -> Result<mm_overlay::Snapshot> {
-    loop {
-        let s = node.overlay.snapshot().await?;
-        if !s.others().is_empty() || node.started.elapsed() >= STARTUP_GRACE {
-            return Ok(s);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    node.settle().await
 }
-
-/// See [`settle`].
-const STARTUP_GRACE: Duration = Duration::from_secs(5);
 
 async fn dial(cx: &Ctx, c: &Call) -> Out {
     let target = c.arg("hostname").unwrap_or_default();

@@ -159,27 +159,11 @@ pub(crate) async fn parse_resolved(
     let mut words = Vec::with_capacity(argv.len());
     for w in argv {
         words.push(match w.strip_prefix(FILE_PREFIX) {
-            Some(name) => fetch(node, name)
+            Some(name) => crate::resolve::file(node, name)
                 .await
                 .map_err(|e| crate::Error::NotFound(format!("{w}: {e}")))?,
             None => w.clone(),
         });
     }
     grammar::parse(specs(), &words)
-}
-
-/// The local path of the files directory's NAME, fetched (and waited for)
-/// if it is not here.
-async fn fetch(node: &Arc<Node>, name: &str) -> Result<String> {
-    if name.is_empty() {
-        return Err(crate::Error::usage("a file: word needs a name: file:NAME"));
-    }
-    let engine = &node.files.engine;
-    // Right after start the node may know nobody yet.
-    mesh::settle(node).await?;
-    let pending = engine.get(name, &mm_store::Select::default()).await?;
-    if !pending.is_empty() {
-        engine.wait(pending).await?;
-    }
-    Ok(node.files.local.files.resolve(name)?.display().to_string())
 }

@@ -25,8 +25,8 @@ pub(super) static SPECS: &[Spec] = &[
         id: "vm launch",
         patterns: &["vm launch", "vm launch <kvm,container> <vms>"],
         short: "launch VMs on the namespace's hosts, or queue them",
-        long: "VMS is a count (vm launch kvm 3 makes vm-0, vm-1, vm-2, numbered per \
-               namespace) or names and ranges (foo, a,b, vm[1-100], vm[01-10]). Names are \
+        long: "VMS is a count (vm launch kvm 3 makes vm-0, vm-1, vm-2 in a new namespace; \
+               the count goes on from there with each launch, passing over names taken) or names and ranges (foo, a,b, vm[1-100], vm[01-10]). Names are \
                unique in the namespace across its hosts; `all`, a bare integer and a name \
                given twice are errors. The VMs take the current vm config. The scheduler puts \
                each on the least-loaded host of the namespace (ns load), keeping vm config \

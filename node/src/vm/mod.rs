@@ -216,6 +216,10 @@ impl Vms {
             let l = match self.driver.launch(namespace, id, n, &cfg) {
                 Ok(l) => l,
                 Err(e) => {
+                    tracing::warn!(
+                        "launching {n} in {namespace}: {e}; the {} VMs of its batch are not launched",
+                        batch.len()
+                    );
                     // All or nothing: the batch's earlier VMs go too.
                     for v in launched {
                         let _ = self.driver.kill(v.id);

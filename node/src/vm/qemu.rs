@@ -51,7 +51,11 @@ impl Qemu {
 
     /// One QMP command, after the handshake; its `return` value.
     pub(crate) fn qmp(&self, id: u64, command: &str) -> Result<serde_json::Value> {
-        qmp_at(&self.dir(id)?.join("qmp.sock"), id, command)
+        qmp_at(
+            &self.dir(id)?.join("qmp.sock"),
+            &format!("vm {id}"),
+            command,
+        )
     }
 
     #[cfg(test)]
@@ -124,37 +128,28 @@ impl Driver for Qemu {
             .stderr(stderr)
             .spawn()
             .map_err(|e| Error::io(format!("cannot run {}", self.binary), e))?;
+        // QEMU makes the socket file a moment before it listens on it, and
+        // opens it before it reads the rest of its command line (a missing
+        // disk fails after): it has started once it answers, so ask until
+        // it does, it exits, or the wait runs out.
         let start = Instant::now();
-        while !sock.exists() {
+        while let Err(e) = qmp_at(&sock, name, "query-status") {
             if let Ok(Some(st)) = child.try_wait() {
-                return Err(Error::Vm(format!(
-                    "{name}: qemu exited at start ({st}): {}",
-                    last_words(&dir)
-                )));
+                let why = format!("{name}: qemu exited at start ({st}): {}", last_words(&dir));
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(Error::Vm(why));
             }
             if start.elapsed() > QMP_WAIT {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::Vm(format!(
-                    "{name}: qemu opened no QMP socket within {QMP_WAIT:?}"
-                )));
+                let why = format!("{name}: qemu did not answer on QMP within {QMP_WAIT:?} ({e})");
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(Error::Vm(why));
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // QEMU opens the socket before it reads the rest of its command
-        // line (a missing disk fails after): it has started once it answers.
-        if let Err(e) = qmp_at(&sock, id, "query-status") {
-            let _ = child.kill();
-            let st = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            let words = last_words(&dir);
-            return Err(Error::Vm(if words.is_empty() {
-                format!("{name}: qemu did not start ({e})")
-            } else {
-                format!("{name}: qemu exited at start ({st}): {words}")
-            }));
+            std::thread::sleep(Duration::from_millis(10));
         }
         let pid = child.id();
-        let accel = match qmp_at(&sock, id, "query-kvm") {
+        let accel = match qmp_at(&sock, name, "query-kvm") {
             Ok(v) if v["enabled"] == true => "kvm",
             _ => "tcg",
         };
@@ -256,8 +251,9 @@ impl Drop for Qemu {
 }
 
 /// One QMP command on the socket at `sock`, after the handshake.
-fn qmp_at(sock: &Path, id: u64, command: &str) -> Result<serde_json::Value> {
-    let io = |e: std::io::Error| Error::io(format!("QMP of vm {id} ({})", sock.display()), e);
+/// `vm` names the VM in errors.
+fn qmp_at(sock: &Path, vm: &str, command: &str) -> Result<serde_json::Value> {
+    let io = |e: std::io::Error| Error::io(format!("QMP of {vm} ({})", sock.display()), e);
     let s = UnixStream::connect(sock).map_err(io)?;
     s.set_read_timeout(Some(QMP_WAIT)).map_err(io)?;
     let mut w = s.try_clone().map_err(io)?;
@@ -273,12 +269,12 @@ fn qmp_at(sock: &Path, id: u64, command: &str) -> Result<serde_json::Value> {
                 return Ok(serde_json::Value::Null);
             }
             let v: serde_json::Value = serde_json::from_str(&line)
-                .map_err(|e| Error::Vm(format!("QMP of vm {id}: {e}: {}", line.trim())))?;
+                .map_err(|e| Error::Vm(format!("QMP of {vm}: {e}: {}", line.trim())))?;
             if let Some(ret) = v.get("return") {
                 return Ok(ret.clone());
             }
             if let Some(err) = v.get("error") {
-                return Err(Error::Vm(format!("QMP {cmd} on vm {id}: {err}")));
+                return Err(Error::Vm(format!("QMP {cmd} on {vm}: {err}")));
             }
             // An event: not the answer.
         }

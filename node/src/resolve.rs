@@ -1,0 +1,151 @@
+//! Words that fetch themselves (issue 11): what `file:NAME` becomes on the
+//! node that runs the command. The command layer decides which words of
+//! which commands are rewritten; this is how one is.
+
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::{Error, Node, Result};
+
+/// How deep a chain of qcow2 backing files is followed.
+const MAX_BACKING: usize = 16;
+
+/// The local path of the files directory's NAME, fetched through
+/// iomeshage (and waited for) unless it is here; a qcow2 image's backing
+/// files, named relative to it, come too.
+pub(crate) async fn file(node: &Arc<Node>, name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(Error::usage("a file: word needs a name: file:NAME"));
+    }
+    let path = fetch(node, name).await?;
+    // The backing chain: each relative name is taken beside its image.
+    let files = &node.files.local.files;
+    let mut image = path.clone();
+    for _ in 0..MAX_BACKING {
+        let Some(backing) = qcow2_backing(&image)? else {
+            return Ok(path.display().to_string());
+        };
+        if Path::new(&backing).is_absolute() {
+            // QEMU opens that path as it is: nothing to fetch.
+            return Ok(path.display().to_string());
+        }
+        let rel = image.strip_prefix(files.root()).map_err(|_| {
+            Error::NotFound(format!(
+                "{} is outside the files directory",
+                image.display()
+            ))
+        })?;
+        let beside =
+            normalize(&rel.parent().unwrap_or(Path::new("")).join(&backing)).ok_or_else(|| {
+                Error::Refused(format!(
+                    "{}: its backing file {backing} is outside the files directory",
+                    rel.display()
+                ))
+            })?;
+        image = fetch(node, &beside).await?;
+    }
+    Err(Error::Refused(format!(
+        "{name}: a chain of more than {MAX_BACKING} backing files"
+    )))
+}
+
+async fn fetch(node: &Arc<Node>, name: &str) -> Result<PathBuf> {
+    let engine = &node.files.engine;
+    // Right after start the node may know nobody yet.
+    node.settle().await?;
+    let pending = engine.get(name, &mm_store::Select::default()).await?;
+    if !pending.is_empty() {
+        engine.wait(pending).await?;
+    }
+    Ok(node.files.local.files.resolve(name)?)
+}
+
+/// `a/./b/../c` to `a/c`; None if it climbs above its start.
+fn normalize(p: &Path) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => parts.push(s.to_str()?.to_string()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                parts.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(parts.join("/"))
+}
+
+/// The backing file a qcow2 image names, if it is one and names one: the
+/// header's offset (bytes 8..16) and length (16..20) of the name.
+pub(crate) fn qcow2_backing(path: &Path) -> Result<Option<String>> {
+    let io = |e| Error::io(format!("cannot read {}", path.display()), e);
+    if path.is_dir() {
+        return Ok(None);
+    }
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut head = [0u8; 20];
+    if f.read_exact(&mut head).is_err() || &head[..4] != b"QFI\xfb" {
+        return Ok(None);
+    }
+    let offset = u64::from_be_bytes(head[8..16].try_into().unwrap_or_default());
+    let len = u32::from_be_bytes(head[16..20].try_into().unwrap_or_default()) as usize;
+    if offset == 0 || len == 0 {
+        return Ok(None);
+    }
+    // QEMU's own limit on the name.
+    if len > 1023 {
+        return Err(Error::Refused(format!(
+            "{}: a backing file name of {len} bytes",
+            path.display()
+        )));
+    }
+    use std::io::Seek;
+    f.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
+    let mut name = vec![0u8; len];
+    f.read_exact(&mut name).map_err(io)?;
+    String::from_utf8(name).map(Some).map_err(|_| {
+        Error::Refused(format!(
+            "{}: a backing file name that is not UTF-8",
+            path.display()
+        ))
+    })
+}
+
+/// A qcow2 (version 2) header naming `backing`, for tests: all a reader of
+/// backing files looks at.
+#[cfg(test)]
+pub(crate) fn qcow2_header(backing: Option<&str>) -> Vec<u8> {
+    let mut h = vec![0u8; 72];
+    h[..4].copy_from_slice(b"QFI\xfb");
+    h[4..8].copy_from_slice(&2u32.to_be_bytes());
+    if let Some(b) = backing {
+        h[8..16].copy_from_slice(&72u64.to_be_bytes());
+        h[16..20].copy_from_slice(&(b.len() as u32).to_be_bytes());
+        h.extend_from_slice(b.as_bytes());
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backing_files_are_read_from_the_qcow2_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("top.qcow2");
+        std::fs::write(&p, qcow2_header(Some("../base/disk.qcow2"))).unwrap();
+        assert_eq!(
+            qcow2_backing(&p).unwrap().as_deref(),
+            Some("../base/disk.qcow2")
+        );
+        std::fs::write(&p, qcow2_header(None)).unwrap();
+        assert_eq!(qcow2_backing(&p).unwrap(), None);
+        std::fs::write(&p, b"not an image at all").unwrap();
+        assert_eq!(qcow2_backing(&p).unwrap(), None);
+        assert_eq!(normalize(Path::new("a/b/../c")).as_deref(), Some("a/c"));
+        assert_eq!(normalize(Path::new("a/../../c")), None);
+    }
+}
