@@ -140,6 +140,54 @@ fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in
         stderr_of(&out)
     );
     assert!(!marker.exists(), "the command ran");
+    // tar: fetches the tarball, unpacks it next to itself, and is its one
+    // top directory; two top entries are an error that says so.
+    let src = common::scratch_dir("tarsrc");
+    std::fs::create_dir_all(src.path().join("tool/bin")).unwrap();
+    std::fs::write(src.path().join("tool/bin/run"), b"echo hi\n").unwrap();
+    std::fs::write(src.path().join("stray"), b"x").unwrap();
+    std::fs::create_dir_all(n1.base().join("files/pkgs")).unwrap();
+    let tar = |out: &std::path::Path, what: &[&str]| {
+        let st = std::process::Command::new("tar")
+            .arg("czf")
+            .arg(out)
+            .arg("-C")
+            .arg(src.path())
+            .args(what)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    tar(&n1.base().join("files/pkgs/tool.tar.gz"), &["tool"]);
+    tar(&n1.base().join("files/pkgs/two.tgz"), &["tool", "stray"]);
+    let out = n2.mm(&["shell", "ls", "-R", "tar:pkgs/tool.tar.gz"]);
+    let top = n2.base().join("files/pkgs/tool");
+    assert!(out.contains("bin") && out.contains("run"), "{out}");
+    assert_eq!(std::fs::read(top.join("bin/run")).unwrap(), b"echo hi\n");
+    let out = n2.try_mm(&["shell", "ls", "tar:pkgs/two.tgz"]);
+    assert!(
+        stderr_of(&out).contains("has 2 top-level entries (stray, tool), not one directory"),
+        "{}",
+        stderr_of(&out)
+    );
+    // A tarball elsewhere on the node, by its absolute path: next to itself.
+    let elsewhere = common::scratch_dir("tarlocal");
+    let local = elsewhere.path().join("local.tar.gz");
+    tar(&local, &["tool"]);
+    let out = n3.mm(&["shell", "echo", &format!("tar:{}", local.display())]);
+    assert_eq!(
+        out.trim(),
+        elsewhere.path().join("tool").display().to_string()
+    );
+    // Never over a directory it did not unpack.
+    let again = src.path().join("again.tar.gz");
+    tar(&again, &["tool"]);
+    let out = n3.try_mm(&["shell", "echo", &format!("tar:{}", again.display())]);
+    assert!(
+        stderr_of(&out).contains("is there already and was not unpacked from it"),
+        "{}",
+        stderr_of(&out)
+    );
     // The file commands take bare names: nothing is rewritten.
     let out = n2.try_mm(&["file", "get", "file:images/x.img"]);
     assert!(

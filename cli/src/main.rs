@@ -283,7 +283,7 @@ fn local_help(words: &[String]) -> ExitCode {
 }
 
 /// A command that waits for transfers of this node: `file get ... wait`,
-/// or one whose `file:` words the node fetches before running it (not the
+/// or one whose `file:` or `tar:` words the node fetches before running it (not the
 /// `file` commands, which take bare names, nor `mesh send`, whose targets
 /// fetch for themselves).
 fn is_blocking_get(argv: &[String]) -> bool {
@@ -291,8 +291,12 @@ fn is_blocking_get(argv: &[String]) -> bool {
         && argv[0] == "file"
         && argv[1] == "get"
         && argv.last().is_some_and(|w| w == "wait");
-    let fetches =
-        !matches!(argv[0].as_str(), "file" | "mesh") && argv.iter().any(|w| w.starts_with("file:"));
+    let fetches = !matches!(
+        argv.first().map(String::as_str),
+        None | Some("file" | "mesh")
+    ) && argv
+        .iter()
+        .any(|w| w.starts_with("file:") || w.starts_with("tar:"));
     get_wait || fetches
 }
 

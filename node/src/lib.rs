@@ -17,6 +17,7 @@ mod resolve;
 mod serve;
 mod shell;
 mod stats;
+mod tarball;
 mod vm;
 
 pub use error::{Error, Result};

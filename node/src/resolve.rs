@@ -8,6 +8,42 @@ use std::sync::Arc;
 
 use crate::{Error, Node, Result};
 
+/// Whether `w` is a word that fetches itself.
+pub(crate) fn fetches(w: &str) -> bool {
+    w.starts_with("file:") || w.starts_with("tar:")
+}
+
+/// What `w` is on this node: `file:NAME` and `tar:NAME` the local paths
+/// they resolve to, any other word itself.
+pub(crate) async fn word(node: &Arc<Node>, w: &str) -> Result<String> {
+    if let Some(name) = w.strip_prefix("file:") {
+        return file(node, name).await;
+    }
+    if let Some(name) = w.strip_prefix("tar:") {
+        return tar(node, name).await;
+    }
+    Ok(w.to_string())
+}
+
+/// `tar:NAME`: the tarball NAME of the files directory (fetched if it is
+/// not here), or a tarball elsewhere on this node named by its absolute
+/// path, unpacked next to itself; its single top-level directory.
+pub(crate) async fn tar(node: &Arc<Node>, name: &str) -> Result<String> {
+    if name.is_empty() {
+        return Err(Error::usage("a tar: word needs a name: tar:NAME"));
+    }
+    let outside = Path::new(name);
+    let path = if outside.is_absolute()
+        && outside.is_file()
+        && !outside.starts_with(node.files.local.files.root())
+    {
+        outside.to_path_buf()
+    } else {
+        fetch(node, name).await?
+    };
+    Ok(crate::tarball::unpack(&path).await?.display().to_string())
+}
+
 /// How deep a chain of qcow2 backing files is followed.
 const MAX_BACKING: usize = 16;
 

@@ -129,10 +129,6 @@ pub(crate) async fn execute_in(
     }
 }
 
-/// What makes a word fetch itself (issue 11): `file:NAME` is the local
-/// path of NAME, fetched through iomeshage first unless it is here.
-const FILE_PREFIX: &str = "file:";
-
 /// Whether a command's words are resolved before it runs: not the `file`
 /// commands (they take bare names), nor those that carry a command for
 /// elsewhere (`mesh send`, `ns run`: each node resolves its own copy;
@@ -145,7 +141,8 @@ fn resolves(spec: &Spec) -> bool {
         ))
 }
 
-/// Parses `argv` with its `file:` words made local paths, on this node:
+/// Parses `argv` with its `file:` and `tar:` words made local paths, on
+/// this node (see `resolve`):
 /// each is fetched and verified before the command runs, and one that
 /// cannot be fails the command, which then does not run.
 pub(crate) async fn parse_resolved(
@@ -153,17 +150,16 @@ pub(crate) async fn parse_resolved(
     argv: &[String],
 ) -> Result<(&'static Spec, Call)> {
     let (spec, call) = grammar::parse(specs(), argv)?;
-    if !resolves(spec) || !argv.iter().any(|w| w.starts_with(FILE_PREFIX)) {
+    if !resolves(spec) || !argv.iter().any(|w| crate::resolve::fetches(w)) {
         return Ok((spec, call));
     }
     let mut words = Vec::with_capacity(argv.len());
     for w in argv {
-        words.push(match w.strip_prefix(FILE_PREFIX) {
-            Some(name) => crate::resolve::file(node, name)
+        words.push(
+            crate::resolve::word(node, w)
                 .await
                 .map_err(|e| crate::Error::NotFound(format!("{w}: {e}")))?,
-            None => w.clone(),
-        });
+        );
     }
     grammar::parse(specs(), &words)
 }
