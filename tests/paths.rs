@@ -88,6 +88,20 @@ fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in
     let out = n3.mm(&["shell", "md5sum", "file:/images/x.img"]);
     let p3_path = n3.base().join("files/images/x.img");
     assert_eq!(out.trim(), format!("{sum}  {}", p3_path.display()));
+    // A glob is every match, one word each, fetched.
+    std::fs::write(n1.base().join("files/images/y.img"), b"y").unwrap();
+    let out = n2.mm(&["shell", "ls", "file:images/*.img"]);
+    let want: Vec<String> = ["x.img", "y.img"]
+        .iter()
+        .map(|f| n2.base().join("files/images").join(f).display().to_string())
+        .collect();
+    assert_eq!(out.lines().collect::<Vec<_>>(), want, "{out}");
+    let out = n2.try_mm(&["shell", "ls", "file:images/*.none"]);
+    assert!(
+        stderr_of(&out).contains("file:images/*.none: "),
+        "{}",
+        stderr_of(&out)
+    );
     // vm config shows the local path.
     n2.mm(&["vm", "config", "disk", "file:images/x.img"]);
     assert_eq!(

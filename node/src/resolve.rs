@@ -14,15 +14,36 @@ pub(crate) fn fetches(w: &str) -> bool {
 }
 
 /// What `w` is on this node: `file:NAME` and `tar:NAME` the local paths
-/// they resolve to, any other word itself.
-pub(crate) async fn word(node: &Arc<Node>, w: &str) -> Result<String> {
-    if let Some(name) = w.strip_prefix("file:") {
-        return file(node, name).await;
+/// they resolve to (a `file:` glob, every file it matches: several
+/// words), any other word itself.
+pub(crate) async fn word(node: &Arc<Node>, w: &str) -> Result<Vec<String>> {
+    if let Some(pattern) = w.strip_prefix("file:") {
+        if mm_store::files::has_magic(pattern) {
+            return glob(node, pattern).await;
+        }
+        return Ok(vec![file(node, pattern).await?]);
     }
     if let Some(name) = w.strip_prefix("tar:") {
-        return tar(node, name).await;
+        return Ok(vec![tar(node, name).await?]);
     }
-    Ok(w.to_string())
+    Ok(vec![w.to_string()])
+}
+
+/// `file:images/*.qcow2`: every file the mesh holds that matches, fetched,
+/// as one word each, sorted (minimega #1480 takes the glob as one name).
+async fn glob(node: &Arc<Node>, pattern: &str) -> Result<Vec<String>> {
+    // Fetches what is not here (all the matches the mesh holds).
+    fetch(node, pattern).await?;
+    let files = &node.files.local.files;
+    let names = files.expand(pattern)?;
+    if names.is_empty() {
+        return Err(Error::NotFound(format!("{pattern} matches no file")));
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        out.push(file(node, &n).await?);
+    }
+    Ok(out)
 }
 
 /// `tar:NAME`: the tarball NAME of the files directory (fetched if it is
@@ -94,7 +115,11 @@ async fn fetch(node: &Arc<Node>, name: &str) -> Result<PathBuf> {
     if !pending.is_empty() {
         engine.wait(pending).await?;
     }
-    Ok(node.files.local.files.resolve(name)?)
+    let files = &node.files.local.files;
+    if mm_store::files::has_magic(name) {
+        return Ok(files.root().to_path_buf());
+    }
+    Ok(files.resolve(name)?)
 }
 
 /// `a/./b/../c` to `a/c`; None if it climbs above its start.

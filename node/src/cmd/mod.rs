@@ -155,7 +155,7 @@ pub(crate) async fn parse_resolved(
     }
     let mut words = Vec::with_capacity(argv.len());
     for w in argv {
-        words.push(
+        words.extend(
             crate::resolve::word(node, w)
                 .await
                 .map_err(|e| crate::Error::NotFound(format!("{w}: {e}")))?,
