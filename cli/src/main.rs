@@ -74,6 +74,10 @@ struct Serve {
     /// send` and `ns run` (from the local control socket they always run).
     #[arg(long)]
     allow_shell: bool,
+    /// CA certificates (PEM) to trust for `https://` words, beside the
+    /// usual web roots.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
     /// Turn off mDNS discovery (only --peer and `mesh dial` connect).
     #[arg(long)]
     no_mdns: bool,
@@ -192,6 +196,7 @@ fn serve(cli: &Cli) -> ExitCode {
         listen: s.listen,
         insecure: s.insecure,
         allow_shell: s.allow_shell,
+        ca_file: s.ca_file,
         degree: s.degree,
         context: s.context,
         psk_file: s.psk_file,
@@ -283,7 +288,8 @@ fn local_help(words: &[String]) -> ExitCode {
 }
 
 /// A command that waits for transfers of this node: `file get ... wait`,
-/// or one whose `file:` or `tar:` words the node fetches before running it (not the
+/// or one whose `file:`, `tar:` or `http(s)://` words the node fetches before
+/// running it (not the
 /// `file` commands, which take bare names, nor `mesh send`, whose targets
 /// fetch for themselves).
 fn is_blocking_get(argv: &[String]) -> bool {
@@ -294,9 +300,11 @@ fn is_blocking_get(argv: &[String]) -> bool {
     let fetches = !matches!(
         argv.first().map(String::as_str),
         None | Some("file" | "mesh")
-    ) && argv
-        .iter()
-        .any(|w| w.starts_with("file:") || w.starts_with("tar:"));
+    ) && argv.iter().any(|w| {
+        ["file:", "tar:", "http://", "https://"]
+            .iter()
+            .any(|p| w.starts_with(p))
+    });
     get_wait || fetches
 }
 

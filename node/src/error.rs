@@ -58,6 +58,11 @@ impl Error {
     }
 
     /// Whether it only says that a name is not here at all.
+    /// No node of the mesh holds the file asked for.
+    pub(crate) fn is_no_holder(&self) -> bool {
+        matches!(self, Error::Store(e) if e.is_no_holder())
+    }
+
     pub(crate) fn is_not_here(&self) -> bool {
         matches!(self, Error::Store(e) if e.is_not_here())
     }

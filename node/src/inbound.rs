@@ -34,6 +34,10 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> 
             encode(&cmd::execute_in(node, &argv, Source::Mesh { from }, namespace).await)
         }
         Request::Holds { pattern } => node.files.holds(pattern).await?,
+        Request::Download { url } => {
+            crate::resolve::download_here(node, &url).await?;
+            encode(&())
+        }
         Request::Vm { ask } => crate::vm::wire::answer(node, decode(&ask)?).await?,
         Request::Have { name, root } => node.files.engine.have_bits(&name, &root)?,
         Request::Data => node.files.grant(&from)?,

@@ -19,6 +19,7 @@ mod shell;
 mod stats;
 mod tarball;
 mod vm;
+mod web;
 
 pub use error::{Error, Result};
 pub use node::{DataPort, Options};

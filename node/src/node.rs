@@ -22,6 +22,9 @@ pub struct Options {
     pub insecure: bool,
     /// Other nodes may run `shell` and `background` here.
     pub allow_shell: bool,
+    /// CA certificates (PEM) trusted for `https://` words beside the
+    /// webpki roots.
+    pub ca_file: Option<PathBuf>,
     /// `None`: the persisted setting, else 3.
     pub degree: Option<usize>,
     pub context: String,
@@ -83,8 +86,17 @@ pub(crate) struct Node {
     pub(crate) allow_shell: bool,
     /// `background` processes.
     pub(crate) background: crate::shell::Background,
+    /// The client for `http(s)://` words.
+    pub(crate) web: crate::web::Web,
     pub(crate) started: Instant,
     timeout: Mutex<Duration>,
+}
+
+/// The subsystems `serve` starts before the node exists.
+pub(crate) struct Parts {
+    pub(crate) files: Files,
+    pub(crate) vms: crate::vm::Vms,
+    pub(crate) web: crate::web::Web,
 }
 
 impl Node {
@@ -92,11 +104,11 @@ impl Node {
         name: String,
         overlay: Overlay,
         meta: Meta,
-        files: Files,
-        vms: crate::vm::Vms,
+        parts: Parts,
         mode: Mode,
         allow_shell: bool,
     ) -> Arc<Node> {
+        let Parts { files, vms, web } = parts;
         let timeout = meta
             .get::<u64>("settings", "timeout_ms")
             .map(Duration::from_millis)
@@ -112,6 +124,7 @@ impl Node {
             mode,
             allow_shell,
             background: crate::shell::Background::default(),
+            web,
             started: Instant::now(),
             timeout: Mutex::new(timeout),
         })

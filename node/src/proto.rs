@@ -185,6 +185,10 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         ask: Vec<u8>,
     },
+    /// Download this URL into your files directory (answer: CBOR `()`
+    /// once it is in place): the node the mesh chose for it, so that
+    /// nodes asking at once download it once.
+    Download { url: String },
     /// Which chunks of this file do you have so far? (raw bitfield)
     Have {
         name: String,

@@ -10,7 +10,10 @@ use crate::{Error, Node, Result};
 
 /// Whether `w` is a word that fetches itself.
 pub(crate) fn fetches(w: &str) -> bool {
-    w.starts_with("file:") || w.starts_with("tar:")
+    w.starts_with("file:")
+        || w.starts_with("tar:")
+        || w.starts_with("http://")
+        || w.starts_with("https://")
 }
 
 /// What `w` is on this node: `file:NAME` and `tar:NAME` the local paths
@@ -25,6 +28,9 @@ pub(crate) async fn word(node: &Arc<Node>, w: &str) -> Result<Vec<String>> {
     }
     if let Some(name) = w.strip_prefix("tar:") {
         return Ok(vec![tar(node, name).await?]);
+    }
+    if w.starts_with("http://") || w.starts_with("https://") {
+        return Ok(vec![url(node, w).await?]);
     }
     Ok(vec![w.to_string()])
 }
@@ -63,6 +69,83 @@ pub(crate) async fn tar(node: &Arc<Node>, name: &str) -> Result<String> {
         fetch(node, name).await?
     };
     Ok(crate::tarball::unpack(&path).await?.display().to_string())
+}
+
+/// `http(s)://HOST/PATH`: the files directory's PATH. From the mesh if a
+/// node holds it (this one included); else downloaded once, by the node
+/// the mesh chooses for the URL (every node that asks at once asks that
+/// one), and then fetched from it through iomeshage. If the chosen node
+/// cannot be reached, this one downloads it.
+pub(crate) async fn url(node: &Arc<Node>, url: &str) -> Result<String> {
+    let name = crate::web::name_of(url)?;
+    match fetch(node, &name).await {
+        Ok(p) => return Ok(p.display().to_string()),
+        Err(e) if e.is_not_here() || e.is_no_holder() => {}
+        Err(e) => return Err(e),
+    }
+    let s = node.settle().await?;
+    let chosen = downloader(&s.nodes.keys().cloned().collect::<Vec<_>>(), url);
+    if chosen != node.name {
+        let body = mm_overlay::wire::encode(&crate::proto::Request::Download {
+            url: url.to_string(),
+        });
+        let asked = node
+            .overlay
+            .send(vec![chosen.clone()], body, crate::NO_LIMIT)
+            .await?;
+        match asked.into_iter().next().map(|(_, r)| r) {
+            Some(Ok(_)) => return Ok(fetch(node, &name).await?.display().to_string()),
+            // Its download failed: so would ours.
+            Some(Err(mm_overlay::Error::Remote(why))) => {
+                return Err(Error::Refused(format!("downloaded by {chosen}: {why}")))
+            }
+            Some(Err(e)) => {
+                tracing::info!("{url}: {chosen} cannot download it for us ({e}); downloading here")
+            }
+            None => {}
+        }
+    }
+    Ok(download_here(node, url).await?.display().to_string())
+}
+
+/// The node that downloads `url` for the mesh: the same for every node
+/// that sees the same mesh.
+fn downloader(nodes: &[String], url: &str) -> String {
+    let mut sorted = nodes.to_vec();
+    sorted.sort();
+    let h = blake3::hash(url.as_bytes());
+    let n = u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default());
+    sorted
+        .get((n % sorted.len().max(1) as u64) as usize)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Downloads `url` into the files directory here, unless it is there
+/// already; one download per URL at a time.
+pub(crate) async fn download_here(node: &Arc<Node>, url: &str) -> Result<PathBuf> {
+    let name = crate::web::name_of(url)?;
+    let files = &node.files.local.files;
+    let _one = node.web.lock(url).await;
+    let path = files.resolve(&name)?;
+    if path.exists() {
+        return Ok(path);
+    }
+    let partial = format!("web-{}", &blake3::hash(url.as_bytes()).to_hex()[..16]);
+    let f = files.open_partial(&partial, libc::O_RDWR | libc::O_TRUNC, true)?;
+    let mut f = tokio::fs::File::from_std(f);
+    let got = node.web.download(url, &mut f).await;
+    drop(f);
+    let placed = got.and_then(|n| {
+        files.place(&partial, &name)?;
+        tracing::info!("{url}: downloaded {n} bytes into {name}");
+        Ok(())
+    });
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(files.partial_dir().join(&partial));
+        return Err(e);
+    }
+    Ok(path)
 }
 
 /// How deep a chain of qcow2 backing files is followed.

@@ -142,8 +142,11 @@ pub async fn serve(opts: Options) -> Result<()> {
         opts.name.clone(),
         overlay.clone(),
         meta.clone(),
-        files,
-        vms,
+        crate::node::Parts {
+            files,
+            vms,
+            web: crate::web::Web::new(opts.ca_file.as_deref())?,
+        },
         mode,
         opts.allow_shell,
     );

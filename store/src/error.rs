@@ -92,6 +92,11 @@ impl Error {
     pub fn is_not_here(&self) -> bool {
         matches!(self, Error::NotHere { .. })
     }
+
+    /// Whether no node of the mesh holds what was asked for.
+    pub fn is_no_holder(&self) -> bool {
+        matches!(self, Error::NoHolder(_))
+    }
 }
 
 impl From<tokio::task::JoinError> for Error {
