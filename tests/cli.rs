@@ -215,6 +215,15 @@ impl Tmux {
         self.tmux(&["send-keys", "Enter"]);
     }
 
+    /// Types `text`, no Enter.
+    fn keys(&self, text: &str) {
+        self.tmux(&["send-keys", "-l", text]);
+    }
+
+    fn tab(&self) {
+        self.tmux(&["send-keys", "Tab"]);
+    }
+
     fn ctrl_c(&self) {
         self.tmux(&["send-keys", "C-c"]);
     }
@@ -421,4 +430,35 @@ fn the_shell_reconnects_to_a_node_that_restarts() {
     t.type_line("mesh status");
     let screen = t.wait("mesh status", |s| s.contains("size"));
     assert_eq!(screen.matches("size").count(), 1, "{screen}");
+}
+
+#[test]
+fn file_words_tab_complete_across_the_mesh_directory_by_directory() {
+    let holder = Node::local("th", &[]);
+    let shell_node = Node::local("ts", &["--peer", &holder.addr()]);
+    shell_node.wait_size(2, Duration::from_secs(60));
+    let files = holder.base().join("files/images/sub");
+    std::fs::create_dir_all(&files).unwrap();
+    std::fs::write(holder.base().join("files/images/a.img"), b"a").unwrap();
+    std::fs::write(files.join("bee.img"), b"b").unwrap();
+    let home = scratch_dir("home");
+    let t = Tmux::new(home.path());
+    t.type_line(&format!("mm --base {}", shell_node.base().display()));
+    t.wait("the prompt", |s| s.contains("\nmm$"));
+    t.keys("shell echo file:ima");
+    t.tab();
+    t.wait("the directory", |s| {
+        s.contains("mm$ shell echo file:images/")
+    });
+    t.keys("s");
+    t.tab();
+    t.wait("the subdirectory", |s| s.contains("file:images/sub/"));
+    t.tab();
+    t.wait("the file", |s| s.contains("file:images/sub/bee.img"));
+    t.keys("\n");
+    let local = shell_node.base().join("files/images/sub/bee.img");
+    t.wait("the fetched file's local path", |s| {
+        s.contains(&local.display().to_string())
+    });
+    assert_eq!(std::fs::read(&local).unwrap(), b"b");
 }

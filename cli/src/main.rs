@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod complete;
 mod dots;
 mod progress;
 mod render;
@@ -535,13 +536,24 @@ fn shell(
     base: &Path,
     mut flags: Flags,
 ) -> ExitCode {
-    let mut ed = match rustyline::DefaultEditor::new() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("mm: cannot start the shell: {e}");
-            return ExitCode::from(1);
-        }
-    };
+    // As bash does: Tab completes what is common and lists the rest (the
+    // default cycles through the candidates, so a second Tab undoes the
+    // first when there is only one).
+    let config = rustyline::Config::builder()
+        .completion_type(rustyline::CompletionType::List)
+        .build();
+    let mut ed =
+        match rustyline::Editor::<complete::MeshFiles, rustyline::history::DefaultHistory>::with_config(config) {
+            Ok(e) => e,
+            Err(e) => {
+                eprintln!("mm: cannot start the shell: {e}");
+                return ExitCode::from(1);
+            }
+        };
+    ed.set_helper(Some(complete::MeshFiles {
+        rt: rt.handle().clone(),
+        base: base.to_path_buf(),
+    }));
     let history = std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".mm_history"));
     if let Some(h) = &history {
         let _ = ed.load_history(h);
