@@ -302,6 +302,28 @@ impl Engine {
         if found.is_empty() {
             return Err(find::no_holder(&pattern, asked, sel, &silent, &holders));
         }
+        if find::conflicts(&found).is_some() {
+            // A name whose copy here is one of its versions is here
+            // already: nothing to fetch, and nothing to choose.
+            let mut here = Vec::new();
+            for (name, versions) in &found {
+                if versions.len() < 2 {
+                    continue;
+                }
+                let l = self.local.clone();
+                let n = name.clone();
+                let local = tokio::task::spawn_blocking(move || l.manifest(&n)).await??;
+                if local.is_some_and(|lm| versions.contains_key(&lm.root_hex())) {
+                    here.push(name.clone());
+                }
+            }
+            for n in here {
+                found.remove(&n);
+            }
+            if found.is_empty() {
+                return Ok(Vec::new());
+            }
+        }
         if let Some(c) = find::conflicts(&found) {
             return Err(Error::Conflict(c));
         }
