@@ -1,11 +1,11 @@
-//! Paths that fetch themselves and host commands (issue 11): real nodes on
-//! loopback.
+//! Paths that fetch themselves and host commands (issue 11): three nodes
+//! on a lab of network namespaces.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{rows, Node};
+use common::{rows, Lab, Node};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -47,10 +47,13 @@ fn qcow2(backing: Option<&str>) -> Vec<u8> {
 
 #[test]
 fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in() {
-    let n1 = Node::local("p1", &["--allow-shell"]);
-    let n2 = Node::local("p2", &["--allow-shell", "--peer", &n1.addr()]);
-    let n3 = Node::local("p3", &["--peer", &n1.addr()]);
-    n1.wait_size(3, LONG);
+    let lab = Lab::up(3, None);
+    let n1 = Node::in_ns("p1", &lab.ns(1), &["--allow-shell"]);
+    let n2 = Node::in_ns("p2", &lab.ns(2), &["--allow-shell"]);
+    let n3 = Node::in_ns("p3", &lab.ns(3), &[]);
+    for n in [&n1, &n2, &n3] {
+        n.wait_size(3, LONG);
+    }
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
     std::fs::create_dir_all(n1.base().join("files/images")).unwrap();
     std::fs::write(n1.base().join("files/images/x.img"), &data).unwrap();
@@ -183,6 +186,20 @@ fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in
         stderr_of(&out).contains("has 2 top-level entries (stray, tool), not one directory"),
         "{}",
         stderr_of(&out)
+    );
+    // Through mesh send, the target resolves the word for itself.
+    let ans = n1.json(&[
+        "mesh",
+        "send",
+        "p2",
+        "shell",
+        "echo",
+        "tar:pkgs/tool.tar.gz",
+    ]);
+    assert_eq!(
+        ans[0]["response"].as_str().unwrap().trim(),
+        top.display().to_string(),
+        "{ans:?}"
     );
     // A tarball elsewhere on the node, by its absolute path: next to itself.
     let elsewhere = common::scratch_dir("tarlocal");

@@ -1,6 +1,7 @@
-//! `http://` and `https://` words (issue 11): real nodes on loopback and a
-//! web server of the test's own (tests/web/server.py) on 127.0.0.1, whose
-//! log of GETs proves what was downloaded and how often.
+//! `http://` and `https://` words (issue 11): nodes on a lab of network
+//! namespaces, and a web server of the test's own (tests/web/server.py) in
+//! a lab host of its own, whose log of GETs proves what was downloaded and
+//! how often.
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::Node;
+use common::{Lab, Node};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -20,15 +21,18 @@ struct Server {
 }
 
 impl Server {
-    fn start(root: &Path, tls: Option<(&Path, &Path)>) -> Server {
+    /// The server in lab host `ns`, on `addr`.
+    fn start(root: &Path, ns: &str, addr: &str, tls: Option<(&Path, &Path)>) -> Server {
         let log = root.join("gets.log");
-        let mut cmd = Command::new("python3");
-        cmd.arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../tests/web/server.py"
-        ))
-        .arg(root.join("www"))
-        .arg(&log);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, "python3"])
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/web/server.py"
+            ))
+            .arg(root.join("www"))
+            .arg(&log)
+            .arg(addr);
         if let Some((c, k)) = tls {
             cmd.arg(c).arg(k);
         }
@@ -95,12 +99,15 @@ fn a_url_is_downloaded_once_for_the_mesh_and_served_by_it_after() {
     std::fs::create_dir_all(tmp.path().join("www/images")).unwrap();
     let data: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 253) as u8).collect();
     std::fs::write(tmp.path().join("www/images/web.img"), &data).unwrap();
-    let srv = Server::start(tmp.path(), None);
-    let url = format!("http://127.0.0.1:{}/images/web.img", srv.port);
-    let w1 = Node::local("w1", &[]);
-    let w2 = Node::local("w2", &["--peer", &w1.addr()]);
-    let w3 = Node::local("w3", &["--peer", &w1.addr()]);
-    w1.wait_size(3, LONG);
+    let lab = Lab::up(4, None);
+    let srv = Server::start(tmp.path(), &lab.ns(4), &lab.ip(4), None);
+    let url = format!("http://{}:{}/images/web.img", lab.ip(4), srv.port);
+    let w1 = Node::in_ns("w1", &lab.ns(1), &[]);
+    let w2 = Node::in_ns("w2", &lab.ns(2), &[]);
+    let w3 = Node::in_ns("w3", &lab.ns(3), &[]);
+    for n in [&w1, &w2, &w3] {
+        n.wait_size(3, LONG);
+    }
     // Two nodes ask at once: one download.
     let answers: Vec<String> = std::thread::scope(|s| {
         let hs: Vec<_> = [&w1, &w2]
@@ -130,7 +137,7 @@ fn a_url_is_downloaded_once_for_the_mesh_and_served_by_it_after() {
     assert_eq!(srv.gets("/images/web.img"), 1, "w3 went to the web");
 
     // Errors say what went wrong and leave nothing.
-    let base = format!("http://127.0.0.1:{}", srv.port);
+    let base = format!("http://{}:{}", lab.ip(4), srv.port);
     for (path, why) in [
         ("/missing.img", "the server answered 404"),
         ("/short", "the body ended after 10 of 1000 bytes"),
@@ -194,9 +201,11 @@ fn https_trusts_the_operators_ca_and_refuses_others() {
         "-out",
         "srv.csr",
         "-subj",
-        "/CN=127.0.0.1",
+        "/CN=mm test server",
     ]);
-    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let lab = Lab::up(3, None);
+    let ip = lab.ip(3);
+    std::fs::write(d.join("ext.cnf"), format!("subjectAltName=IP:{ip}\n")).unwrap();
     ssl(&[
         "x509",
         "-req",
@@ -214,14 +223,20 @@ fn https_trusts_the_operators_ca_and_refuses_others() {
         "-extfile",
         "ext.cnf",
     ]);
-    let srv = Server::start(d, Some((&d.join("srv.pem"), &d.join("srv.key"))));
-    let url = format!("https://127.0.0.1:{}/secure.img", srv.port);
+    let srv = Server::start(
+        d,
+        &lab.ns(3),
+        &ip,
+        Some((&d.join("srv.pem"), &d.join("srv.key"))),
+    );
+    let url = format!("https://{ip}:{}/secure.img", srv.port);
     let ca = d.join("ca.pem").display().to_string();
-    let trusting = Node::local("t1", &["--ca-file", &ca]);
+    let trusting = Node::in_ns("t1", &lab.ns(1), &["--ca-file", &ca]);
     let out = trusting.mm(&["shell", "cat", &url]);
     assert_eq!(out.trim_end(), "over tls");
     // A node that does not trust the CA refuses the server.
-    let other = Node::local("t2", &[]);
+    // (In a mesh of its own: with t1 it would get the file from t1.)
+    let other = Node::in_ns("t2", &lab.ns(2), &["--context", "apart"]);
     let out = other.try_mm(&["shell", "cat", &url]);
     assert_eq!(out.status.code(), Some(1));
     let e = stderr_of(&out);

@@ -1,7 +1,7 @@
 # A web server for tests/web.rs: serves a directory, plus /short (a body
 # shorter than its Content-Length) and /loop (a redirect to itself). Prints
 # its port, logs every GET path to LOG, and speaks TLS if given a cert.
-# usage: server.py DIR LOG [CERT KEY]
+# usage: server.py DIR LOG ADDR [CERT KEY]
 import http.server, socketserver, ssl, sys, os
 
 root, log = sys.argv[1], sys.argv[2]
@@ -35,10 +35,10 @@ class H(http.server.SimpleHTTPRequestHandler):
 class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
-srv = S(("127.0.0.1", 0), H)
-if len(sys.argv) > 4:
+srv = S((sys.argv[3], 0), H)
+if len(sys.argv) > 5:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    ctx.load_cert_chain(sys.argv[4], sys.argv[5])
     srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 print(srv.server_address[1], flush=True)
 srv.serve_forever()
