@@ -104,7 +104,7 @@ fn a_url_is_downloaded_once_for_the_mesh_and_served_by_it_after() {
     let url = format!("http://{}:{}/images/web.img", lab.ip(4), srv.port);
     let w1 = Node::in_ns("w1", &lab.ns(1), &[]);
     let w2 = Node::in_ns("w2", &lab.ns(2), &[]);
-    let w3 = Node::in_ns("w3", &lab.ns(3), &[]);
+    let w3 = Node::in_ns("w3", &lab.ns(3), &["--allow-shell"]);
     for n in [&w1, &w2, &w3] {
         n.wait_size(3, LONG);
     }
@@ -127,9 +127,19 @@ fn a_url_is_downloaded_once_for_the_mesh_and_served_by_it_after() {
         );
     }
     assert_eq!(srv.gets("/images/web.img"), 1, "downloaded more than once");
-    // A third gets it from the mesh, not the web.
-    let a = w3.mm(&["vm", "config", "disk", &url]);
-    assert_eq!(a.trim(), "");
+    // A third, through mesh send, gets it from the mesh, not the web.
+    let ans = w1.json(&["mesh", "send", "w3", "shell", "sha256sum", &url]);
+    let w3_path = w3.base().join("files/images/web.img");
+    assert_eq!(
+        ans[0]["response"].as_str().unwrap().trim(),
+        format!("{want}  {}", w3_path.display()),
+        "{ans:?}"
+    );
+    w3.mm(&["vm", "config", "disk", &url]);
+    assert_eq!(
+        w3.mm(&["vm", "config", "disk"]).trim(),
+        w3_path.display().to_string()
+    );
     assert_eq!(
         std::fs::read(w3.base().join("files/images/web.img")).unwrap(),
         data
