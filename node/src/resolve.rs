@@ -45,9 +45,12 @@ async fn glob(node: &Arc<Node>, pattern: &str) -> Result<Vec<String>> {
     if names.is_empty() {
         return Err(Error::NotFound(format!("{pattern} matches no file")));
     }
+    // Every match is here now: only their backing files may be missing,
+    // and asking the mesh for each match again would cost a round each.
     let mut out = Vec::with_capacity(names.len());
     for n in names {
-        out.push(file(node, &n).await?);
+        let path = files.resolve(&n)?;
+        out.push(with_backing(node, &n, path).await?);
     }
     Ok(out)
 }
@@ -159,6 +162,12 @@ pub(crate) async fn file(node: &Arc<Node>, name: &str) -> Result<String> {
         return Err(Error::usage("a file: word needs a name: file:NAME"));
     }
     let path = fetch(node, name).await?;
+    with_backing(node, name, path).await
+}
+
+/// `path` (the image `name`, here already), once the qcow2 backing files
+/// it names relative to itself are here too.
+async fn with_backing(node: &Arc<Node>, name: &str, path: PathBuf) -> Result<String> {
     // The backing chain: each relative name is taken beside its image.
     let files = &node.files.local.files;
     let mut image = path.clone();

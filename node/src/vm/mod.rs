@@ -327,30 +327,36 @@ impl Vms {
                 State::Quit,
             ),
         };
-        let mut st = self.st();
-        let mut changed = Vec::new();
         for id in ids {
-            let Some(v) = st.1.get_mut(&id) else { continue };
-            if !from.contains(&v.state) {
-                continue;
-            }
+            // The registry is not held while QEMU is asked (a kill may take
+            // seconds): `vm info` and the stats go on meanwhile.
+            let name = match self.st().1.get(&id) {
+                Some(v) if from.contains(&v.state) => v.name.clone(),
+                _ => continue,
+            };
             let done = match op {
                 Op::Start => self.driver.resume(id),
                 Op::Stop => self.driver.pause(id),
                 Op::Kill => self.driver.kill(id),
             };
-            match done {
-                Ok(()) => {
-                    v.state = to;
-                    out.changed += 1;
-                    changed.push(v.clone());
-                }
-                Err(e) => out.errors.push(format!("{}: {e}", v.name)),
+            if let Err(e) = done {
+                out.errors.push(format!("{name}: {e}"));
+                continue;
             }
-        }
-        drop(st);
-        for v in &changed {
-            self.save(v);
+            let changed = {
+                let mut st = self.st();
+                st.1.get_mut(&id)
+                    // Unless it changed meanwhile (died, or another command).
+                    .filter(|v| from.contains(&v.state))
+                    .map(|v| {
+                        v.state = to;
+                        v.clone()
+                    })
+            };
+            if let Some(v) = changed {
+                out.changed += 1;
+                self.save(&v);
+            }
         }
         out
     }
