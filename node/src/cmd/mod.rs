@@ -155,11 +155,18 @@ pub(crate) async fn parse_resolved(
     }
     let mut words = Vec::with_capacity(argv.len());
     for w in argv {
-        words.extend(
-            crate::resolve::word(node, w)
-                .await
-                .map_err(|e| crate::Error::NotFound(format!("{w}: {e}")))?,
-        );
+        words.extend(crate::resolve::word(node, w).await.map_err(|e| {
+            // Said once: some errors name the word already.
+            let e = e.to_string();
+            let bare = w.split_once(':').map_or(w.as_str(), |(_, r)| r);
+            crate::Error::NotFound(if e.starts_with(w.as_str()) {
+                e
+            } else if let Some(rest) = e.strip_prefix(bare) {
+                format!("{w}{rest}")
+            } else {
+                format!("{w}: {e}")
+            })
+        })?);
     }
     grammar::parse(specs(), &words)
 }
