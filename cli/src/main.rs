@@ -90,6 +90,14 @@ struct Serve {
     /// overlay connection (slower; one port fewer to open).
     #[arg(long)]
     no_data_channel: bool,
+    /// The Open vSwitch database socket, such as unix:/run/ovs/db.sock
+    /// [default: the system's].
+    #[arg(long, value_name = "unix:PATH")]
+    ovs_db: Option<String>,
+    /// The datapath for bridges mm creates: system (the kernel's) or netdev
+    /// (userspace) [default: system where it works, else netdev].
+    #[arg(long, value_parser = ["system", "netdev"])]
+    ovs_datapath: Option<String>,
 }
 
 /// The base when neither `--base` nor `MM_BASE` names one.
@@ -203,6 +211,8 @@ fn serve(cli: &Cli) -> ExitCode {
         psk_file: s.psk_file,
         peers: s.peers,
         mdns: !s.no_mdns,
+        ovs_db: s.ovs_db,
+        ovs_datapath: s.ovs_datapath,
         data_port: match (s.no_data_channel, s.data_port) {
             (true, _) => mm_node::DataPort::Off,
             (false, Some(p)) => mm_node::DataPort::Fixed(p),

@@ -22,6 +22,9 @@ pub enum Error {
     /// A VM's process would not start, or would not do what it was told.
     #[error("{0}")]
     Vm(String),
+    /// Open vSwitch or the kernel would not make a bridge, tap or tunnel.
+    #[error("{0}")]
+    Net(String),
     /// Starting the node: the base, the key, the ports.
     #[error("{0}")]
     Startup(String),

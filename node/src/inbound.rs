@@ -39,6 +39,7 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> 
             encode(&())
         }
         Request::Vm { ask } => crate::vm::wire::answer(node, decode(&ask)?).await?,
+        Request::Net { ask } => crate::net::wire::answer(node, decode(&ask)?).await?,
         Request::Have { name, root } => node.files.engine.have_bits(&name, &root)?,
         Request::Data => node.files.grant(&from)?,
         Request::Chunk {
@@ -48,4 +49,36 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> 
             count,
         } => node.files.chunk(from, name, root, index, count).await?,
     })
+}
+
+/// One typed request for `host`: answered by `here` when it is this node,
+/// else sent; the answer decoded, or why there is none.
+pub(crate) async fn ask_host<T, F>(
+    node: &Node,
+    host: String,
+    req: impl FnOnce() -> Request,
+    here: impl FnOnce() -> F,
+    timeout: std::time::Duration,
+) -> (String, Result<T>)
+where
+    T: serde::de::DeserializeOwned,
+    F: std::future::Future<Output = Result<Vec<u8>>>,
+{
+    let got: Result<Vec<u8>> = if host == node.name {
+        here().await
+    } else {
+        match node
+            .overlay
+            .send(vec![host.clone()], encode(&req()), timeout)
+            .await
+        {
+            Ok(mut a) => match a.pop() {
+                Some((_, r)) => r.map_err(Into::into),
+                None => Err(crate::Error::NotFound(format!("{host}: no answer"))),
+            },
+            Err(e) => Err(e.into()),
+        }
+    };
+    let out = got.and_then(|b| decode::<T>(&b).map_err(Into::into));
+    (host, out)
 }

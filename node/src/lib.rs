@@ -9,7 +9,8 @@ mod error;
 mod files;
 #[cfg(test)]
 mod fuzz;
-mod inbound;
+pub(crate) mod inbound;
+mod net;
 mod node;
 mod ns;
 pub mod proto;

@@ -32,6 +32,11 @@ pub struct Options {
     pub peers: Vec<String>,
     pub mdns: bool,
     pub data_port: DataPort,
+    /// `--ovs-db`: the Open vSwitch database socket (`unix:PATH`); None:
+    /// the system's.
+    pub ovs_db: Option<String>,
+    /// `--ovs-datapath system|netdev`; None: found out at first use.
+    pub ovs_datapath: Option<String>,
 }
 
 /// Where the data channel listens.
@@ -82,6 +87,8 @@ pub(crate) struct Node {
     pub(crate) files: Files,
     pub(crate) ns: crate::ns::Namespaces,
     pub(crate) vms: crate::vm::Vms,
+    /// Bridges, taps, tunnels.
+    pub(crate) net: Arc<crate::net::Net>,
     pub(crate) mode: Mode,
     pub(crate) allow_shell: bool,
     /// `background` processes.
@@ -96,6 +103,7 @@ pub(crate) struct Node {
 pub(crate) struct Parts {
     pub(crate) files: Files,
     pub(crate) vms: crate::vm::Vms,
+    pub(crate) net: Arc<crate::net::Net>,
     pub(crate) web: crate::web::Web,
 }
 
@@ -108,7 +116,12 @@ impl Node {
         mode: Mode,
         allow_shell: bool,
     ) -> Arc<Node> {
-        let Parts { files, vms, web } = parts;
+        let Parts {
+            files,
+            vms,
+            net,
+            web,
+        } = parts;
         let timeout = meta
             .get::<u64>("settings", "timeout_ms")
             .map(Duration::from_millis)
@@ -121,6 +134,7 @@ impl Node {
             files,
             ns,
             vms,
+            net,
             mode,
             allow_shell,
             background: crate::shell::Background::default(),

@@ -185,6 +185,12 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         ask: Vec<u8>,
     },
+    /// A request about bridges, taps and VLANs: a CBOR `net::wire::Ask`,
+    /// answered in the CBOR its variant names.
+    Net {
+        #[serde(with = "serde_bytes")]
+        ask: Vec<u8>,
+    },
     /// Download this URL into your files directory (answer: CBOR `()`
     /// once it is in place): the node the mesh chose for it, so that
     /// nodes asking at once download it once.

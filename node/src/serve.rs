@@ -133,9 +133,20 @@ pub async fn serve(opts: Options) -> Result<()> {
         opts.data_port,
     )
     .await?;
-    // 3. VMs: one QEMU process each, in a directory under the base.
+    // 3. Bridges and taps, then VMs: one QEMU process each, in a
+    // directory under the base, its NICs taps on bridges.
+    let datapath = opts
+        .ovs_datapath
+        .as_deref()
+        .map(crate::net::Datapath::parse)
+        .transpose()?;
+    let net = std::sync::Arc::new(crate::net::Net::open(
+        std::sync::Arc::new(crate::net::os::Real::new(opts.ovs_db.clone())),
+        meta.clone(),
+        datapath,
+    ));
     let vms = crate::vm::Vms::open(
-        std::sync::Arc::new(crate::vm::qemu::Qemu::new(&opts.base)),
+        std::sync::Arc::new(crate::vm::qemu::Qemu::new(&opts.base, net.clone())),
         meta.clone(),
     );
     let node = Node::new(
@@ -145,6 +156,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         crate::node::Parts {
             files,
             vms,
+            net,
             web: crate::web::Web::new(opts.ca_file.as_deref())?,
         },
         mode,
@@ -168,6 +180,8 @@ pub async fn serve(opts: Options) -> Result<()> {
     node.files.stop();
     // A node that stops takes its VMs with it.
     node.vms.kill_all();
+    // Then their taps, and the bridges this node made.
+    node.net.stop();
     node.background.kill_all();
     if let Err(e) = meta.flush() {
         warn!("flushing metadata: {e}");

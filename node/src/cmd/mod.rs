@@ -12,6 +12,7 @@ pub(crate) mod grammar;
 mod host;
 pub(crate) mod hosts;
 mod mesh;
+mod net;
 mod ns;
 mod shell;
 mod vm;
@@ -93,6 +94,7 @@ pub(crate) fn specs() -> &'static [&'static Spec] {
             .chain(file::SPECS)
             .chain(ns::SPECS)
             .chain(vm::SPECS)
+            .chain(net::SPECS)
             .chain(shell::SPECS)
             .collect()
     });

@@ -21,7 +21,7 @@ pub(super) static SPECS: &[Spec] = &[
             "namespace <name> (command)",
         ],
         short: "list namespaces, make one active, or run a command in one",
-        long: "With no argument, lists the namespaces: namespace, vms, active. With NAME, \
+        long: "With no argument, lists the namespaces: namespace, vms, vlans (its VLAN range), active. With NAME, \
                makes it the active namespace, creating it if it is new: a new namespace holds \
                every node the mesh reaches except this one (the head node drives and runs no \
                VMs), or this node alone if there is no other. With a COMMAND after NAME, runs \
@@ -33,8 +33,8 @@ pub(super) static SPECS: &[Spec] = &[
         id: "clear namespace",
         patterns: &["clear namespace [name]"],
         short: "remove a namespace",
-        long: "Removes NAME (the active namespace if none is given) and returns to mm if it was \
-               active. Clearing mm resets it to this node alone.",
+        long: "Removes NAME (the active namespace if none is given), its VMs and the bridges ns \
+               bridge made on its hosts, and returns to mm if it was active. Clearing mm resets it to this node alone.",
         run: |cx, c| clear(cx, c).boxed(),
     },
     Spec {
@@ -193,12 +193,17 @@ async fn list(cx: &Ctx) -> Out {
         .into_iter()
         .map(|(n, ns)| {
             let vms: usize = ns.hosts.iter().filter_map(|h| counts.get(h)?.get(&n)).sum();
-            vec![n.clone(), vms.to_string(), (n == active).to_string()]
+            vec![
+                n.clone(),
+                vms.to_string(),
+                ns.vlans.show_range(),
+                (n == active).to_string(),
+            ]
         })
         .collect();
     out.insert(
         0,
-        Response::table(cx.me(), &["namespace", "vms", "active"], rows),
+        Response::table(cx.me(), &["namespace", "vms", "vlans", "active"], rows),
     );
     Ok(out)
 }
@@ -221,14 +226,21 @@ async fn clear(cx: &Ctx, c: &Call) -> Out {
         cx.node.send_timeout(),
     )
     .await;
+    // Then its bridges (`ns bridge`), on every host.
+    let hosts: Vec<String> = ns.hosts.iter().cloned().collect();
+    let mut gone = Vec::new();
+    for br in ns.bridges.keys() {
+        gone.extend(super::net::del_bridge(cx, &hosts, br).await);
+    }
     cx.node.ns.clear(&name)?;
-    let errors: Vec<Response> = answers
+    let mut errors: Vec<Response> = answers
         .into_iter()
         .filter_map(|(h, r)| {
             r.err()
                 .map(|e| Response::error(&h, format!("its VMs of {name} were not killed: {e}")))
         })
         .collect();
+    errors.extend(gone);
     if errors.is_empty() {
         return cx.ok();
     }

@@ -94,7 +94,10 @@ pub(super) static SPECS: &[Spec] = &[
                written to a snapshot unless snapshot is false), cdrom, kernel, initrd and \
                filesystem (for container VMs) take a file, which must exist on this node when \
                it is set (the hosts are expected to see the same path); append takes the \
-               kernel's command line; net takes NICs (VM networking is not in this build yet); \
+               kernel's command line; net takes NICs, a netspec each ([bridge,]VLAN[,MAC][,driver][,qinq]: \
+               VLAN an alias such as LAN or an id; bridge mega_bridge and driver e1000 by \
+               default; a random MAC of a real vendor when none is given), and replaces the \
+               list; \
                schedule HOST pins VMs to a host, colocate VM places them on another VM's host \
                (not both); coschedule N allows at most N other VMs beside each (0: alone, -1: \
                no limit); tags KEY VALUE; uuid (default: a new one per VM). `vm config clone \
@@ -113,7 +116,7 @@ pub(super) static SPECS: &[Spec] = &[
 /// The namespace a command runs in. From the mesh (`ns run` of another
 /// head) it need not exist here: the command acts on this node's VMs of
 /// that name alone.
-fn current(cx: &Ctx) -> Result<(String, Namespace)> {
+pub(super) fn current(cx: &Ctx) -> Result<(String, Namespace)> {
     let name = cx.namespace();
     match cx.node.ns.get(&name) {
         Some(ns) => Ok((name, ns)),
@@ -127,7 +130,7 @@ fn current(cx: &Ctx) -> Result<(String, Namespace)> {
 
 /// The hosts a `vm` command reaches: the namespace's, or only this node
 /// when the command came from the mesh.
-fn reach(cx: &Ctx, ns: &Namespace) -> Vec<String> {
+pub(super) fn reach(cx: &Ctx, ns: &Namespace) -> Vec<String> {
     if cx.is_remote() {
         vec![cx.node.name.clone()]
     } else {
@@ -136,9 +139,14 @@ fn reach(cx: &Ctx, ns: &Namespace) -> Vec<String> {
 }
 
 const INFO: &[&str] = &[
-    "id", "name", "state", "uptime", "type", "vcpus", "memory", "disk", "vlan", "pid", "tags",
-    "accel", "error",
+    "id", "name", "state", "uptime", "type", "vcpus", "memory", "disk", "vlan", "bridge", "tap",
+    "mac", "pid", "tags", "accel", "error",
 ];
+
+/// A list column as minimega shows one: `[a b]`.
+fn brackets<'a>(v: impl Iterator<Item = &'a str>) -> String {
+    format!("[{}]", v.collect::<Vec<_>>().join(" "))
+}
 
 fn info_row(v: &Vm, now: u64) -> Vec<String> {
     let c = &v.config;
@@ -151,7 +159,17 @@ fn info_row(v: &Vm, now: u64) -> Vec<String> {
         c.vcpus.to_string(),
         c.memory_mib.to_string(),
         c.disk.clone().unwrap_or_default(),
-        format!("[{}]", c.net.join(", ")),
+        format!(
+            "[{}]",
+            v.nics
+                .iter()
+                .map(|n| crate::net::netspec::Nic::show_vlan(n.alias.as_deref(), n.vlan))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        brackets(v.nics.iter().map(|n| n.bridge.as_str())),
+        brackets(v.nics.iter().map(|n| n.tap.as_str())),
+        brackets(v.nics.iter().map(|n| n.mac.as_str())),
         v.pid.to_string(),
         config::show_tags(&c.tags),
         v.accel.clone(),
@@ -296,6 +314,15 @@ async fn vm_config(cx: &Ctx, c: &Call) -> Out {
     };
     if values.is_empty() {
         return cx.one(Response::text(cx.me(), ns.config.show(field)));
+    }
+    if field == "net" {
+        // Each call replaces the whole list, as in minimega.
+        let nics = super::net::nics(cx, &values).await?;
+        cx.node.ns.update(&name, |n| {
+            n.config.nics = nics;
+            Ok(())
+        })?;
+        return cx.ok();
     }
     let dir = cwd(cx).map(Path::to_path_buf);
     cx.node

@@ -101,7 +101,7 @@ pub(crate) fn plan(
                 name: name.clone(),
                 vcpus: c.vcpus,
                 mem_mib: c.memory_mib,
-                nics: c.net.len() as u64,
+                nics: c.nics.len() as u64,
                 schedule: c.schedule.clone(),
                 colocate: c.colocate.clone(),
                 coschedule: c.coschedule,

@@ -48,6 +48,20 @@ pub(crate) struct Namespace {
     /// Each launch from this namespace, for `ns schedule status`.
     #[serde(default)]
     pub(crate) runs: Vec<Run>,
+    /// VLAN aliases and the range they come from (`vlans`).
+    #[serde(default)]
+    pub(crate) vlans: crate::net::vlans::Table,
+    /// `ns bridge`: each bridge the namespace's hosts share, its
+    /// tunnels' kind and key.
+    #[serde(default)]
+    pub(crate) bridges: BTreeMap<String, NsBridge>,
+}
+
+/// A bridge `ns bridge` joined across the namespace's hosts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NsBridge {
+    pub(crate) kind: crate::net::Kind,
+    pub(crate) key: u32,
 }
 
 /// VMs `vm launch TYPE NAMES` queued together, with the config of then.
@@ -87,6 +101,8 @@ impl Namespace {
             placement: None,
             capacity: schedule::Capacity::default(),
             runs: Vec::new(),
+            vlans: Default::default(),
+            bridges: BTreeMap::new(),
         }
     }
 }
@@ -173,6 +189,46 @@ impl Namespaces {
         self.meta.put(TREE, name, &changed)?;
         *ns = changed;
         Ok(out)
+    }
+
+    /// Runs `f` over every namespace's VLAN table (aliases are unique
+    /// across them), `name`'s first among equals: it must exist. Stores
+    /// the tables `f` changed, or nothing if it fails.
+    pub(crate) fn vlans_mut<T>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut BTreeMap<String, crate::net::vlans::Table>) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.state();
+        if !st.1.contains_key(name) {
+            return Err(no_such(name));
+        }
+        let before: BTreeMap<String, crate::net::vlans::Table> =
+            st.1.iter()
+                .map(|(n, ns)| (n.clone(), ns.vlans.clone()))
+                .collect();
+        let mut tables = before.clone();
+        let out = f(&mut tables)?;
+        for (n, t) in tables {
+            if before.get(&n) == Some(&t) {
+                continue;
+            }
+            // Only namespaces of this node have tables (`ns//ALIAS` of
+            // another one that does not exist is refused here).
+            let Some(ns) = st.1.get(&n) else {
+                return Err(no_such(&n));
+            };
+            let mut changed = ns.clone();
+            changed.vlans = t;
+            self.meta.put(TREE, &n, &changed)?;
+            st.1.insert(n, changed);
+        }
+        Ok(out)
+    }
+
+    /// The VLAN id `word` names in `name` (see `net::vlans::lookup`).
+    pub(crate) fn lookup_vlan(&self, name: &str, word: &str) -> Result<(u16, Option<String>)> {
+        self.vlans_mut(name, |t| crate::net::vlans::lookup(t, name, word))
     }
 
     /// Removes `name` and returns to `mm` if it was active. `mm` itself

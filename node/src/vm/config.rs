@@ -8,6 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::net::netspec::Nic;
 use crate::{Error, Result};
 
 /// What a VM is launched with; minimega's defaults.
@@ -24,8 +25,10 @@ pub(crate) struct Config {
     pub(crate) initrd: Option<String>,
     /// The kernel's command line, a word each.
     pub(crate) append: Vec<String>,
-    /// NICs, a spec each (VLAN networking: issue 12).
-    pub(crate) net: Vec<String>,
+    /// NICs, their VLANs looked up (`vm config net`, set by the command
+    /// layer, which owns the VLAN tables). Named apart from the old `net`
+    /// strings, which older records may hold and are ignored.
+    pub(crate) nics: Vec<Nic>,
     pub(crate) schedule: Option<String>,
     pub(crate) colocate: Option<String>,
     /// At most this many other VMs on its host; 0: alone.
@@ -48,7 +51,7 @@ impl Default for Config {
             kernel: None,
             initrd: None,
             append: Vec::new(),
-            net: Vec::new(),
+            nics: Vec::new(),
             schedule: None,
             colocate: None,
             coschedule: None,
@@ -99,7 +102,15 @@ impl Config {
             "kernel" => opt(&self.kernel),
             "initrd" => opt(&self.initrd),
             "append" => self.append.join(" "),
-            "net" => self.net.join(" "),
+            "net" if self.nics.is_empty() => String::new(),
+            "net" => format!(
+                "[{}]",
+                self.nics
+                    .iter()
+                    .map(Nic::show)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
             "schedule" => opt(&self.schedule),
             "colocate" => opt(&self.colocate),
             "coschedule" => self.coschedule.map_or("-1".into(), |n| n.to_string()),
@@ -131,7 +142,13 @@ impl Config {
             "initrd" => next.initrd = Some(file(one()?, cwd)?),
             "filesystem" => next.filesystem = Some(file(one()?, cwd)?),
             "append" => next.append = values.to_vec(),
-            "net" => next.net = values.to_vec(),
+            // NICs need their VLANs looked up: `vm config net` sets
+            // `nics` itself.
+            "net" => {
+                return Err(Error::usage(
+                    "vm config net sets NICs through the namespace",
+                ))
+            }
             "schedule" => {
                 if let Some(c) = &self.colocate {
                     return Err(Error::Usage(format!(
@@ -203,7 +220,7 @@ impl Config {
             "kernel" => self.kernel = None,
             "initrd" => self.initrd = None,
             "append" => self.append.clear(),
-            "net" => self.net.clear(),
+            "net" => self.nics.clear(),
             "schedule" => self.schedule = None,
             "colocate" => self.colocate = None,
             "coschedule" => self.coschedule = None,

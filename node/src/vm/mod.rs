@@ -58,6 +58,20 @@ pub(crate) struct Launched {
     pub(crate) pid: u32,
     /// `kvm` or `tcg`.
     pub(crate) accel: String,
+    /// Its NICs, in the config's order.
+    pub(crate) nics: Vec<NicState>,
+}
+
+/// A launched VM's NIC: where its tap is now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct NicState {
+    pub(crate) tap: String,
+    pub(crate) mac: String,
+    pub(crate) bridge: String,
+    /// None: disconnected (`vm net disconnect`).
+    pub(crate) vlan: Option<u16>,
+    pub(crate) alias: Option<String>,
+    pub(crate) driver: String,
 }
 
 /// The edge to the processes: QEMU for real, a recording fake in tests.
@@ -92,6 +106,8 @@ pub(crate) struct Vm {
     /// When it was launched, in seconds since the epoch.
     #[serde(default)]
     pub(crate) launched: u64,
+    #[serde(default)]
+    pub(crate) nics: Vec<NicState>,
 }
 
 /// What a host's live VMs commit, for the scheduler.
@@ -238,6 +254,7 @@ impl Vms {
                 error: String::new(),
                 accel: l.accel,
                 launched: now_secs(),
+                nics: l.nics,
             });
         }
         let _ = self.meta.put("settings", "vm_id", &st.0);
@@ -278,7 +295,7 @@ impl Vms {
                 c.vms += 1;
                 c.vcpus += v.config.vcpus;
                 c.mem_mib += v.config.memory_mib;
-                c.nics += v.config.net.len() as u64;
+                c.nics += v.config.nics.len() as u64;
                 c.coschedule.push(v.config.coschedule);
             }
         }
@@ -399,6 +416,57 @@ impl Vms {
         self.flush(namespace)
     }
 
+    /// `vm net connect|disconnect`: moves NIC `pos` of `vm` (a name or an
+    /// id) to `to` (bridge, vlan, alias) or off its bridge; false if the VM
+    /// is not here.
+    pub(crate) fn connect(
+        &self,
+        net: &crate::net::Net,
+        namespace: &str,
+        vm: &str,
+        pos: usize,
+        to: Option<(Option<String>, u16, Option<String>)>,
+    ) -> Result<bool> {
+        let Some(v) = self
+            .info(namespace)
+            .into_iter()
+            .find(|v| v.name == vm || v.id.to_string() == vm)
+        else {
+            return Ok(false);
+        };
+        if v.state.ended() {
+            return Err(Error::Usage(format!(
+                "{vm} is {}: its NICs are gone",
+                v.state.as_str()
+            )));
+        }
+        let Some(nic) = v.nics.get(pos) else {
+            return Err(Error::Usage(format!(
+                "{vm} has {} NICs: no NIC {pos} (they count from 0)",
+                v.nics.len()
+            )));
+        };
+        let to = to.map(|(b, v, a)| (b.unwrap_or_else(|| nic.bridge.clone()), v, a));
+        let target = to.as_ref().map(|(b, v, a)| (b.as_str(), *v, a.clone()));
+        net.move_tap(&nic.tap, target)?;
+        let mut st = self.st();
+        if let Some(v) = st.1.get_mut(&v.id) {
+            let n = &mut v.nics[pos];
+            match to {
+                Some((b, vlan, alias)) => {
+                    n.bridge = b;
+                    n.vlan = Some(vlan);
+                    n.alias = alias;
+                }
+                None => n.vlan = None,
+            }
+            let v = v.clone();
+            drop(st);
+            self.save(&v);
+        }
+        Ok(true)
+    }
+
     /// On the node's way down: every VM's process goes with it.
     pub(crate) fn kill_all(&self) {
         let mut st = self.st();
@@ -469,6 +537,7 @@ impl Driver for Fake {
         Ok(Launched {
             pid: 1000 + id as u32,
             accel: "tcg".into(),
+            nics: Vec::new(),
         })
     }
     fn resume(&self, id: u64) -> Result<()> {

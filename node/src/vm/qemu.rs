@@ -9,10 +9,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Config, Driver, Launched};
+use super::{Config, Driver, Launched, NicState};
+use crate::net::netspec::random_mac;
+use crate::net::Net;
 use crate::{Error, Result};
 
 /// How long QEMU may take to open its QMP socket, and to answer on it.
@@ -21,21 +23,48 @@ const QMP_WAIT: Duration = Duration::from_secs(10);
 struct Proc {
     child: Child,
     dir: PathBuf,
+    namespace: String,
 }
 
 pub(crate) struct Qemu {
     base: PathBuf,
     binary: String,
     procs: Mutex<HashMap<u64, Proc>>,
+    /// Where the VMs' NICs get their taps.
+    net: Arc<Net>,
 }
 
 impl Qemu {
-    pub(crate) fn new(base: &Path) -> Qemu {
+    pub(crate) fn new(base: &Path, net: Arc<Net>) -> Qemu {
         Qemu {
             base: base.to_path_buf(),
             binary: "qemu-system-x86_64".into(),
             procs: Mutex::new(HashMap::new()),
+            net,
         }
+    }
+
+    /// A tap for each of the config's NICs, on its bridge with its tag;
+    /// none if one fails.
+    fn taps(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<Vec<NicState>> {
+        let mut out = Vec::new();
+        for nic in &cfg.nics {
+            match self.net.add_vm_tap(namespace, id, nic) {
+                Ok(tap) => out.push(NicState {
+                    tap,
+                    mac: nic.mac.clone().unwrap_or_else(random_mac),
+                    bridge: nic.bridge.clone(),
+                    vlan: Some(nic.vlan),
+                    alias: nic.alias.clone(),
+                    driver: nic.driver.clone(),
+                }),
+                Err(e) => {
+                    self.net.release_vm(namespace, id);
+                    return Err(Error::Vm(format!("{name}: {e}")));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn procs(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Proc>> {
@@ -58,33 +87,16 @@ impl Qemu {
         )
     }
 
-    #[cfg(test)]
-    /// QEMU's own word on the VM: `prelaunch`, `running`, `paused`, ...
-    pub(crate) fn status(&self, id: u64) -> Result<String> {
-        let v = self.qmp(id, "query-status")?;
-        Ok(v["status"].as_str().unwrap_or_default().to_string())
-    }
-
-    #[cfg(test)]
-    /// `kvm` or `tcg`, as QEMU reports it.
-    pub(crate) fn accel(&self, id: u64) -> Result<&'static str> {
-        let v = self.qmp(id, "query-kvm")?;
-        Ok(if v["enabled"] == true { "kvm" } else { "tcg" })
-    }
-}
-
-impl Driver for Qemu {
-    fn launch(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<Launched> {
-        if !cfg.net.is_empty() {
-            // Taps on bridges come with VM networking (issue 12); a VM
-            // launched without the NICs it asked for would be a lie.
-            return Err(Error::Vm(format!(
-                "{name}: vm config net is not supported yet (VM networking is issue 12); clear vm config net"
-            )));
-        }
-        let dir = self.base.join(namespace).join(id.to_string());
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    /// Starts QEMU for a VM whose taps exist; its pid and accelerator.
+    fn start(
+        &self,
+        namespace: &str,
+        id: u64,
+        name: &str,
+        cfg: &Config,
+        dir: &Path,
+        nics: &[NicState],
+    ) -> Result<(u32, String)> {
         let sock = dir.join("qmp.sock");
         let _ = std::fs::remove_file(&sock);
         let stderr = std::fs::File::create(dir.join("stderr.log"))
@@ -122,6 +134,15 @@ impl Driver for Qemu {
         if !cfg.append.is_empty() {
             cmd.arg("-append").arg(cfg.append.join(" "));
         }
+        for (i, n) in nics.iter().enumerate() {
+            // The tap exists and is on its bridge: QEMU only opens it.
+            cmd.arg("-netdev").arg(format!(
+                "tap,id=nic{i},ifname={},script=no,downscript=no",
+                n.tap
+            ));
+            cmd.arg("-device")
+                .arg(format!("{},netdev=nic{i},mac={}", n.driver, n.mac));
+        }
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -153,11 +174,46 @@ impl Driver for Qemu {
             Ok(v) if v["enabled"] == true => "kvm",
             _ => "tcg",
         };
-        self.procs().insert(id, Proc { child, dir });
-        Ok(Launched {
-            pid,
-            accel: accel.into(),
-        })
+        self.procs().insert(
+            id,
+            Proc {
+                child,
+                dir: dir.to_path_buf(),
+                namespace: namespace.to_string(),
+            },
+        );
+        Ok((pid, accel.into()))
+    }
+
+    #[cfg(test)]
+    /// QEMU's own word on the VM: `prelaunch`, `running`, `paused`, ...
+    pub(crate) fn status(&self, id: u64) -> Result<String> {
+        let v = self.qmp(id, "query-status")?;
+        Ok(v["status"].as_str().unwrap_or_default().to_string())
+    }
+
+    #[cfg(test)]
+    /// `kvm` or `tcg`, as QEMU reports it.
+    pub(crate) fn accel(&self, id: u64) -> Result<&'static str> {
+        let v = self.qmp(id, "query-kvm")?;
+        Ok(if v["enabled"] == true { "kvm" } else { "tcg" })
+    }
+}
+
+impl Driver for Qemu {
+    fn launch(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<Launched> {
+        let dir = self.base.join(namespace).join(id.to_string());
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+        let nics = self.taps(namespace, id, name, cfg)?;
+        match self.start(namespace, id, name, cfg, &dir, &nics) {
+            Ok((pid, accel)) => Ok(Launched { pid, accel, nics }),
+            Err(e) => {
+                self.net.release_vm(namespace, id);
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
     }
 
     fn resume(&self, id: u64) -> Result<()> {
@@ -174,14 +230,19 @@ impl Driver for Qemu {
             return Ok(());
         };
         let start = Instant::now();
+        let mut ended = false;
         while start.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = p.child.try_wait() {
-                return Ok(());
+                ended = true;
+                break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = p.child.kill();
-        let _ = p.child.wait();
+        if !ended {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        self.net.release_vm(&p.namespace, id);
         Ok(())
     }
 
@@ -208,6 +269,7 @@ impl Driver for Qemu {
 
     fn forget(&self, namespace: &str, id: u64) {
         self.procs().remove(&id);
+        self.net.release_vm(namespace, id);
         // The namespace is a checked name and the id a number: this is
         // always a directory beneath the base.
         let ns_dir = self.base.join(namespace);
@@ -309,7 +371,8 @@ mod tests {
     #[test]
     fn real_qemu_vms_follow_the_state_machine() {
         let dir = tempfile::tempdir().unwrap();
-        let q = Arc::new(Qemu::new(dir.path()));
+        let (net, _os, _netdb) = crate::net::fake();
+        let q = Arc::new(Qemu::new(dir.path(), net));
         let (_db, meta) = super::super::temp_meta();
         let vms = Vms::open(q.clone(), meta);
         let batch = vec![("a".to_string(), tiny()), ("b".to_string(), tiny())];
@@ -357,7 +420,8 @@ mod tests {
     fn a_qemu_that_cannot_start_says_why() {
         let dir = tempfile::tempdir().unwrap();
         let (_db, meta) = super::super::temp_meta();
-        let vms = Vms::open(Arc::new(Qemu::new(dir.path())), meta);
+        let (net, _os, _netdb) = crate::net::fake();
+        let vms = Vms::open(Arc::new(Qemu::new(dir.path(), net)), meta);
         let cfg = Config {
             disk: Some("/nonexistent/disk.qcow2".into()),
             ..tiny()

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use mm_overlay::wire::{decode, encode};
+use mm_overlay::wire::encode;
 use serde::{Deserialize, Serialize};
 
 use super::{Commit, Config, Op, Target};
@@ -99,21 +99,15 @@ pub(crate) async fn ask_each<T: serde::de::DeserializeOwned>(
     asks: Vec<(String, Ask)>,
     timeout: Duration,
 ) -> Vec<(String, Result<T>)> {
-    let calls = asks.into_iter().map(|(host, ask)| async move {
-        let got: Result<Vec<u8>> = if host == node.name {
-            answer(node, ask).await
-        } else {
-            let body = encode(&Request::Vm { ask: encode(&ask) });
-            match node.overlay.send(vec![host.clone()], body, timeout).await {
-                Ok(mut a) => match a.pop() {
-                    Some((_, r)) => r.map_err(Into::into),
-                    None => Err(crate::Error::NotFound(format!("{host}: no answer"))),
-                },
-                Err(e) => Err(e.into()),
-            }
-        };
-        let out = got.and_then(|b| decode::<T>(&b).map_err(Into::into));
-        (host, out)
+    let calls = asks.into_iter().map(|(host, ask)| {
+        let sent = ask.clone();
+        crate::inbound::ask_host(
+            node,
+            host,
+            move || Request::Vm { ask: encode(&sent) },
+            move || answer(node, ask),
+            timeout,
+        )
     });
     join_all(calls).await
 }

@@ -1,0 +1,892 @@
+//! VM networking on this node (issue 12): Open vSwitch bridges, the taps of
+//! VMs and of the host on them with their VLAN tags, trunks and tunnels,
+//! all through [`os::Os`] (the real `ovs-vsctl` and `ip`, or a recording
+//! fake). What mm made is kept in sled until it is removed, so a node that
+//! stops removes its taps and the bridges it created (never one that was
+//! there before it), and one that was killed removes them at its restart.
+//!
+//! The datapath is the kernel's (`system`) where it works, else OVS's
+//! userspace one (`netdev`), which keeps the same semantics: per-port tags,
+//! trunks, tunnels that carry 802.1Q, RSTP. `mm serve --ovs-datapath`
+//! overrides the detection.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use mm_store::Meta;
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, Result};
+
+pub(crate) mod netspec;
+pub(crate) mod os;
+pub(crate) mod vlans;
+pub(crate) mod wire;
+
+use netspec::{check_ifname, Nic};
+use os::Os;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Datapath {
+    System,
+    Netdev,
+}
+
+impl Datapath {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Datapath::System => "system",
+            Datapath::Netdev => "netdev",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Datapath> {
+        match s {
+            "system" => Ok(Datapath::System),
+            "netdev" => Ok(Datapath::Netdev),
+            _ => Err(Error::Usage(format!(
+                "--ovs-datapath {s}: system (the kernel's) or netdev (userspace)"
+            ))),
+        }
+    }
+}
+
+/// A tunnel's encapsulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Kind {
+    Vxlan,
+    Gre,
+}
+
+impl Kind {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Vxlan => "vxlan",
+            Kind::Gre => "gre",
+        }
+    }
+
+    /// The largest key: a VXLAN network id has 24 bits (minimega
+    /// truncates a larger key on the sending side only, and nothing
+    /// passes), a GRE key 32.
+    pub(crate) fn max_key(self) -> u32 {
+        match self {
+            Kind::Vxlan => 0xff_ffff,
+            Kind::Gre => u32::MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Tunnel {
+    pub(crate) kind: Kind,
+    pub(crate) remote: String,
+    pub(crate) key: Option<u32>,
+}
+
+/// A bridge mm uses.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct Bridge {
+    /// It was there before mm: mm never deletes it.
+    pub(crate) preexisting: bool,
+    pub(crate) trunks: BTreeSet<String>,
+    /// By port name.
+    pub(crate) tunnels: BTreeMap<String, Tunnel>,
+    /// `bridge config` settings.
+    pub(crate) config: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Owner {
+    /// A VM's NIC: a kernel tap that QEMU holds.
+    Vm { namespace: String, id: u64 },
+    /// `tap create`: an OVS internal port, the host's own NIC on a VLAN.
+    Host { namespace: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Tap {
+    pub(crate) bridge: String,
+    /// None: disconnected (`vm net disconnect`).
+    pub(crate) vlan: Option<u16>,
+    pub(crate) alias: Option<String>,
+    pub(crate) qinq: bool,
+    pub(crate) owner: Owner,
+    /// A host tap's address, if it was given one.
+    #[serde(default)]
+    pub(crate) ip: Option<String>,
+}
+
+/// A host tap's address.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum HostAddr {
+    None,
+    Ip(String),
+    Dhcp,
+}
+
+const TREE: &str = "net";
+
+/// What the tree keeps, by `bridge:NAME` and `tap:NAME`.
+#[derive(Serialize, Deserialize)]
+enum Record {
+    Bridge(Bridge),
+    Tap(Tap),
+}
+
+#[derive(Default)]
+struct State {
+    bridges: BTreeMap<String, Bridge>,
+    taps: BTreeMap<String, Tap>,
+    /// The N of the next `mega_tapN`: VM taps, host taps and tunnel ports
+    /// share it, as in minimega.
+    next: u64,
+}
+
+/// This node's bridges and taps.
+pub(crate) struct Net {
+    os: Arc<dyn Os>,
+    meta: Meta,
+    /// `--ovs-datapath`; else found out at first use.
+    want: Option<Datapath>,
+    datapath: Mutex<Option<Datapath>>,
+    st: Mutex<State>,
+}
+
+/// The bridge a probe makes to learn whether the kernel datapath works.
+const PROBE: &str = "mm-probe";
+
+impl Net {
+    /// Removes what a node that was killed left (its records in `meta`);
+    /// what cannot be removed now (OVS is down) stays recorded for the
+    /// next start.
+    pub(crate) fn open(os: Arc<dyn Os>, meta: Meta, want: Option<Datapath>) -> Net {
+        let net = Net {
+            os,
+            meta,
+            want,
+            datapath: Mutex::new(None),
+            st: Mutex::new(State::default()),
+        };
+        let mut left = State::default();
+        for (k, r) in net.meta.all::<Record>(TREE) {
+            match (r, k.split_once(':')) {
+                (Record::Tap(t), Some((_, n))) => {
+                    left.taps.insert(n.to_string(), t);
+                }
+                (Record::Bridge(b), Some((_, n))) => {
+                    left.bridges.insert(n.to_string(), b);
+                }
+                _ => {}
+            }
+        }
+        if !left.taps.is_empty() || !left.bridges.is_empty() {
+            tracing::warn!(
+                "removing {} taps and the ports and bridges of {} bridges left by a node that \
+                 did not stop cleanly",
+                left.taps.len(),
+                left.bridges.len()
+            );
+            *net.state() = left;
+            net.stop();
+        }
+        net
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.st.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn save_bridge(&self, name: &str, b: Option<&Bridge>) {
+        let k = format!("bridge:{name}");
+        let r = match b {
+            Some(b) => self.meta.put(TREE, &k, &Record::Bridge(b.clone())),
+            None => self.meta.remove(TREE, &k),
+        };
+        if let Err(e) = r {
+            tracing::warn!("cannot keep bridge {name} in the database: {e}");
+        }
+    }
+
+    fn save_tap(&self, name: &str, t: Option<&Tap>) {
+        let k = format!("tap:{name}");
+        let r = match t {
+            Some(t) => self.meta.put(TREE, &k, &Record::Tap(t.clone())),
+            None => self.meta.remove(TREE, &k),
+        };
+        if let Err(e) = r {
+            tracing::warn!("cannot keep tap {name} in the database: {e}");
+        }
+    }
+
+    /// The datapath new bridges get.
+    pub(crate) fn datapath(&self) -> Result<Datapath> {
+        if let Some(d) = self.want {
+            return Ok(d);
+        }
+        let mut dp = self.datapath.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(d) = *dp {
+            return Ok(d);
+        }
+        // A kernel bridge that OVS could not set up still "succeeds"
+        // (the error is on stderr, which os::Real makes an error) and
+        // makes no device.
+        let made = self.os.vsctl(&[
+            "--may-exist",
+            "add-br",
+            PROBE,
+            "--",
+            "set",
+            "bridge",
+            PROBE,
+            "datapath_type=system",
+        ]);
+        let d = match made {
+            Ok(_) if self.os.has_dev(PROBE) => Datapath::System,
+            Ok(_) | Err(Error::Net(_)) => Datapath::Netdev,
+            Err(e) => return Err(e),
+        };
+        let _ = self.os.vsctl(&["--if-exists", "del-br", PROBE]);
+        tracing::info!("Open vSwitch datapath: {}", d.as_str());
+        *dp = Some(d);
+        Ok(d)
+    }
+
+    /// Makes `name` if it is missing; one that exists is used as it is
+    /// (and marked preexisting).
+    fn ensure_bridge(&self, st: &mut State, name: &str) -> Result<()> {
+        if st.bridges.contains_key(name) {
+            return Ok(());
+        }
+        check_ifname("bridge", name)?;
+        if st.taps.contains_key(name) {
+            return Err(Error::Usage(format!("{name} is a tap, not a bridge")));
+        }
+        let preexisting = match self.os.vsctl(&["br-exists", name]) {
+            Ok(_) => true,
+            Err(Error::Net(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if !preexisting {
+            let dp = format!("datapath_type={}", self.datapath()?.as_str());
+            if let Err(e) = self
+                .os
+                .vsctl(&["add-br", name, "--", "set", "bridge", name, &dp])
+            {
+                let _ = self.os.vsctl(&["--if-exists", "del-br", name]);
+                return Err(Error::Net(format!("cannot create bridge {name}: {e}")));
+            }
+            if let Err(e) = self.os.ip(&["link", "set", name, "up"]) {
+                let _ = self.os.vsctl(&["--if-exists", "del-br", name]);
+                return Err(Error::Net(format!("cannot bring bridge {name} up: {e}")));
+            }
+        }
+        let b = Bridge {
+            preexisting,
+            ..Bridge::default()
+        };
+        self.save_bridge(name, Some(&b));
+        st.bridges.insert(name.to_string(), b);
+        Ok(())
+    }
+
+    fn fresh(&self, st: &mut State) -> String {
+        loop {
+            let n = format!("mega_tap{}", st.next);
+            st.next += 1;
+            let taken = st.taps.contains_key(&n)
+                || st.bridges.values().any(|b| b.tunnels.contains_key(&n))
+                || self.os.has_dev(&n);
+            if !taken {
+                return n;
+            }
+        }
+    }
+
+    /// Adds port `port` to `bridge` with `vlan`'s tag; checks that OVS could
+    /// open it.
+    fn add_port(
+        &self,
+        bridge: &str,
+        port: &str,
+        vlan: u16,
+        qinq: bool,
+        internal: bool,
+    ) -> Result<()> {
+        let tag = format!("tag={vlan}");
+        let mut args = vec!["add-port", bridge, port, &tag];
+        if qinq {
+            // The VM's own tags are kept inside this one.
+            args.extend(["--", "set", "port", port, "vlan_mode=dot1q-tunnel"]);
+        }
+        if internal {
+            args.extend(["--", "set", "interface", port, "type=internal"]);
+        }
+        self.os.vsctl(&args).map(|_| ())
+    }
+
+    /// A VM's NIC: a tap on its bridge with its VLAN's tag; its name.
+    pub(crate) fn add_vm_tap(&self, namespace: &str, id: u64, nic: &Nic) -> Result<String> {
+        let mut st = self.state();
+        self.ensure_bridge(&mut st, &nic.bridge)?;
+        let t = self.fresh(&mut st);
+        self.os.ip(&["tuntap", "add", "mode", "tap", &t])?;
+        let up = self
+            .os
+            .ip(&["link", "set", &t, "up"])
+            .and_then(|_| self.add_port(&nic.bridge, &t, nic.vlan, nic.qinq, false));
+        if let Err(e) = up {
+            let _ = self.os.ip(&["link", "del", &t]);
+            return Err(e);
+        }
+        let tap = Tap {
+            bridge: nic.bridge.clone(),
+            vlan: Some(nic.vlan),
+            alias: nic.alias.clone(),
+            qinq: nic.qinq,
+            owner: Owner::Vm {
+                namespace: namespace.to_string(),
+                id,
+            },
+            ip: None,
+        };
+        self.save_tap(&t, Some(&tap));
+        st.taps.insert(t.clone(), tap);
+        Ok(t)
+    }
+
+    /// `tap create`: the host's own port on `bridge`, VLAN `vlan`; its
+    /// name.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn add_host_tap(
+        &self,
+        namespace: &str,
+        bridge: &str,
+        vlan: u16,
+        alias: Option<String>,
+        name: Option<&str>,
+        addr: &HostAddr,
+    ) -> Result<String> {
+        let mut st = self.state();
+        if let Some(n) = name {
+            check_ifname("tap", n)?;
+            if n == "all" {
+                return Err(Error::usage(
+                    "`all` is a reserved word -- cannot use for tap name",
+                ));
+            }
+            if st.taps.contains_key(n) || st.bridges.contains_key(n) || self.os.has_dev(n) {
+                return Err(Error::Usage(format!("a device named {n} already exists")));
+            }
+        }
+        let ip = match addr {
+            HostAddr::Ip(a) => Some(check_cidr(a)?),
+            _ => None,
+        };
+        self.ensure_bridge(&mut st, bridge)?;
+        let t = match name {
+            Some(n) => n.to_string(),
+            None => self.fresh(&mut st),
+        };
+        self.add_port(bridge, &t, vlan, false, true)?;
+        let set_up = self
+            .os
+            .ip(&["link", "set", &t, "up"])
+            .and_then(|_| match addr {
+                HostAddr::Ip(a) => self.os.ip(&["addr", "add", a, "dev", &t]).map(|_| ()),
+                HostAddr::Dhcp => self.os.dhcp(&t),
+                HostAddr::None => Ok(()),
+            });
+        if let Err(e) = set_up {
+            let _ = self.os.vsctl(&["--if-exists", "del-port", bridge, &t]);
+            return Err(e);
+        }
+        let tap = Tap {
+            bridge: bridge.to_string(),
+            vlan: Some(vlan),
+            alias,
+            qinq: false,
+            owner: Owner::Host {
+                namespace: namespace.to_string(),
+            },
+            ip,
+        };
+        self.save_tap(&t, Some(&tap));
+        st.taps.insert(t.clone(), tap);
+        Ok(t)
+    }
+
+    /// Takes a tap off its bridge and removes it (a VM's kernel tap too).
+    fn remove_tap(&self, st: &mut State, name: &str) {
+        let Some(t) = st.taps.remove(name) else {
+            return;
+        };
+        if let Err(e) = self.os.vsctl(&["--if-exists", "del-port", &t.bridge, name]) {
+            tracing::warn!("removing tap {name} from {}: {e}", t.bridge);
+        }
+        if matches!(t.owner, Owner::Vm { .. }) {
+            let _ = self.os.ip(&["link", "del", name]);
+        }
+        self.save_tap(name, None);
+    }
+
+    /// `tap delete NAME|all` in `namespace`: host taps only.
+    pub(crate) fn delete_host_taps(&self, namespace: &str, which: &str) -> Result<usize> {
+        let mut st = self.state();
+        let mine = |t: &Tap| matches!(&t.owner, Owner::Host { namespace: n } if n == namespace);
+        let names: Vec<String> = if which == "all" {
+            st.taps
+                .iter()
+                .filter(|(_, t)| mine(t))
+                .map(|(n, _)| n.clone())
+                .collect()
+        } else {
+            match st.taps.get(which) {
+                None => return Err(Error::NotFound(format!("unknown tap: {which}"))),
+                Some(t) if !matches!(t.owner, Owner::Host { .. }) => {
+                    return Err(Error::Usage(format!(
+                        "not a host tap: {which} (a VM's NIC; vm net disconnect moves it)"
+                    )))
+                }
+                Some(t) if !mine(t) => {
+                    return Err(Error::Usage(format!(
+                        "not a host tap in active namespace: {which}"
+                    )))
+                }
+                Some(_) => vec![which.to_string()],
+            }
+        };
+        for n in &names {
+            self.remove_tap(&mut st, n);
+        }
+        Ok(names.len())
+    }
+
+    /// The host taps of `namespace`: (bridge, tap, vlan shown).
+    pub(crate) fn host_taps(&self, namespace: &str) -> Vec<(String, String, String)> {
+        self.state()
+            .taps
+            .iter()
+            .filter(|(_, t)| matches!(&t.owner, Owner::Host { namespace: n } if n == namespace))
+            .map(|(n, t)| {
+                (
+                    t.bridge.clone(),
+                    n.clone(),
+                    Nic::show_vlan(t.alias.as_deref(), t.vlan),
+                )
+            })
+            .collect()
+    }
+
+    /// The addresses of host taps: a tunnel must never ride on one.
+    pub(crate) fn tap_ips(&self) -> Vec<String> {
+        self.state()
+            .taps
+            .values()
+            .filter_map(|t| t.ip.as_ref())
+            .map(|a| a.split('/').next().unwrap_or(a).to_string())
+            .collect()
+    }
+
+    /// A VM's taps go with it (`vm kill`, `vm flush`).
+    pub(crate) fn release_vm(&self, namespace: &str, id: u64) {
+        let mut st = self.state();
+        let owner = Owner::Vm {
+            namespace: namespace.to_string(),
+            id,
+        };
+        let names: Vec<String> = st
+            .taps
+            .iter()
+            .filter(|(_, t)| t.owner == owner)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in names {
+            self.remove_tap(&mut st, &n);
+        }
+    }
+
+    /// `vm net connect|disconnect`: the tap stays (QEMU holds it); its
+    /// port moves to `to` (bridge, vlan, alias), or off every bridge.
+    pub(crate) fn move_tap(
+        &self,
+        tap: &str,
+        to: Option<(&str, u16, Option<String>)>,
+    ) -> Result<()> {
+        let mut st = self.state();
+        let Some(t) = st.taps.get(tap).cloned() else {
+            return Err(Error::NotFound(format!("unknown tap: {tap}")));
+        };
+        if let Some((br, _, _)) = &to {
+            self.ensure_bridge(&mut st, br)?;
+        }
+        if t.vlan.is_some() {
+            self.os
+                .vsctl(&["--if-exists", "del-port", &t.bridge, tap])?;
+        }
+        let mut t = t;
+        t.vlan = None;
+        if let Some((br, vlan, alias)) = to {
+            let r = self.add_port(br, tap, vlan, t.qinq, false);
+            if r.is_ok() {
+                t.bridge = br.to_string();
+                t.vlan = Some(vlan);
+                t.alias = alias;
+            }
+            self.save_tap(tap, Some(&t));
+            st.taps.insert(tap.to_string(), t);
+            return r;
+        }
+        self.save_tap(tap, Some(&t));
+        st.taps.insert(tap.to_string(), t);
+        Ok(())
+    }
+
+    fn with_bridge<T>(
+        &self,
+        bridge: &str,
+        f: impl FnOnce(&mut State, &mut Bridge) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.state();
+        self.ensure_bridge(&mut st, bridge)?;
+        let mut b = st.bridges.get(bridge).cloned().unwrap_or_default();
+        let out = f(&mut st, &mut b);
+        self.save_bridge(bridge, Some(&b));
+        st.bridges.insert(bridge.to_string(), b);
+        out
+    }
+
+    /// `bridge trunk BR IFACE`: an untagged port, which carries every VLAN.
+    pub(crate) fn trunk(&self, bridge: &str, iface: &str) -> Result<()> {
+        check_ifname("interface", iface)?;
+        self.with_bridge(bridge, |st, b| {
+            if b.trunks.contains(iface) {
+                return Err(Error::Usage(format!("bridge already trunking to {iface}")));
+            }
+            if st.taps.contains_key(iface) {
+                return Err(Error::Usage(format!("{iface} is one of mm's taps")));
+            }
+            self.os.vsctl(&["add-port", bridge, iface])?;
+            b.trunks.insert(iface.to_string());
+            Ok(())
+        })
+    }
+
+    pub(crate) fn notrunk(&self, bridge: &str, iface: &str) -> Result<()> {
+        self.existing(bridge)?;
+        self.with_bridge(bridge, |_, b| {
+            if !b.trunks.contains(iface) {
+                return Err(Error::NotFound(format!("unknown trunk: {iface}")));
+            }
+            self.os.vsctl(&["--if-exists", "del-port", bridge, iface])?;
+            b.trunks.remove(iface);
+            Ok(())
+        })
+    }
+
+    /// `bridge tunnel vxlan|gre BR REMOTE [KEY]`: a trunk port to another
+    /// host; its name.
+    pub(crate) fn tunnel(
+        &self,
+        kind: Kind,
+        bridge: &str,
+        remote: &str,
+        key: Option<u32>,
+    ) -> Result<String> {
+        let ip: std::net::IpAddr = remote
+            .parse()
+            .map_err(|_| Error::Usage(format!("`{remote}` is not an IP address")))?;
+        if let Some(k) = key {
+            if k > kind.max_key() {
+                return Err(Error::Usage(format!(
+                    "a {} key is at most {} ({} bits); {k} is larger",
+                    kind.as_str(),
+                    kind.max_key(),
+                    if kind == Kind::Vxlan { 24 } else { 32 }
+                )));
+            }
+        }
+        self.with_bridge(bridge, |st, b| {
+            let port = self.fresh(st);
+            let ty = format!("type={}", kind.as_str());
+            let rip = format!("options:remote_ip={ip}");
+            let k = key.map(|k| format!("options:key={k}"));
+            let mut args = vec![
+                "add-port",
+                bridge,
+                &port,
+                "--",
+                "set",
+                "interface",
+                &port,
+                &ty,
+                &rip,
+            ];
+            args.extend(k.as_deref());
+            if let Err(e) = self.os.vsctl(&args) {
+                let _ = self.os.vsctl(&["--if-exists", "del-port", bridge, &port]);
+                return Err(Error::Net(format!(
+                    "this node's Open vSwitch ({} datapath) cannot make a {} tunnel: {e}",
+                    self.datapath().map(|d| d.as_str()).unwrap_or("unknown"),
+                    kind.as_str()
+                )));
+            }
+            b.tunnels.insert(
+                port.clone(),
+                Tunnel {
+                    kind,
+                    remote: ip.to_string(),
+                    key,
+                },
+            );
+            Ok(port)
+        })
+    }
+
+    pub(crate) fn notunnel(&self, bridge: &str, port: &str) -> Result<()> {
+        self.existing(bridge)?;
+        self.with_bridge(bridge, |_, b| {
+            if !b.tunnels.contains_key(port) {
+                return Err(Error::NotFound(format!("unknown tunnel: {port}")));
+            }
+            self.os.vsctl(&["--if-exists", "del-port", bridge, port])?;
+            b.tunnels.remove(port);
+            Ok(())
+        })
+    }
+
+    /// `bridge config BR KEY=VALUE`.
+    pub(crate) fn config(&self, bridge: &str, kv: &str) -> Result<()> {
+        let Some((k, v)) = kv.split_once('=') else {
+            return Err(Error::Usage(format!("expected key=value, not `{kv}`")));
+        };
+        let key_ok = !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-:".contains(c));
+        if !key_ok || v.is_empty() {
+            return Err(Error::Usage(format!("expected key=value, not `{kv}`")));
+        }
+        self.with_bridge(bridge, |_, b| {
+            self.os.vsctl(&["set", "bridge", bridge, kv])?;
+            b.config.insert(k.to_string(), v.to_string());
+            Ok(())
+        })
+    }
+
+    fn existing(&self, bridge: &str) -> Result<()> {
+        if self.state().bridges.contains_key(bridge) {
+            Ok(())
+        } else {
+            Err(Error::NotFound(format!(
+                "bridge not found: {bridge} (mm has not used it)"
+            )))
+        }
+    }
+
+    /// `bridge destroy BR`: mm's ports on it go, and the bridge unless it
+    /// was there before mm. A VM's NIC on it is left disconnected.
+    pub(crate) fn destroy(&self, bridge: &str) -> Result<()> {
+        let mut st = self.state();
+        let Some(b) = st.bridges.get(bridge).cloned() else {
+            return Err(Error::NotFound(format!(
+                "bridge not found: {bridge} (mm has not used it)"
+            )));
+        };
+        self.tear_down(&mut st, bridge, &b)
+    }
+
+    fn tear_down(&self, st: &mut State, bridge: &str, b: &Bridge) -> Result<()> {
+        let on: Vec<String> = st
+            .taps
+            .iter()
+            .filter(|(_, t)| t.bridge == bridge)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in on {
+            let vm = matches!(st.taps[&n].owner, Owner::Vm { .. });
+            if vm && !st.taps[&n].vlan.is_none() {
+                let _ = self.os.vsctl(&["--if-exists", "del-port", bridge, &n]);
+                if let Some(t) = st.taps.get_mut(&n) {
+                    t.vlan = None;
+                    let t = t.clone();
+                    self.save_tap(&n, Some(&t));
+                }
+            } else if !vm {
+                self.remove_tap(st, &n);
+            }
+        }
+        if b.preexisting {
+            for p in b.trunks.iter().chain(b.tunnels.keys()) {
+                self.os.vsctl(&["--if-exists", "del-port", bridge, p])?;
+            }
+        } else {
+            self.os.vsctl(&["--if-exists", "del-br", bridge])?;
+        }
+        st.bridges.remove(bridge);
+        self.save_bridge(bridge, None);
+        Ok(())
+    }
+
+    /// `bridge`: every bridge mm uses.
+    pub(crate) fn list(&self) -> Vec<BridgeRow> {
+        let st = self.state();
+        st.bridges
+            .iter()
+            .map(|(name, b)| {
+                let mut vlans: Vec<(u16, String)> = st
+                    .taps
+                    .values()
+                    .filter(|t| t.bridge == *name)
+                    .filter_map(|t| Some((t.vlan?, Nic::show_vlan(t.alias.as_deref(), t.vlan))))
+                    .collect();
+                vlans.sort();
+                vlans.dedup();
+                let datapath = if b.preexisting {
+                    self.os
+                        .vsctl(&["get", "bridge", name, "datapath_type"])
+                        .map(|d| match d.trim().trim_matches('"') {
+                            "" => "system".to_string(),
+                            d => d.to_string(),
+                        })
+                        .unwrap_or_else(|_| "unknown".into())
+                } else {
+                    self.datapath()
+                        .map(|d| d.as_str().to_string())
+                        .unwrap_or_else(|_| "unknown".into())
+                };
+                BridgeRow {
+                    name: name.clone(),
+                    preexisting: b.preexisting,
+                    vlans: vlans.into_iter().map(|(_, s)| s).collect(),
+                    trunks: b.trunks.iter().cloned().collect(),
+                    tunnels: b.tunnels.keys().cloned().collect(),
+                    config: serde_json::to_string(&b.config).unwrap_or_default(),
+                    datapath,
+                }
+            })
+            .collect()
+    }
+
+    /// `ns bridge` on one host: `bridge` with RSTP on (the mesh has loops)
+    /// and one `kind` tunnel with `key` to each of `remotes`; tunnels of
+    /// the bridge to anywhere else (a host that left) go. Its tunnels.
+    pub(crate) fn join_mesh(
+        &self,
+        bridge: &str,
+        kind: Kind,
+        key: u32,
+        remotes: &[String],
+    ) -> Result<Vec<String>> {
+        self.config(bridge, "rstp_enable=true")?;
+        let stale: Vec<String> = {
+            let st = self.state();
+            let b = &st.bridges[bridge];
+            b.tunnels
+                .iter()
+                .filter(|(_, t)| {
+                    !(t.kind == kind && t.key == Some(key) && remotes.contains(&t.remote))
+                })
+                .map(|(p, _)| p.clone())
+                .collect()
+        };
+        for p in stale {
+            self.notunnel(bridge, &p)?;
+        }
+        let have: Vec<String> = self.state().bridges[bridge]
+            .tunnels
+            .values()
+            .map(|t| t.remote.clone())
+            .collect();
+        for r in remotes.iter().filter(|r| !have.contains(r)) {
+            self.tunnel(kind, bridge, r, Some(key))?;
+        }
+        Ok(self.state().bridges[bridge]
+            .tunnels
+            .keys()
+            .cloned()
+            .collect())
+    }
+
+    /// On the node's way down (and at a start after a crash): every tap
+    /// goes, every bridge mm created, mm's ports on the others.
+    pub(crate) fn stop(&self) {
+        let mut st = self.state();
+        let taps: Vec<String> = st.taps.keys().cloned().collect();
+        for t in taps {
+            self.remove_tap(&mut st, &t);
+        }
+        let bridges: Vec<(String, Bridge)> = st
+            .bridges
+            .iter()
+            .map(|(n, b)| (n.clone(), b.clone()))
+            .collect();
+        for (n, b) in bridges {
+            if let Err(e) = self.tear_down(&mut st, &n, &b) {
+                tracing::warn!("cannot remove bridge {n}: {e}; it is removed at the next start");
+                // Kept recorded for the next start.
+                self.save_bridge(&n, Some(&b));
+            }
+        }
+    }
+}
+
+/// One row of `bridge`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct BridgeRow {
+    pub(crate) name: String,
+    pub(crate) preexisting: bool,
+    pub(crate) vlans: Vec<String>,
+    pub(crate) trunks: Vec<String>,
+    pub(crate) tunnels: Vec<String>,
+    pub(crate) config: String,
+    pub(crate) datapath: String,
+}
+
+/// An address with its prefix length, as `ip addr add` takes it.
+fn check_cidr(a: &str) -> Result<String> {
+    let (ip, len) = a.split_once('/').unwrap_or((a, ""));
+    let parsed: std::result::Result<std::net::IpAddr, _> = ip.parse();
+    let max = match parsed {
+        Ok(std::net::IpAddr::V4(_)) => 32,
+        Ok(std::net::IpAddr::V6(_)) => 128,
+        Err(_) => {
+            return Err(Error::Usage(format!(
+                "`{a}` is not an address such as 10.0.0.1/24"
+            )))
+        }
+    };
+    match len.parse::<u8>() {
+        Ok(n) if n <= max => Ok(a.to_string()),
+        _ => Err(Error::Usage(format!(
+            "`{a}`: give the prefix length too, such as {ip}/24"
+        ))),
+    }
+}
+
+/// `ns bridge`'s full mesh: for each host, the endpoints of all the others.
+pub(crate) fn mesh_plan(hosts: &[(String, String)]) -> BTreeMap<String, Vec<String>> {
+    hosts
+        .iter()
+        .map(|(h, _)| {
+            let remotes = hosts
+                .iter()
+                .filter(|(o, _)| o != h)
+                .map(|(_, ip)| ip.clone())
+                .collect();
+            (h.clone(), remotes)
+        })
+        .collect()
+}
+
+/// A node's networking over the recording fake, for tests; the fake, and
+/// the database's directory (kept while they are used).
+#[cfg(test)]
+pub(crate) fn fake() -> (Arc<Net>, Arc<os::Fake>, tempfile::TempDir) {
+    let (dir, meta) = crate::vm::temp_meta();
+    let os = Arc::new(os::Fake::default());
+    let net = Arc::new(Net::open(os.clone(), meta, Some(Datapath::Netdev)));
+    (net, os, dir)
+}
+
+#[cfg(test)]
+mod tests;

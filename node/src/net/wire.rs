@@ -1,0 +1,164 @@
+//! What other nodes ask of this one about networking, as typed requests
+//! inside `proto::Request::Net` (CBOR, as the answers): `ns bridge` from a
+//! namespace's head, a VLAN alias from a host that runs a command the head
+//! sent, a VM's NIC moved by `vm net`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use mm_overlay::wire::encode;
+use serde::{Deserialize, Serialize};
+
+use super::Kind;
+use crate::proto::Request;
+use crate::{Error, Node, Result};
+
+/// Most remote endpoints one `Mesh` may carry: a bound on the ports a peer
+/// makes this node create.
+pub(crate) const MAX_REMOTES: usize = 4096;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Ask {
+    /// The addresses a tunnel may reach this node at (answer:
+    /// `Vec<String>`, best first).
+    Addrs,
+    /// `ns bridge` here: the bridge, RSTP on, one tunnel to each remote
+    /// (answer: `Vec<String>`, its tunnel ports).
+    Mesh {
+        bridge: String,
+        kind: Kind,
+        key: u32,
+        remotes: Vec<String>,
+    },
+    /// `ns del-bridge` here (answer: `()`; a bridge that is not here is
+    /// no error).
+    Destroy { bridge: String },
+    /// The id of a VLAN word in a namespace, asked of the node a command
+    /// came from, so that every node agrees on an alias (answer: `(u16,
+    /// Option<String>)`).
+    Vlan { namespace: String, word: String },
+    /// `vm net connect|disconnect` (answer: `bool`, whether the VM is
+    /// here).
+    Connect {
+        namespace: String,
+        vm: String,
+        pos: usize,
+        /// (bridge, None: the one it is on; vlan; alias).
+        to: Option<(Option<String>, u16, Option<String>)>,
+    },
+}
+
+/// Answers `ask` on this node.
+pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
+    if let Ask::Addrs = ask {
+        return Ok(encode(&addrs(node).await?));
+    }
+    let node = node.clone();
+    // Bridges and taps are made by running programs: off the async threads.
+    tokio::task::spawn_blocking(move || {
+        Ok(match ask {
+            Ask::Addrs => unreachable!("answered above"),
+            Ask::Mesh {
+                bridge,
+                kind,
+                key,
+                remotes,
+            } => {
+                if remotes.len() > MAX_REMOTES {
+                    return Err(Error::Refused(format!(
+                        "a tunnel mesh of {} hosts: at most {MAX_REMOTES}",
+                        remotes.len()
+                    )));
+                }
+                super::netspec::check_ifname("bridge", &bridge)?;
+                encode(&node.net.join_mesh(&bridge, kind, key, &remotes)?)
+            }
+            Ask::Destroy { bridge } => match node.net.destroy(&bridge) {
+                Ok(()) | Err(Error::NotFound(_)) => encode(&()),
+                Err(e) => return Err(e),
+            },
+            Ask::Vlan { namespace, word } => encode(&node.ns.lookup_vlan(&namespace, &word)?),
+            Ask::Connect {
+                namespace,
+                vm,
+                pos,
+                to,
+            } => encode(&node.vms.connect(&node.net, &namespace, &vm, pos, to)?),
+        })
+    })
+    .await?
+}
+
+/// This node's addresses as the overlay announces them, but loopback,
+/// link-local and those of its own host taps (a tunnel must not ride on
+/// the network it carries): IPv4 first.
+async fn addrs(node: &Arc<Node>) -> Result<Vec<String>> {
+    let s = node.overlay.snapshot().await?;
+    let taps = node.net.tap_ips();
+    let mine = s
+        .nodes
+        .get(&s.name)
+        .map(|n| n.addrs.clone())
+        .unwrap_or_default();
+    let mut ips: Vec<std::net::IpAddr> = Vec::new();
+    for a in mine.iter().chain(s.listen.iter()) {
+        let Some(ip) = ip_of(a) else { continue };
+        let link_local = match ip {
+            std::net::IpAddr::V4(v) => v.is_link_local(),
+            std::net::IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if ip.is_loopback() || ip.is_unspecified() || link_local {
+            continue;
+        }
+        if taps.contains(&ip.to_string()) || ips.contains(&ip) {
+            continue;
+        }
+        ips.push(ip);
+    }
+    ips.sort_by_key(|ip| ip.is_ipv6());
+    Ok(ips.into_iter().map(|ip| ip.to_string()).collect())
+}
+
+/// The IP of a multiaddr such as `/ip4/10.0.0.1/tcp/9000`.
+fn ip_of(a: &str) -> Option<std::net::IpAddr> {
+    let mut parts = a.split('/').skip(1);
+    match (parts.next(), parts.next()) {
+        (Some("ip4" | "ip6"), Some(ip)) => ip.parse().ok(),
+        _ => None,
+    }
+}
+
+/// Asks each host its own question, all at once, this node directly.
+pub(crate) async fn ask_each<T: serde::de::DeserializeOwned>(
+    node: &Arc<Node>,
+    asks: Vec<(String, Ask)>,
+    timeout: Duration,
+) -> Vec<(String, Result<T>)> {
+    let calls = asks.into_iter().map(|(host, ask)| {
+        let sent = ask.clone();
+        crate::inbound::ask_host(
+            node,
+            host,
+            move || Request::Net { ask: encode(&sent) },
+            move || answer(node, ask),
+            timeout,
+        )
+    });
+    join_all(calls).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn multiaddrs_give_their_ip() {
+        assert_eq!(
+            ip_of("/ip4/10.77.0.2/tcp/9000"),
+            Some("10.77.0.2".parse().unwrap())
+        );
+        assert_eq!(ip_of("/ip6/::1/tcp/9000"), Some("::1".parse().unwrap()));
+        assert_eq!(ip_of("/dns/x/tcp/1"), None);
+    }
+}
