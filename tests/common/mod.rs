@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 #[allow(unused_imports)]
-pub(crate) use lab::Lab;
+pub(crate) use lab::{Lab, Opts};
 #[allow(unused_imports)]
 pub(crate) use node::{cluster_key, overlay_links, Node};
 

@@ -322,7 +322,18 @@ impl Net {
         if internal {
             args.extend(["--", "set", "interface", port, "type=internal"]);
         }
-        self.os.vsctl(&args).map(|_| ())
+        self.vsctl_port(bridge, port, &args)
+    }
+
+    /// An `ovs-vsctl` that adds `port`: one that OVS could not set up is
+    /// still recorded in its database (the exit code is 0), so it is
+    /// taken out again.
+    fn vsctl_port(&self, bridge: &str, port: &str, args: &[&str]) -> Result<()> {
+        if let Err(e) = self.os.vsctl(args) {
+            let _ = self.os.vsctl(&["--if-exists", "del-port", bridge, port]);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// A VM's NIC: a tap on its bridge with its VLAN's tag; its name.
@@ -566,7 +577,7 @@ impl Net {
             if st.taps.contains_key(iface) {
                 return Err(Error::Usage(format!("{iface} is one of mm's taps")));
             }
-            self.os.vsctl(&["add-port", bridge, iface])?;
+            self.vsctl_port(bridge, iface, &["add-port", bridge, iface])?;
             b.trunks.insert(iface.to_string());
             Ok(())
         })
@@ -623,8 +634,7 @@ impl Net {
                 &rip,
             ];
             args.extend(k.as_deref());
-            if let Err(e) = self.os.vsctl(&args) {
-                let _ = self.os.vsctl(&["--if-exists", "del-port", bridge, &port]);
+            if let Err(e) = self.vsctl_port(bridge, &port, &args) {
                 return Err(Error::Net(format!(
                     "this node's Open vSwitch ({} datapath) cannot make a {} tunnel: {e}",
                     self.datapath().map(|d| d.as_str()).unwrap_or("unknown"),
