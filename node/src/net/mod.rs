@@ -100,7 +100,7 @@ pub(crate) struct Bridge {
 pub(crate) enum Owner {
     /// A VM's NIC: a kernel tap that QEMU holds.
     Vm { namespace: String, id: u64 },
-    /// `tap create`: an OVS internal port, the host's own NIC on a VLAN.
+    /// `tap create`: a tap that OVS holds, the host's own NIC on a VLAN.
     Host { namespace: String },
 }
 
@@ -311,7 +311,7 @@ impl Net {
         port: &str,
         vlan: u16,
         qinq: bool,
-        internal: bool,
+        host: bool,
     ) -> Result<()> {
         let tag = format!("tag={vlan}");
         let mut args = vec!["add-port", bridge, port, &tag];
@@ -319,8 +319,11 @@ impl Net {
             // The VM's own tags are kept inside this one.
             args.extend(["--", "set", "port", port, "vlan_mode=dot1q-tunnel"]);
         }
-        if internal {
-            args.extend(["--", "set", "interface", port, "type=internal"]);
+        if host {
+            // A tap OVS holds, not an "internal" port: OVS leaves internal
+            // ports out of RSTP, and with RSTP on (ns bridge) a port
+            // outside it gets no flooded frames, so no ARP requests.
+            args.extend(["--", "set", "interface", port, "type=tap"]);
         }
         self.vsctl_port(bridge, port, &args)
     }

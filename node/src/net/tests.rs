@@ -106,7 +106,7 @@ fn host_taps_trunks_tunnels_and_config_issue_what_minimega_issues() {
     assert_eq!(
         os.take(),
         [
-            "ovs-vsctl add-port br0 vtap tag=101 -- set interface vtap type=internal",
+            "ovs-vsctl add-port br0 vtap tag=101 -- set interface vtap type=tap",
             "ip link set vtap up",
             "ip addr add 10.0.0.1/24 dev vtap",
         ]

@@ -21,7 +21,7 @@ pub(crate) const MAX_REMOTES: usize = 4096;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Ask {
     /// The addresses a tunnel may reach this node at (answer:
-    /// `Vec<String>`, best first).
+    /// `Vec<String>`, best first); an error if its OVS is not there.
     Addrs,
     /// `ns bridge` here: the bridge, RSTP on, one tunnel to each remote
     /// (answer: `Vec<String>`, its tunnel ports).
@@ -52,6 +52,10 @@ pub(crate) enum Ask {
 /// Answers `ask` on this node.
 pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
     if let Ask::Addrs = ask {
+        // A host whose OVS is not there gets no tunnels, nor do the
+        // others to it: it fails here, before the mesh is planned.
+        let n = node.clone();
+        tokio::task::spawn_blocking(move || n.net.datapath()).await??;
         return Ok(encode(&addrs(node).await?));
     }
     let node = node.clone();
