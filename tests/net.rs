@@ -205,15 +205,31 @@ fn vlans_stay_apart(kind: &str) {
     }
     // Host taps: A on n1 and n2, B on n3 with n2's address. The aliases
     // are the head's, asked by each host.
-    on(&head, "n1", &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.1/24"]);
-    on(&head, "n2", &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.2/24"]);
-    on(&head, "n3", &["tap", "create", "B", "bridge", "foo", "ip", "10.0.0.2/24"]);
+    on(
+        &head,
+        "n1",
+        &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.1/24"],
+    );
+    on(
+        &head,
+        "n2",
+        &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.2/24"],
+    );
+    on(
+        &head,
+        "n3",
+        &["tap", "create", "B", "bridge", "foo", "ip", "10.0.0.2/24"],
+    );
     let v: HashMap<String, String> = rows(&head.json(&["vlans"]))
         .into_iter()
         .map(|r| (r["alias"].clone(), r["vlan"].clone()))
         .collect();
     assert_eq!((v["A"].as_str(), v["B"].as_str()), ("101", "102"), "{v:?}");
-    let (t1, t2, t3) = (tap_of(&head, "n1"), tap_of(&head, "n2"), tap_of(&head, "n3"));
+    let (t1, t2, t3) = (
+        tap_of(&head, "n1"),
+        tap_of(&head, "n2"),
+        tap_of(&head, "n3"),
+    );
     let rows2 = rows(&head.json(&["mesh", "send", "n2", "namespace", "foo", "tap"]));
     assert_eq!(rows2[0]["vlan"], "A (101)");
     let (h1, h2, h3) = (lab.ns(2), lab.ns(3), lab.ns(4));
@@ -224,7 +240,12 @@ fn vlans_stay_apart(kind: &str) {
     // A new port forwards once RSTP lets it, about 3 s.
     if !(0..60).any(|_| ping(&h1, &t1, "10.0.0.2")) {
         if std::env::var_os("MM_HOLD").is_some() {
-            eprintln!("HOLDING: {h1} {h2} {h3} taps {t1} {t2} {t3} ovs {} {} {}", lab.ovs(2).db(), lab.ovs(3).db(), lab.ovs(4).db());
+            eprintln!(
+                "HOLDING: {h1} {h2} {h3} taps {t1} {t2} {t3} ovs {} {} {}",
+                lab.ovs(2).db(),
+                lab.ovs(3).db(),
+                lab.ovs(4).db()
+            );
             std::thread::sleep(Duration::from_secs(900));
         }
         panic!("n1 never reached n2 on VLAN A");
@@ -232,14 +253,21 @@ fn vlans_stay_apart(kind: &str) {
     for _ in 0..3 {
         assert!(ping(&h1, &t1, "10.0.0.2"));
     }
-    assert_eq!(neighbour(&h1, "10.0.0.2"), m2, "n1 reached the wrong 10.0.0.2");
+    assert_eq!(
+        neighbour(&h1, "10.0.0.2"),
+        m2,
+        "n1 reached the wrong 10.0.0.2"
+    );
     // VLAN B has no 10.0.0.1.
     for _ in 0..3 {
         assert!(!ping(&h3, &t3, "10.0.0.1"), "VLAN B reached VLAN A");
     }
     let leaked = quiet.frames();
     assert!(leaked.is_empty(), "VLAN B saw VLAN A's frames: {leaked:?}");
-    assert!(!heard.frames().is_empty(), "the control capture saw nothing");
+    assert!(
+        !heard.frames().is_empty(),
+        "the control capture saw nothing"
+    );
 
     // One real QEMU VM with a NIC on A: its tap joins the bridge tagged.
     head.mm(&["vm", "config", "memory", "32"]);
@@ -249,7 +277,11 @@ fn vlans_stay_apart(kind: &str) {
     head.mm(&["vm", "launch", "kvm", "1"]);
     let vm = &rows(&head.json(&["vm", "info"]))[0];
     assert_eq!(
-        (vm["host"].as_str(), vm["vlan"].as_str(), vm["bridge"].as_str()),
+        (
+            vm["host"].as_str(),
+            vm["vlan"].as_str(),
+            vm["bridge"].as_str()
+        ),
         ("n2", "[A (101)]", "[foo]"),
         "{vm:?}"
     );
@@ -260,17 +292,17 @@ fn vlans_stay_apart(kind: &str) {
     assert!(link.contains("LOWER_UP"), "{link}");
     // vm net moves it: off the bridge, then onto B.
     head.mm(&["vm", "net", "disconnect", "vm-0", "0"]);
-    assert_eq!(rows(&head.json(&["vm", "info"]))[0]["vlan"], "[disconnected]");
+    assert_eq!(
+        rows(&head.json(&["vm", "info"]))[0]["vlan"],
+        "[disconnected]"
+    );
     head.mm(&["vm", "net", "connect", "vm-0", "0", "B"]);
     assert_eq!(rows(&head.json(&["vm", "info"]))[0]["vlan"], "[B (102)]");
     assert_eq!(lab.ovs(3).vsctl(&["get", "port", &vtap, "tag"]), "102");
 
     // Negative control: n1 without its tunnels reaches nothing; `ns
     // bridge` again mends the mesh.
-    let n1_ports: Vec<String> = r
-        .iter()
-        .find(|row| row["host"] == "n1")
-        .unwrap()["tunnels"]
+    let n1_ports: Vec<String> = r.iter().find(|row| row["host"] == "n1").unwrap()["tunnels"]
         .trim_matches(['[', ']'])
         .split_whitespace()
         .map(str::to_string)
@@ -284,22 +316,36 @@ fn vlans_stay_apart(kind: &str) {
     }
     let (r, errors) = ns_bridge(&head, kind);
     assert!(errors.is_empty(), "{errors:?}");
-    assert!(r.iter().all(|row| row["tunnels"].split_whitespace().count() == 2), "{r:?}");
+    assert!(
+        r.iter()
+            .all(|row| row["tunnels"].split_whitespace().count() == 2),
+        "{r:?}"
+    );
     wait_for("n1 to reach n2 again", LONG, || {
         ping(&h1, &t1, "10.0.0.2").then_some(())
     });
     // Another key breaks it too: n1's tunnels to n2 and n3 with a key
     // of their own.
-    let ports: Vec<String> = lab.ovs(2).vsctl(&["list-ports", "foo"]).lines().map(str::to_string).collect();
+    let ports: Vec<String> = lab
+        .ovs(2)
+        .vsctl(&["list-ports", "foo"])
+        .lines()
+        .map(str::to_string)
+        .collect();
     for p in ports.iter().filter(|p| *p != &t1) {
         head.mm(&["mesh", "send", "n1", "bridge", "notunnel", "foo", p]);
     }
     for ip in [lab.ip(3), lab.ip(4)] {
-        head.mm(&["mesh", "send", "n1", "bridge", "tunnel", kind, "foo", &ip, "4242"]);
+        head.mm(&[
+            "mesh", "send", "n1", "bridge", "tunnel", kind, "foo", &ip, "4242",
+        ]);
     }
     std::thread::sleep(Duration::from_secs(4));
     for _ in 0..3 {
-        assert!(!ping(&h1, &t1, "10.0.0.2"), "n1 reached n2 through another key");
+        assert!(
+            !ping(&h1, &t1, "10.0.0.2"),
+            "n1 reached n2 through another key"
+        );
     }
 
     // Cleanup: flush takes the VM's tap, clear namespace the bridges and
@@ -338,16 +384,33 @@ fn a_node_that_stops_removes_its_taps_and_bridges_but_not_others() {
     n1.wait_size(2, LONG);
     let ovs = lab.ovs(2);
     // A bridge that was there before mm: mm uses it, and leaves it.
-    ovs.vsctl(&["add-br", "old", "--", "set", "bridge", "old", "datapath_type=netdev"]);
+    ovs.vsctl(&[
+        "add-br",
+        "old",
+        "--",
+        "set",
+        "bridge",
+        "old",
+        "datapath_type=netdev",
+    ]);
     n1.mm(&["tap", "create", "LAN", "ip", "10.0.0.1/24"]);
     n1.mm(&["tap", "create", "LAN", "bridge", "old"]);
     // A trunk: a device of the host's own (a veth here).
     let ns2 = lab.ns(2);
-    let made = in_ns(&ns2, &["ip", "link", "add", "tr0", "type", "veth", "peer", "name", "tr1"]);
+    let made = in_ns(
+        &ns2,
+        &[
+            "ip", "link", "add", "tr0", "type", "veth", "peer", "name", "tr1",
+        ],
+    );
     assert!(made.status.success(), "{}", text(&made));
     n1.mm(&["bridge", "trunk", "old", "tr0"]);
     let out = n1.try_mm(&["bridge", "trunk", "old", "nodev0"]);
-    assert!(text(&out).contains("could not open network device nodev0"), "{}", text(&out));
+    assert!(
+        text(&out).contains("could not open network device nodev0"),
+        "{}",
+        text(&out)
+    );
     let b = rows(&n1.json(&["bridge"]));
     let pre: HashMap<String, String> = b
         .iter()
@@ -358,19 +421,36 @@ fn a_node_that_stops_removes_its_taps_and_bridges_but_not_others() {
     assert!(b.iter().all(|r| r["datapath"] == "netdev"), "{b:?}");
     // Errors that say what is wrong.
     for (args, why) in [
-        (vec!["bridge", "tunnel", "vxlan", "old", "10.0.0.9", "16777216"], "at most 16777215"),
-        (vec!["bridge", "notunnel", "old", "nope"], "unknown tunnel: nope"),
+        (
+            vec!["bridge", "tunnel", "vxlan", "old", "10.0.0.9", "16777216"],
+            "at most 16777215",
+        ),
+        (
+            vec!["bridge", "notunnel", "old", "nope"],
+            "unknown tunnel: nope",
+        ),
         (vec!["tap", "create", "4096"], "from 1 to 4095"),
         (vec!["tap", "delete", "nope"], "unknown tap: nope"),
-        (vec!["vm", "config", "net", "a,b,c,d,e,f"], "malformed netspec"),
+        (
+            vec!["vm", "config", "net", "a,b,c,d,e,f"],
+            "malformed netspec",
+        ),
     ] {
         let out = n1.try_mm(&args);
-        assert!(!out.status.success() && text(&out).contains(why), "{args:?}: {}", text(&out));
+        assert!(
+            !out.status.success() && text(&out).contains(why),
+            "{args:?}: {}",
+            text(&out)
+        );
     }
     // mm on head has no OVS: networking fails and says how to start it;
     // the rest goes on.
     let out = head.try_mm(&["tap", "create", "LAN"]);
-    assert!(text(&out).contains("Open vSwitch is not running"), "{}", text(&out));
+    assert!(
+        text(&out).contains("Open vSwitch is not running"),
+        "{}",
+        text(&out)
+    );
     assert!(text(&out).contains("--ovs-db"), "{}", text(&out));
     head.mm(&["mesh", "status"]);
     n1.stop(false);
@@ -381,4 +461,56 @@ fn a_node_that_stops_removes_its_taps_and_bridges_but_not_others() {
         .filter(|d| d.starts_with("mega_"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Two sites that share no layer 2 and no multicast, joined by a router:
+/// mDNS finds the nodes of each site, one dial joins the sites into one
+/// mesh, and `ns bridge` carries one VLAN across.
+#[test]
+fn one_vlan_spans_two_routed_sites() {
+    // Site A: head (h1), n1 (h2); site B: n2 (h3), n3 (h4).
+    let (lab, head, hosts) = lab(vec![2, 2]);
+    head.wait_size(2, LONG);
+    hosts[2].wait_size(2, LONG);
+    // mDNS stays in its site: nothing crosses the router before a dial.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(head.size(), 2, "mDNS crossed the router");
+    head.mm(&["mesh", "dial", &format!("{}:9000", lab.ip(3))]);
+    for n in hosts.iter().chain([&head]) {
+        n.wait_size(4, LONG);
+    }
+    let all = rows(&head.json(&["mesh", "send", "all", "mesh", "status"]));
+    let mut names: Vec<&str> = all.iter().map(|r| r["host"].as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["n1", "n2", "n3"], "{all:?}");
+    head.mm(&["namespace", "foo"]);
+    let (r, errors) = ns_bridge(&head, "vxlan");
+    assert!(errors.is_empty(), "{errors:?}");
+    let ends: HashMap<String, String> = r
+        .iter()
+        .map(|row| (row["host"].clone(), row["endpoint"].clone()))
+        .collect();
+    assert_eq!(ends["n1"], lab.ip(2));
+    assert_eq!(ends["n3"], lab.ip(4));
+    on(
+        &head,
+        "n1",
+        &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.1/24"],
+    );
+    on(
+        &head,
+        "n3",
+        &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.3/24"],
+    );
+    on(
+        &head,
+        "n2",
+        &["tap", "create", "B", "bridge", "foo", "ip", "10.0.0.3/24"],
+    );
+    let (t1, t3) = (tap_of(&head, "n1"), tap_of(&head, "n3"));
+    let (h1, h3) = (lab.ns(2), lab.ns(4));
+    wait_for("site A to reach site B on VLAN A", LONG, || {
+        ping(&h1, &t1, "10.0.0.3").then_some(())
+    });
+    assert_eq!(neighbour(&h1, "10.0.0.3"), mac(&h3, &t3));
 }

@@ -305,14 +305,7 @@ impl Net {
 
     /// Adds port `port` to `bridge` with `vlan`'s tag; checks that OVS could
     /// open it.
-    fn add_port(
-        &self,
-        bridge: &str,
-        port: &str,
-        vlan: u16,
-        qinq: bool,
-        host: bool,
-    ) -> Result<()> {
+    fn add_port(&self, bridge: &str, port: &str, vlan: u16, qinq: bool, host: bool) -> Result<()> {
         let tag = format!("tag={vlan}");
         let mut args = vec!["add-port", bridge, port, &tag];
         if qinq {
