@@ -24,10 +24,10 @@ pub(super) static SPECS: &[Spec] = &[
         patterns: &[
             "vlans",
             "vlans add <alias> <vlan>",
-            "vlans range",
-            "vlans range <min> <max>",
-            "vlans blacklist",
-            "vlans blacklist <vlan>",
+            "vlans <range,>",
+            "vlans <range,> <min> <max>",
+            "vlans <blacklist,>",
+            "vlans <blacklist,> <vlan>",
         ],
         short: "show or set the VLAN aliases of the active namespace",
         long: "With no argument, lists the aliases of the active namespace (alias, vlan). An \
@@ -54,11 +54,11 @@ pub(super) static SPECS: &[Spec] = &[
         patterns: &[
             "tap",
             "tap create <vlan> bridge <bridge> ip <ip> [name]",
-            "tap create <vlan> bridge <bridge> dhcp [name]",
+            "tap create <vlan> bridge <bridge> <dhcp,> [name]",
             "tap create <vlan> bridge <bridge> name <name>",
             "tap create <vlan> bridge <bridge> [name]",
             "tap create <vlan> ip <ip> [name]",
-            "tap create <vlan> dhcp [name]",
+            "tap create <vlan> <dhcp,> [name]",
             "tap create <vlan> name <name>",
             "tap create <vlan> [name]",
             "tap delete <tap>",
@@ -562,4 +562,34 @@ async fn vm_net(cx: &Ctx, c: &Call) -> Out {
         return cx.ok();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{grammar, specs};
+
+    fn parse(line: &str) -> grammar::Call {
+        let argv: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+        grammar::parse(specs(), &argv).unwrap().1
+    }
+
+    #[test]
+    fn tap_and_bridge_lines_read_as_meant() {
+        let c = parse("tap create LAN dhcp");
+        assert!(c.has("dhcp") && c.arg("name").is_none());
+        let c = parse("tap create LAN bridge br0 ip 10.0.0.1/24 t0");
+        assert_eq!(
+            (c.arg("bridge"), c.arg("ip"), c.arg("name")),
+            (Some("br0"), Some("10.0.0.1/24"), Some("t0"))
+        );
+        let c = parse("tap create LAN name t1");
+        assert_eq!(c.arg("name"), Some("t1"));
+        assert!(parse("vlans blacklist").has("blacklist"));
+        assert!(parse("vlans range 1 2").has("range"));
+        assert!(parse("bridge notrunk br0 eth1").has("notrunk"));
+        assert!(parse("bridge destroy br0").has("destroy"));
+        let c = parse("bridge config br0 rstp_enable=true");
+        assert!(c.has("config") && c.arg("setting") == Some("rstp_enable=true"));
+        assert!(parse("ns bridge foo vxlan").has("vxlan"));
+    }
 }

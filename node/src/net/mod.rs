@@ -710,7 +710,7 @@ impl Net {
             .collect();
         for n in on {
             let vm = matches!(st.taps[&n].owner, Owner::Vm { .. });
-            if vm && !st.taps[&n].vlan.is_none() {
+            if vm && st.taps[&n].vlan.is_some() {
                 let _ = self.os.vsctl(&["--if-exists", "del-port", bridge, &n]);
                 if let Some(t) = st.taps.get_mut(&n) {
                     t.vlan = None;

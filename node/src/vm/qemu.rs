@@ -156,15 +156,13 @@ impl Qemu {
         let start = Instant::now();
         while let Err(e) = qmp_at(&sock, name, "query-status") {
             if let Ok(Some(st)) = child.try_wait() {
-                let why = format!("{name}: qemu exited at start ({st}): {}", last_words(&dir));
-                let _ = std::fs::remove_dir_all(&dir);
+                let why = format!("{name}: qemu exited at start ({st}): {}", last_words(dir));
                 return Err(Error::Vm(why));
             }
             if start.elapsed() > QMP_WAIT {
                 let _ = child.kill();
                 let _ = child.wait();
                 let why = format!("{name}: qemu did not answer on QMP within {QMP_WAIT:?} ({e})");
-                let _ = std::fs::remove_dir_all(&dir);
                 return Err(Error::Vm(why));
             }
             std::thread::sleep(Duration::from_millis(10));
