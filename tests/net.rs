@@ -294,6 +294,19 @@ fn vlans_stay_apart(kind: &str) {
     // QEMU holds it: the link is up.
     let link = text(&in_ns(&h2, &["ip", "link", "show", &vtap]));
     assert!(link.contains("LOWER_UP"), "{link}");
+    // vm info shows the IP the NIC is seen with in ARP on its bridge. The
+    // diskless guest says nothing, so n2's host tap stands in for its
+    // NIC: it takes the VM's MAC and asks for 10.0.0.1.
+    let vmac = vm["mac"].trim_matches(['[', ']']).to_string();
+    assert_eq!(vm["ip"], "[]", "{vm:?}");
+    let set = in_ns(&h2, &["ip", "link", "set", &t2, "address", &vmac]);
+    assert!(set.status.success(), "{}", text(&set));
+    in_ns(&h2, &["ip", "neigh", "flush", "dev", &t2]);
+    wait_for("vm info to show the VM's IP", LONG, || {
+        ping(&h2, &t2, "10.0.0.1");
+        let v = &rows(&head.json(&["vm", "info"]))[0];
+        (v["ip"] == "[10.0.0.2]").then_some(())
+    });
     // vm net moves it: off the bridge, then onto B.
     head.mm(&["vm", "net", "disconnect", "vm-0", "0"]);
     assert_eq!(

@@ -44,7 +44,9 @@ pub(super) static SPECS: &[Spec] = &[
         patterns: &["vm info"],
         short: "list the VMs of the namespace, on every host",
         long: "Columns: id (per host), name, state (BUILDING, RUNNING, PAUSED, QUIT, ERROR), \
-               uptime (since launch), type, vcpus, memory (MiB), disk, vlan, pid, tags, accel \
+               uptime (since launch), type, vcpus, memory (MiB), disk, vlan (per NIC: LAN (101), or \
+               disconnected), bridge, tap, mac, ip and ip6 (what each NIC was seen using in ARP and \
+               neighbour discovery on its bridge), pid, tags, accel \
                (kvm, or tcg where /dev/kvm does not work), error (why a VM is ERROR: what its \
                QEMU said, or a restart of its node), and the host column. A host that does \
                not answer gets an error line; the others still answer.",
@@ -140,7 +142,7 @@ pub(super) fn reach(cx: &Ctx, ns: &Namespace) -> Vec<String> {
 
 const INFO: &[&str] = &[
     "id", "name", "state", "uptime", "type", "vcpus", "memory", "disk", "vlan", "bridge", "tap",
-    "mac", "pid", "tags", "accel", "error",
+    "mac", "ip", "ip6", "pid", "tags", "accel", "error",
 ];
 
 /// A list column as minimega shows one: `[a b]`.
@@ -170,6 +172,8 @@ fn info_row(v: &Vm, now: u64) -> Vec<String> {
         brackets(v.nics.iter().map(|n| n.bridge.as_str())),
         brackets(v.nics.iter().map(|n| n.tap.as_str())),
         brackets(v.nics.iter().map(|n| n.mac.as_str())),
+        brackets(v.nics.iter().map(|n| n.ip.as_str())),
+        brackets(v.nics.iter().map(|n| n.ip6.as_str())),
         v.pid.to_string(),
         config::show_tags(&c.tags),
         v.accel.clone(),

@@ -20,6 +20,7 @@ use crate::{Error, Result};
 
 pub(crate) mod netspec;
 pub(crate) mod os;
+pub(crate) mod snoop;
 pub(crate) mod vlans;
 pub(crate) mod wire;
 
@@ -151,6 +152,8 @@ pub(crate) struct Net {
     want: Option<Datapath>,
     datapath: Mutex<Option<Datapath>>,
     st: Mutex<State>,
+    /// The IPs VMs were seen with on the bridges.
+    snoop: snoop::Snooper,
 }
 
 /// The bridge a probe makes to learn whether the kernel datapath works.
@@ -167,6 +170,7 @@ impl Net {
             want,
             datapath: Mutex::new(None),
             st: Mutex::new(State::default()),
+            snoop: snoop::Snooper::default(),
         };
         let mut left = State::default();
         for (k, r) in net.meta.all::<Record>(TREE) {
@@ -287,7 +291,37 @@ impl Net {
         };
         self.save_bridge(name, Some(&b));
         st.bridges.insert(name.to_string(), b);
+        self.snoop_on(name);
         Ok(())
+    }
+
+    /// As minimega: every ARP frame and neighbour solicitation or
+    /// advertisement is copied to the bridge's own port (it gets only
+    /// flooded ones otherwise), where the snooper reads them. Without it
+    /// `vm info` shows fewer IPs; nothing else depends on it.
+    fn snoop_on(&self, bridge: &str) {
+        for flow in [
+            "dl_type=0x0806,actions=local,normal",
+            "dl_type=0x86dd,nw_proto=58,icmp_type=135,actions=local,normal",
+            "dl_type=0x86dd,nw_proto=58,icmp_type=136,actions=local,normal",
+        ] {
+            if let Err(e) = self.os.ofctl("add-flow", bridge, flow) {
+                tracing::warn!("bridge {bridge}: vm info shows fewer IPs: {e}");
+                break;
+            }
+        }
+        if self.os.packets() {
+            self.snoop.watch(bridge);
+        }
+    }
+
+    /// The addresses `mac` was seen with: (IPv4, IPv6), empty if none.
+    pub(crate) fn seen(&self, mac: &str) -> (String, String) {
+        let s = self.snoop.seen(mac);
+        (
+            s.ip.map(|i| i.to_string()).unwrap_or_default(),
+            s.ip6.map(|i| i.to_string()).unwrap_or_default(),
+        )
     }
 
     fn fresh(&self, st: &mut State) -> String {
@@ -702,6 +736,7 @@ impl Net {
     }
 
     fn tear_down(&self, st: &mut State, bridge: &str, b: &Bridge) -> Result<()> {
+        self.snoop.unwatch(bridge);
         let on: Vec<String> = st
             .taps
             .iter()

@@ -20,6 +20,13 @@ pub(crate) trait Os: Send + Sync {
     fn has_dev(&self, name: &str) -> bool;
     /// Asks DHCP for an address on `dev`.
     fn dhcp(&self, dev: &str) -> Result<()>;
+    /// `ovs-ofctl ARGS` against `bridge` (its name is the last argument
+    /// but one: `add-flow BRIDGE FLOW`).
+    fn ofctl(&self, verb: &str, bridge: &str, arg: &str) -> Result<()>;
+    /// Whether bridges' frames can be read here (not in the fake).
+    fn packets(&self) -> bool {
+        true
+    }
 }
 
 /// How long one `ovs-vsctl` may wait for the database and for
@@ -141,6 +148,27 @@ impl Os for Real {
         !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
     }
 
+    fn ofctl(&self, verb: &str, bridge: &str, arg: &str) -> Result<()> {
+        // A bridge's OpenFlow socket is in ovs-vswitchd's run directory:
+        // the system's is where ovs-ofctl looks; for another database,
+        // the directory of its socket.
+        let target = match self.db.as_deref().and_then(|d| d.strip_prefix("unix:")) {
+            Some(sock) => {
+                let dir = Path::new(sock).parent().unwrap_or(Path::new("/"));
+                format!("unix:{}/{bridge}.mgmt", dir.display())
+            }
+            None => bridge.to_string(),
+        };
+        let (ok, _, err) = run("ovs-ofctl", &[verb, &target, arg], Duration::from_secs(10))?;
+        if !ok {
+            return Err(Error::Net(format!(
+                "ovs-ofctl {verb} {target} {arg} failed: {}",
+                err.trim()
+            )));
+        }
+        Ok(())
+    }
+
     fn dhcp(&self, dev: &str) -> Result<()> {
         // One try, bounded: a VLAN with no DHCP server is an error, not
         // a client left running.
@@ -241,5 +269,13 @@ impl Os for Fake {
 
     fn dhcp(&self, dev: &str) -> Result<()> {
         self.call(format!("dhclient -1 {dev}"))
+    }
+
+    fn ofctl(&self, verb: &str, bridge: &str, arg: &str) -> Result<()> {
+        self.call(format!("ovs-ofctl {verb} {bridge} {arg}"))
+    }
+
+    fn packets(&self) -> bool {
+        false
     }
 }

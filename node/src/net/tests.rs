@@ -26,6 +26,9 @@ fn vm_taps_join_their_bridge_tagged_and_go_with_the_vm() {
         [
             "ovs-vsctl add-br mega_bridge -- set bridge mega_bridge datapath_type=netdev",
             "ip link set mega_bridge up",
+            "ovs-ofctl add-flow mega_bridge dl_type=0x0806,actions=local,normal",
+            "ovs-ofctl add-flow mega_bridge dl_type=0x86dd,nw_proto=58,icmp_type=135,actions=local,normal",
+            "ovs-ofctl add-flow mega_bridge dl_type=0x86dd,nw_proto=58,icmp_type=136,actions=local,normal",
             "ip tuntap add mode tap mega_tap0",
             "ip link set mega_tap0 up",
             "ovs-vsctl add-port mega_bridge mega_tap0 tag=101",
@@ -106,6 +109,9 @@ fn host_taps_trunks_tunnels_and_config_issue_what_minimega_issues() {
     assert_eq!(
         os.take(),
         [
+            "ovs-ofctl add-flow br0 dl_type=0x0806,actions=local,normal",
+            "ovs-ofctl add-flow br0 dl_type=0x86dd,nw_proto=58,icmp_type=135,actions=local,normal",
+            "ovs-ofctl add-flow br0 dl_type=0x86dd,nw_proto=58,icmp_type=136,actions=local,normal",
             "ovs-vsctl add-port br0 vtap tag=101 -- set interface vtap type=tap",
             "ip link set vtap up",
             "ip addr add 10.0.0.1/24 dev vtap",

@@ -72,6 +72,11 @@ pub(crate) struct NicState {
     pub(crate) vlan: Option<u16>,
     pub(crate) alias: Option<String>,
     pub(crate) driver: String,
+    /// What it was seen with on its bridge (`vm info`); filled when asked.
+    #[serde(default)]
+    pub(crate) ip: String,
+    #[serde(default)]
+    pub(crate) ip6: String,
 }
 
 /// The edge to the processes: QEMU for real, a recording fake in tests.

@@ -57,6 +57,8 @@ impl Qemu {
                     vlan: Some(nic.vlan),
                     alias: nic.alias.clone(),
                     driver: nic.driver.clone(),
+                    ip: String::new(),
+                    ip6: String::new(),
                 }),
                 Err(e) => {
                     self.net.release_vm(namespace, id);

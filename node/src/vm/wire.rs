@@ -70,7 +70,13 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
                 crate::ns::check_name(&namespace)?;
                 encode(&vms.launch(&namespace, &b)?)
             }
-            Ask::Info { namespace } => encode(&vms.info(&namespace)),
+            Ask::Info { namespace } => {
+                let mut all = vms.info(&namespace);
+                for nic in all.iter_mut().flat_map(|v| v.nics.iter_mut()) {
+                    (nic.ip, nic.ip6) = node.net.seen(&nic.mac);
+                }
+                encode(&all)
+            }
             Ask::Act {
                 namespace,
                 op,
