@@ -530,6 +530,32 @@ fn one_vlan_spans_two_routed_sites() {
         ping(&h1, &t1, "10.0.0.3").then_some(())
     });
     assert_eq!(neighbour(&h1, "10.0.0.3"), mac(&h3, &t3));
+    // A host that leaves the namespace leaves the mesh of tunnels when
+    // ns bridge runs again; the others keep theirs.
+    head.mm(&["ns", "del-hosts", "n2"]);
+    let (r, errors) = ns_bridge(&head, "vxlan");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert!(
+        r.iter()
+            .all(|row| row["tunnels"].split_whitespace().count() == 1),
+        "{r:?}"
+    );
+    ping(&h1, &t1, "10.0.0.3")
+        .then_some(())
+        .expect("n1 lost n3");
+    assert!(
+        !devices(&lab.ns(3)).contains(&"foo".to_string()),
+        "n2 kept the bridge after it left the namespace"
+    );
+    // clear namespace takes its host taps too, on mega_bridge as well.
+    on(&head, "n1", &["tap", "create", "C", "ip", "10.0.1.1/24"]);
+    head.mm(&["clear", "namespace", "foo"]);
+    let left: Vec<String> = devices(&h1)
+        .into_iter()
+        .filter(|d| d.starts_with("mega_tap"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 /// The VLAN commands and netspecs on one node: no OVS is needed until a

@@ -413,13 +413,21 @@ async fn ns_bridge(cx: &Ctx, c: &Call) -> Out {
         Some(b) if b.kind == kind => b.key,
         _ => random_key(kind),
     };
+    let before = ns
+        .bridges
+        .get(&br)
+        .map(|b| b.hosts.clone())
+        .unwrap_or_default();
     cx.node.ns.update(&name, |n| {
-        n.bridges.insert(br.clone(), NsBridge { kind, key });
+        let hosts = n.hosts.union(&before).cloned().collect();
+        n.bridges.insert(br.clone(), NsBridge { kind, key, hosts });
         Ok(())
     })?;
     let t = cx.node.send_timeout();
+    // Hosts that left the namespace lose the bridge.
+    let left: Vec<String> = before.difference(&ns.hosts).cloned().collect();
+    let mut out = del_bridge(cx, &left, &br).await;
     let hosts: Vec<(String, Ask)> = ns.hosts.iter().map(|h| (h.clone(), Ask::Addrs)).collect();
-    let mut out = Vec::new();
     let mut ends = Vec::new();
     for (h, r) in ask_each::<Vec<String>>(&cx.node, hosts, t).await {
         match r {
@@ -456,6 +464,16 @@ async fn ns_bridge(cx: &Ctx, c: &Call) -> Out {
             Err(e) => out.push(Response::error(&h, e)),
         }
     }
+    if out.is_empty() {
+        // Only hosts that failed (and will get it next time) stay on
+        // the record beside the namespace's.
+        cx.node.ns.update(&name, |n| {
+            if let Some(b) = n.bridges.get_mut(&br) {
+                b.hosts = n.hosts.clone();
+            }
+            Ok(())
+        })?;
+    }
     out.insert(
         0,
         Response::table(cx.me(), &["host", "endpoint", "tunnels"], rows),
@@ -486,6 +504,31 @@ pub(super) async fn del_bridge(cx: &Ctx, hosts: &[String], br: &str) -> Vec<Resp
         .collect()
 }
 
+/// Removes the host taps of namespace `ns` on each of `hosts` (`clear
+/// namespace`); the hosts that failed, as error rows.
+pub(super) async fn clear_taps(cx: &Ctx, hosts: &[String], ns: &str) -> Vec<Response> {
+    let asks = hosts
+        .iter()
+        .map(|h| {
+            (
+                h.clone(),
+                Ask::Taps {
+                    namespace: ns.to_string(),
+                },
+            )
+        })
+        .collect();
+    ask_each::<usize>(&cx.node, asks, cx.node.send_timeout())
+        .await
+        .into_iter()
+        .filter_map(|(h, r)| {
+            r.err().map(|e| {
+                Response::error(&h, format!("its host taps of {ns} were not removed: {e}"))
+            })
+        })
+        .collect()
+}
+
 async fn ns_del_bridge(cx: &Ctx, c: &Call) -> Out {
     refuse_remote(
         cx,
@@ -499,7 +542,7 @@ async fn ns_del_bridge(cx: &Ctx, c: &Call) -> Out {
             "bridge is not associated with namespace {name}: {br}"
         )));
     }
-    let hosts: Vec<String> = ns.hosts.iter().cloned().collect();
+    let hosts: Vec<String> = ns.hosts.union(&ns.bridges[br].hosts).cloned().collect();
     let errors = del_bridge(cx, &hosts, br).await;
     cx.node.ns.update(&name, |n| {
         n.bridges.remove(br);

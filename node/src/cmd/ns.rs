@@ -33,8 +33,8 @@ pub(super) static SPECS: &[Spec] = &[
         id: "clear namespace",
         patterns: &["clear namespace [name]"],
         short: "remove a namespace",
-        long: "Removes NAME (the active namespace if none is given), its VMs and the bridges ns \
-               bridge made on its hosts, and returns to mm if it was active. Clearing mm resets it to this node alone.",
+        long: "Removes NAME (the active namespace if none is given), its VMs, its host taps and \
+               the bridges ns bridge made on its hosts, and returns to mm if it was active. Clearing mm resets it to this node alone.",
         run: |cx, c| clear(cx, c).boxed(),
     },
     Spec {
@@ -229,9 +229,11 @@ async fn clear(cx: &Ctx, c: &Call) -> Out {
     // Then its bridges (`ns bridge`), on every host.
     let hosts: Vec<String> = ns.hosts.iter().cloned().collect();
     let mut gone = Vec::new();
-    for br in ns.bridges.keys() {
-        gone.extend(super::net::del_bridge(cx, &hosts, br).await);
+    for (br, b) in &ns.bridges {
+        let on: Vec<String> = ns.hosts.union(&b.hosts).cloned().collect();
+        gone.extend(super::net::del_bridge(cx, &on, br).await);
     }
+    gone.extend(super::net::clear_taps(cx, &hosts, &name).await);
     cx.node.ns.clear(&name)?;
     let mut errors: Vec<Response> = answers
         .into_iter()

@@ -38,6 +38,9 @@ pub(crate) enum Ask {
     /// came from, so that every node agrees on an alias (answer: `(u16,
     /// Option<String>)`).
     Vlan { namespace: String, word: String },
+    /// `clear namespace`: remove the namespace's host taps here (answer:
+    /// `usize`, how many).
+    Taps { namespace: String },
     /// `vm net connect|disconnect` (answer: `bool`, whether the VM is
     /// here).
     Connect {
@@ -82,6 +85,7 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
                 Ok(()) | Err(Error::NotFound(_)) => encode(&()),
                 Err(e) => return Err(e),
             },
+            Ask::Taps { namespace } => encode(&node.net.delete_host_taps(&namespace, "all")?),
             Ask::Vlan { namespace, word } => encode(&node.ns.lookup_vlan(&namespace, &word)?),
             Ask::Connect {
                 namespace,

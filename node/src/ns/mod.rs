@@ -62,6 +62,10 @@ pub(crate) struct Namespace {
 pub(crate) struct NsBridge {
     pub(crate) kind: crate::net::Kind,
     pub(crate) key: u32,
+    /// The hosts it was made on: one that left the namespace has it
+    /// removed at the next `ns bridge`.
+    #[serde(default)]
+    pub(crate) hosts: BTreeSet<String>,
 }
 
 /// VMs `vm launch TYPE NAMES` queued together, with the config of then.
