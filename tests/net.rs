@@ -157,6 +157,17 @@ fn on(head: &Node, host: &str, args: &[&str]) -> String {
     head.mm(&full)
 }
 
+/// `tap create VLAN bridge foo ip ADDR` on each host, in namespace foo.
+fn host_taps(head: &Node, taps: &[(&str, &str, &str)]) {
+    for (host, vlan, ip) in taps {
+        on(
+            head,
+            host,
+            &["tap", "create", vlan, "bridge", "foo", "ip", ip],
+        );
+    }
+}
+
 fn tap_of(head: &Node, host: &str) -> String {
     let out = head.json(&["mesh", "send", host, "namespace", "foo", "tap"]);
     let r = rows(&out);
@@ -207,20 +218,13 @@ fn vlans_stay_apart(kind: &str) {
     }
     // Host taps: A on n1 and n2, B on n3 with n2's address. The aliases
     // are the head's, asked by each host.
-    on(
+    host_taps(
         &head,
-        "n1",
-        &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.1/24"],
-    );
-    on(
-        &head,
-        "n2",
-        &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.2/24"],
-    );
-    on(
-        &head,
-        "n3",
-        &["tap", "create", "B", "bridge", "foo", "ip", "10.0.0.2/24"],
+        &[
+            ("n1", "A", "10.0.0.1/24"),
+            ("n2", "A", "10.0.0.2/24"),
+            ("n3", "B", "10.0.0.2/24"),
+        ],
     );
     let v: HashMap<String, String> = rows(&head.json(&["vlans"]))
         .into_iter()
@@ -509,20 +513,13 @@ fn one_vlan_spans_two_routed_sites() {
         .collect();
     assert_eq!(ends["n1"], lab.ip(2));
     assert_eq!(ends["n3"], lab.ip(4));
-    on(
+    host_taps(
         &head,
-        "n1",
-        &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.1/24"],
-    );
-    on(
-        &head,
-        "n3",
-        &["tap", "create", "A", "bridge", "foo", "ip", "10.0.0.3/24"],
-    );
-    on(
-        &head,
-        "n2",
-        &["tap", "create", "B", "bridge", "foo", "ip", "10.0.0.3/24"],
+        &[
+            ("n1", "A", "10.0.0.1/24"),
+            ("n3", "A", "10.0.0.3/24"),
+            ("n2", "B", "10.0.0.3/24"),
+        ],
     );
     let (t1, t3) = (tap_of(&head, "n1"), tap_of(&head, "n3"));
     let (h1, h3) = (lab.ns(2), lab.ns(4));

@@ -82,3 +82,26 @@ where
     let out = got.and_then(|b| decode::<T>(&b).map_err(Into::into));
     (host, out)
 }
+
+/// [`ask_host`] for each host with its own question, all at once: `wrap`
+/// makes a question the request that carries it, `here` answers it on this
+/// node.
+pub(crate) async fn ask_many<'a, A, T, F>(
+    node: &'a Node,
+    asks: Vec<(String, A)>,
+    wrap: fn(Vec<u8>) -> Request,
+    here: impl Fn(A) -> F,
+    timeout: std::time::Duration,
+) -> Vec<(String, Result<T>)>
+where
+    A: serde::Serialize,
+    T: serde::de::DeserializeOwned,
+    F: std::future::Future<Output = Result<Vec<u8>>> + 'a,
+{
+    let calls = asks.into_iter().map(|(host, ask)| {
+        let body = encode(&ask);
+        let answer = &here;
+        ask_host(node, host, move || wrap(body), move || answer(ask), timeout)
+    });
+    futures::future::join_all(calls).await
+}

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use mm_overlay::wire::encode;
 use serde::{Deserialize, Serialize};
 
@@ -111,7 +110,9 @@ async fn addrs(node: &Arc<Node>) -> Result<Vec<String>> {
         .unwrap_or_default();
     let mut ips: Vec<std::net::IpAddr> = Vec::new();
     for a in mine.iter().chain(s.listen.iter()) {
-        let Some(ip) = ip_of(a) else { continue };
+        let Some(ip) = crate::files::data::ip_of(a) else {
+            continue;
+        };
         let link_local = match ip {
             std::net::IpAddr::V4(v) => v.is_link_local(),
             std::net::IpAddr::V6(v) => (v.segments()[0] & 0xffc0) == 0xfe80,
@@ -128,45 +129,18 @@ async fn addrs(node: &Arc<Node>) -> Result<Vec<String>> {
     Ok(ips.into_iter().map(|ip| ip.to_string()).collect())
 }
 
-/// The IP of a multiaddr such as `/ip4/10.0.0.1/tcp/9000`.
-fn ip_of(a: &str) -> Option<std::net::IpAddr> {
-    let mut parts = a.split('/').skip(1);
-    match (parts.next(), parts.next()) {
-        (Some("ip4" | "ip6"), Some(ip)) => ip.parse().ok(),
-        _ => None,
-    }
-}
-
 /// Asks each host its own question, all at once, this node directly.
 pub(crate) async fn ask_each<T: serde::de::DeserializeOwned>(
     node: &Arc<Node>,
     asks: Vec<(String, Ask)>,
     timeout: Duration,
 ) -> Vec<(String, Result<T>)> {
-    let calls = asks.into_iter().map(|(host, ask)| {
-        let sent = ask.clone();
-        crate::inbound::ask_host(
-            node,
-            host,
-            move || Request::Net { ask: encode(&sent) },
-            move || answer(node, ask),
-            timeout,
-        )
-    });
-    join_all(calls).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn multiaddrs_give_their_ip() {
-        assert_eq!(
-            ip_of("/ip4/10.77.0.2/tcp/9000"),
-            Some("10.77.0.2".parse().unwrap())
-        );
-        assert_eq!(ip_of("/ip6/::1/tcp/9000"), Some("::1".parse().unwrap()));
-        assert_eq!(ip_of("/dns/x/tcp/1"), None);
-    }
+    crate::inbound::ask_many(
+        node,
+        asks,
+        |ask| Request::Net { ask },
+        |a| answer(node, a),
+        timeout,
+    )
+    .await
 }

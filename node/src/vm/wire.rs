@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use mm_overlay::wire::encode;
 use serde::{Deserialize, Serialize};
 
@@ -105,17 +104,14 @@ pub(crate) async fn ask_each<T: serde::de::DeserializeOwned>(
     asks: Vec<(String, Ask)>,
     timeout: Duration,
 ) -> Vec<(String, Result<T>)> {
-    let calls = asks.into_iter().map(|(host, ask)| {
-        let sent = ask.clone();
-        crate::inbound::ask_host(
-            node,
-            host,
-            move || Request::Vm { ask: encode(&sent) },
-            move || answer(node, ask),
-            timeout,
-        )
-    });
-    join_all(calls).await
+    crate::inbound::ask_many(
+        node,
+        asks,
+        |ask| Request::Vm { ask },
+        |a| answer(node, a),
+        timeout,
+    )
+    .await
 }
 
 /// [`ask_each`] with the same question for every host.

@@ -211,7 +211,7 @@ fn lost(e: String) -> DataError {
     DataError::Miss(Miss::Lost(e))
 }
 
-fn ip_of(multiaddr: &str) -> Option<IpAddr> {
+pub(crate) fn ip_of(multiaddr: &str) -> Option<IpAddr> {
     let mut parts = multiaddr.split('/').skip(1);
     match (parts.next(), parts.next()) {
         (Some("ip4" | "ip6"), Some(ip)) => ip.parse().ok(),

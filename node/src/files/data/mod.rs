@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use client::{DataClient, DataError};
+pub(crate) use client::{ip_of, DataClient, DataError};
 pub(crate) use server::DataServer;
 
 pub(super) const TICKET_TTL: Duration = Duration::from_secs(30);
