@@ -356,10 +356,18 @@ fn vlans_stay_apart(kind: &str) {
     for p in ports.iter().filter(|p| *p != &t1) {
         head.mm(&["mesh", "send", "n1", "bridge", "notunnel", "foo", p]);
     }
+    let mut wrong = Vec::new();
     for ip in [lab.ip(3), lab.ip(4)] {
-        head.mm(&[
+        let out = head.json(&[
             "mesh", "send", "n1", "bridge", "tunnel", kind, "foo", &ip, "4242",
         ]);
+        wrong.push(
+            out[0]["response"]
+                .as_str()
+                .unwrap_or_default()
+                .trim()
+                .to_string(),
+        );
     }
     std::thread::sleep(Duration::from_secs(4));
     for _ in 0..3 {
@@ -367,6 +375,11 @@ fn vlans_stay_apart(kind: &str) {
             !ping(&h1, &t1, "10.0.0.2"),
             "n1 reached n2 through another key"
         );
+    }
+    // Tunnels made by hand are not the namespace's: clear namespace would
+    // leave them (and their bridge), so they go by hand.
+    for p in &wrong {
+        head.mm(&["mesh", "send", "n1", "bridge", "notunnel", "foo", p]);
     }
 
     // Cleanup: flush takes the VM's tap, clear namespace the bridges and
@@ -474,9 +487,30 @@ fn a_node_that_stops_removes_its_taps_and_bridges_but_not_others() {
     );
     assert!(text(&out).contains("--ovs-db"), "{}", text(&out));
     head.mm(&["mesh", "status"]);
+    // A port that exists is not mm's to add, nor to take away.
+    let out = n1.try_mm(&["bridge", "trunk", "br-phy", "eth0"]);
+    assert!(text(&out).contains("already exists"), "{}", text(&out));
+    assert_eq!(ovs.vsctl(&["port-to-br", "eth0"]), "br-phy");
+    // A setting of a bridge that was there before mm comes back.
+    n1.mm(&["bridge", "config", "old", "rstp_enable=true"]);
+    // vm info follows a NIC whose bridge is destroyed under it.
+    n1.mm(&["vm", "config", "memory", "32"]);
+    n1.mm(&["vm", "config", "net", "LAN"]);
+    n1.mm(&["vm", "launch", "kvm", "1"]);
+    assert_eq!(rows(&n1.json(&["vm", "info"]))[0]["vlan"], "[LAN (101)]");
+    n1.mm(&["bridge", "destroy", "mega_bridge"]);
+    assert_eq!(rows(&n1.json(&["vm", "info"]))[0]["vlan"], "[disconnected]");
     n1.stop(false);
     assert_eq!(ovs.vsctl(&["list-br"]), "br-phy\nold");
     assert_eq!(ovs.vsctl(&["list-ports", "old"]), "");
+    assert_eq!(ovs.vsctl(&["get", "bridge", "old", "rstp_enable"]), "false");
+    let mgmt = format!("unix:{}/old.mgmt", ovs.dir.path().display());
+    let flows = Command::new("ovs-ofctl")
+        .args(["dump-flows", &mgmt])
+        .output()
+        .unwrap();
+    let flows = text(&flows);
+    assert!(!flows.contains("LOCAL"), "mm left flows on old: {flows}");
     let left: Vec<String> = devices(&lab.ns(2))
         .into_iter()
         .filter(|d| d.starts_with("mega_"))
@@ -527,6 +561,11 @@ fn one_vlan_spans_two_routed_sites() {
         ping(&h1, &t1, "10.0.0.3").then_some(())
     });
     assert_eq!(neighbour(&h1, "10.0.0.3"), mac(&h3, &t3));
+    // VLAN B, with n3's address, reaches nothing of VLAN A.
+    let t2 = tap_of(&head, "n2");
+    for _ in 0..3 {
+        assert!(!ping(&lab.ns(3), &t2, "10.0.0.1"), "VLAN B reached VLAN A");
+    }
     // A host that leaves the namespace leaves the mesh of tunnels when
     // ns bridge runs again; the others keep theirs.
     head.mm(&["ns", "del-hosts", "n2"]);

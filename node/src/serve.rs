@@ -140,11 +140,19 @@ pub async fn serve(opts: Options) -> Result<()> {
         .as_deref()
         .map(crate::net::Datapath::parse)
         .transpose()?;
-    let net = std::sync::Arc::new(crate::net::Net::open(
-        std::sync::Arc::new(crate::net::os::Real::new(opts.ovs_db.clone())),
-        meta.clone(),
-        datapath,
-    ));
+    // Opening removes what a killed node left, by running programs: off
+    // the async threads.
+    let (db, m) = (opts.ovs_db.clone(), meta.clone());
+    let net = std::sync::Arc::new(
+        tokio::task::spawn_blocking(move || {
+            crate::net::Net::open(
+                std::sync::Arc::new(crate::net::os::Real::new(db)),
+                m,
+                datapath,
+            )
+        })
+        .await?,
+    );
     let vms = crate::vm::Vms::open(
         std::sync::Arc::new(crate::vm::qemu::Qemu::new(&opts.base, net.clone())),
         meta.clone(),
@@ -181,7 +189,8 @@ pub async fn serve(opts: Options) -> Result<()> {
     // A node that stops takes its VMs with it.
     node.vms.kill_all();
     // Then their taps, and the bridges this node made.
-    node.net.stop();
+    let n = node.clone();
+    let _ = tokio::task::spawn_blocking(move || n.net.stop()).await;
     node.background.kill_all();
     if let Err(e) = meta.flush() {
         warn!("flushing metadata: {e}");

@@ -276,10 +276,9 @@ async fn tap(cx: &Ctx, c: &Call) -> Out {
         return cx.ok();
     }
     let Some(word) = c.arg("vlan") else {
-        let rows = cx
-            .node
-            .net
-            .host_taps(&ns)
+        let (node, n) = (cx.node.clone(), ns.clone());
+        let rows = blocking(move || Ok(node.net.host_taps(&n)))
+            .await?
             .into_iter()
             .map(|(b, t, v)| vec![b, t, v])
             .collect();
@@ -413,6 +412,15 @@ async fn ns_bridge(cx: &Ctx, c: &Call) -> Out {
         Some(b) if b.kind == kind => b.key,
         _ => random_key(kind),
     };
+    // A mesh of the other kind before: its tunnels go.
+    let prune: Vec<u32> = ns
+        .bridges
+        .get(&br)
+        .filter(|b| b.key != key)
+        .map(|b| b.key)
+        .into_iter()
+        .collect();
+    let old_key = ns.bridges.get(&br).map(|b| b.key);
     let before = ns
         .bridges
         .get(&br)
@@ -426,7 +434,7 @@ async fn ns_bridge(cx: &Ctx, c: &Call) -> Out {
     let t = cx.node.send_timeout();
     // Hosts that left the namespace lose the bridge.
     let left: Vec<String> = before.difference(&ns.hosts).cloned().collect();
-    let mut out = del_bridge(cx, &left, &br).await;
+    let mut out = del_bridge(cx, &left, &br, &name, old_key).await;
     let hosts: Vec<(String, Ask)> = ns.hosts.iter().map(|h| (h.clone(), Ask::Addrs)).collect();
     let mut ends = Vec::new();
     for (h, r) in ask_each::<Vec<String>>(&cx.node, hosts, t).await {
@@ -449,6 +457,7 @@ async fn ns_bridge(cx: &Ctx, c: &Call) -> Out {
                     bridge: br.clone(),
                     kind,
                     key,
+                    prune: prune.clone(),
                     remotes,
                 },
             )
@@ -481,15 +490,25 @@ async fn ns_bridge(cx: &Ctx, c: &Call) -> Out {
     Ok(out)
 }
 
-/// Removes `br` on each of `hosts`; the hosts that failed, as error rows.
-pub(super) async fn del_bridge(cx: &Ctx, hosts: &[String], br: &str) -> Vec<Response> {
+/// Takes namespace `ns`'s mesh (`key`) and host taps off `br` on each of
+/// `hosts`, and the bridge where nothing else of mm's is on it; the hosts
+/// that failed, as error rows.
+pub(super) async fn del_bridge(
+    cx: &Ctx,
+    hosts: &[String],
+    br: &str,
+    ns: &str,
+    key: Option<u32>,
+) -> Vec<Response> {
     let asks = hosts
         .iter()
         .map(|h| {
             (
                 h.clone(),
-                Ask::Destroy {
+                Ask::Leave {
                     bridge: br.to_string(),
+                    namespace: ns.to_string(),
+                    key,
                 },
             )
         })
@@ -543,7 +562,7 @@ async fn ns_del_bridge(cx: &Ctx, c: &Call) -> Out {
         )));
     }
     let hosts: Vec<String> = ns.hosts.union(&ns.bridges[br].hosts).cloned().collect();
-    let errors = del_bridge(cx, &hosts, br).await;
+    let errors = del_bridge(cx, &hosts, br, &name, Some(ns.bridges[br].key)).await;
     cx.node.ns.update(&name, |n| {
         n.bridges.remove(br);
         Ok(())

@@ -231,7 +231,7 @@ async fn clear(cx: &Ctx, c: &Call) -> Out {
     let mut gone = Vec::new();
     for (br, b) in &ns.bridges {
         let on: Vec<String> = ns.hosts.union(&b.hosts).cloned().collect();
-        gone.extend(super::net::del_bridge(cx, &on, br).await);
+        gone.extend(super::net::del_bridge(cx, &on, br, &name, Some(b.key)).await);
     }
     gone.extend(super::net::clear_taps(cx, &hosts, &name).await);
     cx.node.ns.clear(&name)?;

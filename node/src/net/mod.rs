@@ -95,6 +95,10 @@ pub(crate) struct Bridge {
     pub(crate) tunnels: BTreeMap<String, Tunnel>,
     /// `bridge config` settings.
     pub(crate) config: BTreeMap<String, String>,
+    /// On a bridge that was there before mm: each setting mm changed, as
+    /// it was (None: unset), put back when mm is done with the bridge.
+    #[serde(default)]
+    pub(crate) before: BTreeMap<String, Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,6 +120,9 @@ pub(crate) struct Tap {
     /// A host tap's address, if it was given one.
     #[serde(default)]
     pub(crate) ip: Option<String>,
+    /// A dhclient runs for it.
+    #[serde(default)]
+    pub(crate) dhcp: bool,
 }
 
 /// A host tap's address.
@@ -158,6 +165,25 @@ pub(crate) struct Net {
 
 /// The bridge a probe makes to learn whether the kernel datapath works.
 const PROBE: &str = "mm-probe";
+
+/// Most bridges mm uses on a node: each costs OVS a bridge and this node
+/// a reader thread, and other nodes can ask for them.
+const MAX_BRIDGES: usize = 256;
+
+const SNOOP_FLOWS: [&str; 3] = [
+    "dl_type=0x0806,actions=local,normal",
+    "dl_type=0x86dd,nw_proto=58,icmp_type=135,actions=local,normal",
+    "dl_type=0x86dd,nw_proto=58,icmp_type=136,actions=local,normal",
+];
+
+/// The bridge settings `bridge config` takes (and `other_config:KEY`).
+const CONFIG_KEYS: &[&str] = &[
+    "rstp_enable",
+    "stp_enable",
+    "mcast_snooping_enable",
+    "fail_mode",
+    "protocols",
+];
 
 impl Net {
     /// Removes what a node that was killed left (its records in `meta`);
@@ -223,6 +249,14 @@ impl Net {
         }
     }
 
+    /// Whether OVS answers here (and which datapath it has): a host
+    /// whose OVS is down gets no tunnels, nor do the others to it.
+    pub(crate) fn check(&self) -> Result<()> {
+        self.os
+            .vsctl(&["get", "Open_vSwitch", ".", "ovs_version"])?;
+        self.datapath().map(|_| ())
+    }
+
     /// The datapath new bridges get.
     pub(crate) fn datapath(&self) -> Result<Datapath> {
         if let Some(d) = self.want {
@@ -246,11 +280,15 @@ impl Net {
             "datapath_type=system",
         ]);
         let d = match made {
-            Ok(_) if self.os.has_dev(PROBE) => Datapath::System,
-            Ok(_) | Err(Error::Net(_)) => Datapath::Netdev,
-            Err(e) => return Err(e),
+            Ok(_) if self.os.has_dev(PROBE) => Some(Datapath::System),
+            Ok(_) | Err(Error::Net(_)) => Some(Datapath::Netdev),
+            Err(_) => None,
         };
+        // On every path: a probe that timed out may still be recorded.
         let _ = self.os.vsctl(&["--if-exists", "del-br", PROBE]);
+        let Some(d) = d else {
+            return made.map(|_| Datapath::Netdev);
+        };
         tracing::info!("Open vSwitch datapath: {}", d.as_str());
         *dp = Some(d);
         Ok(d)
@@ -265,6 +303,11 @@ impl Net {
         check_ifname("bridge", name)?;
         if st.taps.contains_key(name) {
             return Err(Error::Usage(format!("{name} is a tap, not a bridge")));
+        }
+        if st.bridges.len() >= MAX_BRIDGES {
+            return Err(Error::Refused(format!(
+                "mm already uses {MAX_BRIDGES} bridges here; bridge destroy some first"
+            )));
         }
         let preexisting = match self.os.vsctl(&["br-exists", name]) {
             Ok(_) => true,
@@ -291,21 +334,20 @@ impl Net {
         };
         self.save_bridge(name, Some(&b));
         st.bridges.insert(name.to_string(), b);
-        self.snoop_on(name);
+        self.snoop_on(name, preexisting);
         Ok(())
     }
 
     /// As minimega: every ARP frame and neighbour solicitation or
     /// advertisement is copied to the bridge's own port (it gets only
-    /// flooded ones otherwise), where the snooper reads them. Without it
+    /// flooded ones otherwise), where the snooper reads them; but only on
+    /// a bridge mm made (another's flows are its owner's). Without them
     /// `vm info` shows fewer IPs; nothing else depends on it.
-    fn snoop_on(&self, bridge: &str) {
-        for flow in [
-            "dl_type=0x0806,actions=local,normal",
-            "dl_type=0x86dd,nw_proto=58,icmp_type=135,actions=local,normal",
-            "dl_type=0x86dd,nw_proto=58,icmp_type=136,actions=local,normal",
-        ] {
+    fn snoop_on(&self, bridge: &str, preexisting: bool) {
+        let flows: &[&str] = if preexisting { &[] } else { &SNOOP_FLOWS };
+        for flow in flows {
             if let Err(e) = self.os.ofctl("add-flow", bridge, flow) {
+                // Not fatal: only vm info's IPs depend on it.
                 tracing::warn!("bridge {bridge}: vm info shows fewer IPs: {e}");
                 break;
             }
@@ -330,7 +372,8 @@ impl Net {
             st.next += 1;
             let taken = st.taps.contains_key(&n)
                 || st.bridges.values().any(|b| b.tunnels.contains_key(&n))
-                || self.os.has_dev(&n);
+                || self.os.has_dev(&n)
+                || self.port_exists(&n).unwrap_or(false);
             if !taken {
                 return n;
             }
@@ -359,11 +402,26 @@ impl Net {
     /// still recorded in its database (the exit code is 0), so it is
     /// taken out again.
     fn vsctl_port(&self, bridge: &str, port: &str, args: &[&str]) -> Result<()> {
+        // A port that exists is someone's: refused, and never rolled back.
+        if self.port_exists(port)? {
+            return Err(Error::Usage(format!(
+                "a port named {port} already exists in Open vSwitch"
+            )));
+        }
         if let Err(e) = self.os.vsctl(args) {
             let _ = self.os.vsctl(&["--if-exists", "del-port", bridge, port]);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Whether OVS has a port of this name, on any bridge.
+    fn port_exists(&self, port: &str) -> Result<bool> {
+        match self.os.vsctl(&["port-to-br", port]) {
+            Ok(_) => Ok(true),
+            Err(Error::Net(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// A VM's NIC: a tap on its bridge with its VLAN's tag; its name.
@@ -390,6 +448,7 @@ impl Net {
                 id,
             },
             ip: None,
+            dhcp: false,
         };
         self.save_tap(&t, Some(&tap));
         st.taps.insert(t.clone(), tap);
@@ -451,6 +510,7 @@ impl Net {
                 namespace: namespace.to_string(),
             },
             ip,
+            dhcp: *addr == HostAddr::Dhcp,
         };
         self.save_tap(&t, Some(&tap));
         st.taps.insert(t.clone(), tap);
@@ -462,13 +522,34 @@ impl Net {
         let Some(t) = st.taps.remove(name) else {
             return;
         };
-        if let Err(e) = self.os.vsctl(&["--if-exists", "del-port", &t.bridge, name]) {
-            tracing::warn!("removing tap {name} from {}: {e}", t.bridge);
+        if t.dhcp {
+            self.os.dhcp_stop(name);
+        }
+        match self.os.vsctl(&["--if-exists", "del-port", &t.bridge, name]) {
+            // Gone, or its bridge is (no bridge named ...).
+            Ok(_) | Err(Error::Net(_)) => {}
+            Err(e) => {
+                // OVS did not answer: kept recorded for the next start.
+                tracing::warn!(
+                    "removing tap {name} from {}: {e}; it is removed at the next start",
+                    t.bridge
+                );
+                return;
+            }
         }
         if matches!(t.owner, Owner::Vm { .. }) {
             let _ = self.os.ip(&["link", "del", name]);
         }
         self.save_tap(name, None);
+    }
+
+    /// Where a tap is now: (bridge, vlan, alias); None if mm has no such
+    /// tap.
+    pub(crate) fn tap_state(&self, tap: &str) -> Option<(String, Option<u16>, Option<String>)> {
+        self.state()
+            .taps
+            .get(tap)
+            .map(|t| (t.bridge.clone(), t.vlan, t.alias.clone()))
     }
 
     /// `tap delete NAME|all` in `namespace`: host taps only.
@@ -700,13 +781,35 @@ impl Net {
         let Some((k, v)) = kv.split_once('=') else {
             return Err(Error::Usage(format!("expected key=value, not `{kv}`")));
         };
-        let key_ok = !k.is_empty()
-            && k.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_-:".contains(c));
-        if !key_ok || v.is_empty() {
-            return Err(Error::Usage(format!("expected key=value, not `{kv}`")));
+        let other = k.strip_prefix("other_config:").is_some_and(|o| {
+            !o.is_empty()
+                && o.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c))
+        });
+        if !(CONFIG_KEYS.contains(&k) || other) {
+            return Err(Error::Usage(format!(
+                "bridge config takes {} or other_config:KEY, not {k}",
+                CONFIG_KEYS.join(", ")
+            )));
+        }
+        let val_ok = !v.is_empty()
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.:".contains(c));
+        if !val_ok {
+            return Err(Error::Usage(format!(
+                "bridge config {k}: `{v}` is not a plain value"
+            )));
         }
         self.with_bridge(bridge, |_, b| {
+            if b.preexisting && !b.before.contains_key(k) {
+                let was = self
+                    .os
+                    .vsctl(&["get", "bridge", bridge, k])
+                    .ok()
+                    .map(|v| v.trim().trim_matches('"').to_string())
+                    .filter(|v| !v.is_empty() && v != "[]");
+                b.before.insert(k.to_string(), was);
+            }
             self.os.vsctl(&["set", "bridge", bridge, kv])?;
             b.config.insert(k.to_string(), v.to_string());
             Ok(())
@@ -760,6 +863,20 @@ impl Net {
             for p in b.trunks.iter().chain(b.tunnels.keys()) {
                 self.os.vsctl(&["--if-exists", "del-port", bridge, p])?;
             }
+            // Its settings as they were before mm.
+            for (k, was) in &b.before {
+                let kv = was.as_ref().map(|v| format!("{k}={v}"));
+                let r = match (&kv, k.split_once(':')) {
+                    (Some(kv), _) => self.os.vsctl(&["set", "bridge", bridge, kv]),
+                    (None, Some((col, key))) => {
+                        self.os.vsctl(&["remove", "bridge", bridge, col, key])
+                    }
+                    (None, None) => self.os.vsctl(&["clear", "bridge", bridge, k]),
+                };
+                if let Err(e) = r {
+                    tracing::warn!("bridge {bridge}: cannot put {k} back: {e}");
+                }
+            }
         } else {
             self.os.vsctl(&["--if-exists", "del-br", bridge])?;
         }
@@ -811,19 +928,28 @@ impl Net {
     /// `ns bridge` on one host: `bridge` with RSTP on (the mesh has loops)
     /// and one `kind` tunnel with `key` to each of `remotes`; tunnels of
     /// the bridge to anywhere else (a host that left) go. Its tunnels.
+    /// Only this mesh's tunnels (its key, or one of `prune`, an earlier
+    /// key of it) are touched: those made by hand or by another
+    /// namespace's mesh on the same bridge stay.
     pub(crate) fn join_mesh(
         &self,
         bridge: &str,
         kind: Kind,
         key: u32,
+        prune: &[u32],
         remotes: &[String],
     ) -> Result<Vec<String>> {
+        let mut remotes = remotes.to_vec();
+        remotes.sort();
+        remotes.dedup();
         self.config(bridge, "rstp_enable=true")?;
+        let ours = |t: &Tunnel| t.key.is_some_and(|k| k == key || prune.contains(&k));
         let stale: Vec<String> = {
             let st = self.state();
             let b = &st.bridges[bridge];
             b.tunnels
                 .iter()
+                .filter(|(_, t)| ours(t))
                 .filter(|(_, t)| {
                     !(t.kind == kind && t.key == Some(key) && remotes.contains(&t.remote))
                 })
@@ -836,6 +962,7 @@ impl Net {
         let have: Vec<String> = self.state().bridges[bridge]
             .tunnels
             .values()
+            .filter(|t| t.key == Some(key))
             .map(|t| t.remote.clone())
             .collect();
         for r in remotes.iter().filter(|r| !have.contains(r)) {
@@ -843,9 +970,53 @@ impl Net {
         }
         Ok(self.state().bridges[bridge]
             .tunnels
-            .keys()
-            .cloned()
+            .iter()
+            .filter(|(_, t)| t.key == Some(key))
+            .map(|(p, _)| p.clone())
             .collect())
+    }
+
+    /// `ns del-bridge` (and `clear namespace`) here: the mesh's tunnels
+    /// (`key`) and the namespace's host taps on `bridge` go; the bridge
+    /// goes too unless something else of mm's is on it (another
+    /// namespace's taps, a trunk, other tunnels), which keeps it.
+    pub(crate) fn leave(&self, bridge: &str, namespace: &str, key: Option<u32>) -> Result<()> {
+        let mut st = self.state();
+        let Some(b) = st.bridges.get(bridge).cloned() else {
+            return Ok(());
+        };
+        let mine = |t: &Tap| match &t.owner {
+            Owner::Vm { namespace: n, .. } | Owner::Host { namespace: n } => n == namespace,
+        };
+        let others = st.taps.values().any(|t| t.bridge == bridge && !mine(t))
+            || !b.trunks.is_empty()
+            || b.tunnels.values().any(|t| t.key != key || key.is_none());
+        if !others {
+            return self.tear_down(&mut st, bridge, &b);
+        }
+        let hosts: Vec<String> = st
+            .taps
+            .iter()
+            .filter(|(_, t)| {
+                t.bridge == bridge
+                    && matches!(&t.owner, Owner::Host { namespace: n } if n == namespace)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for t in hosts {
+            self.remove_tap(&mut st, &t);
+        }
+        drop(st);
+        let ports: Vec<String> = b
+            .tunnels
+            .iter()
+            .filter(|(_, t)| key.is_some() && t.key == key)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for p in ports {
+            self.notunnel(bridge, &p)?;
+        }
+        Ok(())
     }
 
     /// On the node's way down (and at a start after a crash): every tap

@@ -161,6 +161,37 @@ pub(crate) fn parse(spec: &str) -> Result<Spec> {
 }
 
 impl Nic {
+    /// What a NIC from another node's launch must hold to: the rules its
+    /// netspec was read by (its fields reach QEMU's command line).
+    pub(crate) fn check(&self) -> Result<()> {
+        check_ifname("bridge", &self.bridge)?;
+        if !(1..=4095).contains(&self.vlan) {
+            return Err(Error::Usage(format!(
+                "invalid VLAN {}: from 1 to 4095",
+                self.vlan
+            )));
+        }
+        if !is_driver(&self.driver) {
+            return Err(Error::Usage(format!("unknown NIC driver {}", self.driver)));
+        }
+        if let Some(m) = &self.mac {
+            let unicast =
+                u8::from_str_radix(m.get(..2).unwrap_or("01"), 16).is_ok_and(|b| b & 1 == 0);
+            if parse_mac(m).as_deref() != Some(m.as_str()) || !unicast {
+                return Err(Error::Usage(format!("invalid MAC {m}")));
+            }
+        }
+        if let Some(a) = &self.alias {
+            let ok = a.len() <= 130
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c));
+            if !ok {
+                return Err(Error::Usage(format!("invalid VLAN alias {a}")));
+            }
+        }
+        Ok(())
+    }
+
     /// minimega's short form: `[bridge,]vlan[,mac][,driver][,qinq]`.
     pub(crate) fn show(&self) -> String {
         let mut out = Vec::new();

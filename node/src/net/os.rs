@@ -18,8 +18,10 @@ pub(crate) trait Os: Send + Sync {
     fn ip(&self, args: &[&str]) -> Result<String>;
     /// Whether a network device of this name exists here.
     fn has_dev(&self, name: &str) -> bool;
-    /// Asks DHCP for an address on `dev`.
+    /// Asks DHCP for an address on `dev`; a client stays to renew it.
     fn dhcp(&self, dev: &str) -> Result<()>;
+    /// Stops the DHCP client of `dev`.
+    fn dhcp_stop(&self, dev: &str);
     /// `ovs-ofctl ARGS` against `bridge` (its name is the last argument
     /// but one: `add-flow BRIDGE FLOW`).
     fn ofctl(&self, verb: &str, bridge: &str, arg: &str) -> Result<()>;
@@ -98,6 +100,12 @@ fn run(prog: &str, args: &[&str], limit: Duration) -> Result<(bool, String, Stri
     ))
 }
 
+/// Where the DHCP client of `dev` keeps its pid, so that it can be
+/// stopped with its tap.
+fn dhcp_pidfile(dev: &str) -> String {
+    format!("/run/mm-dhclient-{dev}.pid")
+}
+
 impl Os for Real {
     fn vsctl(&self, args: &[&str]) -> Result<String> {
         let timeout = format!("--timeout={VSCTL_TIMEOUT}");
@@ -148,6 +156,18 @@ impl Os for Real {
         !name.contains('/') && Path::new("/sys/class/net").join(name).exists()
     }
 
+    fn dhcp_stop(&self, dev: &str) {
+        let pf = dhcp_pidfile(dev);
+        if let Err(e) = run(
+            "dhclient",
+            &["-x", "-pf", &pf, dev],
+            Duration::from_secs(10),
+        ) {
+            tracing::warn!("stopping the DHCP client of {dev}: {e}");
+        }
+        let _ = std::fs::remove_file(&pf);
+    }
+
     fn ofctl(&self, verb: &str, bridge: &str, arg: &str) -> Result<()> {
         // A bridge's OpenFlow socket is in ovs-vswitchd's run directory:
         // the system's is where ovs-ofctl looks; for another database,
@@ -172,15 +192,19 @@ impl Os for Real {
     fn dhcp(&self, dev: &str) -> Result<()> {
         // One try, bounded: a VLAN with no DHCP server is an error, not
         // a client left running.
-        let (ok, _, err) =
-            run("dhclient", &["-1", dev], Duration::from_secs(70)).map_err(|e| match e {
-                Error::NotFound(_) => Error::NotFound(
-                    "dhclient is not installed here: install isc-dhcp-client, or give the tap \
+        let (ok, _, err) = run(
+            "dhclient",
+            &["-1", "-pf", &dhcp_pidfile(dev), dev],
+            Duration::from_secs(70),
+        )
+        .map_err(|e| match e {
+            Error::NotFound(_) => Error::NotFound(
+                "dhclient is not installed here: install isc-dhcp-client, or give the tap \
                      an address (tap create VLAN ip ADDR)"
-                        .into(),
-                ),
-                e => e,
-            })?;
+                    .into(),
+            ),
+            e => e,
+        })?;
         if !ok {
             return Err(Error::Net(format!(
                 "no DHCP lease on {dev}: {}",
@@ -201,6 +225,8 @@ pub(crate) struct Fake {
     pub(crate) devs: Mutex<std::collections::BTreeSet<String>>,
     /// A call whose text contains one of these fails.
     pub(crate) fail: Mutex<Vec<String>>,
+    /// Ports in OVS's database.
+    pub(crate) ports: Mutex<std::collections::BTreeSet<String>>,
 }
 
 #[cfg(test)]
@@ -222,6 +248,12 @@ impl Fake {
 impl Os for Fake {
     fn vsctl(&self, args: &[&str]) -> Result<String> {
         let line = format!("ovs-vsctl {}", args.join(" "));
+        if args.first() == Some(&"port-to-br") {
+            return match self.ports.lock().unwrap().contains(args[1]) {
+                true => Ok("some-bridge".into()),
+                false => Err(Error::Net("no port".into())),
+            };
+        }
         if args.first() == Some(&"br-exists") {
             // Asked, not done: not recorded.
             return match self.devs.lock().unwrap().contains(args[1]) {
@@ -244,6 +276,13 @@ impl Os for Fake {
         }
         if let Some(b) = after("del-br") {
             devs.remove(*b);
+        }
+        let mut ports = self.ports.lock().unwrap();
+        if let Some(i) = args.iter().position(|a| *a == "add-port") {
+            ports.insert(args[i + 2].to_string());
+        }
+        if let Some(i) = args.iter().position(|a| *a == "del-port") {
+            ports.remove(args[i + 2]);
         }
         Ok(String::new())
     }
@@ -269,6 +308,10 @@ impl Os for Fake {
 
     fn dhcp(&self, dev: &str) -> Result<()> {
         self.call(format!("dhclient -1 {dev}"))
+    }
+
+    fn dhcp_stop(&self, dev: &str) {
+        let _ = self.call(format!("dhclient -x {dev}"));
     }
 
     fn ofctl(&self, verb: &str, bridge: &str, arg: &str) -> Result<()> {

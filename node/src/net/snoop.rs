@@ -106,8 +106,12 @@ impl Snooper {
     fn learn(seen: &Mutex<HashMap<String, Seen>>, l: Learnt) {
         let mut s = seen.lock().unwrap_or_else(|e| e.into_inner());
         // Bounded: a flood of made-up MACs cannot grow it without end.
-        if s.len() >= MAX_MACS {
-            s.clear();
+        let key = match l {
+            Learnt::V4(m, _) | Learnt::V6(m, _) => show_mac(&m),
+        };
+        if s.len() >= MAX_MACS && !s.contains_key(&key) {
+            // Full: the MACs known keep their addresses.
+            return;
         }
         match l {
             Learnt::V4(m, ip) => s.entry(show_mac(&m)).or_default().ip = Some(ip),
@@ -119,7 +123,7 @@ impl Snooper {
     /// bridge without a device here (an odd datapath) is only logged.
     pub(crate) fn watch(&self, bridge: &str) {
         let mut r = self.readers.lock().unwrap_or_else(|e| e.into_inner());
-        if r.contains_key(bridge) {
+        if r.get(bridge).is_some_and(|s| !s.load(Ordering::Relaxed)) {
             return;
         }
         let fd = match open(bridge) {
@@ -166,6 +170,8 @@ impl Snooper {
                 }
                 // SAFETY: closing the socket this thread owns, once.
                 unsafe { libc::close(fd) };
+                // Ended: a later watch of the bridge starts anew.
+                stop.store(true, Ordering::Relaxed);
             });
         if let Err(e) = spawned {
             tracing::warn!("cannot read ARP on bridge {bridge}: {e}");

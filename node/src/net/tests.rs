@@ -109,9 +109,6 @@ fn host_taps_trunks_tunnels_and_config_issue_what_minimega_issues() {
     assert_eq!(
         os.take(),
         [
-            "ovs-ofctl add-flow br0 dl_type=0x0806,actions=local,normal",
-            "ovs-ofctl add-flow br0 dl_type=0x86dd,nw_proto=58,icmp_type=135,actions=local,normal",
-            "ovs-ofctl add-flow br0 dl_type=0x86dd,nw_proto=58,icmp_type=136,actions=local,normal",
             "ovs-vsctl add-port br0 vtap tag=101 -- set interface vtap type=tap",
             "ip link set vtap up",
             "ip addr add 10.0.0.1/24 dev vtap",
@@ -205,6 +202,8 @@ fn host_taps_trunks_tunnels_and_config_issue_what_minimega_issues() {
             "ovs-vsctl --if-exists del-port br0 eth1".to_string(),
             "ovs-vsctl --if-exists del-port br0 vtap".to_string(),
             format!("ovs-vsctl --if-exists del-port br0 {g}"),
+            // Put back as it was (the fake had it unset).
+            "ovs-vsctl clear bridge br0 rstp_enable".to_string(),
         ]
     );
     assert!(net.list().is_empty());
@@ -231,14 +230,26 @@ fn ns_bridge_makes_a_full_mesh_and_mends_it() {
     let (net, os, _db) = fake();
     let remotes = |r: &[&str]| r.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     let ports = net
-        .join_mesh("foo", Kind::Vxlan, 77, &remotes(&["10.0.0.2", "10.0.0.3"]))
+        .join_mesh(
+            "foo",
+            Kind::Vxlan,
+            77,
+            &[],
+            &remotes(&["10.0.0.2", "10.0.0.3", "10.0.0.3"]),
+        )
         .unwrap();
     assert_eq!(ports.len(), 2);
     let calls = os.take();
     assert!(calls.contains(&"ovs-vsctl set bridge foo rstp_enable=true".to_string()));
     // Run again after n3 left and n4 joined: n2's tunnel stays.
     let again = net
-        .join_mesh("foo", Kind::Vxlan, 77, &remotes(&["10.0.0.2", "10.0.0.4"]))
+        .join_mesh(
+            "foo",
+            Kind::Vxlan,
+            77,
+            &[],
+            &remotes(&["10.0.0.2", "10.0.0.4"]),
+        )
         .unwrap();
     assert!(
         again.contains(&ports[0]) && !again.contains(&ports[1]),
@@ -321,4 +332,76 @@ fn the_datapath_is_the_kernels_where_it_works() {
     os.fail.lock().unwrap().push("datapath_type=system".into());
     let net = Net::open(os.clone(), meta, None);
     assert_eq!(net.datapath().unwrap(), Datapath::Netdev);
+}
+
+#[test]
+fn what_is_not_mms_is_left_as_it_was() {
+    let (net, os, _db) = fake();
+    os.devs.lock().unwrap().insert("br-phy".into());
+    os.ports.lock().unwrap().insert("eth0".into());
+    // An existing port is refused, and never rolled back (deleted).
+    let e = net.trunk("br-phy", "eth0").unwrap_err().to_string();
+    assert!(e.contains("already exists"), "{e}");
+    let calls = os.take();
+    assert!(!calls.iter().any(|c| c.contains("del-port")), "{calls:?}");
+    // No flows on a bridge mm did not make; its settings come back.
+    assert!(!calls.iter().any(|c| c.contains("add-flow")), "{calls:?}");
+    net.config("br-phy", "rstp_enable=true").unwrap();
+    net.config("br-phy", "other_config:x=1").unwrap();
+    for bad in ["ports=[]", "name=x", "rstp_enable=a b", "other_config:=1"] {
+        assert!(net.config("br-phy", bad).is_err(), "{bad} was taken");
+    }
+    os.take();
+    net.destroy("br-phy").unwrap();
+    let calls = os.take();
+    assert!(
+        calls.contains(&"ovs-vsctl remove bridge br-phy other_config x".to_string())
+            && calls.contains(&"ovs-vsctl clear bridge br-phy rstp_enable".to_string()),
+        "{calls:?}"
+    );
+    assert!(!calls.iter().any(|c| c.contains("del-br")), "{calls:?}");
+    // A mesh touches only its own tunnels; leaving keeps a bridge that
+    // another namespace uses.
+    net.tunnel(Kind::Gre, "shared", "192.0.2.7", Some(5))
+        .unwrap();
+    net.join_mesh("shared", Kind::Gre, 9, &[], &["192.0.2.8".to_string()])
+        .unwrap();
+    net.add_host_tap("other", "shared", 7, None, None, &HostAddr::None)
+        .unwrap();
+    net.add_host_tap("foo", "shared", 8, None, None, &HostAddr::None)
+        .unwrap();
+    assert_eq!(net.list()[0].tunnels.len(), 2);
+    net.leave("shared", "foo", Some(9)).unwrap();
+    let row = &net.list()[0];
+    assert_eq!(
+        (row.tunnels.len(), row.vlans.as_slice()),
+        (1, &["7".to_string()][..])
+    );
+    net.leave("shared", "other", None).unwrap();
+    assert_eq!(net.list().len(), 1, "a bridge with a hand-made tunnel went");
+    // NICs from another node's launch are checked again.
+    let mut n = nic("mega_bridge", 101, false);
+    n.check().unwrap();
+    for bad in [
+        Nic {
+            vlan: 0,
+            ..n.clone()
+        },
+        Nic {
+            driver: "e1000,romfile=/etc/shadow".into(),
+            ..n.clone()
+        },
+        Nic {
+            mac: Some("00:11:22:33:44:55,x=1".into()),
+            ..n.clone()
+        },
+        Nic {
+            bridge: "-bad".into(),
+            ..n.clone()
+        },
+    ] {
+        assert!(bad.check().is_err(), "{bad:?}");
+    }
+    n.mac = Some("01:00:00:00:00:01".into());
+    assert!(n.check().is_err(), "a multicast MAC");
 }

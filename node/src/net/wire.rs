@@ -28,11 +28,18 @@ pub(crate) enum Ask {
         bridge: String,
         kind: Kind,
         key: u32,
+        /// Earlier keys of this mesh, whose tunnels go.
+        prune: Vec<u32>,
         remotes: Vec<String>,
     },
-    /// `ns del-bridge` here (answer: `()`; a bridge that is not here is
-    /// no error).
-    Destroy { bridge: String },
+    /// `ns del-bridge` here: the mesh's tunnels and the namespace's host
+    /// taps on the bridge go, and the bridge unless another's ports are on
+    /// it (answer: `()`; a bridge that is not here is no error).
+    Leave {
+        bridge: String,
+        namespace: String,
+        key: Option<u32>,
+    },
     /// The id of a VLAN word in a namespace, asked of the node a command
     /// came from, so that every node agrees on an alias (answer: `(u16,
     /// Option<String>)`).
@@ -57,8 +64,12 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
         // A host whose OVS is not there gets no tunnels, nor do the
         // others to it: it fails here, before the mesh is planned.
         let n = node.clone();
-        tokio::task::spawn_blocking(move || n.net.datapath()).await??;
-        return Ok(encode(&addrs(node).await?));
+        let taps = tokio::task::spawn_blocking(move || {
+            n.net.check()?;
+            Ok::<_, Error>(n.net.tap_ips())
+        })
+        .await??;
+        return Ok(encode(&addrs(node, &taps).await?));
     }
     let node = node.clone();
     // Bridges and taps are made by running programs: off the async threads.
@@ -69,6 +80,7 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
                 bridge,
                 kind,
                 key,
+                prune,
                 remotes,
             } => {
                 if remotes.len() > MAX_REMOTES {
@@ -78,12 +90,16 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
                     )));
                 }
                 super::netspec::check_ifname("bridge", &bridge)?;
-                encode(&node.net.join_mesh(&bridge, kind, key, &remotes)?)
+                if key > kind.max_key() || prune.len() > 16 {
+                    return Err(Error::Refused("a malformed tunnel mesh".into()));
+                }
+                encode(&node.net.join_mesh(&bridge, kind, key, &prune, &remotes)?)
             }
-            Ask::Destroy { bridge } => match node.net.destroy(&bridge) {
-                Ok(()) | Err(Error::NotFound(_)) => encode(&()),
-                Err(e) => return Err(e),
-            },
+            Ask::Leave {
+                bridge,
+                namespace,
+                key,
+            } => encode(&node.net.leave(&bridge, &namespace, key)?),
             Ask::Taps { namespace } => encode(&node.net.delete_host_taps(&namespace, "all")?),
             Ask::Vlan { namespace, word } => encode(&node.ns.lookup_vlan(&namespace, &word)?),
             Ask::Connect {
@@ -91,7 +107,17 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
                 vm,
                 pos,
                 to,
-            } => encode(&node.vms.connect(&node.net, &namespace, &vm, pos, to)?),
+            } => {
+                if let Some((b, vlan, _)) = &to {
+                    if let Some(b) = b {
+                        super::netspec::check_ifname("bridge", b)?;
+                    }
+                    if !(1..=4095).contains(vlan) {
+                        return Err(Error::Usage(format!("invalid VLAN {vlan}: from 1 to 4095")));
+                    }
+                }
+                encode(&node.vms.connect(&node.net, &namespace, &vm, pos, to)?)
+            }
         })
     })
     .await?
@@ -100,9 +126,8 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
 /// This node's addresses as the overlay announces them, but loopback,
 /// link-local and those of its own host taps (a tunnel must not ride on
 /// the network it carries): IPv4 first.
-async fn addrs(node: &Arc<Node>) -> Result<Vec<String>> {
+async fn addrs(node: &Arc<Node>, taps: &[String]) -> Result<Vec<String>> {
     let s = node.overlay.snapshot().await?;
-    let taps = node.net.tap_ips();
     let mine = s
         .nodes
         .get(&s.name)

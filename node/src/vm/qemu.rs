@@ -47,6 +47,9 @@ impl Qemu {
     /// A tap for each of the config's NICs, on its bridge with its tag;
     /// none if one fails.
     fn taps(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<Vec<NicState>> {
+        for nic in &cfg.nics {
+            nic.check().map_err(|e| Error::Vm(format!("{name}: {e}")))?;
+        }
         let mut out = Vec::new();
         for nic in &cfg.nics {
             match self.net.add_vm_tap(namespace, id, nic) {
@@ -205,7 +208,14 @@ impl Driver for Qemu {
         let dir = self.base.join(namespace).join(id.to_string());
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-        let nics = self.taps(namespace, id, name, cfg)?;
+        let nics = match self.taps(namespace, id, name, cfg) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                let _ = std::fs::remove_dir(self.base.join(namespace));
+                return Err(e);
+            }
+        };
         match self.start(namespace, id, name, cfg, &dir, &nics) {
             Ok((pid, accel)) => Ok(Launched { pid, accel, nics }),
             Err(e) => {

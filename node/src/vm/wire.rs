@@ -73,6 +73,11 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
                 let mut all = vms.info(&namespace);
                 for nic in all.iter_mut().flat_map(|v| v.nics.iter_mut()) {
                     (nic.ip, nic.ip6) = node.net.seen(&nic.mac);
+                    // Where its tap is now (a bridge destroyed under it
+                    // left it disconnected).
+                    if let Some((b, vlan, alias)) = node.net.tap_state(&nic.tap) {
+                        (nic.bridge, nic.vlan, nic.alias) = (b, vlan, alias);
+                    }
                 }
                 encode(&all)
             }
