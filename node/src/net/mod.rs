@@ -772,6 +772,15 @@ impl Net {
             }
             self.os.vsctl(&["--if-exists", "del-port", bridge, port])?;
             b.tunnels.remove(port);
+            if b.config.get("rstp_enable").is_some_and(|v| v == "true") {
+                // OVS's RSTP keeps a root port that was deleted ("unknown
+                // root port") and then forwards nothing over the rest;
+                // turned off and on, it starts over (two transactions).
+                self.os
+                    .vsctl(&["set", "bridge", bridge, "rstp_enable=false"])?;
+                self.os
+                    .vsctl(&["set", "bridge", bridge, "rstp_enable=true"])?;
+            }
             Ok(())
         })
     }

@@ -199,6 +199,10 @@ fn host_taps_trunks_tunnels_and_config_issue_what_minimega_issues() {
         os.take(),
         [
             format!("ovs-vsctl --if-exists del-port br0 {v}"),
+            // RSTP starts over when a tunnel goes (OVS keeps a deleted
+            // root port).
+            "ovs-vsctl set bridge br0 rstp_enable=false".to_string(),
+            "ovs-vsctl set bridge br0 rstp_enable=true".to_string(),
             "ovs-vsctl --if-exists del-port br0 eth1".to_string(),
             "ovs-vsctl --if-exists del-port br0 vtap".to_string(),
             format!("ovs-vsctl --if-exists del-port br0 {g}"),
