@@ -232,24 +232,23 @@ impl Net {
     }
 
     fn save_bridge(&self, name: &str, b: Option<&Bridge>) {
-        let k = format!("bridge:{name}");
-        let r = match b {
-            Some(b) => self.meta.put(TREE, &k, &Record::Bridge(b.clone())),
-            None => self.meta.remove(TREE, &k),
-        };
-        if let Err(e) = r {
-            tracing::warn!("cannot keep bridge {name} in the database: {e}");
-        }
+        self.save("bridge", name, b.map(|b| Record::Bridge(b.clone())));
     }
 
     fn save_tap(&self, name: &str, t: Option<&Tap>) {
-        let k = format!("tap:{name}");
-        let r = match t {
-            Some(t) => self.meta.put(TREE, &k, &Record::Tap(t.clone())),
+        self.save("tap", name, t.map(|t| Record::Tap(t.clone())));
+    }
+
+    /// Keeps `what:name` (None: forgets it); a failure is only logged, as
+    /// the record only serves the cleanup after a crash.
+    fn save(&self, what: &str, name: &str, r: Option<Record>) {
+        let k = format!("{what}:{name}");
+        let done = match r {
+            Some(r) => self.meta.put(TREE, &k, &r),
             None => self.meta.remove(TREE, &k),
         };
-        if let Err(e) = r {
-            tracing::warn!("cannot keep tap {name} in the database: {e}");
+        if let Err(e) = done {
+            tracing::warn!("cannot keep {what} {name} in the database: {e}");
         }
     }
 
