@@ -109,6 +109,29 @@ fn warm_memory(mib: u64) {
     }
 }
 
+/// `MM_PERF=FILE`: a system-wide `perf record -g` from now, when `now`.
+fn start_perf(now: bool) -> Option<std::process::Child> {
+    let out = std::env::var("MM_PERF").ok().filter(|_| now)?;
+    // MM_PERF_ARGS replaces `-g`, e.g. "--call-graph dwarf -F 199" where
+    // the binary has no frame pointers.
+    let how = std::env::var("MM_PERF_ARGS").unwrap_or_else(|_| "-g".into());
+    let child = Command::new("perf")
+        .args(["record", "-a", "-q", "-o", &out])
+        .args(how.split_whitespace())
+        .spawn()
+        .expect("perf");
+    std::thread::sleep(Duration::from_millis(500));
+    Some(child)
+}
+
+fn stop_perf(perf: Option<std::process::Child>) {
+    if let Some(child) = perf {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let _ = child.wait_with_output();
+    }
+}
+
 fn b1() {
     let mib = env_num("MM_B1_MIB", 1024);
     let runs = env_num("MM_B1_RUNS", 9) as usize;
@@ -129,7 +152,7 @@ fn b1() {
     println!("|---|---|---|---|");
     // This VM's timings swing run to run (fresh memory is slow to touch the
     // first time): alternate the two and compare medians.
-    let (mut raws, mut mms) = (Vec::new(), Vec::new());
+    let (mut raws, mut mms, mut cpus) = (Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
         // Which goes first alternates, so neither always inherits the
         // memory the other just freed (warm or not).
@@ -146,31 +169,15 @@ fn b1() {
         };
         warm_memory(mib);
         // MM_PERF=FILE: a system-wide `perf record -g` of the last get.
-        let perf = std::env::var("MM_PERF")
-            .ok()
-            .filter(|_| run == runs)
-            .map(|out| {
-                let child = Command::new("perf")
-                    .args(["record", "-a", "-g", "-q", "-o", &out])
-                    .spawn()
-                    .expect("perf");
-                std::thread::sleep(Duration::from_millis(500));
-                child
-            });
+        let perf = start_perf(run == runs);
         let cpu0 = (cpu_secs(&nodes[0]), cpu_secs(&nodes[1]));
         let t = Instant::now();
         nodes[1].mm(&["file", "get", "big", "wait"]);
         let mm = t.elapsed();
-        eprintln!(
-            "cpu: holder {:.2} s, puller {:.2} s",
-            cpu_secs(&nodes[0]) - cpu0.0,
-            cpu_secs(&nodes[1]) - cpu0.1
-        );
-        if let Some(child) = perf {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
-            let _ = child.wait_with_output();
-        }
+        let cpu = (cpu_secs(&nodes[0]) - cpu0.0, cpu_secs(&nodes[1]) - cpu0.1);
+        eprintln!("cpu: holder {:.2} s, puller {:.2} s", cpu.0, cpu.1);
+        cpus.push((cpu.0 + cpu.1) / (mib as f64 / 1024.0));
+        stop_perf(perf);
         if !raw_first {
             raw = raw_copy();
         }
@@ -202,11 +209,12 @@ fn b1() {
         v.sort_by(|a, b| a.partial_cmp(b).unwrap());
         v[v.len() / 2]
     };
-    let (raw, mm) = (median(&mut raws), median(&mut mms));
+    let (raw, mm, cpu) = (median(&mut raws), median(&mut mms), median(&mut cpus));
     println!(
         "| median | {raw:.2} s | {mm:.2} s | **{:.0}% of raw TCP** |",
         100.0 * raw / mm
     );
+    println!("B1 CPU: holder + puller {cpu:.2} CPU-s per GiB delivered (median)");
     println!(
         "B3: peak RSS holder {:.1} MiB, puller {:.1} MiB",
         peak_rss_mib(&nodes[0]),
@@ -232,9 +240,28 @@ fn b2(pullers: usize) {
     // holder would remember that puller as having every chunk.
     println!("{}", nodes[0].mm(&["file", "get", "big"]).trim());
     nodes[0].mm(&["mesh", "timeout", "0"]);
+    // What the mesh costs with no transfer, for as long as one would take:
+    // the part of the figure below that is not the swarm's.
+    let idle0: Vec<f64> = nodes.iter().map(cpu_secs).collect();
+    let idle_for = Duration::from_secs(5);
+    std::thread::sleep(idle_for);
+    let idle: f64 = nodes
+        .iter()
+        .zip(&idle0)
+        .map(|(x, c0)| cpu_secs(x) - c0)
+        .sum::<f64>()
+        / idle_for.as_secs_f64();
+    let perf = start_perf(true);
+    let cpu0: Vec<f64> = nodes.iter().map(cpu_secs).collect();
     let t = Instant::now();
     nodes[0].mm(&["mesh", "send", "all", "file", "get", "big", "wait"]);
     let took = t.elapsed();
+    let cpu: Vec<f64> = nodes
+        .iter()
+        .zip(&cpu0)
+        .map(|(x, c0)| cpu_secs(x) - c0)
+        .collect();
+    stop_perf(perf);
     for x in &nodes[1..] {
         wait_for("the copy", Duration::from_secs(5), || {
             (std::fs::metadata(x.base().join("files/big")).ok()?.len() == mib << 20).then_some(())
@@ -261,6 +288,18 @@ fn b2(pullers: usize) {
     eprintln!(
         "chunks sent by the holder: {from_holder} for {chunks} in the file ({:.2} each)",
         from_holder as f64 / chunks as f64
+    );
+    // CPU per GiB delivered, every node's user + sys time during the
+    // transfer: comparable with B1's figure.
+    let gib = (pullers as u64 * mib) as f64 / 1024.0;
+    let total: f64 = cpu.iter().sum();
+    let max = cpu[1..].iter().cloned().fold(0.0, f64::max);
+    let idle_part = idle * took.as_secs_f64();
+    println!(
+        "| B2 CPU | {pullers} pullers | {:.2} CPU-s per GiB delivered ({total:.1} CPU-s for {gib:.2} GiB; an idle mesh of {n} nodes {idle:.2} CPU-s per s, {:.2} per GiB over that time) | holder {:.2} CPU-s, busiest puller {max:.2} CPU-s |",
+        total / gib,
+        idle_part / gib,
+        cpu[0]
     );
     let ideal = (mib << 20) as f64 * 8.0 / bits;
     println!(

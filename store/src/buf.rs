@@ -50,6 +50,9 @@ struct Raw {
 
 // SAFETY: Raw owns its allocation exclusively; no shared state.
 unsafe impl Send for Raw {}
+// SAFETY: a shared Raw (through a shared ChunkBuf) only gives out `&[u8]`;
+// writing needs `&mut`.
+unsafe impl Sync for Raw {}
 
 impl Raw {
     fn layout(cap: usize) -> Layout {

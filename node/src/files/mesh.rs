@@ -9,7 +9,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use mm_overlay::{wire, Overlay};
 use mm_store::transfer::HolderAnswers;
-use mm_store::{ChunkBuf, Held, Miss, Net};
+use mm_store::{ChunkBuf, Held, Miss, Net, Reply};
 
 use super::data::{DataClient, DataError};
 use crate::proto::{ChunkAnswer, Request};
@@ -79,33 +79,49 @@ impl Net for MeshNet {
         root: Vec<u8>,
         index: u32,
         count: u32,
-    ) -> BoxFuture<'static, Result<ChunkBuf, Miss>> {
+        seen: Option<u32>,
+    ) -> BoxFuture<'static, Reply> {
         let overlay = self.overlay.clone();
         let data = self.data.clone();
         async move {
             match data
-                .chunk(&host, name.clone(), root.clone(), index, count)
+                .chunk(&host, name.clone(), root.clone(), index, count, seen)
                 .await
             {
-                Ok(bytes) => return Ok(bytes),
-                Err(DataError::Miss(m)) => return Err(m),
+                Ok(reply) => return reply,
+                Err(DataError::Miss(m)) => return Err(m).into(),
                 // Noted and logged by the client; for now, the other way.
                 Err(DataError::Setup) => {}
             }
-            let body = wire::encode(&Request::Chunk {
-                name,
-                root,
-                index,
-                count,
-            });
-            let bytes = overlay
-                .direct(&host, body)
+            // Without news: the sources polled instead.
+            over_mesh(&overlay, host, name, root, index, count)
                 .await
-                .map_err(|e| Miss::Failed(e.to_string()))?;
-            let answer: ChunkAnswer =
-                wire::decode(&bytes).map_err(|e| Miss::Failed(e.to_string()))?;
-            answer.map(|b| ChunkBuf::from(&b[..]))
+                .into()
         }
         .boxed()
     }
+}
+
+/// A chunk request over the mesh connection, for a node the data channel
+/// cannot reach.
+async fn over_mesh(
+    overlay: &Overlay,
+    host: String,
+    name: String,
+    root: Vec<u8>,
+    index: u32,
+    count: u32,
+) -> Result<ChunkBuf, Miss> {
+    let body = wire::encode(&Request::Chunk {
+        name,
+        root,
+        index,
+        count,
+    });
+    let bytes = overlay
+        .direct(&host, body)
+        .await
+        .map_err(|e| Miss::Failed(e.to_string()))?;
+    let answer: ChunkAnswer = wire::decode(&bytes).map_err(|e| Miss::Failed(e.to_string()))?;
+    answer.map(|b| ChunkBuf::from(&b[..]))
 }

@@ -13,7 +13,9 @@ pub(crate) fn clear_bit(bits: &mut [u8], i: usize) {
 }
 
 pub(crate) fn count_bits(bits: &[u8], n: usize) -> usize {
-    (0..n).filter(|i| bit(bits, *i)).count()
+    let whole = (n / 8).min(bits.len());
+    let ones: usize = bits[..whole].iter().map(|b| b.count_ones() as usize).sum();
+    ones + (whole * 8..n).filter(|i| bit(bits, *i)).count()
 }
 
 #[cfg(test)]
@@ -30,5 +32,8 @@ mod tests {
         assert!(!bit(&b, 100));
         clear_bit(&mut b, 9);
         assert_eq!(count_bits(&b, 16), 1);
+        assert_eq!(count_bits(&b, 1), 1);
+        assert_eq!(count_bits(&[0xff, 0xff], 12), 12);
+        assert_eq!(count_bits(&[0xff], 12), 8, "past the end: not set");
     }
 }

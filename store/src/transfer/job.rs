@@ -22,6 +22,8 @@ pub(super) struct JobState {
     pub(super) bytes: u64,
     pub(super) rate: f64,
     pub(super) sources: BTreeMap<String, SourceStat>,
+    /// The chunks that landed here, in order, for other pullers' news.
+    pub(super) log: Vec<u32>,
     /// Chunks found here, verified, when the transfer resumed after a
     /// restart: counted by no source.
     pub(super) resumed: usize,
@@ -52,6 +54,8 @@ pub(super) struct Job {
     /// One writer at a time: concurrent writes to one file only contend
     /// for the inode lock in the kernel, spinning on both cores.
     pub(super) write_lock: Mutex<()>,
+    /// Chunks written lately, to serve other pullers from memory.
+    pub(super) recent: Mutex<super::recent::Recent>,
     pub(super) done: watch::Sender<Option<Result<()>>>,
 }
 
@@ -158,6 +162,7 @@ impl Job {
             cancel_note: tokio::sync::Notify::new(),
             persist_lock: tokio::sync::Mutex::new(false),
             write_lock: Mutex::new(()),
+            recent: Mutex::new(Default::default()),
             done,
         };
         (job, rx)
@@ -180,6 +185,10 @@ impl Job {
             v.push(format!("(and {} here before a restart)", st.resumed));
         }
         v.join(", ")
+    }
+
+    pub(super) fn recent(&self) -> MutexGuard<'_, super::recent::Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(super) fn is_cancelled(&self) -> bool {

@@ -126,24 +126,14 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
         return None;
     }
     // A sample of the missing chunks a ready source can give, from a random
-    // starting point.
+    // starting point, found 64 chunks at a time: this runs after every
+    // event of every transfer, and a file has tens of thousands of chunks.
     let start = rng.gen_range(0..n.max(1));
+    let cand = candidates(v, &ready);
     let (mut fresh, mut dup) = (Vec::new(), Vec::new());
-    let mut any_fresh = false;
-    for k in 0..n {
-        let i = (start + k) % n;
-        if !v.wanted(i) {
-            continue;
-        }
-        let asked = v.inflight.get(&i);
-        any_fresh |= asked.is_none();
-        let ready_holder = ready
-            .iter()
-            .any(|h| v.has(h, &v.sources[*h], i) && !v.asked_of(i, h));
-        if !ready_holder {
-            continue;
-        }
-        match asked {
+    let any_fresh = cand.any_fresh;
+    for i in cand.from(start) {
+        match v.inflight.get(&i) {
             None => {
                 fresh.push(i);
                 if fresh.len() >= SAMPLE {
@@ -224,6 +214,129 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     })
 }
 
+/// The chunks worth asking for now, as a bitfield of 64-bit words.
+struct Candidates {
+    words: Vec<u64>,
+    n: usize,
+    /// Some chunk is wanted and asked of nobody (whether or not a ready
+    /// source has it).
+    any_fresh: bool,
+}
+
+impl Candidates {
+    /// The set chunks from `start` on, wrapping around.
+    fn from(&self, start: usize) -> impl Iterator<Item = usize> + '_ {
+        let n = self.n;
+        let ones = move |w: usize| {
+            let mut word = self.words[w];
+            std::iter::from_fn(move || {
+                (word != 0).then(|| {
+                    let b = word.trailing_zeros() as usize;
+                    word &= word - 1;
+                    w * 64 + b
+                })
+            })
+        };
+        let nw = self.words.len();
+        let sw = start / 64;
+        // Every word once from `start`'s, and that one again for the bits
+        // below `start`.
+        let rounds = if nw == 0 { 0 } else { nw + 1 };
+        (0..rounds)
+            .flat_map(move |k| ones((sw + k) % nw).map(move |i| (k, i)))
+            .filter(move |&(k, i)| {
+                // The first word from `start`, the same word again at the
+                // end below it.
+                if k == 0 {
+                    i >= start
+                } else if k == nw {
+                    i < start
+                } else {
+                    true
+                }
+            })
+            .map(|(_, i)| i)
+            .filter(move |&i| i < n)
+    }
+}
+
+/// 64 chunks of a bitfield, as one word (missing bytes read as zero).
+fn word(bits: &[u8], w: usize) -> u64 {
+    let mut b = [0u8; 8];
+    let at = (w * 8).min(bits.len());
+    let end = (at + 8).min(bits.len());
+    b[..end - at].copy_from_slice(&bits[at..end]);
+    u64::from_le_bytes(b)
+}
+
+fn set(words: &mut [u64], i: usize, on: bool) {
+    if on {
+        words[i / 64] |= 1 << (i % 64);
+    } else {
+        words[i / 64] &= !(1 << (i % 64));
+    }
+}
+
+/// Wanted chunks (missing, not on their way to disk, not held back) that
+/// some ready source can give and was not asked for: what the loop over
+/// chunks with [`View::has`] and [`View::asked_of`] would find, word by
+/// word, with the few chunks that are promised or asked already checked
+/// one by one.
+fn candidates(v: &View, ready: &[&String]) -> Candidates {
+    let n = v.chunks;
+    let nw = n.div_ceil(64);
+    let mut want: Vec<u64> = (0..nw).map(|w| !word(v.have, w)).collect();
+    if n % 64 != 0 {
+        if let Some(last) = want.last_mut() {
+            *last &= (1u64 << (n % 64)) - 1;
+        }
+    }
+    for &i in v.writing.iter().chain(v.hints.not_before.keys()) {
+        if i < n {
+            set(&mut want, i, false);
+        }
+    }
+    let mut any_fresh = false;
+    let mut asked = vec![0u64; nw];
+    for &i in v.inflight.keys() {
+        if i < n {
+            set(&mut asked, i, true);
+        }
+    }
+    for w in 0..nw {
+        any_fresh |= want[w] & !asked[w] != 0;
+    }
+    // What the ready sources have, ignoring promises and asks.
+    let mut avail = vec![0u64; nw];
+    for h in ready {
+        let s = &v.sources[*h];
+        if s.complete {
+            avail.iter_mut().for_each(|a| *a = u64::MAX);
+            break;
+        }
+        for (w, a) in avail.iter_mut().enumerate() {
+            *a |= word(&s.have, w);
+        }
+    }
+    // Promised and asked chunks: exactly.
+    let exact = |i: usize| {
+        ready
+            .iter()
+            .any(|h| v.has(h, &v.sources[*h], i) && !v.asked_of(i, h))
+    };
+    for &i in v.hints.promised.keys().chain(v.inflight.keys()) {
+        if i < n {
+            set(&mut avail, i, exact(i));
+        }
+    }
+    let words = want.iter().zip(&avail).map(|(w, a)| w & a).collect();
+    Candidates {
+        words,
+        n,
+        any_fresh,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +410,202 @@ mod tests {
                 self.inflight.entry(i).or_default().insert(a.host.clone());
             }
             self.sources.get_mut(&a.host).unwrap().inflight += a.count;
+        }
+    }
+
+    /// The picker before its scan went word by word: the new one must
+    /// choose exactly as it did.
+    fn next_reference(v: &View, rng: &mut impl Rng) -> Option<Ask> {
+        let n = v.chunks;
+        // Chunks waiting to be written count too: they hold memory.
+        let total: usize = v.inflight.values().map(|s| s.len()).sum::<usize>() + v.writing.len();
+        if total >= PER_FILE || v.writing.len() >= MAX_WRITING {
+            return None;
+        }
+        // While other pullers can serve, ask less of the original holders:
+        // their uplink is what every puller shares.
+        let swarming = v.sources.values().any(|s| !s.complete && !s.dropped);
+        let ready: Vec<&String> = v
+            .sources
+            .iter()
+            .filter(|(h, s)| {
+                // Room for a whole run from a complete holder, where the cap
+                // allows one: one chunk asked whenever one came back would
+                // split every later request into single chunks.
+                let cap = v.cap(h, s, swarming);
+                let need = if s.complete && !swarming {
+                    cap.min(MAX_RUN)
+                } else {
+                    1
+                };
+                !s.dropped && s.inflight + need <= cap && s.benched_until.is_none_or(|t| t <= v.now)
+            })
+            .map(|(h, _)| h)
+            .collect();
+        if ready.is_empty() {
+            return None;
+        }
+        // A sample of the missing chunks a ready source can give, from a random
+        // starting point.
+        let start = rng.gen_range(0..n.max(1));
+        let (mut fresh, mut dup) = (Vec::new(), Vec::new());
+        let mut any_fresh = false;
+        for k in 0..n {
+            let i = (start + k) % n;
+            if !v.wanted(i) {
+                continue;
+            }
+            let asked = v.inflight.get(&i);
+            any_fresh |= asked.is_none();
+            let ready_holder = ready
+                .iter()
+                .any(|h| v.has(h, &v.sources[*h], i) && !v.asked_of(i, h));
+            if !ready_holder {
+                continue;
+            }
+            match asked {
+                None => {
+                    fresh.push(i);
+                    if fresh.len() >= SAMPLE {
+                        break;
+                    }
+                }
+                Some(set) if set.len() < 2 => dup.push(i),
+                Some(_) => {}
+            }
+        }
+        // Endgame only once every missing chunk has been asked for.
+        let (pool, endgame) = match (fresh.is_empty(), any_fresh) {
+            (false, _) => (fresh, false),
+            (true, false) => (dup, true),
+            (true, true) => return None,
+        };
+        // Rarest first, over all live sources (the sample holds only chunks
+        // some ready source can give).
+        let mut best: Vec<(usize, usize)> = pool
+            .iter()
+            .map(|&i| {
+                let rarity = v
+                    .sources
+                    .iter()
+                    .filter(|(h, s)| !s.dropped && v.has(h, s, i))
+                    .count();
+                (rarity, i)
+            })
+            .collect();
+        if best.is_empty() {
+            return None;
+        }
+        best.shuffle(rng);
+        best.sort_by_key(|(r, _)| *r);
+        let idx = best[0].1;
+        let host = ready
+            .iter()
+            .filter(|h| v.has(h, &v.sources[**h], idx) && !v.asked_of(idx, h))
+            .min_by(|a, b| {
+                let (sa, sb) = (&v.sources[**a], &v.sources[**b]);
+                // Partial holders first (spares the original holder's uplink),
+                // then the least busy, then the fastest.
+                (sa.complete, sa.inflight)
+                    .cmp(&(sb.complete, sb.inflight))
+                    .then(
+                        sb.rate
+                            .partial_cmp(&sa.rate)
+                            .unwrap_or(std::cmp::Ordering::Equal),
+                    )
+            })
+            .map(|h| (*h).clone())
+            .expect("a ready holder");
+        // From a complete holder, with it its neighbours in the same run of
+        // `MAX_RUN` that nobody was asked for yet, within the holder's room:
+        // one request, one record, one write. Not while other pullers can serve
+        // (the holder would send one chunk of the run, and the rest would wait
+        // for nothing): pullers trade single chunks, which a swarm spreads
+        // faster, and each puller's uplink is shared by all the others.
+        let (mut lo, mut hi) = (idx, idx + 1);
+        let s = &v.sources[&host];
+        if !endgame && !swarming && s.complete {
+            let room = v.cap(&host, s, swarming).saturating_sub(s.inflight).max(1);
+            let wanted =
+                |i: usize| v.wanted(i) && !v.inflight.contains_key(&i) && v.has(&host, s, i);
+            let first = idx - idx % MAX_RUN;
+            let end = (first + MAX_RUN).min(n);
+            while hi < end && hi - lo < room && wanted(hi) {
+                hi += 1;
+            }
+            while lo > first && hi - lo < room && wanted(lo - 1) {
+                lo -= 1;
+            }
+        }
+        Some(Ask {
+            host,
+            first: lo,
+            count: hi - lo,
+            endgame,
+        })
+    }
+
+    #[test]
+    fn the_word_scan_chooses_as_the_chunk_by_chunk_scan_did() {
+        use rand::SeedableRng;
+        let mut r = rand::rngs::StdRng::seed_from_u64(42);
+        for case in 0..400u64 {
+            let n = r.gen_range(0..300);
+            let srcs = r.gen_range(1..6);
+            let mut sources = Vec::new();
+            for k in 0..srcs {
+                let chunks: Vec<usize> = (0..n).filter(|_| r.gen_bool(0.4)).collect();
+                let mut s = if r.gen_bool(0.2) {
+                    complete()
+                } else {
+                    partial(n, &chunks)
+                };
+                s.inflight = r.gen_range(0..3);
+                s.dropped = r.gen_bool(0.1);
+                sources.push((format!("s{k}"), s));
+            }
+            let named: Vec<(&str, SourceStat)> = sources
+                .iter()
+                .map(|(h, s)| (h.as_str(), s.clone()))
+                .collect();
+            let mut t = T::new(n, &named);
+            for i in 0..n {
+                match r.gen_range(0..10) {
+                    0..=2 => set_bit(&mut t.have, i),
+                    3 => {
+                        t.writing.insert(i);
+                    }
+                    4 => {
+                        t.hints.not_before.insert(i, t.now);
+                    }
+                    5 => {
+                        let h = format!("s{}", r.gen_range(0..srcs));
+                        t.hints.promised.insert(i, (h, t.now));
+                    }
+                    6 | 7 => {
+                        let set = t.inflight.entry(i).or_default();
+                        for _ in 0..r.gen_range(1..3) {
+                            set.insert(format!("s{}", r.gen_range(0..srcs)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for seed in 0..5 {
+                let v = View {
+                    chunks: t.n,
+                    have: &t.have,
+                    writing: &t.writing,
+                    inflight: &t.inflight,
+                    sources: &t.sources,
+                    hints: &t.hints,
+                    rtts: &t.rtts,
+                    now: t.now,
+                };
+                let new = next(&v, &mut rand::rngs::StdRng::seed_from_u64(seed));
+                let old = next_reference(&v, &mut rand::rngs::StdRng::seed_from_u64(seed));
+                assert_eq!(new, old, "case {case}, seed {seed}, {n} chunks");
+            }
         }
     }
 

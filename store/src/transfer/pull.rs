@@ -14,15 +14,15 @@ use super::bits::{bit, clear_bit, count_bits, set_bit};
 use super::durable::{Partial, Piece, Written};
 use super::job::Job;
 use super::pick::{self, Hints};
-use super::{Engine, HolderAnswers, Miss, SYNC_EVERY};
+use super::{Engine, HolderAnswers, Miss, Reply, SYNC_EVERY};
 use crate::buf::ChunkBuf;
 use crate::{Error, Result};
 
 /// A finished have poll: source, its bitfield.
 type HaveDone = (String, Result<Vec<u8>>);
 /// A finished chunk request: source, first chunk index, chunks asked for,
-/// data (the first of them, possibly fewer than asked).
-type ChunkDone = (String, usize, usize, Result<ChunkBuf, Miss>);
+/// the answer (data: the first of them, possibly fewer than asked).
+type ChunkDone = (String, usize, usize, Reply);
 /// A finished write: source, and each chunk's index and outcome.
 type WriteDone = (String, Vec<(usize, Written)>);
 /// A finished have-bit record: the bits it recorded.
@@ -238,18 +238,25 @@ impl Pull {
     }
 
     /// Other pullers' progress, often: the sooner we see what they have,
-    /// the more we take from them instead of the holder.
+    /// the more we take from them instead of the holder. Only of those we
+    /// have not heard from lately: a puller we ask for chunks sends its
+    /// news with every answer.
     fn poll_partial_sources(&mut self) {
-        if self.last_have.elapsed() < self.engine.tuning.have_every {
+        let every = self.engine.tuning.have_every;
+        if self.last_have.elapsed() < every {
             return;
         }
-        self.last_have = Instant::now();
+        let now = Instant::now();
+        self.last_have = now;
         let partial: Vec<String> = self
             .job
             .state()
             .sources
             .iter()
-            .filter(|(h, s)| !s.complete && !s.dropped && !self.polling.contains(*h))
+            .filter(|(h, s)| {
+                let quiet = s.inflight == 0 && s.heard.is_none_or(|t| now - t >= every);
+                !s.complete && !s.dropped && quiet && !self.polling.contains(*h)
+            })
             .map(|(h, _)| h.clone())
             .collect();
         for host in partial {
@@ -312,12 +319,14 @@ impl Pull {
                 s.waiting_since = Some(Instant::now());
             }
             s.inflight += count;
+            let seen = (!s.complete).then_some(s.seen);
             let fut = self.engine.net.chunk(
                 host.clone(),
                 job.name.clone(),
                 job.manifest.root.clone(),
                 lo as u32,
                 count as u32,
+                seen,
             );
             let tx = self.inbox.chunk_tx.clone();
             tokio::spawn(async move {
@@ -328,7 +337,8 @@ impl Pull {
 
     /// An answer to a chunk request: the chunks, to verify and write, or
     /// a miss, which says when and whom to ask again.
-    fn on_chunk(&mut self, (host, idx, count, res): ChunkDone) {
+    fn on_chunk(&mut self, (host, idx, count, reply): ChunkDone) {
+        let res = reply.chunks;
         for i in idx..idx + count {
             if let Some(set) = self.inflight.get_mut(&i) {
                 set.remove(&host);
@@ -344,11 +354,21 @@ impl Pull {
                 s.inflight = s.inflight.saturating_sub(count);
                 s.waiting_since = (s.inflight > 0).then(Instant::now);
                 s.measure(res.as_ref().map_or(0, |d| d.len() as u64));
+                if let Some(news) = &reply.news {
+                    s.hear(news, self.job.manifest.chunk_count(), Instant::now());
+                }
             }
             match res {
                 Ok(data) => Some(data),
                 // Neither is the source's fault.
                 Err(Miss::NotYet) => {
+                    // Whatever we heard, it does not have it (it may have
+                    // lost it since).
+                    if let Some(s) = st.sources.get_mut(&host) {
+                        if !s.complete && idx / 8 < s.have.len() {
+                            clear_bit(&mut s.have, idx);
+                        }
+                    }
                     self.hints
                         .not_before
                         .insert(idx, Instant::now() + t.not_yet_wait);
@@ -429,6 +449,7 @@ impl Pull {
         let (job, partial) = (self.job.clone(), self.partial.clone());
         let idxs = take.iter().map(|t| t.idx).collect();
         let report = Report(Some((host, idxs, self.inbox.written_tx.clone())));
+        let data = Arc::new(data);
         tokio::task::spawn_blocking(move || report.send(partial.write(&job, &take, &data)));
     }
 
@@ -493,6 +514,7 @@ impl Pull {
         let mut lost = 0;
         for (from, to) in holes {
             for i in (from / cs) as usize..to.div_ceil(cs) as usize {
+                self.job.recent().forget(i);
                 if bit(&st.have, i) {
                     lost += 1;
                     clear_bit(&mut st.have, i);
@@ -538,6 +560,7 @@ impl Pull {
         };
         tracing::trace!("{}: chunk {idx} from {host} written", job.name);
         set_bit(&mut st.have, idx);
+        st.log.push(idx as u32);
         st.bytes += len;
         st.last_data = Instant::now();
         let s = st.sources.entry(host).or_default();
@@ -559,6 +582,7 @@ impl Pull {
         if let Some(s) = self.job.state().sources.get_mut(&host) {
             if !s.complete && bits.as_ref().is_ok_and(|b| b.len() == want) {
                 s.have = bits.unwrap_or_default();
+                s.heard = Some(Instant::now());
             }
         }
     }

@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::bits::bit;
 use super::ledger::{Ledger, Portion};
-use super::{selects, Engine, Held, Miss, Sent};
+use super::{selects, Engine, Held, Miss, News, Sent, MAX_NEWS};
 use crate::buf::ChunkBuf;
 use crate::files::FilesDir;
 use crate::manifest::MAX_RUN;
@@ -112,11 +112,15 @@ impl Engine {
             if k == 0 {
                 return Err(Miss::NotYet);
             }
+            {
+                let mut recent = j.recent();
+                recent.on = true;
+                if recent.copy(index, k, buf) > 0 {
+                    return Ok(());
+                }
+            }
             let (off, len) = j.manifest.run_range(index, k);
-            let part = self.partial_file(&j)?;
-            return buf
-                .read_at(&part, off, len as usize)
-                .map_err(|e| Error::io("reading", name, e).into());
+            return Ok(self.read_partial(&j, off, len as usize, buf)?);
         }
         // Only a request this node can answer from its file enters the
         // ledger.
@@ -161,6 +165,29 @@ impl Engine {
             *l = Ledger::new(root);
         }
         l.decide_run(&self.tuning, from, index, count, now)
+    }
+
+    /// The news of a transfer in progress here for a puller that has heard
+    /// `seen` entries of its log: the next ones, up to [`MAX_NEWS`]. From
+    /// the start again if it heard more than there are (this is another
+    /// transfer of the file than the one it heard from). None if the file
+    /// is not being pulled here in that version.
+    pub fn news(&self, name: &str, root: &[u8], seen: u32) -> Option<News> {
+        let job = self.jobs().get(name).cloned()?;
+        if job.manifest.root != root {
+            return None;
+        }
+        let st = job.state();
+        let from = if seen as usize > st.log.len() {
+            0
+        } else {
+            seen as usize
+        };
+        let end = (from + MAX_NEWS).min(st.log.len());
+        Some(News {
+            from: from as u32,
+            chunks: st.log[from..end].to_vec(),
+        })
     }
 
     /// The have-bitfield of a transfer in progress here, for other pullers.

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::job::SourceRow;
-use super::{IN_FLIGHT_TIME, PER_HOLDER_SWARMING, PER_SOURCE};
+use super::{News, IN_FLIGHT_TIME, PER_HOLDER_SWARMING, PER_SOURCE};
 use crate::manifest::CHUNK_SIZE;
 
 #[derive(Debug, Clone, Default)]
@@ -26,6 +26,10 @@ pub(super) struct SourceStat {
     pub(super) dropped: bool,
     /// Since when it has had requests in hand and not answered one.
     pub(super) waiting_since: Option<Instant>,
+    /// Entries of its log of chunks heard so far (a puller's news).
+    pub(super) seen: u32,
+    /// When its progress was last heard of: news or its bitfield.
+    pub(super) heard: Option<Instant>,
 }
 
 impl SourceStat {
@@ -54,7 +58,11 @@ impl SourceStat {
     /// come from at least two chunks or 20 ms of work: answers that were
     /// pipelined arrive back to back, and one of them alone says nothing.
     pub(super) fn measure(&mut self, bytes: u64) {
-        let now = Instant::now();
+        self.measure_at(bytes, Instant::now());
+    }
+
+    /// [`SourceStat::measure`] at `now`: the simulator's clock is virtual.
+    pub(super) fn measure_at(&mut self, bytes: u64, now: Instant) {
         self.busy_bytes += bytes;
         if let Some(since) = self.busy_since {
             let took = now - since;
@@ -99,6 +107,29 @@ impl SourceStat {
         };
         let least = if rtt.is_some() { 1 } else { 2 };
         by_rate.clamp(least.min(most), most)
+    }
+}
+
+impl SourceStat {
+    /// Takes a puller's news of a file of `chunks` chunks: those it got
+    /// since we last heard. Entries past the file are ignored.
+    pub(super) fn hear(&mut self, news: &News, chunks: usize, now: Instant) {
+        if self.complete {
+            return;
+        }
+        if news.from > self.seen {
+            return; // a gap: not what was asked for
+        }
+        // A source first heard of in a redirect has no bitfield yet.
+        self.have.resize(chunks.div_ceil(8), 0);
+        let skip = (self.seen - news.from) as usize;
+        for &i in news.chunks.iter().skip(skip) {
+            if (i as usize) < chunks {
+                self.have[i as usize / 8] |= 1 << (i % 8);
+            }
+        }
+        self.seen = self.seen.max(news.from + news.chunks.len() as u32);
+        self.heard = Some(now);
     }
 }
 

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mm_overlay::{wire, Overlay};
-use mm_store::{ChunkBuf, Miss};
+use mm_store::{ChunkBuf, Miss, Reply};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -25,7 +25,7 @@ use crate::proto::Request;
 /// A request waiting for its answer, in line.
 struct Waiting {
     index: u32,
-    reply: oneshot::Sender<Result<ChunkBuf, Miss>>,
+    reply: oneshot::Sender<Reply>,
 }
 
 struct Job {
@@ -86,12 +86,14 @@ impl DataClient {
         root: Vec<u8>,
         index: u32,
         count: u32,
-    ) -> Result<ChunkBuf, DataError> {
+        seen: Option<u32>,
+    ) -> Result<Reply, DataError> {
         let req = wire::encode(&DataReq {
             name,
             root,
             index,
             count,
+            seen,
         });
         let (reply, answer) = oneshot::channel();
         let mut job = Job {
@@ -105,7 +107,13 @@ impl DataClient {
             match tx.send(job).await {
                 Ok(()) => {
                     return match answer.await {
-                        Ok(r) => r.map_err(DataError::Miss),
+                        // A broken connection is no answer from the server:
+                        // its chunks go another way.
+                        Ok(Reply {
+                            chunks: Err(m @ Miss::Lost(_)),
+                            ..
+                        }) => Err(DataError::Miss(m)),
+                        Ok(r) => Ok(r),
                         Err(_) => Err(lost("data connection closed".into())),
                     };
                 }
@@ -288,7 +296,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
                 let _ = job
                     .waiting
                     .reply
-                    .send(Err(Miss::Lost("data connection lost".into())));
+                    .send(Err(Miss::Lost("data connection lost".into())).into());
                 break;
             }
             let mut record = ChunkBuf::with_capacity(4 + job.req.len() + TAG);
@@ -330,7 +338,7 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
             };
             let (r, fatal) = match r {
                 Ok(answered) => (answered, false),
-                Err(e) => (Err(Miss::Lost(e)), true),
+                Err(e) => (Err(Miss::Lost(e)).into(), true),
             };
             let _ = w.reply.send(r);
             if fatal {
@@ -338,7 +346,9 @@ async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Du
                 // The rest in line will never be answered on this stream.
                 line_rx.close();
                 while let Some(w) = line_rx.blocking_recv() {
-                    let _ = w.reply.send(Err(Miss::Lost("data connection lost".into())));
+                    let _ = w
+                        .reply
+                        .send(Err(Miss::Lost("data connection lost".into())).into());
                 }
                 return;
             }

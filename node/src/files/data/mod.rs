@@ -22,7 +22,10 @@
 //! which gives the client the round trip. Then the client sends requests
 //! (CBOR [`DataReq`]) and the server answers each, in order, with `body ||
 //! kind (1 byte) || index (u32 BE)`: kind 0 is the chunk, kind 1 an error
-//! message, 2 "not yet", 3 a redirect, 4 "gone" (not that version).
+//! message, 2 "not yet", 3 a redirect, 4 "gone" (not that version). A
+//! request with `seen` gets, from a puller, its news between body and
+//! kind: `entries (u32 BE each) || from (u32 BE) || count (u32 BE)`, and
+//! the kind with [`WITH_NEWS`] set.
 //!
 //! Each side reads a connection on a thread of its own, with the chunk on
 //! one core all the way: the server reads a request, reads the chunk, seals
@@ -79,9 +82,13 @@ pub(super) const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 pub(super) const QUEUE: usize = 64;
 /// A request record is a name, a hash, an index and a count.
 pub(super) const MAX_REQUEST: usize = 64 * 1024;
-/// An answer record: a run of chunks and the trailer.
+/// An answer record: a run of chunks, news and the trailer.
 pub(super) const MAX_ANSWER: usize =
-    mm_store::manifest::CHUNK_SIZE as usize * mm_store::manifest::MAX_RUN + 4096;
+    mm_store::manifest::CHUNK_SIZE as usize * mm_store::manifest::MAX_RUN + 4096 + NEWS_ROOM;
+/// The most news an answer carries: its entries, `from` and the count.
+pub(super) const NEWS_ROOM: usize = 4 * mm_store::transfer::MAX_NEWS + 8;
+/// Set in an answer's kind when news come before the trailer.
+pub(super) const WITH_NEWS: u8 = 0x80;
 pub(super) const TAG: usize = 16;
 /// Where a chunk starts in the server's record buffer: on a page boundary,
 /// like the page cache it is copied from. A copy into a destination a few
@@ -111,6 +118,10 @@ pub(super) struct DataReq {
     // Required: a build without runs had another chunk size, and nodes of
     // different chunk sizes refuse each other's manifests anyway.
     pub(super) count: u32,
+    /// The requester's count of this node's news heard so far; absent, no
+    /// news (and none from an older node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) seen: Option<u32>,
 }
 
 /// Random bytes as records and answers: never a panic, and no record over

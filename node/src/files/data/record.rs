@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
-use mm_store::{ChunkBuf, Miss};
+use mm_store::{ChunkBuf, Miss, News, Reply};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::reader::FdReader;
-use super::{TAG, TRAILER};
+use super::{TAG, TRAILER, WITH_NEWS};
 
 /// One direction of a connection: its key and the next nonce.
 pub(super) struct Sealer {
@@ -112,9 +112,10 @@ pub(super) fn bad(what: String) -> std::io::Error {
     )
 }
 
-/// Splits an answer's trailer off. The outer error breaks the connection;
-/// the inner one is the server's answer to this request alone.
-pub(super) type Answer = Result<Result<ChunkBuf, Miss>, String>;
+/// Splits an answer's trailer and news off. The error breaks the
+/// connection; a miss in the reply is the server's answer to this request
+/// alone.
+pub(super) type Answer = Result<Reply, String>;
 
 /// Answer kinds, in the trailer.
 pub(super) const KIND_CHUNK: u8 = 0;
@@ -137,15 +138,39 @@ pub(super) fn answer(mut plain: ChunkBuf, want: u32) -> Answer {
             "data channel: answer for chunk {index}, expected {want}"
         ));
     }
+    let news = if kind & WITH_NEWS != 0 {
+        Some(news(&mut plain)?)
+    } else {
+        None
+    };
     let text = || String::from_utf8_lossy(&plain).into_owned();
-    match kind {
-        KIND_CHUNK => Ok(Ok(plain)),
-        KIND_FAILED => Ok(Err(Miss::Failed(text()))),
-        KIND_NOT_YET => Ok(Err(Miss::NotYet)),
-        KIND_REDIRECT => Ok(Err(Miss::Redirect(text()))),
-        KIND_GONE => Ok(Err(Miss::Gone(text()))),
-        k => Err(format!("data channel: an answer of unknown kind {k}")),
+    let chunks = match kind & !WITH_NEWS {
+        KIND_CHUNK => Ok(plain),
+        KIND_FAILED => Err(Miss::Failed(text())),
+        KIND_NOT_YET => Err(Miss::NotYet),
+        KIND_REDIRECT => Err(Miss::Redirect(text())),
+        KIND_GONE => Err(Miss::Gone(text())),
+        k => return Err(format!("data channel: an answer of unknown kind {k}")),
+    };
+    Ok(Reply { chunks, news })
+}
+
+/// Takes the news off the end of an answer's body.
+fn news(plain: &mut ChunkBuf) -> Result<News, String> {
+    let short = || "data channel: an answer with broken news".to_string();
+    let len = plain.len();
+    if len < 8 {
+        return Err(short());
     }
+    let word = |at: usize| u32::from_be_bytes(plain[at..at + 4].try_into().expect("4 bytes"));
+    let (from, count) = (word(len - 8), word(len - 4) as usize);
+    if count > mm_store::transfer::MAX_NEWS || 4 * count > len - 8 {
+        return Err(short());
+    }
+    let start = len - 8 - 4 * count;
+    let chunks = (0..count).map(|k| word(start + 4 * k)).collect();
+    plain.truncate(start);
+    Ok(News { from, chunks })
 }
 
 /// Sealers and records for the tests of this module and its neighbours.
@@ -225,7 +250,7 @@ mod tests {
         let mut ok = b"data".to_vec();
         ok.push(0);
         ok.extend_from_slice(&5u32.to_be_bytes());
-        assert_eq!(&answer(buf(&ok), 5).unwrap().unwrap()[..], b"data");
+        assert_eq!(&answer(buf(&ok), 5).unwrap().chunks.unwrap()[..], b"data");
         assert!(
             answer(buf(&ok), 6).is_err(),
             "an answer out of line breaks the stream"
@@ -234,19 +259,48 @@ mod tests {
         err.push(1);
         err.extend_from_slice(&5u32.to_be_bytes());
         assert_eq!(
-            answer(buf(&err), 5).unwrap().unwrap_err(),
+            answer(buf(&err), 5).unwrap().chunks.unwrap_err(),
             Miss::Failed("not here".into())
         );
         let mut redirect = b"h3".to_vec();
         redirect.push(KIND_REDIRECT);
         redirect.extend_from_slice(&5u32.to_be_bytes());
         assert_eq!(
-            answer(buf(&redirect), 5).unwrap().unwrap_err(),
+            answer(buf(&redirect), 5).unwrap().chunks.unwrap_err(),
             Miss::Redirect("h3".into())
         );
         let mut not_yet = vec![KIND_NOT_YET];
         not_yet.extend_from_slice(&5u32.to_be_bytes());
-        assert_eq!(answer(buf(&not_yet), 5).unwrap().unwrap_err(), Miss::NotYet);
+        assert_eq!(
+            answer(buf(&not_yet), 5).unwrap().chunks.unwrap_err(),
+            Miss::NotYet
+        );
         assert!(answer(buf(&[1, 2]), 0).is_err());
+        // News behind the body, before the trailer.
+        let mut with = b"data".to_vec();
+        for w in [7u32, 9, 2, 2] {
+            with.extend_from_slice(&w.to_be_bytes());
+        }
+        with.push(KIND_CHUNK | WITH_NEWS);
+        with.extend_from_slice(&5u32.to_be_bytes());
+        let r = answer(buf(&with), 5).unwrap();
+        assert_eq!(&r.chunks.unwrap()[..], b"data");
+        assert_eq!(
+            r.news,
+            Some(News {
+                from: 2,
+                chunks: vec![7, 9]
+            })
+        );
+        // News that claim more entries than the answer holds, or more than
+        // any answer may: the stream is broken.
+        for count in [3u32, u32::MAX] {
+            let mut lie = 7u32.to_be_bytes().to_vec();
+            lie.extend_from_slice(&0u32.to_be_bytes());
+            lie.extend_from_slice(&count.to_be_bytes());
+            lie.push(KIND_NOT_YET | WITH_NEWS);
+            lie.extend_from_slice(&5u32.to_be_bytes());
+            assert!(answer(buf(&lie), 5).is_err(), "{count}");
+        }
     }
 }

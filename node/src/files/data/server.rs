@@ -339,6 +339,21 @@ fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer
             kind
         }
     };
+    // The news as of this answer, behind its body.
+    let news = req
+        .seen
+        .and_then(|seen| engine.news(&req.name, &req.root, seen));
+    let kind = match news {
+        Some(n) => {
+            for c in &n.chunks {
+                record.extend_from_slice(&c.to_be_bytes());
+            }
+            record.extend_from_slice(&n.from.to_be_bytes());
+            record.extend_from_slice(&(n.chunks.len() as u32).to_be_bytes());
+            kind | WITH_NEWS
+        }
+        None => kind,
+    };
     record.extend_from_slice(&[kind]);
     record.extend_from_slice(&req.index.to_be_bytes());
     sealer.seal(&mut record, ANSWER_AT - 4);
