@@ -12,7 +12,15 @@ pub(super) struct FdReader {
     fd: std::os::fd::RawFd,
     wait: Duration,
     deadline: Instant,
+    /// The socket's SO_RCVLOWAT as last set (0: never set, the kernel's 1).
+    lowat: i32,
 }
+
+/// Bytes a wait for more data waits for at most: on a rate-capped link a
+/// chunk trickles in a packet or two at a time, and a wake-up for each
+/// cost more than the copy (a lone pull at 200 Mbit/s spent 2.5 CPU-s per
+/// GiB against 0.8 uncapped).
+const LOWAT: usize = 64 * 1024;
 
 impl FdReader {
     pub(super) fn new(fd: std::os::fd::RawFd, wait: Duration) -> FdReader {
@@ -20,6 +28,7 @@ impl FdReader {
             fd,
             wait,
             deadline: Instant::now() + wait,
+            lowat: 0,
         }
     }
 
@@ -30,6 +39,33 @@ impl FdReader {
 
     fn read(&mut self, to: *mut u8, len: usize) -> std::io::Result<usize> {
         use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
+        // What is there already, without a poll first.
+        // SAFETY: the caller's room holds `len` bytes.
+        let n = unsafe { libc::recv(self.fd, to.cast(), len, libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.kind(), Interrupted | WouldBlock) {
+            return Err(e);
+        }
+        // Then wake when a good part of what is due has come: never more
+        // than is due, so a record's end is never waited past.
+        let lowat = len.min(LOWAT) as i32;
+        if lowat != self.lowat {
+            // SAFETY: an int option on a descriptor we read. A socket that
+            // takes no low mark (not TCP) just wakes sooner.
+            unsafe {
+                libc::setsockopt(
+                    self.fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVLOWAT,
+                    (&lowat as *const i32).cast(),
+                    std::mem::size_of::<i32>() as libc::socklen_t,
+                )
+            };
+            self.lowat = lowat;
+        }
         loop {
             let mut p = libc::pollfd {
                 fd: self.fd,
@@ -52,7 +88,7 @@ impl FdReader {
                 _ => {}
             }
             // SAFETY: the caller's room holds `len` bytes.
-            let n = unsafe { libc::read(self.fd, to.cast(), len) };
+            let n = unsafe { libc::recv(self.fd, to.cast(), len, libc::MSG_DONTWAIT) };
             if n >= 0 {
                 return Ok(n as usize);
             }
