@@ -289,12 +289,29 @@ impl Overlay {
     /// Sends `body` straight to one node, connecting to it if need be (never
     /// relayed: for bulk transfers), and returns its answer.
     pub async fn direct(&self, name: &str, body: Vec<u8>) -> Result<Vec<u8>> {
-        self.ask(|reply| net::Cmd::Direct {
-            name: name.to_owned(),
-            body,
-            reply,
-        })
-        .await?
+        // A request that opens the connection can reach the other node
+        // before its identify exchange is done there, and is refused: the
+        // node will know us a round trip later. Without this, the first
+        // data channel grants of a swarm failed, and pullers took chunks
+        // from the holder over the mesh connection for 5 s.
+        let mut wait = Duration::from_millis(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let r = self
+                .ask(|reply| net::Cmd::Direct {
+                    name: name.to_owned(),
+                    body: body.clone(),
+                    reply,
+                })
+                .await?;
+            match r {
+                Err(Error::NotAdmitted) if std::time::Instant::now() + wait < deadline => {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Sends `body` to every named node and collects one outcome per name.

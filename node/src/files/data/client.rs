@@ -387,13 +387,17 @@ async fn write_all(sock: &AsyncFd<std::net::TcpStream>, mut buf: &[u8]) -> std::
 
 /// Which nodes refused or could not be reached on the data channel, so that
 /// chunks go the slower way for a while instead of failing: a minute for a
-/// node with the channel off, a few seconds after a failed setup.
+/// node with the channel off, a second after a failed setup.
 #[derive(Default)]
 struct Fallback(Mutex<HashMap<String, Instant>>);
 
 impl Fallback {
     const OFF: Duration = Duration::from_secs(60);
-    const FAILED: Duration = Duration::from_secs(5);
+    /// Short: most failed setups are a connection the other node's degree
+    /// limit closed under the grant, and the next one works; meanwhile a
+    /// swarm's chunks would cross the mesh connection, at several times
+    /// the CPU.
+    const FAILED: Duration = Duration::from_secs(1);
 
     fn active(&self, host: &str) -> bool {
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
