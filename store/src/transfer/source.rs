@@ -162,4 +162,31 @@ mod tests {
         // Unmeasured: two, to measure.
         assert_eq!(SourceStat::default().cap(false, None), 2);
     }
+
+    #[test]
+    fn news_adds_what_follows_on_and_nothing_else() {
+        let now = Instant::now();
+        // First heard of in a redirect: no bitfield yet.
+        let mut s = SourceStat::default();
+        let news = |from, chunks: &[u32]| News {
+            from,
+            chunks: chunks.to_vec(),
+        };
+        s.hear(&news(0, &[3, 9, 500]), 12, now);
+        assert_eq!(s.have, vec![0b1000, 0b10], "3 and 9; 500 is past the file");
+        assert_eq!(s.seen, 3);
+        // Overlapping news: only the new entries count, once.
+        s.hear(&news(2, &[500, 0]), 12, now);
+        assert_eq!((s.have[0], s.seen), (0b1001, 4));
+        // A gap (news from further on than we heard): ignored.
+        s.hear(&news(9, &[1]), 12, now);
+        assert_eq!((s.have[0], s.seen), (0b1001, 4));
+        // A complete holder has no news to take.
+        let mut c = SourceStat {
+            complete: true,
+            ..SourceStat::default()
+        };
+        c.hear(&news(0, &[1]), 12, now);
+        assert!(c.have.is_empty() && c.seen == 0);
+    }
 }

@@ -378,6 +378,102 @@ async fn pullers_serve_each_other_and_the_holder_sends_each_chunk_about_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pullers_swarm_without_polling_each_other() {
+    // No have polls and no fresh holder lists: what a puller knows of
+    // another comes from the holder's redirects and the news in the other
+    // puller's answers.
+    let quiet = Tuning {
+        have_every: Duration::from_secs(3600),
+        refresh_every: Duration::from_secs(3600),
+        ..fast()
+    };
+    let hub = Hub::new();
+    let h = node_tuned(
+        &hub,
+        "h",
+        tempfile::tempdir().unwrap(),
+        Arc::new(SyncData),
+        quiet.clone(),
+    );
+    let data = content(64 * CHUNK_SIZE as usize, 5);
+    h.put("f", &data);
+    h.engine.held("f").unwrap();
+    uplink(&hub, "h", 4);
+    let pullers: Vec<TestNode> = ["p1", "p2", "p3"]
+        .iter()
+        .map(|n| {
+            node_tuned(
+                &hub,
+                n,
+                tempfile::tempdir().unwrap(),
+                Arc::new(SyncData),
+                quiet.clone(),
+            )
+        })
+        .collect();
+    let gets = pullers.iter().map(|p| p.get("f"));
+    for r in futures::future::join_all(gets).await {
+        r.unwrap();
+    }
+    let mut from_others = 0;
+    for p in &pullers {
+        assert_eq!(p.read("f").unwrap(), data, "{} differs", p.name);
+        from_others += p
+            .ended("f")
+            .sources
+            .iter()
+            .filter(|s| s.host != "h")
+            .map(|s| s.served)
+            .sum::<u64>();
+    }
+    let sent = hub.sent("h");
+    assert!(sent <= 64 + 4, "the holder sent {sent} chunks for 64");
+    assert!(
+        from_others >= 128 - 8,
+        "only {from_others} chunks from other pullers"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_news_are_its_chunks_in_the_order_they_landed() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = content(32 * CHUNK_SIZE as usize, 6);
+    h.put("f", &data);
+    let root = h.local.manifest("f").unwrap().unwrap().root;
+    uplink(&hub, "h", 20);
+    let p = node(&hub, "p");
+    let engine = p.engine.clone();
+    let get = tokio::spawn(async move {
+        let pending = engine.get("f", &Select::default()).await.unwrap();
+        engine.wait(pending).await
+    });
+    // Mid-way: every entry is a chunk it has, each once.
+    let news = loop {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(n) = p.engine.news("f", &root, 0).filter(|n| n.chunks.len() >= 8) {
+            break n;
+        }
+    };
+    assert_eq!(news.from, 0);
+    let have = p.engine.have_bits("f", &root).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for &c in &news.chunks {
+        assert!(bit(&have, c as usize), "news of chunk {c}, not here");
+        assert!(seen.insert(c), "chunk {c} twice");
+    }
+    // From where the asker left off; from the start for one that heard
+    // more than there is (another transfer of the file); none for another
+    // version.
+    let more = p.engine.news("f", &root, 3).unwrap();
+    assert_eq!((more.from, &more.chunks[..5]), (3, &news.chunks[3..8]));
+    assert_eq!(p.engine.news("f", &root, 1 << 30).unwrap().from, 0);
+    assert!(p.engine.news("f", &[0u8; 32], 0).is_none());
+    get.await.unwrap().unwrap();
+    assert!(p.engine.news("f", &root, 0).is_none(), "done: no transfer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_chunk_is_never_written_nor_marked() {
     let hub = Hub::new();
     let (bad, stuck) = (node(&hub, "bad"), node(&hub, "stuck"));
