@@ -286,7 +286,7 @@ fn candidates(v: &View, ready: &[&String]) -> Candidates {
     let n = v.chunks;
     let nw = n.div_ceil(64);
     let mut want: Vec<u64> = (0..nw).map(|w| !word(v.have, w)).collect();
-    if n % 64 != 0 {
+    if !n.is_multiple_of(64) {
         if let Some(last) = want.last_mut() {
             *last &= (1u64 << (n % 64)) - 1;
         }
