@@ -29,6 +29,8 @@ mod pick;
 mod pull;
 mod recent;
 mod serve;
+#[doc(hidden)]
+pub mod sim;
 mod source;
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,195 @@
+//! The transfer engine's picker in a simulated swarm: one holder, up to
+//! 1,000 pullers, the real `pick::next` and ledger on a virtual clock
+//! (`mm_store::transfer::sim`). Prints a markdown table, one row per
+//! scenario, then what each run did over time.
+//! `cargo bench -p mm-store --bench swarm`.
+//!
+//! The scenarios are the issue's (100 hosts; N hosts; N with 5% dying; N
+//! with 5% slow; two sites of N/2 joined by a link of twice a host's cap),
+//! but N is 100 and the file 1 GiB unless MM_SIM_HOSTS and MM_SIM_GIB say
+//! otherwise: the simulation costs what the pullers' picker costs, and at
+//! 1,000 sources one `pick::next` takes milliseconds (about 2.7 ms with 60
+//! chunks in flight), so 1,000 hosts take hours for 1 GiB and days for 10.
+//! 100 hosts take 2-3 minutes a scenario for 1 GiB, 45 for 10 GiB.
+//!
+//! MM_SIM_SEED changes the seed, MM_SIM_ONLY (scenario numbers, `1,3`) picks
+//! scenarios, MM_SIM_THREADS runs that many at once (2), MM_SIM_PROGRESS
+//! prints progress every 10 s, MM_SIM_KNOWN=K tells each puller of K other
+//! pullers only (and of those a holder points it at) instead of all.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use mm_store::manifest::CHUNK_SIZE;
+use mm_store::transfer::sim::{self, Cost, Report, Scenario};
+
+fn env<T: std::str::FromStr>(name: &str) -> Option<T> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+fn chunks(gib: f64) -> usize {
+    ((gib * (1u64 << 30) as f64) / CHUNK_SIZE as f64)
+        .round()
+        .max(1.0) as usize
+}
+
+fn ratio(t: Option<f64>, ideal: f64) -> String {
+    t.map_or("not all".into(), |t| format!("{:.3}", t / ideal))
+}
+
+fn main() {
+    let seed = env("MM_SIM_SEED").unwrap_or(1);
+    let hosts = env("MM_SIM_HOSTS").unwrap_or(100);
+    let gib: f64 = env("MM_SIM_GIB").unwrap_or(1.0);
+    let only: Option<Vec<usize>> = std::env::var("MM_SIM_ONLY")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect());
+    let threads = env("MM_SIM_THREADS").unwrap_or(2usize).max(1);
+
+    let big = chunks(gib);
+    let mut all = vec![
+        Scenario::new(&format!("100 hosts, {gib} GiB"), 100, chunks(gib)),
+        Scenario::new(&format!("{hosts} hosts, {gib} GiB"), hosts, big),
+        Scenario {
+            dying: 0.05,
+            ..Scenario::new(&format!("{hosts} hosts, 5% dying"), hosts, big)
+        },
+        Scenario {
+            slow: 0.05,
+            ..Scenario::new(&format!("{hosts} hosts, 5% slow (1/10)"), hosts, big)
+        },
+        Scenario {
+            sites: 2,
+            site_link: Some(2.0 * 125e6),
+            ..Scenario::new(&format!("2 sites of {}, 2x link", hosts / 2), hosts, big)
+        },
+    ];
+    let progress = std::env::var_os("MM_SIM_PROGRESS").is_some();
+    let known: Option<usize> = env("MM_SIM_KNOWN");
+    for s in &mut all {
+        s.seed = seed;
+        s.progress = progress;
+        s.known = known;
+    }
+    let picked: Vec<(usize, Scenario)> = all
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (i + 1, s))
+        .filter(|(i, _)| only.as_ref().is_none_or(|o| o.contains(i)))
+        // With 100 hosts the second is the first again.
+        .filter(|(i, _)| *i != 2 || hosts != 100 || only.is_some())
+        .collect();
+
+    let next = AtomicUsize::new(0);
+    let out: Mutex<Vec<(usize, Report, Cost)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..threads.min(picked.len()) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some((k, sc)) = picked.get(i) else { break };
+                let (r, c) = sim::run(sc);
+                eprintln!(
+                    "{k}. {}: done in {:.1} s wall ({:.1} s picking, {} picks)",
+                    sc.name,
+                    c.wall.as_secs_f64(),
+                    c.picking.as_secs_f64(),
+                    r.stats.picks
+                );
+                out.lock().unwrap().push((*k, r, c));
+            });
+        }
+    });
+    let mut out = out.into_inner().unwrap();
+    out.sort_by_key(|(k, _, _)| *k);
+
+    let policy = known.map_or("every other puller that has started".into(), |k| {
+        format!("{k} other pullers, and those a holder points them at")
+    });
+    println!(
+        "seed {seed}; each puller knows {policy}; times are over size / per-host cap \
+         (1 Gbit/s each way)\n"
+    );
+    println!(
+        "| # | scenario | chunks | last live done | p50 | last fast | origin chunks / chunk | \
+         wasted % | dead | wall s | picking s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (k, r, c) in &out {
+        let wasted = r.wasted_chunks as f64 / (r.chunks as f64 * r.pullers as f64) * 100.0;
+        println!(
+            "| {k} | {} | {} | {} | {} | {} | {:.3} | {:.2} | {} | {:.1} | {:.1} |",
+            r.name,
+            r.chunks,
+            ratio(r.last, r.ideal),
+            ratio(r.p50, r.ideal),
+            ratio(r.last_fast, r.ideal),
+            r.origin_chunks as f64 / r.chunks as f64,
+            wasted,
+            r.dead,
+            c.wall.as_secs_f64(),
+            c.picking.as_secs_f64(),
+        );
+    }
+    println!();
+    for (k, r, c) in &out {
+        detail(*k, r, c);
+    }
+}
+
+/// What the swarm did over time and why the pullers stopped asking.
+fn detail(k: usize, r: &Report, c: &Cost) {
+    let s = &r.stats;
+    // Tenths of the ideal time, as far as the run went.
+    let cap = 125e6 * r.ideal / 10.0;
+    let tenths = ((s.end / r.ideal * 10.0).ceil() as usize).min(s.origin_bytes.len() - 1);
+    let pct = |v: &[f64], over: f64| -> String {
+        v[..tenths]
+            .iter()
+            .map(|&b| format!("{:.0}", b / over * 100.0))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    println!(
+        "{k}. {} (ideal {:.1} s, simulated {:.1} s)",
+        r.name, r.ideal, s.end
+    );
+    println!(
+        "   done: 10% at {}, 50% at {}, 90% at {}, all at {} (x ideal); first chunk after {:.3} s on average",
+        ratio(s.done_10, r.ideal),
+        ratio(r.p50, r.ideal),
+        ratio(s.done_90, r.ideal),
+        ratio(r.last, r.ideal),
+        s.first_chunk
+    );
+    println!(
+        "   holder uplink busy, % per tenth of the ideal time: {}",
+        pct(&s.origin_bytes, cap)
+    );
+    println!(
+        "   pullers' downlinks busy, % per tenth: {}",
+        pct(&s.down_bytes, cap * r.pullers as f64)
+    );
+    println!(
+        "   requests {} ({} to the holder, {} endgame); picks {}; stopped: full {} no room {} nothing to ask {}",
+        s.asks, s.origin_asks, s.endgame_asks, s.picks, s.stop_full, s.stop_no_room, s.stop_nothing
+    );
+    println!(
+        "   not yet {}, redirects {}, promises expired {}, lost {}, failed {}; have polls {} ({:.1} MB/s per puller)",
+        s.not_yet,
+        s.redirects,
+        s.promises_expired,
+        s.lost,
+        s.failed,
+        s.have_polls,
+        s.poll_bytes as f64 / s.end.max(1e-9) / r.pullers as f64 / 1e6
+    );
+    println!(
+        "   cost: {:.1} s wall, {:.1} s in pick::next ({:.1} us a call), {:.1} s applying views; {} events, trace {:016x}",
+        c.wall.as_secs_f64(),
+        c.picking.as_secs_f64(),
+        c.picking.as_secs_f64() * 1e6 / s.picks.max(1) as f64,
+        c.views.as_secs_f64(),
+        s.events,
+        r.trace
+    );
+}
