@@ -1,0 +1,202 @@
+//! The serving side: connections answered in order, a complete holder
+//! through the real [`Ledger`], a puller from its have-bits, with its news.
+
+use super::*;
+
+impl Sim<'_> {
+    // ---- the serving side ----
+
+    pub(super) fn conn(&mut self, from: u32, to: u32) -> u32 {
+        if let Some(&c) = self.conn_of.get(&(from, to)) {
+            return c;
+        }
+        let c = self.conns.len() as u32;
+        let (sa, sb) = (self.hosts[from as usize].site, self.hosts[to as usize].site);
+        let mut links = [2 * from, 2 * to + 1, 0];
+        let mut nlinks = 2;
+        if sa != sb && self.sc.site_link.is_some() {
+            links[2] = (2 * self.hosts.len() + sa * self.sc.sites.max(1) + sb) as u32;
+            nlinks = 3;
+        }
+        self.conns.push(Conn {
+            from,
+            to,
+            links,
+            nlinks,
+            pos: [0; 3],
+            queue: VecDeque::new(),
+            sending: None,
+            flowing: false,
+            rate: 0.0,
+            left: 0.0,
+            at: 0,
+        });
+        self.conn_of.insert((from, to), c);
+        self.out_conns[from as usize].push(c);
+        self.in_conns[to as usize].push(c);
+        c
+    }
+
+    pub(super) fn arrive(&mut self, q: u32, p: u32, req: Req) {
+        if self.hosts[p as usize].died.is_some() {
+            return; // its connections are closed
+        }
+        if let Some(died) = self.hosts[q as usize].died {
+            let timeout = ns(self.sc.dead_timeout);
+            let (at, miss) = if req.sent < died {
+                (died + timeout, Miss::Lost("connection lost".into()))
+            } else {
+                (req.sent + timeout, Miss::Failed("unreachable".into()))
+            };
+            self.push(
+                at.max(self.now),
+                Ev::Reply {
+                    to: p,
+                    from: q,
+                    first: req.first,
+                    count: req.count,
+                    ans: Ans::Miss(miss),
+                    news: None,
+                },
+            );
+            return;
+        }
+        let c = self.conn(q, p);
+        self.conns[c as usize].queue.push_back(req);
+        if !self.conns[c as usize].flowing {
+            self.serve_next(c);
+        }
+    }
+
+    /// The next request on a connection: misses go back at once, the first
+    /// with data to send becomes the flow.
+    pub(super) fn serve_next(&mut self, c: u32) {
+        loop {
+            let Some(req) = self.conns[c as usize].queue.pop_front() else {
+                self.end_flow(c);
+                return;
+            };
+            let (q, p) = (self.conns[c as usize].from, self.conns[c as usize].to);
+            let decided = self.decide(q, p, &req);
+            let news = req.seen.and_then(|seen| self.news(q, seen));
+            match decided {
+                Err(miss) => {
+                    let at = self.now + self.lat(q, p);
+                    self.push(
+                        at,
+                        Ev::Reply {
+                            to: p,
+                            from: q,
+                            first: req.first,
+                            count: req.count,
+                            ans: Ans::Miss(miss),
+                            news,
+                        },
+                    );
+                }
+                Ok((k, tags)) => {
+                    let conn = &mut self.conns[c as usize];
+                    conn.sending = Some(Sending { req, k, tags, news });
+                    conn.left = (k as u64 * CHUNK_SIZE) as f64;
+                    conn.at = self.now;
+                    if conn.flowing {
+                        self.reschedule(c);
+                    } else {
+                        self.start_flow(c);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// What `q` sends `p` for `req`, as `Engine::read_run`: a holder asks
+    /// its ledger, a puller sends what it has of the run.
+    pub(super) fn decide(
+        &mut self,
+        q: u32,
+        p: u32,
+        req: &Req,
+    ) -> Result<(usize, [u32; MAX_RUN]), Miss> {
+        let n = self.n;
+        let first = req.first as usize;
+        let count = (req.count as usize).clamp(1, MAX_RUN);
+        let now = self.inst(self.now);
+        let idle = self.t.ledger_idle;
+        let t = self.t;
+        let from = &self.names[p as usize];
+        let h = &mut self.hosts[q as usize];
+        let k = if let Some(l) = h.ledger.as_mut() {
+            // A holder forgets a file's pullers once none has asked for a
+            // while (`Engine::portion`).
+            if !l.active.values().any(|at| now - *at < idle) {
+                *l = Ledger::new(&[]);
+            }
+            let count = count.min(n - first);
+            match l.decide_run(t, from, first as u32, count as u32, now) {
+                Portion::Send(k) => k as usize,
+                Portion::Redirect(to) => return Err(Miss::Redirect(to)),
+            }
+        } else {
+            let k = (first..(first + count).min(n))
+                .take_while(|&i| h.store[i] != NONE)
+                .count();
+            if k == 0 {
+                return Err(Miss::NotYet);
+            }
+            k
+        };
+        let mut tags = [NONE; MAX_RUN];
+        for (j, tag) in tags.iter_mut().enumerate().take(k) {
+            *tag = h.store[first + j];
+        }
+        Ok((k, tags))
+    }
+
+    /// What `Engine::news` says for a puller that heard `seen` entries of
+    /// `q`'s log: none unless `q` is still pulling.
+    pub(super) fn news(&self, q: u32, seen: u32) -> Option<News> {
+        let h = &self.hosts[q as usize];
+        h.pull.as_ref()?;
+        let from = if seen as usize > h.log.len() {
+            0
+        } else {
+            seen as usize
+        };
+        let end = (from + MAX_NEWS).min(h.log.len());
+        Some(News {
+            from: from as u32,
+            chunks: h.log[from..end].iter().map(|&(_, i)| i).collect(),
+        })
+    }
+
+    /// An answer has left the sender.
+    pub(super) fn sent(&mut self, c: u32) {
+        let conn = &mut self.conns[c as usize];
+        conn.left = 0.0;
+        conn.at = self.now;
+        let s = conn.sending.take().expect("a flow sends something");
+        let (q, p) = (conn.from, conn.to);
+        if q == 0 {
+            self.origin_chunks += s.k as u64;
+        }
+        let at = self.now + self.lat(q, p);
+        self.push(
+            at,
+            Ev::Reply {
+                to: p,
+                from: q,
+                first: s.req.first,
+                count: s.req.count,
+                ans: Ans::Data {
+                    k: s.k,
+                    tags: s.tags,
+                },
+                news: s.news,
+            },
+        );
+        // Keeps flowing if another answer is due, at the same rate.
+        self.ends.remove(c);
+        self.serve_next(c);
+    }
+}

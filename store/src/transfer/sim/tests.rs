@@ -1,0 +1,92 @@
+use super::*;
+
+fn small(name: &str) -> Scenario {
+    Scenario::new(name, 20, 128)
+}
+
+fn check_complete(r: &Report) {
+    assert_eq!(r.done, r.live, "{r:#?}");
+    assert!(r.last.is_some(), "{r:#?}");
+    assert_eq!(r.corrupt, 0, "{r:#?}");
+    assert_eq!(r.bad_copies, 0, "{r:#?}");
+}
+
+#[test]
+fn sim_every_puller_gets_every_chunk_and_the_holder_sends_each_about_once() {
+    let sc = small("plain");
+    let (r, _) = run(&sc);
+    check_complete(&r);
+    assert_eq!(r.live, 20);
+    let per_chunk = r.origin_chunks as f64 / r.chunks as f64;
+    assert!((1.0..=1.1).contains(&per_chunk), "{per_chunk}: {r:#?}");
+    // Nothing is faster than one host's link.
+    assert!(r.last.unwrap() >= r.ideal, "{r:#?}");
+}
+
+#[test]
+fn sim_the_same_seed_gives_the_same_run_and_another_seed_another() {
+    let sc = small("seed");
+    let (a, _) = run(&sc);
+    let (b, _) = run(&sc);
+    assert_eq!(a, b);
+    let (c, _) = run(&Scenario { seed: 2, ..sc });
+    assert_ne!(a.trace, c.trace);
+    check_complete(&c);
+}
+
+#[test]
+fn sim_the_live_pullers_finish_when_some_die() {
+    let sc = Scenario {
+        dying: 0.25,
+        ..small("dying")
+    };
+    let (r, _) = run(&sc);
+    assert_eq!(r.dead, 5, "{r:#?}");
+    assert_eq!(r.live, 15);
+    check_complete(&r);
+    assert!(r.stats.lost + r.stats.failed > 0, "{r:#?}");
+}
+
+#[test]
+fn sim_slow_pullers_a_thin_site_link_and_a_cap_on_known_pullers_still_finish() {
+    let slow = Scenario {
+        slow: 0.2,
+        ..small("slow")
+    };
+    let (r, _) = run(&slow);
+    check_complete(&r);
+    // A slow puller's link is a tenth: no faster than that allows.
+    assert!(r.last.unwrap() >= r.ideal / slow.slow_factor, "{r:#?}");
+    assert!(r.last_fast.unwrap() < r.last.unwrap(), "{r:#?}");
+    let sites = Scenario {
+        sites: 2,
+        site_link: Some(2.0 * 125e6),
+        ..small("sites")
+    };
+    check_complete(&run(&sites).0);
+    let known = Scenario {
+        known: Some(4),
+        write_delay: Duration::from_micros(500),
+        ..small("known")
+    };
+    check_complete(&run(&known).0);
+}
+
+#[test]
+fn sim_flows_share_a_link_and_never_pass_its_capacity() {
+    // Four pullers, one holder, no swarm to speak of (one chunk each):
+    // the holder's uplink is what they share.
+    let sc = Scenario::new("share", 4, 4);
+    let mut sim = Sim::new(&sc);
+    sim.run();
+    for (i, l) in sim.links.iter().enumerate() {
+        assert!(
+            l.sum <= l.cap * (1.0 + 1e-9),
+            "link {i}: {} > {}",
+            l.sum,
+            l.cap
+        );
+    }
+    let r = sim.report();
+    check_complete(&r);
+}
