@@ -7,15 +7,13 @@
 //! The scenarios are the issue's (100 hosts; N hosts; N with 5% dying; N
 //! with 5% slow; two sites of N/2 joined by a link of twice a host's cap),
 //! but N is 100 and the file 1 GiB unless MM_SIM_HOSTS and MM_SIM_GIB say
-//! otherwise: the simulation costs what the pullers' picker costs, and at
-//! 1,000 sources one `pick::next` takes milliseconds (about 2.7 ms with 60
-//! chunks in flight), so 1,000 hosts take hours for 1 GiB and days for 10.
-//! 100 hosts take 2-3 minutes a scenario for 1 GiB, 45 for 10 GiB.
+//! otherwise. Each puller tracks the engine's default peer set (24 other
+//! pullers, 8 complete holders, and whoever it is busy with: see
+//! `transfer::peers`); MM_SIM_PEERS=K tracks K other pullers instead.
 //!
 //! MM_SIM_SEED changes the seed, MM_SIM_ONLY (scenario numbers, `1,3`) picks
 //! scenarios, MM_SIM_THREADS runs that many at once (2), MM_SIM_PROGRESS
-//! prints progress every 10 s, MM_SIM_KNOWN=K tells each puller of K other
-//! pullers only (and of those a holder points it at) instead of all.
+//! prints progress every 10 s.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -65,11 +63,13 @@ fn main() {
         },
     ];
     let progress = std::env::var_os("MM_SIM_PROGRESS").is_some();
-    let known: Option<usize> = env("MM_SIM_KNOWN");
+    let peers: Option<usize> = env("MM_SIM_PEERS");
     for s in &mut all {
         s.seed = seed;
         s.progress = progress;
-        s.known = known;
+        if let Some(k) = peers {
+            s.tuning.peers.pullers = k;
+        }
     }
     let picked: Vec<(usize, Scenario)> = all
         .into_iter()
@@ -102,11 +102,14 @@ fn main() {
     let mut out = out.into_inner().unwrap();
     out.sort_by_key(|(k, _, _)| *k);
 
-    let policy = known.map_or("every other puller that has started".into(), |k| {
-        format!("{k} other pullers, and those a holder points them at")
-    });
+    let limits = mm_store::transfer::Tuning::default().peers;
+    let policy = format!(
+        "{} other pullers and {} complete holders, and those it is busy with",
+        peers.unwrap_or(limits.pullers),
+        limits.holders
+    );
     println!(
-        "seed {seed}; each puller knows {policy}; times are over size / per-host cap \
+        "seed {seed}; each puller tracks {policy}; times are over size / per-host cap \
          (1 Gbit/s each way)\n"
     );
     println!(

@@ -22,6 +22,9 @@ pub(super) struct JobState {
     pub(super) bytes: u64,
     pub(super) rate: f64,
     pub(super) sources: BTreeMap<String, SourceStat>,
+    /// Sources no longer tracked (see [`super::peers`]): kept for what
+    /// they served and for a ban on bad data, which outlives a refresh.
+    pub(super) retired: BTreeMap<String, SourceStat>,
     /// The chunks that landed here, in order, for other pullers' news.
     pub(super) log: Vec<u32>,
     /// Chunks found here, verified, when the transfer resumed after a
@@ -33,6 +36,25 @@ pub(super) struct JobState {
     /// is measured per chunk, so without this a transfer whose sources all
     /// hung would go on showing its last rate and a short eta.
     pub(super) last_data: Instant,
+}
+
+impl JobState {
+    /// `host`'s record, tracked or retired ([`super::peers::stat`]).
+    pub(super) fn stat(&mut self, host: &str) -> &mut SourceStat {
+        super::peers::stat(&mut self.sources, &mut self.retired, host)
+    }
+
+    /// Tracks `host` ([`super::peers::track`]).
+    pub(super) fn track(&mut self, host: &str) -> &mut SourceStat {
+        super::peers::track(&mut self.sources, &mut self.retired, host)
+    }
+
+    /// Every source ever tracked, in name order.
+    pub(super) fn all_sources(&self) -> impl Iterator<Item = (&String, &SourceStat)> {
+        let mut v: Vec<_> = self.sources.iter().chain(self.retired.iter()).collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v.into_iter()
+    }
 }
 
 /// No chunk for this long, and a pulling transfer shows as stalled, with no
@@ -176,8 +198,7 @@ impl Job {
     pub(super) fn sources_summary(&self) -> String {
         let st = self.state();
         let mut v: Vec<String> = st
-            .sources
-            .iter()
+            .all_sources()
             .filter(|(_, s)| s.served > 0 || s.bad > 0)
             .map(|(h, s)| s.label(h))
             .collect();
@@ -222,7 +243,7 @@ impl Job {
             bytes_done: st.bytes,
             size: self.manifest.size,
             rate,
-            sources: st.sources.iter().map(|(h, s)| s.row(h)).collect(),
+            sources: st.all_sources().map(|(h, s)| s.row(h)).collect(),
             resumed: st.resumed,
             eta_secs,
             phase,

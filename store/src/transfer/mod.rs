@@ -15,7 +15,8 @@
 //! This file is the engine's public face (get, wait, cancel, status,
 //! resume). The rest, by concern: [`find`] (who holds what, versions and
 //! conflicts), [`pull`] (one transfer's loop), [`pick`] (the pure choice of
-//! the next request), [`source`] (what a puller knows of each source),
+//! the next request), [`source`] (what a puller knows of each source), [`peers`] (which
+//! sources it tracks),
 //! [`ledger`] (a holder's record of its pullers), [`serve`] (answering
 //! other nodes), [`durable`] (the partial file, syncs, have-bit records,
 //! the final rename), [`job`] (one transfer and its status).
@@ -25,6 +26,7 @@ mod durable;
 mod find;
 mod job;
 mod ledger;
+mod peers;
 mod pick;
 mod pull;
 mod recent;
@@ -57,6 +59,7 @@ pub use durable::{Disk, SyncData};
 use job::{Job, JobState};
 pub use job::{SourceRow, Status};
 use ledger::Ledger;
+pub use peers::PeerLimits;
 use source::SourceStat;
 pub use tuning::Tuning;
 
@@ -476,6 +479,7 @@ impl Engine {
             bytes,
             rate: 0.0,
             sources,
+            retired: BTreeMap::new(),
             log: Vec::new(),
             resumed: 0,
             took: String::new(),

@@ -67,12 +67,12 @@ pub(crate) struct Ask {
 impl View<'_> {
     /// Whether `h` can give chunk `i`. A chunk another puller was sent for
     /// us is that puller's to give, for a while: not the holder's again
-    /// (unless that puller has been dropped: it finished and deleted the
-    /// file, say; then the holder serves it after all). The loop has
-    /// dropped promises that are over.
+    /// (unless that puller has been dropped, or is no longer tracked: it
+    /// finished and deleted the file, say; then the holder serves it after
+    /// all). The loop has dropped promises that are over.
     fn has(&self, h: &str, s: &SourceStat, i: usize) -> bool {
         match self.hints.promised.get(&i) {
-            Some((to, _)) if !self.sources.get(to).is_some_and(|t| t.dropped) => {
+            Some((to, _)) if self.sources.get(to).is_some_and(|t| !t.dropped) => {
                 to == h || (!s.complete && bit(&s.have, i))
             }
             _ => s.complete || bit(&s.have, i),

@@ -13,6 +13,7 @@ use tracing::warn;
 use super::bits::{bit, clear_bit, count_bits, set_bit};
 use super::durable::{Partial, Piece, Written};
 use super::job::Job;
+use super::peers;
 use super::pick::{self, Hints};
 use super::{Engine, HolderAnswers, Miss, Reply, SYNC_EVERY};
 use crate::buf::ChunkBuf;
@@ -117,6 +118,8 @@ pub(super) struct Pull {
     /// Bytes written since when, for the rate `file status` shows.
     rate_window: (Instant, u64),
     inbox: Inbox,
+    /// This transfer's own order of the other pullers ([`peers::rank`]).
+    seed: u64,
 }
 
 /// What woke the loop.
@@ -139,6 +142,35 @@ impl Pull {
         let now = Instant::now();
         let retry_wait = engine.tuning.retry_first;
         let here = job.state().have.clone();
+        let seed = rand::random();
+        {
+            // The holders `file get` found, through the same choice as
+            // every refresh: its first requests go to the peers it keeps.
+            let mut st = job.state();
+            let st = &mut *st;
+            let offered = st
+                .sources
+                .iter()
+                .filter(|(_, s)| !s.dropped)
+                .map(|(h, s)| {
+                    let host = h.clone();
+                    let o = peers::Offer {
+                        host,
+                        complete: s.complete,
+                    };
+                    (o, s.have.clone())
+                })
+                .collect();
+            peers::refresh(
+                seed,
+                &mut st.sources,
+                &mut st.retired,
+                &Hints::default(),
+                offered,
+                engine.tuning.peers,
+                engine.tuning.max_bad,
+            );
+        }
         Pull {
             engine,
             job,
@@ -162,6 +194,7 @@ impl Pull {
             retry_wait,
             rate_window: (now, 0),
             inbox: Inbox::new(),
+            seed,
         }
     }
 
@@ -375,9 +408,10 @@ impl Pull {
                     None
                 }
                 Err(Miss::Redirect(to)) => {
-                    // Possibly a puller we have not heard of yet: its
-                    // bitfield is polled from now on.
-                    let s = st.sources.entry(to.clone()).or_default();
+                    // Possibly a puller we have not heard of yet, or do not
+                    // track: its bitfield is polled from now on, at least
+                    // until the chunk is here.
+                    let s = st.track(&to);
                     if !s.dropped {
                         self.hints.promised.insert(idx, (to, Instant::now()));
                     }
@@ -386,13 +420,13 @@ impl Pull {
                 // The connection broke under this request (and maybe
                 // others): try again soon, on a new one.
                 Err(Miss::Lost(e)) => {
-                    let s = st.sources.entry(host.clone()).or_default();
+                    let s = st.stat(&host);
                     s.benched_until = Some(Instant::now() + t.lost_wait);
                     tracing::debug!("{}: chunk {idx} from {host}: {e}", self.job.name);
                     None
                 }
                 Err(miss @ (Miss::Failed(_) | Miss::Gone(_))) => {
-                    let s = st.sources.entry(host.clone()).or_default();
+                    let s = st.stat(&host);
                     s.fails += 1;
                     s.benched_until = Some(Instant::now() + t.fail_wait * (1u32 << s.fails.min(6)));
                     let e = match miss {
@@ -539,7 +573,7 @@ impl Pull {
         let len = match w {
             Written::Failed(e) => return Err(e),
             Written::Bad => {
-                let s = st.sources.entry(host.clone()).or_default();
+                let s = st.stat(&host);
                 s.bad += 1;
                 warn!(
                     "{}: chunk {idx} from {host} failed verification ({} bad from it); \
@@ -563,7 +597,7 @@ impl Pull {
         st.log.push(idx as u32);
         st.bytes += len;
         st.last_data = Instant::now();
-        let s = st.sources.entry(host).or_default();
+        let s = st.stat(&host);
         s.served += 1;
         s.fails = 0;
         self.rate_window.1 += len;
@@ -620,14 +654,16 @@ impl Pull {
         Ok(())
     }
 
-    /// Adds new holders and other pullers (with their progress),
-    /// re-admits sources that came back, and drops those that answered
-    /// without the file. A host that did not answer keeps its state: it
-    /// may be busy, and is benched if its chunk requests fail. (Nodes gone
-    /// from the mesh altogether are not in `answers`.)
+    /// Drops the sources that answered without the file, then tracks the
+    /// holders and other pullers [`peers::choose`] keeps (with their
+    /// progress, re-admitting those that came back) and retires the rest.
+    /// A host that did not answer keeps its state: it may be busy, and is
+    /// benched if its chunk requests fail. (Nodes gone from the mesh
+    /// altogether are not in `answers`.)
     fn apply_refresh(&self, answers: HolderAnswers) {
         let job = &self.job;
         let mut st = job.state();
+        let mut offered = Vec::new();
         for (host, res) in answers {
             let Ok(list) = res else { continue };
             let held = list
@@ -635,14 +671,9 @@ impl Pull {
                 .find(|h| h.name == job.name && h.manifest.root == job.manifest.root);
             match held {
                 Some(h) => {
-                    let s = st.sources.entry(host.clone()).or_default();
-                    s.complete = h.partial.is_none();
-                    s.have = h.partial.unwrap_or_default();
-                    if s.dropped && s.bad < self.engine.tuning.max_bad {
-                        s.dropped = false;
-                        s.fails = 0;
-                        s.benched_until = None;
-                    }
+                    let complete = h.partial.is_none();
+                    let have = h.partial.unwrap_or_default();
+                    offered.push((peers::Offer { host, complete }, have));
                 }
                 None => {
                     if let Some(s) = st.sources.get_mut(&host) {
@@ -651,6 +682,16 @@ impl Pull {
                 }
             }
         }
+        let st = &mut *st;
+        peers::refresh(
+            self.seed,
+            &mut st.sources,
+            &mut st.retired,
+            &self.hints,
+            offered,
+            self.engine.tuning.peers,
+            self.engine.tuning.max_bad,
+        );
     }
 }
 

@@ -183,6 +183,36 @@ async fn every_holder_serves_and_the_copy_is_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_asks_only_the_few_holders_it_tracks() {
+    let hub = Hub::new();
+    let names = ["a", "b", "c", "d", "e", "f"];
+    let holders: Vec<TestNode> = names.iter().map(|n| node(&hub, n)).collect();
+    let data = file();
+    for h in &holders {
+        h.put("img/disk.qcow2", &data);
+        uplink(&hub, &h.name, 5);
+    }
+    let mut few = fast();
+    few.peers.holders = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let p = node_tuned(&hub, "p", dir, Arc::new(SyncData), few);
+    p.get("img/disk.qcow2").await.unwrap();
+    assert_eq!(p.read("img/disk.qcow2").unwrap(), data);
+    let row = p.ended("img/disk.qcow2");
+    let served: Vec<&str> = row
+        .sources
+        .iter()
+        .filter(|s| s.served > 0)
+        .map(|s| s.host.as_str())
+        .collect();
+    assert_eq!(served.len(), 2, "{row:?}");
+    assert_eq!(row.sources.iter().map(|s| s.served).sum::<u64>(), N as u64);
+    // Every holder is still listed (none was asked): the rows are the
+    // transfer's record, not its peer set.
+    assert_eq!(row.sources.len(), names.len(), "{row:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupt_source_is_dropped_and_nothing_bad_is_written() {
     let hub = Hub::new();
     let (good, bad) = (node(&hub, "good"), node(&hub, "bad"));

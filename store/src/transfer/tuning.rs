@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::peers::PeerLimits;
+
 #[derive(Debug, Clone)]
 pub struct Tuning {
     /// How often the have-bitfields of other pullers are polled: the sooner
@@ -41,6 +43,11 @@ pub struct Tuning {
     pub puller_active: Duration,
     /// A chunk sent to one puller this recently is not sent to another.
     pub sent_fresh: Duration,
+    /// The sources a puller tracks at most (see [`super::peers`]): a few
+    /// dozen other pullers are enough to swarm at the links' speed (the
+    /// simulator measured it at 1,000 hosts), and each costs a bitfield
+    /// poll ten times a second and a place in every choice.
+    pub peers: PeerLimits,
 }
 
 impl Default for Tuning {
@@ -60,6 +67,10 @@ impl Default for Tuning {
             ledger_idle: Duration::from_secs(60),
             puller_active: Duration::from_secs(5),
             sent_fresh: Duration::from_secs(10),
+            peers: PeerLimits {
+                pullers: 24,
+                holders: 8,
+            },
         }
     }
 }

@@ -51,6 +51,7 @@ use rand::{Rng, SeedableRng};
 
 use super::bits::{bit, clear_bit, set_bit};
 use super::ledger::{Ledger, Portion};
+use super::peers;
 use super::pick::{self, Hints};
 use super::source::SourceStat;
 use super::{Miss, News, Tuning, MAX_NEWS, MAX_WRITING, PER_FILE};
@@ -112,11 +113,6 @@ pub struct Scenario {
     /// The link between each pair of sites, each way, shared by every flow
     /// crossing it; none: only the hosts' own links limit.
     pub site_link: Option<f64>,
-    /// Which other pullers a puller is told of: all that have started
-    /// (what the engine learns from the mesh), or at most this many of
-    /// them, chosen at random once. A puller still learns of any puller a
-    /// holder points it at.
-    pub known: Option<usize>,
     pub write_delay: Duration,
     /// Pullers start at times drawn uniformly in 0..start_spread.
     pub start_spread: Duration,
@@ -146,7 +142,6 @@ impl Scenario {
             in_site: Duration::from_micros(200),
             across: Duration::from_millis(20),
             site_link: None,
-            known: None,
             write_delay: Duration::ZERO,
             start_spread: Duration::ZERO,
             tuning: Tuning::default(),
@@ -292,8 +287,10 @@ struct Pull {
     last_refresh: Option<u64>,
     refreshing: bool,
     retry_wait: Duration,
-    /// Of the [`Scenario::known`] policy: the pullers it may be told of.
-    admit: Option<Vec<bool>>,
+    /// Sources no longer tracked, as `JobState::retired`.
+    retired: BTreeMap<String, SourceStat>,
+    /// Its own order of the other pullers, as `Pull::seed`.
+    seed: u64,
 }
 
 struct Req {

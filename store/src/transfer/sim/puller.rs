@@ -224,19 +224,19 @@ impl Sim<'_> {
             }
             Ans::Miss(Miss::Redirect(to)) => {
                 self.stats.redirects += 1;
-                let s = st.sources.entry(to.clone()).or_default();
+                let s = peers::track(&mut st.sources, &mut st.retired, &to);
                 if !s.dropped {
                     st.hints.promised.insert(idx, (to, now));
                 }
             }
             Ans::Miss(Miss::Lost(_)) => {
                 self.stats.lost += 1;
-                let s = st.sources.entry(host.clone()).or_default();
+                let s = peers::stat(&mut st.sources, &mut st.retired, host);
                 s.benched_until = Some(now + t.lost_wait);
             }
             Ans::Miss(miss @ (Miss::Failed(_) | Miss::Gone(_))) => {
                 self.stats.failed += 1;
-                let s = st.sources.entry(host.clone()).or_default();
+                let s = peers::stat(&mut st.sources, &mut st.retired, host);
                 s.fails += 1;
                 s.benched_until = Some(now + t.fail_wait * (1u32 << s.fails.min(6)));
                 if matches!(miss, Miss::Gone(_)) || s.fails >= t.max_fails {
@@ -290,7 +290,7 @@ impl Sim<'_> {
         let host = &self.names[q as usize];
         if tag != content(i) {
             self.corrupt += 1;
-            let s = st.sources.entry(host.clone()).or_default();
+            let s = peers::stat(&mut st.sources, &mut st.retired, host);
             s.bad += 1;
             if s.bad >= self.t.max_bad {
                 s.dropped = true;
@@ -299,7 +299,7 @@ impl Sim<'_> {
         }
         set_bit(&mut st.have, i);
         st.got += 1;
-        let s = st.sources.entry(host.clone()).or_default();
+        let s = peers::stat(&mut st.sources, &mut st.retired, host);
         s.served += 1;
         s.fails = 0;
         let slice = self.slice();
@@ -483,28 +483,31 @@ impl Sim<'_> {
         let Some(mut st) = self.hosts[p as usize].pull.take() else {
             return;
         };
+        let mut offered = Vec::new();
         for &q in answering {
-            let name = &self.names[q as usize];
-            let admitted = st.admit.as_ref().is_none_or(|a| a[q as usize]);
-            if !admitted && !st.sources.contains_key(name) {
-                continue;
-            }
             let snap = sent + self.lat(p, q);
             let hq = &self.hosts[q as usize];
             if hq.died.is_some_and(|d| d <= snap) {
                 continue;
             }
-            let done = hq.done_at.is_some_and(|d| d <= snap);
-            let bits = if done { None } else { self.bits_at(q, snap) };
-            let s = st.sources.entry(name.clone()).or_default();
-            s.complete = done;
-            s.have = bits.unwrap_or_default();
-            if s.dropped && s.bad < self.t.max_bad {
-                s.dropped = false;
-                s.fails = 0;
-                s.benched_until = None;
-            }
+            let complete = hq.done_at.is_some_and(|d| d <= snap);
+            let bits = if complete {
+                None
+            } else {
+                self.bits_at(q, snap)
+            };
+            let host = self.names[q as usize].clone();
+            offered.push((peers::Offer { host, complete }, bits.unwrap_or_default()));
         }
+        peers::refresh(
+            st.seed,
+            &mut st.sources,
+            &mut st.retired,
+            &st.hints,
+            offered,
+            self.t.peers,
+            self.t.max_bad,
+        );
         self.hosts[p as usize].pull = Some(st);
         self.cost.views += t0.elapsed();
     }

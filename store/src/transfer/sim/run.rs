@@ -114,15 +114,6 @@ impl<'a> Sim<'a> {
         };
         for p in 1..hosts_n {
             let seed = rng.gen::<u64>();
-            let admit = sc.known.map(|k| {
-                let mut others: Vec<usize> = (1..hosts_n).filter(|&q| q != p).collect();
-                others.shuffle(&mut rng);
-                let mut admit = vec![false; hosts_n];
-                for &q in others.iter().take(k) {
-                    admit[q] = true;
-                }
-                admit
-            });
             sim.hosts[p].pull = Some(Box::new(Pull {
                 have: vec![0u8; n.div_ceil(8)],
                 got: 0,
@@ -137,7 +128,8 @@ impl<'a> Sim<'a> {
                 last_refresh: None,
                 refreshing: false,
                 retry_wait: sc.tuning.retry_first,
-                admit,
+                retired: BTreeMap::new(),
+                seed: rng.gen(),
             }));
             sim.hosts[p].store = vec![NONE; n];
             let start = sim.hosts[p].start;

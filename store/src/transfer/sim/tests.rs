@@ -48,7 +48,7 @@ fn sim_the_live_pullers_finish_when_some_die() {
 }
 
 #[test]
-fn sim_slow_pullers_a_thin_site_link_and_a_cap_on_known_pullers_still_finish() {
+fn sim_slow_pullers_a_thin_site_link_and_few_tracked_pullers_still_finish() {
     let slow = Scenario {
         slow: 0.2,
         ..small("slow")
@@ -64,8 +64,11 @@ fn sim_slow_pullers_a_thin_site_link_and_a_cap_on_known_pullers_still_finish() {
         ..small("sites")
     };
     check_complete(&run(&sites).0);
+    let mut few = Tuning::default();
+    few.peers.pullers = 4;
+    few.peers.holders = 1;
     let known = Scenario {
-        known: Some(4),
+        tuning: few,
         write_delay: Duration::from_micros(500),
         ..small("known")
     };

@@ -1,0 +1,289 @@
+//! Which sources a puller keeps track of. The mesh answers "who holds it"
+//! with every holder and every other puller; in a swarm of a thousand, a
+//! puller that tracked them all would poll a thousand bitfields ten times a
+//! second and weigh a thousand sources for every request. Like a BitTorrent
+//! client, each puller keeps a few: its own stable random choice of the
+//! other pullers (so that, over the swarm, the choices form a random graph,
+//! which stays connected), a few complete holders, and whoever it is busy
+//! with. A pure function, shared by the pull loop and the simulator.
+
+use std::collections::{BTreeMap, HashSet};
+
+use super::pick::Hints;
+use super::source::SourceStat;
+
+/// How many sources of each kind a puller tracks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Other pullers (partial sources).
+    pub pullers: usize,
+    /// Complete holders. Pulling from every holder in parallel is what
+    /// makes a pull from a few holders fast; past a few, another adds
+    /// nothing but bookkeeping (late in a big swarm, most hosts are).
+    pub holders: usize,
+}
+
+/// A host that answered a refresh with the file: whole or in part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Offer {
+    pub(crate) host: String,
+    pub(crate) complete: bool,
+}
+
+/// `host`'s place in the order of the puller whose choice is `seed`: the
+/// same for the whole transfer (a refresh does not reshuffle the peers),
+/// different from one puller to the next.
+pub(crate) fn rank(seed: u64, host: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for b in host.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    // FNV alone leaves names that differ in their last letter close
+    // together; a finaliser spreads them.
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
+/// The hosts to track after a refresh, among the live sources tracked now
+/// and the hosts `offered` (which the caller has already cleared of
+/// sources banned for bad data). For each kind, within its limit: first
+/// the sources a request or a promised chunk waits on (always, even past
+/// the limit: their answers are due), then those tracked now (a good peer
+/// is not swapped for a new one), then the new, each group in the
+/// puller's own order. A source that died or was dropped leaves a place
+/// that the next refresh fills.
+pub(crate) fn choose(
+    seed: u64,
+    sources: &BTreeMap<String, SourceStat>,
+    hints: &Hints,
+    offered: &[Offer],
+    limits: PeerLimits,
+) -> HashSet<String> {
+    let promised: HashSet<&str> = hints.promised.values().map(|(h, _)| h.as_str()).collect();
+    // (kind is complete, group, rank, host)
+    let mut all: Vec<(bool, u8, u64, &str)> = Vec::new();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for o in offered {
+        if !seen.insert(o.host.as_str()) {
+            continue;
+        }
+        let group = match sources.get(&o.host) {
+            Some(s) if !s.dropped => {
+                if s.inflight > 0 || promised.contains(o.host.as_str()) {
+                    0
+                } else {
+                    1
+                }
+            }
+            _ => 2,
+        };
+        all.push((o.complete, group, rank(seed, &o.host), &o.host));
+    }
+    // Tracked sources that did not answer this time keep their places: a
+    // busy host may be slow to answer, and is benched if it fails.
+    for (h, s) in sources {
+        if s.dropped || !seen.insert(h.as_str()) {
+            continue;
+        }
+        let group = if s.inflight > 0 || promised.contains(h.as_str()) {
+            0
+        } else {
+            1
+        };
+        all.push((s.complete, group, rank(seed, h), h));
+    }
+    all.sort_unstable_by_key(|&(c, g, r, _)| (c, g, r));
+    let mut keep = HashSet::new();
+    let (mut pullers, mut holders) = (0, 0);
+    for (complete, group, _, h) in all {
+        let (n, most) = if complete {
+            (&mut holders, limits.holders)
+        } else {
+            (&mut pullers, limits.pullers)
+        };
+        if group == 0 || *n < most {
+            *n += 1;
+            keep.insert(h.to_string());
+        }
+    }
+    keep
+}
+
+/// `host`'s record, tracked or retired: a chunk from a source retired
+/// meanwhile still counts for it, and so does a bad one.
+pub(crate) fn stat<'a>(
+    sources: &'a mut BTreeMap<String, SourceStat>,
+    retired: &'a mut BTreeMap<String, SourceStat>,
+    host: &str,
+) -> &'a mut SourceStat {
+    if !sources.contains_key(host) {
+        if let Some(s) = retired.get_mut(host) {
+            return s;
+        }
+    }
+    sources.entry(host.to_string()).or_default()
+}
+
+/// Tracks `host` (again, if it was retired), as when a holder points the
+/// puller at it.
+pub(crate) fn track<'a>(
+    sources: &'a mut BTreeMap<String, SourceStat>,
+    retired: &mut BTreeMap<String, SourceStat>,
+    host: &str,
+) -> &'a mut SourceStat {
+    if let Some(s) = retired.remove(host) {
+        sources.insert(host.to_string(), s);
+    }
+    sources.entry(host.to_string()).or_default()
+}
+
+/// Applies one refresh's `offered` hosts (each with its have-bits, empty
+/// for a complete holder): tracks those [`choose`] keeps, with their
+/// progress, re-admitting those that had been dropped or retired unless
+/// they sent bad data `max_bad` times, and retires the rest.
+pub(crate) fn refresh(
+    seed: u64,
+    sources: &mut BTreeMap<String, SourceStat>,
+    retired: &mut BTreeMap<String, SourceStat>,
+    hints: &Hints,
+    offered: Vec<(Offer, Vec<u8>)>,
+    limits: PeerLimits,
+    max_bad: u32,
+) {
+    let banned = |s: Option<&SourceStat>| s.is_some_and(|s| s.bad >= max_bad);
+    let offered: Vec<(Offer, Vec<u8>)> = offered
+        .into_iter()
+        .filter(|(o, _)| !banned(sources.get(&o.host)) && !banned(retired.get(&o.host)))
+        .collect();
+    let offers: Vec<Offer> = offered.iter().map(|(o, _)| o.clone()).collect();
+    let keep = choose(seed, sources, hints, &offers, limits);
+    for (o, have) in offered {
+        if !keep.contains(&o.host) {
+            continue;
+        }
+        let s = track(sources, retired, &o.host);
+        s.complete = o.complete;
+        s.have = have;
+        if s.dropped {
+            s.dropped = false;
+            s.fails = 0;
+            s.benched_until = None;
+        }
+    }
+    let gone: Vec<String> = sources
+        .keys()
+        .filter(|h| !keep.contains(*h))
+        .cloned()
+        .collect();
+    for h in gone {
+        if let Some(s) = sources.remove(&h) {
+            retired.insert(h, s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    const LIMITS: PeerLimits = PeerLimits {
+        pullers: 3,
+        holders: 2,
+    };
+
+    fn offers(names: &[&str], complete: bool) -> Vec<Offer> {
+        names
+            .iter()
+            .map(|h| Offer {
+                host: h.to_string(),
+                complete,
+            })
+            .collect()
+    }
+
+    fn many(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("p{i}")).collect()
+    }
+
+    #[test]
+    fn a_puller_keeps_a_few_of_many_pullers_and_a_few_holders() {
+        let names = many(100);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut offered = offers(&refs, false);
+        offered.extend(offers(&["h1", "h2", "h3"], true));
+        let keep = choose(7, &BTreeMap::new(), &Hints::default(), &offered, LIMITS);
+        let holders = keep.iter().filter(|h| h.starts_with('h')).count();
+        assert_eq!((keep.len() - holders, holders), (3, 2), "{keep:?}");
+        // The same puller chooses the same again; another chooses others.
+        let again = choose(7, &BTreeMap::new(), &Hints::default(), &offered, LIMITS);
+        assert_eq!(keep, again);
+        let other = choose(8, &BTreeMap::new(), &Hints::default(), &offered, LIMITS);
+        assert_ne!(keep, other);
+    }
+
+    #[test]
+    fn tracked_peers_stay_and_a_dead_ones_place_is_filled() {
+        let names = many(50);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let offered = offers(&refs, false);
+        let hints = Hints::default();
+        let first = choose(1, &BTreeMap::new(), &hints, &offered, LIMITS);
+        let mut sources: BTreeMap<String, SourceStat> = first
+            .iter()
+            .map(|h| (h.clone(), SourceStat::default()))
+            .collect();
+        // Pullers that were not tracked and rank ahead do not displace the
+        // tracked ones: seed 2 would choose others from scratch.
+        let kept = choose(2, &sources, &hints, &offered, LIMITS);
+        assert_eq!(kept, first);
+        // One dies: dropped, and silent since, it gives up its place to a
+        // new one.
+        let dead = first.iter().next().unwrap().clone();
+        sources.get_mut(&dead).unwrap().dropped = true;
+        let alive: Vec<Offer> = offered.into_iter().filter(|o| o.host != dead).collect();
+        let after = choose(2, &sources, &hints, &alive, LIMITS);
+        assert_eq!(after.len(), 3);
+        assert!(!after.contains(&dead));
+        assert_eq!(after.intersection(&first).count(), 2);
+    }
+
+    #[test]
+    fn a_source_with_requests_or_a_promise_is_kept_past_the_limit() {
+        let names = many(10);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let offered = offers(&refs, false);
+        let mut sources = BTreeMap::new();
+        let mut hints = Hints::default();
+        for (i, h) in names.iter().enumerate().take(5) {
+            let mut s = SourceStat::default();
+            if i % 2 == 0 {
+                s.inflight = 1;
+            } else {
+                hints.promised.insert(i, (h.clone(), Instant::now()));
+            }
+            sources.insert(h.clone(), s);
+        }
+        let keep = choose(3, &sources, &hints, &offered, LIMITS);
+        let busy: HashSet<String> = names[..5].iter().cloned().collect();
+        assert_eq!(keep, busy);
+    }
+
+    #[test]
+    fn a_tracked_source_that_did_not_answer_keeps_its_place() {
+        let mut sources = BTreeMap::new();
+        sources.insert("quiet".to_string(), SourceStat::default());
+        let keep = choose(
+            4,
+            &sources,
+            &Hints::default(),
+            &offers(&["a", "b", "c", "d"], false),
+            LIMITS,
+        );
+        assert!(keep.contains("quiet"));
+        assert_eq!(keep.len(), 3);
+    }
+}
