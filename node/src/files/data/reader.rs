@@ -37,17 +37,28 @@ impl FdReader {
         self.deadline = Instant::now() + self.wait;
     }
 
-    fn read(&mut self, to: *mut u8, len: usize) -> std::io::Result<usize> {
-        use std::io::ErrorKind::{Interrupted, TimedOut, WouldBlock};
-        // What is there already, without a poll first.
+    /// What is there already, without waiting: none if nothing is (or a
+    /// signal came first).
+    fn try_recv(&self, to: *mut u8, len: usize) -> std::io::Result<Option<usize>> {
+        use std::io::ErrorKind::{Interrupted, WouldBlock};
         // SAFETY: the caller's room holds `len` bytes.
         let n = unsafe { libc::recv(self.fd, to.cast(), len, libc::MSG_DONTWAIT) };
         if n >= 0 {
-            return Ok(n as usize);
+            return Ok(Some(n as usize));
         }
         let e = std::io::Error::last_os_error();
-        if !matches!(e.kind(), Interrupted | WouldBlock) {
-            return Err(e);
+        if matches!(e.kind(), Interrupted | WouldBlock) {
+            Ok(None)
+        } else {
+            Err(e)
+        }
+    }
+
+    fn read(&mut self, to: *mut u8, len: usize) -> std::io::Result<usize> {
+        use std::io::ErrorKind::{Interrupted, TimedOut};
+        // What is there already, without a poll first.
+        if let Some(n) = self.try_recv(to, len)? {
+            return Ok(n);
         }
         // Then wake when a good part of what is due has come: never more
         // than is due, so a record's end is never waited past.
@@ -87,14 +98,8 @@ impl FdReader {
                 }
                 _ => {}
             }
-            // SAFETY: the caller's room holds `len` bytes.
-            let n = unsafe { libc::recv(self.fd, to.cast(), len, libc::MSG_DONTWAIT) };
-            if n >= 0 {
-                return Ok(n as usize);
-            }
-            let e = std::io::Error::last_os_error();
-            if !matches!(e.kind(), Interrupted | WouldBlock) {
-                return Err(e);
+            if let Some(n) = self.try_recv(to, len)? {
+                return Ok(n);
             }
         }
     }
