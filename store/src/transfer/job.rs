@@ -49,6 +49,19 @@ impl JobState {
         super::peers::track(&mut self.sources, &mut self.retired, host)
     }
 
+    /// Applies a refresh's `offered` hosts to the peer set
+    /// ([`super::peers::refresh`]), with the node's limits.
+    pub(super) fn refresh_peers(
+        &mut self,
+        seed: u64,
+        hints: &super::pick::Hints,
+        offered: Vec<(super::peers::Offer, Vec<u8>)>,
+        t: &super::Tuning,
+    ) {
+        let (sources, retired) = (&mut self.sources, &mut self.retired);
+        super::peers::refresh(seed, sources, retired, hints, offered, t.peers, t.max_bad);
+    }
+
     /// Every source ever tracked, in name order.
     pub(super) fn all_sources(&self) -> impl Iterator<Item = (&String, &SourceStat)> {
         let mut v: Vec<_> = self.sources.iter().chain(self.retired.iter()).collect();

@@ -147,29 +147,17 @@ impl Pull {
             // The holders `file get` found, through the same choice as
             // every refresh: its first requests go to the peers it keeps.
             let mut st = job.state();
-            let st = &mut *st;
             let offered = st
                 .sources
                 .iter()
                 .filter(|(_, s)| !s.dropped)
                 .map(|(h, s)| {
                     let host = h.clone();
-                    let o = peers::Offer {
-                        host,
-                        complete: s.complete,
-                    };
-                    (o, s.have.clone())
+                    let complete = s.complete;
+                    (peers::Offer { host, complete }, s.have.clone())
                 })
                 .collect();
-            peers::refresh(
-                seed,
-                &mut st.sources,
-                &mut st.retired,
-                &Hints::default(),
-                offered,
-                engine.tuning.peers,
-                engine.tuning.max_bad,
-            );
+            st.refresh_peers(seed, &Hints::default(), offered, &engine.tuning);
         }
         Pull {
             engine,
@@ -682,16 +670,7 @@ impl Pull {
                 }
             }
         }
-        let st = &mut *st;
-        peers::refresh(
-            self.seed,
-            &mut st.sources,
-            &mut st.retired,
-            &self.hints,
-            offered,
-            self.engine.tuning.peers,
-            self.engine.tuning.max_bad,
-        );
+        st.refresh_peers(self.seed, &self.hints, offered, &self.engine.tuning);
     }
 }
 
