@@ -83,9 +83,16 @@ pub(crate) fn choose(
         all.push((o.complete, group, rank(seed, &o.host), &o.host));
     }
     // Tracked sources that did not answer this time keep their places: a
-    // busy host may be slow to answer, and is benched if it fails.
+    // busy host may be slow to answer, and is benched if it fails. Not one
+    // that also failed us, or broke the connection, since its last chunk:
+    // most likely it is gone (dead, or out of the mesh), and its last
+    // bitfield would go on drawing requests that time out, in place of a
+    // live peer.
     for (h, s) in sources {
         if s.dropped || !seen.insert(h.as_str()) {
+            continue;
+        }
+        if s.inflight == 0 && (s.fails > 0 || s.lost > 0) {
             continue;
         }
         let group = if s.inflight > 0 || promised.contains(h.as_str()) {
@@ -167,6 +174,8 @@ pub(crate) fn refresh(
         let s = track(sources, retired, &o.host);
         s.complete = o.complete;
         s.have = have;
+        // It answered: whatever broke before, it is there now.
+        s.lost = 0;
         if s.dropped {
             s.dropped = false;
             s.fails = 0;
@@ -285,5 +294,43 @@ mod tests {
         );
         assert!(keep.contains("quiet"));
         assert_eq!(keep.len(), 3);
+    }
+
+    #[test]
+    fn a_silent_source_whose_connection_broke_gives_up_its_place() {
+        let mut sources = BTreeMap::new();
+        let mut hints = Hints::default();
+        for h in ["lost", "failed", "busy"] {
+            sources.insert(h.to_string(), SourceStat::default());
+        }
+        sources.get_mut("lost").unwrap().lost = 1;
+        sources.get_mut("failed").unwrap().fails = 2;
+        // Still asked for something: kept until that answers (or fails).
+        let busy = sources.get_mut("busy").unwrap();
+        busy.lost = 1;
+        busy.inflight = 1;
+        // A promise from a peer that is likely gone pins nothing.
+        hints.promised.insert(0, ("lost".into(), Instant::now()));
+        let answered = offers(&["a", "b", "c", "d"], false);
+        let keep = choose(4, &sources, &hints, &answered, LIMITS);
+        assert!(
+            !keep.contains("lost") && !keep.contains("failed"),
+            "{keep:?}"
+        );
+        assert!(keep.contains("busy"));
+        assert_eq!(keep.len(), 3);
+        // Once it answers a refresh again, it is a peer like any other.
+        let mut retired = BTreeMap::new();
+        let back = offers(&["lost"], false);
+        refresh(
+            4,
+            &mut sources,
+            &mut retired,
+            &hints,
+            back.into_iter().map(|o| (o, vec![0u8])).collect(),
+            LIMITS,
+            3,
+        );
+        assert_eq!(sources.get("lost").map(|s| s.lost), Some(0));
     }
 }

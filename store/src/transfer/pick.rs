@@ -68,14 +68,30 @@ impl View<'_> {
     /// Whether `h` can give chunk `i`. A chunk another puller was sent for
     /// us is that puller's to give, for a while: not the holder's again
     /// (unless that puller has been dropped, or is no longer tracked: it
-    /// finished and deleted the file, say; then the holder serves it after
-    /// all). The loop has dropped promises that are over.
+    /// finished and deleted the file, say; or it failed a request since its
+    /// last chunk, or the connection to it broke: it is likely dead. Then
+    /// the holder serves it after all). The loop has dropped promises that
+    /// are over.
     fn has(&self, h: &str, s: &SourceStat, i: usize) -> bool {
+        has_given(self.promise(i), h, s, i)
+    }
+
+    /// The live puller chunk `i` is promised from, if any: what
+    /// [`View::has`] looks up, once per chunk rather than per source.
+    fn promise(&self, i: usize) -> Option<&str> {
+        if self.hints.promised.is_empty() {
+            return None;
+        }
         match self.hints.promised.get(&i) {
-            Some((to, _)) if self.sources.get(to).is_some_and(|t| !t.dropped) => {
-                to == h || (!s.complete && bit(&s.have, i))
+            Some((to, _))
+                if self
+                    .sources
+                    .get(to)
+                    .is_some_and(|t| !t.dropped && t.fails == 0 && t.lost == 0) =>
+            {
+                Some(to)
             }
-            _ => s.complete || bit(&s.have, i),
+            _ => None,
         }
     }
 
@@ -87,10 +103,30 @@ impl View<'_> {
     fn wanted(&self, i: usize) -> bool {
         !bit(self.have, i) && !self.writing.contains(&i) && !self.hints.not_before.contains_key(&i)
     }
+}
 
-    fn asked_of(&self, i: usize, h: &str) -> bool {
-        self.inflight.get(&i).is_some_and(|s| s.contains(h))
+/// [`View::has`], with chunk `i`'s promise looked up already.
+fn has_given(promise: Option<&str>, h: &str, s: &SourceStat, i: usize) -> bool {
+    match promise {
+        Some(to) => to == h || (!s.complete && bit(&s.have, i)),
+        None => s.complete || bit(&s.have, i),
     }
+}
+
+/// Whether `h` is among the sources a chunk is asked of (one or two of
+/// them: comparing is cheaper than hashing).
+fn among(asked: Option<&HashSet<String>>, h: &str) -> bool {
+    asked.is_some_and(|set| set.iter().any(|x| x == h))
+}
+
+/// Whether one of the `ready` sources can give chunk `i` and was not asked
+/// for it yet.
+fn ready_for(v: &View, ready: &[(&String, &SourceStat)], i: usize) -> bool {
+    let promise = v.promise(i);
+    let asked = v.inflight.get(&i);
+    ready
+        .iter()
+        .any(|(h, s)| has_given(promise, h, s, i) && !among(asked, h))
 }
 
 /// The next request to make, or `None` when nothing should be asked now
@@ -105,7 +141,7 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     // While other pullers can serve, ask less of the original holders:
     // their uplink is what every puller shares.
     let swarming = v.sources.values().any(|s| !s.complete && !s.dropped);
-    let ready: Vec<&String> = v
+    let ready: Vec<(&String, &SourceStat)> = v
         .sources
         .iter()
         .filter(|(h, s)| {
@@ -120,7 +156,6 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
             };
             !s.dropped && s.inflight + need <= cap && s.benched_until.is_none_or(|t| t <= v.now)
         })
-        .map(|(h, _)| h)
         .collect();
     if ready.is_empty() {
         return None;
@@ -152,13 +187,14 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     };
     // Rarest first, over all live sources (the sample holds only chunks
     // some ready source can give).
+    let live: Vec<(&String, &SourceStat)> = v.sources.iter().filter(|(_, s)| !s.dropped).collect();
     let mut best: Vec<(usize, usize)> = pool
         .iter()
         .map(|&i| {
-            let rarity = v
-                .sources
+            let promise = v.promise(i);
+            let rarity = live
                 .iter()
-                .filter(|(h, s)| !s.dropped && v.has(h, s, i))
+                .filter(|(h, s)| has_given(promise, h, s, i))
                 .count();
             (rarity, i)
         })
@@ -169,11 +205,11 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     best.shuffle(rng);
     best.sort_by_key(|(r, _)| *r);
     let idx = best[0].1;
+    let (promise, asked) = (v.promise(idx), v.inflight.get(&idx));
     let host = ready
         .iter()
-        .filter(|h| v.has(h, &v.sources[**h], idx) && !v.asked_of(idx, h))
-        .min_by(|a, b| {
-            let (sa, sb) = (&v.sources[**a], &v.sources[**b]);
+        .filter(|(h, s)| has_given(promise, h, s, idx) && !among(asked, h))
+        .min_by(|(_, sa), (_, sb)| {
             // Partial holders first (spares the original holder's uplink),
             // then the least busy, then the fastest.
             (sa.complete, sa.inflight)
@@ -184,7 +220,7 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
                         .unwrap_or(std::cmp::Ordering::Equal),
                 )
         })
-        .map(|h| (*h).clone())
+        .map(|(h, _)| (*h).clone())
         .expect("a ready holder");
     // From a complete holder, with it its neighbours in the same run of
     // `MAX_RUN` that nobody was asked for yet, within the holder's room:
@@ -279,10 +315,10 @@ fn set(words: &mut [u64], i: usize, on: bool) {
 
 /// Wanted chunks (missing, not on their way to disk, not held back) that
 /// some ready source can give and was not asked for: what the loop over
-/// chunks with [`View::has`] and [`View::asked_of`] would find, word by
+/// chunks with [`View::has`] and [`among`] would find, word by
 /// word, with the few chunks that are promised or asked already checked
 /// one by one.
-fn candidates(v: &View, ready: &[&String]) -> Candidates {
+fn candidates(v: &View, ready: &[(&String, &SourceStat)]) -> Candidates {
     let n = v.chunks;
     let nw = n.div_ceil(64);
     let mut want: Vec<u64> = (0..nw).map(|w| !word(v.have, w)).collect();
@@ -308,25 +344,25 @@ fn candidates(v: &View, ready: &[&String]) -> Candidates {
     }
     // What the ready sources have, ignoring promises and asks.
     let mut avail = vec![0u64; nw];
-    for h in ready {
-        let s = &v.sources[*h];
+    for (_, s) in ready {
         if s.complete {
             avail.iter_mut().for_each(|a| *a = u64::MAX);
             break;
         }
-        for (w, a) in avail.iter_mut().enumerate() {
+        // Whole words straight from the bytes; the tail through `word`.
+        let whole = s.have.chunks_exact(8);
+        let full = whole.len().min(avail.len());
+        for (a, b) in avail.iter_mut().zip(whole) {
+            *a |= u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        for (w, a) in avail.iter_mut().enumerate().skip(full) {
             *a |= word(&s.have, w);
         }
     }
     // Promised and asked chunks: exactly.
-    let exact = |i: usize| {
-        ready
-            .iter()
-            .any(|h| v.has(h, &v.sources[*h], i) && !v.asked_of(i, h))
-    };
     for &i in v.hints.promised.keys().chain(v.inflight.keys()) {
         if i < n {
-            set(&mut avail, i, exact(i));
+            set(&mut avail, i, ready_for(v, ready, i));
         }
     }
     let words = want.iter().zip(&avail).map(|(w, a)| w & a).collect();
@@ -459,7 +495,7 @@ mod tests {
             any_fresh |= asked.is_none();
             let ready_holder = ready
                 .iter()
-                .any(|h| v.has(h, &v.sources[*h], i) && !v.asked_of(i, h));
+                .any(|h| v.has(h, &v.sources[*h], i) && !among(v.inflight.get(&i), h));
             if !ready_holder {
                 continue;
             }
@@ -501,7 +537,7 @@ mod tests {
         let idx = best[0].1;
         let host = ready
             .iter()
-            .filter(|h| v.has(h, &v.sources[**h], idx) && !v.asked_of(idx, h))
+            .filter(|h| v.has(h, &v.sources[**h], idx) && !among(v.inflight.get(&idx), h))
             .min_by(|a, b| {
                 let (sa, sb) = (&v.sources[**a], &v.sources[**b]);
                 // Partial holders first (spares the original holder's uplink),
@@ -662,8 +698,16 @@ mod tests {
             let a = t.next(seed).unwrap();
             assert_eq!(a.host, "p", "{a:?}");
         }
-        // Once p is dropped, the holder serves them after all.
-        t.sources.get_mut("p").unwrap().dropped = true;
+        // Once a request to p failed, or its connection broke, the holder
+        // serves them (p is asked again after its pause, for what it has).
+        for (fails, lost) in [(1, 0), (0, 1)] {
+            let p = t.sources.get_mut("p").unwrap();
+            (p.fails, p.lost) = (fails, lost);
+            assert_eq!(t.next(1).unwrap().host, "h", "fails {fails}, lost {lost}");
+        }
+        // And once p is dropped.
+        let p = t.sources.get_mut("p").unwrap();
+        (p.fails, p.lost, p.dropped) = (0, 0, true);
         assert_eq!(t.next(1).unwrap().host, "h");
     }
 

@@ -409,6 +409,7 @@ impl Pull {
                 // others): try again soon, on a new one.
                 Err(Miss::Lost(e)) => {
                     let s = st.stat(&host);
+                    s.lost += 1;
                     s.benched_until = Some(Instant::now() + t.lost_wait);
                     tracing::debug!("{}: chunk {idx} from {host}: {e}", self.job.name);
                     None
@@ -588,6 +589,7 @@ impl Pull {
         let s = st.stat(&host);
         s.served += 1;
         s.fails = 0;
+        s.lost = 0;
         self.rate_window.1 += len;
         let el = self.rate_window.0.elapsed().as_secs_f64();
         if el >= 1.0 {

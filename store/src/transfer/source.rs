@@ -15,6 +15,8 @@ pub(super) struct SourceStat {
     pub(super) served: u64,
     pub(super) bad: u32,
     pub(super) fails: u32,
+    /// Connections that broke under its requests since its last chunk.
+    pub(super) lost: u32,
     pub(super) benched_until: Option<Instant>,
     /// What this source delivers to us, in bytes per second, smoothed:
     /// measured between answers while it had requests in hand.

@@ -232,6 +232,7 @@ impl Sim<'_> {
             Ans::Miss(Miss::Lost(_)) => {
                 self.stats.lost += 1;
                 let s = peers::stat(&mut st.sources, &mut st.retired, host);
+                s.lost += 1;
                 s.benched_until = Some(now + t.lost_wait);
             }
             Ans::Miss(miss @ (Miss::Failed(_) | Miss::Gone(_))) => {
@@ -302,6 +303,7 @@ impl Sim<'_> {
         let s = peers::stat(&mut st.sources, &mut st.retired, host);
         s.served += 1;
         s.fails = 0;
+        s.lost = 0;
         let slice = self.slice();
         self.stats.useful_bytes[slice] += CHUNK_SIZE as f64;
         let h = &mut self.hosts[p as usize];
