@@ -142,7 +142,7 @@ impl Local {
 
     /// The open file and manifest of an unchanged, already-hashed file,
     /// the manifest from memory when possible. Never hashes.
-    fn current(&self, name: &str) -> Option<(std::fs::File, Arc<Manifest>)> {
+    pub(crate) fn current(&self, name: &str) -> Option<(std::fs::File, Arc<Manifest>)> {
         let file = self.files.open_file(name, READ).ok()?;
         let m = file.metadata().ok()?;
         if !m.is_file() {

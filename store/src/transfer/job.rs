@@ -44,9 +44,19 @@ impl JobState {
         super::peers::stat(&mut self.sources, &mut self.retired, host)
     }
 
-    /// Tracks `host` ([`super::peers::track`]).
-    pub(super) fn track(&mut self, host: &str) -> &mut SourceStat {
-        super::peers::track(&mut self.sources, &mut self.retired, host)
+    /// A holder pointed us at `to` for chunk `idx`
+    /// ([`super::peers::redirected`]).
+    pub(super) fn redirected(
+        &mut self,
+        hints: &mut super::pick::Hints,
+        from: &str,
+        to: String,
+        idx: usize,
+        t: &super::Tuning,
+    ) {
+        let now = std::time::Instant::now();
+        let (sources, retired) = (&mut self.sources, &mut self.retired);
+        super::peers::redirected(sources, retired, hints, from, to, idx, now, t.peers, t.hold);
     }
 
     /// Applies a refresh's `offered` hosts to the peer set

@@ -147,6 +147,40 @@ pub(crate) fn track<'a>(
     sources.entry(host.to_string()).or_default()
 }
 
+/// Holder `from` pointed us at `to` for chunk `idx`. While there is room
+/// for another puller, `to` is tracked from now on (its bitfield polled, at
+/// least until the chunk is here), and the chunk is its to give for a
+/// while, not a complete holder's. Past the limit it is not tracked: at the
+/// end of a big swarm every chunk a puller lacks is pointed at another
+/// puller, and it would track hundreds. Then the chunk is left to the
+/// pullers tracked already, which hear of it soon, and `from` is not asked
+/// for it again before `hold` is over.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn redirected(
+    sources: &mut BTreeMap<String, SourceStat>,
+    retired: &mut BTreeMap<String, SourceStat>,
+    hints: &mut Hints,
+    from: &str,
+    to: String,
+    idx: usize,
+    now: std::time::Instant,
+    limits: PeerLimits,
+    hold: std::time::Duration,
+) {
+    let tracked = sources.contains_key(&to);
+    let pullers = sources
+        .values()
+        .filter(|s| !s.complete && !s.dropped)
+        .count();
+    if !tracked && pullers >= limits.pullers {
+        stat(sources, retired, from).held.insert(idx, now + hold);
+        return;
+    }
+    if !track(sources, retired, &to).dropped {
+        hints.promised.insert(idx, (to, now));
+    }
+}
+
 /// Applies one refresh's `offered` hosts (each with its have-bits, empty
 /// for a complete holder): tracks those [`choose`] keeps, with their
 /// progress, re-admitting those that had been dropped or retired unless
@@ -294,6 +328,47 @@ mod tests {
         );
         assert!(keep.contains("quiet"));
         assert_eq!(keep.len(), 3);
+    }
+
+    #[test]
+    fn a_redirect_tracks_its_puller_only_while_there_is_room() {
+        let (mut sources, mut retired, mut hints) =
+            (BTreeMap::new(), BTreeMap::new(), Hints::default());
+        let complete = SourceStat {
+            complete: true,
+            ..SourceStat::default()
+        };
+        sources.insert("h".to_string(), complete);
+        let now = Instant::now();
+        let hold = std::time::Duration::from_secs(1);
+        let mut point =
+            |sources: &mut BTreeMap<String, SourceStat>, hints: &mut Hints, to: &str, idx| {
+                redirected(
+                    sources,
+                    &mut retired,
+                    hints,
+                    "h",
+                    to.into(),
+                    idx,
+                    now,
+                    LIMITS,
+                    hold,
+                )
+            };
+        // Room for three pullers: each is tracked, and owes its chunk.
+        for (i, to) in ["a", "b", "c"].iter().enumerate() {
+            point(&mut sources, &mut hints, to, i);
+            assert!(sources.contains_key(*to));
+            assert_eq!(hints.promised.get(&i).map(|(h, _)| h.as_str()), Some(*to));
+        }
+        // A fourth is not: the holder is held back from that chunk instead.
+        point(&mut sources, &mut hints, "d", 3);
+        assert!(!sources.contains_key("d") && !hints.promised.contains_key(&3));
+        assert_eq!(sources["h"].held.get(&3), Some(&(now + hold)));
+        // A tracked one still owes what it is pointed at.
+        point(&mut sources, &mut hints, "a", 4);
+        assert_eq!(hints.promised.get(&4).map(|(h, _)| h.as_str()), Some("a"));
+        assert!(!sources["h"].holds_back(4));
     }
 
     #[test]

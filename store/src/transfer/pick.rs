@@ -109,7 +109,7 @@ impl View<'_> {
 fn has_given(promise: Option<&str>, h: &str, s: &SourceStat, i: usize) -> bool {
     match promise {
         Some(to) => to == h || (!s.complete && bit(&s.have, i)),
-        None => s.complete || bit(&s.have, i),
+        None => (s.complete && !s.holds_back(i)) || bit(&s.have, i),
     }
 }
 
@@ -359,8 +359,9 @@ fn candidates(v: &View, ready: &[(&String, &SourceStat)]) -> Candidates {
             *a |= word(&s.have, w);
         }
     }
-    // Promised and asked chunks: exactly.
-    for &i in v.hints.promised.keys().chain(v.inflight.keys()) {
+    // Promised, held back and asked chunks: exactly.
+    let held = ready.iter().flat_map(|(_, s)| s.held.keys());
+    for &i in v.hints.promised.keys().chain(held).chain(v.inflight.keys()) {
         if i < n {
             set(&mut avail, i, ready_for(v, ready, i));
         }
@@ -705,7 +706,23 @@ mod tests {
             (p.fails, p.lost) = (fails, lost);
             assert_eq!(t.next(1).unwrap().host, "h", "fails {fails}, lost {lost}");
         }
+        // A holder that pointed us at a puller we do not track is held back
+        // from that chunk, for a while, and only from that one.
+        let mut t = T::new(n, &[("h", complete()), ("p", partial(n, &[1]))]);
+        t.sources.get_mut("h").unwrap().held.insert(0, t.now);
+        for seed in 0..20 {
+            let a = t.next(seed).unwrap();
+            assert!(a.first != 0 || a.host != "h", "{a:?}");
+        }
+        set_bit(&mut t.have, 1);
+        set_bit(&mut t.have, 2);
+        set_bit(&mut t.have, 3);
+        assert_eq!(t.next(1), None, "only chunk 0 is left, and h is held back");
         // And once p is dropped.
+        let mut t = T::new(n, &[("h", complete()), ("p", partial(n, &[]))]);
+        for i in 0..n {
+            t.hints.promised.insert(i, ("p".into(), t.now));
+        }
         let p = t.sources.get_mut("p").unwrap();
         (p.fails, p.lost, p.dropped) = (0, 0, true);
         assert_eq!(t.next(1).unwrap().host, "h");

@@ -210,6 +210,7 @@ impl Pull {
             let now = Instant::now();
             let promise = self.engine.tuning.promise;
             self.hints.promised.retain(|_, (_, t)| now - *t < promise);
+            super::source::release(&mut self.job.state().sources, now);
             self.hints.not_before.retain(|_, t| *t > now);
             self.schedule();
             match self.next_event().await {
@@ -397,12 +398,8 @@ impl Pull {
                 }
                 Err(Miss::Redirect(to)) => {
                     // Possibly a puller we have not heard of yet, or do not
-                    // track: its bitfield is polled from now on, at least
-                    // until the chunk is here.
-                    let s = st.track(&to);
-                    if !s.dropped {
-                        self.hints.promised.insert(idx, (to, Instant::now()));
-                    }
+                    // track.
+                    st.redirected(&mut self.hints, &host, to, idx, &self.engine.tuning);
                     None
                 }
                 // The connection broke under this request (and maybe

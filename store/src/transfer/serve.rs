@@ -190,11 +190,19 @@ impl Engine {
         })
     }
 
-    /// The have-bitfield of a transfer in progress here, for other pullers.
+    /// The have-bitfield of a transfer in progress here, for other pullers;
+    /// every bit once the file is here whole. A puller that tracks this
+    /// node as one of its pullers goes on polling it after it finished,
+    /// until a refresh says it is complete: meanwhile the chunks it got
+    /// last are the ones the poller most likely lacks, and this node's
+    /// uplink is free to send them.
     pub fn have_bits(&self, name: &str, root: &[u8]) -> Result<Vec<u8>> {
         let job = self.jobs().get(name).cloned();
-        match job.filter(|j| j.manifest.root == root) {
-            Some(j) => Ok(j.state().have.clone()),
+        if let Some(j) = job.filter(|j| j.manifest.root == root) {
+            return Ok(j.state().have.clone());
+        }
+        match self.local.current(name).filter(|(_, m)| m.root == root) {
+            Some((_, m)) => Ok(super::bits::all_bits(m.chunk_count())),
             None => Err(Error::NotFetching { name: name.into() }),
         }
     }

@@ -1,6 +1,7 @@
 //! What a puller knows of each source of a file: what it has, what it is
 //! asked for, how fast it delivers, and how it has behaved.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use super::job::SourceRow;
@@ -17,6 +18,9 @@ pub(super) struct SourceStat {
     pub(super) fails: u32,
     /// Connections that broke under its requests since its last chunk.
     pub(super) lost: u32,
+    /// Chunks a complete holder pointed us elsewhere for, not to be asked
+    /// of it again before then (see [`super::peers::redirected`]).
+    pub(super) held: HashMap<usize, Instant>,
     pub(super) benched_until: Option<Instant>,
     /// What this source delivers to us, in bytes per second, smoothed:
     /// measured between answers while it had requests in hand.
@@ -34,7 +38,21 @@ pub(super) struct SourceStat {
     pub(super) heard: Option<Instant>,
 }
 
+/// Drops the holds on chunks that are over.
+pub(super) fn release(sources: &mut BTreeMap<String, SourceStat>, now: Instant) {
+    for s in sources.values_mut() {
+        if !s.held.is_empty() {
+            s.held.retain(|_, until| *until > now);
+        }
+    }
+}
+
 impl SourceStat {
+    /// Whether this source is held back from giving chunk `i`.
+    pub(super) fn holds_back(&self, i: usize) -> bool {
+        !self.held.is_empty() && self.held.contains_key(&i)
+    }
+
     /// This source's part, for `file status` and the completion line.
     pub(super) fn row(&self, host: &str) -> SourceRow {
         SourceRow {

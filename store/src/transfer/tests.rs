@@ -501,6 +501,10 @@ async fn a_puller_news_are_its_chunks_in_the_order_they_landed() {
     assert!(p.engine.news("f", &[0u8; 32], 0).is_none());
     get.await.unwrap().unwrap();
     assert!(p.engine.news("f", &root, 0).is_none(), "done: no transfer");
+    // Its bitfield, to those still polling it: every chunk; nothing of
+    // another version.
+    assert_eq!(p.engine.have_bits("f", &root).unwrap(), [0xff; 4]);
+    assert!(p.engine.have_bits("f", &[0u8; 32]).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

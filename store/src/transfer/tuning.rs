@@ -25,6 +25,11 @@ pub struct Tuning {
     /// How long a puller waits for a chunk another puller was sent, before
     /// it asks the holder itself.
     pub promise: Duration,
+    /// A holder that pointed us at a puller we do not track is not asked
+    /// for that chunk again before this: long enough for the pullers we
+    /// track to get it (a few hops of polls), short enough that a chunk
+    /// none of them gets is not waited for long.
+    pub hold: Duration,
     /// A puller that does not have a chunk yet is asked again after this.
     pub not_yet_wait: Duration,
     /// A source whose connection broke is asked again after this.
@@ -59,6 +64,7 @@ impl Default for Tuning {
             retry_max: Duration::from_secs(60),
             persist_every: Duration::from_millis(250),
             promise: Duration::from_secs(3),
+            hold: Duration::from_secs(1),
             not_yet_wait: Duration::from_millis(150),
             lost_wait: Duration::from_millis(500),
             fail_wait: Duration::from_millis(500),

@@ -49,7 +49,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::bits::{bit, clear_bit, set_bit};
+use super::bits::{all_bits, bit, clear_bit, set_bit};
 use super::ledger::{Ledger, Portion};
 use super::peers;
 use super::pick::{self, Hints};

@@ -51,6 +51,7 @@ impl Sim<'_> {
         });
         self.stats.promises_expired += expired;
         st.hints.not_before.retain(|_, t| *t > now);
+        super::super::source::release(&mut st.sources, now);
         self.schedule(p, &mut st);
         self.hosts[p as usize].pull = Some(st);
         let h = &mut self.hosts[p as usize];
@@ -224,10 +225,17 @@ impl Sim<'_> {
             }
             Ans::Miss(Miss::Redirect(to)) => {
                 self.stats.redirects += 1;
-                let s = peers::track(&mut st.sources, &mut st.retired, &to);
-                if !s.dropped {
-                    st.hints.promised.insert(idx, (to, now));
-                }
+                peers::redirected(
+                    &mut st.sources,
+                    &mut st.retired,
+                    &mut st.hints,
+                    host,
+                    to,
+                    idx,
+                    now,
+                    t.peers,
+                    t.hold,
+                );
             }
             Ans::Miss(Miss::Lost(_)) => {
                 self.stats.lost += 1;
@@ -385,8 +393,7 @@ impl Sim<'_> {
         for q in targets {
             st.polling[q as usize] = false;
             let snap = sent + self.lat(p, q);
-            // A dead host answers nothing; one that is done is no longer
-            // pulling, and answers an error.
+            // A dead host answers nothing.
             let Some(bits) = self.bits_at(q, snap) else {
                 continue;
             };
@@ -412,11 +419,15 @@ impl Sim<'_> {
     }
 
     /// Puller `q`'s bitfield at `snap` (just past: what landed since is
-    /// taken off again), or none if it was no longer pulling then.
+    /// taken off again): every bit once it was done, as `Engine::have_bits`
+    /// answers; none if it was dead.
     pub(super) fn bits_at(&self, q: u32, snap: u64) -> Option<Vec<u8>> {
         let h = &self.hosts[q as usize];
-        if h.died.is_some_and(|d| d <= snap) || h.done_at.is_some_and(|d| d <= snap) {
+        if h.died.is_some_and(|d| d <= snap) {
             return None;
+        }
+        if h.done_at.is_some_and(|d| d <= snap) {
+            return Some(all_bits(self.n));
         }
         let mut bits = h.pull.as_ref()?.have.clone();
         for &(t, i) in h.log.iter().rev() {
