@@ -67,9 +67,11 @@ impl JobState {
         hints: &super::pick::Hints,
         offered: Vec<(super::peers::Offer, Vec<u8>)>,
         t: &super::Tuning,
+        rtts: &std::collections::HashMap<String, std::time::Duration>,
     ) {
         let (sources, retired) = (&mut self.sources, &mut self.retired);
-        super::peers::refresh(seed, sources, retired, hints, offered, t.peers, t.max_bad);
+        let (limits, bad) = (t.peers, t.max_bad);
+        super::peers::refresh(seed, sources, retired, hints, offered, limits, bad, rtts);
     }
 
     /// Every source ever tracked, in name order.

@@ -7,7 +7,8 @@
 //! which stays connected), a few complete holders, and whoever it is busy
 //! with. A pure function, shared by the pull loop and the simulator.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
 use super::pick::Hints;
 use super::source::SourceStat;
@@ -61,7 +62,9 @@ pub(crate) fn choose(
     hints: &Hints,
     offered: &[Offer],
     limits: PeerLimits,
+    rtts: &HashMap<String, Duration>,
 ) -> HashSet<String> {
+    let far = far_hosts(rtts);
     let promised: HashSet<&str> = hints.promised.values().map(|(h, _)| h.as_str()).collect();
     // (kind is complete, group, rank, host)
     let mut all: Vec<(bool, u8, u64, &str)> = Vec::new();
@@ -104,19 +107,54 @@ pub(crate) fn choose(
     }
     all.sort_unstable_by_key(|&(c, g, r, _)| (c, g, r));
     let mut keep = HashSet::new();
-    let (mut pullers, mut holders) = (0, 0);
+    let (mut pullers, mut holders, mut far_pullers) = (0, 0, 0);
     for (complete, group, _, h) in all {
         let (n, most) = if complete {
             (&mut holders, limits.holders)
         } else {
             (&mut pullers, limits.pullers)
         };
-        if group == 0 || *n < most {
-            *n += 1;
-            keep.insert(h.to_string());
+        if group != 0 && *n >= most {
+            continue;
         }
+        // A far puller past its share goes even with requests in hand
+        // (their answers still count, see `stat`): it is asked as often as
+        // any, and every chunk it sends crosses the thin link. Not one a
+        // promised chunk is due from.
+        if !complete && far.contains(h) && !promised.contains(h) {
+            if far_pullers >= (limits.pullers / FAR_SHARE).max(1) {
+                continue;
+            }
+            far_pullers += 1;
+        }
+        *n += 1;
+        keep.insert(h.to_string());
     }
     keep
+}
+
+/// At most one in this many of the pullers tracked is far (see
+/// [`far_hosts`]), and at least one: enough to carry the file across a
+/// thin link to a site, not so many that most of each puller's chunks
+/// cross it.
+const FAR_SHARE: usize = 4;
+
+/// A round trip this long or longer is never near, whatever the others.
+const FAR_FLOOR: Duration = Duration::from_millis(2);
+
+/// The hosts measured to be far: at another site, behind a thin link, as
+/// their round trip says (more than 4 times the nearest's, and more than
+/// [`FAR_FLOOR`]: on one LAN every round trip is well under it, and the
+/// nearest one's noise does not count).
+fn far_hosts(rtts: &HashMap<String, Duration>) -> HashSet<&str> {
+    let Some(nearest) = rtts.values().min().copied() else {
+        return HashSet::new();
+    };
+    let limit = FAR_FLOOR.max(4 * nearest);
+    rtts.iter()
+        .filter(|(_, r)| **r > limit)
+        .map(|(h, _)| h.as_str())
+        .collect()
 }
 
 /// `host`'s record, tracked or retired: a chunk from a source retired
@@ -185,6 +223,7 @@ pub(crate) fn redirected(
 /// for a complete holder): tracks those [`choose`] keeps, with their
 /// progress, re-admitting those that had been dropped or retired unless
 /// they sent bad data `max_bad` times, and retires the rest.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn refresh(
     seed: u64,
     sources: &mut BTreeMap<String, SourceStat>,
@@ -193,6 +232,7 @@ pub(crate) fn refresh(
     offered: Vec<(Offer, Vec<u8>)>,
     limits: PeerLimits,
     max_bad: u32,
+    rtts: &HashMap<String, Duration>,
 ) {
     let banned = |s: Option<&SourceStat>| s.is_some_and(|s| s.bad >= max_bad);
     let offered: Vec<(Offer, Vec<u8>)> = offered
@@ -200,7 +240,7 @@ pub(crate) fn refresh(
         .filter(|(o, _)| !banned(sources.get(&o.host)) && !banned(retired.get(&o.host)))
         .collect();
     let offers: Vec<Offer> = offered.iter().map(|(o, _)| o.clone()).collect();
-    let keep = choose(seed, sources, hints, &offers, limits);
+    let keep = choose(seed, sources, hints, &offers, limits, rtts);
     for (o, have) in offered {
         if !keep.contains(&o.host) {
             continue;
@@ -258,13 +298,34 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut offered = offers(&refs, false);
         offered.extend(offers(&["h1", "h2", "h3"], true));
-        let keep = choose(7, &BTreeMap::new(), &Hints::default(), &offered, LIMITS);
+        let keep = choose(
+            7,
+            &BTreeMap::new(),
+            &Hints::default(),
+            &offered,
+            LIMITS,
+            &HashMap::new(),
+        );
         let holders = keep.iter().filter(|h| h.starts_with('h')).count();
         assert_eq!((keep.len() - holders, holders), (3, 2), "{keep:?}");
         // The same puller chooses the same again; another chooses others.
-        let again = choose(7, &BTreeMap::new(), &Hints::default(), &offered, LIMITS);
+        let again = choose(
+            7,
+            &BTreeMap::new(),
+            &Hints::default(),
+            &offered,
+            LIMITS,
+            &HashMap::new(),
+        );
         assert_eq!(keep, again);
-        let other = choose(8, &BTreeMap::new(), &Hints::default(), &offered, LIMITS);
+        let other = choose(
+            8,
+            &BTreeMap::new(),
+            &Hints::default(),
+            &offered,
+            LIMITS,
+            &HashMap::new(),
+        );
         assert_ne!(keep, other);
     }
 
@@ -274,21 +335,28 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let offered = offers(&refs, false);
         let hints = Hints::default();
-        let first = choose(1, &BTreeMap::new(), &hints, &offered, LIMITS);
+        let first = choose(
+            1,
+            &BTreeMap::new(),
+            &hints,
+            &offered,
+            LIMITS,
+            &HashMap::new(),
+        );
         let mut sources: BTreeMap<String, SourceStat> = first
             .iter()
             .map(|h| (h.clone(), SourceStat::default()))
             .collect();
         // Pullers that were not tracked and rank ahead do not displace the
         // tracked ones: seed 2 would choose others from scratch.
-        let kept = choose(2, &sources, &hints, &offered, LIMITS);
+        let kept = choose(2, &sources, &hints, &offered, LIMITS, &HashMap::new());
         assert_eq!(kept, first);
         // One dies: dropped, and silent since, it gives up its place to a
         // new one.
         let dead = first.iter().next().unwrap().clone();
         sources.get_mut(&dead).unwrap().dropped = true;
         let alive: Vec<Offer> = offered.into_iter().filter(|o| o.host != dead).collect();
-        let after = choose(2, &sources, &hints, &alive, LIMITS);
+        let after = choose(2, &sources, &hints, &alive, LIMITS, &HashMap::new());
         assert_eq!(after.len(), 3);
         assert!(!after.contains(&dead));
         assert_eq!(after.intersection(&first).count(), 2);
@@ -310,7 +378,7 @@ mod tests {
             }
             sources.insert(h.clone(), s);
         }
-        let keep = choose(3, &sources, &hints, &offered, LIMITS);
+        let keep = choose(3, &sources, &hints, &offered, LIMITS, &HashMap::new());
         let busy: HashSet<String> = names[..5].iter().cloned().collect();
         assert_eq!(keep, busy);
     }
@@ -325,6 +393,7 @@ mod tests {
             &Hints::default(),
             &offers(&["a", "b", "c", "d"], false),
             LIMITS,
+            &HashMap::new(),
         );
         assert!(keep.contains("quiet"));
         assert_eq!(keep.len(), 3);
@@ -372,6 +441,57 @@ mod tests {
     }
 
     #[test]
+    fn few_of_the_pullers_tracked_are_far() {
+        let names = many(8);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let offered = offers(&refs, false);
+        let ms = Duration::from_millis;
+        let mut rtts: HashMap<String, Duration> =
+            names.iter().map(|h| (h.clone(), ms(40))).collect();
+        rtts.insert("p6".into(), Duration::from_micros(400));
+        rtts.insert("p7".into(), Duration::from_micros(400));
+        let hints = Hints::default();
+        let keep = choose(5, &BTreeMap::new(), &hints, &offered, LIMITS, &rtts);
+        assert!(keep.contains("p6") && keep.contains("p7"), "{keep:?}");
+        assert_eq!(keep.len(), 3, "one far: {keep:?}");
+        // Far ones tracked with requests in hand go too, past the share;
+        // one a promised chunk is due from stays.
+        let mut sources = BTreeMap::new();
+        for h in ["p0", "p1", "p2"] {
+            let s = SourceStat {
+                inflight: 1,
+                ..SourceStat::default()
+            };
+            sources.insert(h.to_string(), s);
+        }
+        let mut hints = Hints::default();
+        hints.promised.insert(9, ("p2".into(), Instant::now()));
+        let keep = choose(5, &sources, &hints, &offered, LIMITS, &rtts);
+        let far: Vec<&String> = keep.iter().filter(|h| rtts[*h] == ms(40)).collect();
+        assert_eq!(far.len(), 2, "{keep:?}");
+        assert!(keep.contains("p2"));
+        // On one LAN, nobody is far, however the round trips vary.
+        let lan: HashMap<String, Duration> = names
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.clone(), Duration::from_micros(50 + 200 * i as u64)))
+            .collect();
+        assert_eq!(
+            choose(
+                5,
+                &BTreeMap::new(),
+                &Hints::default(),
+                &offered,
+                LIMITS,
+                &lan
+            )
+            .len(),
+            3
+        );
+        assert!(far_hosts(&lan).is_empty());
+    }
+
+    #[test]
     fn a_silent_source_whose_connection_broke_gives_up_its_place() {
         let mut sources = BTreeMap::new();
         let mut hints = Hints::default();
@@ -387,7 +507,7 @@ mod tests {
         // A promise from a peer that is likely gone pins nothing.
         hints.promised.insert(0, ("lost".into(), Instant::now()));
         let answered = offers(&["a", "b", "c", "d"], false);
-        let keep = choose(4, &sources, &hints, &answered, LIMITS);
+        let keep = choose(4, &sources, &hints, &answered, LIMITS, &HashMap::new());
         assert!(
             !keep.contains("lost") && !keep.contains("failed"),
             "{keep:?}"
@@ -405,6 +525,7 @@ mod tests {
             back.into_iter().map(|o| (o, vec![0u8])).collect(),
             LIMITS,
             3,
+            &HashMap::new(),
         );
         assert_eq!(sources.get("lost").map(|s| s.lost), Some(0));
     }

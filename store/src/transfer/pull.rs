@@ -157,7 +157,8 @@ impl Pull {
                     (peers::Offer { host, complete }, s.have.clone())
                 })
                 .collect();
-            st.refresh_peers(seed, &Hints::default(), offered, &engine.tuning);
+            let known = rtts(&engine, st.sources.keys());
+            st.refresh_peers(seed, &Hints::default(), offered, &engine.tuning, &known);
         }
         Pull {
             engine,
@@ -300,11 +301,7 @@ impl Pull {
         let job = self.job.clone();
         let mut st = job.state();
         let now = Instant::now();
-        let rtts: HashMap<String, Duration> = st
-            .sources
-            .keys()
-            .filter_map(|h| Some((h.clone(), self.engine.net.rtt(h)?)))
-            .collect();
+        let rtts = rtts(&self.engine, st.sources.keys());
         let mut rng = rand::thread_rng();
         loop {
             let view = pick::View {
@@ -669,7 +666,14 @@ impl Pull {
                 }
             }
         }
-        st.refresh_peers(self.seed, &self.hints, offered, &self.engine.tuning);
+        // Round trips to every host there is one for, offered or not: a
+        // far host dropped once is not taken back for a near one.
+        let hosts = offered.iter().map(|(o, _)| &o.host);
+        let rtts = rtts(
+            &self.engine,
+            hosts.chain(st.sources.keys()).chain(st.retired.keys()),
+        );
+        st.refresh_peers(self.seed, &self.hints, offered, &self.engine.tuning, &rtts);
     }
 }
 
@@ -713,4 +717,11 @@ impl Engine {
             _ = job.cancel_note.notified() => Err(Error::Cancelled),
         }
     }
+}
+
+/// The round trips known for `hosts`.
+fn rtts<'a>(engine: &Engine, hosts: impl Iterator<Item = &'a String>) -> HashMap<String, Duration> {
+    hosts
+        .filter_map(|h| Some((h.clone(), engine.net.rtt(h)?)))
+        .collect()
 }

@@ -520,6 +520,7 @@ impl Sim<'_> {
             offered,
             self.t.peers,
             self.t.max_bad,
+            &st.rtts,
         );
         self.hosts[p as usize].pull = Some(st);
         self.cost.views += t0.elapsed();
