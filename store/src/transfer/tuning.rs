@@ -64,7 +64,7 @@ impl Default for Tuning {
             retry_max: Duration::from_secs(60),
             persist_every: Duration::from_millis(250),
             promise: Duration::from_secs(3),
-            hold: Duration::from_secs(1),
+            hold: Duration::from_secs(2),
             not_yet_wait: Duration::from_millis(150),
             lost_wait: Duration::from_millis(500),
             fail_wait: Duration::from_millis(500),
