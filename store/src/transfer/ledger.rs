@@ -57,12 +57,19 @@ impl Ledger {
                     .active
                     .get(first)
                     .is_some_and(|at| now - *at < t.puller_active);
+                if !asking {
+                    // Finished, or dead: nobody to point at, and whoever
+                    // gets it now is the one to point the next at (else
+                    // every later asker would be sent it from here).
+                    self.first.insert(index, (from.to_string(), now));
+                    return None;
+                }
                 let key = (index, from.to_string());
-                if asking && !self.redirected.contains_key(&key) {
+                if self.redirected.contains_key(&key) {
+                    None
+                } else {
                     self.redirected.insert(key, now);
                     Some(first.clone())
-                } else {
-                    None
                 }
             }
             Some((first, _)) if first == from => None,
@@ -144,11 +151,16 @@ mod tests {
             None,
             "a is not active any more"
         );
+        assert_eq!(
+            l.decide(&t, "f", 7, later),
+            Some("e".into()),
+            "e got it in a's place"
+        );
         // A chunk sent long ago starts a new round.
-        let t2 = t0 + t.sent_fresh + Duration::from_secs(1);
+        let t2 = later + t.sent_fresh + Duration::from_secs(1);
         l.decide(&t, "a", 9, t2);
-        assert_eq!(l.decide(&t, "f", 7, t2), None);
-        assert_eq!(l.decide(&t, "g", 7, t2), Some("f".into()));
+        assert_eq!(l.decide(&t, "g", 7, t2), None);
+        assert_eq!(l.decide(&t, "h", 7, t2), Some("g".into()));
     }
 
     #[test]
