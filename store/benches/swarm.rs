@@ -13,7 +13,9 @@
 //!
 //! MM_SIM_SEED changes the seed, MM_SIM_ONLY (scenario numbers, `1,3`) picks
 //! scenarios, MM_SIM_THREADS runs that many at once (2), MM_SIM_PROGRESS
-//! prints progress every 10 s, MM_SIM_HOLD_MS sets `Tuning::hold`.
+//! prints progress every 10 s, MM_SIM_HOLD_MS sets `Tuning::hold`, and
+//! MM_SIM_SLOTS=K has each complete holder send K answers at a time (a
+//! what-if: the engine does not limit them yet; see `Scenario::send_slots`).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -69,6 +71,9 @@ fn main() {
         s.progress = progress;
         if let Some(k) = peers {
             s.tuning.peers.pullers = k;
+        }
+        if let Some(k) = env::<u32>("MM_SIM_SLOTS") {
+            s.send_slots = k;
         }
         if let Some(ms) = env::<u64>("MM_SIM_HOLD_MS") {
             s.tuning.hold = std::time::Duration::from_millis(ms);

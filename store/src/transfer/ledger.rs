@@ -1,6 +1,7 @@
 //! What a complete holder remembers of one file's pullers, so that its
 //! uplink (which every puller shares) sends each chunk about once.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -64,12 +65,12 @@ impl Ledger {
                     self.first.insert(index, (from.to_string(), now));
                     return None;
                 }
-                let key = (index, from.to_string());
-                if self.redirected.contains_key(&key) {
-                    None
-                } else {
-                    self.redirected.insert(key, now);
-                    Some(first.clone())
+                match self.redirected.entry((index, from.to_string())) {
+                    Entry::Occupied(_) => None,
+                    Entry::Vacant(v) => {
+                        v.insert(now);
+                        Some(first.clone())
+                    }
                 }
             }
             Some((first, _)) if first == from => None,

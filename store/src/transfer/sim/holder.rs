@@ -26,6 +26,8 @@ impl Sim<'_> {
             pos: [0; 3],
             queue: VecDeque::new(),
             sending: None,
+            pending: None,
+            has_slot: false,
             flowing: false,
             rate: 0.0,
             left: 0.0,
@@ -71,6 +73,9 @@ impl Sim<'_> {
     /// The next request on a connection: misses go back at once, the first
     /// with data to send becomes the flow.
     pub(super) fn serve_next(&mut self, c: u32) {
+        if self.conns[c as usize].pending.is_some() {
+            return; // waits for a send slot, requests behind it too
+        }
         loop {
             let Some(req) = self.conns[c as usize].queue.pop_front() else {
                 self.end_flow(c);
@@ -95,6 +100,17 @@ impl Sim<'_> {
                     );
                 }
                 Ok((k, tags)) => {
+                    let limited = self.slots > 0 && self.hosts[q as usize].ledger.is_some();
+                    if limited && !self.conns[c as usize].has_slot {
+                        if self.slots_used[q as usize] >= self.slots {
+                            self.conns[c as usize].pending = Some(Sending { req, k, tags, news });
+                            self.slot_wait[q as usize].push_back(c);
+                            self.end_flow(c);
+                            return;
+                        }
+                        self.slots_used[q as usize] += 1;
+                        self.conns[c as usize].has_slot = true;
+                    }
                     let conn = &mut self.conns[c as usize];
                     conn.sending = Some(Sending { req, k, tags, news });
                     conn.left = (k as u64 * CHUNK_SIZE) as f64;
@@ -197,6 +213,34 @@ impl Sim<'_> {
         );
         // Keeps flowing if another answer is due, at the same rate.
         self.ends.remove(c);
+        self.release_slot(c);
         self.serve_next(c);
+    }
+
+    /// Gives `c`'s send slot, if it has one, to the next connection waiting.
+    pub(super) fn release_slot(&mut self, c: u32) {
+        if !self.conns[c as usize].has_slot {
+            return;
+        }
+        self.conns[c as usize].has_slot = false;
+        let q = self.conns[c as usize].from as usize;
+        self.slots_used[q] -= 1;
+        while let Some(w) = self.slot_wait[q].pop_front() {
+            let Some(s) = self.conns[w as usize].pending.take() else {
+                continue;
+            };
+            self.slots_used[q] += 1;
+            let conn = &mut self.conns[w as usize];
+            conn.has_slot = true;
+            conn.left = (s.k as u64 * CHUNK_SIZE) as f64;
+            conn.sending = Some(s);
+            conn.at = self.now;
+            if conn.flowing {
+                self.reschedule(w);
+            } else {
+                self.start_flow(w);
+            }
+            return;
+        }
     }
 }

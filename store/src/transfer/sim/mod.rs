@@ -104,6 +104,10 @@ pub struct Scenario {
     pub dying: f64,
     pub die_between: (f64, f64),
     pub dead_timeout: Duration,
+    /// A what-if the engine does not do yet: a complete holder sends at
+    /// most this many answers at a time, the others wait their turn (0: no
+    /// limit, as the engine, whose answers share its uplink as TCP does).
+    pub send_slots: u32,
     /// Pullers are spread evenly over this many sites; the holder is in
     /// site 0.
     pub sites: usize,
@@ -138,6 +142,7 @@ impl Scenario {
             dying: 0.0,
             die_between: (0.1, 0.9),
             dead_timeout: Duration::from_secs(1),
+            send_slots: 0,
             sites: 1,
             in_site: Duration::from_micros(200),
             across: Duration::from_millis(20),
@@ -319,6 +324,9 @@ struct Conn {
     pos: [u32; 3],
     queue: VecDeque<Req>,
     sending: Option<Sending>,
+    /// Decided, waiting for one of the holder's send slots.
+    pending: Option<Sending>,
+    has_slot: bool,
     flowing: bool,
     rate: f64,
     /// Bytes left of the answer, as of `at`.
@@ -421,6 +429,11 @@ struct Sim<'a> {
     /// Pullers neither done nor dead.
     pulling: usize,
     any_dead: bool,
+    /// Send slots per complete holder (0: no limit), those in use, and the
+    /// connections waiting for one.
+    slots: u32,
+    slots_used: Vec<u32>,
+    slot_wait: Vec<VecDeque<u32>>,
     origin_chunks: u64,
     wasted: u64,
     corrupt: u64,

@@ -558,7 +558,9 @@ impl Sim<'_> {
         for c in self.in_conns[q as usize].clone() {
             self.conns[c as usize].queue.clear();
             self.conns[c as usize].sending = None;
+            self.conns[c as usize].pending = None;
             self.end_flow(c);
+            self.release_slot(c);
         }
     }
 }

@@ -93,3 +93,26 @@ fn sim_flows_share_a_link_and_never_pass_its_capacity() {
     let r = sim.report();
     check_complete(&r);
 }
+
+#[test]
+fn sim_a_holder_with_few_send_slots_gets_first_chunks_out_sooner() {
+    // 60 pullers at once: without slots, the holder's uplink carries 60
+    // first chunks together, and each arrives after 60 chunk-times.
+    let all = Scenario::new("all at once", 60, 256);
+    let slotted = Scenario {
+        send_slots: 4,
+        ..Scenario::new("four at a time", 60, 256)
+    };
+    let (a, _) = run(&all);
+    let (b, _) = run(&slotted);
+    check_complete(&a);
+    check_complete(&b);
+    assert!(
+        b.stats.first_chunk < a.stats.first_chunk * 0.75,
+        "{} vs {}",
+        b.stats.first_chunk,
+        a.stats.first_chunk
+    );
+    let per_chunk = b.origin_chunks as f64 / b.chunks as f64;
+    assert!((1.0..=1.1).contains(&per_chunk), "{per_chunk}: {b:#?}");
+}
