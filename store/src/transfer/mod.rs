@@ -37,6 +37,7 @@ mod source;
 #[cfg(test)]
 mod tests;
 mod tuning;
+mod uplink;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -62,6 +63,7 @@ use ledger::Ledger;
 pub use peers::PeerLimits;
 use source::SourceStat;
 pub use tuning::Tuning;
+pub use uplink::SendSlot;
 
 /// Files transferring at once on one node; more are queued.
 pub const MAX_ACTIVE: usize = 3;
@@ -246,6 +248,7 @@ pub struct Engine {
     ledgers: Mutex<HashMap<String, Ledger>>,
     /// What this node has sent of each file, since it started.
     sent: Mutex<BTreeMap<String, Sent>>,
+    uplink: Arc<uplink::Uplink>,
 }
 
 /// What a node has sent of one file to other nodes, for `file served`.
@@ -277,13 +280,14 @@ impl Engine {
         Arc::new(Engine {
             local,
             net,
-            tuning,
             disk,
             jobs: Mutex::new(HashMap::new()),
             recent: Mutex::new(Vec::new()),
             slots: Arc::new(Semaphore::new(MAX_ACTIVE)),
             ledgers: Mutex::new(HashMap::new()),
             sent: Mutex::new(BTreeMap::new()),
+            uplink: uplink::Uplink::new(tuning.send_slots),
+            tuning,
         })
     }
 

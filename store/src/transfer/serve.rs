@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::bits::bit;
 use super::ledger::{Ledger, Portion};
-use super::{selects, Engine, Held, Miss, News, Sent, MAX_NEWS};
+use super::{selects, Engine, Held, Miss, News, SendSlot, Sent, MAX_NEWS};
 use crate::buf::ChunkBuf;
 use crate::files::FilesDir;
 use crate::manifest::MAX_RUN;
@@ -188,6 +188,19 @@ impl Engine {
             from: from as u32,
             chunks: st.log[from..end].to_vec(),
         })
+    }
+
+    /// A place on the uplink for an answer of `name` (version `root`),
+    /// taken before it is sent and held until the kernel has sent most of
+    /// it (see `uplink.rs`); none for an answer from a transfer in progress
+    /// here: pullers serving each other share out their uplinks already.
+    /// Blocking, for up to `Tuning::slot_patience`.
+    pub fn send_slot(&self, name: &str, root: &[u8]) -> Option<SendSlot> {
+        let pulling = self
+            .jobs()
+            .get(name)
+            .is_some_and(|j| j.manifest.root == root);
+        (!pulling).then(|| self.uplink.take(self.tuning.slot_patience))
     }
 
     /// The have-bitfield of a transfer in progress here, for other pullers;

@@ -742,3 +742,26 @@ async fn a_partial_file_cut_under_the_transfer_is_fetched_again() {
         got.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_sends_its_whole_files_answers_a_few_at_a_time() {
+    let hub = Hub::new();
+    let dir = tempfile::tempdir().unwrap();
+    let one = Tuning {
+        send_slots: 1,
+        slot_patience: Duration::from_millis(50),
+        ..fast()
+    };
+    let h = node_tuned(&hub, "h", dir, Arc::new(SyncData), one);
+    h.put("f", &content(4 * CHUNK_SIZE as usize, 3));
+    let root = h.local.manifest("f").unwrap().unwrap().root;
+    let first = h.engine.send_slot("f", &root).expect("a whole file here");
+    // The next waits its patience out, then goes anyway.
+    let t0 = std::time::Instant::now();
+    let second = h.engine.send_slot("f", &root);
+    assert!(t0.elapsed() >= Duration::from_millis(50));
+    drop((first, second));
+    // The slots are the node's: any answer not from a transfer in
+    // progress here takes one, and the first is free again.
+    assert!(h.engine.send_slot("g", &root).is_some());
+}

@@ -283,6 +283,7 @@ fn serve_blocking(
     use std::os::fd::AsRawFd;
     let mut rd = FdReader::new(stream.as_raw_fd(), SERVER_IDLE);
     let mut sealed = 0u64;
+    let mut low_water = false;
     loop {
         // Enough under these keys: the client asks for a new grant, and
         // gets new keys, on its next request.
@@ -303,14 +304,56 @@ fn serve_blocking(
             Err(e) => return Err(e),
         };
         let req: DataReq = wire::decode(&plain).map_err(|e| bad(e.to_string()))?;
-        let record = answer_record(engine, from, &req, &mut sealer);
+        let (record, data) = answer_record(engine, from, &req, &mut sealer);
+        // A chunk from a file held whole waits for its turn on the uplink,
+        // and holds it until the kernel has all but the last of it on the
+        // wire (at most UNSENT left in the socket buffer): else every
+        // answer sits in its socket's buffer at once, and they all share
+        // the uplink as before.
+        let slot = data
+            .then(|| engine.send_slot(&req.name, &req.root))
+            .flatten();
+        if slot.is_some() && !low_water {
+            low_water = true;
+            set_unsent_limit(&stream, UNSENT);
+        }
         stream.write_all(&record[ANSWER_AT - 4..])?;
+        drop(slot);
         sealed += record.len() as u64;
     }
 }
 
-/// The sealed answer to `req`: the chunk, or why not.
-fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer) -> ChunkBuf {
+/// Unsent bytes a socket answering from a whole file keeps at most: a
+/// blocking write returns once no more than this is left to send.
+const UNSENT: u32 = 64 << 10;
+
+/// `TCP_NOTSENT_LOWAT`: a failure only costs the uplink's order.
+fn set_unsent_limit(stream: &std::net::TcpStream, bytes: u32) {
+    use std::os::fd::AsRawFd;
+    let v = bytes as libc::c_int;
+    // SAFETY: a valid socket, and an int option of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        debug!("TCP_NOTSENT_LOWAT: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// The sealed answer to `req`: the chunk, or why not; and whether it is a
+/// chunk.
+fn answer_record(
+    engine: &Engine,
+    from: &str,
+    req: &DataReq,
+    sealer: &mut Sealer,
+) -> (ChunkBuf, bool) {
     let mut record = ChunkBuf::with_capacity(ANSWER_AT + MAX_ANSWER + TAG);
     record.extend_from_slice(&[0u8; ANSWER_AT]);
     let read = if req.name.len() > MAX_NAME {
@@ -339,6 +382,7 @@ fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer
             kind
         }
     };
+    let data = kind == KIND_CHUNK;
     // The news as of this answer, behind its body.
     let news = req
         .seen
@@ -357,7 +401,7 @@ fn answer_record(engine: &Engine, from: &str, req: &DataReq, sealer: &mut Sealer
     record.extend_from_slice(&[kind]);
     record.extend_from_slice(&req.index.to_be_bytes());
     sealer.seal(&mut record, ANSWER_AT - 4);
-    record
+    (record, data)
 }
 
 #[cfg(test)]
