@@ -20,6 +20,17 @@ pub(super) struct Uplink {
 /// One answer's place on the uplink, given back when dropped.
 pub struct SendSlot {
     up: Option<Arc<Uplink>>,
+    busy: bool,
+}
+
+impl SendSlot {
+    /// Whether more than half the slots were taken (or none was free in
+    /// time): only then is it worth keeping the answer out of the socket
+    /// buffer until it is on the wire, which costs a lone puller's
+    /// transfer more wakeups for the same bytes.
+    pub fn busy(&self) -> bool {
+        self.busy
+    }
 }
 
 impl Uplink {
@@ -37,14 +48,20 @@ impl Uplink {
     /// Blocking.
     pub(super) fn take(self: &Arc<Self>, patience: Duration) -> SendSlot {
         if self.max == 0 {
-            return SendSlot { up: None };
+            return SendSlot {
+                up: None,
+                busy: false,
+            };
         }
         let until = Instant::now() + patience;
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
         while *used >= self.max {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return SendSlot { up: None };
+                return SendSlot {
+                    up: None,
+                    busy: true,
+                };
             }
             used = match self.freed.wait_timeout(used, left) {
                 Ok((g, _)) => g,
@@ -54,6 +71,7 @@ impl Uplink {
         *used += 1;
         SendSlot {
             up: Some(self.clone()),
+            busy: *used > self.max / 2,
         }
     }
 
@@ -111,13 +129,25 @@ mod tests {
     fn a_held_slot_holds_up_the_next_only_as_long_as_its_patience() {
         let up = Uplink::new(1);
         let held = up.take(Duration::ZERO);
-        assert!(held.up.is_some());
+        assert!(
+            held.up.is_some() && held.busy(),
+            "one of one is more than half"
+        );
         let late = up.take(Duration::from_millis(20));
         assert!(late.up.is_none(), "no slot after waiting: sent anyway");
+        assert!(late.busy());
         drop(late);
         assert_eq!(up.used(), 1, "a slot never taken is not given back");
         drop(held);
         assert!(up.take(Duration::ZERO).up.is_some());
         assert!(Uplink::new(0).take(Duration::ZERO).up.is_none(), "no limit");
+        assert!(!Uplink::new(0).take(Duration::ZERO).busy());
+        let four = Uplink::new(4);
+        let (a, b, c) = (
+            four.take(Duration::ZERO),
+            four.take(Duration::ZERO),
+            four.take(Duration::ZERO),
+        );
+        assert_eq!((a.busy(), b.busy(), c.busy()), (false, false, true));
     }
 }

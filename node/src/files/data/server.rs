@@ -306,16 +306,17 @@ fn serve_blocking(
         let req: DataReq = wire::decode(&plain).map_err(|e| bad(e.to_string()))?;
         let (record, data) = answer_record(engine, from, &req, &mut sealer);
         // A chunk from a file held whole waits for its turn on the uplink,
-        // and holds it until the kernel has all but the last of it on the
-        // wire (at most UNSENT left in the socket buffer): else every
-        // answer sits in its socket's buffer at once, and they all share
-        // the uplink as before.
+        // and, while the slots are in demand, holds it until the kernel has
+        // all but the last of it on the wire (at most UNSENT left in the
+        // socket buffer): else every answer sits in its socket's buffer at
+        // once, and they all share the uplink as before.
         let slot = data
             .then(|| engine.send_slot(&req.name, &req.root))
             .flatten();
-        if slot.is_some() && !low_water {
-            low_water = true;
-            set_unsent_limit(&stream, UNSENT);
+        let busy = slot.as_ref().is_some_and(|s| s.busy());
+        if busy != low_water {
+            low_water = busy;
+            set_unsent_limit(&stream, if busy { UNSENT } else { u32::MAX });
         }
         stream.write_all(&record[ANSWER_AT - 4..])?;
         drop(slot);
@@ -327,7 +328,8 @@ fn serve_blocking(
 /// blocking write returns once no more than this is left to send.
 const UNSENT: u32 = 64 << 10;
 
-/// `TCP_NOTSENT_LOWAT`: a failure only costs the uplink's order.
+/// `TCP_NOTSENT_LOWAT` (`u32::MAX`: none, the kernel's default): a
+/// failure only costs the uplink's order.
 fn set_unsent_limit(stream: &std::net::TcpStream, bytes: u32) {
     use std::os::fd::AsRawFd;
     let v = bytes as libc::c_int;
