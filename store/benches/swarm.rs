@@ -14,8 +14,8 @@
 //! MM_SIM_SEED changes the seed, MM_SIM_ONLY (scenario numbers, `1,3`) picks
 //! scenarios, MM_SIM_THREADS runs that many at once (2), MM_SIM_PROGRESS
 //! prints progress every 10 s, MM_SIM_HOLD_MS sets `Tuning::hold`, and
-//! MM_SIM_SLOTS=K has each complete holder send K answers at a time (a
-//! what-if: the engine does not limit them yet; see `Scenario::send_slots`).
+//! MM_SIM_SLOTS=K `Tuning::send_slots` (0: a holder sends all its answers
+//! at once, as before).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -72,8 +72,8 @@ fn main() {
         if let Some(k) = peers {
             s.tuning.peers.pullers = k;
         }
-        if let Some(k) = env::<u32>("MM_SIM_SLOTS") {
-            s.send_slots = k;
+        if let Some(k) = env::<usize>("MM_SIM_SLOTS") {
+            s.tuning.send_slots = k;
         }
         if let Some(ms) = env::<u64>("MM_SIM_HOLD_MS") {
             s.tuning.hold = std::time::Duration::from_millis(ms);

@@ -18,6 +18,9 @@
 //!   answered in order, one at a time, as a data connection's thread does:
 //!   read the request, decide (have-bits, or the ledger), send. Only what is
 //!   sending is a flow; a miss is answered at once and costs no bandwidth.
+//!   A complete holder sends at most `Tuning::send_slots` answers at a
+//!   time, the others waiting their turn, as the data channel's server
+//!   does (`uplink.rs`).
 //! - A flow is limited by the sender's uplink, the receiver's downlink and
 //!   the site link it crosses (one per direction). Rates are max-min fair
 //!   per link, lazily: when a flow starts or ends, each of its links is
@@ -104,10 +107,6 @@ pub struct Scenario {
     pub dying: f64,
     pub die_between: (f64, f64),
     pub dead_timeout: Duration,
-    /// A what-if the engine does not do yet: a complete holder sends at
-    /// most this many answers at a time, the others wait their turn (0: no
-    /// limit, as the engine, whose answers share its uplink as TCP does).
-    pub send_slots: u32,
     /// Pullers are spread evenly over this many sites; the holder is in
     /// site 0.
     pub sites: usize,
@@ -142,7 +141,6 @@ impl Scenario {
             dying: 0.0,
             die_between: (0.1, 0.9),
             dead_timeout: Duration::from_secs(1),
-            send_slots: 0,
             sites: 1,
             in_site: Duration::from_micros(200),
             across: Duration::from_millis(20),

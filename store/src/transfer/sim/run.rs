@@ -99,7 +99,7 @@ impl<'a> Sim<'a> {
             scratch: Vec::new(),
             pulling: sc.pullers,
             any_dead: false,
-            slots: sc.send_slots,
+            slots: sc.tuning.send_slots as u32,
             slots_used: vec![0; hosts_n],
             slot_wait: vec![VecDeque::new(); hosts_n],
             origin_chunks: 0,

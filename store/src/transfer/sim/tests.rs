@@ -98,11 +98,10 @@ fn sim_flows_share_a_link_and_never_pass_its_capacity() {
 fn sim_a_holder_with_few_send_slots_gets_first_chunks_out_sooner() {
     // 60 pullers at once: without slots, the holder's uplink carries 60
     // first chunks together, and each arrives after 60 chunk-times.
-    let all = Scenario::new("all at once", 60, 256);
-    let slotted = Scenario {
-        send_slots: 4,
-        ..Scenario::new("four at a time", 60, 256)
-    };
+    let mut all = Scenario::new("all at once", 60, 256);
+    all.tuning.send_slots = 0;
+    let mut slotted = Scenario::new("four at a time", 60, 256);
+    slotted.tuning.send_slots = 4;
     let (a, _) = run(&all);
     let (b, _) = run(&slotted);
     check_complete(&a);
