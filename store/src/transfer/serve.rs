@@ -190,6 +190,11 @@ impl Engine {
         })
     }
 
+    /// The engine's timing.
+    pub fn tuning(&self) -> &super::Tuning {
+        &self.tuning
+    }
+
     /// A place on the uplink for an answer of `name` (version `root`),
     /// taken before it is sent and held until the kernel has sent most of
     /// it (see `uplink.rs`); none for an answer from a transfer in progress

@@ -37,6 +37,11 @@ pub struct Tuning {
     pub send_slots: usize,
     /// How long an answer waits for a send slot before it goes anyway.
     pub slot_patience: Duration,
+    /// How long an answer holds its slot at most: one to a receiver that
+    /// takes long (behind a thin link to another site, say) goes on
+    /// without it, and does not keep the uplink from the others. Longer
+    /// than 32 answers sharing a 1 Gbit/s uplink take (about 70 ms).
+    pub slot_hold: Duration,
     /// A puller that does not have a chunk yet is asked again after this.
     pub not_yet_wait: Duration,
     /// A source whose connection broke is asked again after this.
@@ -74,6 +79,7 @@ impl Default for Tuning {
             hold: Duration::from_secs(2),
             send_slots: 32,
             slot_patience: Duration::from_secs(2),
+            slot_hold: Duration::from_millis(100),
             not_yet_wait: Duration::from_millis(150),
             lost_wait: Duration::from_millis(500),
             fail_wait: Duration::from_millis(500),

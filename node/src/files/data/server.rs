@@ -279,7 +279,6 @@ fn serve_blocking(
     mut opener: Sealer,
     mut sealer: Sealer,
 ) -> std::io::Result<()> {
-    use std::io::Write;
     use std::os::fd::AsRawFd;
     let mut rd = FdReader::new(stream.as_raw_fd(), SERVER_IDLE);
     let mut sealed = 0u64;
@@ -318,10 +317,58 @@ fn serve_blocking(
             low_water = busy;
             set_unsent_limit(&stream, if busy { UNSENT } else { u32::MAX });
         }
-        stream.write_all(&record[ANSWER_AT - 4..])?;
-        drop(slot);
+        let hold = engine.tuning().slot_hold;
+        write_holding(&mut stream, &record[ANSWER_AT - 4..], slot, hold)?;
         sealed += record.len() as u64;
     }
+}
+
+/// Writes `bytes`, holding `slot` until they are written or `hold` is
+/// over: an answer to a receiver that takes long (behind a thin link, say)
+/// goes on without its slot, and leaves the uplink to the others.
+fn write_holding(
+    stream: &mut std::net::TcpStream,
+    bytes: &[u8],
+    mut slot: Option<mm_store::transfer::SendSlot>,
+    hold: Duration,
+) -> std::io::Result<()> {
+    use std::io::{ErrorKind, Write};
+    if slot.is_none() {
+        return stream.write_all(bytes);
+    }
+    // The hold is the write timeout while the slot is held: a write that
+    // cannot go on in time gives the slot back, and the rest is written
+    // under the connection's own timeout.
+    let start = Instant::now();
+    let mut at = 0;
+    while at < bytes.len() {
+        if slot.is_some() {
+            let left = hold.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                slot = None;
+                stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+                continue;
+            }
+            stream.set_write_timeout(Some(left))?;
+        }
+        match stream.write(&bytes[at..]) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => at += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e)
+                if slot.is_some()
+                    && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
+            {
+                slot = None;
+                stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    if slot.is_some() {
+        stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+    }
+    Ok(())
 }
 
 /// Unsent bytes a socket answering from a whole file keeps at most: a
@@ -436,6 +483,54 @@ mod tests {
             .expect("the server kept the connection open")
             .ok();
         got
+    }
+
+    #[test]
+    fn an_answer_lets_go_of_its_send_slot_once_its_hold_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = mm_store::FilesDir::open(&dir.path().join("files")).unwrap();
+        let meta = mm_store::Meta::open(&dir.path().join("meta.db")).unwrap();
+        let local = Arc::new(mm_store::Local::new(files, meta));
+        let one = mm_store::Tuning {
+            send_slots: 1,
+            slot_patience: Duration::from_secs(5),
+            ..mm_store::Tuning::default()
+        };
+        let engine = Engine::with_tuning(local, mm_store::mem::Hub::new().net("h"), one);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut tx = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut rx, _) = listener.accept().unwrap();
+        // A receiver that reads nothing until told: the answer (more than
+        // the socket buffers hold) is still being written when its hold is
+        // over.
+        let body = vec![7u8; 64 << 20];
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            wait.recv().unwrap();
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut rx, &mut got).unwrap();
+            got.len()
+        });
+        let engine2 = engine.clone();
+        let writer = std::thread::spawn(move || {
+            let slot = engine2.send_slot("f", b"root");
+            assert!(slot.is_some());
+            write_holding(&mut tx, &body, slot, Duration::from_millis(50)).unwrap();
+        });
+        // Another answer gets the only slot while the first is being
+        // written (the reader has not read yet; without the hold, this
+        // would wait out the patience and get none).
+        std::thread::sleep(Duration::from_millis(20));
+        let t0 = Instant::now();
+        let next = engine.send_slot("g", b"root");
+        assert!(next.is_some_and(|s| s.busy()));
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "waited out the patience"
+        );
+        go.send(()).unwrap();
+        writer.join().unwrap();
+        assert_eq!(reader.join().unwrap(), 64 << 20, "all of it");
     }
 
     #[tokio::test]

@@ -28,6 +28,7 @@ impl Sim<'_> {
             sending: None,
             pending: None,
             has_slot: false,
+            slot_gen: 0,
             flowing: false,
             rate: 0.0,
             left: 0.0,
@@ -109,7 +110,7 @@ impl Sim<'_> {
                             return;
                         }
                         self.slots_used[q as usize] += 1;
-                        self.conns[c as usize].has_slot = true;
+                        self.give_slot(c);
                     }
                     let conn = &mut self.conns[c as usize];
                     conn.sending = Some(Sending { req, k, tags, news });
@@ -217,6 +218,18 @@ impl Sim<'_> {
         self.serve_next(c);
     }
 
+    /// `c` has a send slot now, until its answer is sent or
+    /// `Tuning::slot_hold` is over (a slow receiver would keep it from the
+    /// others: the server writes in pieces, and lets go of it then).
+    fn give_slot(&mut self, c: u32) {
+        let conn = &mut self.conns[c as usize];
+        conn.has_slot = true;
+        conn.slot_gen += 1;
+        let gen = conn.slot_gen;
+        let due = self.now + ns(self.t.slot_hold);
+        self.push(due, Ev::SlotDue { c, gen });
+    }
+
     /// Gives `c`'s send slot, if it has one, to the next connection waiting.
     pub(super) fn release_slot(&mut self, c: u32) {
         if !self.conns[c as usize].has_slot {
@@ -230,8 +243,8 @@ impl Sim<'_> {
                 continue;
             };
             self.slots_used[q] += 1;
+            self.give_slot(w);
             let conn = &mut self.conns[w as usize];
-            conn.has_slot = true;
             conn.left = (s.k as u64 * CHUNK_SIZE) as f64;
             conn.sending = Some(s);
             conn.at = self.now;

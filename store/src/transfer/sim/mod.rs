@@ -325,6 +325,8 @@ struct Conn {
     /// Decided, waiting for one of the holder's send slots.
     pending: Option<Sending>,
     has_slot: bool,
+    /// Slots given to it so far.
+    slot_gen: u32,
     flowing: bool,
     rate: f64,
     /// Bytes left of the answer, as of `at`.
@@ -380,6 +382,12 @@ enum Ev {
     },
     Tick(u32),
     Die(u32),
+    /// A connection's send slot is due back (`Tuning::slot_hold`), if it
+    /// still holds the one it was given then.
+    SlotDue {
+        c: u32,
+        gen: u32,
+    },
 }
 
 struct Item {

@@ -300,6 +300,11 @@ impl<'a> Sim<'a> {
                 Ev::Refresh { p, sent } => self.refresh(p, sent),
                 Ev::Tick(p) => self.tick(p),
                 Ev::Die(p) => self.die(p),
+                Ev::SlotDue { c, gen } => {
+                    if self.conns[c as usize].has_slot && self.conns[c as usize].slot_gen == gen {
+                        self.release_slot(c);
+                    }
+                }
             }
         }
         self.stats.end = secs(self.now);
