@@ -288,6 +288,18 @@ mod tests {
             .collect()
     }
 
+    /// A first choice: nothing tracked, nothing promised, no round trips.
+    fn fresh(seed: u64, offered: &[Offer]) -> HashSet<String> {
+        choose(
+            seed,
+            &BTreeMap::new(),
+            &Hints::default(),
+            offered,
+            LIMITS,
+            &HashMap::new(),
+        )
+    }
+
     fn many(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("p{i}")).collect()
     }
@@ -298,34 +310,13 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let mut offered = offers(&refs, false);
         offered.extend(offers(&["h1", "h2", "h3"], true));
-        let keep = choose(
-            7,
-            &BTreeMap::new(),
-            &Hints::default(),
-            &offered,
-            LIMITS,
-            &HashMap::new(),
-        );
+        let keep = fresh(7, &offered);
         let holders = keep.iter().filter(|h| h.starts_with('h')).count();
         assert_eq!((keep.len() - holders, holders), (3, 2), "{keep:?}");
         // The same puller chooses the same again; another chooses others.
-        let again = choose(
-            7,
-            &BTreeMap::new(),
-            &Hints::default(),
-            &offered,
-            LIMITS,
-            &HashMap::new(),
-        );
+        let again = fresh(7, &offered);
         assert_eq!(keep, again);
-        let other = choose(
-            8,
-            &BTreeMap::new(),
-            &Hints::default(),
-            &offered,
-            LIMITS,
-            &HashMap::new(),
-        );
+        let other = fresh(8, &offered);
         assert_ne!(keep, other);
     }
 

@@ -112,15 +112,7 @@ impl Sim<'_> {
                         self.slots_used[q as usize] += 1;
                         self.give_slot(c);
                     }
-                    let conn = &mut self.conns[c as usize];
-                    conn.sending = Some(Sending { req, k, tags, news });
-                    conn.left = (k as u64 * CHUNK_SIZE) as f64;
-                    conn.at = self.now;
-                    if conn.flowing {
-                        self.reschedule(c);
-                    } else {
-                        self.start_flow(c);
-                    }
+                    self.begin_send(c, Sending { req, k, tags, news });
                     return;
                 }
             }
@@ -218,6 +210,19 @@ impl Sim<'_> {
         self.serve_next(c);
     }
 
+    /// `c` sends `s` from now on: its flow, or the next answer of it.
+    fn begin_send(&mut self, c: u32, s: Sending) {
+        let conn = &mut self.conns[c as usize];
+        conn.left = (s.k as u64 * CHUNK_SIZE) as f64;
+        conn.sending = Some(s);
+        conn.at = self.now;
+        if conn.flowing {
+            self.reschedule(c);
+        } else {
+            self.start_flow(c);
+        }
+    }
+
     /// `c` has a send slot now, until its answer is sent or
     /// `Tuning::slot_hold` is over (a slow receiver would keep it from the
     /// others: the server writes in pieces, and lets go of it then).
@@ -244,15 +249,7 @@ impl Sim<'_> {
             };
             self.slots_used[q] += 1;
             self.give_slot(w);
-            let conn = &mut self.conns[w as usize];
-            conn.left = (s.k as u64 * CHUNK_SIZE) as f64;
-            conn.sending = Some(s);
-            conn.at = self.now;
-            if conn.flowing {
-                self.reschedule(w);
-            } else {
-                self.start_flow(w);
-            }
+            self.begin_send(w, s);
             return;
         }
     }
