@@ -95,7 +95,7 @@ pub(crate) fn choose(
         if s.dropped || !seen.insert(h.as_str()) {
             continue;
         }
-        if s.inflight == 0 && (s.fails > 0 || s.lost > 0) {
+        if s.inflight == 0 && s.broken() {
             continue;
         }
         let group = if s.inflight > 0 || promised.contains(h.as_str()) {

@@ -87,7 +87,7 @@ impl View<'_> {
                 if self
                     .sources
                     .get(to)
-                    .is_some_and(|t| !t.dropped && t.fails == 0 && t.lost == 0) =>
+                    .is_some_and(|t| !t.dropped && !t.broken()) =>
             {
                 Some(to)
             }

@@ -48,6 +48,12 @@ pub(super) fn release(sources: &mut BTreeMap<String, SourceStat>, now: Instant) 
 }
 
 impl SourceStat {
+    /// Whether it failed a request, or broke the connection, since its last
+    /// chunk: most likely it is gone (dead, or out of the mesh).
+    pub(super) fn broken(&self) -> bool {
+        self.fails > 0 || self.lost > 0
+    }
+
     /// Whether this source is held back from giving chunk `i`.
     pub(super) fn holds_back(&self, i: usize) -> bool {
         !self.held.is_empty() && self.held.contains_key(&i)

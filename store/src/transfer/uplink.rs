@@ -31,6 +31,12 @@ impl SendSlot {
     pub fn busy(&self) -> bool {
         self.busy
     }
+
+    /// Whether it is a slot: not when none came free within the patience
+    /// (nor with no limit), and the answer goes without one.
+    pub fn held(&self) -> bool {
+        self.up.is_some()
+    }
 }
 
 impl Uplink {
