@@ -52,6 +52,38 @@ fn cpu_secs(n: &Node) -> f64 {
     (f[11] + f[12]) / hz
 }
 
+/// Context switches (voluntary + not) of all of a node's threads so far.
+fn switches(n: &Node) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", n.pid().unwrap())) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
+
+/// Bytes and packets (skbs, so a GSO packet counts once) a lab host's
+/// eth0 has sent so far.
+fn uplink_sent(lab: &Lab, i: usize) -> (u64, u64) {
+    let out = Command::new("ip")
+        .args(["-j", "-n", &lab.ns(i), "-s", "link", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let tx = &v[0]["stats64"]["tx"];
+    (
+        tx["bytes"].as_u64().unwrap_or(0),
+        tx["packets"].as_u64().unwrap_or(0),
+    )
+}
+
 fn peak_rss_mib(n: &Node) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid().unwrap())).unwrap();
     let kib: f64 = status
@@ -171,11 +203,21 @@ fn b1() {
         // MM_PERF=FILE: a system-wide `perf record -g` of the last get.
         let perf = start_perf(run == runs);
         let cpu0 = (cpu_secs(&nodes[0]), cpu_secs(&nodes[1]));
+        let sw0: u64 = nodes.iter().map(switches).sum();
+        let up0 = uplink_sent(&lab, 1);
         let t = Instant::now();
         nodes[1].mm(&["file", "get", "big", "wait"]);
         let mm = t.elapsed();
         let cpu = (cpu_secs(&nodes[0]) - cpu0.0, cpu_secs(&nodes[1]) - cpu0.1);
-        eprintln!("cpu: holder {:.2} s, puller {:.2} s", cpu.0, cpu.1);
+        let up = uplink_sent(&lab, 1);
+        let sw = nodes.iter().map(switches).sum::<u64>() - sw0;
+        eprintln!(
+            "cpu: holder {:.2} s, puller {:.2} s; the holder sent {} packets ({:.1} KiB each); {sw} context switches",
+            cpu.0,
+            cpu.1,
+            up.1 - up0.1,
+            (up.0 - up0.0) as f64 / (up.1 - up0.1).max(1) as f64 / 1024.0
+        );
         cpus.push((cpu.0 + cpu.1) / (mib as f64 / 1024.0));
         stop_perf(perf);
         if !raw_first {
@@ -235,10 +277,19 @@ fn b2(pullers: usize) {
         x.wait_size(n, Duration::from_secs(90));
     }
     make_file(&nodes[0].base().join("files/big"), mib);
-    // Have the holder hash it before the clock starts (a get on a holder
-    // compares its own copy, so hashes it). Not a get by a puller: the
-    // holder would remember that puller as having every chunk.
-    println!("{}", nodes[0].mm(&["file", "get", "big"]).trim());
+    // Have the holder hash it before the clock starts: a puller's get for
+    // a version no node has asks every node what it holds, which hashes
+    // the file, and then fetches nothing. (Not a real get: the holder
+    // would remember that puller as having every chunk. Nor a get on the
+    // holder: with no other holder, it answers "only here" unhashed.)
+    let none = nodes[1].try_mm(&["file", "get", "big", "hash", "0000000000000000"]);
+    assert!(!none.status.success(), "no node holds that version");
+    wait_for("the holder's hash", Duration::from_secs(60), || {
+        let list = nodes[0].mm(&["file", "list"]);
+        list.lines()
+            .any(|l| l.contains("big") && !l.trim_end().ends_with('-'))
+            .then_some(())
+    });
     nodes[0].mm(&["mesh", "timeout", "0"]);
     // What the mesh costs with no transfer, for as long as one would take:
     // the part of the figure below that is not the swarm's.
@@ -253,6 +304,8 @@ fn b2(pullers: usize) {
         / idle_for.as_secs_f64();
     let perf = start_perf(true);
     let cpu0: Vec<f64> = nodes.iter().map(cpu_secs).collect();
+    let sw0: u64 = nodes.iter().map(switches).sum();
+    let up0: Vec<(u64, u64)> = (1..=n).map(|i| uplink_sent(&lab, i)).collect();
     let t = Instant::now();
     nodes[0].mm(&["mesh", "send", "all", "file", "get", "big", "wait"]);
     let took = t.elapsed();
@@ -261,6 +314,13 @@ fn b2(pullers: usize) {
         .zip(&cpu0)
         .map(|(x, c0)| cpu_secs(x) - c0)
         .collect();
+    let sw = nodes.iter().map(switches).sum::<u64>() - sw0;
+    let (mut up_bytes, mut up_pkts) = (0, 0);
+    for (i, (b0, p0)) in up0.iter().enumerate() {
+        let (b, p) = uplink_sent(&lab, i + 1);
+        up_bytes += b - b0;
+        up_pkts += p - p0;
+    }
     stop_perf(perf);
     for x in &nodes[1..] {
         wait_for("the copy", Duration::from_secs(5), || {
@@ -300,6 +360,14 @@ fn b2(pullers: usize) {
         total / gib,
         idle_part / gib,
         cpu[0]
+    );
+    // Per-packet work (the lab's veths, bridge and shapers, and each
+    // stack) and wake-ups: what a byte costs besides crypto and copies.
+    println!(
+        "| B2 packets | {pullers} pullers | uplinks sent {:.2} GiB in {up_pkts} packets ({:.1} KiB each) | {:.0} context switches per GiB delivered |",
+        up_bytes as f64 / (1u64 << 30) as f64,
+        up_bytes as f64 / up_pkts.max(1) as f64 / 1024.0,
+        sw as f64 / gib
     );
     let ideal = (mib << 20) as f64 * 8.0 / bits;
     println!(
