@@ -151,9 +151,10 @@ impl From<&mm_store::transfer::Status> for TransferStatus {
     }
 }
 
-/// What one node asks of another, routed (`Command`, `Holds`, `Vm`) or direct
-/// (`Chunk`, `Data`, `Have`). Answers: `Command` a CBOR `Vec<Response>`;
-/// `Holds` a CBOR `Vec<mm_store::Held>`; `Chunk` a CBOR [`ChunkAnswer`].
+/// What one node asks of another, routed (`Command`, `Holds`, `Progress`,
+/// `Vm`) or direct (`Chunk`, `Data`, `Have`). Answers: `Command` a CBOR
+/// `Vec<Response>`; `Holds` a CBOR `Vec<mm_store::Held>`; `Progress` a CBOR
+/// `mm_store::Progress`; `Chunk` a CBOR [`ChunkAnswer`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
     /// A command of the grammar, from `mesh send` (in the receiver's
@@ -195,6 +196,13 @@ pub enum Request {
     /// once it is in place): the node the mesh chose for it, so that
     /// nodes asking at once download it once.
     Download { url: String },
+    /// What do you have of this version of this file? (A puller's refresh,
+    /// every few seconds: no manifest.)
+    Progress {
+        name: String,
+        #[serde(with = "serde_bytes")]
+        root: Vec<u8>,
+    },
     /// Which chunks of this file do you have so far? (raw bitfield)
     Have {
         name: String,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::transfer::{HolderAnswers, Miss, Net, Reply};
+use crate::transfer::{HolderAnswers, Miss, Net, ProgressAnswers, Reply};
 use crate::{ChunkBuf, Engine, Error, Result};
 
 /// Deterministic, incompressible bytes for test files: the same `seed`
@@ -164,6 +164,30 @@ impl Net for MemNet {
                     .await
                     .unwrap_or_else(|e| Err(e.into()));
                 out.push((name, held));
+            }
+            out
+        }
+        .boxed()
+    }
+
+    fn progress(&self, name: String, root: Vec<u8>) -> BoxFuture<'static, ProgressAnswers> {
+        let (me, hub) = (self.me.clone(), self.hub.clone());
+        async move {
+            let names: Vec<String> = hub.members().keys().cloned().collect();
+            let mut out = Vec::new();
+            for host in names {
+                let Some((engine, faults, _)) = hub.peer(&me, &host) else {
+                    continue;
+                };
+                if faults.stalled {
+                    out.push((host, Err(Error::Net("timed out".into()))));
+                    continue;
+                }
+                let (n, r) = (name.clone(), root.clone());
+                let p = tokio::task::spawn_blocking(move || engine.progress(&n, &r))
+                    .await
+                    .unwrap_or_else(|e| Err(e.into()));
+                out.push((host, p));
             }
             out
         }

@@ -1,6 +1,7 @@
-//! The transfer engine's view of the mesh, over the overlay: `Holds` goes
-//! to every node as a routed request, chunks come straight from the holder,
-//! on the data channel when it can be had.
+//! The transfer engine's view of the mesh, over the overlay: `Holds` (and
+//! a puller's refresh, `Progress`) goes to every node as a routed request,
+//! chunks come straight from the holder, on the data channel when it can
+//! be had.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,8 +9,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use mm_overlay::{wire, Overlay};
-use mm_store::transfer::HolderAnswers;
-use mm_store::{ChunkBuf, Held, Miss, Net, Reply};
+use mm_store::transfer::{HolderAnswers, ProgressAnswers};
+use mm_store::{ChunkBuf, Held, Miss, Net, Progress, Reply};
 
 use super::data::{DataClient, DataError};
 use crate::proto::{ChunkAnswer, Request};
@@ -23,6 +24,32 @@ pub(crate) struct MeshNet {
     pub(crate) data: Arc<DataClient>,
 }
 
+/// `req` to every other node, each answer decoded; none when this node is
+/// alone.
+async fn ask_all<T>(
+    overlay: Overlay,
+    req: Request,
+    decode: impl Fn(&[u8]) -> Result<T, mm_overlay::Error>,
+) -> Vec<(String, mm_store::Result<T>)> {
+    let Ok(snap) = overlay.snapshot().await else {
+        return Vec::new();
+    };
+    let others = snap.others();
+    if others.is_empty() {
+        return Vec::new();
+    }
+    match overlay
+        .send(others, wire::encode(&req), HOLDS_TIMEOUT)
+        .await
+    {
+        Ok(answers) => answers
+            .into_iter()
+            .map(|(host, r)| (host, r.and_then(|b| decode(&b)).map_err(net)))
+            .collect(),
+        Err(e) => vec![(snap.name, Err(net(e)))],
+    }
+}
+
 /// An overlay error, as the store sees it.
 fn net(e: mm_overlay::Error) -> mm_store::Error {
     mm_store::Error::Net(e.to_string())
@@ -30,27 +57,18 @@ fn net(e: mm_overlay::Error) -> mm_store::Error {
 
 impl Net for MeshNet {
     fn holders(&self, pattern: String) -> BoxFuture<'static, HolderAnswers> {
-        let overlay = self.overlay.clone();
-        async move {
-            let Ok(snap) = overlay.snapshot().await else {
-                return Vec::new();
-            };
-            let others = snap.others();
-            if others.is_empty() {
-                return Vec::new();
-            }
-            let body = wire::encode(&Request::Holds { pattern });
-            match overlay.send(others, body, HOLDS_TIMEOUT).await {
-                Ok(answers) => answers
-                    .into_iter()
-                    .map(|(host, r)| {
-                        let held = r.and_then(|b| wire::decode::<Vec<Held>>(&b)).map_err(net);
-                        (host, held)
-                    })
-                    .collect(),
-                Err(e) => vec![(snap.name, Err(net(e)))],
-            }
-        }
+        ask_all(self.overlay.clone(), Request::Holds { pattern }, |b| {
+            wire::decode::<Vec<Held>>(b)
+        })
+        .boxed()
+    }
+
+    fn progress(&self, name: String, root: Vec<u8>) -> BoxFuture<'static, ProgressAnswers> {
+        ask_all(
+            self.overlay.clone(),
+            Request::Progress { name, root },
+            |b| wire::decode::<Progress>(b),
+        )
         .boxed()
     }
 

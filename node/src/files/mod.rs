@@ -127,6 +127,14 @@ impl Files {
         Ok(wire::encode(&held))
     }
 
+    /// What this node has of one version of `name`, for a puller's
+    /// refresh (CBOR [`mm_store::Progress`]).
+    pub(crate) async fn progress(&self, name: String, root: Vec<u8>) -> Result<Vec<u8>> {
+        let engine = self.engine.clone();
+        let p = tokio::task::spawn_blocking(move || engine.progress(&name, &root)).await??;
+        Ok(wire::encode(&p))
+    }
+
     /// A chunk request over the overlay (CBOR [`ChunkAnswer`]).
     pub(crate) async fn chunk(
         &self,

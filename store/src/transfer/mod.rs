@@ -109,6 +109,22 @@ pub struct Held {
 /// Per host: the files it can serve, or why it did not answer.
 pub type HolderAnswers = Vec<(String, Result<Vec<Held>>)>;
 
+/// What a node has of one version of a file: the answer to a puller's
+/// refresh. A `get` needs the manifests once; a refresh every few seconds
+/// needs only this (a tenth of a kilobyte per GiB, not 128 KiB).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// The whole file.
+    Whole,
+    /// A transfer in progress, with the chunks it has so far.
+    Partial(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Not this version.
+    Not,
+}
+
+/// Per host: what it has of the file, or why it did not answer.
+pub type ProgressAnswers = Vec<(String, Result<Progress>)>;
+
 /// Why a source did not send a chunk. Crosses the wire as it is, so a
 /// puller acts on the kind, never on text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -169,6 +185,9 @@ pub trait Net: Send + Sync + 'static {
     /// Asks every other node which files match `pattern`; silent nodes are
     /// simply missing or errors, never a failure of the whole question.
     fn holders(&self, pattern: String) -> BoxFuture<'static, HolderAnswers>;
+    /// Asks every other node what it has of this version of a file (a
+    /// puller's refresh); the same silences as [`Net::holders`].
+    fn progress(&self, name: String, root: Vec<u8>) -> BoxFuture<'static, ProgressAnswers>;
     /// The round trip time to `host`, if known (no data moving).
     fn rtt(&self, host: &str) -> Option<Duration>;
     /// The have-bitfield of a node that is itself pulling the file.

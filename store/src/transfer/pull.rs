@@ -15,7 +15,7 @@ use super::durable::{Partial, Piece, Written};
 use super::job::Job;
 use super::peers;
 use super::pick::{self, Hints};
-use super::{Engine, HolderAnswers, Miss, Reply, SYNC_EVERY};
+use super::{Engine, Miss, Progress, ProgressAnswers, Reply, SYNC_EVERY};
 use crate::buf::ChunkBuf;
 use crate::{Error, Result};
 
@@ -62,8 +62,8 @@ struct Inbox {
     written: mpsc::UnboundedReceiver<WriteDone>,
     have_tx: mpsc::UnboundedSender<HaveDone>,
     haves: mpsc::UnboundedReceiver<HaveDone>,
-    refresh_tx: mpsc::UnboundedSender<HolderAnswers>,
-    refreshes: mpsc::UnboundedReceiver<HolderAnswers>,
+    refresh_tx: mpsc::UnboundedSender<ProgressAnswers>,
+    refreshes: mpsc::UnboundedReceiver<ProgressAnswers>,
     persisted_tx: mpsc::UnboundedSender<Persisted>,
     persisted: mpsc::UnboundedReceiver<Persisted>,
 }
@@ -127,7 +127,7 @@ enum Event {
     Chunk(ChunkDone),
     Written(WriteDone),
     Have(HaveDone),
-    Refresh(HolderAnswers),
+    Refresh(ProgressAnswers),
     Persisted(Persisted),
     Tick,
 }
@@ -253,7 +253,10 @@ impl Pull {
             return;
         }
         self.refreshing = true;
-        let fut = self.engine.net.holders(self.job.name.clone());
+        let fut = self
+            .engine
+            .net
+            .progress(self.job.name.clone(), self.job.manifest.root.clone());
         let tx = self.inbox.refresh_tx.clone();
         tokio::spawn(async move {
             let _ = tx.send(fut.await);
@@ -609,7 +612,7 @@ impl Pull {
     /// transfer waits, retrying less and less often, and gives up its slot
     /// meanwhile: files that can move should not queue behind one that
     /// cannot.
-    async fn on_refresh(&mut self, answers: HolderAnswers) -> Result<()> {
+    async fn on_refresh(&mut self, answers: ProgressAnswers) -> Result<()> {
         self.refreshing = false;
         self.last_refresh = Some(Instant::now());
         self.apply_refresh(answers);
@@ -644,22 +647,32 @@ impl Pull {
     /// A host that did not answer keeps its state: it may be busy, and is
     /// benched if its chunk requests fail. (Nodes gone from the mesh
     /// altogether are not in `answers`.)
-    fn apply_refresh(&self, answers: HolderAnswers) {
+    fn apply_refresh(&self, answers: ProgressAnswers) {
         let job = &self.job;
         let mut st = job.state();
         let mut offered = Vec::new();
+        let bytes = job.manifest.chunk_count().div_ceil(8);
         for (host, res) in answers {
-            let Ok(list) = res else { continue };
-            let held = list
-                .into_iter()
-                .find(|h| h.name == job.name && h.manifest.root == job.manifest.root);
-            match held {
-                Some(h) => {
-                    let complete = h.partial.is_none();
-                    let have = h.partial.unwrap_or_default();
-                    offered.push((peers::Offer { host, complete }, have));
+            let Ok(progress) = res else { continue };
+            match progress {
+                Progress::Whole => {
+                    let o = peers::Offer {
+                        host,
+                        complete: true,
+                    };
+                    offered.push((o, Vec::new()));
                 }
-                None => {
+                // A bitfield of another length is not of this file: as
+                // good as no answer.
+                Progress::Partial(have) if have.len() != bytes => {}
+                Progress::Partial(have) => {
+                    let o = peers::Offer {
+                        host,
+                        complete: false,
+                    };
+                    offered.push((o, have));
+                }
+                Progress::Not => {
                     if let Some(s) = st.sources.get_mut(&host) {
                         s.dropped = true;
                     }

@@ -7,7 +7,7 @@ use tracing::warn;
 
 use super::bits::bit;
 use super::ledger::{Ledger, Portion};
-use super::{selects, Engine, Held, Miss, News, SendSlot, Sent, MAX_NEWS};
+use super::{selects, Engine, Held, Miss, News, Progress, SendSlot, Sent, MAX_NEWS};
 use crate::buf::ChunkBuf;
 use crate::files::FilesDir;
 use crate::manifest::MAX_RUN;
@@ -206,6 +206,25 @@ impl Engine {
             .get(name)
             .is_some_and(|j| j.manifest.root == root);
         (!pulling).then(|| self.uplink.take(self.tuning.slot_patience))
+    }
+
+    /// What this node has of one version of `name`, as [`Engine::held`]
+    /// would offer it, without the manifest. Blocking (a file not hashed
+    /// yet is hashed).
+    pub fn progress(&self, name: &str, root: &[u8]) -> Result<Progress> {
+        FilesDir::clean(name)?;
+        match self.local.manifest(name) {
+            Ok(Some(m)) if m.root == root => return Ok(Progress::Whole),
+            Ok(_) => {}
+            Err(e) => warn!("not offering {name}: {e}"),
+        }
+        let job = self.jobs().get(name).cloned();
+        Ok(match job {
+            Some(j) if j.manifest.root == root && !j.is_cancelled() => {
+                Progress::Partial(j.state().have.clone())
+            }
+            _ => Progress::Not,
+        })
     }
 
     /// The have-bitfield of a transfer in progress here, for other pullers;

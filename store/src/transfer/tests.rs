@@ -765,3 +765,42 @@ async fn a_holder_sends_its_whole_files_answers_a_few_at_a_time() {
     // progress here takes one, and the first is free again.
     assert!(h.engine.send_slot("g", &root).is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_learns_what_each_node_has_of_one_version() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = content(16 * CHUNK_SIZE as usize, 7);
+    h.put("f", &data);
+    let root = h.engine.held("f").unwrap()[0].manifest.root.clone();
+    assert_eq!(h.engine.progress("f", &root).unwrap(), Progress::Whole);
+    assert_eq!(h.engine.progress("f", b"other").unwrap(), Progress::Not);
+    assert_eq!(h.engine.progress("g", &root).unwrap(), Progress::Not);
+    assert!(h.engine.progress("../f", &root).is_err());
+    // 30 ms a chunk: long enough to see the puller part way.
+    uplink(&hub, "h", 30);
+    let p = node(&hub, "p");
+    let watch = async {
+        loop {
+            if let Progress::Partial(bits) = p.engine.progress("f", &root).unwrap() {
+                if bits.iter().any(|b| *b != 0) {
+                    return bits;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let (got, bits) = tokio::join!(p.get("f"), watch);
+    got.unwrap();
+    assert_eq!(bits.len(), 2, "a bitfield of 16 chunks");
+    assert_eq!(p.engine.progress("f", &root).unwrap(), Progress::Whole);
+    // What the refresh hears: the holder and the finished puller, whole.
+    let answers = hub.net("q").progress("f".into(), root.clone()).await;
+    let mut whole: Vec<_> = answers
+        .into_iter()
+        .filter(|(_, a)| matches!(a, Ok(Progress::Whole)))
+        .map(|(host, _)| host)
+        .collect();
+    whole.sort();
+    assert_eq!(whole, ["h", "p"]);
+}
