@@ -36,6 +36,18 @@ pub(super) struct JobState {
     /// is measured per chunk, so without this a transfer whose sources all
     /// hung would go on showing its last rate and a short eta.
     pub(super) last_data: Instant,
+    /// What the loop did, for the completion log line: the cost of a
+    /// transfer besides its bytes.
+    pub(super) counts: Counts,
+}
+
+/// Requests a transfer made and how often its loop woke.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Counts {
+    pub(super) asks: u64,
+    pub(super) polls: u64,
+    pub(super) refreshes: u64,
+    pub(super) turns: u64,
 }
 
 impl JobState {

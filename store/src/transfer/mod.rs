@@ -507,6 +507,7 @@ impl Engine {
             resumed: 0,
             took: String::new(),
             last_data: std::time::Instant::now(),
+            counts: Default::default(),
         };
         let (job, rx) = Job::new(name.clone(), manifest, tmp, state);
         let job = Arc::new(job);

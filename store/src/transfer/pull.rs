@@ -214,6 +214,7 @@ impl Pull {
             super::source::release(&mut self.job.state().sources, now);
             self.hints.not_before.retain(|_, t| *t > now);
             self.schedule();
+            self.job.state().counts.turns += 1;
             match self.next_event().await {
                 Event::Chunk(done) => self.on_chunk(done),
                 Event::Written((host, done)) => self.on_written(host, done).await?,
@@ -253,6 +254,7 @@ impl Pull {
             return;
         }
         self.refreshing = true;
+        self.job.state().counts.refreshes += 1;
         let fut = self
             .engine
             .net
@@ -285,6 +287,7 @@ impl Pull {
             })
             .map(|(h, _)| h.clone())
             .collect();
+        self.job.state().counts.polls += partial.len() as u64;
         for host in partial {
             self.polling.insert(host.clone());
             let fut = self.engine.net.have(
@@ -342,6 +345,7 @@ impl Pull {
             }
             s.inflight += count;
             let seen = (!s.complete).then_some(s.seen);
+            st.counts.asks += 1;
             let fut = self.engine.net.chunk(
                 host.clone(),
                 job.name.clone(),
@@ -712,10 +716,16 @@ impl Engine {
             .await?;
         let pulled = started.elapsed();
         self.finish(job, &file).await?;
-        job.state().took = format!(
-            ", pulled in {:.2} s, synced and moved in {:.2} s",
+        let mut st = job.state();
+        let c = st.counts;
+        st.took = format!(
+            ", pulled in {:.2} s, synced and moved in {:.2} s; {} chunk requests, {} have polls, {} refreshes, {} loop turns",
             pulled.as_secs_f64(),
-            (started.elapsed() - pulled).as_secs_f64()
+            (started.elapsed() - pulled).as_secs_f64(),
+            c.asks,
+            c.polls,
+            c.refreshes,
+            c.turns
         );
         Ok(())
     }
