@@ -83,7 +83,14 @@ impl Net for MeshNet {
         root: Vec<u8>,
     ) -> BoxFuture<'static, mm_store::Result<Vec<u8>>> {
         let overlay = self.overlay.clone();
+        let data = self.data.clone();
         async move {
+            match data.have(&host, name.clone(), root.clone()).await {
+                Ok(bits) => return Ok(bits),
+                Err(DataError::Miss(m)) => return Err(mm_store::Error::Net(format!("{m:?}"))),
+                // No data channel to it for now: over the mesh connection.
+                Err(DataError::Setup) => {}
+            }
             let body = wire::encode(&Request::Have { name, root });
             overlay.direct(&host, body).await.map_err(net)
         }

@@ -123,6 +123,24 @@ impl DataClient {
         Err(lost("data connection keeps closing".into()))
     }
 
+    /// `host`'s have-bitfield for that version: a request for no chunks on
+    /// the data connection, which a puller has open to the pullers it
+    /// takes from anyway. (Over libp2p, each poll was a stream of its own
+    /// on a connection opened for it: with 15 pullers, every node ended up
+    /// connected to every other, and the gossip on all those connections
+    /// cost more than the polls.)
+    pub(crate) async fn have(
+        &self,
+        host: &str,
+        name: String,
+        root: Vec<u8>,
+    ) -> Result<Vec<u8>, DataError> {
+        match self.chunk(host, name, root, 0, 0, None).await?.chunks {
+            Ok(bits) => Ok(bits.to_vec()),
+            Err(m) => Err(DataError::Miss(m)),
+        }
+    }
+
     async fn conn(&self, host: &str) -> Result<mpsc::Sender<Job>, DataError> {
         let slot = self
             .conns

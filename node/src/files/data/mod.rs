@@ -25,7 +25,10 @@
 //! message, 2 "not yet", 3 a redirect, 4 "gone" (not that version). A
 //! request with `seen` gets, from a puller, its news between body and
 //! kind: `entries (u32 BE each) || from (u32 BE) || count (u32 BE)`, and
-//! the kind with [`WITH_NEWS`] set.
+//! the kind with [`WITH_NEWS`] set. A request for no chunks (`count` 0) is
+//! a have poll: its answer, kind 5, is the server's have-bitfield for that
+//! version (or a miss), so polling another puller costs a small record on
+//! the connection the chunks take, not a libp2p stream.
 //!
 //! Each side reads a connection on a thread of its own, with the chunk on
 //! one core all the way: the server reads a request, reads the chunk, seals
@@ -89,6 +92,8 @@ pub(super) const MAX_ANSWER: usize =
 pub(super) const NEWS_ROOM: usize = 4 * mm_store::transfer::MAX_NEWS + 8;
 /// Set in an answer's kind when news come before the trailer.
 pub(super) const WITH_NEWS: u8 = 0x80;
+/// The most have-bits a poll's answer carries: a file of up to 2 TiB.
+pub(super) const MAX_BITS: usize = MAX_ANSWER - NEWS_ROOM - 4096;
 pub(super) const TAG: usize = 16;
 /// Where a chunk starts in the server's record buffer: on a page boundary,
 /// like the page cache it is copied from. A copy into a destination a few

@@ -124,6 +124,8 @@ pub(super) const KIND_NOT_YET: u8 = 2;
 pub(super) const KIND_REDIRECT: u8 = 3;
 /// The server does not hold that version (any more).
 pub(super) const KIND_GONE: u8 = 4;
+/// The server's have-bitfield, the answer to a have poll (no chunks asked).
+pub(super) const KIND_BITS: u8 = 5;
 
 pub(super) fn answer(mut plain: ChunkBuf, want: u32) -> Answer {
     if plain.len() < TRAILER {
@@ -145,7 +147,7 @@ pub(super) fn answer(mut plain: ChunkBuf, want: u32) -> Answer {
     };
     let text = || String::from_utf8_lossy(&plain).into_owned();
     let chunks = match kind & !WITH_NEWS {
-        KIND_CHUNK => Ok(plain),
+        KIND_CHUNK | KIND_BITS => Ok(plain),
         KIND_FAILED => Err(Miss::Failed(text())),
         KIND_NOT_YET => Err(Miss::NotYet),
         KIND_REDIRECT => Err(Miss::Redirect(text())),

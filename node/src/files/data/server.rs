@@ -15,7 +15,9 @@ use tracing::{debug, warn};
 
 use super::handshake;
 use super::reader::FdReader;
-use super::record::{bad, Sealer, KIND_CHUNK, KIND_FAILED, KIND_GONE, KIND_NOT_YET, KIND_REDIRECT};
+use super::record::{
+    bad, Sealer, KIND_BITS, KIND_CHUNK, KIND_FAILED, KIND_GONE, KIND_NOT_YET, KIND_REDIRECT,
+};
 use super::*;
 use crate::{Error, Result};
 
@@ -409,11 +411,22 @@ fn answer_record(
     record.extend_from_slice(&[0u8; ANSWER_AT]);
     let read = if req.name.len() > MAX_NAME {
         Err(Miss::Failed("a name too long".into()))
+    } else if req.count == 0 {
+        // A have poll.
+        match engine.have_bits(&req.name, &req.root) {
+            Ok(bits) if bits.len() <= MAX_BITS => {
+                record.extend_from_slice(&bits);
+                Ok(())
+            }
+            Ok(_) => Err(Miss::Failed("a have-bitfield too large".into())),
+            Err(e) => Err(Miss::Failed(e.to_string())),
+        }
     } else {
         let (index, count) = (req.index as usize, req.count as usize);
         engine.read_chunk(from, &req.name, &req.root, index, count, &mut record)
     };
     let kind = match read {
+        Ok(()) if req.count == 0 => KIND_BITS,
         Ok(()) => KIND_CHUNK,
         Err(miss) => {
             record.truncate(ANSWER_AT);
@@ -532,6 +545,43 @@ mod tests {
         go.send(()).unwrap();
         writer.join().unwrap();
         assert_eq!(reader.join().unwrap(), 64 << 20, "all of it");
+    }
+
+    /// A request for no chunks is a have poll: answered with the
+    /// bitfield, and no send slot is taken for it.
+    #[tokio::test]
+    async fn a_request_for_no_chunks_is_answered_with_the_have_bits() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = mm_store::FilesDir::open(&dir.path().join("files")).unwrap();
+        let meta = mm_store::Meta::open(&dir.path().join("meta.db")).unwrap();
+        // 2.5 chunks: the last byte of the bitfield is partly padding.
+        let size = mm_store::manifest::CHUNK_SIZE as usize * 5 / 2;
+        std::fs::write(dir.path().join("files/f"), vec![3u8; size]).unwrap();
+        let local = Arc::new(mm_store::Local::new(files, meta));
+        let root = local.manifest("f").unwrap().unwrap().root;
+        let engine = Engine::new(local, mm_store::mem::Hub::new().net("h"));
+        let ask = |name: &str, root: &[u8]| {
+            let (mut sealer, mut opener) = super::super::record::testing::pair();
+            let req = DataReq {
+                name: name.into(),
+                root: root.to_vec(),
+                index: 0,
+                count: 0,
+                seen: None,
+            };
+            let (record, data) = answer_record(&engine, "p", &req, &mut sealer);
+            let bytes = record[ANSWER_AT - 4..].to_vec();
+            let plain =
+                futures::executor::block_on(opener.open(&mut &bytes[..], MAX_ANSWER)).unwrap();
+            (super::super::record::answer(plain, 0).unwrap(), data)
+        };
+        let (reply, data) = ask("f", &root);
+        assert!(!data, "a poll is no chunk: it takes no send slot");
+        assert_eq!(&reply.chunks.unwrap()[..], &[0b0000_0111u8][..]);
+        let (reply, _) = ask("f", b"another version");
+        assert!(matches!(reply.chunks, Err(Miss::Failed(_))));
+        let (reply, _) = ask("nothing", &root);
+        assert!(matches!(reply.chunks, Err(Miss::Failed(_))));
     }
 
     #[tokio::test]
