@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::bits::{bit, clear_bit, count_bits, set_bit};
 use super::durable::{Partial, Piece, Written};
-use super::job::Job;
+use super::job::{Counts, Job};
 use super::peers;
 use super::pick::{self, Hints};
 use super::{Engine, Miss, Progress, ProgressAnswers, Reply, SYNC_EVERY};
@@ -120,6 +120,8 @@ pub(super) struct Pull {
     inbox: Inbox,
     /// This transfer's own order of the other pullers ([`peers::rank`]).
     seed: u64,
+    /// Kept here, not under the job's lock, and handed to it at the end.
+    counts: Counts,
 }
 
 /// What woke the loop.
@@ -184,6 +186,7 @@ impl Pull {
             rate_window: (now, 0),
             inbox: Inbox::new(),
             seed,
+            counts: Counts::default(),
         }
     }
 
@@ -214,7 +217,7 @@ impl Pull {
             super::source::release(&mut self.job.state().sources, now);
             self.hints.not_before.retain(|_, t| *t > now);
             self.schedule();
-            self.job.state().counts.turns += 1;
+            self.counts.turns += 1;
             match self.next_event().await {
                 Event::Chunk(done) => self.on_chunk(done),
                 Event::Written((host, done)) => self.on_written(host, done).await?,
@@ -224,6 +227,7 @@ impl Pull {
                 Event::Tick => {}
             }
         }
+        self.job.state().counts = self.counts;
         Ok(self.slot.take())
     }
 
@@ -254,7 +258,7 @@ impl Pull {
             return;
         }
         self.refreshing = true;
-        self.job.state().counts.refreshes += 1;
+        self.counts.refreshes += 1;
         let fut = self
             .engine
             .net
@@ -287,7 +291,7 @@ impl Pull {
             })
             .map(|(h, _)| h.clone())
             .collect();
-        self.job.state().counts.polls += partial.len() as u64;
+        self.counts.polls += partial.len() as u64;
         for host in partial {
             self.polling.insert(host.clone());
             let fut = self.engine.net.have(
@@ -345,7 +349,7 @@ impl Pull {
             }
             s.inflight += count;
             let seen = (!s.complete).then_some(s.seen);
-            st.counts.asks += 1;
+            self.counts.asks += 1;
             let fut = self.engine.net.chunk(
                 host.clone(),
                 job.name.clone(),

@@ -125,10 +125,8 @@ impl DataClient {
 
     /// `host`'s have-bitfield for that version: a request for no chunks on
     /// the data connection, which a puller has open to the pullers it
-    /// takes from anyway. (Over libp2p, each poll was a stream of its own
-    /// on a connection opened for it: with 15 pullers, every node ended up
-    /// connected to every other, and the gossip on all those connections
-    /// cost more than the polls.)
+    /// takes from anyway. (Over libp2p, each poll was a stream of its own,
+    /// negotiated on both sides, through each node's one swarm task.)
     pub(crate) async fn have(
         &self,
         host: &str,
