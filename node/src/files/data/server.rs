@@ -419,7 +419,7 @@ fn answer_record(
                 Ok(())
             }
             Ok(_) => Err(Miss::Failed("a have-bitfield too large".into())),
-            Err(e) => Err(Miss::Failed(e.to_string())),
+            Err(e) => Err(e.into()),
         }
     } else {
         let (index, count) = (req.index as usize, req.count as usize);
