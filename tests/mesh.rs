@@ -210,6 +210,48 @@ fn node_pid(n: &Node) -> i32 {
     panic!("no process for {}", n.name);
 }
 
+/// A transfer asks the holder for a data channel grant, and that request
+/// dials a connection of its own. It is closed once idle: a `file get`
+/// across a line leaves the line as it was (once, such connections stayed
+/// an hour, and a swarm left a complete graph behind).
+#[test]
+fn a_connection_made_for_a_transfer_is_closed_once_idle() {
+    let a = Node::local("a", &["--degree", "0"]);
+    let b = Node::local("b", &["--degree", "0"]);
+    let c = Node::local("c", &["--degree", "0"]);
+    b.mm(&["mesh", "dial", &a.addr()]);
+    c.mm(&["mesh", "dial", &b.addr()]);
+    a.wait_size(3, CONVERGE);
+    c.wait_size(3, CONVERGE);
+    let link = |x: &Node, y: &Node| {
+        overlay_links(&[x, y])
+            .get(&(x.name.clone(), y.name.clone()))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(link(&a, &c), 0, "a and c start two hops apart");
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+    for round in ["one.bin", "two.bin"] {
+        std::fs::write(c.base().join("files").join(round), &data).unwrap();
+        let got = a.mm(&["file", "get", round, "wait"]);
+        assert!(got.contains(&format!("fetched {round}")), "{got}");
+        assert_eq!(
+            std::fs::read(a.base().join("files").join(round)).unwrap(),
+            data
+        );
+        wait_for("the a-c connection to close", CONVERGE, || {
+            (link(&a, &c) == 0).then_some(())
+        });
+    }
+    assert!(
+        a.log()
+            .contains("closing the connection to c: made for direct requests, idle"),
+        "a closed no connection it made for a grant"
+    );
+    assert_eq!(a.status("peers"), "1");
+    assert_eq!(c.status("peers"), "1");
+}
+
 #[test]
 fn hangup_then_the_mesh_reconverges() {
     // b keeps its links to a and d only because they dial it: degree 0 and

@@ -31,6 +31,10 @@ pub struct Tuning {
     /// A `--peer` not reached is dialled again after 2 s, doubling, at
     /// most this.
     pub static_retry_max: Duration,
+    /// A connection dialled only to carry direct requests (a data channel
+    /// grant, say) is closed once it has carried none for this long, unless
+    /// the node needs it to reach its degree.
+    pub transient_idle: Duration,
     /// The degree policy runs this often.
     pub maintain_every: Duration,
     /// Deadlines of routed requests and due announcements are checked
@@ -50,6 +54,7 @@ impl Default for Tuning {
             hangup_hold: Duration::from_secs(30),
             backoff_max: Duration::from_secs(60),
             static_retry_max: Duration::from_secs(30),
+            transient_idle: Duration::from_secs(2),
             maintain_every: Duration::from_secs(1),
             tick: Duration::from_millis(250),
         }

@@ -3,8 +3,9 @@
 //!
 //! Its state is cut by concern, each in a sibling file: [`routing`] (routed
 //! and direct requests in flight), [`dialing`] (whom to connect to, back-off,
-//! static peers), [`peers`] (identity checks and refusals); [`behaviour`]
-//! builds the swarm.
+//! static peers), [`peers`] (identity checks and refusals), [`transient`]
+//! (connections made only for direct requests); [`behaviour`] builds the
+//! swarm.
 
 mod behaviour;
 mod codec;
@@ -13,6 +14,7 @@ mod origin;
 mod peers;
 mod per_ip;
 mod routing;
+mod transient;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -30,6 +32,7 @@ use behaviour::{fmt_err, is_loopback, limits, Behaviour, BehaviourEvent};
 use dialing::{Dialing, Static};
 use peers::Admission;
 use routing::Routing;
+use transient::Transient;
 
 use crate::degree;
 use crate::topology::Topology;
@@ -107,6 +110,7 @@ pub(crate) struct EventLoop {
     /// Live connections per peer, and whether we dialled them.
     conns: HashMap<PeerId, Vec<(ConnectionId, bool, Instant)>>,
     dials: Dialing,
+    transient: Transient,
     admit: Admission,
     /// When a failed inbound connection was last logged, per address.
     quiet: Quiet,
@@ -140,6 +144,7 @@ impl EventLoop {
             connected: HashSet::new(),
             conns: HashMap::new(),
             dials,
+            transient: Transient::default(),
             admit: Admission::default(),
             quiet: Quiet::default(),
             routes: Routing::default(),
@@ -226,8 +231,7 @@ impl EventLoop {
     }
 
     fn own_announce(&self) -> Announce {
-        let mut peers: Vec<PeerId> = self.connected.iter().copied().collect();
-        peers.sort();
+        let peers = self.announced_peers();
         Announce {
             name: self.cfg.name.clone(),
             seq: self.seq,
@@ -274,6 +278,7 @@ impl EventLoop {
         }
         self.admit.until.retain(|_, until| *until > now);
         self.close_unidentified(now);
+        self.close_transient(now);
         self.dials.prune(now);
         let expire = self.cfg.tuning.expire_after;
         for name in self.topo.expire(now, expire) {
@@ -315,6 +320,50 @@ impl EventLoop {
                 self.dial_peer(p, None);
             }
         }
+    }
+
+    /// Connections dialled for direct requests and idle since: closed,
+    /// unless the node needs one to reach its degree (then it is a peer
+    /// like any other, and announced).
+    fn close_transient(&mut self, now: Instant) {
+        let mut peers = self.announced_peers().len();
+        for p in self.transient.idle(now, self.cfg.tuning.transient_idle) {
+            if !self.conns.contains_key(&p) {
+                // Its dial failed, or it closed before it was idle.
+                self.transient.forget(&p);
+                continue;
+            }
+            if !self.connected.contains(&p) {
+                // Not identified yet: that check closes it, or admits it.
+                continue;
+            }
+            if peers < self.cfg.degree {
+                debug!("keeping {} as a peer", self.label(&p));
+                self.transient.forget(&p);
+                self.announce_due = true;
+                peers += 1;
+                continue;
+            }
+            debug!(
+                "closing the connection to {}: made for direct requests, idle",
+                self.label(&p)
+            );
+            self.transient.closing(&p);
+            let _ = self.swarm.disconnect_peer_id(p);
+        }
+    }
+
+    /// The peers this node announces: not the connections it made only for
+    /// direct requests, which come and go with every transfer.
+    fn announced_peers(&self) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = self
+            .connected
+            .iter()
+            .filter(|p| !self.transient.contains(p))
+            .copied()
+            .collect();
+        peers.sort();
+        peers
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
@@ -515,6 +564,8 @@ impl EventLoop {
                 if num_established > 0 {
                     return;
                 }
+                let transient = self.transient.contains(&peer_id);
+                self.transient.forget(&peer_id);
                 self.admit.awaiting.remove(&peer_id);
                 self.admit.names.remove(&peer_id);
                 for r in self.dials.confirm.remove(&peer_id).unwrap_or_default() {
@@ -523,7 +574,11 @@ impl EventLoop {
                             .into(),
                     )));
                 }
-                if self.connected.remove(&peer_id) {
+                let was_peer = self.connected.remove(&peer_id);
+                if was_peer && transient {
+                    // Never announced: nothing changed for the mesh.
+                    debug!("closed the connection to {}", self.label(&peer_id));
+                } else if was_peer {
                     let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
                     // Until it is heard from again (through another path,
                     // say), a `mesh send` to it that finds no route says it
@@ -699,11 +754,15 @@ impl EventLoop {
                 match message {
                     request_response::Message::Request {
                         request, channel, ..
-                    } => self.on_direct(peer, request, channel),
+                    } => {
+                        self.transient.used(&peer, Instant::now());
+                        self.on_direct(peer, request, channel)
+                    }
                     request_response::Message::Response {
                         request_id,
                         response,
                     } => {
+                        self.transient.settled(&peer, Instant::now());
                         if let Some(r) = self.routes.direct_out.remove(&request_id) {
                             let _ = r.send(response.result.map(|b| b.0));
                         }
@@ -716,6 +775,7 @@ impl EventLoop {
                 peer,
                 ..
             }) => {
+                self.transient.settled(&peer, Instant::now());
                 if let Some(r) = self.routes.direct_out.remove(&request_id) {
                     let _ = r.send(Err(Error::Peer {
                         peer: self.label(&peer),

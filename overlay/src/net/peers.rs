@@ -238,7 +238,8 @@ impl EventLoop {
         }
         self.admit.awaiting.remove(&p);
         self.admit.names.insert(p, name.to_string());
-        if self.conns.contains_key(&p) && self.connected.insert(p) {
+        // A connection made only for direct requests is not announced.
+        if self.conns.contains_key(&p) && self.connected.insert(p) && !self.transient.contains(&p) {
             self.announce_due = true;
         }
         self.dials.forgive(&p);

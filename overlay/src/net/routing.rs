@@ -433,6 +433,9 @@ impl EventLoop {
             let _ = reply.send(Err(Error::NoSuchHost(name)));
             return;
         };
+        // Its connection, if this request makes one, is closed once idle.
+        let fresh = !self.conns.contains_key(&p);
+        self.transient.sent(p, fresh, Instant::now());
         // request_response dials by itself when not connected; give the
         // swarm the addresses the node announced.
         if !self.connected.contains(&p) {
