@@ -165,39 +165,40 @@ impl DataClient {
                 *slot = Some(conn);
                 Ok(tx)
             }
-            Err((why, off)) => {
+            Err(Failed::Unreached(why)) => {
+                debug!("no grant from {host}: {why}");
+                Err(lost(why))
+            }
+            Err(Failed::Setup(why, off)) => {
                 self.fallback.note(host, &why, off);
                 Err(DataError::Setup)
             }
         }
     }
 
-    /// A new connection; or why not, and whether the node has the channel
-    /// off for good (as opposed to a setup that failed this time).
-    async fn open(&self, host: &str) -> Result<Conn, (String, bool)> {
+    /// A new connection, or why not.
+    async fn open(&self, host: &str) -> Result<Conn, Failed> {
         let body = tokio::time::timeout(
             GRANT_TIMEOUT,
             self.overlay.direct(host, wire::encode(&Request::Data)),
         )
         .await
-        .map_err(|_| {
-            (
-                format!("{host} did not grant a data connection in time"),
-                false,
-            )
-        })?
-        .map_err(|e| (e.to_string(), false))?;
+        .map_err(|_| Failed::Unreached(format!("{host} did not grant a data connection in time")))?
+        .map_err(|e| Failed::Unreached(e.to_string()))?;
+        let failed = |why: String| Failed::Setup(why, false);
         let grant = wire::decode::<Option<Grant>>(&body)
-            .map_err(|e| (e.to_string(), false))?
-            .ok_or_else(|| (format!("{host} grants no data connection"), true))?;
+            .map_err(|e| failed(e.to_string()))?
+            .ok_or_else(|| Failed::Setup(format!("{host} grants no data connection"), true))?;
         if grant.ticket.len() != 16 || grant.key.len() != 32 {
-            return Err((format!("{host} sent a malformed data channel grant"), false));
+            return Err(failed(format!(
+                "{host} sent a malformed data channel grant"
+            )));
         }
         let snap = self
             .overlay
             .snapshot()
             .await
-            .map_err(|e| (e.to_string(), false))?;
+            .map_err(|e| failed(e.to_string()))?;
         let mut ips: Vec<IpAddr> = snap
             .nodes
             .get(host)
@@ -208,7 +209,7 @@ impl DataClient {
         // Another host's loopback address is this host: try it last.
         ips.sort_by_key(|ip| ip.is_loopback());
         if ips.is_empty() {
-            return Err((format!("no address known for {host}"), false));
+            return Err(failed(format!("no address known for {host}")));
         }
         let mut last = String::new();
         for ip in ips {
@@ -226,8 +227,22 @@ impl DataClient {
                 Err(_) => last = format!("{addr}: timed out"),
             }
         }
-        Err((format!("no data connection to {host} ({last})"), false))
+        Err(failed(format!("no data connection to {host} ({last})")))
     }
+}
+
+/// Why no data connection was opened.
+enum Failed {
+    /// The grant, a direct request, got no answer: the node cannot be
+    /// reached directly for now (its inbound cap closed the connection the
+    /// request dialled, say). A chunk over the mesh connection would be a
+    /// direct request too, no likelier to arrive: the source is asked again
+    /// a little later, for a new grant.
+    Unreached(String),
+    /// A grant (or none) and no connection from it: chunks go over the
+    /// mesh connection for a while; `true` when the node has the channel
+    /// off (as opposed to a setup that failed this time).
+    Setup(String, bool),
 }
 
 /// The connection broke: not the answer to this request.
@@ -409,10 +424,8 @@ struct Fallback(Mutex<HashMap<String, Instant>>);
 
 impl Fallback {
     const OFF: Duration = Duration::from_secs(60);
-    /// Short: most failed setups are a connection the other node's degree
-    /// limit closed under the grant, and the next one works; meanwhile a
-    /// swarm's chunks would cross the mesh connection, at several times
-    /// the CPU.
+    /// Short: the next setup may well work, and meanwhile a swarm's chunks
+    /// would cross the mesh connection, at several times the CPU.
     const FAILED: Duration = Duration::from_secs(1);
 
     fn active(&self, host: &str) -> bool {
