@@ -268,6 +268,8 @@ pub struct Engine {
     /// What this node has sent of each file, since it started.
     sent: Mutex<BTreeMap<String, Sent>>,
     uplink: Arc<uplink::Uplink>,
+    /// The same, for answers from a transfer in progress here.
+    peer_uplink: Arc<uplink::Uplink>,
 }
 
 /// What a node has sent of one file to other nodes, for `file served`.
@@ -306,6 +308,7 @@ impl Engine {
             ledgers: Mutex::new(HashMap::new()),
             sent: Mutex::new(BTreeMap::new()),
             uplink: uplink::Uplink::new(tuning.send_slots),
+            peer_uplink: uplink::Uplink::new(tuning.peer_send_slots),
             tuning,
         })
     }

@@ -197,15 +197,21 @@ impl Engine {
 
     /// A place on the uplink for an answer of `name` (version `root`),
     /// taken before it is sent and held until the kernel has sent most of
-    /// it (see `uplink.rs`); none for an answer from a transfer in progress
-    /// here: pullers serving each other share out their uplinks already.
+    /// it (see `uplink.rs`): from the complete holder's slots, or, for an
+    /// answer from a transfer in progress here, from the fewer slots a
+    /// puller gives the other pullers (`Tuning::peer_send_slots`).
     /// Blocking, for up to `Tuning::slot_patience`.
-    pub fn send_slot(&self, name: &str, root: &[u8]) -> Option<SendSlot> {
+    pub fn send_slot(&self, name: &str, root: &[u8]) -> SendSlot {
         let pulling = self
             .jobs()
             .get(name)
             .is_some_and(|j| j.manifest.root == root);
-        (!pulling).then(|| self.uplink.take(self.tuning.slot_patience))
+        let up = if pulling {
+            &self.peer_uplink
+        } else {
+            &self.uplink
+        };
+        up.take(self.tuning.slot_patience)
     }
 
     /// What this node has of one version of `name`, as [`Engine::held`]

@@ -531,6 +531,7 @@ async fn a_bad_chunk_is_never_written_nor_marked() {
         },
     );
     let p = node(&hub, "p");
+    p.put("g", &data);
     let pending = p.engine.get("f", &Select::default()).await.unwrap();
     // Until the corrupt source is dropped, having sent several bad chunks.
     for _ in 0..500 {
@@ -628,6 +629,7 @@ async fn a_file_that_appears_meanwhile_is_never_overwritten() {
     h.put("f", &data);
     uplink(&hub, "h", 10);
     let p = node(&hub, "p");
+    p.put("g", &data);
     let pending = p.engine.get("f", &Select::default()).await.unwrap();
     p.put("f", b"mine");
     let e = p.engine.wait(pending).await.unwrap_err();
@@ -710,6 +712,7 @@ async fn a_partial_file_cut_under_the_transfer_is_fetched_again() {
     let m = h.local.manifest("f").unwrap().unwrap();
     uplink(&hub, "h", 8);
     let p = node(&hub, "p");
+    p.put("g", &data);
     let pending = p.engine.get("f", &Select::default()).await.unwrap();
     let part = p.engine.partial_path("f", &m);
     // Half of it here, then cut (as a remote `mesh dot` once could): 675
@@ -755,15 +758,60 @@ async fn a_holder_sends_its_whole_files_answers_a_few_at_a_time() {
     let h = node_tuned(&hub, "h", dir, Arc::new(SyncData), one);
     h.put("f", &content(4 * CHUNK_SIZE as usize, 3));
     let root = h.local.manifest("f").unwrap().unwrap().root;
-    let first = h.engine.send_slot("f", &root).expect("a whole file here");
+    let first = h.engine.send_slot("f", &root);
+    assert!(first.held(), "a whole file here");
     // The next waits its patience out, then goes anyway.
     let t0 = std::time::Instant::now();
     let second = h.engine.send_slot("f", &root);
     assert!(t0.elapsed() >= Duration::from_millis(50));
+    assert!(!second.held());
     drop((first, second));
     // The slots are the node's: any answer not from a transfer in
     // progress here takes one, and the first is free again.
-    assert!(h.engine.send_slot("g", &root).is_some());
+    assert!(h.engine.send_slot("g", &root).held());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_sends_to_other_pullers_a_few_answers_at_a_time() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = file();
+    h.put("f", &data);
+    // Slow enough that the transfer is still running when asked.
+    uplink(&hub, "h", 100);
+    let root = h.local.manifest("f").unwrap().unwrap().root;
+    let one = Tuning {
+        send_slots: 4,
+        peer_send_slots: 1,
+        slot_patience: Duration::from_millis(50),
+        ..fast()
+    };
+    let p = node_tuned(
+        &hub,
+        "p",
+        tempfile::tempdir().unwrap(),
+        Arc::new(SyncData),
+        one,
+    );
+    p.put("g", &data);
+    let pending = p.engine.get("f", &Select::default()).await.unwrap();
+    assert!(!pending.is_empty(), "f is not here yet");
+    // An answer of f, from the transfer in progress: the one peer slot.
+    let first = tokio::task::block_in_place(|| p.engine.send_slot("f", &root));
+    assert!(first.held() && first.busy());
+    let t0 = std::time::Instant::now();
+    let second = tokio::task::block_in_place(|| p.engine.send_slot("f", &root));
+    assert!(
+        t0.elapsed() >= Duration::from_millis(50) && !second.held(),
+        "a second answer to a puller got a slot of its own"
+    );
+    // Answers of a file held whole here take the holder's slots, which the
+    // pullers' answers leave alone.
+    let whole = tokio::task::block_in_place(|| p.engine.send_slot("g", &root));
+    assert!(whole.held() && !whole.busy());
+    drop((first, second, whole));
+    assert!(tokio::task::block_in_place(|| p.engine.send_slot("f", &root)).held());
+    p.engine.wait(pending).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
