@@ -167,7 +167,7 @@ impl DataClient {
             }
             Err(Failed::Unreached(why)) => {
                 debug!("no grant from {host}: {why}");
-                Err(lost(why))
+                Err(DataError::Miss(Miss::Failed(why)))
             }
             Err(Failed::Setup(why, off)) => {
                 self.fallback.note(host, &why, off);
@@ -234,10 +234,11 @@ impl DataClient {
 /// Why no data connection was opened.
 enum Failed {
     /// The grant, a direct request, got no answer: the node cannot be
-    /// reached directly for now (its inbound cap closed the connection the
-    /// request dialled, say). A chunk over the mesh connection would be a
-    /// direct request too, no likelier to arrive: the source is asked again
-    /// a little later, for a new grant.
+    /// reached directly for now (it is dead, or its inbound cap closed the
+    /// connection the request dialled). A chunk over the mesh connection
+    /// would be a direct request too, no likelier to arrive: the request
+    /// fails, and the source is asked again after a growing wait (and
+    /// dropped after a few in a row, as a dead node must be).
     Unreached(String),
     /// A grant (or none) and no connection from it: chunks go over the
     /// mesh connection for a while; `true` when the node has the channel
