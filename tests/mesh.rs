@@ -248,6 +248,14 @@ fn a_connection_made_for_a_transfer_is_closed_once_idle() {
             .contains("closing the connection to c: made for direct requests, idle"),
         "a closed no connection it made for a grant"
     );
+    // c was dialled, and a never announced it: to c, never a peer of the
+    // mesh, so nothing to announce when it came or went.
+    let c_log = c.log();
+    assert!(
+        c_log.contains("a closed its connection for direct requests")
+            && !c_log.contains("disconnected from a"),
+        "c took a's connection for a grant as a peer"
+    );
     assert_eq!(a.status("peers"), "1");
     assert_eq!(c.status("peers"), "1");
 }

@@ -237,6 +237,13 @@ impl Topology {
         out
     }
 
+    /// Whether `p`'s latest announcement lists `q` as its peer.
+    pub(crate) fn lists(&self, p: &PeerId, q: &PeerId) -> bool {
+        self.nodes
+            .get(p)
+            .is_some_and(|e| e.announce.peers.contains(q))
+    }
+
     /// Peers known from announcements, with their advertised addresses.
     pub(crate) fn known(&self) -> impl Iterator<Item = (&PeerId, &Announce)> {
         self.nodes.iter().map(|(p, e)| (p, &e.announce))

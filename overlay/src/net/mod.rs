@@ -118,6 +118,9 @@ pub(crate) struct EventLoop {
     seq: u64,
     stats: HostStats,
     announce_due: bool,
+    /// The peers this node last announced: a change is announced at the
+    /// next tick, and only a change.
+    announced: Vec<PeerId>,
     component: HashSet<PeerId>,
     stable_since: Instant,
     inbound_tx: mpsc::Sender<Inbound>,
@@ -156,6 +159,7 @@ impl EventLoop {
                 .unwrap_or(0),
             stats: HostStats::default(),
             announce_due: true,
+            announced: Vec::new(),
             component: HashSet::new(),
             stable_since: Instant::now(),
             inbound_tx,
@@ -194,6 +198,9 @@ impl EventLoop {
                 _ = tick.tick() => {
                     let now = Instant::now();
                     self.reap_deadlines(now);
+                    if self.announced_peers() != self.announced {
+                        self.announce_due = true;
+                    }
                     if self.announce_due || now.duration_since(last_announce) >= self.cfg.tuning.announce_every {
                         self.publish();
                         last_announce = now;
@@ -252,6 +259,7 @@ impl EventLoop {
         self.announce_due = false;
         self.seq += 1;
         let a = self.own_announce();
+        self.announced = a.peers.clone();
         self.topo.update(self.me, a.clone(), Instant::now());
         let topic = self.topic.clone();
         if let Err(e) = self
@@ -340,7 +348,6 @@ impl EventLoop {
             if peers < self.cfg.degree {
                 debug!("keeping {} as a peer", self.label(&p));
                 self.transient.forget(&p);
-                self.announce_due = true;
                 peers += 1;
                 continue;
             }
@@ -354,16 +361,28 @@ impl EventLoop {
     }
 
     /// The peers this node announces: not the connections it made only for
-    /// direct requests, which come and go with every transfer.
+    /// direct requests, which come and go with every transfer; and a peer
+    /// that dialled us only once it announces us. The mesh takes a link
+    /// only when both ends list it, so the dialler's word decides, and a
+    /// node that was dialled for a grant does not announce that connection
+    /// twice (when it comes and when it goes) for nothing.
     fn announced_peers(&self) -> Vec<PeerId> {
         let mut peers: Vec<PeerId> = self
             .connected
             .iter()
             .filter(|p| !self.transient.contains(p))
+            .filter(|p| self.dialled(p) || self.topo.lists(p, &self.me))
             .copied()
             .collect();
         peers.sort();
         peers
+    }
+
+    /// Whether one of our connections to `p` is one we dialled.
+    fn dialled(&self, p: &PeerId) -> bool {
+        self.conns
+            .get(p)
+            .is_some_and(|l| l.iter().any(|(_, dialer, _)| *dialer))
     }
 
     fn on_cmd(&mut self, cmd: Cmd) {
@@ -586,11 +605,16 @@ impl EventLoop {
                     if who != "?" {
                         self.topo.note_left(who.clone(), Instant::now());
                     }
-                    info!(
-                        "disconnected from {who} ({peer_id}){}",
-                        cause.map(|c| format!(": {c}")).unwrap_or_default()
-                    );
-                    self.announce_due = true;
+                    if self.announced.contains(&peer_id) {
+                        info!(
+                            "disconnected from {who} ({peer_id}){}",
+                            cause.map(|c| format!(": {c}")).unwrap_or_default()
+                        );
+                    } else {
+                        // It dialled us for a direct request, and never
+                        // announced us: not a peer of the mesh.
+                        debug!("{who} closed its connection for direct requests");
+                    }
                 }
             }
             SwarmEvent::OutgoingConnectionError {

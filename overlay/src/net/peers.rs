@@ -172,9 +172,7 @@ impl EventLoop {
             .insert(p, Instant::now() + self.cfg.tuning.refuse_for);
         self.dials.discovered.remove(&p);
         self.topo.remove(&p);
-        if self.connected.remove(&p) {
-            self.announce_due = true;
-        }
+        self.connected.remove(&p);
         for r in self.dials.confirm.remove(&p).unwrap_or_default() {
             let _ = r.send(Err(Error::Dial(why.clone())));
         }
@@ -238,9 +236,8 @@ impl EventLoop {
         }
         self.admit.awaiting.remove(&p);
         self.admit.names.insert(p, name.to_string());
-        // A connection made only for direct requests is not announced.
-        if self.conns.contains_key(&p) && self.connected.insert(p) && !self.transient.contains(&p) {
-            self.announce_due = true;
+        if self.conns.contains_key(&p) {
+            self.connected.insert(p);
         }
         self.dials.forgive(&p);
         for r in self.dials.confirm.remove(&p).unwrap_or_default() {
