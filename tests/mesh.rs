@@ -252,7 +252,7 @@ fn a_connection_made_for_a_transfer_is_closed_once_idle() {
     // mesh, so nothing to announce when it came or went.
     let c_log = c.log();
     assert!(
-        c_log.contains("a closed its connection for direct requests")
+        c_log.contains("a: a connection for direct requests closed")
             && !c_log.contains("disconnected from a"),
         "c took a's connection for a grant as a peer"
     );

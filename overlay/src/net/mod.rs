@@ -334,7 +334,12 @@ impl EventLoop {
     /// unless the node needs one to reach its degree (then it is a peer
     /// like any other, and announced).
     fn close_transient(&mut self, now: Instant) {
-        let mut peers = self.announced_peers().len();
+        // As the degree policy counts them: live connections, less these.
+        let mut peers = self
+            .connected
+            .iter()
+            .filter(|p| !self.transient.contains(p))
+            .count();
         for p in self.transient.idle(now, self.cfg.tuning.transient_idle) {
             if !self.conns.contains_key(&p) {
                 // Its dial failed, or it closed before it was idle.
@@ -583,7 +588,6 @@ impl EventLoop {
                 if num_established > 0 {
                     return;
                 }
-                let transient = self.transient.contains(&peer_id);
                 self.transient.forget(&peer_id);
                 self.admit.awaiting.remove(&peer_id);
                 self.admit.names.remove(&peer_id);
@@ -593,29 +597,26 @@ impl EventLoop {
                             .into(),
                     )));
                 }
-                let was_peer = self.connected.remove(&peer_id);
-                if was_peer && transient {
-                    // Never announced: nothing changed for the mesh.
-                    debug!("closed the connection to {}", self.label(&peer_id));
-                } else if was_peer {
-                    let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
-                    // Until it is heard from again (through another path,
-                    // say), a `mesh send` to it that finds no route says it
-                    // left, and when.
-                    if who != "?" {
-                        self.topo.note_left(who.clone(), Instant::now());
-                    }
-                    if self.announced.contains(&peer_id) {
-                        info!(
-                            "disconnected from {who} ({peer_id}){}",
-                            cause.map(|c| format!(": {c}")).unwrap_or_default()
-                        );
-                    } else {
-                        // It dialled us for a direct request, and never
-                        // announced us: not a peer of the mesh.
-                        debug!("{who} closed its connection for direct requests");
-                    }
+                if !self.connected.remove(&peer_id) {
+                    return;
                 }
+                let who = self.topo.name_of(&peer_id).unwrap_or("?").to_owned();
+                if !self.announced.contains(&peer_id) {
+                    // A connection for direct requests (either end's), never
+                    // announced: nothing changed for the mesh.
+                    debug!("{who}: a connection for direct requests closed");
+                    return;
+                }
+                // Until it is heard from again (through another path, say),
+                // a `mesh send` to it that finds no route says it left, and
+                // when.
+                if who != "?" {
+                    self.topo.note_left(who.clone(), Instant::now());
+                }
+                info!(
+                    "disconnected from {who} ({peer_id}){}",
+                    cause.map(|c| format!(": {c}")).unwrap_or_default()
+                );
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,

@@ -433,8 +433,10 @@ impl EventLoop {
             let _ = reply.send(Err(Error::NoSuchHost(name)));
             return;
         };
-        // Its connection, if this request makes one, is closed once idle.
-        let fresh = !self.conns.contains_key(&p);
+        // Its connection, if this request makes one, is closed once idle
+        // (not one a dial already under way makes).
+        let fresh = !self.conns.contains_key(&p)
+            && !self.dials.pending.values().any(|(q, _)| *q == Some(p));
         self.transient.sent(p, fresh, Instant::now());
         // request_response dials by itself when not connected; give the
         // swarm the addresses the node announced.

@@ -44,6 +44,17 @@ fn node_with(hub: &Arc<Hub>, name: &str, dir: tempfile::TempDir, disk: Arc<dyn D
     node_tuned(hub, name, dir, disk, fast())
 }
 
+/// A node in a fresh directory, with its own timings.
+fn node_tuning(hub: &Arc<Hub>, name: &str, tuning: Tuning) -> TestNode {
+    node_tuned(
+        hub,
+        name,
+        tempfile::tempdir().unwrap(),
+        Arc::new(SyncData),
+        tuning,
+    )
+}
+
 fn node_tuned(
     hub: &Arc<Hub>,
     name: &str,
@@ -261,13 +272,7 @@ async fn a_failing_source_is_dropped_and_the_others_finish() {
         refresh_every: Duration::from_secs(30),
         ..fast()
     };
-    let p = node_tuned(
-        &hub,
-        "p",
-        tempfile::tempdir().unwrap(),
-        Arc::new(SyncData),
-        tuning,
-    );
+    let p = node_tuning(&hub, "p", tuning);
     p.get("f").await.unwrap();
     assert_eq!(p.read("f").unwrap(), data);
     let d = p.served_by("f", "dead");
@@ -418,28 +423,14 @@ async fn pullers_swarm_without_polling_each_other() {
         ..fast()
     };
     let hub = Hub::new();
-    let h = node_tuned(
-        &hub,
-        "h",
-        tempfile::tempdir().unwrap(),
-        Arc::new(SyncData),
-        quiet.clone(),
-    );
+    let h = node_tuning(&hub, "h", quiet.clone());
     let data = content(64 * CHUNK_SIZE as usize, 5);
     h.put("f", &data);
     h.engine.held("f").unwrap();
     uplink(&hub, "h", 4);
     let pullers: Vec<TestNode> = ["p1", "p2", "p3"]
         .iter()
-        .map(|n| {
-            node_tuned(
-                &hub,
-                n,
-                tempfile::tempdir().unwrap(),
-                Arc::new(SyncData),
-                quiet.clone(),
-            )
-        })
+        .map(|n| node_tuning(&hub, n, quiet.clone()))
         .collect();
     let gets = pullers.iter().map(|p| p.get("f"));
     for r in futures::future::join_all(gets).await {
@@ -786,13 +777,7 @@ async fn a_puller_sends_to_other_pullers_a_few_answers_at_a_time() {
         slot_patience: Duration::from_millis(50),
         ..fast()
     };
-    let p = node_tuned(
-        &hub,
-        "p",
-        tempfile::tempdir().unwrap(),
-        Arc::new(SyncData),
-        one,
-    );
+    let p = node_tuning(&hub, "p", one);
     p.put("g", &data);
     let pending = p.engine.get("f", &Select::default()).await.unwrap();
     assert!(!pending.is_empty(), "f is not here yet");
