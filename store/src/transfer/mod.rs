@@ -307,8 +307,8 @@ impl Engine {
             slots: Arc::new(Semaphore::new(MAX_ACTIVE)),
             ledgers: Mutex::new(HashMap::new()),
             sent: Mutex::new(BTreeMap::new()),
-            uplink: uplink::Uplink::new(tuning.send_slots),
-            peer_uplink: uplink::Uplink::new(tuning.peer_send_slots),
+            uplink: uplink::Uplink::new(tuning.send_slots, tuning.slot_hold),
+            peer_uplink: uplink::Uplink::new(tuning.peer_send_slots, tuning.slot_hold),
             tuning,
         })
     }

@@ -46,9 +46,15 @@ pub struct Tuning {
     /// How long an answer waits for a send slot before it goes anyway.
     pub slot_patience: Duration,
     /// How long an answer holds its slot at most: one to a receiver that
-    /// takes long (behind a thin link to another site, say) goes on
-    /// without it, and does not keep the uplink from the others. Longer
-    /// than 32 answers sharing a 1 Gbit/s uplink take (about 70 ms).
+    /// takes long (behind a thin link to another site, or a downlink other
+    /// senders share) goes on without it, and does not keep the uplink from
+    /// the others. An answer holds it for as long as it would take with
+    /// the uplink shared evenly by the slots, at the rate the uplink is
+    /// seen to send (see `uplink.rs`); this is the most, and the hold
+    /// until that rate is known. Longer than 32 answers sharing a 1 Gbit/s
+    /// uplink take (about 70 ms). The 15-puller bench, with a fixed 100 ms
+    /// for pullers' 2 slots too: their uplinks 78-81% busy; with the
+    /// measured hold (21 ms there), 85-86%.
     pub slot_hold: Duration,
     /// A puller that does not have a chunk yet is asked again after this.
     pub not_yet_wait: Duration,

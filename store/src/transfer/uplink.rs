@@ -1,25 +1,85 @@
-//! A complete holder's uplink: answers go out a few at a time. When a
-//! thousand pullers start at once, each asks the holder first; sent all
-//! together, their answers share the uplink, and each chunk arrives whole
-//! (and can be passed on) only after a thousand chunk-times. A few at a
-//! time, each is whole within a few, and the swarm takes it from there
-//! (the simulator: 1,000 hosts, last done 1.29 -> 1.06 of size / cap with
-//! 32 slots; see `Scenario::send_slots`). The throughput is the same: the
-//! uplink is as busy either way.
+//! A node's uplink: answers go out a few at a time. When a thousand
+//! pullers start at once, each asks the holder first; sent all together,
+//! their answers share the uplink, and each chunk arrives whole (and can be
+//! passed on) only after a thousand chunk-times. A few at a time, each is
+//! whole within a few, and the swarm takes it from there (the simulator:
+//! 1,000 hosts, last done 1.29 -> 1.06 of size / cap with 32 slots; see
+//! `Scenario::send_slots`). The throughput is the same: the uplink is as
+//! busy either way.
+//!
+//! An answer keeps its slot for as long as it would take with the uplink
+//! shared by all the slots ([`hold_for`], from the rate the uplink is seen
+//! to send at), and no longer: one that goes slower is held back by its
+//! receiver (whose downlink other senders share, in a swarm), not by this
+//! uplink, and keeping its slot would leave the uplink idle.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+/// The rate an uplink is seen to send at is measured over this long: long
+/// enough that an answer written into an empty socket buffer at once does
+/// not pass for the wire's speed.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
+
+/// An answer keeps its slot at least this long: shorter than a scheduler's
+/// time slice, a hold would only cost wakeups.
+const HOLD_LEAST: Duration = Duration::from_millis(1);
+
 /// Slots for answers being sent.
 pub(super) struct Uplink {
     max: usize,
+    /// The longest an answer keeps its slot (`Tuning::slot_hold`): until
+    /// the uplink's rate is known, and if it is slow.
+    hold_most: Duration,
     used: Mutex<usize>,
     freed: Condvar,
+    rate: Mutex<Rate>,
 }
 
-/// One answer's place on the uplink, given back when dropped.
+/// Bytes sent in the current window, and the best rate seen.
+struct Rate {
+    since: Instant,
+    bytes: u64,
+    /// Bytes a second; 0 until a window is over.
+    best: f64,
+}
+
+impl Rate {
+    /// Counts `n` bytes sent at `now`. A window's rate replaces the best
+    /// when higher; a lower one wears the best down by a quarter, so that
+    /// an uplink shared with other traffic is not expected to be as fast
+    /// as it once was, while an idle spell (no demand) costs little.
+    fn sent(&mut self, n: usize, now: Instant) {
+        self.bytes += n as u64;
+        let over = now.saturating_duration_since(self.since);
+        if over >= RATE_WINDOW {
+            let r = self.bytes as f64 / over.as_secs_f64();
+            self.best = r.max(self.best * 0.75);
+            self.since = now;
+            self.bytes = 0;
+        }
+    }
+}
+
+/// How long an answer of `bytes` keeps one of `slots` send slots on an
+/// uplink that sends `rate` bytes a second (0: not known yet): as long as
+/// it takes when the slots share the uplink evenly, between
+/// [`HOLD_LEAST`] and `most`. The simulator uses it too, with each host's
+/// uplink capacity for the rate.
+pub(crate) fn hold_for(rate: f64, slots: usize, bytes: usize, most: Duration) -> Duration {
+    if rate <= 0.0 || slots == 0 {
+        return most;
+    }
+    let even = bytes as f64 * slots as f64 / rate;
+    Duration::from_secs_f64(even.min(most.as_secs_f64())).max(HOLD_LEAST.min(most))
+}
+
+/// One answer's place on the uplink, given back when dropped (or at
+/// [`SendSlot::release`]); it also counts what the answer sends, slot or
+/// not, towards the uplink's rate.
 pub struct SendSlot {
     up: Option<Arc<Uplink>>,
+    held: bool,
     busy: bool,
 }
 
@@ -35,16 +95,53 @@ impl SendSlot {
     /// Whether it is a slot: not when none came free within the patience
     /// (nor with no limit), and the answer goes without one.
     pub fn held(&self) -> bool {
-        self.up.is_some()
+        self.held
+    }
+
+    /// How long an answer of `bytes` keeps this slot at most (see
+    /// [`hold_for`]).
+    pub fn hold(&self, bytes: usize) -> Duration {
+        match &self.up {
+            Some(up) => {
+                let rate = up.rate.lock().unwrap_or_else(|e| e.into_inner()).best;
+                hold_for(rate, up.max, bytes, up.hold_most)
+            }
+            None => Duration::ZERO,
+        }
+    }
+
+    /// Counts `n` bytes of the answer as sent (written to the socket).
+    pub fn sent(&self, n: usize) {
+        if let Some(up) = &self.up {
+            let mut rate = up.rate.lock().unwrap_or_else(|e| e.into_inner());
+            rate.sent(n, Instant::now());
+        }
+    }
+
+    /// Gives the slot back before the answer is sent: its hold is over.
+    pub fn release(&mut self) {
+        if std::mem::take(&mut self.held) {
+            if let Some(up) = &self.up {
+                let mut used = up.used.lock().unwrap_or_else(|e| e.into_inner());
+                *used -= 1;
+                up.freed.notify_one();
+            }
+        }
     }
 }
 
 impl Uplink {
-    pub(super) fn new(max: usize) -> Arc<Uplink> {
+    pub(super) fn new(max: usize, hold_most: Duration) -> Arc<Uplink> {
         Arc::new(Uplink {
             max,
+            hold_most,
             used: Mutex::new(0),
             freed: Condvar::new(),
+            rate: Mutex::new(Rate {
+                since: Instant::now(),
+                bytes: 0,
+                best: 0.0,
+            }),
         })
     }
 
@@ -56,6 +153,7 @@ impl Uplink {
         if self.max == 0 {
             return SendSlot {
                 up: None,
+                held: false,
                 busy: false,
             };
         }
@@ -65,7 +163,8 @@ impl Uplink {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return SendSlot {
-                    up: None,
+                    up: Some(self.clone()),
+                    held: false,
                     busy: true,
                 };
             }
@@ -77,6 +176,7 @@ impl Uplink {
         *used += 1;
         SendSlot {
             up: Some(self.clone()),
+            held: true,
             busy: *used > self.max / 2,
         }
     }
@@ -89,11 +189,7 @@ impl Uplink {
 
 impl Drop for SendSlot {
     fn drop(&mut self) {
-        if let Some(up) = self.up.take() {
-            let mut used = up.used.lock().unwrap_or_else(|e| e.into_inner());
-            *used -= 1;
-            up.freed.notify_one();
-        }
+        self.release();
     }
 }
 
@@ -104,7 +200,7 @@ mod tests {
 
     #[test]
     fn at_most_the_slots_send_at_once_and_all_send_in_the_end() {
-        let up = Uplink::new(3);
+        let up = Uplink::new(3, Duration::from_millis(100));
         let (now, most, done) = (
             Arc::new(AtomicUsize::new(0)),
             Arc::new(AtomicUsize::new(0)),
@@ -133,27 +229,88 @@ mod tests {
 
     #[test]
     fn a_held_slot_holds_up_the_next_only_as_long_as_its_patience() {
-        let up = Uplink::new(1);
+        let up = Uplink::new(1, Duration::from_millis(100));
         let held = up.take(Duration::ZERO);
-        assert!(
-            held.up.is_some() && held.busy(),
-            "one of one is more than half"
-        );
+        assert!(held.held() && held.busy(), "one of one is more than half");
         let late = up.take(Duration::from_millis(20));
-        assert!(late.up.is_none(), "no slot after waiting: sent anyway");
+        assert!(!late.held(), "no slot after waiting: sent anyway");
         assert!(late.busy());
         drop(late);
         assert_eq!(up.used(), 1, "a slot never taken is not given back");
         drop(held);
-        assert!(up.take(Duration::ZERO).up.is_some());
-        assert!(Uplink::new(0).take(Duration::ZERO).up.is_none(), "no limit");
-        assert!(!Uplink::new(0).take(Duration::ZERO).busy());
-        let four = Uplink::new(4);
+        assert!(up.take(Duration::ZERO).held());
+        assert!(
+            !Uplink::new(0, Duration::ZERO).take(Duration::ZERO).held(),
+            "no limit"
+        );
+        assert!(!Uplink::new(0, Duration::ZERO).take(Duration::ZERO).busy());
+        let four = Uplink::new(4, Duration::from_millis(100));
         let (a, b, c) = (
             four.take(Duration::ZERO),
             four.take(Duration::ZERO),
             four.take(Duration::ZERO),
         );
         assert_eq!((a.busy(), b.busy(), c.busy()), (false, false, true));
+    }
+
+    #[test]
+    fn an_answer_holds_its_slot_as_long_as_an_even_share_of_the_uplink_takes() {
+        let most = Duration::from_millis(100);
+        let chunk = 256 << 10;
+        // 2 slots of a 200 Mbit/s uplink: a chunk at half of it.
+        let two = hold_for(25e6, 2, chunk, most);
+        assert!(
+            two > Duration::from_millis(20) && two < Duration::from_millis(22),
+            "{two:?}"
+        );
+        // 32 slots of a 1 Gbit/s uplink: about 70 ms (the old fixed hold
+        // was set just above that).
+        let many = hold_for(125e6, 32, chunk, most);
+        assert!(many > Duration::from_millis(60) && many < most, "{many:?}");
+        assert_eq!(hold_for(0.0, 2, chunk, most), most, "rate not known yet");
+        assert_eq!(hold_for(1e6, 32, chunk, most), most, "a slow uplink");
+        assert_eq!(hold_for(100e9, 2, chunk, most), HOLD_LEAST, "a fast one");
+        assert_eq!(hold_for(100e9, 2, chunk, Duration::ZERO), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_uplink_rate_is_the_best_window_worn_down_by_slower_ones() {
+        let t0 = Instant::now();
+        let mut r = Rate {
+            since: t0,
+            bytes: 0,
+            best: 0.0,
+        };
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // Written at once into an empty socket buffer: not a rate yet.
+        r.sent(4 << 20, at(10));
+        assert_eq!(r.best, 0.0);
+        r.sent(21 << 20, at(1000));
+        assert!((r.best - (25u64 << 20) as f64).abs() < 1.0, "{}", r.best);
+        // A window at a fifth of it (an idle spell, or a shared link).
+        r.sent(5 << 20, at(2000));
+        assert!((r.best - 0.75 * (25u64 << 20) as f64).abs() < 1.0);
+        // A faster one replaces it.
+        r.sent(30 << 20, at(3000));
+        assert!((r.best - (30u64 << 20) as f64).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_released_slot_is_free_at_once_and_not_given_back_twice() {
+        let up = Uplink::new(1, Duration::from_millis(100));
+        let mut a = up.take(Duration::ZERO);
+        assert!(a.held());
+        a.release();
+        assert!(!a.held());
+        assert_eq!(up.used(), 0);
+        let b = up.take(Duration::ZERO);
+        assert!(b.held(), "the released slot");
+        drop(a);
+        assert_eq!(up.used(), 1, "b's, still");
+        // What an answer sends counts towards the rate, slot or not.
+        a = up.take(Duration::ZERO);
+        assert!(!a.held());
+        a.sent(1000);
+        assert_eq!(up.rate.lock().unwrap().bytes, 1000);
     }
 }

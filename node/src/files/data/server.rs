@@ -317,56 +317,61 @@ fn serve_blocking(
             low_water = busy;
             set_unsent_limit(&stream, if busy { UNSENT } else { 0 });
         }
-        let hold = engine.tuning().slot_hold;
-        write_holding(&mut stream, &record[ANSWER_AT - 4..], slot, hold)?;
+        write_holding(&mut stream, &record[ANSWER_AT - 4..], slot)?;
         sealed += record.len() as u64;
     }
 }
 
-/// Writes `bytes`, holding `slot` until they are written or `hold` is
-/// over: an answer to a receiver that takes long (behind a thin link, say)
-/// goes on without its slot, and leaves the uplink to the others.
+/// Writes `bytes`, holding `slot` until they are written or its hold is
+/// over ([`mm_store::transfer::SendSlot::hold`]): an answer that goes
+/// slower than the uplink's share for it is held back by its receiver
+/// (behind a thin link, or a downlink other senders share), and leaves its
+/// slot to another answer.
 fn write_holding(
     stream: &mut std::net::TcpStream,
     bytes: &[u8],
     slot: Option<mm_store::transfer::SendSlot>,
-    hold: Duration,
 ) -> std::io::Result<()> {
     use std::io::{ErrorKind, Write};
-    let mut slot = slot.filter(|s| s.held());
-    if slot.is_none() {
+    let Some(mut slot) = slot else {
         return stream.write_all(bytes);
-    }
+    };
+    let hold = slot.hold(bytes.len());
     // The hold is the write timeout while the slot is held: a write that
     // cannot go on in time gives the slot back, and the rest is written
     // under the connection's own timeout.
     let start = Instant::now();
+    let mut timed = false;
     let mut at = 0;
     while at < bytes.len() {
-        if slot.is_some() {
+        if slot.held() {
             let left = hold.saturating_sub(start.elapsed());
             if left.is_zero() {
-                slot = None;
-                stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+                slot.release();
                 continue;
             }
             stream.set_write_timeout(Some(left))?;
+            timed = true;
+        } else if std::mem::take(&mut timed) {
+            stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
         }
         match stream.write(&bytes[at..]) {
             Ok(0) => return Err(ErrorKind::WriteZero.into()),
-            Ok(n) => at += n,
+            Ok(n) => {
+                at += n;
+                slot.sent(n);
+            }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e)
-                if slot.is_some()
+                if slot.held()
                     && matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
             {
-                slot = None;
-                stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
+                slot.release();
             }
             Err(e) => return Err(e),
         }
     }
-    if slot.is_some() {
+    if timed {
         stream.set_write_timeout(Some(ANSWER_TIMEOUT))?;
     }
     Ok(())
@@ -507,6 +512,7 @@ mod tests {
         let one = mm_store::Tuning {
             send_slots: 1,
             slot_patience: Duration::from_secs(5),
+            slot_hold: Duration::from_millis(50),
             ..mm_store::Tuning::default()
         };
         let engine = Engine::with_tuning(local, mm_store::mem::Hub::new().net("h"), one);
@@ -529,7 +535,7 @@ mod tests {
             let slot = engine2.send_slot("f", b"root");
             assert!(slot.held());
             let slot = Some(slot);
-            write_holding(&mut tx, &body, slot, Duration::from_millis(50)).unwrap();
+            write_holding(&mut tx, &body, slot).unwrap();
         });
         // Another answer gets the only slot while the first is being
         // written (the reader has not read yet; without the hold, this

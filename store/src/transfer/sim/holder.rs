@@ -110,7 +110,7 @@ impl Sim<'_> {
                             return;
                         }
                         self.slots_used[q as usize] += 1;
-                        self.give_slot(c);
+                        self.give_slot(c, k);
                     }
                     self.begin_send(c, Sending { req, k, tags, news });
                     return;
@@ -223,15 +223,25 @@ impl Sim<'_> {
         }
     }
 
-    /// `c` has a send slot now, until its answer is sent or
-    /// `Tuning::slot_hold` is over (a slow receiver would keep it from the
-    /// others: the server writes in pieces, and lets go of it then).
-    fn give_slot(&mut self, c: u32) {
+    /// `c` has a send slot now for an answer of `k` chunks, until it is
+    /// sent or its hold is over (a slow receiver would keep it from the
+    /// others: the server writes in pieces, and lets go of it then). The
+    /// hold is the server's ([`uplink::hold_for`]), at the rate the
+    /// server measures once its uplink is busy: the uplink's capacity.
+    fn give_slot(&mut self, c: u32, k: usize) {
+        let from = self.conns[c as usize].from as usize;
+        let up = self.links[2 * from].cap;
+        let hold = uplink::hold_for(
+            up,
+            self.slots as usize,
+            k * CHUNK_SIZE as usize,
+            self.t.slot_hold,
+        );
         let conn = &mut self.conns[c as usize];
         conn.has_slot = true;
         conn.slot_gen += 1;
         let gen = conn.slot_gen;
-        let due = self.now + ns(self.t.slot_hold);
+        let due = self.now + ns(hold);
         self.push(due, Ev::SlotDue { c, gen });
     }
 
@@ -248,7 +258,7 @@ impl Sim<'_> {
                 continue;
             };
             self.slots_used[q] += 1;
-            self.give_slot(w);
+            self.give_slot(w, s.k);
             self.begin_send(w, s);
             return;
         }

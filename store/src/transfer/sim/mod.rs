@@ -57,6 +57,7 @@ use super::ledger::{Ledger, Portion};
 use super::peers;
 use super::pick::{self, Hints};
 use super::source::SourceStat;
+use super::uplink;
 use super::{Miss, News, Tuning, MAX_NEWS, MAX_WRITING, PER_FILE};
 use crate::manifest::{CHUNK_SIZE, MAX_RUN};
 
