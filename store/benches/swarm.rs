@@ -185,14 +185,16 @@ fn detail(k: usize, r: &Report, c: &Cost) {
         s.asks, s.origin_asks, s.endgame_asks, s.picks, s.stop_full, s.stop_no_room, s.stop_nothing
     );
     println!(
-        "   not yet {}, redirects {}, promises expired {}, lost {}, failed {}; have polls {} ({:.1} MB/s per puller)",
+        "   not yet {}, redirects {}, promises expired {}, lost {}, failed {}; have polls {} ({:.1} MB/s per puller); \"who holds it\" {} times ({:.1} a puller, each asking every node)",
         s.not_yet,
         s.redirects,
         s.promises_expired,
         s.lost,
         s.failed,
         s.have_polls,
-        s.poll_bytes as f64 / s.end.max(1e-9) / r.pullers as f64 / 1e6
+        s.poll_bytes as f64 / s.end.max(1e-9) / r.pullers as f64 / 1e6,
+        s.refreshes,
+        s.refreshes as f64 / r.pullers.max(1) as f64
     );
     println!(
         "   cost: {:.1} s wall, {:.1} s in pick::next ({:.1} us a call), {:.1} s applying views; {} events, trace {:016x}",

@@ -268,6 +268,73 @@ pub(crate) fn refresh(
     }
 }
 
+/// When a puller asks the mesh again who holds the file, while it has
+/// sources to pull from. Each refresh asks every node, so a swarm's
+/// refreshes grow with the square of its size (1,000 pullers every 2 s:
+/// half a million routed requests a second); once they keep finding the
+/// same hosts, they are spaced out, up to `Tuning::refresh_most`. One that
+/// finds a new host, or a puller now whole, brings back
+/// `Tuning::refresh_every`, as does a source dropped since the last (its
+/// place is to fill).
+#[derive(Debug, Clone)]
+pub(crate) struct RefreshPace {
+    wait: Duration,
+    /// What the last refresh found ([`offer_digest`]).
+    found: Option<u64>,
+    /// Sources dropped, as of the last refresh.
+    dropped: usize,
+}
+
+impl RefreshPace {
+    pub(crate) fn new(first: Duration) -> RefreshPace {
+        RefreshPace {
+            wait: first,
+            found: None,
+            dropped: 0,
+        }
+    }
+
+    /// The wait after the last refresh, with `dropped` sources dropped now.
+    pub(crate) fn wait(&self, dropped: usize, first: Duration) -> Duration {
+        if dropped > self.dropped {
+            first
+        } else {
+            self.wait
+        }
+    }
+
+    /// A refresh found `offered`.
+    pub(crate) fn found(&mut self, offered: &[(Offer, Vec<u8>)], first: Duration, most: Duration) {
+        let digest = offer_digest(offered.iter().map(|(o, _)| o));
+        self.wait = if self.found == Some(digest) {
+            (self.wait * 2).clamp(first, most.max(first))
+        } else {
+            first
+        };
+        self.found = Some(digest);
+    }
+
+    /// `dropped` sources are dropped once the refresh is applied.
+    pub(crate) fn applied(&mut self, dropped: usize) {
+        self.dropped = dropped;
+    }
+}
+
+/// The hosts offered and which were whole, in any order: equal for the
+/// same answer (have-bits aside: those change with every chunk, and each
+/// source's come with its answers and polls anyway).
+fn offer_digest<'a>(offered: impl Iterator<Item = &'a Offer>) -> u64 {
+    let mut keys: Vec<(&str, bool)> = offered.map(|o| (o.host.as_str(), o.complete)).collect();
+    keys.sort_unstable();
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for (host, complete) in keys {
+        for b in host.bytes().chain([0, u8::from(complete)]) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -519,5 +586,50 @@ mod tests {
             &HashMap::new(),
         );
         assert_eq!(sources.get("lost").map(|s| s.lost), Some(0));
+    }
+
+    #[test]
+    fn refreshes_that_find_the_same_hosts_are_spaced_out_and_news_brings_them_back() {
+        let (first, most) = (Duration::from_secs(2), Duration::from_secs(30));
+        let offer = |h: &str, complete: bool| {
+            let o = Offer {
+                host: h.into(),
+                complete,
+            };
+            (o, vec![0u8; 4])
+        };
+        let mut pace = RefreshPace::new(first);
+        let a = vec![offer("h1", true), offer("h2", false)];
+        pace.found(&a, first, most);
+        pace.applied(0);
+        assert_eq!(pace.wait(0, first), first, "the first answer is news");
+        // The same hosts, in another order, with other have-bits.
+        let mut b = vec![offer("h2", false), offer("h1", true)];
+        b[0].1 = vec![0xff; 4];
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            pace.found(&b, first, most);
+            pace.applied(0);
+            waits.push(pace.wait(0, first).as_secs());
+        }
+        assert_eq!(waits, [4, 8, 16, 30, 30]);
+        assert_eq!(pace.wait(1, first), first, "a source dropped since");
+        // A puller now whole is news; so is a new host.
+        pace.found(&[offer("h2", true), offer("h1", true)], first, most);
+        pace.applied(1);
+        assert_eq!(pace.wait(1, first), first);
+        pace.found(&[offer("h2", true), offer("h1", true)], first, most);
+        pace.applied(1);
+        assert_eq!(pace.wait(1, first), 2 * first);
+        let c = [offer("h2", true), offer("h1", true), offer("h3", false)];
+        pace.found(&c, first, most);
+        pace.applied(1);
+        assert_eq!(pace.wait(1, first), first);
+        // No answer at all, twice: nothing new either.
+        pace.found(&[], first, most);
+        pace.applied(0);
+        pace.found(&[], first, most);
+        pace.applied(0);
+        assert_eq!(pace.wait(0, first), 2 * first);
     }
 }

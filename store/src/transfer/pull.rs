@@ -112,6 +112,9 @@ pub(super) struct Pull {
     /// None until the first holder list is asked for.
     last_refresh: Option<Instant>,
     refreshing: bool,
+    /// How long after the last refresh the next is due, while sources are
+    /// usable.
+    pace: peers::RefreshPace,
     /// Sources whose have-bits are being asked for.
     polling: HashSet<String>,
     retry_wait: Duration,
@@ -150,6 +153,7 @@ impl Pull {
     ) -> Pull {
         let now = Instant::now();
         let retry_wait = engine.tuning.retry_first;
+        let pace = peers::RefreshPace::new(engine.tuning.refresh_every);
         let here = job.state().have.clone();
         let seed = rand::random();
         {
@@ -188,6 +192,7 @@ impl Pull {
             // the get (and a resumed transfer knows no source at all).
             last_refresh: None,
             refreshing: false,
+            pace,
             polling: HashSet::new(),
             retry_wait,
             rate_window: (now, 0),
@@ -256,9 +261,13 @@ impl Pull {
     /// never stalls the transfer): every few seconds while sources are
     /// usable, with a growing wait while none is.
     fn start_refresh(&mut self) {
-        let usable = self.job.state().sources.values().any(|s| !s.dropped);
+        let (usable, dropped) = {
+            let st = self.job.state();
+            let dropped = st.sources.values().filter(|s| s.dropped).count();
+            (dropped < st.sources.len(), dropped)
+        };
         let every = if usable {
-            self.engine.tuning.refresh_every
+            self.pace.wait(dropped, self.engine.tuning.refresh_every)
         } else {
             self.retry_wait
         };
@@ -666,7 +675,7 @@ impl Pull {
     /// A host that did not answer keeps its state: it may be busy, and is
     /// benched if its chunk requests fail. (Nodes gone from the mesh
     /// altogether are not in `answers`.)
-    fn apply_refresh(&self, answers: ProgressAnswers) {
+    fn apply_refresh(&mut self, answers: ProgressAnswers) {
         let job = &self.job;
         let mut st = job.state();
         let mut offered = Vec::new();
@@ -705,7 +714,11 @@ impl Pull {
             &self.engine,
             hosts.chain(st.sources.keys()).chain(st.retired.keys()),
         );
-        st.refresh_peers(self.seed, &self.hints, offered, &self.engine.tuning, &rtts);
+        let t = &self.engine.tuning;
+        self.pace.found(&offered, t.refresh_every, t.refresh_most);
+        st.refresh_peers(self.seed, &self.hints, offered, t, &rtts);
+        self.pace
+            .applied(st.sources.values().filter(|s| s.dropped).count());
     }
 }
 

@@ -12,8 +12,13 @@ pub struct Tuning {
     /// a puller sees what the others have, the more it takes from them
     /// instead of the holder.
     pub have_every: Duration,
-    /// How often the holder list is refreshed while sources are usable.
+    /// How often the holder list is refreshed while sources are usable, at
+    /// first and whenever a refresh finds something new.
     pub refresh_every: Duration,
+    /// How far apart refreshes that keep finding the same hosts are spaced
+    /// at most (see `peers::RefreshPace`): each asks every node of the
+    /// mesh.
+    pub refresh_most: Duration,
     /// With no usable source: the first wait before asking the mesh again,
     /// doubling up to `retry_max`.
     pub retry_first: Duration,
@@ -86,6 +91,7 @@ impl Default for Tuning {
         Tuning {
             have_every: Duration::from_millis(100),
             refresh_every: Duration::from_secs(2),
+            refresh_most: Duration::from_secs(30),
             retry_first: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
             persist_every: Duration::from_millis(250),

@@ -218,6 +218,8 @@ pub struct Stats {
     pub have_polls: u64,
     /// Bytes the have polls would have moved (a bitfield each).
     pub poll_bytes: u64,
+    /// "Who holds it" questions: each asks every other node.
+    pub refreshes: u64,
     /// Per tenth of the ideal time ([`SLICES`] of them, and one for all
     /// that comes after): bytes the holder's uplink carried, bytes all downlinks
     /// carried, and useful bytes the pullers wrote.
@@ -290,6 +292,8 @@ struct Pull {
     polling: Vec<bool>,
     last_refresh: Option<u64>,
     refreshing: bool,
+    /// As `Pull::pace`.
+    pace: peers::RefreshPace,
     retry_wait: Duration,
     /// Sources no longer tracked, as `JobState::retired`.
     retired: BTreeMap<String, SourceStat>,

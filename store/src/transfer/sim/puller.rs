@@ -22,6 +22,11 @@ impl Sim<'_> {
             .collect();
         self.hosts[p as usize].pull = Some(st);
         self.learn(p, &started, self.now);
+        // The engine's pace starts with its first refresh, not with what
+        // `get` found.
+        if let Some(st) = self.hosts[p as usize].pull.as_mut() {
+            st.pace = peers::RefreshPace::new(self.t.refresh_every);
+        }
         self.step(p);
     }
 
@@ -445,9 +450,10 @@ impl Sim<'_> {
         let Some(st) = self.hosts[p as usize].pull.as_mut() else {
             return;
         };
-        let usable = st.sources.values().any(|s| !s.dropped);
+        let dropped = st.sources.values().filter(|s| s.dropped).count();
+        let usable = dropped < st.sources.len();
         let every = ns(if usable {
-            self.t.refresh_every
+            st.pace.wait(dropped, self.t.refresh_every)
         } else {
             st.retry_wait
         });
@@ -455,6 +461,7 @@ impl Sim<'_> {
             return;
         }
         st.refreshing = true;
+        self.stats.refreshes += 1;
         let delay = if self.any_dead {
             ns(self.sc.dead_timeout)
         } else if self.sc.sites > 1 {
@@ -512,6 +519,8 @@ impl Sim<'_> {
             let host = self.names[q as usize].clone();
             offered.push((peers::Offer { host, complete }, bits.unwrap_or_default()));
         }
+        st.pace
+            .found(&offered, self.t.refresh_every, self.t.refresh_most);
         peers::refresh(
             st.seed,
             &mut st.sources,
@@ -522,6 +531,8 @@ impl Sim<'_> {
             self.t.max_bad,
             &st.rtts,
         );
+        st.pace
+            .applied(st.sources.values().filter(|s| s.dropped).count());
         self.hosts[p as usize].pull = Some(st);
         self.cost.views += t0.elapsed();
     }
