@@ -170,6 +170,7 @@ impl EventLoop {
         let opts = DialOpts::peer_id(p)
             .addresses(addrs)
             .condition(PeerCondition::DisconnectedAndNotDialing)
+            .allocate_new_port()
             .build();
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
@@ -193,7 +194,16 @@ impl EventLoop {
             }
             return;
         }
-        let opts = DialOpts::unknown_peer_id().address(a.clone()).build();
+        // A new port for each dial, not the listener's (libp2p's default,
+        // for NAT traversal, which a mesh whose nodes announce their own
+        // addresses does not need): bound to the listening port, a dial
+        // failed now and then with "address already in use" (the suite's
+        // `four_nodes_join_by_peer_and_dial`, once), and libp2p-tcp 0.45
+        // retries on a new port only for "address not available".
+        let opts = DialOpts::unknown_peer_id()
+            .address(a.clone())
+            .allocate_new_port()
+            .build();
         let id = opts.connection_id();
         match self.swarm.dial(opts) {
             Ok(()) => {
