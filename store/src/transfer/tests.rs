@@ -837,3 +837,44 @@ async fn a_refresh_learns_what_each_node_has_of_one_version() {
     whole.sort();
     assert_eq!(whole, ["h", "p"]);
 }
+
+/// A chunk asked of a puller just as its transfer ends (the file moved to
+/// its name, the job not yet gone) is read from the file in place: once,
+/// the asker got "no such file" and counted it against a live source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_asked_for_as_the_transfer_ends_is_read_from_the_file_in_place() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = content(16 * CHUNK_SIZE as usize, 9);
+    h.put("f", &data);
+    let root = h.engine.held("f").unwrap()[0].manifest.root.clone();
+    uplink(&hub, "h", 30);
+    let p = node(&hub, "p");
+    let pending = p.engine.get("f", &Select::default()).await.unwrap();
+    let have = loop {
+        if let Progress::Partial(bits) = p.engine.progress("f", &root).unwrap() {
+            if let Some(i) = (0..16).find(|&i| bits[i / 8] & (1 << (i % 8)) != 0) {
+                break i;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    // The end of the transfer, as `finish` leaves it for a moment: the
+    // whole file in place (and its manifest remembered), no partial file,
+    // the job still registered.
+    p.put("f", &data);
+    assert_eq!(p.local.manifest("f").unwrap().unwrap().root, root);
+    let partials = p.local.files.root().join(".mm-partial");
+    for e in std::fs::read_dir(&partials).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let got = tokio::task::block_in_place(|| p.engine.read_chunks("q", "f", &root, have, 1));
+    let got = got.unwrap_or_else(|e| panic!("chunk {have}: {e:?}"));
+    let at = have * CHUNK_SIZE as usize;
+    assert!(
+        got[..] == data[at..at + CHUNK_SIZE as usize],
+        "chunk {have}'s bytes"
+    );
+    p.engine.cancel("f").await;
+    let _ = p.engine.wait(pending).await;
+}
