@@ -157,6 +157,24 @@ fn far_hosts(rtts: &HashMap<String, Duration>) -> HashSet<&str> {
         .collect()
 }
 
+/// `host`'s record if it has one, tracked or retired. An answer from a
+/// source retired with requests in hand (a far puller past its share, see
+/// [`choose`]) must still take them off its count: else, kept again at a
+/// later refresh, it comes back with requests it will never answer
+/// counted against its room (a source allowed one in flight is never
+/// asked again), and shows as stalled.
+pub(crate) fn record<'a>(
+    sources: &'a mut BTreeMap<String, SourceStat>,
+    retired: &'a mut BTreeMap<String, SourceStat>,
+    host: &str,
+) -> Option<&'a mut SourceStat> {
+    if sources.contains_key(host) {
+        sources.get_mut(host)
+    } else {
+        retired.get_mut(host)
+    }
+}
+
 /// `host`'s record, tracked or retired: a chunk from a source retired
 /// meanwhile still counts for it, and so does a bad one.
 pub(crate) fn stat<'a>(
@@ -631,5 +649,66 @@ mod tests {
         pace.found(&[], first, most);
         pace.applied(0);
         assert_eq!(pace.wait(0, first), 2 * first);
+    }
+
+    #[test]
+    fn a_far_puller_retired_with_a_request_in_hand_comes_back_without_it() {
+        let names = many(8);
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let with_bits = |o: Offer| (o, vec![0u8; 1]);
+        let offered = || offers(&refs, false).into_iter().map(with_bits).collect();
+        let far: HashMap<String, Duration> = names
+            .iter()
+            .map(|h| (h.clone(), Duration::from_millis(40)))
+            .chain([("p7".to_string(), Duration::from_micros(400))])
+            .collect();
+        // All far but p7, each asked for one chunk: past the far share, some
+        // go with their requests in hand.
+        let (mut sources, mut retired) = (BTreeMap::new(), BTreeMap::new());
+        for h in &names {
+            let s = SourceStat {
+                inflight: 1,
+                ..SourceStat::default()
+            };
+            sources.insert(h.clone(), s);
+        }
+        let hints = Hints::default();
+        refresh(
+            5,
+            &mut sources,
+            &mut retired,
+            &hints,
+            offered(),
+            LIMITS,
+            3,
+            &far,
+        );
+        let gone = retired.keys().next().expect("a far one retired").clone();
+        assert_eq!(retired[&gone].inflight, 1);
+        // Its answer comes: it is taken off the retired record's count.
+        let s = record(&mut sources, &mut retired, &gone).expect("its record");
+        s.inflight -= 1;
+        assert!(record(&mut sources, &mut retired, "nobody").is_none());
+        // Near after all (a round trip measured again, say): tracked again,
+        // with nothing in flight that would never be answered.
+        let near: HashMap<String, Duration> = names
+            .iter()
+            .map(|h| (h.clone(), Duration::from_micros(400)))
+            .collect();
+        for s in sources.values_mut() {
+            s.inflight = 0;
+        }
+        refresh(
+            5,
+            &mut sources,
+            &mut retired,
+            &hints,
+            offered(),
+            LIMITS,
+            3,
+            &near,
+        );
+        let back = sources.get(&gone).or(retired.get(&gone)).unwrap();
+        assert_eq!(back.inflight, 0);
     }
 }

@@ -400,7 +400,8 @@ impl Pull {
         let t = &self.engine.tuning;
         let data = {
             let mut st = self.job.state();
-            if let Some(s) = st.sources.get_mut(&host) {
+            let st = &mut *st;
+            if let Some(s) = peers::record(&mut st.sources, &mut st.retired, &host) {
                 s.inflight = s.inflight.saturating_sub(count);
                 s.waiting_since = (s.inflight > 0).then(Instant::now);
                 s.measure(res.as_ref().map_or(0, |d| d.len() as u64));

@@ -208,7 +208,7 @@ impl Sim<'_> {
             Ans::Data { k, .. } => *k as u64 * CHUNK_SIZE,
             Ans::Miss(_) => 0,
         };
-        if let Some(s) = st.sources.get_mut(host) {
+        if let Some(s) = peers::record(&mut st.sources, &mut st.retired, host) {
             s.inflight = s.inflight.saturating_sub(count);
             s.waiting_since = (s.inflight > 0).then_some(now);
             s.measure_at(bytes, now);
