@@ -312,37 +312,46 @@ impl RefreshPace {
         }
     }
 
-    /// The wait after the last refresh, with `dropped` sources dropped now.
-    pub(crate) fn wait(&self, dropped: usize, first: Duration) -> Duration {
-        if dropped > self.dropped {
+    /// The wait after the last refresh, with `sources` as they are now.
+    pub(crate) fn wait(&self, sources: &BTreeMap<String, SourceStat>, first: Duration) -> Duration {
+        if dropped(sources) > self.dropped {
             first
         } else {
             self.wait
         }
     }
 
-    /// A refresh found `offered`.
-    pub(crate) fn found(&mut self, offered: &[(Offer, Vec<u8>)], first: Duration, most: Duration) {
-        let digest = offer_digest(offered.iter().map(|(o, _)| o));
-        self.wait = if self.found == Some(digest) {
+    /// A refresh found what `found` digests ([`offer_digest`]), and left
+    /// `sources` as they are now.
+    pub(crate) fn refreshed(
+        &mut self,
+        found: u64,
+        sources: &BTreeMap<String, SourceStat>,
+        first: Duration,
+        most: Duration,
+    ) {
+        self.wait = if self.found == Some(found) {
             (self.wait * 2).clamp(first, most.max(first))
         } else {
             first
         };
-        self.found = Some(digest);
+        self.found = Some(found);
+        self.dropped = dropped(sources);
     }
+}
 
-    /// `dropped` sources are dropped once the refresh is applied.
-    pub(crate) fn applied(&mut self, dropped: usize) {
-        self.dropped = dropped;
-    }
+fn dropped(sources: &BTreeMap<String, SourceStat>) -> usize {
+    sources.values().filter(|s| s.dropped).count()
 }
 
 /// The hosts offered and which were whole, in any order: equal for the
 /// same answer (have-bits aside: those change with every chunk, and each
 /// source's come with its answers and polls anyway).
-fn offer_digest<'a>(offered: impl Iterator<Item = &'a Offer>) -> u64 {
-    let mut keys: Vec<(&str, bool)> = offered.map(|o| (o.host.as_str(), o.complete)).collect();
+pub(crate) fn offer_digest(offered: &[(Offer, Vec<u8>)]) -> u64 {
+    let mut keys: Vec<(&str, bool)> = offered
+        .iter()
+        .map(|(o, _)| (o.host.as_str(), o.complete))
+        .collect();
     keys.sort_unstable();
     let mut h = 0xcbf2_9ce4_8422_2325u64;
     for (host, complete) in keys {
@@ -616,39 +625,48 @@ mod tests {
             };
             (o, vec![0u8; 4])
         };
+        // Sources with `n` of them dropped.
+        let with_dropped = |n: usize| -> BTreeMap<String, SourceStat> {
+            (0..3)
+                .map(|i| {
+                    let s = SourceStat {
+                        dropped: i < n,
+                        ..SourceStat::default()
+                    };
+                    (format!("s{i}"), s)
+                })
+                .collect()
+        };
+        let (none, one) = (with_dropped(0), with_dropped(1));
         let mut pace = RefreshPace::new(first);
+        let found = |pace: &mut RefreshPace, o: &[(Offer, Vec<u8>)], s| {
+            pace.refreshed(offer_digest(o), s, first, most);
+        };
         let a = vec![offer("h1", true), offer("h2", false)];
-        pace.found(&a, first, most);
-        pace.applied(0);
-        assert_eq!(pace.wait(0, first), first, "the first answer is news");
+        found(&mut pace, &a, &none);
+        assert_eq!(pace.wait(&none, first), first, "the first answer is news");
         // The same hosts, in another order, with other have-bits.
         let mut b = vec![offer("h2", false), offer("h1", true)];
         b[0].1 = vec![0xff; 4];
         let mut waits = Vec::new();
         for _ in 0..5 {
-            pace.found(&b, first, most);
-            pace.applied(0);
-            waits.push(pace.wait(0, first).as_secs());
+            found(&mut pace, &b, &none);
+            waits.push(pace.wait(&none, first).as_secs());
         }
         assert_eq!(waits, [4, 8, 16, 30, 30]);
-        assert_eq!(pace.wait(1, first), first, "a source dropped since");
+        assert_eq!(pace.wait(&one, first), first, "a source dropped since");
         // A puller now whole is news; so is a new host.
-        pace.found(&[offer("h2", true), offer("h1", true)], first, most);
-        pace.applied(1);
-        assert_eq!(pace.wait(1, first), first);
-        pace.found(&[offer("h2", true), offer("h1", true)], first, most);
-        pace.applied(1);
-        assert_eq!(pace.wait(1, first), 2 * first);
+        found(&mut pace, &[offer("h2", true), offer("h1", true)], &one);
+        assert_eq!(pace.wait(&one, first), first);
+        found(&mut pace, &[offer("h2", true), offer("h1", true)], &one);
+        assert_eq!(pace.wait(&one, first), 2 * first);
         let c = [offer("h2", true), offer("h1", true), offer("h3", false)];
-        pace.found(&c, first, most);
-        pace.applied(1);
-        assert_eq!(pace.wait(1, first), first);
+        found(&mut pace, &c, &one);
+        assert_eq!(pace.wait(&one, first), first);
         // No answer at all, twice: nothing new either.
-        pace.found(&[], first, most);
-        pace.applied(0);
-        pace.found(&[], first, most);
-        pace.applied(0);
-        assert_eq!(pace.wait(0, first), 2 * first);
+        found(&mut pace, &[], &none);
+        found(&mut pace, &[], &none);
+        assert_eq!(pace.wait(&none, first), 2 * first);
     }
 
     #[test]
@@ -673,24 +691,24 @@ mod tests {
             sources.insert(h.clone(), s);
         }
         let hints = Hints::default();
-        refresh(
-            5,
-            &mut sources,
-            &mut retired,
-            &hints,
-            offered(),
-            LIMITS,
-            3,
-            &far,
-        );
+        let apply = |sources: &mut BTreeMap<String, SourceStat>,
+                     retired: &mut BTreeMap<String, SourceStat>,
+                     rtts: &HashMap<String, Duration>| {
+            refresh(5, sources, retired, &hints, offered(), LIMITS, 3, rtts);
+        };
+        apply(&mut sources, &mut retired, &far);
         let gone = retired.keys().next().expect("a far one retired").clone();
         assert_eq!(retired[&gone].inflight, 1);
+        // Not tracked: the lookup the pull loop had found no record for
+        // its answer.
+        assert!(!sources.contains_key(&gone));
         // Its answer comes: it is taken off the retired record's count.
         let s = record(&mut sources, &mut retired, &gone).expect("its record");
         s.inflight -= 1;
         assert!(record(&mut sources, &mut retired, "nobody").is_none());
-        // Near after all (a round trip measured again, say): tracked again,
-        // with nothing in flight that would never be answered.
+        // Near after all (a round trip measured again, say): tracked again
+        // with the retired record, so with nothing in flight that would
+        // never be answered.
         let near: HashMap<String, Duration> = names
             .iter()
             .map(|h| (h.clone(), Duration::from_micros(400)))
@@ -698,16 +716,7 @@ mod tests {
         for s in sources.values_mut() {
             s.inflight = 0;
         }
-        refresh(
-            5,
-            &mut sources,
-            &mut retired,
-            &hints,
-            offered(),
-            LIMITS,
-            3,
-            &near,
-        );
+        apply(&mut sources, &mut retired, &near);
         let back = sources.get(&gone).or(retired.get(&gone)).unwrap();
         assert_eq!(back.inflight, 0);
     }

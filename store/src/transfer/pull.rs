@@ -261,15 +261,14 @@ impl Pull {
     /// never stalls the transfer): every few seconds while sources are
     /// usable, with a growing wait while none is.
     fn start_refresh(&mut self) {
-        let (usable, dropped) = {
+        let every = {
             let st = self.job.state();
-            let dropped = st.sources.values().filter(|s| s.dropped).count();
-            (dropped < st.sources.len(), dropped)
-        };
-        let every = if usable {
-            self.pace.wait(dropped, self.engine.tuning.refresh_every)
-        } else {
-            self.retry_wait
+            if st.sources.values().any(|s| !s.dropped) {
+                self.pace
+                    .wait(&st.sources, self.engine.tuning.refresh_every)
+            } else {
+                self.retry_wait
+            }
         };
         if self.refreshing || self.last_refresh.is_some_and(|t| t.elapsed() < every) {
             return;
@@ -716,10 +715,10 @@ impl Pull {
             hosts.chain(st.sources.keys()).chain(st.retired.keys()),
         );
         let t = &self.engine.tuning;
-        self.pace.found(&offered, t.refresh_every, t.refresh_most);
+        let found = peers::offer_digest(&offered);
         st.refresh_peers(self.seed, &self.hints, offered, t, &rtts);
         self.pace
-            .applied(st.sources.values().filter(|s| s.dropped).count());
+            .refreshed(found, &st.sources, t.refresh_every, t.refresh_most);
     }
 }
 

@@ -21,12 +21,7 @@ impl Sim<'_> {
             .filter(|&q| q != p && self.hosts[q as usize].start < self.now)
             .collect();
         self.hosts[p as usize].pull = Some(st);
-        self.learn(p, &started, self.now);
-        // The engine's pace starts with its first refresh, not with what
-        // `get` found.
-        if let Some(st) = self.hosts[p as usize].pull.as_mut() {
-            st.pace = peers::RefreshPace::new(self.t.refresh_every);
-        }
+        self.learn(p, &started, self.now, false);
         self.step(p);
     }
 
@@ -450,10 +445,9 @@ impl Sim<'_> {
         let Some(st) = self.hosts[p as usize].pull.as_mut() else {
             return;
         };
-        let dropped = st.sources.values().filter(|s| s.dropped).count();
-        let usable = dropped < st.sources.len();
+        let usable = st.sources.values().any(|s| !s.dropped);
         let every = ns(if usable {
-            st.pace.wait(dropped, self.t.refresh_every)
+            st.pace.wait(&st.sources, self.t.refresh_every)
         } else {
             st.retry_wait
         });
@@ -484,7 +478,7 @@ impl Sim<'_> {
                 q != p && h.start <= sent && h.died.is_none_or(|d| d > sent)
             })
             .collect();
-        self.learn(p, &answering, sent);
+        self.learn(p, &answering, sent, true);
         let t = self.t;
         if let Some(st) = self.hosts[p as usize].pull.as_mut() {
             st.retry_wait = if st.sources.values().any(|s| !s.dropped) {
@@ -497,8 +491,10 @@ impl Sim<'_> {
     }
 
     /// What "who holds it" answered, as `Pull::apply_refresh`: each host
-    /// as of the moment it answered, pullers through the policy.
-    pub(super) fn learn(&mut self, p: u32, answering: &[u32], sent: u64) {
+    /// as of the moment it answered, pullers through the policy. `refresh`:
+    /// a refresh's answer, which paces the next (what `get` found at the
+    /// start does not, as in the engine).
+    pub(super) fn learn(&mut self, p: u32, answering: &[u32], sent: u64, refresh: bool) {
         let t0 = Instant::now();
         let Some(mut st) = self.hosts[p as usize].pull.take() else {
             return;
@@ -519,8 +515,7 @@ impl Sim<'_> {
             let host = self.names[q as usize].clone();
             offered.push((peers::Offer { host, complete }, bits.unwrap_or_default()));
         }
-        st.pace
-            .found(&offered, self.t.refresh_every, self.t.refresh_most);
+        let found = refresh.then(|| peers::offer_digest(&offered));
         peers::refresh(
             st.seed,
             &mut st.sources,
@@ -531,8 +526,11 @@ impl Sim<'_> {
             self.t.max_bad,
             &st.rtts,
         );
-        st.pace
-            .applied(st.sources.values().filter(|s| s.dropped).count());
+        if let Some(found) = found {
+            let t = self.t;
+            st.pace
+                .refreshed(found, &st.sources, t.refresh_every, t.refresh_most);
+        }
         self.hosts[p as usize].pull = Some(st);
         self.cost.views += t0.elapsed();
     }
