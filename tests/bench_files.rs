@@ -3,7 +3,8 @@
 //!   cargo bench --bench files -- b1      # one part: b1 | b2
 //! Env: MM_B1_MIB (default 1024), MM_B1_RUNS (default 9), MM_B2_MIB
 //! (default 256), MM_B2_RATE (default 200mbit), MM_B2_PULLERS (default
-//! 3,7); MM_SERVE_BIN runs the nodes from another build of `mm`. See
+//! 3,7), MM_B2_WARM (MiB of a swarm before the timed one; none by
+//! default); MM_SERVE_BIN runs the nodes from another build of `mm`. See
 //! docs/benchmarks.md.
 
 #[path = "common/mod.rs"]
@@ -291,6 +292,16 @@ fn b2(pullers: usize) {
             .then_some(())
     });
     nodes[0].mm(&["mesh", "timeout", "0"]);
+    // MM_B2_WARM=MIB: a swarm of a file of that size first, so that the
+    // timed one starts with the data connections open (they stay 30 s):
+    // what setting them up under load costs a swarm's start.
+    if let Some(warm) = std::env::var("MM_B2_WARM")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        make_file(&nodes[0].base().join("files/warm"), warm);
+        nodes[0].mm(&["mesh", "send", "all", "file", "get", "warm", "wait"]);
+    }
     // What the mesh costs with no transfer, for as long as one would take:
     // the part of the figure below that is not the swarm's.
     let idle0: Vec<f64> = nodes.iter().map(cpu_secs).collect();

@@ -19,4 +19,4 @@ pub use files::FilesDir;
 pub use local::Local;
 pub use manifest::Manifest;
 pub use meta::Meta;
-pub use transfer::{Engine, Held, Miss, Net, News, Progress, Reply, Select, Sent, Tuning};
+pub use transfer::{Asker, Engine, Held, Miss, Net, News, Progress, Reply, Select, Sent, Tuning};

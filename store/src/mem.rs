@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::transfer::{HolderAnswers, Miss, Net, ProgressAnswers, Reply};
+use crate::transfer::{Asker, HolderAnswers, Miss, Net, ProgressAnswers, Reply};
 use crate::{ChunkBuf, Engine, Error, Result};
 
 /// Deterministic, incompressible bytes for test files: the same `seed`
@@ -224,14 +224,14 @@ impl Net for MemNet {
         root: Vec<u8>,
         index: u32,
         count: u32,
-        seen: Option<u32>,
+        asker: Asker,
     ) -> BoxFuture<'static, Reply> {
         let (me, hub) = (self.me.clone(), self.hub.clone());
         let read = self.read(host.clone(), name.clone(), root.clone(), index, count);
         async move {
             let chunks = read.await;
             // The news as of the answer, as the data channel sends it.
-            let news = seen.and_then(|seen| {
+            let news = asker.seen.and_then(|seen| {
                 let (engine, ..) = hub.peer(&me, &host)?;
                 engine.news(&name, &root, seen)
             });

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use mm_overlay::{wire, Overlay};
 use mm_store::transfer::{HolderAnswers, ProgressAnswers};
-use mm_store::{ChunkBuf, Held, Miss, Net, Progress, Reply};
+use mm_store::{Asker, ChunkBuf, Held, Miss, Net, Progress, Reply};
 
 use super::data::{DataClient, DataError};
 use crate::proto::{ChunkAnswer, Request};
@@ -104,13 +104,13 @@ impl Net for MeshNet {
         root: Vec<u8>,
         index: u32,
         count: u32,
-        seen: Option<u32>,
+        asker: Asker,
     ) -> BoxFuture<'static, Reply> {
         let overlay = self.overlay.clone();
         let data = self.data.clone();
         async move {
             match data
-                .chunk(&host, name.clone(), root.clone(), index, count, seen)
+                .chunk(&host, name.clone(), root.clone(), index, count, asker)
                 .await
             {
                 Ok(reply) => return reply,

@@ -198,9 +198,7 @@ pub trait Net: Send + Sync + 'static {
         root: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>>>;
     /// Chunks `index..index + count`, one after another; a source may
-    /// send fewer (at least the first). With `seen`, the source's news from
-    /// that entry of its log on, if it is a puller ([`Engine::news`]).
-    #[allow(clippy::too_many_arguments)]
+    /// send fewer (at least the first).
     fn chunk(
         &self,
         host: String,
@@ -208,8 +206,31 @@ pub trait Net: Send + Sync + 'static {
         root: Vec<u8>,
         index: u32,
         count: u32,
-        seen: Option<u32>,
+        asker: Asker,
     ) -> BoxFuture<'static, Reply>;
+}
+
+/// What a chunk request tells its source about the puller asking.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Asker {
+    /// How much of the source's news the asker has heard: with it, the
+    /// answer carries the source's news from that entry of its log on, if
+    /// the source is a puller ([`Engine::news`]).
+    pub seen: Option<u32>,
+    /// How far along the asker is, in 65536ths of the file: a source whose
+    /// answers wait for a send slot serves the furthest behind first
+    /// ([`Engine::send_slot`]). None from a node that does not say.
+    pub progress: Option<u16>,
+}
+
+impl Asker {
+    /// `done` of `of` as [`Asker::progress`] counts it.
+    pub fn progress_of(done: u64, of: u64) -> u16 {
+        if of == 0 {
+            return u16::MAX;
+        }
+        (done.min(of) as u128 * u16::MAX as u128 / of as u128) as u16
+    }
 }
 
 /// Which version to take when holders disagree.

@@ -15,6 +15,7 @@ use super::durable::{Partial, Piece, Written};
 use super::job::{Counts, Job};
 use super::peers;
 use super::pick::{self, Hints};
+use super::Asker;
 use super::{Engine, Miss, Progress, ProgressAnswers, Reply, SYNC_EVERY};
 use crate::buf::ChunkBuf;
 use crate::{Error, Result};
@@ -367,7 +368,10 @@ impl Pull {
                 s.waiting_since = Some(Instant::now());
             }
             s.inflight += count;
-            let seen = (!s.complete).then_some(s.seen);
+            let asker = Asker {
+                seen: (!s.complete).then_some(s.seen),
+                progress: Some(Asker::progress_of(st.bytes, job.manifest.size)),
+            };
             self.counts.asks += 1;
             let fut = self.engine.net.chunk(
                 host.clone(),
@@ -375,7 +379,7 @@ impl Pull {
                 job.manifest.root.clone(),
                 lo as u32,
                 count as u32,
-                seen,
+                asker,
             );
             let tx = self.inbox.chunk_tx.clone();
             tokio::spawn(async move {
@@ -388,6 +392,15 @@ impl Pull {
     /// a miss, which says when and whom to ask again.
     fn on_chunk(&mut self, (host, idx, count, reply): ChunkDone) {
         let res = reply.chunks;
+        tracing::trace!(
+            "{}: chunks {idx}..{} from {host}: {}",
+            self.job.name,
+            idx + count,
+            match &res {
+                Ok(d) => format!("{} bytes", d.len()),
+                Err(m) => format!("{m:?}"),
+            }
+        );
         for i in idx..idx + count {
             if let Some(set) = self.inflight.get_mut(&i) {
                 set.remove(&host);

@@ -210,8 +210,12 @@ impl Engine {
     /// it (see `uplink.rs`): from the complete holder's slots, or, for an
     /// answer from a transfer in progress here, from the fewer slots a
     /// puller gives the other pullers (`Tuning::peer_send_slots`).
-    /// Blocking, for up to `Tuning::slot_patience`.
-    pub fn send_slot(&self, name: &str, root: &[u8]) -> SendSlot {
+    /// While answers wait for a slot, those to the asker furthest behind
+    /// ([`super::Asker::progress`]; not saying counts as done) go first:
+    /// every puller of a swarm is then done at about the same time, and
+    /// none waits alone for what it lacked in the middle. Blocking, for up
+    /// to `Tuning::slot_patience`.
+    pub fn send_slot(&self, name: &str, root: &[u8], progress: Option<u16>) -> SendSlot {
         let pulling = self
             .jobs()
             .get(name)
@@ -221,7 +225,7 @@ impl Engine {
         } else {
             &self.uplink
         };
-        up.take(self.tuning.slot_patience)
+        up.take(self.tuning.slot_patience, progress.unwrap_or(u16::MAX))
     }
 
     /// What this node has of one version of `name`, as [`Engine::held`]

@@ -749,17 +749,17 @@ async fn a_holder_sends_its_whole_files_answers_a_few_at_a_time() {
     let h = node_tuned(&hub, "h", dir, Arc::new(SyncData), one);
     h.put("f", &content(4 * CHUNK_SIZE as usize, 3));
     let root = h.local.manifest("f").unwrap().unwrap().root;
-    let first = h.engine.send_slot("f", &root);
+    let first = h.engine.send_slot("f", &root, None);
     assert!(first.held(), "a whole file here");
     // The next waits its patience out, then goes anyway.
     let t0 = std::time::Instant::now();
-    let second = h.engine.send_slot("f", &root);
+    let second = h.engine.send_slot("f", &root, None);
     assert!(t0.elapsed() >= Duration::from_millis(50));
     assert!(!second.held());
     drop((first, second));
     // The slots are the node's: any answer not from a transfer in
     // progress here takes one, and the first is free again.
-    assert!(h.engine.send_slot("g", &root).held());
+    assert!(h.engine.send_slot("g", &root, None).held());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -782,20 +782,20 @@ async fn a_puller_sends_to_other_pullers_a_few_answers_at_a_time() {
     let pending = p.engine.get("f", &Select::default()).await.unwrap();
     assert!(!pending.is_empty(), "f is not here yet");
     // An answer of f, from the transfer in progress: the one peer slot.
-    let first = tokio::task::block_in_place(|| p.engine.send_slot("f", &root));
+    let first = tokio::task::block_in_place(|| p.engine.send_slot("f", &root, None));
     assert!(first.held() && first.busy());
     let t0 = std::time::Instant::now();
-    let second = tokio::task::block_in_place(|| p.engine.send_slot("f", &root));
+    let second = tokio::task::block_in_place(|| p.engine.send_slot("f", &root, None));
     assert!(
         t0.elapsed() >= Duration::from_millis(50) && !second.held(),
         "a second answer to a puller got a slot of its own"
     );
     // Answers of a file held whole here take the holder's slots, which the
     // pullers' answers leave alone.
-    let whole = tokio::task::block_in_place(|| p.engine.send_slot("g", &root));
+    let whole = tokio::task::block_in_place(|| p.engine.send_slot("g", &root, None));
     assert!(whole.held() && !whole.busy());
     drop((first, second, whole));
-    assert!(tokio::task::block_in_place(|| p.engine.send_slot("f", &root)).held());
+    assert!(tokio::task::block_in_place(|| p.engine.send_slot("f", &root, None)).held());
     p.engine.wait(pending).await.unwrap();
 }
 

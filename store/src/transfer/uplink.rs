@@ -13,6 +13,7 @@
 //! receiver (whose downlink other senders share, in a swarm), not by this
 //! uplink, and keeping its slot would leave the uplink idle.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,9 +32,17 @@ pub(super) struct Uplink {
     /// The longest an answer keeps its slot (`Tuning::slot_hold`): until
     /// the uplink's rate is known, and if it is slow.
     hold_most: Duration,
-    used: Mutex<usize>,
+    slots: Mutex<Slots>,
     freed: Condvar,
     rate: Mutex<Rate>,
+}
+
+/// Slots taken, and the answers waiting for one, by rank then arrival.
+#[derive(Default)]
+struct Slots {
+    used: usize,
+    waiting: BTreeSet<(u16, u64)>,
+    arrived: u64,
 }
 
 /// Bytes sent in the current window, and the best rate seen.
@@ -122,9 +131,10 @@ impl SendSlot {
     pub fn release(&mut self) {
         if std::mem::take(&mut self.held) {
             if let Some(up) = &self.up {
-                let mut used = up.used.lock().unwrap_or_else(|e| e.into_inner());
-                *used -= 1;
-                up.freed.notify_one();
+                let mut slots = up.slots.lock().unwrap_or_else(|e| e.into_inner());
+                slots.used -= 1;
+                // Every waiter looks: only the first in rank may take it.
+                up.freed.notify_all();
             }
         }
     }
@@ -135,7 +145,7 @@ impl Uplink {
         Arc::new(Uplink {
             max,
             hold_most,
-            used: Mutex::new(0),
+            slots: Mutex::new(Slots::default()),
             freed: Condvar::new(),
             rate: Mutex::new(Rate {
                 since: Instant::now(),
@@ -145,11 +155,12 @@ impl Uplink {
         })
     }
 
-    /// A slot, once one is free; or after `patience`, none (the answer
-    /// goes anyway): a peer that stops reading holds its slot until the
-    /// write times out, and must not hold up every other answer that long.
-    /// Blocking.
-    pub(super) fn take(self: &Arc<Self>, patience: Duration) -> SendSlot {
+    /// A slot, once one is free and no answer of a lower `rank` (then
+    /// none that came earlier) waits for one; or after `patience`, none
+    /// (the answer goes anyway): a peer that stops reading holds its slot
+    /// until the write times out, and must not hold up every other answer
+    /// that long. Blocking.
+    pub(super) fn take(self: &Arc<Self>, patience: Duration, rank: u16) -> SendSlot {
         if self.max == 0 {
             return SendSlot {
                 up: None,
@@ -158,32 +169,51 @@ impl Uplink {
             };
         }
         let until = Instant::now() + patience;
-        let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        while *used >= self.max {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.used < self.max && slots.waiting.is_empty() {
+            return self.given(&mut slots);
+        }
+        let me = (rank, slots.arrived);
+        slots.arrived += 1;
+        slots.waiting.insert(me);
+        loop {
+            if slots.used < self.max && slots.waiting.first() == Some(&me) {
+                slots.waiting.remove(&me);
+                if slots.used + 1 < self.max && !slots.waiting.is_empty() {
+                    self.freed.notify_all();
+                }
+                return self.given(&mut slots);
+            }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                slots.waiting.remove(&me);
+                // The first in rank may be another now.
+                self.freed.notify_all();
                 return SendSlot {
                     up: Some(self.clone()),
                     held: false,
                     busy: true,
                 };
             }
-            used = match self.freed.wait_timeout(used, left) {
+            slots = match self.freed.wait_timeout(slots, left) {
                 Ok((g, _)) => g,
                 Err(e) => e.into_inner().0,
             };
         }
-        *used += 1;
+    }
+
+    fn given(self: &Arc<Self>, slots: &mut Slots) -> SendSlot {
+        slots.used += 1;
         SendSlot {
             up: Some(self.clone()),
             held: true,
-            busy: *used > self.max / 2,
+            busy: slots.used > self.max / 2,
         }
     }
 
     #[cfg(test)]
     fn used(&self) -> usize {
-        *self.used.lock().unwrap()
+        self.slots.lock().unwrap().used
     }
 }
 
@@ -210,7 +240,7 @@ mod tests {
             .map(|_| {
                 let (up, now, most, done) = (up.clone(), now.clone(), most.clone(), done.clone());
                 std::thread::spawn(move || {
-                    let _slot = up.take(Duration::from_secs(60));
+                    let _slot = up.take(Duration::from_secs(60), 0);
                     let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(n, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(5));
@@ -228,27 +258,95 @@ mod tests {
     }
 
     #[test]
+    fn a_freed_slot_goes_to_the_waiter_furthest_behind_then_the_first_come() {
+        let up = Uplink::new(1, Duration::from_millis(100));
+        let held = up.take(Duration::ZERO, 0);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Ranks in the order they come: the 40 twice, the second later.
+        let waiters: Vec<_> = [
+            (40u16, "40 first"),
+            (90, "90"),
+            (10, "10"),
+            (40, "40 second"),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(k, (rank, label))| {
+            let (mine, order) = (up.clone(), order.clone());
+            let t = std::thread::spawn(move || {
+                let slot = mine.take(Duration::from_secs(60), rank);
+                assert!(slot.held());
+                order.lock().unwrap().push(label);
+            });
+            // Each is waiting before the next comes.
+            while up.slots.lock().unwrap().waiting.len() < k + 1 {
+                std::thread::yield_now();
+            }
+            t
+        })
+        .collect();
+        drop(held);
+        for t in waiters {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["10", "40 first", "40 second", "90"],
+            "lowest rank first, then the order they came in"
+        );
+        assert_eq!(up.used(), 0);
+        assert!(up.slots.lock().unwrap().waiting.is_empty());
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_does_not_block_the_ones_behind_it() {
+        let up = Uplink::new(1, Duration::from_millis(100));
+        let held = up.take(Duration::ZERO, 0);
+        // The first in rank gives up after its patience...
+        let early = {
+            let up = up.clone();
+            std::thread::spawn(move || up.take(Duration::from_millis(30), 0).held())
+        };
+        while up.slots.lock().unwrap().waiting.is_empty() {
+            std::thread::yield_now();
+        }
+        let later = {
+            let up = up.clone();
+            std::thread::spawn(move || up.take(Duration::from_secs(60), 5).held())
+        };
+        assert!(!early.join().unwrap(), "gave up: sent without a slot");
+        // ...and the one behind it takes the slot once it is free.
+        drop(held);
+        assert!(later.join().unwrap());
+        assert_eq!(up.used(), 0);
+    }
+
+    #[test]
     fn a_held_slot_holds_up_the_next_only_as_long_as_its_patience() {
         let up = Uplink::new(1, Duration::from_millis(100));
-        let held = up.take(Duration::ZERO);
+        let held = up.take(Duration::ZERO, 0);
         assert!(held.held() && held.busy(), "one of one is more than half");
-        let late = up.take(Duration::from_millis(20));
+        let late = up.take(Duration::from_millis(20), 0);
         assert!(!late.held(), "no slot after waiting: sent anyway");
         assert!(late.busy());
         drop(late);
         assert_eq!(up.used(), 1, "a slot never taken is not given back");
         drop(held);
-        assert!(up.take(Duration::ZERO).held());
+        assert!(up.take(Duration::ZERO, 0).held());
         assert!(
-            !Uplink::new(0, Duration::ZERO).take(Duration::ZERO).held(),
+            !Uplink::new(0, Duration::ZERO)
+                .take(Duration::ZERO, 0)
+                .held(),
             "no limit"
         );
-        assert!(!Uplink::new(0, Duration::ZERO).take(Duration::ZERO).busy());
+        assert!(!Uplink::new(0, Duration::ZERO)
+            .take(Duration::ZERO, 0)
+            .busy());
         let four = Uplink::new(4, Duration::from_millis(100));
         let (a, b, c) = (
-            four.take(Duration::ZERO),
-            four.take(Duration::ZERO),
-            four.take(Duration::ZERO),
+            four.take(Duration::ZERO, 0),
+            four.take(Duration::ZERO, 0),
+            four.take(Duration::ZERO, 0),
         );
         assert_eq!((a.busy(), b.busy(), c.busy()), (false, false, true));
     }
@@ -298,17 +396,17 @@ mod tests {
     #[test]
     fn a_released_slot_is_free_at_once_and_not_given_back_twice() {
         let up = Uplink::new(1, Duration::from_millis(100));
-        let mut a = up.take(Duration::ZERO);
+        let mut a = up.take(Duration::ZERO, 0);
         assert!(a.held());
         a.release();
         assert!(!a.held());
         assert_eq!(up.used(), 0);
-        let b = up.take(Duration::ZERO);
+        let b = up.take(Duration::ZERO, 0);
         assert!(b.held(), "the released slot");
         drop(a);
         assert_eq!(up.used(), 1, "b's, still");
         // What an answer sends counts towards the rate, slot or not.
-        a = up.take(Duration::ZERO);
+        a = up.take(Duration::ZERO, 0);
         assert!(!a.held());
         a.sent(1000);
         assert_eq!(up.rate.lock().unwrap().bytes, 1000);

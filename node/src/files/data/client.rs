@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mm_overlay::{wire, Overlay};
-use mm_store::{ChunkBuf, Miss, Reply};
+use mm_store::{Asker, ChunkBuf, Miss, Reply};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -86,14 +86,15 @@ impl DataClient {
         root: Vec<u8>,
         index: u32,
         count: u32,
-        seen: Option<u32>,
+        asker: Asker,
     ) -> Result<Reply, DataError> {
         let req = wire::encode(&DataReq {
             name,
             root,
             index,
             count,
-            seen,
+            seen: asker.seen,
+            progress: asker.progress,
         });
         let (reply, answer) = oneshot::channel();
         let mut job = Job {
@@ -133,7 +134,11 @@ impl DataClient {
         name: String,
         root: Vec<u8>,
     ) -> Result<Vec<u8>, DataError> {
-        match self.chunk(host, name, root, 0, 0, None).await?.chunks {
+        match self
+            .chunk(host, name, root, 0, 0, Asker::default())
+            .await?
+            .chunks
+        {
             Ok(bits) => Ok(bits.to_vec()),
             Err(m) => Err(DataError::Miss(m)),
         }

@@ -127,6 +127,10 @@ pub(super) struct DataReq {
     /// news (and none from an older node).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) seen: Option<u32>,
+    /// How far along the requester is ([`mm_store::Asker::progress`]);
+    /// absent from an older node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) progress: Option<u16>,
 }
 
 /// Random bytes as records and answers: never a panic, and no record over

@@ -311,7 +311,7 @@ fn serve_blocking(
         // all but the last of it on the wire (at most UNSENT left in the
         // socket buffer): else every answer sits in its socket's buffer at
         // once, and they all share the uplink as before.
-        let slot = data.then(|| engine.send_slot(&req.name, &req.root));
+        let slot = data.then(|| engine.send_slot(&req.name, &req.root, req.progress));
         let busy = slot.as_ref().is_some_and(|s| s.busy());
         if busy != low_water {
             low_water = busy;
@@ -532,7 +532,7 @@ mod tests {
         });
         let engine2 = engine.clone();
         let writer = std::thread::spawn(move || {
-            let slot = engine2.send_slot("f", b"root");
+            let slot = engine2.send_slot("f", b"root", None);
             assert!(slot.held());
             let slot = Some(slot);
             write_holding(&mut tx, &body, slot).unwrap();
@@ -541,7 +541,7 @@ mod tests {
         // written (the reader has not read yet; without the hold, this
         // would wait out the patience and get none).
         std::thread::sleep(Duration::from_millis(20));
-        let next = engine.send_slot("g", b"root");
+        let next = engine.send_slot("g", b"root", None);
         assert!(
             next.held(),
             "waited out the patience: the first kept its slot"
@@ -573,6 +573,7 @@ mod tests {
                 index: 0,
                 count: 0,
                 seen: None,
+                progress: None,
             };
             let (record, data) = answer_record(&engine, "p", &req, &mut sealer);
             let bytes = record[ANSWER_AT - 4..].to_vec();

@@ -58,7 +58,7 @@ use super::peers;
 use super::pick::{self, Hints};
 use super::source::SourceStat;
 use super::uplink;
-use super::{Miss, News, Tuning, MAX_NEWS, MAX_WRITING, PER_FILE};
+use super::{Asker, Miss, News, Tuning, MAX_NEWS, MAX_WRITING, PER_FILE};
 use crate::manifest::{CHUNK_SIZE, MAX_RUN};
 
 mod flows;
@@ -305,8 +305,9 @@ struct Req {
     first: u32,
     count: u32,
     sent: u64,
-    /// Log entries of the source the asker has heard, if it asked for news.
-    seen: Option<u32>,
+    /// What the asker said besides which chunks: the log entries of the
+    /// source it has heard, and how far along it was.
+    asker: Asker,
 }
 
 /// The answer being sent on a connection.
@@ -359,7 +360,7 @@ enum Ev {
         first: u32,
         count: u32,
         sent: u64,
-        seen: Option<u32>,
+        asker: Asker,
     },
     /// An answer reaches `to`.
     Reply {

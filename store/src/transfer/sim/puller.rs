@@ -114,7 +114,10 @@ impl Sim<'_> {
                 s.waiting_since = Some(now);
             }
             s.inflight += count;
-            let seen = (!s.complete).then_some(s.seen);
+            let asker = Asker {
+                seen: (!s.complete).then_some(s.seen),
+                progress: Some(Asker::progress_of(st.got as u64, self.n as u64)),
+            };
             let q = Self::id(&ask.host);
             if q == 0 {
                 self.stats.origin_asks += 1;
@@ -128,7 +131,7 @@ impl Sim<'_> {
                     first: lo as u32,
                     count: count as u32,
                     sent: self.now,
-                    seen,
+                    asker,
                 },
             );
         }

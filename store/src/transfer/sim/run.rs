@@ -271,7 +271,7 @@ impl<'a> Sim<'a> {
                     first,
                     count,
                     sent,
-                    seen,
+                    asker,
                 } => self.arrive(
                     to,
                     from,
@@ -279,7 +279,7 @@ impl<'a> Sim<'a> {
                         first,
                         count,
                         sent,
-                        seen,
+                        asker,
                     },
                 ),
                 Ev::Reply {
