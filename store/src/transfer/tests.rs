@@ -799,6 +799,80 @@ async fn a_puller_sends_to_other_pullers_a_few_answers_at_a_time() {
     p.engine.wait(pending).await.unwrap();
 }
 
+/// Of two answers of `name` waiting for the one slot of `up` (the asker
+/// of the first to come `first` along, the other `second`), which goes
+/// first.
+fn first_served(
+    engine: &Arc<Engine>,
+    up: &Arc<super::uplink::Uplink>,
+    (name, root): (&str, &[u8]),
+    first: u16,
+    second: u16,
+) -> u16 {
+    let held = engine.send_slot(name, root, None);
+    assert!(held.held());
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let waiters: Vec<_> = [first, second]
+        .into_iter()
+        .enumerate()
+        .map(|(k, at)| {
+            let (e, n, r, o) = (
+                engine.clone(),
+                name.to_string(),
+                root.to_vec(),
+                order.clone(),
+            );
+            let t = std::thread::spawn(move || {
+                let slot = e.send_slot(&n, &r, Some(at));
+                assert!(slot.held(), "waited for its turn");
+                o.lock().unwrap().push(at);
+            });
+            while up.waiting() < k + 1 {
+                std::thread::yield_now();
+            }
+            t
+        })
+        .collect();
+    drop(held);
+    for t in waiters {
+        t.join().unwrap();
+    }
+    let first_served = order.lock().unwrap()[0];
+    first_served
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_answers_the_puller_furthest_behind_first_a_holder_in_turn() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = file();
+    h.put("f", &data);
+    // Slow enough that the transfer is still running when asked.
+    uplink(&hub, "h", 100);
+    let root = h.local.manifest("f").unwrap().unwrap().root;
+    let one = Tuning {
+        send_slots: 1,
+        peer_send_slots: 1,
+        slot_patience: Duration::from_secs(30),
+        ..fast()
+    };
+    let p = node_tuning(&hub, "p", one);
+    p.put("g", &data);
+    let pending = p.engine.get("f", &Select::default()).await.unwrap();
+    assert!(!pending.is_empty(), "f is not here yet");
+    let (engine, f, g) = (&p.engine, ("f", &root[..]), ("g", &root[..]));
+    tokio::task::block_in_place(|| {
+        // From the transfer in progress: the asker furthest behind.
+        assert_eq!(
+            first_served(engine, &engine.peer_uplink, f, 60_000, 100),
+            100
+        );
+        // From the file held whole: the first come.
+        assert_eq!(first_served(engine, &engine.uplink, g, 60_000, 100), 60_000);
+    });
+    p.engine.wait(pending).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refresh_learns_what_each_node_has_of_one_version() {
     let hub = Hub::new();

@@ -212,6 +212,11 @@ impl Uplink {
     }
 
     #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.slots.lock().unwrap().waiting.len()
+    }
+
+    #[cfg(test)]
     fn used(&self) -> usize {
         self.slots.lock().unwrap().used
     }

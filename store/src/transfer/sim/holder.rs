@@ -253,24 +253,14 @@ impl Sim<'_> {
         self.conns[c as usize].has_slot = false;
         let q = self.conns[c as usize].from as usize;
         self.slots_used[q] -= 1;
-        // The answer to the asker furthest behind first, then the one that
-        // came first, as `Uplink::take` chooses.
-        let wait = &mut self.slot_wait[q];
-        wait.retain(|w| self.conns[*w as usize].pending.is_some());
-        let rank = |w: &u32| {
-            let s = self.conns[*w as usize].pending.as_ref();
-            s.map_or(u16::MAX, |s| s.req.asker.progress.unwrap_or(u16::MAX))
-        };
-        let Some(at) = (0..wait.len()).min_by_key(|&i| (rank(&wait[i]), i)) else {
+        while let Some(w) = self.slot_wait[q].pop_front() {
+            let Some(s) = self.conns[w as usize].pending.take() else {
+                continue;
+            };
+            self.slots_used[q] += 1;
+            self.give_slot(w, s.k);
+            self.begin_send(w, s);
             return;
-        };
-        let w = wait.remove(at).expect("a waiter");
-        let s = self.conns[w as usize]
-            .pending
-            .take()
-            .expect("a waiter has an answer");
-        self.slots_used[q] += 1;
-        self.give_slot(w, s.k);
-        self.begin_send(w, s);
+        }
     }
 }

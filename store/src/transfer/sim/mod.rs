@@ -20,7 +20,8 @@
 //!   sending is a flow; a miss is answered at once and costs no bandwidth.
 //!   A complete holder sends at most `Tuning::send_slots` answers at a
 //!   time, the others waiting their turn, as the data channel's server
-//!   does (`uplink.rs`).
+//!   does (`uplink.rs`). A puller's own send slots (and its answers to the
+//!   furthest behind first) are not modelled: its answers all go at once.
 //! - A flow is limited by the sender's uplink, the receiver's downlink and
 //!   the site link it crosses (one per direction). Rates are max-min fair
 //!   per link, lazily: when a flow starts or ends, each of its links is
