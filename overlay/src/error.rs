@@ -45,6 +45,10 @@ pub enum Error {
     /// A request straight to one peer failed on the way.
     #[error("{peer}: {reason}")]
     Peer { peer: String, reason: String },
+    /// A request straight to one peer was on a connection that closed
+    /// before the answer came (the other node may not have seen it).
+    #[error("{0}: the connection closed before an answer came")]
+    Closed(String),
     /// A relay answered without an outcome for this target.
     #[error("no answer")]
     NoAnswer,

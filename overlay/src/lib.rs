@@ -296,6 +296,13 @@ impl Overlay {
         // from the holder over the mesh connection for 5 s.
         let mut wait = Duration::from_millis(20);
         let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        // When two nodes dial each other at once (a swarm's start: every
+        // puller asks every other for a grant), each side keeps one of the
+        // two connections, and a request on the one closed fails. Once
+        // more, then, on the one kept (or a new one). Direct requests only
+        // read (a chunk, a have-bitfield) or hand out a grant, which
+        // expires unused: asking twice is harmless.
+        let mut again = true;
         loop {
             let r = self
                 .ask(|reply| net::Cmd::Direct {
@@ -309,6 +316,7 @@ impl Overlay {
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_millis(500));
                 }
+                Err(Error::Closed(_)) if std::mem::take(&mut again) => {}
                 r => return r,
             }
         }
@@ -347,4 +355,83 @@ pub async fn resolve(target: &str, default_port: u16) -> Result<Multiaddr> {
         .find(|a| a.is_ipv4())
         .ok_or_else(|| Error::Dial(format!("cannot resolve {target}: no IPv4 address")))?;
     Ok(net::listen_addr(sa.ip(), sa.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn node(name: &str, degree: usize, peers: Vec<Multiaddr>) -> Overlay {
+        let tuning = Tuning {
+            // Transient connections go soon, so each round dials anew.
+            transient_idle: Duration::from_millis(100),
+            ..Tuning::default()
+        };
+        let (overlay, mut inbound) = start(Config {
+            name: name.into(),
+            context: "mm".into(),
+            listen_ip: "127.0.0.1".parse().unwrap(),
+            port: 0,
+            degree,
+            keypair: Keypair::generate_ed25519(),
+            psk: None,
+            peers,
+            mdns: false,
+            loopback_only: true,
+            tuning,
+        })
+        .await
+        .unwrap();
+        // Echoes every request.
+        tokio::spawn(async move {
+            while let Some(r) = inbound.recv().await {
+                let _ = r.reply.send(Ok(r.body));
+            }
+        });
+        overlay
+    }
+
+    async fn wait_for(what: &str, mut ok: impl AsyncFnMut() -> bool) {
+        for _ in 0..300 {
+            if ok().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("not in 6 s: {what}");
+    }
+
+    /// Two nodes that are not peers ask each other something at the same
+    /// moment, as every puller of a swarm asks every other for a grant:
+    /// both dial, each side keeps one of the two connections, and a
+    /// request on the one closed used to fail ("Connection was closed
+    /// before a response was received"), costing a swarm a source at its
+    /// start.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_that_dial_each_other_at_once_both_get_their_answers() {
+        let hub = node("hub", 2, vec![]).await;
+        let at = hub.snapshot().await.unwrap().listen[0]
+            .parse::<Multiaddr>()
+            .unwrap();
+        let a = node("a", 1, vec![at.clone()]).await;
+        let b = node("b", 1, vec![at]).await;
+        for x in [&a, &b] {
+            wait_for("a and b know each other", async || {
+                x.snapshot().await.unwrap().nodes.len() == 3
+            })
+            .await;
+        }
+        for round in 0..12u8 {
+            for x in [&a, &b] {
+                wait_for("no connection between a and b", async || {
+                    let direct = x.snapshot().await.unwrap().direct;
+                    !direct.iter().any(|n| n == "a" || n == "b")
+                })
+                .await;
+            }
+            let (to_b, to_a) = tokio::join!(a.direct("b", vec![round]), b.direct("a", vec![round]));
+            assert_eq!(to_b.unwrap(), [round], "a's request, round {round}");
+            assert_eq!(to_a.unwrap(), [round], "b's request, round {round}");
+        }
+    }
 }

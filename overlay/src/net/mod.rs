@@ -802,10 +802,16 @@ impl EventLoop {
             }) => {
                 self.transient.settled(&peer, Instant::now());
                 if let Some(r) = self.routes.direct_out.remove(&request_id) {
-                    let _ = r.send(Err(Error::Peer {
-                        peer: self.label(&peer),
-                        reason: error.to_string(),
-                    }));
+                    let failed = match error {
+                        request_response::OutboundFailure::ConnectionClosed => {
+                            Error::Closed(self.label(&peer))
+                        }
+                        e => Error::Peer {
+                            peer: self.label(&peer),
+                            reason: e.to_string(),
+                        },
+                    };
+                    let _ = r.send(Err(failed));
                 }
             }
             BehaviourEvent::Bulk(request_response::Event::InboundFailure {
