@@ -189,6 +189,40 @@ pub(super) fn fmt_err(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Whether a failed handshake was cut short by the other end (it reset or
+/// closed the connection): what a member's own aborted dial looks like to
+/// the node it dialled (the two dialled each other at once and one
+/// connection was dropped, or the dialler gave up). A node with another
+/// cluster key gets further: its bytes arrive, and do not decode.
+pub(super) fn cut_short(e: &(dyn std::error::Error + 'static)) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    let mut at = Some(e);
+    while let Some(x) = at {
+        // Two of libp2p's layers hold the I/O error without giving it as
+        // their source: the cluster key's and Noise's.
+        let io = x.downcast_ref::<std::io::Error>().or_else(|| {
+            match x.downcast_ref::<libp2p::pnet::PnetError>() {
+                Some(libp2p::pnet::PnetError::HandshakeError(io))
+                | Some(libp2p::pnet::PnetError::IoError(io)) => Some(io),
+                None => match x.downcast_ref::<libp2p::noise::Error>() {
+                    Some(libp2p::noise::Error::Io(io)) => Some(io),
+                    _ => None,
+                },
+            }
+        });
+        if io.is_some_and(|io| {
+            matches!(
+                io.kind(),
+                ConnectionReset | BrokenPipe | UnexpectedEof | ConnectionAborted
+            )
+        }) {
+            return true;
+        }
+        at = x.source();
+    }
+    false
+}
+
 pub(crate) fn listen_addr(ip: IpAddr, port: u16) -> Multiaddr {
     let mut a = Multiaddr::empty();
     a.push(match ip {
@@ -197,4 +231,53 @@ pub(crate) fn listen_addr(ip: IpAddr, port: u16) -> Multiaddr {
     });
     a.push(Protocol::Tcp(port));
     a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Error as IoError, ErrorKind};
+
+    /// A layer of a handshake's error, as libp2p nests them.
+    #[derive(Debug)]
+    struct Layer(IoError);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("Handshake failed")
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_handshake_the_other_end_cut_short_is_told_from_one_that_did_not_decode() {
+        for kind in [
+            ErrorKind::ConnectionReset,
+            ErrorKind::BrokenPipe,
+            ErrorKind::UnexpectedEof,
+        ] {
+            assert!(cut_short(&Layer(IoError::from(kind))), "{kind:?}");
+        }
+        // What a node with another cluster key gets: garbage.
+        let garbage = Layer(IoError::new(
+            ErrorKind::InvalidData,
+            "Maximum frame length exceeded",
+        ));
+        assert!(!cut_short(&garbage));
+        assert!(!cut_short(&IoError::from(ErrorKind::TimedOut)));
+        // The cluster key's layer holds its error without giving it as a
+        // source.
+        let pnet =
+            libp2p::pnet::PnetError::HandshakeError(IoError::from(ErrorKind::ConnectionReset));
+        assert!(std::error::Error::source(&pnet).is_none());
+        assert!(cut_short(&pnet));
+        let noise = libp2p::noise::Error::Io(IoError::from(ErrorKind::BrokenPipe));
+        assert!(cut_short(&noise));
+        assert!(!cut_short(&libp2p::noise::Error::BadSignature));
+    }
 }

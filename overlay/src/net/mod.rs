@@ -659,6 +659,12 @@ impl EventLoop {
                     debug!("refused inbound from {send_back_addr}: {text}");
                     return;
                 }
+                // Not a key mismatch: 1-4 such lines per node at a
+                // 15-puller swarm's start, all from members.
+                if behaviour::cut_short(&error) {
+                    debug!("inbound handshake from {send_back_addr} cut short by the other end: {text}");
+                    return;
+                }
                 // Once a minute per address at most: a stranger (or a node
                 // with another key) retrying would fill the log otherwise.
                 let Some(more) = self.quiet.allow(&send_back_addr, Instant::now()) else {
