@@ -150,7 +150,8 @@ impl Engine {
                     std::io::Error::from_raw_os_error(rc),
                 ));
             }
-            let direct = open_direct(&files, &part, &f, libc::O_WRONLY).map(|file| Direct {
+            // Read too: other pullers' chunks are read through it.
+            let direct = open_direct(&files, &part, &f, libc::O_RDWR).map(|file| Direct {
                 file,
                 on: AtomicBool::new(true),
             });
@@ -163,8 +164,9 @@ impl Engine {
     }
 
     /// Appends `len` bytes of a transfer's partial file from `off` to
-    /// `buf` (to serve it), past the page cache where it can (the file is written that
-    /// way: see [`super::recent`]).
+    /// `buf` (to serve it), past the page cache where it can (the file is
+    /// written that way: see [`super::recent`]): through the descriptors
+    /// the pull opened, once it has, else by name.
     pub(super) fn read_partial(
         &self,
         job: &Job,
@@ -175,6 +177,18 @@ impl Engine {
         let aligned = off.is_multiple_of(ALIGN as u64)
             && len.is_multiple_of(ALIGN)
             && (buf.spare().as_ptr() as usize).is_multiple_of(ALIGN);
+        if let Some(p) = job.open.get() {
+            if let Some(d) = p.direct.as_ref().filter(|_| aligned) {
+                match buf.read_at(&d.file, off, len) {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                    Err(e) => return Err(Error::io("reading", &job.tmp, e)),
+                }
+            }
+            return buf
+                .read_at(&p.file, off, len)
+                .map_err(|e| Error::io("reading", &job.tmp, e));
+        }
         let part = partial_name(&job.tmp);
         if aligned {
             let direct = self

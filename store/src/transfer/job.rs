@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
@@ -115,6 +115,10 @@ pub(super) struct Job {
     pub(super) write_lock: Mutex<()>,
     /// Chunks written lately, to serve other pullers from memory.
     pub(super) recent: Mutex<super::recent::Recent>,
+    /// The partial file as the pull opened it, once it has: other pullers'
+    /// chunks are read through it, which costs no open per answer and
+    /// still reads the file once `finish` has moved it to its name.
+    pub(super) open: std::sync::OnceLock<Arc<super::durable::Partial>>,
     pub(super) done: watch::Sender<Option<Result<()>>>,
 }
 
@@ -222,6 +226,7 @@ impl Job {
             persist_lock: tokio::sync::Mutex::new(false),
             write_lock: Mutex::new(()),
             recent: Mutex::new(Default::default()),
+            open: std::sync::OnceLock::new(),
             done,
         };
         (job, rx)

@@ -174,10 +174,12 @@ impl Pull {
             let known = rtts(&engine, st.sources.keys());
             st.refresh_peers(seed, &Hints::default(), offered, &engine.tuning, &known);
         }
+        let partial = Arc::new(partial);
+        let _ = job.open.set(partial.clone());
         Pull {
             engine,
             job,
-            partial: Arc::new(partial),
+            partial,
             slot: Some(slot),
             inflight: HashMap::new(),
             writing: HashSet::new(),

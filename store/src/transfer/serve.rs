@@ -120,17 +120,13 @@ impl Engine {
                 }
             }
             let (off, len) = j.manifest.run_range(index, k);
-            match self.read_partial(&j, off, len as usize, buf) {
-                Ok(()) => return Ok(()),
-                // The transfer may have just ended: its file is in place
-                // under its name, and the job not yet gone. Then the
-                // chunk is read from there, as from any file held whole;
-                // the asker is not failed for it.
-                Err(e) if self.local.chunk_source(name, root, index).is_ok() => {
-                    tracing::debug!("{name}: {e}; the transfer has ended, reading the file");
-                }
-                Err(e) => return Err(e.into()),
-            }
+            // Through the pull's own descriptor: the transfer may have
+            // just ended, its file moved to its name and the job not yet
+            // gone (by name, such a read failed, and the asker counted it
+            // against a live source).
+            return self
+                .read_partial(&j, off, len as usize, buf)
+                .map_err(Into::into);
         }
         // Only a request this node can answer from its file enters the
         // ledger.

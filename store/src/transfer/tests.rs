@@ -916,7 +916,7 @@ async fn a_refresh_learns_what_each_node_has_of_one_version() {
 /// its name, the job not yet gone) is read from the file in place: once,
 /// the asker got "no such file" and counted it against a live source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_chunk_asked_for_as_the_transfer_ends_is_read_from_the_file_in_place() {
+async fn a_chunk_asked_for_as_the_transfer_ends_is_read_from_the_moved_file() {
     let hub = Hub::new();
     let h = node(&hub, "h");
     let data = content(16 * CHUNK_SIZE as usize, 9);
@@ -934,14 +934,14 @@ async fn a_chunk_asked_for_as_the_transfer_ends_is_read_from_the_file_in_place()
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     // The end of the transfer, as `finish` leaves it for a moment: the
-    // whole file in place (and its manifest remembered), no partial file,
-    // the job still registered.
-    p.put("f", &data);
-    assert_eq!(p.local.manifest("f").unwrap().unwrap().root, root);
+    // partial file moved (here out of reach: nothing by name serves it,
+    // as before its manifest is remembered), the job still registered.
+    let away = tempfile::tempdir().unwrap();
     let partials = p.local.files.root().join(".mm-partial");
     for e in std::fs::read_dir(&partials).unwrap() {
-        std::fs::remove_file(e.unwrap().path()).unwrap();
+        std::fs::rename(e.unwrap().path(), away.path().join("f")).unwrap();
     }
+    assert!(p.local.chunk_source("f", &root, have).is_err());
     let got = tokio::task::block_in_place(|| p.engine.read_chunks("q", "f", &root, have, 1));
     let got = got.unwrap_or_else(|e| panic!("chunk {have}: {e:?}"));
     let at = have * CHUNK_SIZE as usize;
