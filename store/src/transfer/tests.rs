@@ -762,25 +762,34 @@ async fn a_holder_sends_its_whole_files_answers_a_few_at_a_time() {
     assert!(h.engine.send_slot("g", &root, None).held());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_puller_sends_to_other_pullers_a_few_answers_at_a_time() {
-    let hub = Hub::new();
-    let h = node(&hub, "h");
+/// A node `p` pulling `f` (held back at its holder `h`, so it is still
+/// coming) and holding `g` whole (the same bytes), tuned so: h, p, f's
+/// root, and the transfer to wait for.
+async fn pulling_f_holding_g(
+    hub: &Arc<Hub>,
+    tuning: Tuning,
+) -> (TestNode, TestNode, Vec<u8>, Vec<Pending>) {
+    let h = node(hub, "h");
     let data = file();
     h.put("f", &data);
-    // Slow enough that the transfer is still running when asked.
-    uplink(&hub, "h", 100);
+    uplink(hub, "h", 100);
     let root = h.local.manifest("f").unwrap().unwrap().root;
+    let p = node_tuning(hub, "p", tuning);
+    p.put("g", &data);
+    let pending = p.engine.get("f", &Select::default()).await.unwrap();
+    assert!(!pending.is_empty(), "f is not here yet");
+    (h, p, root, pending)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_sends_to_other_pullers_a_few_answers_at_a_time() {
     let one = Tuning {
         send_slots: 4,
         peer_send_slots: 1,
         slot_patience: Duration::from_millis(50),
         ..fast()
     };
-    let p = node_tuning(&hub, "p", one);
-    p.put("g", &data);
-    let pending = p.engine.get("f", &Select::default()).await.unwrap();
-    assert!(!pending.is_empty(), "f is not here yet");
+    let (_h, p, root, pending) = pulling_f_holding_g(&Hub::new(), one).await;
     // An answer of f, from the transfer in progress: the one peer slot.
     let first = tokio::task::block_in_place(|| p.engine.send_slot("f", &root, None));
     assert!(first.held() && first.busy());
@@ -843,23 +852,13 @@ fn first_served(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_puller_answers_the_puller_furthest_behind_first_a_holder_in_turn() {
-    let hub = Hub::new();
-    let h = node(&hub, "h");
-    let data = file();
-    h.put("f", &data);
-    // Slow enough that the transfer is still running when asked.
-    uplink(&hub, "h", 100);
-    let root = h.local.manifest("f").unwrap().unwrap().root;
     let one = Tuning {
         send_slots: 1,
         peer_send_slots: 1,
         slot_patience: Duration::from_secs(30),
         ..fast()
     };
-    let p = node_tuning(&hub, "p", one);
-    p.put("g", &data);
-    let pending = p.engine.get("f", &Select::default()).await.unwrap();
-    assert!(!pending.is_empty(), "f is not here yet");
+    let (_h, p, root, pending) = pulling_f_holding_g(&Hub::new(), one).await;
     let (engine, f, g) = (&p.engine, ("f", &root[..]), ("g", &root[..]));
     tokio::task::block_in_place(|| {
         // From the transfer in progress: the asker furthest behind.
