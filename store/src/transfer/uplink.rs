@@ -13,7 +13,7 @@
 //! receiver (whose downlink other senders share, in a swarm), not by this
 //! uplink, and keeping its slot would leave the uplink idle.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,16 +33,28 @@ pub(super) struct Uplink {
     /// the uplink's rate is known, and if it is slow.
     hold_most: Duration,
     slots: Mutex<Slots>,
-    freed: Condvar,
     rate: Mutex<Rate>,
 }
 
-/// Slots taken, and the answers waiting for one, by rank then arrival.
+/// Slots taken, and the answers waiting for one, by rank then arrival,
+/// each woken on its own: a freed slot wakes only the first in line (a
+/// holder has hundreds of connections waiting at a big swarm's start).
 #[derive(Default)]
 struct Slots {
     used: usize,
-    waiting: BTreeSet<(u16, u64)>,
+    waiting: BTreeMap<(u16, u64), Arc<Condvar>>,
     arrived: u64,
+}
+
+impl Slots {
+    /// Wakes the first in line if a slot is free for it.
+    fn wake_first(&self, max: usize) {
+        if self.used < max {
+            if let Some((_, first)) = self.waiting.first_key_value() {
+                first.notify_one();
+            }
+        }
+    }
 }
 
 /// Bytes sent in the current window, and the best rate seen.
@@ -133,8 +145,7 @@ impl SendSlot {
             if let Some(up) = &self.up {
                 let mut slots = up.slots.lock().unwrap_or_else(|e| e.into_inner());
                 slots.used -= 1;
-                // Every waiter looks: only the first in rank may take it.
-                up.freed.notify_all();
+                slots.wake_first(up.max);
             }
         }
     }
@@ -146,7 +157,6 @@ impl Uplink {
             max,
             hold_most,
             slots: Mutex::new(Slots::default()),
-            freed: Condvar::new(),
             rate: Mutex::new(Rate {
                 since: Instant::now(),
                 bytes: 0,
@@ -175,27 +185,29 @@ impl Uplink {
         }
         let me = (rank, slots.arrived);
         slots.arrived += 1;
-        slots.waiting.insert(me);
+        let woken = Arc::new(Condvar::new());
+        slots.waiting.insert(me, woken.clone());
         loop {
-            if slots.used < self.max && slots.waiting.first() == Some(&me) {
+            let first = slots.waiting.first_key_value().map(|(k, _)| *k);
+            if slots.used < self.max && first == Some(me) {
                 slots.waiting.remove(&me);
-                if slots.used + 1 < self.max && !slots.waiting.is_empty() {
-                    self.freed.notify_all();
-                }
-                return self.given(&mut slots);
+                let slot = self.given(&mut slots);
+                // Another slot may be free for the next in line.
+                slots.wake_first(self.max);
+                return slot;
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 slots.waiting.remove(&me);
-                // The first in rank may be another now.
-                self.freed.notify_all();
+                // The first in line may be another now.
+                slots.wake_first(self.max);
                 return SendSlot {
                     up: Some(self.clone()),
                     held: false,
                     busy: true,
                 };
             }
-            slots = match self.freed.wait_timeout(slots, left) {
+            slots = match woken.wait_timeout(slots, left) {
                 Ok((g, _)) => g,
                 Err(e) => e.into_inner().0,
             };
@@ -242,10 +254,13 @@ mod tests {
             Arc::new(AtomicUsize::new(0)),
         );
         let threads: Vec<_> = (0..12)
-            .map(|_| {
+            .map(|i| {
                 let (up, now, most, done) = (up.clone(), now.clone(), most.clone(), done.clone());
                 std::thread::spawn(move || {
-                    let _slot = up.take(Duration::from_secs(60), 0);
+                    // Ranks of every kind in line: each freed slot wakes
+                    // only the first, and none is left waiting.
+                    let slot = up.take(Duration::from_secs(60), (i * 7 % 5) as u16);
+                    assert!(slot.held(), "waited until a slot was free");
                     let n = now.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(n, Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(5));
