@@ -45,10 +45,11 @@ pub enum Error {
     /// A request straight to one peer failed on the way.
     #[error("{peer}: {reason}")]
     Peer { peer: String, reason: String },
-    /// A request straight to one peer was on a connection that closed
-    /// before the answer came (the other node may not have seen it).
-    #[error("{0}: the connection closed before an answer came")]
-    Closed(String),
+    /// A request straight to one peer found no connection to carry it to
+    /// its answer: the connection it was on closed first (the other node
+    /// may or may not have seen it), or the one dialled for it failed.
+    #[error("{peer}: {reason}")]
+    Unanswered { peer: String, reason: String },
     /// A relay answered without an outcome for this target.
     #[error("no answer")]
     NoAnswer,

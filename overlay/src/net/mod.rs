@@ -808,14 +808,11 @@ impl EventLoop {
             }) => {
                 self.transient.settled(&peer, Instant::now());
                 if let Some(r) = self.routes.direct_out.remove(&request_id) {
+                    use request_response::OutboundFailure as F;
+                    let (peer, reason) = (self.label(&peer), error.to_string());
                     let failed = match error {
-                        request_response::OutboundFailure::ConnectionClosed => {
-                            Error::Closed(self.label(&peer))
-                        }
-                        e => Error::Peer {
-                            peer: self.label(&peer),
-                            reason: e.to_string(),
-                        },
+                        F::ConnectionClosed | F::DialFailure => Error::Unanswered { peer, reason },
+                        _ => Error::Peer { peer, reason },
                     };
                     let _ = r.send(Err(failed));
                 }

@@ -438,12 +438,22 @@ impl EventLoop {
         let fresh = !self.conns.contains_key(&p)
             && !self.dials.pending.values().any(|(q, _)| *q == Some(p));
         self.transient.sent(p, fresh, Instant::now());
-        // request_response dials by itself when not connected; give the
-        // swarm the addresses the node announced.
+        // request_response dials by itself when not connected, from the
+        // listening port; when the other node dials back at that moment
+        // (a swarm's start), the two SYNs between the two listening ports
+        // make one TCP connection that both ends open as the dialler, and
+        // its handshake fails on both. So a dial of its own first, from a
+        // new port, which request_response's then waits for.
         if !self.connected.contains(&p) {
-            for a in self.addrs_of(&p) {
-                self.swarm.add_peer_address(p, a);
+            let addrs = self.addrs_of(&p);
+            for a in &addrs {
+                self.swarm.add_peer_address(p, a.clone());
             }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(p)
+                .addresses(addrs)
+                .allocate_new_port()
+                .build();
+            let _ = self.swarm.dial(opts);
         }
         let rid = self
             .swarm
