@@ -198,6 +198,15 @@ pub(super) fn cut_short(e: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let mut at = Some(e);
     while let Some(x) = at {
+        // The stream ended while the protocols were being agreed
+        // (multistream says so for an end of file; garbage is a protocol
+        // error).
+        if matches!(
+            x.downcast_ref::<libp2p::core::upgrade::NegotiationError>(),
+            Some(libp2p::core::upgrade::NegotiationError::Failed)
+        ) {
+            return true;
+        }
         // Two of libp2p's layers hold the I/O error without giving it as
         // their source: the cluster key's and Noise's.
         let io = x.downcast_ref::<std::io::Error>().or_else(|| {
@@ -217,6 +226,13 @@ pub(super) fn cut_short(e: &(dyn std::error::Error + 'static)) -> bool {
             )
         }) {
             return true;
+        }
+        // An I/O error around another error gives that error's source as
+        // its own, skipping the error itself: look inside.
+        if let Some(inner) = io.and_then(|io| io.get_ref()) {
+            if cut_short(inner) {
+                return true;
+            }
         }
         at = x.source();
     }
@@ -279,5 +295,18 @@ mod tests {
         let noise = libp2p::noise::Error::Io(IoError::from(ErrorKind::BrokenPipe));
         assert!(cut_short(&noise));
         assert!(!cut_short(&libp2p::noise::Error::BadSignature));
+        // The cluster key's layer inside an I/O error of the transport.
+        let wrapped = IoError::other(libp2p::pnet::PnetError::HandshakeError(IoError::from(
+            ErrorKind::ConnectionReset,
+        )));
+        assert!(cut_short(&Layer(wrapped)));
+        // The stream ended while the protocols were being agreed.
+        let ended = || libp2p::core::upgrade::NegotiationError::Failed;
+        assert!(cut_short(&Layer(IoError::other(ended()))));
+        assert!(cut_short(&ended()));
+        let garbage = libp2p::core::upgrade::NegotiationError::ProtocolError(
+            libp2p::core::upgrade::ProtocolError::InvalidMessage,
+        );
+        assert!(!cut_short(&Layer(IoError::other(garbage))));
     }
 }
