@@ -177,34 +177,36 @@ impl Engine {
         let aligned = off.is_multiple_of(ALIGN as u64)
             && len.is_multiple_of(ALIGN)
             && (buf.spare().as_ptr() as usize).is_multiple_of(ALIGN);
-        if let Some(p) = job.open.get() {
-            if let Some(d) = p.direct.as_ref().filter(|_| aligned) {
-                match buf.read_at(&d.file, off, len) {
-                    Ok(()) => return Ok(()),
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    Err(e) => return Err(Error::io("reading", &job.tmp, e)),
-                }
-            }
-            return buf
-                .read_at(&p.file, off, len)
-                .map_err(|e| Error::io("reading", &job.tmp, e));
-        }
+        let open = job.open.get();
         let part = partial_name(&job.tmp);
-        if aligned {
-            let direct = self
-                .files()
-                .open_partial(&part, libc::O_RDONLY | libc::O_DIRECT, false);
-            if let Ok(f) = direct {
-                match buf.read_at(&f, off, len) {
-                    Ok(()) => return Ok(()),
-                    // Alignment rules of its own: the ordinary way.
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                    Err(e) => return Err(Error::io("reading", &job.tmp, e)),
-                }
+        let by_name = |flags| self.files().open_partial(&part, flags, false);
+        // Past the page cache first, where the read allows it.
+        let direct_by_name;
+        let direct = match open {
+            Some(p) => p.direct.as_ref().map(|d| &d.file),
+            None if aligned => {
+                direct_by_name = by_name(libc::O_RDONLY | libc::O_DIRECT).ok();
+                direct_by_name.as_ref()
+            }
+            None => None,
+        };
+        if let Some(f) = direct.filter(|_| aligned) {
+            match buf.read_at(f, off, len) {
+                Ok(()) => return Ok(()),
+                // Alignment rules of its own: the ordinary way.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                Err(e) => return Err(Error::io("reading", &job.tmp, e)),
             }
         }
-        let f = self.files().open_partial(&part, libc::O_RDONLY, false)?;
-        buf.read_at(&f, off, len)
+        let plain_by_name;
+        let plain = match open {
+            Some(p) => &*p.file,
+            None => {
+                plain_by_name = by_name(libc::O_RDONLY)?;
+                &plain_by_name
+            }
+        };
+        buf.read_at(plain, off, len)
             .map_err(|e| Error::io("reading", &job.tmp, e))
     }
 
