@@ -279,6 +279,43 @@ fn same_name_conflict_fails_and_writes_nothing() {
     assert!(here.contains("already here"), "{here}");
 }
 
+/// Right after `mesh wait`, the node that waited sees the whole line, but a
+/// node far along it may still know only its neighbours: it once said that
+/// no node held a file that the node at the other end held.
+#[test]
+fn a_get_sent_down_a_young_line_finds_the_holder_at_its_far_end() {
+    let key = common::cluster_key().display().to_string();
+    let mut line: Vec<Node> = Vec::new();
+    for i in 1..=4 {
+        let mut args = vec!["--psk-file", key.as_str(), "--degree", "1"];
+        let prev = line.last().map(|n| n.addr());
+        if let Some(p) = &prev {
+            args.extend(["--peer", p.as_str()]);
+        }
+        line.push(Node::local(&format!("n{i}"), &args));
+    }
+    line[0].mm(&["mesh", "wait", "4"]);
+    let data = content(3 << 20, 7);
+    put(&line[0], "far.img", &data, 0o644);
+    let out = line[0].try_mm(&["mesh", "send", "all", "file", "get", "far.img", "wait"]);
+    assert!(out.status.success(), "{out:?}");
+    for (i, n) in line.iter().enumerate().skip(1) {
+        assert!(
+            read(n, "far.img").as_deref() == Some(&data[..]),
+            "n{} lacks it",
+            i + 1
+        );
+    }
+    // A name nobody holds still gets its error, once the view has settled.
+    let out = line[3].try_mm(&["file", "get", "nope.img", "wait"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no node holds it (asked 3 other nodes)"),
+        "{err}"
+    );
+}
+
 /// Chunks of `name` that `holder` has sent, by its own count (`file served`).
 fn holder_sent(holder: &Node, name: &str) -> u64 {
     common::rows(&holder.json(&["file", "served"]))

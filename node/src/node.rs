@@ -54,6 +54,9 @@ pub(crate) const DEFAULT_DEGREE: usize = 3;
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// See [`Node::settle`].
 const STARTUP_GRACE: Duration = Duration::from_secs(5);
+/// How long a node waits, at most, for a young view of the mesh to
+/// settle before it says no node holds a file (see [`Node::get_file`]).
+const VIEW_SETTLE_LIMIT: Duration = Duration::from_secs(15);
 /// What "no time limit" means for a `mesh send`.
 pub(crate) const NO_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
@@ -155,6 +158,45 @@ impl Node {
                 return Ok(s);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The mesh as this node sees it once the view has settled (see
+    /// [`mm_overlay::Snapshot::settled`]), or after
+    /// [`VIEW_SETTLE_LIMIT`] in a mesh that keeps changing.
+    pub(crate) async fn settled_view(&self) -> Result<mm_overlay::Snapshot> {
+        let end = Instant::now() + VIEW_SETTLE_LIMIT;
+        loop {
+            let s = self.overlay.snapshot().await?;
+            if s.settled || Instant::now() >= end {
+                return Ok(s);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts fetching `name` (see [`mm_store::Engine::get`]), asking the
+    /// mesh once more if no node held it while this node's view was
+    /// young. Announcements take seconds to cross a line of nodes: a node
+    /// a few hops from the one that told it to fetch can still know only
+    /// its neighbours, and would say that nobody holds a file that a node
+    /// it has not heard of yet holds. A file that nobody holds costs the
+    /// wait only in a mesh that has just changed.
+    pub(crate) async fn get_file(
+        &self,
+        name: &str,
+        sel: &mm_store::Select,
+    ) -> Result<Vec<mm_store::Pending>> {
+        let asked = self.settle().await?;
+        match self.files.engine.get(name, sel).await {
+            Err(e) if e.is_no_holder() && !asked.settled => {
+                tracing::debug!(
+                    "{name}: {e}, with a young view of the mesh; asking again once it settles"
+                );
+                self.settled_view().await?;
+                Ok(self.files.engine.get(name, sel).await?)
+            }
+            r => Ok(r?),
         }
     }
 

@@ -200,12 +200,9 @@ async fn with_backing(node: &Arc<Node>, name: &str, path: PathBuf) -> Result<Str
 }
 
 async fn fetch(node: &Arc<Node>, name: &str) -> Result<PathBuf> {
-    let engine = &node.files.engine;
-    // Right after start the node may know nobody yet.
-    node.settle().await?;
-    let pending = engine.get(name, &mm_store::Select::default()).await?;
+    let pending = node.get_file(name, &mm_store::Select::default()).await?;
     if !pending.is_empty() {
-        engine.wait(pending).await?;
+        node.files.engine.wait(pending).await?;
     }
     let files = &node.files.local.files;
     if mm_store::files::has_magic(name) {

@@ -84,6 +84,10 @@ pub struct Snapshot {
     pub nodes: BTreeMap<String, NodeView>,
     /// Names claimed by two nodes, as this node or others saw them.
     pub clashes: Vec<ClashView>,
+    /// The reachable set has not changed for the overlay's settle time
+    /// (3 s): long enough for every node's announcement to have arrived.
+    /// A young view can lack nodes far away that other nodes already see.
+    pub settled: bool,
 }
 
 /// A name that two nodes claim, as one node saw it.

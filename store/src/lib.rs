@@ -19,4 +19,6 @@ pub use files::FilesDir;
 pub use local::Local;
 pub use manifest::Manifest;
 pub use meta::Meta;
-pub use transfer::{Asker, Engine, Held, Miss, Net, News, Progress, Reply, Select, Sent, Tuning};
+pub use transfer::{
+    Asker, Engine, Held, Miss, Net, News, Pending, Progress, Reply, Select, Sent, Tuning,
+};

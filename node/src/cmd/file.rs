@@ -133,18 +133,20 @@ async fn get(cx: &Ctx, c: &Call) -> Out {
             )));
         }
     }
-    // Right after start the node may know nobody yet: asking then would
-    // say nobody holds the file.
-    let s = super::mesh::settle(&cx.node).await?;
     if let Some(h) = &sel.from {
-        if *h == s.name {
+        if *h == cx.node.name {
             return Err(Error::Usage(format!("{h} is this node")));
+        }
+        // A node far along a line may not have heard of it yet.
+        let mut s = super::mesh::settle(&cx.node).await?;
+        if !s.nodes.contains_key(h) && !s.settled {
+            s = cx.node.settled_view().await?;
         }
         if !s.nodes.contains_key(h) {
             return Err(mm_overlay::Error::NoSuchHost(h.clone()).into());
         }
     }
-    let pending = engine.get(name, &sel).await?;
+    let pending = cx.node.get_file(name, &sel).await?;
     if pending.is_empty() {
         return cx.one(Response::text(cx.me(), format!("{name}: already here")));
     }

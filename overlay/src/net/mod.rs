@@ -441,6 +441,18 @@ impl EventLoop {
         }
     }
 
+    /// Whether the reachable set has stayed as it is for the settle time.
+    /// `component` is brought up to date only once a tick, so a change
+    /// since then counts too.
+    fn settled(&self, now: Instant) -> bool {
+        if now.duration_since(self.stable_since) < self.cfg.tuning.settle {
+            return false;
+        }
+        let now_reached = self.topo.next_hops(&self.connected);
+        now_reached.len() == self.component.len()
+            && now_reached.keys().all(|p| self.component.contains(p))
+    }
+
     fn snapshot(&self) -> Snapshot {
         let mesh = self.topo.reachable(&self.connected);
         let mut nodes = std::collections::BTreeMap::new();
@@ -483,6 +495,7 @@ impl EventLoop {
             direct,
             nodes,
             clashes: self.clash_views(),
+            settled: self.settled(Instant::now()),
         }
     }
 

@@ -135,10 +135,42 @@ pub(super) fn no_holder(
                 .unwrap_or_default(),
             holders.join(", ")
         ),
-        _ => format!("{pattern}: no node holds it (asked {asked} other nodes)"),
+        _ => format!(
+            "{pattern}: no node holds it (asked {asked} other node{})",
+            if asked == 1 { "" } else { "s" }
+        ),
     };
     if !silent.is_empty() {
         e.push_str(&format!("; no usable answer from {}", silent.join(", ")));
     }
     Error::NoHolder(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_holder_counts_the_nodes_asked_in_words() {
+        let say = |asked| no_holder("a.iso", asked, &Select::default(), &[], &[]).to_string();
+        assert!(
+            say(1).contains("no node holds it (asked 1 other node)"),
+            "{}",
+            say(1)
+        );
+        assert!(say(3).contains("(asked 3 other nodes)"), "{}", say(3));
+        let silent = no_holder(
+            "a.iso",
+            2,
+            &Select::default(),
+            &["h2 (timed out)".into()],
+            &[],
+        );
+        assert!(
+            silent
+                .to_string()
+                .ends_with("; no usable answer from h2 (timed out)"),
+            "{silent}"
+        );
+    }
 }
