@@ -46,7 +46,11 @@ pub struct Tuning {
     /// stream into small packets (about a millisecond of its rate each),
     /// each of which costs both ends. The 15-puller bench sent 7 KiB
     /// packets with no limit, 13 KiB with 2, and used a fifth less CPU per
-    /// GiB. 0: no limit.
+    /// GiB. With 1 (session 19, 6 rounds against 2, alternately): 14-15
+    /// KiB packets against 10-12, 5.61 CPU-s per GiB against 6.21, and
+    /// the last puller done at 1.237 of size/cap against 1.280; one
+    /// stream at the uplink's whole rate is what the hold (see
+    /// `slot_hold`) keeps busy, and two only split it. 0: no limit.
     pub peer_send_slots: usize,
     /// How long an answer waits for a send slot before it goes anyway.
     pub slot_patience: Duration,
@@ -98,7 +102,7 @@ impl Default for Tuning {
             promise: Duration::from_secs(3),
             hold: Duration::from_secs(2),
             send_slots: 32,
-            peer_send_slots: 2,
+            peer_send_slots: 1,
             slot_patience: Duration::from_secs(2),
             slot_hold: Duration::from_millis(100),
             not_yet_wait: Duration::from_millis(150),
