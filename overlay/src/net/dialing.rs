@@ -151,9 +151,7 @@ impl EventLoop {
             v.extend(a.addrs.iter().filter_map(|s| s.parse().ok()));
         }
         v.extend(self.dials.last_addrs.get(p).into_iter().flatten().cloned());
-        v.sort();
-        v.dedup();
-        v
+        dial_set(v)
     }
 
     pub(super) fn dial_peer(&mut self, p: PeerId, reply: Option<DialReply>) {
@@ -226,9 +224,43 @@ impl EventLoop {
     }
 }
 
+/// The addresses to dial a peer at, each once. mDNS gives an address with
+/// the peer's id at its end (`.../p2p/ID`), an announcement the same
+/// address without: libp2p dials every address given at once, so both
+/// were dialled, and the loser's handshake was cut short (about 140 per
+/// 15-puller swarm, each a Noise handshake's CPU on both ends). libp2p
+/// adds the id itself when it dials a peer by id.
+pub(super) fn dial_set(addrs: impl IntoIterator<Item = Multiaddr>) -> Vec<Multiaddr> {
+    let mut v: Vec<Multiaddr> = addrs
+        .into_iter()
+        .map(|mut a| {
+            while matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
+                a.pop();
+            }
+            a
+        })
+        .filter(|a| !a.is_empty())
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_address_with_and_without_the_peer_id_is_dialled_once() {
+        let p = PeerId::random();
+        let bare: Multiaddr = "/ip4/10.0.0.5/tcp/9000".parse().unwrap();
+        let with_id = bare.clone().with(libp2p::multiaddr::Protocol::P2p(p));
+        let other: Multiaddr = "/ip4/10.0.1.5/tcp/9000".parse().unwrap();
+        assert_eq!(
+            dial_set([with_id.clone(), bare.clone(), other.clone(), with_id]),
+            vec![bare, other]
+        );
+    }
 
     #[test]
     fn failed_dials_back_off_longer_each_time_up_to_the_cap() {
