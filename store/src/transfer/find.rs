@@ -135,6 +135,7 @@ pub(super) fn no_holder(
                 .unwrap_or_default(),
             holders.join(", ")
         ),
+        _ if asked == 0 => format!("{pattern}: not here, and no other node is in the mesh"),
         _ => format!(
             "{pattern}: no node holds it (asked {asked} other node{})",
             if asked == 1 { "" } else { "s" }
@@ -159,6 +160,11 @@ mod tests {
             say(1)
         );
         assert!(say(3).contains("(asked 3 other nodes)"), "{}", say(3));
+        assert!(
+            say(0).ends_with("a.iso: not here, and no other node is in the mesh"),
+            "{}",
+            say(0)
+        );
         let silent = no_holder(
             "a.iso",
             2,
