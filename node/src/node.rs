@@ -152,23 +152,27 @@ impl Node {
     /// long, at most [`STARTUP_GRACE`] after the start, rather than find
     /// nobody.
     pub(crate) async fn settle(&self) -> Result<mm_overlay::Snapshot> {
-        loop {
-            let s = self.overlay.snapshot().await?;
-            if !s.others().is_empty() || self.started.elapsed() >= STARTUP_GRACE {
-                return Ok(s);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.view_when(self.started + STARTUP_GRACE, |s| !s.others().is_empty())
+            .await
     }
 
     /// The mesh as this node sees it once the view has settled (see
     /// [`mm_overlay::Snapshot::settled`]), or after
     /// [`VIEW_SETTLE_LIMIT`] in a mesh that keeps changing.
     pub(crate) async fn settled_view(&self) -> Result<mm_overlay::Snapshot> {
-        let end = Instant::now() + VIEW_SETTLE_LIMIT;
+        self.view_when(Instant::now() + VIEW_SETTLE_LIMIT, |s| s.settled)
+            .await
+    }
+
+    /// The mesh as this node sees it once `ready` says so, or at `until`.
+    async fn view_when(
+        &self,
+        until: Instant,
+        ready: impl Fn(&mm_overlay::Snapshot) -> bool,
+    ) -> Result<mm_overlay::Snapshot> {
         loop {
             let s = self.overlay.snapshot().await?;
-            if s.settled || Instant::now() >= end {
+            if ready(&s) || Instant::now() >= until {
                 return Ok(s);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
