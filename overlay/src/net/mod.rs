@@ -260,7 +260,7 @@ impl EventLoop {
         for name in self.topo.expire(now, expire) {
             info!("node {name} left the mesh (silent for {expire:?})");
         }
-        let comp: HashSet<PeerId> = self.topo.next_hops(&self.connected).into_keys().collect();
+        let comp = self.reached();
         if comp != self.component {
             self.component = comp;
             self.stable_since = now;
@@ -413,12 +413,13 @@ impl EventLoop {
     /// `component` is brought up to date only once a tick, so a change
     /// since then counts too.
     fn settled(&self, now: Instant) -> bool {
-        if now.duration_since(self.stable_since) < self.cfg.tuning.settle {
-            return false;
-        }
-        let now_reached = self.topo.next_hops(&self.connected);
-        now_reached.len() == self.component.len()
-            && now_reached.keys().all(|p| self.component.contains(p))
+        now.duration_since(self.stable_since) >= self.cfg.tuning.settle
+            && self.reached() == self.component
+    }
+
+    /// The nodes this one reaches now, directly or over hops.
+    fn reached(&self) -> HashSet<PeerId> {
+        self.topo.next_hops(&self.connected).into_keys().collect()
     }
 
     fn snapshot(&self) -> Snapshot {
