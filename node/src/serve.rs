@@ -131,6 +131,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         &overlay,
         listen,
         opts.data_port,
+        psk.as_ref().map(mm_overlay::psk_bytes),
     )
     .await?;
     // 3. Bridges and taps, then VMs: one QEMU process each, in a

@@ -23,9 +23,9 @@ pub use libp2p::identity::Keypair;
 pub use libp2p::pnet::PreSharedKey;
 pub use libp2p::{multiaddr, Multiaddr};
 use tokio::sync::{mpsc, oneshot};
-pub use transport::{new_psk, parse_psk};
+pub use transport::{new_psk, parse_psk, psk_bytes};
 pub use tuning::Tuning;
-pub use wire::HostStats;
+pub use wire::{DataInfo, HostStats};
 
 pub struct Config {
     pub name: String,
@@ -66,6 +66,7 @@ pub struct NodeView {
     pub keyed: bool,
     pub addrs: Vec<String>,
     pub stats: HostStats,
+    pub data: Option<DataInfo>,
 }
 
 /// This node's view of the mesh at one instant.
@@ -242,6 +243,15 @@ impl Overlay {
     pub async fn set_stats(&self, stats: HostStats) -> Result<()> {
         self.tx
             .send(net::Cmd::SetStats(stats))
+            .await
+            .map_err(|_| Error::Stopped)
+    }
+
+    /// Puts this node's data channel in its announcements (from the next
+    /// one, sent at once), or takes it out.
+    pub async fn set_data(&self, data: Option<DataInfo>) -> Result<()> {
+        self.tx
+            .send(net::Cmd::SetData(data))
             .await
             .map_err(|_| Error::Stopped)
     }

@@ -266,6 +266,7 @@ mod tests {
             peers: peers.to_vec(),
             stats: HostStats::default(),
             clashes: vec![],
+            data: None,
         }
     }
 

@@ -54,6 +54,21 @@ pub fn parse_psk(text: &str) -> crate::Result<PreSharedKey> {
     })
 }
 
+/// The cluster key's 32 bytes, for what else must be keyed by it (the
+/// data channel). libp2p hands them out only in a key file's text.
+pub fn psk_bytes(psk: &PreSharedKey) -> [u8; 32] {
+    let text = psk.to_key_file();
+    let hex = text.lines().nth(2).unwrap_or_default();
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = hex
+            .get(i * 2..i * 2 + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .expect("a key file libp2p wrote holds 64 hex digits");
+    }
+    out
+}
+
 /// A fresh random cluster key, in the `swarm.key` format.
 pub fn new_psk() -> String {
     PreSharedKey::new(rand::random()).to_key_file()
@@ -72,6 +87,8 @@ mod tests {
             a.fingerprint().to_string(),
             parse_psk(&k).unwrap().fingerprint().to_string()
         );
+        let bytes: [u8; 32] = std::array::from_fn(|i| i as u8 * 7);
+        assert_eq!(psk_bytes(&PreSharedKey::new(bytes)), bytes);
         let err = parse_psk("/key/swarm/psk/1.0.0/\n/base16/\nabc\n")
             .unwrap_err()
             .to_string();

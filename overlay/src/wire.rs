@@ -45,6 +45,21 @@ pub struct Announce {
     /// announcements).
     #[serde(default)]
     pub clashes: Vec<(String, String)>,
+    /// Where and how to open a data connection to this node (absent with
+    /// the channel off, and from older builds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<DataInfo>,
+}
+
+/// A node's data channel, as its announcement gives it: the port, and the
+/// static key its keyed handshake proves. The announcement is signed by the
+/// node's identity and only travels inside the mesh (under the cluster key,
+/// if any), so a key found here belongs to a member, and to that member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataInfo {
+    pub port: u16,
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
 }
 
 /// Who sent a routed request, and for whom, signed by its origin and
@@ -254,6 +269,10 @@ mod fuzz {
             peers: vec![p],
             stats: HostStats::default(),
             clashes: vec![("b".into(), p.to_string())],
+            data: Some(DataInfo {
+                port: 9001,
+                key: vec![5; 32],
+            }),
         });
         let direct = encode(&DirectReply {
             result: Ok(ByteBuf(vec![9; 100])),

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::proto::ChunkAnswer;
 use crate::{DataPort, Error, Result};
-use data::{DataClient, DataServer};
+use data::{DataClient, DataServer, Identity, Members};
 use mesh::MeshNet;
 
 pub(crate) struct Files {
@@ -33,17 +33,27 @@ impl Files {
         overlay: &Overlay,
         listen: IpAddr,
         port: DataPort,
+        cluster_key: Option<[u8; 32]>,
     ) -> Result<Files> {
         let files = FilesDir::open(files)?;
         let local = Arc::new(Local::new(files, meta));
+        let identity = Arc::new(Identity::new(cluster_key));
         let engine = Engine::new(
             local.clone(),
             Arc::new(MeshNet {
                 overlay: overlay.clone(),
-                data: Arc::new(DataClient::new(overlay.clone())),
+                data: Arc::new(DataClient::new(overlay.clone(), identity.clone())),
             }),
         );
-        let start = |port| DataServer::start(listen, port, engine.clone());
+        let start = |port| {
+            DataServer::start(
+                listen,
+                port,
+                engine.clone(),
+                identity.clone(),
+                Members::mesh(overlay.clone()),
+            )
+        };
         let data = match port {
             DataPort::Fixed(port) => Some(start(port).await?),
             DataPort::Preferred(port) => match start(port).await {
@@ -56,7 +66,15 @@ impl Files {
             DataPort::Off => None,
         };
         match &data {
-            Some(d) => info!("data channel on port {}", d.port()),
+            Some(d) => {
+                info!("data channel on port {}", d.port());
+                overlay
+                    .set_data(Some(mm_overlay::DataInfo {
+                        port: d.port(),
+                        key: identity.public.to_vec(),
+                    }))
+                    .await?;
+            }
             None => info!("data channel off: chunks travel over the overlay connection"),
         }
         engine.resume();

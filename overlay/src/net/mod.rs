@@ -38,7 +38,7 @@ use transient::Transient;
 
 use crate::degree;
 use crate::topology::Topology;
-use crate::wire::{self, Announce, HostStats};
+use crate::wire::{self, Announce, DataInfo, HostStats};
 use crate::{Answers, Config, Error, Inbound, NodeView, Result, Snapshot};
 
 type DialReply = oneshot::Sender<Result<()>>;
@@ -52,6 +52,7 @@ pub(crate) enum Cmd {
     Snapshot(oneshot::Sender<Snapshot>),
     SetDegree(usize),
     SetStats(HostStats),
+    SetData(Option<DataInfo>),
     DialName(String, DialReply),
     DialAddr(Multiaddr, DialReply),
     Hangup(String, oneshot::Sender<Result<()>>),
@@ -85,6 +86,8 @@ pub(crate) struct EventLoop {
     routes: Routing,
     seq: u64,
     stats: HostStats,
+    /// This node's data channel, for its announcement.
+    data: Option<DataInfo>,
     announce_due: bool,
     /// The peers this node last announced: a change is announced at the
     /// next tick, and only a change.
@@ -126,6 +129,7 @@ impl EventLoop {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             stats: HostStats::default(),
+            data: None,
             announce_due: true,
             announced: Vec::new(),
             component: HashSet::new(),
@@ -220,6 +224,7 @@ impl EventLoop {
                 .recent_clashes()
                 .map(|(n, c)| (n.clone(), c.peer.to_string()))
                 .collect(),
+            data: self.data.clone(),
         }
     }
 
@@ -370,6 +375,10 @@ impl EventLoop {
                 self.announce_due = true;
             }
             Cmd::SetStats(s) => self.stats = s,
+            Cmd::SetData(d) => {
+                self.data = d;
+                self.announce_due = true;
+            }
             Cmd::DialName(name, r) => match self.topo.name_holder(&name) {
                 Some(p) if p == self.me => {
                     let _ = r.send(Err(Error::IsSelf(name)));
@@ -438,6 +447,7 @@ impl EventLoop {
                         keyed: a.keyed,
                         addrs: a.addrs.clone(),
                         stats: a.stats.clone(),
+                        data: a.data.clone(),
                     },
                 );
             }

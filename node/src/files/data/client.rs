@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use super::handshake;
+use super::keyed::Identity;
 use super::reader::FdReader;
 use super::record::{answer, bad};
 use super::*;
@@ -51,6 +52,8 @@ pub(crate) struct DataClient {
     /// Per node: the round trip of its data channel handshake.
     rtts: Mutex<HashMap<String, Duration>>,
     fallback: Fallback,
+    /// This node's static key, for keyed hellos.
+    identity: Arc<Identity>,
 }
 
 /// Why a chunk did not come over the data channel.
@@ -62,9 +65,10 @@ pub(crate) enum DataError {
 }
 
 impl DataClient {
-    pub(crate) fn new(overlay: Overlay) -> DataClient {
+    pub(crate) fn new(overlay: Overlay, identity: Arc<Identity>) -> DataClient {
         DataClient {
             overlay,
+            identity,
             conns: Mutex::new(HashMap::new()),
             rtts: Mutex::new(HashMap::new()),
             fallback: Fallback::default(),
@@ -181,32 +185,17 @@ impl DataClient {
         }
     }
 
-    /// A new connection, or why not.
+    /// A new connection, or why not: with a keyed hello if the node
+    /// announces a key, else (or if that fails) with a grant.
     async fn open(&self, host: &str) -> Result<Conn, Failed> {
-        let body = tokio::time::timeout(
-            GRANT_TIMEOUT,
-            self.overlay.direct(host, wire::encode(&Request::Data)),
-        )
-        .await
-        .map_err(|_| Failed::Unreached(format!("{host} did not grant a data connection in time")))?
-        .map_err(|e| Failed::Unreached(e.to_string()))?;
         let failed = |why: String| Failed::Setup(why, false);
-        let grant = wire::decode::<Option<Grant>>(&body)
-            .map_err(|e| failed(e.to_string()))?
-            .ok_or_else(|| Failed::Setup(format!("{host} grants no data connection"), true))?;
-        if grant.ticket.len() != 16 || grant.key.len() != 32 {
-            return Err(failed(format!(
-                "{host} sent a malformed data channel grant"
-            )));
-        }
         let snap = self
             .overlay
             .snapshot()
             .await
             .map_err(|e| failed(e.to_string()))?;
-        let mut ips: Vec<IpAddr> = snap
-            .nodes
-            .get(host)
+        let node = snap.nodes.get(host);
+        let mut ips: Vec<IpAddr> = node
             .map(|n| n.addrs.iter().filter_map(|a| ip_of(a)).collect())
             .unwrap_or_default();
         ips.sort_unstable();
@@ -216,10 +205,67 @@ impl DataClient {
         if ips.is_empty() {
             return Err(failed(format!("no address known for {host}")));
         }
+        let keyed = node
+            .and_then(|n| n.data.as_ref())
+            .and_then(|d| Some((d.port, <[u8; 32]>::try_from(&d.key[..]).ok()?)));
+        if let Some((port, key)) = keyed {
+            match self
+                .connect(host, &ips, port, || {
+                    handshake::keyed_hello(&self.identity, &key)
+                })
+                .await
+            {
+                Ok(conn) => return Ok(conn),
+                // It may not know this node yet: a grant proves who asks
+                // over the mesh instead.
+                Err(why) => {
+                    debug!("no keyed data connection to {host} ({why}); asking for a grant")
+                }
+            }
+        }
+        let body = tokio::time::timeout(
+            GRANT_TIMEOUT,
+            self.overlay.direct(host, wire::encode(&Request::Data)),
+        )
+        .await
+        .map_err(|_| Failed::Unreached(format!("{host} did not grant a data connection in time")))?
+        .map_err(|e| Failed::Unreached(e.to_string()))?;
+        let grant = wire::decode::<Option<Grant>>(&body)
+            .map_err(|e| failed(e.to_string()))?
+            .ok_or_else(|| Failed::Setup(format!("{host} grants no data connection"), true))?;
+        let secret: [u8; 32] = match (grant.ticket.len(), grant.key[..].try_into()) {
+            (16, Ok(k)) => k,
+            _ => {
+                return Err(failed(format!(
+                    "{host} sent a malformed data channel grant"
+                )))
+            }
+        };
+        self.connect(host, &ips, grant.port, || {
+            let (hs, hello) = handshake::hello(&secret)?;
+            let mut first = grant.ticket.clone();
+            first.extend_from_slice(&(hello.len() as u16).to_be_bytes());
+            first.extend_from_slice(&hello);
+            Ok((hs, first))
+        })
+        .await
+        .map_err(failed)
+    }
+
+    /// A connection to `port` at the first of `ips` that takes the hello
+    /// `hello` makes (one per try), or why none did.
+    async fn connect(
+        &self,
+        host: &str,
+        ips: &[IpAddr],
+        port: u16,
+        hello: impl Fn() -> Result<(snow::HandshakeState, Vec<u8>), snow::Error>,
+    ) -> Result<Conn, String> {
         let mut last = String::new();
         for ip in ips {
-            let addr = SocketAddr::new(ip, grant.port);
-            match tokio::time::timeout(SETUP_TIMEOUT, handshake(addr, &grant)).await {
+            let addr = SocketAddr::new(*ip, port);
+            let (hs, first) = hello().map_err(|e| format!("handshake: {e}"))?;
+            match tokio::time::timeout(SETUP_TIMEOUT, handshake(addr, hs, first)).await {
                 Ok(Ok((conn, rtt))) => {
                     debug!("data connection to {host} at {addr}, round trip {rtt:?}");
                     self.rtts
@@ -232,7 +278,7 @@ impl DataClient {
                 Err(_) => last = format!("{addr}: timed out"),
             }
         }
-        Err(failed(format!("no data connection to {host} ({last})")))
+        Err(format!("no data connection to {host} ({last})"))
     }
 }
 
@@ -264,20 +310,18 @@ pub(crate) fn ip_of(multiaddr: &str) -> Option<IpAddr> {
     }
 }
 
-/// Opens a data connection; returns it with the ticket's round trip.
-async fn handshake(addr: SocketAddr, grant: &Grant) -> std::io::Result<(Conn, Duration)> {
+/// Opens a data connection with the hello `first` (of the handshake `hs`);
+/// returns it with the hello's round trip.
+async fn handshake(
+    addr: SocketAddr,
+    hs: snow::HandshakeState,
+    first: Vec<u8>,
+) -> std::io::Result<(Conn, Duration)> {
     let stream = TcpStream::connect(addr).await?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
-    let secret: [u8; 32] = grant.key[..]
-        .try_into()
-        .map_err(|_| bad("a grant with a key of the wrong size".into()))?;
     let noise = |e: snow::Error| bad(format!("handshake: {e}"));
     let sent = Instant::now();
-    let (hs, hello) = handshake::hello(&secret).map_err(noise)?;
-    let mut first = grant.ticket.clone();
-    first.extend_from_slice(&(hello.len() as u16).to_be_bytes());
-    first.extend_from_slice(&hello);
     wr.write_all(&first).await?;
     let mut len = [0u8; 2];
     rd.read_exact(&mut len).await?;
@@ -452,6 +496,105 @@ impl Fallback {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::files::data::{Identity, Members};
+    use std::sync::atomic::AtomicUsize;
+
+    /// An overlay node on loopback that answers grant requests from
+    /// `server`, counting them.
+    async fn node(
+        name: &str,
+        peers: Vec<mm_overlay::Multiaddr>,
+        server: Option<Arc<super::super::DataServer>>,
+        grants: Arc<AtomicUsize>,
+    ) -> Overlay {
+        let (overlay, mut inbound) = mm_overlay::start(mm_overlay::Config {
+            name: name.into(),
+            context: "mm".into(),
+            listen_ip: "127.0.0.1".parse().unwrap(),
+            port: 0,
+            degree: 1,
+            keypair: mm_overlay::Keypair::generate_ed25519(),
+            psk: None,
+            peers,
+            mdns: false,
+            loopback_only: true,
+            tuning: mm_overlay::Tuning::default(),
+        })
+        .await
+        .unwrap();
+        tokio::spawn(async move {
+            while let Some(r) = inbound.recv().await {
+                let grant = server.as_ref().map(|s| s.grant(&r.from).unwrap());
+                grants.fetch_add(1, Ordering::SeqCst);
+                let _ = r.reply.send(Ok(wire::encode(&grant)));
+            }
+        });
+        overlay
+    }
+
+    /// A holder that knows the puller's key lets it in with a keyed hello
+    /// and no grant; one that does not know it yet (its announcement has
+    /// not arrived) refuses the hello, and the puller gets a grant and its
+    /// connection all the same.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_holder_that_does_not_know_the_puller_yet_is_asked_for_a_grant() {
+        for knows in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let files = mm_store::FilesDir::open(&dir.path().join("files")).unwrap();
+            let meta = mm_store::Meta::open(&dir.path().join("meta.db")).unwrap();
+            let local = Arc::new(mm_store::Local::new(files, meta));
+            let engine = mm_store::Engine::new(local, mm_store::mem::Hub::new().net("h"));
+            let (holder_id, puller_id) =
+                (Arc::new(Identity::new(None)), Arc::new(Identity::new(None)));
+            let members = if knows {
+                HashMap::from([(puller_id.public, "puller".to_string())])
+            } else {
+                HashMap::new()
+            };
+            let server = DataServer::start(
+                "127.0.0.1".parse().unwrap(),
+                0,
+                engine,
+                holder_id.clone(),
+                Members::fixed(members),
+            )
+            .await
+            .unwrap();
+            let grants = Arc::new(AtomicUsize::new(0));
+            let holder = node("holder", vec![], Some(server.clone()), grants.clone()).await;
+            holder
+                .set_data(Some(mm_overlay::DataInfo {
+                    port: server.port(),
+                    key: holder_id.public.to_vec(),
+                }))
+                .await
+                .unwrap();
+            let at = holder.snapshot().await.unwrap().listen[0].parse().unwrap();
+            let puller = node("puller", vec![at], None, Arc::default()).await;
+            let mut seen = false;
+            for _ in 0..300 {
+                let snap = puller.snapshot().await.unwrap();
+                if snap.nodes.get("holder").is_some_and(|n| n.data.is_some()) {
+                    seen = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(seen, "the puller never saw the holder's data key");
+            let client = DataClient::new(puller.clone(), puller_id);
+            // A have poll for a file the holder lacks: its answer (a miss
+            // from the server) comes over a data connection.
+            match client.have("holder", "nothing".into(), vec![1; 32]).await {
+                Err(DataError::Miss(Miss::Failed(e))) => assert!(!e.is_empty()),
+                Err(DataError::Miss(m)) => panic!("no answer from the server: {m:?}"),
+                Err(DataError::Setup) => panic!("no data connection (knows: {knows})"),
+                Ok(_) => panic!("bits for a file the holder lacks"),
+            }
+            assert!(client.rtt("holder").is_some(), "no data connection");
+            let asked = grants.load(Ordering::SeqCst);
+            assert_eq!(asked, usize::from(!knows), "grants asked (knows: {knows})");
+        }
+    }
 
     #[test]
     fn addresses_from_multiaddrs() {

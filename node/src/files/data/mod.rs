@@ -13,9 +13,12 @@
 //! server spends anything, the ticket opens one connection within
 //! [`TICKET_TTL`], and every record is authenticated, so a stranger can
 //! neither read nor inject chunk bytes, nor make the server work. (Content
-//! is verified against the manifest's blake3 hashes on top of that.)
+//! is verified against the manifest's blake3 hashes on top of that.) A
+//! client can skip the grant with a keyed hello (`keyed.rs`): it proves the
+//! static key its node announced in the mesh, and the cluster key.
 //!
-//! Wire: the ticket and the handshake (see `handshake.rs`), then records of
+//! Wire: the ticket and the handshake, or the keyed hello (see
+//! `handshake.rs`), then records of
 //! `[u32 BE length][ciphertext][16-byte tag]`, the length bytes being the
 //! associated data, each direction with its own key (from the handshake)
 //! and a counter nonce. The server's first record is an acknowledgement,
@@ -37,6 +40,7 @@
 
 mod client;
 mod handshake;
+mod keyed;
 mod reader;
 mod record;
 mod server;
@@ -46,6 +50,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use client::{ip_of, DataClient, DataError};
+pub(crate) use keyed::{Identity, Members};
 pub(crate) use server::DataServer;
 
 pub(super) const TICKET_TTL: Duration = Duration::from_secs(30);

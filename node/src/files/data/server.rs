@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, warn};
 
 use super::handshake;
+use super::keyed::{Identity, Members};
 use super::reader::FdReader;
 use super::record::{
     bad, Sealer, KIND_BITS, KIND_CHUNK, KIND_FAILED, KIND_GONE, KIND_NOT_YET, KIND_REDIRECT,
@@ -77,11 +78,20 @@ pub(crate) struct DataServer {
     accepting: Mutex<Option<tokio::task::JoinHandle<()>>>,
     tickets: Mutex<HashMap<[u8; 16], Ticket>>,
     rng: SystemRandom,
+    /// For keyed hellos: this node's static key, and whose keys to take.
+    identity: Arc<Identity>,
+    members: Members,
 }
 
 impl DataServer {
     /// Listens on `ip:port` (0 picks a free port) and serves from `engine`.
-    pub(crate) async fn start(ip: IpAddr, port: u16, engine: Arc<Engine>) -> Result<Arc<Self>> {
+    pub(crate) async fn start(
+        ip: IpAddr,
+        port: u16,
+        engine: Arc<Engine>,
+        identity: Arc<Identity>,
+        members: Members,
+    ) -> Result<Arc<Self>> {
         let listener = TcpListener::bind(SocketAddr::new(ip, port))
             .await
             .map_err(|e| {
@@ -103,6 +113,8 @@ impl DataServer {
             accepting: Mutex::new(None),
             tickets: Mutex::new(HashMap::new()),
             rng: SystemRandom::new(),
+            identity,
+            members,
         });
         let accepting = tokio::spawn(me.clone().accept(listener));
         *me.accepting.lock().unwrap_or_else(|e| e.into_inner()) = Some(accepting);
@@ -131,12 +143,15 @@ impl DataServer {
 
     /// A one-time ticket and key for `host`, to be sent over Noise.
     pub(crate) fn grant(&self, host: &str) -> Result<Grant> {
-        let mut ticket = [0u8; 16];
+        let mut ticket = handshake::MARK;
         let mut secret = [0u8; 32];
-        self.rng
-            .fill(&mut ticket)
-            .and_then(|_| self.rng.fill(&mut secret))
-            .map_err(|_| Error::Refused("no randomness for a data channel key".into()))?;
+        // The mark of a keyed hello is no ticket.
+        while ticket == handshake::MARK {
+            self.rng
+                .fill(&mut ticket)
+                .and_then(|_| self.rng.fill(&mut secret))
+                .map_err(|_| Error::Refused("no randomness for a data channel key".into()))?;
+        }
         let mut tickets = self.tickets();
         tickets.retain(|_, t| t.issued.elapsed() < TICKET_TTL);
         if tickets.len() >= MAX_TICKETS
@@ -196,35 +211,12 @@ impl DataServer {
     ) -> std::io::Result<()> {
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
-        // The ticket and the client's handshake message, in time; nothing
-        // is spent on the connection before they check out.
-        let mut head = [0u8; 18];
-        let hello = tokio::time::timeout(TICKET_WAIT, async {
-            rd.read_exact(&mut head).await?;
-            let len = u16::from_be_bytes([head[16], head[17]]) as usize;
-            if len > handshake::MESSAGE {
-                return Err(bad(format!("a handshake message of {len} bytes")));
-            }
-            let mut msg = vec![0u8; len];
-            rd.read_exact(&mut msg).await?;
-            Ok(msg)
-        })
-        .await
-        .map_err(|_| bad("no ticket and handshake in time".into()))??;
-        let ticket: [u8; 16] = head[..16].try_into().expect("16 bytes");
-        let (secret, host) = self
-            .tickets()
-            .get(&ticket)
-            .filter(|t| t.issued.elapsed() < TICKET_TTL)
-            .map(|t| (t.secret, t.host.clone()))
-            .ok_or_else(|| bad("an unknown or expired ticket".into()))?;
-        let hs = handshake::check(&secret, &hello)
-            .map_err(|_| bad(format!("a handshake for {host} that does not check out")))?;
-        // Proven. The ticket is used up now: a replayed first message finds
-        // it gone.
-        if self.tickets().remove(&ticket).is_none() {
-            return Err(bad("a ticket used meanwhile".into()));
-        }
+        // The ticket (or the mark of a keyed hello) and the client's
+        // handshake message, in time; nothing is spent on the connection
+        // before they check out.
+        let (hs, host) = tokio::time::timeout(TICKET_WAIT, self.prove(&mut rd))
+            .await
+            .map_err(|_| bad("no ticket and handshake in time".into()))??;
         drop(unproven);
         let (Ok(serving), Some(per_node)) = (
             self.serving.clone().try_acquire_owned(),
@@ -239,17 +231,12 @@ impl DataServer {
         let mut first = (reply.len() as u16).to_be_bytes().to_vec();
         first.extend_from_slice(&reply);
         wr.write_all(&first).await?;
-        let t = Ticket {
-            secret,
-            host,
-            issued: Instant::now(),
-        };
         let mut ack = ChunkBuf::with_capacity(4 + ACK.len() + TAG);
         ack.extend_from_slice(&[0u8; 4]);
         ack.extend_from_slice(ACK);
         sealer.seal(&mut ack, 0);
         wr.write_all(&ack).await?;
-        debug!("data connection from {} open", t.host);
+        debug!("data connection from {host} open");
 
         // From here on, one thread per connection with blocking I/O: it
         // reads a request, reads the chunk into its record, seals it and
@@ -264,11 +251,57 @@ impl DataServer {
             .name("mm-data".into())
             .spawn(move || {
                 let _serving = (serving, per_node);
-                if let Err(e) = serve_blocking(&engine, &t.host, stream, opener, sealer) {
-                    debug!("data connection from {}: {e}", t.host);
+                if let Err(e) = serve_blocking(&engine, &host, stream, opener, sealer) {
+                    debug!("data connection from {host}: {e}");
                 }
             })?;
         Ok(())
+    }
+}
+
+impl DataServer {
+    /// Reads the client's ticket and first handshake message, or its keyed
+    /// hello, and checks them: the handshake to answer, and who the client
+    /// is.
+    async fn prove(
+        &self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+    ) -> std::io::Result<(snow::HandshakeState, String)> {
+        let mut head = [0u8; 18];
+        rd.read_exact(&mut head).await?;
+        let len = u16::from_be_bytes([head[16], head[17]]) as usize;
+        if head[..16] == handshake::MARK {
+            if len > handshake::KEYED_MESSAGE {
+                return Err(bad(format!("a keyed hello of {len} bytes")));
+            }
+            let mut hello = head.to_vec();
+            hello.resize(head.len() + len + handshake::MAC, 0);
+            rd.read_exact(&mut hello[head.len()..]).await?;
+            let p = handshake::keyed_check(&self.identity, &hello)
+                .map_err(|_| bad("a keyed hello that does not check out".into()))?;
+            let host = self.members.admit(&p.key, p.count).await.map_err(bad)?;
+            return Ok((p.hs, host));
+        }
+        if len > handshake::MESSAGE {
+            return Err(bad(format!("a handshake message of {len} bytes")));
+        }
+        let mut hello = vec![0u8; len];
+        rd.read_exact(&mut hello).await?;
+        let ticket: [u8; 16] = head[..16].try_into().expect("16 bytes");
+        let (secret, host) = self
+            .tickets()
+            .get(&ticket)
+            .filter(|t| t.issued.elapsed() < TICKET_TTL)
+            .map(|t| (t.secret, t.host.clone()))
+            .ok_or_else(|| bad("an unknown or expired ticket".into()))?;
+        let hs = handshake::check(&secret, &hello)
+            .map_err(|_| bad(format!("a handshake for {host} that does not check out")))?;
+        // Proven. The ticket is used up now: a replayed first message finds
+        // it gone.
+        if self.tickets().remove(&ticket).is_none() {
+            return Err(bad("a ticket used meanwhile".into()));
+        }
+        Ok((hs, host))
     }
 }
 
@@ -474,20 +507,94 @@ fn answer_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
     use std::time::Duration;
 
     /// A data server on loopback, serving an empty files directory.
     async fn server() -> (tempfile::TempDir, Arc<DataServer>) {
+        let (dir, s, _) = keyed_server(Some([4; 32]), HashMap::new()).await;
+        (dir, s)
+    }
+
+    /// The same, on a mesh keyed by `cluster`, taking keyed hellos from
+    /// `members`; with its identity.
+    async fn keyed_server(
+        cluster: Option<[u8; 32]>,
+        members: HashMap<[u8; 32], String>,
+    ) -> (tempfile::TempDir, Arc<DataServer>, Arc<Identity>) {
         let dir = tempfile::tempdir().unwrap();
         let files = mm_store::FilesDir::open(&dir.path().join("files")).unwrap();
         let meta = mm_store::Meta::open(&dir.path().join("meta.db")).unwrap();
         let local = Arc::new(mm_store::Local::new(files, meta));
         let hub = mm_store::mem::Hub::new();
         let engine = Engine::new(local, hub.net("h"));
-        let s = DataServer::start("127.0.0.1".parse().unwrap(), 0, engine)
-            .await
-            .unwrap();
-        (dir, s)
+        let id = Arc::new(Identity::new(cluster));
+        let s = DataServer::start(
+            "127.0.0.1".parse().unwrap(),
+            0,
+            engine,
+            id.clone(),
+            Members::fixed(members),
+        )
+        .await
+        .unwrap();
+        (dir, s, id)
+    }
+
+    /// Opens a connection with `hello` of `hs`: whether the server
+    /// answered with its handshake and the acknowledgement.
+    async fn opens(s: &DataServer, hs: snow::HandshakeState, hello: &[u8]) -> bool {
+        let mut c = TcpStream::connect(("127.0.0.1", s.port())).await.unwrap();
+        c.write_all(hello).await.unwrap();
+        let went = async {
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len).await?;
+            let mut reply = vec![0u8; u16::from_be_bytes(len) as usize];
+            c.read_exact(&mut reply).await?;
+            let (_, mut opener) = handshake::finish(hs, &reply).map_err(|e| bad(e.to_string()))?;
+            opener.open(&mut c, ACK.len()).await
+        };
+        match tokio::time::timeout(TICKET_WAIT + Duration::from_secs(3), went).await {
+            Ok(Ok(ack)) => &ack[..] == ACK,
+            Ok(Err(_)) => false,
+            Err(_) => panic!("the server kept a refused connection open"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_member_opens_a_connection_with_its_key_and_nobody_else_does() {
+        let cluster = Some([9u8; 32]);
+        let member = Identity::new(cluster);
+        let members = HashMap::from([(member.public, "p".to_string())]);
+        let (_dir, s, server_id) = keyed_server(cluster, members).await;
+        let hello = |id: &Identity| handshake::keyed_hello(id, &server_id.public).unwrap();
+        // A member, by the key its announcement gave.
+        let (hs, right) = hello(&member);
+        assert!(opens(&s, hs, &right).await, "a member was refused");
+        // The same hello again (seen on the wire): its count is used up,
+        // and the server answers nothing.
+        let got = answer_to(&s, &right, Duration::from_secs(5)).await;
+        assert!(got.is_empty(), "{} bytes to a replayed hello", got.len());
+        // Its next hello is taken.
+        let (hs, next) = hello(&member);
+        assert!(opens(&s, hs, &next).await, "a fresh hello was refused");
+        // A node with the cluster key whose key no member announces.
+        let (hs, stranger) = hello(&Identity::new(cluster));
+        assert!(!opens(&s, hs, &stranger).await, "an unannounced key got in");
+        // A member's key without the cluster key: refused on the MAC.
+        let outsider = Identity::new(Some([8u8; 32]));
+        let (hs, wrong) = hello(&outsider);
+        assert!(!opens(&s, hs, &wrong).await, "the wrong cluster key got in");
+        // A member's hello with a byte changed.
+        let (hs, mut bent) = hello(&member);
+        bent[40] ^= 1;
+        assert!(!opens(&s, hs, &bent).await, "a changed hello got in");
+        // The mark, then nonsense of the longest length a hello may have.
+        let mut junk = handshake::MARK.to_vec();
+        junk.extend_from_slice(&(handshake::KEYED_MESSAGE as u16).to_be_bytes());
+        junk.extend_from_slice(&[7u8; handshake::KEYED_MESSAGE + handshake::MAC]);
+        let got = answer_to(&s, &junk, Duration::from_secs(5)).await;
+        assert!(got.is_empty(), "{} bytes to junk after the mark", got.len());
     }
 
     /// Everything the server sends on a connection after `hello`, until it
