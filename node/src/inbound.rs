@@ -41,7 +41,7 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> 
         Request::Vm { ask } => crate::vm::wire::answer(node, decode(&ask)?).await?,
         Request::Net { ask } => crate::net::wire::answer(node, decode(&ask)?).await?,
         Request::Progress { name, root } => node.files.progress(name, root).await?,
-        Request::Have { name, root } => node.files.engine.have_bits(&name, &root)?,
+        Request::Have { name, root } => node.files.engine.have_bits(&from, &name, &root)?,
         Request::Data => node.files.grant(&from)?,
         Request::Chunk {
             name,

@@ -212,7 +212,7 @@ impl Net for MemNet {
             if faults.stalled {
                 return never().await;
             }
-            engine.have_bits(&name, &root)
+            engine.have_bits(&me, &name, &root)
         }
         .boxed()
     }

@@ -203,6 +203,36 @@ pub(crate) fn track<'a>(
     sources.entry(host.to_string()).or_default()
 }
 
+/// `host` asked this node for chunks or have-bits of the file: it pulls the
+/// file too. Tracked from now on (its bitfield comes with the next poll)
+/// if it is new and there is room for another puller. Without this, a
+/// puller heard of the others only from refreshes and redirects: the
+/// first refresh, at the start, finds only the pullers that had started
+/// before it, and the next comes `Tuning::refresh_every` later; in a
+/// 15-puller bench, a puller's first chunks from the holder were asked of
+/// it by one other puller in its first 1.5 s while the rest waited for them
+/// elsewhere. A host tracked or retired before is left to the refreshes'
+/// choice ([`choose`]). Whether it was tracked.
+pub(crate) fn asked_by(
+    sources: &mut BTreeMap<String, SourceStat>,
+    retired: &BTreeMap<String, SourceStat>,
+    host: &str,
+    limits: PeerLimits,
+) -> bool {
+    if sources.contains_key(host) || retired.contains_key(host) {
+        return false;
+    }
+    let pullers = sources
+        .values()
+        .filter(|s| !s.complete && !s.dropped)
+        .count();
+    if pullers >= limits.pullers {
+        return false;
+    }
+    sources.insert(host.to_string(), SourceStat::default());
+    true
+}
+
 /// Holder `from` pointed us at `to` for chunk `idx`. While there is room
 /// for another puller, `to` is tracked from now on (its bitfield polled, at
 /// least until the chunk is here), and the chunk is its to give for a
@@ -482,6 +512,38 @@ mod tests {
         );
         assert!(keep.contains("quiet"));
         assert_eq!(keep.len(), 3);
+    }
+
+    #[test]
+    fn a_puller_that_asks_is_tracked_if_new_and_while_there_is_room() {
+        let limits = PeerLimits {
+            pullers: 2,
+            holders: 1,
+        };
+        let mut sources = BTreeMap::new();
+        let mut retired = BTreeMap::new();
+        sources.insert(
+            "holder".to_string(),
+            SourceStat {
+                complete: true,
+                ..SourceStat::default()
+            },
+        );
+        retired.insert("old".to_string(), SourceStat::default());
+        assert!(asked_by(&mut sources, &retired, "a", limits));
+        let a = &sources["a"];
+        assert!(!a.complete && a.have.is_empty(), "a puller of unknown bits");
+        assert!(!asked_by(&mut sources, &retired, "a", limits), "twice");
+        assert!(
+            !asked_by(&mut sources, &retired, "old", limits),
+            "retired: the refreshes' choice"
+        );
+        assert!(asked_by(&mut sources, &retired, "b", limits));
+        assert!(!asked_by(&mut sources, &retired, "c", limits), "no room");
+        assert!(!sources.contains_key("c") && !sources.contains_key("old"));
+        // A dropped puller's place counts as free (as for redirects).
+        sources.get_mut("a").unwrap().dropped = true;
+        assert!(asked_by(&mut sources, &retired, "c", limits));
     }
 
     #[test]

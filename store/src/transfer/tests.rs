@@ -457,6 +457,47 @@ async fn pullers_swarm_without_polling_each_other() {
     );
 }
 
+/// A puller that started first, and heard of no other from its only
+/// refresh, pulls from the one that asks it for chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_pulls_from_the_puller_that_asks_it() {
+    // No refresh after the first, and no redirects from the holder (it
+    // sends whatever it is asked): the asking is all p1 hears of p2 by.
+    let quiet = Tuning {
+        refresh_every: Duration::from_secs(3600),
+        refresh_most: Duration::from_secs(3600),
+        sent_fresh: Duration::ZERO,
+        ..fast()
+    };
+    let hub = Hub::new();
+    let h = node_tuning(&hub, "h", quiet.clone());
+    let data = content(64 * CHUNK_SIZE as usize, 8);
+    h.put("f", &data);
+    let root = h.local.manifest("f").unwrap().unwrap().root;
+    uplink(&hub, "h", 15);
+    let (p1, p2) = (
+        node_tuning(&hub, "p1", quiet.clone()),
+        node_tuning(&hub, "p2", quiet),
+    );
+    let engine = p1.engine.clone();
+    let first = tokio::spawn(async move {
+        let pending = engine.get("f", &Select::default()).await.unwrap();
+        engine.wait(pending).await
+    });
+    while p1
+        .engine
+        .news("f", &root, 0)
+        .is_none_or(|n| n.chunks.len() < 4)
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p2.get("f").await.unwrap();
+    first.await.unwrap().unwrap();
+    assert_eq!(p1.read("f").unwrap(), data);
+    let from_p2 = p1.served_by("f", "p2");
+    assert!(from_p2.served > 0, "p1 got nothing from p2: {from_p2:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_puller_news_are_its_chunks_in_the_order_they_landed() {
     let hub = Hub::new();
@@ -479,7 +520,7 @@ async fn a_puller_news_are_its_chunks_in_the_order_they_landed() {
         }
     };
     assert_eq!(news.from, 0);
-    let have = p.engine.have_bits("f", &root).unwrap();
+    let have = p.engine.have_bits("h", "f", &root).unwrap();
     let mut seen = std::collections::HashSet::new();
     for &c in &news.chunks {
         assert!(bit(&have, c as usize), "news of chunk {c}, not here");
@@ -496,8 +537,8 @@ async fn a_puller_news_are_its_chunks_in_the_order_they_landed() {
     assert!(p.engine.news("f", &root, 0).is_none(), "done: no transfer");
     // Its bitfield, to those still polling it: every chunk; nothing of
     // another version.
-    assert_eq!(p.engine.have_bits("f", &root).unwrap(), [0xff; 4]);
-    assert!(p.engine.have_bits("f", &[0u8; 32]).is_err());
+    assert_eq!(p.engine.have_bits("h", "f", &root).unwrap(), [0xff; 4]);
+    assert!(p.engine.have_bits("h", "f", &[0u8; 32]).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -449,7 +449,7 @@ fn answer_record(
         Err(Miss::Failed("a name too long".into()))
     } else if req.count == 0 {
         // A have poll.
-        match engine.have_bits(&req.name, &req.root) {
+        match engine.have_bits(from, &req.name, &req.root) {
             Ok(bits) if bits.len() <= MAX_BITS => {
                 record.extend_from_slice(&bits);
                 Ok(())
