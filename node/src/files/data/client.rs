@@ -216,11 +216,15 @@ impl DataClient {
                 .await
             {
                 Ok(conn) => return Ok(conn),
+                // No address took a TCP connection: a grant would lead
+                // to the same addresses (a dead node, a closed port).
+                Err(e) if !e.reached => return Err(failed(e.why)),
                 // It may not know this node yet: a grant proves who asks
                 // over the mesh instead.
-                Err(why) => {
-                    debug!("no keyed data connection to {host} ({why}); asking for a grant")
-                }
+                Err(e) => debug!(
+                    "no keyed data connection to {host} ({}); asking for a grant",
+                    e.why
+                ),
             }
         }
         let body = tokio::time::timeout(
@@ -249,7 +253,7 @@ impl DataClient {
             Ok((hs, first))
         })
         .await
-        .map_err(failed)
+        .map_err(|e| failed(e.why))
     }
 
     /// A connection to `port` at the first of `ips` that takes the hello
@@ -260,12 +264,28 @@ impl DataClient {
         ips: &[IpAddr],
         port: u16,
         hello: impl Fn() -> Result<(snow::HandshakeState, Vec<u8>), snow::Error>,
-    ) -> Result<Conn, String> {
+    ) -> Result<Conn, NoConn> {
         let mut last = String::new();
+        let mut reached = false;
         for ip in ips {
             let addr = SocketAddr::new(*ip, port);
-            let (hs, first) = hello().map_err(|e| format!("handshake: {e}"))?;
-            match tokio::time::timeout(SETUP_TIMEOUT, handshake(addr, hs, first)).await {
+            let (hs, first) = hello().map_err(|e| NoConn {
+                why: format!("handshake: {e}"),
+                reached,
+            })?;
+            let stream = match tokio::time::timeout(SETUP_TIMEOUT, TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    last = format!("{addr}: {e}");
+                    continue;
+                }
+                Err(_) => {
+                    last = format!("{addr}: timed out");
+                    continue;
+                }
+            };
+            reached = true;
+            match tokio::time::timeout(SETUP_TIMEOUT, handshake(stream, hs, first)).await {
                 Ok(Ok((conn, rtt))) => {
                     debug!("data connection to {host} at {addr}, round trip {rtt:?}");
                     self.rtts
@@ -278,8 +298,19 @@ impl DataClient {
                 Err(_) => last = format!("{addr}: timed out"),
             }
         }
-        Err(format!("no data connection to {host} ({last})"))
+        Err(NoConn {
+            why: format!("no data connection to {host} ({last})"),
+            reached,
+        })
     }
+}
+
+/// Why [`DataClient::connect`] opened no connection.
+struct NoConn {
+    why: String,
+    /// Some address took the TCP connection: the node's data port is
+    /// there, and a grant may do what the hello did not.
+    reached: bool,
 }
 
 /// Why no data connection was opened.
@@ -310,14 +341,14 @@ pub(crate) fn ip_of(multiaddr: &str) -> Option<IpAddr> {
     }
 }
 
-/// Opens a data connection with the hello `first` (of the handshake `hs`);
-/// returns it with the hello's round trip.
+/// Opens a data connection on `stream` with the hello `first` (of the
+/// handshake `hs`); returns it with the hello's round trip.
 async fn handshake(
-    addr: SocketAddr,
+    stream: TcpStream,
     hs: snow::HandshakeState,
     first: Vec<u8>,
 ) -> std::io::Result<(Conn, Duration)> {
-    let stream = TcpStream::connect(addr).await?;
+    let addr = stream.peer_addr()?;
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let noise = |e: snow::Error| bad(format!("handshake: {e}"));
@@ -594,6 +625,38 @@ mod tests {
             let asked = grants.load(Ordering::SeqCst);
             assert_eq!(asked, usize::from(!knows), "grants asked (knows: {knows})");
         }
+    }
+
+    /// A data port nobody listens on: the keyed hello fails without a
+    /// TCP connection, and no grant is asked for (it would lead to the
+    /// same closed port).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_data_port_is_not_asked_for_a_grant() {
+        let grants = Arc::new(AtomicUsize::new(0));
+        let holder = node("holder", vec![], None, grants.clone()).await;
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        holder
+            .set_data(Some(mm_overlay::DataInfo {
+                port,
+                key: Identity::new(None).public.to_vec(),
+            }))
+            .await
+            .unwrap();
+        let at = holder.snapshot().await.unwrap().listen[0].parse().unwrap();
+        let puller = node("puller", vec![at], None, Arc::default()).await;
+        for _ in 0..300 {
+            let snap = puller.snapshot().await.unwrap();
+            if snap.nodes.get("holder").is_some_and(|n| n.data.is_some()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let client = DataClient::new(puller.clone(), Arc::new(Identity::new(None)));
+        let got = client.have("holder", "f".into(), vec![1; 32]).await;
+        assert!(matches!(got, Err(DataError::Setup)), "a connection?");
+        assert_eq!(grants.load(Ordering::SeqCst), 0, "a grant was asked for");
     }
 
     #[test]
