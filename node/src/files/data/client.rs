@@ -527,7 +527,7 @@ impl Fallback {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::files::data::{Identity, Members};
+    use crate::files::data::Identity;
     use std::sync::atomic::AtomicUsize;
 
     /// An overlay node on loopback that answers grant requests from
@@ -570,27 +570,14 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_holder_that_does_not_know_the_puller_yet_is_asked_for_a_grant() {
         for knows in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let files = mm_store::FilesDir::open(&dir.path().join("files")).unwrap();
-            let meta = mm_store::Meta::open(&dir.path().join("meta.db")).unwrap();
-            let local = Arc::new(mm_store::Local::new(files, meta));
-            let engine = mm_store::Engine::new(local, mm_store::mem::Hub::new().net("h"));
-            let (holder_id, puller_id) =
-                (Arc::new(Identity::new(None)), Arc::new(Identity::new(None)));
+            let puller_id = Arc::new(Identity::new(None));
             let members = if knows {
                 HashMap::from([(puller_id.public, "puller".to_string())])
             } else {
                 HashMap::new()
             };
-            let server = DataServer::start(
-                "127.0.0.1".parse().unwrap(),
-                0,
-                engine,
-                holder_id.clone(),
-                Members::fixed(members),
-            )
-            .await
-            .unwrap();
+            let (_dir, server, holder_id) =
+                super::super::server::tests::keyed_server(None, members).await;
             let grants = Arc::new(AtomicUsize::new(0));
             let holder = node("holder", vec![], Some(server.clone()), grants.clone()).await;
             holder

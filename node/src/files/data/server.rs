@@ -505,7 +505,7 @@ fn answer_record(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::collections::HashMap;
     use std::time::Duration;
@@ -518,7 +518,7 @@ mod tests {
 
     /// The same, on a mesh keyed by `cluster`, taking keyed hellos from
     /// `members`; with its identity.
-    async fn keyed_server(
+    pub(in crate::files::data) async fn keyed_server(
         cluster: Option<[u8; 32]>,
         members: HashMap<[u8; 32], String>,
     ) -> (tempfile::TempDir, Arc<DataServer>, Arc<Identity>) {
