@@ -71,6 +71,16 @@ impl JobState {
         super::peers::redirected(sources, retired, hints, from, to, idx, now, t.peers, t.hold);
     }
 
+    /// `from` asked this node for chunks or have-bits of this version of
+    /// `name`: it pulls it too, and becomes a source when new and while
+    /// there is room ([`super::peers::asked_by`]). Called under the lock
+    /// the request's answer takes anyway.
+    pub(super) fn asked_by(&mut self, from: &str, name: &str, t: &super::Tuning) {
+        if super::peers::asked_by(&mut self.sources, &self.retired, from, t.peers) {
+            tracing::debug!("{name}: {from} asked for it: pulling from it too");
+        }
+    }
+
     /// Applies a refresh's `offered` hosts to the peer set
     /// ([`super::peers::refresh`]), with the node's limits.
     pub(super) fn refresh_peers(

@@ -63,7 +63,6 @@ impl Engine {
         count: usize,
         buf: &mut ChunkBuf,
     ) -> Result<(), Miss> {
-        self.asked_by(from, name, root);
         let before = buf.len();
         self.read_run(from, name, root, index, count, buf)?;
         let bytes = (buf.len() - before) as u64;
@@ -105,7 +104,8 @@ impl Engine {
                 .into());
             }
             let k = {
-                let st = j.state();
+                let mut st = j.state();
+                st.asked_by(from, name, &self.tuning);
                 (index..(index + count).min(n))
                     .take_while(|&i| bit(&st.have, i))
                     .count()
@@ -159,24 +159,6 @@ impl Engine {
         let mut buf = ChunkBuf::with_capacity(crate::manifest::CHUNK_SIZE as usize * MAX_RUN);
         self.read_chunk(from, name, root, index, count, &mut buf)?;
         Ok(buf)
-    }
-
-    /// `from` asked this node for chunks or have-bits of `name` in version
-    /// `root`: if this node pulls that version too, `from` becomes one of
-    /// its sources, when new and while there is room
-    /// ([`super::peers::asked_by`]).
-    fn asked_by(&self, from: &str, name: &str, root: &[u8]) {
-        let Some(job) = self.jobs().get(name).cloned() else {
-            return;
-        };
-        if job.manifest.root != root {
-            return;
-        }
-        let mut st = job.state();
-        let st = &mut *st;
-        if super::peers::asked_by(&mut st.sources, &st.retired, from, self.tuning.peers) {
-            tracing::debug!("{name}: {from} asked for it: pulling from it too");
-        }
     }
 
     /// How many chunks of a run to send `from`, or whom to point it at.
@@ -274,12 +256,14 @@ impl Engine {
     /// node as one of its pullers goes on polling it after it finished,
     /// until a refresh says it is complete: meanwhile the chunks it got
     /// last are the ones the poller most likely lacks, and this node's
-    /// uplink is free to send them.
+    /// uplink is free to send them. `from`, the poller, pulls the file too
+    /// ([`super::peers::asked_by`]).
     pub fn have_bits(&self, from: &str, name: &str, root: &[u8]) -> Result<Vec<u8>> {
-        self.asked_by(from, name, root);
         let job = self.jobs().get(name).cloned();
         if let Some(j) = job.filter(|j| j.manifest.root == root) {
-            return Ok(j.state().have.clone());
+            let mut st = j.state();
+            st.asked_by(from, name, &self.tuning);
+            return Ok(st.have.clone());
         }
         match self.local.current(name).filter(|(_, m)| m.root == root) {
             Some((_, m)) => Ok(super::bits::all_bits(m.chunk_count())),

@@ -204,6 +204,50 @@ impl DataServer {
         }
     }
 
+    /// Reads the client's ticket and first handshake message, or its keyed
+    /// hello, and checks them: the handshake to answer, and who the client
+    /// is.
+    async fn prove(
+        &self,
+        rd: &mut tokio::net::tcp::OwnedReadHalf,
+    ) -> std::io::Result<(snow::HandshakeState, String)> {
+        let mut head = [0u8; 18];
+        rd.read_exact(&mut head).await?;
+        let len = u16::from_be_bytes([head[16], head[17]]) as usize;
+        if head[..16] == handshake::MARK {
+            if len > handshake::KEYED_MESSAGE {
+                return Err(bad(format!("a keyed hello of {len} bytes")));
+            }
+            let mut hello = head.to_vec();
+            hello.resize(head.len() + len + handshake::MAC, 0);
+            rd.read_exact(&mut hello[head.len()..]).await?;
+            let p = handshake::keyed_check(&self.identity, &hello)
+                .map_err(|_| bad("a keyed hello that does not check out".into()))?;
+            let host = self.members.admit(&p.key, p.count).await.map_err(bad)?;
+            return Ok((p.hs, host));
+        }
+        if len > handshake::MESSAGE {
+            return Err(bad(format!("a handshake message of {len} bytes")));
+        }
+        let mut hello = vec![0u8; len];
+        rd.read_exact(&mut hello).await?;
+        let ticket: [u8; 16] = head[..16].try_into().expect("16 bytes");
+        let (secret, host) = self
+            .tickets()
+            .get(&ticket)
+            .filter(|t| t.issued.elapsed() < TICKET_TTL)
+            .map(|t| (t.secret, t.host.clone()))
+            .ok_or_else(|| bad("an unknown or expired ticket".into()))?;
+        let hs = handshake::check(&secret, &hello)
+            .map_err(|_| bad(format!("a handshake for {host} that does not check out")))?;
+        // Proven. The ticket is used up now: a replayed first message finds
+        // it gone.
+        if self.tickets().remove(&ticket).is_none() {
+            return Err(bad("a ticket used meanwhile".into()));
+        }
+        Ok((hs, host))
+    }
+
     async fn serve(
         self: Arc<Self>,
         stream: TcpStream,
@@ -256,52 +300,6 @@ impl DataServer {
                 }
             })?;
         Ok(())
-    }
-}
-
-impl DataServer {
-    /// Reads the client's ticket and first handshake message, or its keyed
-    /// hello, and checks them: the handshake to answer, and who the client
-    /// is.
-    async fn prove(
-        &self,
-        rd: &mut tokio::net::tcp::OwnedReadHalf,
-    ) -> std::io::Result<(snow::HandshakeState, String)> {
-        let mut head = [0u8; 18];
-        rd.read_exact(&mut head).await?;
-        let len = u16::from_be_bytes([head[16], head[17]]) as usize;
-        if head[..16] == handshake::MARK {
-            if len > handshake::KEYED_MESSAGE {
-                return Err(bad(format!("a keyed hello of {len} bytes")));
-            }
-            let mut hello = head.to_vec();
-            hello.resize(head.len() + len + handshake::MAC, 0);
-            rd.read_exact(&mut hello[head.len()..]).await?;
-            let p = handshake::keyed_check(&self.identity, &hello)
-                .map_err(|_| bad("a keyed hello that does not check out".into()))?;
-            let host = self.members.admit(&p.key, p.count).await.map_err(bad)?;
-            return Ok((p.hs, host));
-        }
-        if len > handshake::MESSAGE {
-            return Err(bad(format!("a handshake message of {len} bytes")));
-        }
-        let mut hello = vec![0u8; len];
-        rd.read_exact(&mut hello).await?;
-        let ticket: [u8; 16] = head[..16].try_into().expect("16 bytes");
-        let (secret, host) = self
-            .tickets()
-            .get(&ticket)
-            .filter(|t| t.issued.elapsed() < TICKET_TTL)
-            .map(|t| (t.secret, t.host.clone()))
-            .ok_or_else(|| bad("an unknown or expired ticket".into()))?;
-        let hs = handshake::check(&secret, &hello)
-            .map_err(|_| bad(format!("a handshake for {host} that does not check out")))?;
-        // Proven. The ticket is used up now: a replayed first message finds
-        // it gone.
-        if self.tickets().remove(&ticket).is_none() {
-            return Err(bad("a ticket used meanwhile".into()));
-        }
-        Ok((hs, host))
     }
 }
 
