@@ -189,11 +189,26 @@ pub(super) fn fmt_err(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// How long an inbound handshake must have lasted before its being cut
+/// short says more than "a member dropped a dial". A member drops the loser
+/// of two dials within milliseconds; a node with a cluster key that dialled
+/// a node without one waits out its handshake timeout (10 s), because the
+/// unkeyed end is still waiting for the rest of what it took for a
+/// multistream frame's length, and then closes.
+pub(super) const WAITED_OUT: Duration = Duration::from_secs(5);
+
+/// Whether a failed inbound handshake, `held` long, is a member's dropped
+/// dial: a debug line, not a warning that a key may be wrong.
+pub(super) fn dropped_dial(e: &(dyn std::error::Error + 'static), held: Duration) -> bool {
+    held < WAITED_OUT && cut_short(e)
+}
+
 /// Whether a failed handshake was cut short by the other end (it reset or
 /// closed the connection): what a member's own aborted dial looks like to
 /// the node it dialled (the two dialled each other at once and one
 /// connection was dropped, or the dialler gave up). A node with another
-/// cluster key gets further: its bytes arrive, and do not decode.
+/// cluster key mostly gets further: its bytes arrive, and do not decode
+/// (but see [`WAITED_OUT`]).
 pub(super) fn cut_short(e: &(dyn std::error::Error + 'static)) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
     let mut at = Some(e);
@@ -308,5 +323,24 @@ mod tests {
             libp2p::core::upgrade::ProtocolError::InvalidMessage,
         );
         assert!(!cut_short(&Layer(IoError::other(garbage))));
+    }
+
+    #[test]
+    fn a_handshake_cut_short_after_the_other_end_waited_it_out_is_not_a_dropped_dial() {
+        let ended = || {
+            Layer(IoError::other(
+                libp2p::core::upgrade::NegotiationError::Failed,
+            ))
+        };
+        assert!(dropped_dial(&ended(), Duration::from_millis(3)));
+        assert!(dropped_dial(
+            &ended(),
+            WAITED_OUT - Duration::from_millis(1)
+        ));
+        // A keyed node's dial to a node without a key: 10 s, then closed.
+        assert!(!dropped_dial(&ended(), Duration::from_secs(10)));
+        assert!(!dropped_dial(&ended(), WAITED_OUT));
+        let garbage = Layer(IoError::new(ErrorKind::InvalidData, "bad frame"));
+        assert!(!dropped_dial(&garbage, Duration::from_millis(3)));
     }
 }

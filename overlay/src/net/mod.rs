@@ -83,6 +83,10 @@ pub(crate) struct EventLoop {
     admit: Admission,
     /// When a failed inbound connection was last logged, per address.
     quiet: Quiet,
+    /// When each inbound connection still in its handshake arrived: how
+    /// long a failed one lasted tells a dropped dial from a wrong key.
+    /// Connection limits keep at most `PENDING` of them.
+    handshaking: HashMap<ConnectionId, Instant>,
     routes: Routing,
     seq: u64,
     stats: HostStats,
@@ -121,6 +125,7 @@ impl EventLoop {
             transient: Transient::default(),
             admit: Admission::default(),
             quiet: Quiet::default(),
+            handshaking: HashMap::new(),
             routes: Routing::default(),
             // A restarted node keeps its peer id; starting from the clock
             // makes its first announcement newer than any it sent before.
@@ -484,12 +489,16 @@ impl EventLoop {
                 info!("listening on {address}");
                 self.announce_due = true;
             }
+            SwarmEvent::IncomingConnection { connection_id, .. } => {
+                self.handshaking.insert(connection_id, Instant::now());
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
                 endpoint,
                 ..
             } => {
+                self.handshaking.remove(&connection_id);
                 debug!(
                     "connected to {peer_id} at {}",
                     endpoint.get_remote_address()
@@ -633,10 +642,15 @@ impl EventLoop {
                 }
             }
             SwarmEvent::IncomingConnectionError {
+                connection_id,
                 send_back_addr,
                 error,
                 ..
             } => {
+                let held = self
+                    .handshaking
+                    .remove(&connection_id)
+                    .map_or(Duration::ZERO, |t| t.elapsed());
                 let text = fmt_err(&error);
                 let denied = |e: &libp2p::swarm::ListenError| match e {
                     libp2p::swarm::ListenError::Denied { cause } => {
@@ -652,8 +666,9 @@ impl EventLoop {
                     return;
                 }
                 // Not a key mismatch: 1-4 such lines per node at a
-                // 15-puller swarm's start, all from members.
-                if behaviour::cut_short(&error) {
+                // 15-puller swarm's start, all from members, cut within
+                // milliseconds.
+                if behaviour::dropped_dial(&error, held) {
                     debug!("inbound handshake from {send_back_addr} cut short by the other end: {text}");
                     return;
                 }
