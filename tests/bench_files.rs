@@ -3,7 +3,8 @@
 //!   cargo bench --bench files -- b1      # one part: b1 | b2
 //! Env: MM_B1_MIB (default 1024), MM_B1_RUNS (default 9), MM_B2_MIB
 //! (default 256), MM_B2_RATE (default 200mbit), MM_B2_PULLERS (default
-//! 3,7), MM_B2_WARM (MiB of a swarm before the timed one; none by
+//! 3,7), MM_B2_RUNS (default 1: each count that many times, in turn, and
+//! the medians), MM_B2_WARM (MiB of a swarm before the timed one; none by
 //! default); MM_SERVE_BIN runs the nodes from another build of `mm`. See
 //! docs/benchmarks.md.
 
@@ -265,7 +266,9 @@ fn b1() {
     );
 }
 
-fn b2(pullers: usize) {
+/// One swarm of `pullers`: its ratio (last done over size/cap) and CPU-s
+/// per GiB delivered.
+fn b2(pullers: usize) -> (f64, f64) {
     let mib = env_num("MM_B2_MIB", 256);
     let rate = std::env::var("MM_B2_RATE").unwrap_or_else(|_| "200mbit".into());
     let bits: f64 = rate.trim_end_matches("mbit").parse::<f64>().unwrap() * 1e6;
@@ -387,6 +390,19 @@ fn b2(pullers: usize) {
         ideal,
         took.as_secs_f64() / ideal
     );
+    (took.as_secs_f64() / ideal, total / gib)
+}
+
+/// The median and the range of `v`.
+fn spread(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    (median, v[0], v[v.len() - 1])
 }
 
 fn main() {
@@ -399,9 +415,29 @@ fn main() {
         b1();
     }
     if want("b2") {
-        let pullers = std::env::var("MM_B2_PULLERS").unwrap_or_else(|_| "3,7".into());
-        for n in pullers.split(',') {
-            b2(n.trim().parse().expect("MM_B2_PULLERS: numbers, e.g. 3,7"));
+        let pullers: Vec<usize> = std::env::var("MM_B2_PULLERS")
+            .unwrap_or_else(|_| "3,7".into())
+            .split(',')
+            .map(|n| n.trim().parse().expect("MM_B2_PULLERS: numbers, e.g. 3,7"))
+            .collect();
+        // Runs next to each other on this machine differ by up to 0.05 of
+        // the ratio: a target near the figure needs a median. In turn, so
+        // that the machine's drift falls on every count alike.
+        let runs = env_num("MM_B2_RUNS", 1).max(1) as usize;
+        let mut got = vec![(Vec::new(), Vec::new()); pullers.len()];
+        for _ in 0..runs {
+            for (n, (ratios, cpus)) in pullers.iter().zip(&mut got) {
+                let (ratio, cpu) = b2(*n);
+                ratios.push(ratio);
+                cpus.push(cpu);
+            }
+        }
+        for (n, (ratios, cpus)) in pullers.iter().zip(&mut got).filter(|_| runs > 1) {
+            let (r, r0, r1) = spread(ratios);
+            let (c, c0, c1) = spread(cpus);
+            println!(
+                "| B2 median of {runs} | {n} pullers | ratio {r:.2} ({r0:.2}-{r1:.2}) | {c:.2} CPU-s per GiB ({c0:.2}-{c1:.2}) |"
+            );
         }
     }
 }
