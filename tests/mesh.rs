@@ -376,6 +376,19 @@ fn duplicate_names_are_refused_on_both_sides() {
             .mm(&["mesh", "list"])
             .contains("! name clash: two nodes claim 'twin'"));
     }
+    // The operator renames one (same base, same peer id): the clash is
+    // over on both, not shown for its ten minutes.
+    let mut b = b;
+    b.stop(false);
+    b.name = "single".into();
+    b.start();
+    a.wait_size(2, CONVERGE);
+    for n in [&a, &b] {
+        wait_for("the clash to be over", CONVERGE, || {
+            (n.status("clashes") == "-").then_some(())
+        });
+        assert!(!n.mm(&["mesh", "list"]).contains("name clash"));
+    }
 }
 
 #[test]

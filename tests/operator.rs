@@ -197,8 +197,9 @@ fn key_files_that_are_readable_or_wrong_are_explained() {
 }
 
 /// A node without a key that a keyed node keeps dialling says that a key
-/// may be the reason; `mesh dial HOST` without a port says which port it
-/// tried.
+/// may be the reason, and so does the keyed node of its `--peer`; a
+/// `--peer` where nothing listens is said to be that; `mesh dial HOST`
+/// without a port says which port it tried.
 #[test]
 fn key_mismatches_and_portless_dials_say_what_to_do() {
     let open = Node::local("open", &["--insecure"]);
@@ -207,6 +208,26 @@ fn key_mismatches_and_portless_dials_say_what_to_do() {
     common::wait_for("the unkeyed side to explain", LONG, || {
         open.log()
             .contains("this node has none: give it the same key (--psk-file)")
+            .then_some(())
+    });
+    let peer = format!(
+        "--peer /ip4/{} not reached",
+        open.addr().replace(':', "/tcp/")
+    );
+    common::wait_for("the keyed side to explain", LONG, || {
+        keyed
+            .log()
+            .contains(&format!(
+                "{peer} (cluster key mismatch, or the peer is down?)"
+            ))
+            .then_some(())
+    });
+    // Port 1 of loopback: nothing listens, the connection is refused.
+    let alone = Node::local("alone", &["--peer", "127.0.0.1:1"]);
+    common::wait_for("a refused --peer to be explained", LONG, || {
+        alone
+            .log()
+            .contains("--peer /ip4/127.0.0.1/tcp/1 not reached (nothing listens there")
             .then_some(())
     });
     let port = keyed.port();

@@ -41,7 +41,7 @@ struct Cli {
 #[command(name = "mm serve", about = "Run an mm node in the foreground")]
 struct Serve {
     /// Holds the control socket, the metadata database, the node key and files/
-    /// [default: /tmp/mm].
+    /// [default: mm's --base, else $MM_BASE, else /tmp/mm].
     #[arg(long)]
     base: Option<PathBuf>,
     /// Node name, unique in the mesh [default: the hostname].

@@ -213,7 +213,10 @@ fn find_column(header: &[String], col: &str) -> Result<usize, String> {
     match (found.next(), found.next()) {
         (Some((i, _)), None) => Ok(i),
         (Some(_), Some(_)) => Err(format!("ambiguous column `{col}`")),
-        _ => Err(format!("no such column `{col}`")),
+        _ => Err(format!(
+            "no such column `{col}`; this table has {}",
+            header.join(", ")
+        )),
     }
 }
 
@@ -444,11 +447,11 @@ mod tests {
             "host | name\nn2   | b\n"
         );
         let e = shaped(&[filter("state=x"), cols("name")], &d).unwrap_err();
-        assert_eq!(e, "no such column `state`");
+        assert_eq!(e, "no such column `state`; this table has name");
         assert!(shaped(&[cols("s,n")], &d).is_ok());
         assert_eq!(
             shaped(&[cols("nope")], &d).unwrap_err(),
-            "no such column `nope`"
+            "no such column `nope`; this table has id, name, state"
         );
         let f = Flags {
             annotate: false,

@@ -128,9 +128,10 @@ impl Client {
         let path = socket_path(base);
         let s = UnixStream::connect(&path).await.map_err(|e| {
             Error::Startup(format!(
-                "cannot reach the mm node at {} ({e}); start one with `mm serve` \
-                 (or `mm --base DIR ...` for a node with another base)",
-                path.display()
+                "cannot reach the mm node at {} ({e}); start one with `mm --base {} serve`, \
+                 or name a running node's base with `mm --base DIR ...`",
+                path.display(),
+                base.display()
             ))
         })?;
         let (r, w) = s.into_split();

@@ -189,6 +189,52 @@ pub(super) fn fmt_err(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// What a failed dial most likely means, for the operator: no `mm serve`
+/// at that address and port, or (the TCP connection made, the handshake
+/// failed) another cluster key.
+pub(super) fn dial_hint(e: &libp2p::swarm::DialError, keyed: bool) -> &'static str {
+    let refused = match e {
+        libp2p::swarm::DialError::Transport(tried) => {
+            !tried.is_empty()
+                && tried.iter().all(|(_, t)| match t {
+                    libp2p::TransportError::Other(io) => refused(io),
+                    libp2p::TransportError::MultiaddrNotSupported(_) => false,
+                })
+        }
+        _ => false,
+    };
+    if refused {
+        "nothing listens there: is `mm serve` running at that address, with that --port?"
+    } else if keyed {
+        "cluster key mismatch, or the peer is down?"
+    } else {
+        "is the peer up? If it has a cluster key, this node has none: give it the same key \
+         (--psk-file)"
+    }
+}
+
+/// Whether a connection was refused, however deep libp2p's layers hold
+/// the error: some give their inner error's source as their own and so
+/// skip it in the chain, but not in their text.
+fn refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut at = Some(e);
+    while let Some(x) = at {
+        if let Some(io) = x.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+            if io.get_ref().is_some_and(|inner| refused(inner)) {
+                return true;
+            }
+        }
+        if x.to_string().to_lowercase().contains("connection refused") {
+            return true;
+        }
+        at = x.source();
+    }
+    false
+}
+
 /// How long an inbound handshake must have lasted before its being cut
 /// short says more than "a member dropped a dial". A member drops the loser
 /// of two dials within milliseconds; a node with a cluster key that dialled
@@ -323,6 +369,40 @@ mod tests {
             libp2p::core::upgrade::ProtocolError::InvalidMessage,
         );
         assert!(!cut_short(&Layer(IoError::other(garbage))));
+    }
+
+    #[test]
+    fn a_refused_dial_is_told_from_one_whose_handshake_failed() {
+        use libp2p::swarm::DialError;
+        use libp2p::TransportError;
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/1".parse().unwrap();
+        let dial =
+            |e: IoError| DialError::Transport(vec![(addr.clone(), TransportError::Other(e))]);
+        // As libp2p's boxed transport wraps it.
+        let refused = dial(IoError::other(Layer(IoError::from(
+            ErrorKind::ConnectionRefused,
+        ))));
+        for keyed in [true, false] {
+            assert!(dial_hint(&refused, keyed).contains("nothing listens there"));
+        }
+        let garbage = dial(IoError::other(Layer(IoError::new(
+            ErrorKind::InvalidData,
+            "Maximum frame length exceeded",
+        ))));
+        assert!(dial_hint(&garbage, true).contains("cluster key mismatch"));
+        assert!(dial_hint(&garbage, false).contains("this node has none"));
+        // Refused at one address, no handshake at another: not "nothing".
+        let mixed = DialError::Transport(vec![
+            (
+                addr.clone(),
+                TransportError::Other(IoError::from(ErrorKind::ConnectionRefused)),
+            ),
+            (
+                addr.clone(),
+                TransportError::Other(IoError::from(ErrorKind::TimedOut)),
+            ),
+        ]);
+        assert!(dial_hint(&mixed, true).contains("cluster key mismatch"));
     }
 
     #[test]

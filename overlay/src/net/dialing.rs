@@ -24,16 +24,36 @@ pub(super) struct Static {
     pub(super) peer: Option<PeerId>,
     next: Instant,
     attempts: u32,
+    /// When a failed dial to it was last logged as a warning.
+    warned: Option<Instant>,
 }
 
 impl Static {
+    /// Failed dials to a `--peer` address are warned about at most this
+    /// often: the operator named it, so not reaching it is news, but it is
+    /// retried every 30 s.
+    const WARN_EVERY: Duration = Duration::from_secs(600);
+
     pub(super) fn new(addr: Multiaddr) -> Static {
         Static {
             addr,
             peer: None,
             next: Instant::now(),
             attempts: 0,
+            warned: None,
         }
+    }
+
+    /// A dial to it failed: whether to say so as a warning now.
+    pub(super) fn failed(&mut self, now: Instant) -> bool {
+        if self
+            .warned
+            .is_some_and(|t| now.duration_since(t) < Self::WARN_EVERY)
+        {
+            return false;
+        }
+        self.warned = Some(now);
+        true
     }
 }
 
@@ -51,6 +71,9 @@ pub(super) struct Dialing {
     backoff: HashMap<PeerId, Backoff>,
     /// `--peer` addresses: redialled with back-off whenever not connected.
     pub(super) statics: Vec<Static>,
+    /// Dials in progress to `--peer` addresses: a failure is the
+    /// operator's to hear of.
+    pub(super) static_dials: HashMap<ConnectionId, Multiaddr>,
     /// Peers found by mDNS, with the addresses they advertised.
     pub(super) discovered: HashMap<PeerId, Vec<Multiaddr>>,
     /// Last addresses each node announced; outlives topology expiry so a
@@ -185,12 +208,17 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn dial_addr(&mut self, a: Multiaddr, reply: Option<DialReply>) {
+    /// Dials `a`; the dial's connection id if it started.
+    pub(super) fn dial_addr(
+        &mut self,
+        a: Multiaddr,
+        reply: Option<DialReply>,
+    ) -> Option<ConnectionId> {
         if self.cfg.loopback_only && !is_loopback(&a) {
             if let Some(r) = reply {
                 let _ = r.send(Err(Error::Dial(format!("{a}: {OFF_HOST}"))));
             }
-            return;
+            return None;
         }
         // A new port for each dial, not the listener's (libp2p's default,
         // for NAT traversal, which a mesh whose nodes announce their own
@@ -206,6 +234,7 @@ impl EventLoop {
         match self.swarm.dial(opts) {
             Ok(()) => {
                 self.dials.pending.insert(id, (None, reply));
+                Some(id)
             }
             Err(e) => {
                 let msg = format!("dial {a}: {}", fmt_err(&e));
@@ -213,13 +242,33 @@ impl EventLoop {
                 if let Some(r) = reply {
                     let _ = r.send(Err(Error::Dial(msg)));
                 }
+                None
             }
         }
     }
 
     pub(super) fn dial_statics(&mut self, now: Instant) {
         for a in self.dials.due_statics(now, &self.connected) {
-            self.dial_addr(a, None);
+            if let Some(id) = self.dial_addr(a.clone(), None) {
+                self.dials.static_dials.insert(id, a);
+            }
+        }
+    }
+
+    /// A dial to a `--peer` address failed: a warning, now and then, that
+    /// says what to check.
+    pub(super) fn static_failed(&mut self, id: ConnectionId, why: &str) {
+        let Some(a) = self.dials.static_dials.remove(&id) else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some(s) = self.dials.statics.iter_mut().find(|s| s.addr == a) {
+            if s.failed(now) {
+                warn!(
+                    "--peer {a} not reached ({why}); tried again at least every 30 s, next such \
+                     line in 10 minutes at the earliest"
+                );
+            }
         }
     }
 }

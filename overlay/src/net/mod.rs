@@ -399,7 +399,9 @@ impl EventLoop {
                     let _ = r.send(Err(Error::NoSuchHost(name)));
                 }
             },
-            Cmd::DialAddr(a, r) => self.dial_addr(a, Some(r)),
+            Cmd::DialAddr(a, r) => {
+                self.dial_addr(a, Some(r));
+            }
             Cmd::Hangup(name, r) => {
                 let res = match self.topo.name_holder(&name) {
                     Some(p) if self.connected.contains(&p) => {
@@ -499,6 +501,7 @@ impl EventLoop {
                 ..
             } => {
                 self.handshaking.remove(&connection_id);
+                self.dials.static_dials.remove(&connection_id);
                 debug!(
                     "connected to {peer_id} at {}",
                     endpoint.get_remote_address()
@@ -624,15 +627,12 @@ impl EventLoop {
                 peer_id,
                 error,
             } => {
-                let hint = if self.cfg.psk.is_some() {
-                    " (cluster key mismatch, or the peer is down?)"
-                } else {
-                    ""
-                };
-                let msg = format!("dial failed: {}{hint}", fmt_err(&error));
+                let hint = behaviour::dial_hint(&error, self.cfg.psk.is_some());
+                let msg = format!("dial failed: {} ({hint})", fmt_err(&error));
                 if let Some((_, Some(r))) = self.dials.pending.remove(&connection_id) {
                     let _ = r.send(Err(Error::Dial(msg.clone())));
                 }
+                self.static_failed(connection_id, hint);
                 debug!(
                     "{} {msg}",
                     peer_id.map(|p| p.to_string()).unwrap_or_default()

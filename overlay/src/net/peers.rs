@@ -78,6 +78,19 @@ impl EventLoop {
         }
     }
 
+    /// `peer` now goes by `name`: a clash it was refused for under another
+    /// name is over (a clone restarted with `--name` keeps its peer id).
+    fn clashes_over(&mut self, peer: PeerId, name: &str) {
+        let before = self.admit.clashes.len();
+        self.admit
+            .clashes
+            .retain(|n, c| c.peer != peer || n == name);
+        if self.admit.clashes.len() != before {
+            info!("{peer} is named '{name}' now: its name clash is over");
+            self.announce_due = true;
+        }
+    }
+
     /// The clashes seen here lately, by name.
     pub(super) fn recent_clashes(&self) -> impl Iterator<Item = (&String, &Clash)> {
         let now = Instant::now();
@@ -235,6 +248,7 @@ impl EventLoop {
             self.admit.hangups.retain(|(q, _)| *q != p);
         }
         self.admit.awaiting.remove(&p);
+        self.clashes_over(p, name);
         self.admit.names.insert(p, name.to_string());
         if self.conns.contains_key(&p) {
             self.connected.insert(p);
@@ -270,7 +284,10 @@ impl EventLoop {
         }
         let name = a.name.clone();
         match self.topo.update(src, a, Instant::now()) {
-            Update::New => info!("node {name} joined the mesh"),
+            Update::New => {
+                self.clashes_over(src, &name);
+                info!("node {name} joined the mesh")
+            }
             Update::NameTaken { holder } => {
                 if !self.admit.clashes.contains_key(&name) {
                     warn!(

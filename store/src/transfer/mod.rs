@@ -429,8 +429,9 @@ impl Engine {
                     continue; // already here
                 }
                 return Err(Error::Exists(format!(
-                    "{name} exists here with different content (hash {}); delete it first \
-                     or fetch it under another name",
+                    "{name} exists here with different content (hash {}); to fetch the \
+                     mesh's version, `file delete {name}` first, or move it out of the files \
+                     directory",
                     lm.root_hex()
                 )));
             }
