@@ -14,7 +14,8 @@
 //! MM_SIM_SEED changes the seed, MM_SIM_ONLY (scenario numbers, `1,3`) picks
 //! scenarios, MM_SIM_THREADS runs that many at once (2), MM_SIM_PROGRESS
 //! prints progress every 10 s, MM_SIM_HOLD_MS sets `Tuning::hold`, and
-//! MM_SIM_SLOTS=K `Tuning::send_slots` (0: a holder sends all its answers
+//! MM_SIM_PEER_SLOTS=K pullers' send slots (`Tuning::peer_send_slots`, not
+//! modelled unless set), MM_SIM_SLOTS=K `Tuning::send_slots` (0: a holder sends all its answers
 //! at once, as before).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -77,6 +78,12 @@ fn main() {
         }
         if let Some(ms) = env::<u64>("MM_SIM_HOLD_MS") {
             s.tuning.hold = std::time::Duration::from_millis(ms);
+        }
+        // MM_SIM_PEER_SLOTS=K: pullers send K answers at a time, to the
+        // furthest behind first, as the engine does (0: all at once).
+        if let Some(k) = env::<usize>("MM_SIM_PEER_SLOTS") {
+            s.peer_slots = k > 0;
+            s.tuning.peer_send_slots = k;
         }
     }
     let picked: Vec<(usize, Scenario)> = all

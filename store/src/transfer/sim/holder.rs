@@ -101,9 +101,12 @@ impl Sim<'_> {
                     );
                 }
                 Ok((k, tags)) => {
-                    let limited = self.slots > 0 && self.hosts[q as usize].ledger.is_some();
-                    if limited && !self.conns[c as usize].has_slot {
-                        if self.slots_used[q as usize] >= self.slots {
+                    let slots = self.slots_of(q);
+                    if slots > 0 && !self.conns[c as usize].has_slot {
+                        if self.slots_used[q as usize] >= slots {
+                            if self.hosts[q as usize].ledger.is_none() {
+                                self.stats.peer_slot_waits += 1;
+                            }
                             self.conns[c as usize].pending = Some(Sending { req, k, tags, news });
                             self.slot_wait[q as usize].push_back(c);
                             self.end_flow(c);
@@ -233,7 +236,7 @@ impl Sim<'_> {
         let up = self.links[2 * from].cap;
         let hold = uplink::hold_for(
             up,
-            self.slots as usize,
+            self.slots_of(from as u32) as usize,
             k * CHUNK_SIZE as usize,
             self.t.slot_hold,
         );
@@ -253,14 +256,39 @@ impl Sim<'_> {
         self.conns[c as usize].has_slot = false;
         let q = self.conns[c as usize].from as usize;
         self.slots_used[q] -= 1;
-        while let Some(w) = self.slot_wait[q].pop_front() {
-            let Some(s) = self.conns[w as usize].pending.take() else {
-                continue;
+        // Those that no longer wait (their receiver died) leave the line.
+        let conns = &self.conns;
+        self.slot_wait[q].retain(|w| conns[*w as usize].pending.is_some());
+        // A holder's answers go in turn; a puller's to the furthest behind
+        // first, then in turn (`Uplink::take`).
+        let next = if self.hosts[q].ledger.is_some() {
+            self.slot_wait[q].pop_front()
+        } else {
+            let rank = |w: &u32| {
+                let s = self.conns[*w as usize].pending.as_ref();
+                s.and_then(|s| s.req.asker.progress).unwrap_or(u16::MAX)
             };
+            let at =
+                (0..self.slot_wait[q].len()).min_by_key(|i| (rank(&self.slot_wait[q][*i]), *i));
+            at.and_then(|i| self.slot_wait[q].remove(i))
+        };
+        if let Some(w) = next {
+            let s = self.conns[w as usize]
+                .pending
+                .take()
+                .expect("a waiting answer");
             self.slots_used[q] += 1;
             self.give_slot(w, s.k);
             self.begin_send(w, s);
-            return;
+        }
+    }
+
+    /// Send slots of host `q` now: a complete holder's, or a puller's.
+    fn slots_of(&self, q: u32) -> u32 {
+        if self.hosts[q as usize].ledger.is_some() {
+            self.slots
+        } else {
+            self.peer_slots
         }
     }
 }

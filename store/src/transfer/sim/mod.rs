@@ -21,7 +21,8 @@
 //!   A complete holder sends at most `Tuning::send_slots` answers at a
 //!   time, the others waiting their turn, as the data channel's server
 //!   does (`uplink.rs`). A puller's own send slots (and its answers to the
-//!   furthest behind first) are not modelled: its answers all go at once.
+//!   furthest behind first) only with [`Scenario::peer_slots`]; otherwise
+//!   its answers all go at once.
 //! - A flow is limited by the sender's uplink, the receiver's downlink and
 //!   the site link it crosses (one per direction). Rates are max-min fair
 //!   per link, lazily: when a flow starts or ends, each of its links is
@@ -127,6 +128,10 @@ pub struct Scenario {
     /// Given up at this many times the ideal time, or after a minute if
     /// that is later (a small file takes the engine's waits, not its size).
     pub limit: f64,
+    /// Pullers send `Tuning::peer_send_slots` answers at a time, to the
+    /// furthest behind first, each holding its slot as the data channel's
+    /// server does; otherwise all of a puller's answers flow at once.
+    pub peer_slots: bool,
 }
 
 impl Scenario {
@@ -152,6 +157,7 @@ impl Scenario {
             tuning: Tuning::default(),
             progress: false,
             limit: 30.0,
+            peer_slots: false,
         }
     }
 
@@ -205,6 +211,9 @@ pub struct Stats {
     pub asks: u64,
     pub endgame_asks: u64,
     pub origin_asks: u64,
+    /// Answers of pullers that waited for one of their send slots
+    /// ([`Scenario::peer_slots`]).
+    pub peer_slot_waits: u64,
     /// Why `schedule` stopped asking: the per-file or writing limit; no
     /// source with room; sources with room, but nothing to ask of them.
     pub stop_full: u64,
@@ -442,9 +451,10 @@ struct Sim<'a> {
     /// Pullers neither done nor dead.
     pulling: usize,
     any_dead: bool,
-    /// Send slots per complete holder (0: no limit), those in use, and the
-    /// connections waiting for one.
+    /// Send slots per complete holder and per puller (0: no limit), those
+    /// in use, and the connections waiting for one.
     slots: u32,
+    peer_slots: u32,
     slots_used: Vec<u32>,
     slot_wait: Vec<VecDeque<u32>>,
     origin_chunks: u64,

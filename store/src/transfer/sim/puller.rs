@@ -114,11 +114,9 @@ impl Sim<'_> {
                 s.waiting_since = Some(now);
             }
             s.inflight += count;
-            // No progress: only pullers' own send slots would read it,
-            // and the simulator has none.
             let asker = Asker {
                 seen: (!s.complete).then_some(s.seen),
-                progress: None,
+                progress: Some(Asker::progress_of(st.got as u64, self.n as u64)),
             };
             let q = Self::id(&ask.host);
             if q == 0 {

@@ -100,6 +100,11 @@ impl<'a> Sim<'a> {
             pulling: sc.pullers,
             any_dead: false,
             slots: sc.tuning.send_slots as u32,
+            peer_slots: if sc.peer_slots {
+                sc.tuning.peer_send_slots as u32
+            } else {
+                0
+            },
             slots_used: vec![0; hosts_n],
             slot_wait: vec![VecDeque::new(); hosts_n],
             origin_chunks: 0,

@@ -115,3 +115,21 @@ fn sim_a_holder_with_few_send_slots_gets_first_chunks_out_sooner() {
     let per_chunk = b.origin_chunks as f64 / b.chunks as f64;
     assert!((1.0..=1.1).contains(&per_chunk), "{per_chunk}: {b:#?}");
 }
+
+#[test]
+fn sim_pullers_with_one_send_slot_make_the_others_wait_and_still_deliver_everything() {
+    let all_at_once = small("all at once");
+    let (a, _) = run(&all_at_once);
+    check_complete(&a);
+    assert_eq!(a.stats.peer_slot_waits, 0, "{a:#?}");
+    let slotted = Scenario {
+        peer_slots: true,
+        ..small("one slot")
+    };
+    assert_eq!(slotted.tuning.peer_send_slots, 1);
+    let (r, _) = run(&slotted);
+    check_complete(&r);
+    assert!(r.stats.peer_slot_waits > 0, "{r:#?}");
+    let per_chunk = r.origin_chunks as f64 / r.chunks as f64;
+    assert!((1.0..=1.1).contains(&per_chunk), "{per_chunk}: {r:#?}");
+}
