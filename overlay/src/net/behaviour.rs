@@ -189,28 +189,28 @@ pub(super) fn fmt_err(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// What a failed dial most likely means, for the operator: no `mm serve`
-/// at that address and port, or (the TCP connection made, the handshake
-/// failed) another cluster key.
-pub(super) fn dial_hint(e: &libp2p::swarm::DialError, keyed: bool) -> &'static str {
-    let refused = match e {
-        libp2p::swarm::DialError::Transport(tried) => {
-            !tried.is_empty()
-                && tried.iter().all(|(_, t)| match t {
-                    libp2p::TransportError::Other(io) => refused(io),
-                    libp2p::TransportError::MultiaddrNotSupported(_) => false,
-                })
-        }
-        _ => false,
+/// What a dial that failed on the way (not one libp2p refused to make, or
+/// stopped for being to the wrong peer or this node: their errors say so)
+/// most likely means, for the operator: no `mm serve` at that address and
+/// port, or (the TCP connection made, the handshake failed) another
+/// cluster key.
+pub(super) fn dial_hint(e: &libp2p::swarm::DialError, keyed: bool) -> Option<&'static str> {
+    let libp2p::swarm::DialError::Transport(tried) = e else {
+        return None;
     };
-    if refused {
+    let refused = !tried.is_empty()
+        && tried.iter().all(|(_, t)| match t {
+            libp2p::TransportError::Other(io) => refused(io),
+            libp2p::TransportError::MultiaddrNotSupported(_) => false,
+        });
+    Some(if refused {
         "nothing listens there: is `mm serve` running at that address, with that --port?"
     } else if keyed {
         "cluster key mismatch, or the peer is down?"
     } else {
         "is the peer up? If it has a cluster key, this node has none: give it the same key \
          (--psk-file)"
-    }
+    })
 }
 
 /// Whether a connection was refused, however deep libp2p's layers hold
@@ -383,14 +383,20 @@ mod tests {
             ErrorKind::ConnectionRefused,
         ))));
         for keyed in [true, false] {
-            assert!(dial_hint(&refused, keyed).contains("nothing listens there"));
+            assert!(dial_hint(&refused, keyed)
+                .unwrap()
+                .contains("nothing listens there"));
         }
         let garbage = dial(IoError::other(Layer(IoError::new(
             ErrorKind::InvalidData,
             "Maximum frame length exceeded",
         ))));
-        assert!(dial_hint(&garbage, true).contains("cluster key mismatch"));
-        assert!(dial_hint(&garbage, false).contains("this node has none"));
+        assert!(dial_hint(&garbage, true)
+            .unwrap()
+            .contains("cluster key mismatch"));
+        assert!(dial_hint(&garbage, false)
+            .unwrap()
+            .contains("this node has none"));
         // Refused at one address, no handshake at another: not "nothing".
         let mixed = DialError::Transport(vec![
             (
@@ -402,7 +408,11 @@ mod tests {
                 TransportError::Other(IoError::from(ErrorKind::TimedOut)),
             ),
         ]);
-        assert!(dial_hint(&mixed, true).contains("cluster key mismatch"));
+        assert!(dial_hint(&mixed, true)
+            .unwrap()
+            .contains("cluster key mismatch"));
+        // libp2p's own refusals explain themselves.
+        assert_eq!(dial_hint(&DialError::Aborted, true), None);
     }
 
     #[test]

@@ -627,12 +627,16 @@ impl EventLoop {
                 peer_id,
                 error,
             } => {
+                let text = fmt_err(&error);
                 let hint = behaviour::dial_hint(&error, self.cfg.psk.is_some());
-                let msg = format!("dial failed: {} ({hint})", fmt_err(&error));
+                let msg = match hint {
+                    Some(h) => format!("dial failed: {text} ({h})"),
+                    None => format!("dial failed: {text}"),
+                };
                 if let Some((_, Some(r))) = self.dials.pending.remove(&connection_id) {
                     let _ = r.send(Err(Error::Dial(msg.clone())));
                 }
-                self.static_failed(connection_id, hint);
+                self.static_failed(connection_id, hint.unwrap_or(&text));
                 debug!(
                     "{} {msg}",
                     peer_id.map(|p| p.to_string()).unwrap_or_default()
