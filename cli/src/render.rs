@@ -47,7 +47,9 @@ pub(crate) fn render(responses: &[Response], f: &Flags) -> (String, Vec<String>)
     let responses = &shown[..];
     let mut out = String::new();
     let mut errors = Vec::new();
-    let multi = responses.iter().filter(|r| r.error.is_empty()).count() > 1;
+    // As minimega: several answers, errors among them, name their hosts;
+    // one text beside an error would not say whose it is.
+    let multi = responses.len() > 1;
     // Group tables with the same header, in order of first appearance.
     let mut groups: Vec<(&Vec<String>, Vec<Vec<String>>)> = Vec::new();
     let mut texts = Vec::new();
@@ -391,12 +393,20 @@ mod tests {
     }
 
     #[test]
-    fn text_is_prefixed_only_when_several_hosts_answer() {
+    fn text_is_prefixed_only_when_several_hosts_answer_or_fail() {
         let d = Flags::default();
         let one = vec![Response::text("a", "3")];
         assert_eq!(render(&one, &d).0, "3\n");
         let two = vec![Response::text("b", "x\ny"), Response::text("a", "3")];
         assert_eq!(render(&two, &d).0, "a: 3\nb: x\nb: y\n");
+        // An answer beside another host's error says whose it is.
+        let and_error = vec![
+            Response::text("n2", "mm 0.1.0"),
+            Response::error("n3", "no such host"),
+        ];
+        let (out, errs) = render(&and_error, &d);
+        assert_eq!(out, "n2: mm 0.1.0\n");
+        assert_eq!(errs, ["E: n3: no such host"]);
     }
 
     fn vms() -> Vec<Response> {
