@@ -219,18 +219,22 @@ pub(crate) fn asked_by(
     host: &str,
     limits: PeerLimits,
 ) -> bool {
-    if sources.contains_key(host) || retired.contains_key(host) {
-        return false;
-    }
-    let pullers = sources
-        .values()
-        .filter(|s| !s.complete && !s.dropped)
-        .count();
-    if pullers >= limits.pullers {
+    if sources.contains_key(host) || retired.contains_key(host) || !room_for_puller(sources, limits)
+    {
         return false;
     }
     sources.insert(host.to_string(), SourceStat::default());
     true
+}
+
+/// Whether another puller may be tracked: those tracked and not dropped
+/// are fewer than the limit.
+fn room_for_puller(sources: &BTreeMap<String, SourceStat>, limits: PeerLimits) -> bool {
+    let pullers = sources
+        .values()
+        .filter(|s| !s.complete && !s.dropped)
+        .count();
+    pullers < limits.pullers
 }
 
 /// Holder `from` pointed us at `to` for chunk `idx`. While there is room
@@ -253,12 +257,7 @@ pub(crate) fn redirected(
     limits: PeerLimits,
     hold: std::time::Duration,
 ) {
-    let tracked = sources.contains_key(&to);
-    let pullers = sources
-        .values()
-        .filter(|s| !s.complete && !s.dropped)
-        .count();
-    if !tracked && pullers >= limits.pullers {
+    if !sources.contains_key(&to) && !room_for_puller(sources, limits) {
         stat(sources, retired, from).held.insert(idx, now + hold);
         return;
     }

@@ -269,10 +269,6 @@ impl DataClient {
         let mut reached = false;
         for ip in ips {
             let addr = SocketAddr::new(*ip, port);
-            let (hs, first) = hello().map_err(|e| NoConn {
-                why: format!("handshake: {e}"),
-                reached,
-            })?;
             let stream = match tokio::time::timeout(SETUP_TIMEOUT, TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => {
@@ -285,6 +281,12 @@ impl DataClient {
                 }
             };
             reached = true;
+            // Made only for an address that took the connection: a keyed
+            // hello costs Diffie-Hellman, and uses up one of its counts.
+            let (hs, first) = hello().map_err(|e| NoConn {
+                why: format!("handshake: {e}"),
+                reached,
+            })?;
             match tokio::time::timeout(SETUP_TIMEOUT, handshake(stream, hs, first)).await {
                 Ok(Ok((conn, rtt))) => {
                     debug!("data connection to {host} at {addr}, round trip {rtt:?}");
@@ -563,6 +565,22 @@ mod tests {
         overlay
     }
 
+    /// A node that dials `holder` (which announces `data`), once it has
+    /// seen that announcement.
+    async fn puller_seeing(holder: &Overlay, data: mm_overlay::DataInfo) -> Overlay {
+        holder.set_data(Some(data)).await.unwrap();
+        let at = holder.snapshot().await.unwrap().listen[0].parse().unwrap();
+        let puller = node("puller", vec![at], None, Arc::default()).await;
+        for _ in 0..300 {
+            let snap = puller.snapshot().await.unwrap();
+            if snap.nodes.get("holder").is_some_and(|n| n.data.is_some()) {
+                return puller;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the puller never saw the holder's data key");
+    }
+
     /// A holder that knows the puller's key lets it in with a keyed hello
     /// and no grant; one that does not know it yet (its announcement has
     /// not arrived) refuses the hello, and the puller gets a grant and its
@@ -580,25 +598,11 @@ mod tests {
                 super::super::server::tests::keyed_server(None, members).await;
             let grants = Arc::new(AtomicUsize::new(0));
             let holder = node("holder", vec![], Some(server.clone()), grants.clone()).await;
-            holder
-                .set_data(Some(mm_overlay::DataInfo {
-                    port: server.port(),
-                    key: holder_id.public.to_vec(),
-                }))
-                .await
-                .unwrap();
-            let at = holder.snapshot().await.unwrap().listen[0].parse().unwrap();
-            let puller = node("puller", vec![at], None, Arc::default()).await;
-            let mut seen = false;
-            for _ in 0..300 {
-                let snap = puller.snapshot().await.unwrap();
-                if snap.nodes.get("holder").is_some_and(|n| n.data.is_some()) {
-                    seen = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            assert!(seen, "the puller never saw the holder's data key");
+            let data = mm_overlay::DataInfo {
+                port: server.port(),
+                key: holder_id.public.to_vec(),
+            };
+            let puller = puller_seeing(&holder, data).await;
             let client = DataClient::new(puller.clone(), puller_id);
             // A have poll for a file the holder lacks: its answer (a miss
             // from the server) comes over a data connection.
@@ -624,22 +628,11 @@ mod tests {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = closed.local_addr().unwrap().port();
         drop(closed);
-        holder
-            .set_data(Some(mm_overlay::DataInfo {
-                port,
-                key: Identity::new(None).public.to_vec(),
-            }))
-            .await
-            .unwrap();
-        let at = holder.snapshot().await.unwrap().listen[0].parse().unwrap();
-        let puller = node("puller", vec![at], None, Arc::default()).await;
-        for _ in 0..300 {
-            let snap = puller.snapshot().await.unwrap();
-            if snap.nodes.get("holder").is_some_and(|n| n.data.is_some()) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let data = mm_overlay::DataInfo {
+            port,
+            key: Identity::new(None).public.to_vec(),
+        };
+        let puller = puller_seeing(&holder, data).await;
         let client = DataClient::new(puller.clone(), Arc::new(Identity::new(None)));
         let got = client.have("holder", "f".into(), vec![1; 32]).await;
         assert!(matches!(got, Err(DataError::Setup)), "a connection?");
