@@ -16,7 +16,9 @@
 //! prints progress every 10 s, MM_SIM_HOLD_MS sets `Tuning::hold`, and
 //! MM_SIM_PEER_SLOTS=K pullers' send slots (`Tuning::peer_send_slots`, not
 //! modelled unless set), MM_SIM_SLOTS=K `Tuning::send_slots` (0: a holder sends all its answers
-//! at once, as before).
+//! at once, as before), and MM_SIM_MBIT every host's link each way (1000):
+//! `MM_SIM_MBIT=200 MM_SIM_HOSTS=15 MM_SIM_GIB=0.25` is the files bench's
+//! 15-puller B2 without TCP.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -46,6 +48,8 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect());
     let threads = env("MM_SIM_THREADS").unwrap_or(2usize).max(1);
+    let mbit: f64 = env("MM_SIM_MBIT").unwrap_or(1000.0);
+    let cap = mbit * 1e6 / 8.0;
 
     let big = chunks(gib);
     let mut all = vec![
@@ -61,7 +65,7 @@ fn main() {
         },
         Scenario {
             sites: 2,
-            site_link: Some(2.0 * 125e6),
+            site_link: Some(2.0 * cap),
             ..Scenario::new(&format!("2 sites of {}, 2x link", hosts / 2), hosts, big)
         },
     ];
@@ -69,6 +73,7 @@ fn main() {
     let peers: Option<usize> = env("MM_SIM_PEERS");
     for s in &mut all {
         s.seed = seed;
+        s.cap = cap;
         s.progress = progress;
         if let Some(k) = peers {
             s.tuning.peers.pullers = k;
@@ -125,7 +130,7 @@ fn main() {
     );
     println!(
         "seed {seed}; each puller tracks {policy}; times are over size / per-host cap \
-         (1 Gbit/s each way)\n"
+         ({mbit} Mbit/s each way)\n"
     );
     println!(
         "| # | scenario | chunks | last live done | p50 | last fast | origin chunks / chunk | \
@@ -158,7 +163,7 @@ fn main() {
 fn detail(k: usize, r: &Report, c: &Cost) {
     let s = &r.stats;
     // Tenths of the ideal time, as far as the run went.
-    let cap = 125e6 * r.ideal / 10.0;
+    let cap = r.chunks as f64 * CHUNK_SIZE as f64 / 10.0;
     let tenths = ((s.end / r.ideal * 10.0).ceil() as usize).min(s.origin_bytes.len() - 1);
     let pct = |v: &[f64], over: f64| -> String {
         v[..tenths]
