@@ -16,7 +16,9 @@
 //! prints progress every 10 s, MM_SIM_HOLD_MS sets `Tuning::hold`, and
 //! MM_SIM_PEER_SLOTS=K pullers' send slots (`Tuning::peer_send_slots`, not
 //! modelled unless set), MM_SIM_SLOTS=K `Tuning::send_slots` (0: a holder sends all its answers
-//! at once, as before), and MM_SIM_MBIT every host's link each way (1000):
+//! at once, as before), MM_SIM_TELL_GONE=0 keeps pullers from telling the
+//! holder of pullers they could not reach (`Scenario::tell_gone`), and
+//! MM_SIM_MBIT every host's link each way (1000):
 //! `MM_SIM_MBIT=200 MM_SIM_HOSTS=15 MM_SIM_GIB=0.25` is the files bench's
 //! 15-puller B2 without TCP.
 
@@ -80,6 +82,9 @@ fn main() {
         }
         if let Some(k) = env::<usize>("MM_SIM_SLOTS") {
             s.tuning.send_slots = k;
+        }
+        if let Some(v) = env::<u8>("MM_SIM_TELL_GONE") {
+            s.tell_gone = v != 0;
         }
         if let Some(ms) = env::<u64>("MM_SIM_HOLD_MS") {
             s.tuning.hold = std::time::Duration::from_millis(ms);
@@ -197,9 +202,10 @@ fn detail(k: usize, r: &Report, c: &Cost) {
         s.asks, s.origin_asks, s.endgame_asks, s.picks, s.stop_full, s.stop_no_room, s.stop_nothing
     );
     println!(
-        "   not yet {}, redirects {}, promises expired {}, lost {}, failed {}; have polls {} ({:.1} MB/s per puller); \"who holds it\" {} times ({:.1} a puller, each asking every node)",
+        "   not yet {}, redirects {} ({} to a puller dead a while), promises expired {}, lost {}, failed {}; have polls {} ({:.1} MB/s per puller); \"who holds it\" {} times ({:.1} a puller, each asking every node)",
         s.not_yet,
         s.redirects,
+        s.late_redirects,
         s.promises_expired,
         s.lost,
         s.failed,

@@ -20,5 +20,5 @@ pub use local::Local;
 pub use manifest::Manifest;
 pub use meta::Meta;
 pub use transfer::{
-    Asker, Engine, Held, Miss, Net, News, Pending, Progress, Reply, Select, Sent, Tuning,
+    Asker, Engine, Held, Miss, Net, News, Pending, Progress, Reply, Select, Sent, Tuning, MAX_GONE,
 };

@@ -227,7 +227,14 @@ impl Net for MemNet {
         asker: Asker,
     ) -> BoxFuture<'static, Reply> {
         let (me, hub) = (self.me.clone(), self.hub.clone());
-        let read = self.read(host.clone(), name.clone(), root.clone(), index, count);
+        let read = self.read(
+            host.clone(),
+            name.clone(),
+            root.clone(),
+            index,
+            count,
+            asker.gone.clone(),
+        );
         async move {
             let chunks = read.await;
             // The news as of the answer, as the data channel sends it.
@@ -249,6 +256,7 @@ impl MemNet {
         root: Vec<u8>,
         index: u32,
         count: u32,
+        gone: Vec<String>,
     ) -> BoxFuture<'static, Result<ChunkBuf, Miss>> {
         let (me, hub) = (self.me.clone(), self.hub.clone());
         async move {
@@ -263,6 +271,7 @@ impl MemNet {
             }
             let from = me.clone();
             let mut buf = tokio::task::spawn_blocking(move || {
+                engine.told_gone(&from, &name, &root, &gone);
                 engine.read_chunks(&from, &name, &root, index as usize, count as usize)
             })
             .await

@@ -83,6 +83,16 @@ impl Ledger {
         }
     }
 
+    /// `from` could not reach the pullers `gone`: none of them is pointed
+    /// at again until it asks again itself (a live one soon does).
+    pub(super) fn told_gone(&mut self, from: &str, gone: &[String]) {
+        for g in gone.iter().take(super::MAX_GONE) {
+            if g != from {
+                self.active.remove(g);
+            }
+        }
+    }
+
     /// How many chunks of the run `index..index + count` to send `from`
     /// (at least the first), or whom to point it at for the first. A run
     /// goes whole only to a lone puller: while others pull too, single

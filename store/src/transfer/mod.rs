@@ -211,7 +211,7 @@ pub trait Net: Send + Sync + 'static {
 }
 
 /// What a chunk request tells its source about the puller asking.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Asker {
     /// How much of the source's news the asker has heard: with it, the
     /// answer carries the source's news from that entry of its log on, if
@@ -221,7 +221,15 @@ pub struct Asker {
     /// answers wait for a send slot serves the furthest behind first
     /// ([`Engine::send_slot`]). None from a node that does not say.
     pub progress: Option<u16>,
+    /// Pullers the asker could not reach (a request failed, or the
+    /// connection broke, since their last chunk), told to a complete
+    /// holder: it stops pointing askers at them (`peers::gone_for`).
+    /// At most [`MAX_GONE`].
+    pub gone: Vec<String>,
 }
+
+/// Pullers one request tells of at most.
+pub const MAX_GONE: usize = 4;
 
 impl Asker {
     /// `done` of `of` as [`Asker::progress`] counts it.

@@ -227,6 +227,23 @@ pub(crate) fn asked_by(
     true
 }
 
+/// The pullers to tell a complete holder of with a request: those tracked
+/// that could not be reached since their last chunk, at most
+/// [`super::MAX_GONE`]. A holder points askers at the puller it sent a
+/// chunk to for as long as that puller keeps asking it
+/// (`Tuning::puller_active`); one that died would be pointed at for that
+/// long, and every asker sent there would wait on it. Told again with
+/// every request while it stays unreached: a holder forgets it only until
+/// it asks again, so a puller alive after all loses nothing.
+pub(crate) fn gone_for(sources: &BTreeMap<String, SourceStat>) -> Vec<String> {
+    sources
+        .iter()
+        .filter(|(_, s)| !s.complete && s.broken())
+        .map(|(h, _)| h.clone())
+        .take(super::MAX_GONE)
+        .collect()
+}
+
 /// Whether another puller may be tracked: those tracked and not dropped
 /// are fewer than the limit.
 fn room_for_puller(sources: &BTreeMap<String, SourceStat>, limits: PeerLimits) -> bool {
@@ -635,6 +652,30 @@ mod tests {
             3
         );
         assert!(far_hosts(&lan).is_empty());
+    }
+
+    #[test]
+    fn pullers_that_could_not_be_reached_are_told_a_holder_a_few_at_a_time() {
+        let mut sources = BTreeMap::new();
+        for h in ["holder", "ok", "p1", "p2", "p3", "p4", "p5"] {
+            sources.insert(h.to_string(), SourceStat::default());
+        }
+        let holder = sources.get_mut("holder").unwrap();
+        holder.complete = true;
+        holder.fails = 1;
+        for (i, h) in ["p1", "p2", "p3", "p4", "p5"].iter().enumerate() {
+            let s = sources.get_mut(*h).unwrap();
+            if i % 2 == 0 {
+                s.lost = 1;
+            } else {
+                s.fails = 1;
+            }
+        }
+        assert_eq!(gone_for(&sources), ["p1", "p2", "p3", "p4"]);
+        // A chunk from one: reached, not told of any more.
+        let p2 = sources.get_mut("p2").unwrap();
+        (p2.fails, p2.lost) = (0, 0);
+        assert_eq!(gone_for(&sources), ["p1", "p3", "p4", "p5"]);
     }
 
     #[test]

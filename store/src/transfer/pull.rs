@@ -361,6 +361,12 @@ impl Pull {
             for i in lo..lo + count {
                 self.inflight.entry(i).or_default().insert(host.clone());
             }
+            let complete = st.sources.get(&host).is_some_and(|s| s.complete);
+            let gone = if complete {
+                peers::gone_for(&st.sources)
+            } else {
+                Vec::new()
+            };
             let s = st
                 .sources
                 .get_mut(&host)
@@ -373,6 +379,7 @@ impl Pull {
             let asker = Asker {
                 seen: (!s.complete).then_some(s.seen),
                 progress: Some(Asker::progress_of(st.bytes, job.manifest.size)),
+                gone,
             };
             self.counts.asks += 1;
             let fut = self.engine.net.chunk(

@@ -174,6 +174,19 @@ impl Engine {
         l.decide_run(&self.tuning, from, index, count, now)
     }
 
+    /// `from`, asking for `name` (version `root`), could not reach the
+    /// pullers `gone` ([`super::Asker::gone`]): if this node serves that
+    /// file whole, it stops pointing askers at them.
+    pub fn told_gone(&self, from: &str, name: &str, root: &[u8], gone: &[String]) {
+        if gone.is_empty() {
+            return;
+        }
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = ledgers.get_mut(name).filter(|l| l.root == root) {
+            l.told_gone(from, gone);
+        }
+    }
+
     /// The news of a transfer in progress here for a puller that has heard
     /// `seen` entries of its log: the next ones, up to [`MAX_NEWS`]. From
     /// the start again if it heard more than there are (this is another

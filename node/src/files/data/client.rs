@@ -99,6 +99,7 @@ impl DataClient {
             count,
             seen: asker.seen,
             progress: asker.progress,
+            gone: asker.gone,
         });
         let (reply, answer) = oneshot::channel();
         let mut job = Job {

@@ -136,6 +136,11 @@ pub(super) struct DataReq {
     /// absent from an older node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) progress: Option<u16>,
+    /// Pullers the requester could not reach ([`mm_store::Asker::gone`]);
+    /// absent from an older node. Only the first [`mm_store::MAX_GONE`]
+    /// count; the request's size limit bounds the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) gone: Vec<String>,
 }
 
 /// Random bytes as records and answers: never a panic, and no record over

@@ -457,6 +457,8 @@ fn answer_record(
         }
     } else {
         let (index, count) = (req.index as usize, req.count as usize);
+        let gone = &req.gone[..req.gone.len().min(mm_store::MAX_GONE)];
+        engine.told_gone(from, &req.name, &req.root, gone);
         engine.read_chunk(from, &req.name, &req.root, index, count, &mut record)
     };
     let kind = match read {
@@ -657,35 +659,55 @@ pub(super) mod tests {
         assert_eq!(reader.join().unwrap(), 64 << 20, "all of it");
     }
 
-    /// A request for no chunks is a have poll: answered with the
-    /// bitfield, and no send slot is taken for it.
-    #[tokio::test]
-    async fn a_request_for_no_chunks_is_answered_with_the_have_bits() {
+    /// A node holding `f` whole (2.5 chunks: the last byte of its
+    /// bitfield is partly padding), and its version.
+    fn holder_of_f() -> (tempfile::TempDir, Arc<Engine>, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let files = mm_store::FilesDir::open(&dir.path().join("files")).unwrap();
         let meta = mm_store::Meta::open(&dir.path().join("meta.db")).unwrap();
-        // 2.5 chunks: the last byte of the bitfield is partly padding.
         let size = mm_store::manifest::CHUNK_SIZE as usize * 5 / 2;
         std::fs::write(dir.path().join("files/f"), vec![3u8; size]).unwrap();
         let local = Arc::new(mm_store::Local::new(files, meta));
         let root = local.manifest("f").unwrap().unwrap().root;
-        let engine = Engine::new(local, mm_store::mem::Hub::new().net("h"));
-        let ask = |name: &str, root: &[u8]| {
-            let (mut sealer, mut opener) = super::super::record::testing::pair();
-            let req = DataReq {
-                name: name.into(),
-                root: root.to_vec(),
-                index: 0,
-                count: 0,
-                seen: None,
-                progress: None,
-            };
-            let (record, data) = answer_record(&engine, "p", &req, &mut sealer);
-            let bytes = record[ANSWER_AT - 4..].to_vec();
-            let plain =
-                futures::executor::block_on(opener.open(&mut &bytes[..], MAX_ANSWER)).unwrap();
-            (super::super::record::answer(plain, 0).unwrap(), data)
-        };
+        (
+            dir,
+            Engine::new(local, mm_store::mem::Hub::new().net("h")),
+            root,
+        )
+    }
+
+    /// `engine`'s answer to `req` from `from`, the request through the
+    /// wire as a client sends it; and whether it is a chunk.
+    fn answer_to_req(engine: &Engine, from: &str, req: &DataReq) -> (mm_store::Reply, bool) {
+        let req: DataReq = wire::decode(&wire::encode(req)).unwrap();
+        let (mut sealer, mut opener) = super::super::record::testing::pair();
+        let (record, data) = answer_record(engine, from, &req, &mut sealer);
+        let bytes = record[ANSWER_AT - 4..].to_vec();
+        let plain = futures::executor::block_on(opener.open(&mut &bytes[..], MAX_ANSWER)).unwrap();
+        (
+            super::super::record::answer(plain, req.index).unwrap(),
+            data,
+        )
+    }
+
+    fn req(name: &str, root: &[u8], count: u32, gone: &[&str]) -> DataReq {
+        DataReq {
+            name: name.into(),
+            root: root.to_vec(),
+            index: 0,
+            count,
+            seen: None,
+            progress: None,
+            gone: gone.iter().map(|g| g.to_string()).collect(),
+        }
+    }
+
+    /// A request for no chunks is a have poll: answered with the
+    /// bitfield, and no send slot is taken for it.
+    #[tokio::test]
+    async fn a_request_for_no_chunks_is_answered_with_the_have_bits() {
+        let (_dir, engine, root) = holder_of_f();
+        let ask = |name: &str, root: &[u8]| answer_to_req(&engine, "p", &req(name, root, 0, &[]));
         let (reply, data) = ask("f", &root);
         assert!(!data, "a poll is no chunk: it takes no send slot");
         assert_eq!(&reply.chunks.unwrap()[..], &[0b0000_0111u8][..]);
@@ -693,6 +715,56 @@ pub(super) mod tests {
         assert!(matches!(reply.chunks, Err(Miss::Failed(_))));
         let (reply, _) = ask("nothing", &root);
         assert!(matches!(reply.chunks, Err(Miss::Failed(_))));
+    }
+
+    /// A puller that could not reach the puller a holder pointed it at
+    /// says so, and the holder stops pointing askers there; the first
+    /// [`mm_store::MAX_GONE`] names count, and an older node's request,
+    /// without them, is still understood.
+    #[tokio::test]
+    async fn a_puller_told_gone_is_not_pointed_at_until_it_asks_again() {
+        let (_dir, engine, root) = holder_of_f();
+        let chunk = |from: &str, index: u32, gone: &[&str]| {
+            let ask = DataReq {
+                index,
+                ..req("f", &root, 1, gone)
+            };
+            let (reply, data) = answer_to_req(&engine, from, &ask);
+            match reply.chunks {
+                Ok(_) => {
+                    assert!(data);
+                    "sent".to_string()
+                }
+                Err(Miss::Redirect(to)) => to,
+                Err(e) => panic!("{e:?}"),
+            }
+        };
+        assert_eq!(chunk("a", 0, &[]), "sent");
+        assert_eq!(chunk("b", 0, &[]), "a", "a got it first, and is at work");
+        // Four others first: the fifth name is not read.
+        let many = ["x1", "x2", "x3", "x4", "a"];
+        assert_eq!(chunk("c", 0, &many), "a");
+        assert_eq!(chunk("d", 0, &["a"]), "sent", "a is gone: d gets it");
+        assert_eq!(chunk("e", 0, &[]), "d", "and is pointed at next");
+        // a, alive after all, asks again: it is pointed at once more.
+        assert_eq!(chunk("a", 1, &[]), "sent");
+        assert_eq!(chunk("b", 1, &[]), "a");
+        #[derive(serde::Serialize)]
+        struct Older<'a> {
+            name: &'a str,
+            #[serde(with = "serde_bytes")]
+            root: &'a [u8],
+            index: u32,
+            count: u32,
+        }
+        let older = wire::encode(&Older {
+            name: "f",
+            root: &root,
+            index: 0,
+            count: 1,
+        });
+        let decoded: DataReq = wire::decode(&older).unwrap();
+        assert!(decoded.gone.is_empty() && decoded.progress.is_none());
     }
 
     #[tokio::test]

@@ -145,9 +145,19 @@ impl Sim<'_> {
                 *l = Ledger::new(&[]);
             }
             let count = count.min(n - first);
+            l.told_gone(from, &req.asker.gone);
             match l.decide_run(t, from, first as u32, count as u32, now) {
                 Portion::Send(k) => k as usize,
-                Portion::Redirect(to) => return Err(Miss::Redirect(to)),
+                Portion::Redirect(to) => {
+                    let late = self.now.saturating_sub(2 * ns(self.sc.dead_timeout));
+                    if self.hosts[Self::id(&to) as usize]
+                        .died
+                        .is_some_and(|d| d < late)
+                    {
+                        self.stats.late_redirects += 1;
+                    }
+                    return Err(Miss::Redirect(to));
+                }
             }
         } else {
             let k = (first..(first + count).min(n))

@@ -132,6 +132,11 @@ pub struct Scenario {
     /// furthest behind first, each holding its slot as the data channel's
     /// server does; otherwise all of a puller's answers flow at once.
     pub peer_slots: bool,
+    /// Pullers tell a complete holder which pullers they could not reach
+    /// ([`crate::Asker::gone`]), as the engine does; off, the holder
+    /// knows a puller is gone only once it stops asking
+    /// (`Tuning::puller_active`).
+    pub tell_gone: bool,
 }
 
 impl Scenario {
@@ -158,6 +163,7 @@ impl Scenario {
             progress: false,
             limit: 30.0,
             peer_slots: false,
+            tell_gone: true,
         }
     }
 
@@ -221,6 +227,9 @@ pub struct Stats {
     pub stop_nothing: u64,
     pub not_yet: u64,
     pub redirects: u64,
+    /// Redirects to a puller dead for longer than twice
+    /// [`Scenario::dead_timeout`]: by then its peers know.
+    pub late_redirects: u64,
     /// Promises (redirects) that ran out before the chunk came.
     pub promises_expired: u64,
     pub lost: u64,

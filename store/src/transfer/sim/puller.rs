@@ -105,6 +105,12 @@ impl Sim<'_> {
             for i in lo..lo + count {
                 st.inflight.entry(i).or_default().insert(ask.host.clone());
             }
+            let complete = st.sources.get(&ask.host).is_some_and(|s| s.complete);
+            let gone = if complete && self.sc.tell_gone {
+                peers::gone_for(&st.sources)
+            } else {
+                Vec::new()
+            };
             let s = st
                 .sources
                 .get_mut(&ask.host)
@@ -117,6 +123,7 @@ impl Sim<'_> {
             let asker = Asker {
                 seen: (!s.complete).then_some(s.seen),
                 progress: Some(Asker::progress_of(st.got as u64, self.n as u64)),
+                gone,
             };
             let q = Self::id(&ask.host);
             if q == 0 {
