@@ -514,6 +514,42 @@ fn a_puller_killed_mid_transfer_resumes() {
     assert_eq!(partial_files(&nodes[1]), 0);
 }
 
+/// A puller killed mid-swarm: the others could not reach it, tell the
+/// holder so (which stops pointing them at it), and finish.
+#[test]
+fn a_puller_killed_mid_swarm_is_told_to_the_holder_and_the_others_finish() {
+    let lab = Lab::up(4, Some("40mbit"));
+    let mut nodes = lab_nodes(&lab, 4);
+    let data = content(24 << 20, 44);
+    put(&nodes[0], "k.bin", &data, 0o644);
+    for p in &nodes[1..] {
+        p.mm(&["file", "get", "k.bin"]);
+    }
+    // A third in: the victim was sent chunks first, and the others asked
+    // it for some.
+    wait_chunks(
+        &nodes[1],
+        ((8 << 20) / mm_store::manifest::CHUNK_SIZE) as u32,
+    );
+    nodes[1].stop(true);
+    for p in &nodes[2..] {
+        wait_for(&format!("k.bin on {}", p.name), LONG, || {
+            read(p, "k.bin").filter(|d| d.len() == data.len())
+        });
+        assert!(
+            read(p, "k.bin").unwrap() == data,
+            "{}: k.bin differs",
+            p.name
+        );
+    }
+    let log = nodes[0].log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("k.bin: h") && l.contains("cannot reach h2")),
+        "the holder was not told that h2 is gone:\n{log}"
+    );
+}
+
 #[test]
 fn delete_cancels_a_transfer() {
     let lab = Lab::up(2, Some("20mbit"));

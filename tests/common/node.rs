@@ -202,7 +202,9 @@ impl Node {
                 "RUST_LOG",
                 // MM_LOG: more detail for a run, e.g. mm_store=trace.
                 std::env::var("MM_LOG").unwrap_or_else(|_| {
-                    "info,mm_overlay=debug,libp2p_gossipsub=warn,libp2p_mdns=warn".into()
+                    "info,mm_overlay=debug,mm_store::transfer::serve=debug,\
+                     libp2p_gossipsub=warn,libp2p_mdns=warn"
+                        .into()
                 }),
             )
             .stdin(Stdio::null())

@@ -85,12 +85,14 @@ impl Ledger {
 
     /// `from` could not reach the pullers `gone`: none of them is pointed
     /// at again until it asks again itself (a live one soon does).
-    pub(super) fn told_gone(&mut self, from: &str, gone: &[String]) {
-        for g in gone.iter().take(super::MAX_GONE) {
-            if g != from {
-                self.active.remove(g);
-            }
-        }
+    /// Those it forgot (the same puller is told of with every request
+    /// while it stays unreached).
+    pub(super) fn told_gone<'a>(&mut self, from: &str, gone: &'a [String]) -> Vec<&'a str> {
+        gone.iter()
+            .take(super::MAX_GONE)
+            .filter(|g| *g != from && self.active.remove(*g).is_some())
+            .map(|g| g.as_str())
+            .collect()
     }
 
     /// How many chunks of the run `index..index + count` to send `from`

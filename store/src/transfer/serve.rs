@@ -183,7 +183,11 @@ impl Engine {
         }
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = ledgers.get_mut(name).filter(|l| l.root == root) {
-            l.told_gone(from, gone);
+            for g in l.told_gone(from, gone) {
+                tracing::debug!(
+                    "{name}: {from} cannot reach {g}: not pointed at until it asks again"
+                );
+            }
         }
     }
 
