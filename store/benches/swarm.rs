@@ -197,6 +197,17 @@ fn detail(k: usize, r: &Report, c: &Cost) {
         "   pullers' downlinks busy, % per tenth: {}",
         pct(&s.down_bytes, cap * r.pullers as f64)
     );
+    let across: f64 = s.across_bytes.iter().sum();
+    if across > 0.0 {
+        let size = r.chunks as f64 * CHUNK_SIZE as f64;
+        let back: f64 = s.back_bytes.iter().sum();
+        println!(
+            "   between the sites: {:.2} copies of the file, {:.2} of them into the holder's site; % of a host's link per tenth: {}",
+            across / size,
+            back / size,
+            pct(&s.across_bytes, cap)
+        );
+    }
     println!(
         "   requests {} ({} to the holder, {} endgame); picks {}; stopped: full {} no room {} nothing to ask {}",
         s.asks, s.origin_asks, s.endgame_asks, s.picks, s.stop_full, s.stop_no_room, s.stop_nothing

@@ -244,6 +244,10 @@ pub struct Stats {
     /// carried, and useful bytes the pullers wrote.
     pub origin_bytes: Vec<f64>,
     pub down_bytes: Vec<f64>,
+    /// Bytes the links between sites carried, all of them together, and
+    /// of those the links into the holder's site.
+    pub across_bytes: Vec<f64>,
+    pub back_bytes: Vec<f64>,
     pub useful_bytes: Vec<f64>,
     /// Seconds until each puller's first chunk, averaged.
     pub first_chunk: f64,

@@ -114,6 +114,8 @@ impl<'a> Sim<'a> {
             stats: Stats {
                 origin_bytes: vec![0.0; SLICES + 1],
                 down_bytes: vec![0.0; SLICES + 1],
+                across_bytes: vec![0.0; SLICES + 1],
+                back_bytes: vec![0.0; SLICES + 1],
                 useful_bytes: vec![0.0; SLICES + 1],
                 ..Stats::default()
             },
@@ -179,11 +181,21 @@ impl<'a> Sim<'a> {
         self.trace = (self.trace ^ x).wrapping_mul(0x0100_0000_01b3);
     }
 
-    /// Books what the holder's uplink and all downlinks carried from now
+    /// Books what the holder's uplink, all downlinks and the links between
+    /// sites carried from now
     /// until `to` (rates change only at events), slice by slice.
     pub(super) fn meter(&mut self, to: u64) {
         let width = (self.sc.ideal() / 10.0 * 1e9).max(1.0);
         let (origin, down) = (self.links[0].sum, self.total_rate);
+        let sites = self.sc.sites.max(1);
+        let (mut across, mut back) = (0.0, 0.0);
+        for (k, l) in self.links[2 * self.hosts.len()..].iter().enumerate() {
+            across += l.sum;
+            // Link `k` goes from site k / sites to site k % sites.
+            if k % sites == 0 {
+                back += l.sum;
+            }
+        }
         let mut t = self.now;
         while t < to {
             let k = ((t as f64 / width) as usize).min(SLICES);
@@ -195,6 +207,8 @@ impl<'a> Sim<'a> {
             let dt = secs(end - t);
             self.stats.origin_bytes[k] += origin * dt;
             self.stats.down_bytes[k] += down * dt;
+            self.stats.across_bytes[k] += across * dt;
+            self.stats.back_bytes[k] += back * dt;
             t = end;
         }
     }
