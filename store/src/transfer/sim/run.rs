@@ -182,8 +182,8 @@ impl<'a> Sim<'a> {
     }
 
     /// Books what the holder's uplink, all downlinks and the links between
-    /// sites carried from now
-    /// until `to` (rates change only at events), slice by slice.
+    /// sites carried from now until `to` (rates change only at events),
+    /// slice by slice.
     pub(super) fn meter(&mut self, to: u64) {
         let width = (self.sc.ideal() / 10.0 * 1e9).max(1.0);
         let (origin, down) = (self.links[0].sum, self.total_rate);
