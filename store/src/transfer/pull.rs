@@ -361,12 +361,7 @@ impl Pull {
             for i in lo..lo + count {
                 self.inflight.entry(i).or_default().insert(host.clone());
             }
-            let complete = st.sources.get(&host).is_some_and(|s| s.complete);
-            let gone = if complete {
-                peers::gone_for(&st.sources)
-            } else {
-                Vec::new()
-            };
+            let gone = peers::gone_for(&st.sources, &host, self.counts.asks);
             let s = st
                 .sources
                 .get_mut(&host)

@@ -171,7 +171,9 @@ impl Engine {
         if l.root != root {
             *l = Ledger::new(root);
         }
-        l.decide_run(&self.tuning, from, index, count, now)
+        let portion = l.decide_run(&self.tuning, from, index, count, now);
+        log_forgotten(l, name, None);
+        portion
     }
 
     /// `from`, asking for `name` (version `root`), could not reach the
@@ -183,11 +185,8 @@ impl Engine {
         }
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = ledgers.get_mut(name).filter(|l| l.root == root) {
-            for g in l.told_gone(from, gone) {
-                tracing::debug!(
-                    "{name}: {from} cannot reach {g}: not pointed at until it asks again"
-                );
-            }
+            l.told_gone(gone, Instant::now());
+            log_forgotten(l, name, Some(from));
         }
     }
 
@@ -286,5 +285,15 @@ impl Engine {
             Some((_, m)) => Ok(super::bits::all_bits(m.chunk_count())),
             None => Err(Error::NotFetching { name: name.into() }),
         }
+    }
+}
+
+/// Logs the pullers `l` just forgot because others could not reach them.
+fn log_forgotten(l: &mut Ledger, name: &str, told_by: Option<&str>) {
+    for g in l.take_forgotten() {
+        let by = told_by
+            .map(|f| format!(" ({f} says so)"))
+            .unwrap_or_default();
+        tracing::debug!("{name}: {g} cannot be reached{by}: not pointed at until it asks again");
     }
 }

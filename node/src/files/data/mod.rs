@@ -138,9 +138,45 @@ pub(super) struct DataReq {
     pub(super) progress: Option<u16>,
     /// Pullers the requester could not reach ([`mm_store::Asker::gone`]);
     /// absent from an older node. Only the first [`mm_store::MAX_GONE`]
-    /// count; the request's size limit bounds the rest.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// are kept, and only valid node names (see [`some_names`]).
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "some_names"
+    )]
     pub(super) gone: Vec<String>,
+}
+
+/// A list of node names as a request carries it: the first
+/// [`mm_store::MAX_GONE`] kept, those that are no node's name dropped, the
+/// rest read past without being kept (a request may hold thousands of
+/// empty strings within its size limit).
+fn some_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    struct Names;
+    impl<'de> serde::de::Visitor<'de> for Names {
+        type Value = Vec<String>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of node names")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Vec<String>, A::Error> {
+            let mut names = Vec::new();
+            for _ in 0..mm_store::MAX_GONE {
+                match seq.next_element::<String>()? {
+                    Some(n) if mm_overlay::check_name(&n).is_ok() => names.push(n),
+                    Some(_) => {}
+                    None => return Ok(names),
+                }
+            }
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+            Ok(names)
+        }
+    }
+    d.deserialize_seq(Names)
 }
 
 /// Random bytes as records and answers: never a panic, and no record over

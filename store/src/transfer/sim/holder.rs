@@ -145,8 +145,10 @@ impl Sim<'_> {
                 *l = Ledger::new(&[]);
             }
             let count = count.min(n - first);
-            l.told_gone(from, &req.asker.gone);
-            match l.decide_run(t, from, first as u32, count as u32, now) {
+            l.told_gone(&req.asker.gone, now);
+            let portion = l.decide_run(t, from, first as u32, count as u32, now);
+            l.take_forgotten();
+            match portion {
                 Portion::Send(k) => k as usize,
                 Portion::Redirect(to) => {
                     let late = self.now.saturating_sub(2 * ns(self.sc.dead_timeout));

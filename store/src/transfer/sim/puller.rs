@@ -105,9 +105,8 @@ impl Sim<'_> {
             for i in lo..lo + count {
                 st.inflight.entry(i).or_default().insert(ask.host.clone());
             }
-            let complete = st.sources.get(&ask.host).is_some_and(|s| s.complete);
-            let gone = if complete && self.sc.tell_gone {
-                peers::gone_for(&st.sources)
+            let gone = if self.sc.tell_gone {
+                peers::gone_for(&st.sources, &ask.host, self.stats.asks)
             } else {
                 Vec::new()
             };
