@@ -16,11 +16,12 @@ pub(super) enum Portion {
     Redirect(String),
 }
 
-/// How long a puller told of as unreached has to ask again before the
-/// holder forgets it ([`Ledger::told_gone`]): a puller at work asks its
-/// holder several times a second. The simulator, 300 hosts with 5% dying:
-/// 1.048 of size/cap with 300 ms, 1.086 with 500, 1.061 forgetting at
-/// once (1.188 never told).
+/// How long a puller told of as unreached has at least to ask again before
+/// the holder forgets it ([`Ledger::told_gone`]); twice the time between
+/// its last two asks, if longer (in a big swarm a puller asks its holder
+/// about once a second). The simulator, 300 hosts with 5% dying: 1.048 of
+/// size/cap with 300 ms, 1.086 with 500, 1.061 forgetting at once (1.188
+/// never told).
 pub(super) const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Per file: who got each chunk first, who was already sent elsewhere, and
@@ -31,7 +32,10 @@ pub(super) struct Ledger {
     first: HashMap<u32, (String, Instant)>,
     redirected: HashMap<(u32, String), Instant>,
     pub(super) active: HashMap<String, Instant>,
-    /// Pullers another could not reach, since when (reset when they ask).
+    /// The time between each puller's last two asks.
+    gaps: HashMap<String, std::time::Duration>,
+    /// Pullers another could not reach, until when they have to ask
+    /// (cleared when they do).
     suspects: HashMap<String, Instant>,
     /// Those forgotten for it, not yet logged.
     forgotten: Vec<String>,
@@ -50,11 +54,8 @@ impl Ledger {
     /// Whom to point `from` at for chunk `index`, if anyone; else records
     /// that `from` gets it.
     fn decide(&mut self, t: &Tuning, from: &str, index: u32, now: Instant) -> Option<String> {
-        self.active.insert(from.to_string(), now);
-        if !self.suspects.is_empty() {
-            self.suspects.remove(from);
-            self.forget_suspects(now);
-        }
+        self.asks(from, now);
+        self.forget_suspects(now);
         // Old entries say nothing any more (a redirect is remembered longer
         // than a puller waits on it, so a pointed-at puller still gets the
         // chunk from here in the end): keep the ledger small.
@@ -65,6 +66,7 @@ impl Ledger {
             self.active.insert(from.to_string(), now);
             let active = &self.active;
             self.suspects.retain(|p, _| active.contains_key(p));
+            self.gaps.retain(|p, _| active.contains_key(p));
             self.pruned = Some(now);
         }
         match self.first.get(&index) {
@@ -100,26 +102,44 @@ impl Ledger {
         }
     }
 
-    /// A puller could not reach the pullers `gone`: each that does not
-    /// ask here itself within [`QUIET`] is not pointed at again until it
+    /// `from` asks at `now`: at work, whatever was said of it.
+    fn asks(&mut self, from: &str, now: Instant) {
+        if let Some(prev) = self.active.insert(from.to_string(), now) {
+            self.gaps
+                .insert(from.to_string(), now.saturating_duration_since(prev));
+        }
+        self.suspects.remove(from);
+    }
+
+    /// `from` could not reach the pullers `gone`: each that does not ask
+    /// here itself soon (see [`QUIET`]) is not pointed at again until it
     /// asks again. One that asks often is alive, whatever a peer of it
     /// says (a dial it refused, say; or a hostile member's word), and
-    /// stays; a dead one is forgotten [`QUIET`] after the first word of
+    /// stays; a dead one is forgotten that long after the first word of
     /// it. Only the first [`super::MAX_GONE`] names are read.
-    pub(super) fn told_gone(&mut self, gone: &[String], now: Instant) {
+    pub(super) fn told_gone(&mut self, t: &Tuning, from: &str, gone: &[String], now: Instant) {
+        // Asking, it is at work itself.
+        if self.active.contains_key(from) {
+            self.asks(from, now);
+        }
         for g in gone.iter().take(super::MAX_GONE) {
             if self.active.contains_key(g) && !self.suspects.contains_key(g) {
-                self.suspects.insert(g.clone(), now);
+                let gap = self.gaps.get(g).copied().unwrap_or_default();
+                let wait = QUIET.max(2 * gap).min(t.puller_active);
+                self.suspects.insert(g.clone(), now + wait);
             }
         }
         self.forget_suspects(now);
     }
 
-    /// Forgets the suspects that have not asked within [`QUIET`].
+    /// Forgets the suspects whose time to ask is over.
     fn forget_suspects(&mut self, now: Instant) {
+        if self.suspects.is_empty() {
+            return;
+        }
         let (active, forgotten) = (&mut self.active, &mut self.forgotten);
-        self.suspects.retain(|p, since| {
-            let over = now.saturating_duration_since(*since) >= QUIET;
+        self.suspects.retain(|p, until| {
+            let over = now >= *until;
             if over && active.remove(p).is_some() {
                 forgotten.push(p.clone());
             }
@@ -222,28 +242,32 @@ mod tests {
         assert_eq!(l.decide(&t, "a", 7, t0), None);
         let gone = ["a".to_string()];
         // Told of, but it asks again soon: alive, whoever says otherwise.
-        l.told_gone(&gone, t0 + ms(100));
+        l.told_gone(&t, "r", &gone, t0 + ms(100));
         assert_eq!(l.decide(&t, "b", 7, t0 + ms(200)), Some("a".into()));
         assert_eq!(l.decide(&t, "a", 8, t0 + ms(300)), None);
         assert_eq!(l.decide(&t, "b", 7, t0 + QUIET * 2), None, "b again: sent");
         assert_eq!(l.decide(&t, "c", 7, t0 + QUIET * 2), Some("a".into()));
         assert!(l.take_forgotten().is_empty());
-        // Told of, and silent since: forgotten, and the next asker gets it
-        // in its place.
-        let told = t0 + QUIET * 3;
-        l.told_gone(&gone, told);
-        l.told_gone(&gone, told + ms(100));
-        assert_eq!(l.decide(&t, "d", 7, told + QUIET - ms(1)), Some("a".into()));
-        assert_eq!(l.decide(&t, "e", 7, told + QUIET), None);
+        // Told of, and silent since: forgotten after twice its last gap
+        // between asks (300 ms, more than QUIET), and the next asker gets
+        // it in its place.
+        let told = t0 + ms(1000);
+        let wait = ms(600);
+        assert!(wait > QUIET);
+        l.told_gone(&t, "r", &gone, told);
+        l.told_gone(&t, "r", &gone, told + ms(100));
+        assert_eq!(l.decide(&t, "d", 7, told + wait - ms(1)), Some("a".into()));
+        assert!(l.take_forgotten().is_empty());
+        assert_eq!(l.decide(&t, "e", 7, told + wait), None);
         assert_eq!(l.take_forgotten(), ["a"]);
-        assert_eq!(l.decide(&t, "f", 7, told + QUIET), Some("e".into()));
+        assert_eq!(l.decide(&t, "f", 7, told + wait), Some("e".into()));
         // It asks again: pointed at again.
-        let back = told + QUIET * 2;
+        let back = told + wait * 2;
         assert_eq!(l.decide(&t, "a", 9, back), None);
         assert_eq!(l.decide(&t, "b", 9, back), Some("a".into()));
         // Only the first MAX_GONE names are read.
         let e_last: Vec<String> = ["w", "x", "y", "z", "e"].map(String::from).into();
-        l.told_gone(&e_last, back);
+        l.told_gone(&t, "r", &e_last, back);
         assert_eq!(l.decide(&t, "g", 7, back + QUIET), Some("e".into()));
         assert!(l.take_forgotten().is_empty());
     }

@@ -229,15 +229,19 @@ pub(crate) fn asked_by(
 
 /// The pullers to tell source `to` of with a request, if it is a complete
 /// holder: those tracked that could not be reached since their last chunk,
-/// at most [`super::MAX_GONE`], taking turns from `turn` on (any count
-/// that grows with each request) when there are more. A holder points
+/// at most [`super::MAX_GONE`]; when there are more, in turn, from `turn`
+/// on (which each list that names some moves on). A holder points
 /// askers at the puller it sent a chunk to for as long as that puller
 /// keeps asking it (`Tuning::puller_active`); one that died would be
 /// pointed at for that long, and every asker sent there would wait on it.
 /// Told again with every request while it stays unreached: a holder
 /// forgets only a puller that has not asked it for a while itself (see
 /// `Ledger::told_gone`).
-pub(crate) fn gone_for(sources: &BTreeMap<String, SourceStat>, to: &str, turn: u64) -> Vec<String> {
+pub(crate) fn gone_for(
+    sources: &BTreeMap<String, SourceStat>,
+    to: &str,
+    turn: &mut u64,
+) -> Vec<String> {
     if !sources.get(to).is_some_and(|s| s.complete) {
         return Vec::new();
     }
@@ -248,10 +252,13 @@ pub(crate) fn gone_for(sources: &BTreeMap<String, SourceStat>, to: &str, turn: u
         .collect();
     let n = broken.len();
     let from = if n > super::MAX_GONE {
-        (turn % n as u64) as usize
+        (*turn % n as u64) as usize
     } else {
         0
     };
+    if n > 0 {
+        *turn += super::MAX_GONE as u64;
+    }
     (0..n.min(super::MAX_GONE))
         .map(|k| broken[(from + k) % n].clone())
         .collect()
@@ -684,15 +691,33 @@ mod tests {
                 s.fails = 1;
             }
         }
-        assert!(gone_for(&sources, "p1", 0).is_empty(), "only to a holder");
-        assert_eq!(gone_for(&sources, "holder", 0), ["p1", "p2", "p3", "p4"]);
+        let mut turn = 0;
+        assert!(
+            gone_for(&sources, "p1", &mut turn).is_empty(),
+            "only to a holder"
+        );
+        assert_eq!(turn, 0);
+        assert_eq!(
+            gone_for(&sources, "holder", &mut turn),
+            ["p1", "p2", "p3", "p4"]
+        );
         // More than a request says: each in turn.
-        assert_eq!(gone_for(&sources, "holder", 1), ["p2", "p3", "p4", "p5"]);
-        assert_eq!(gone_for(&sources, "holder", 4), ["p5", "p1", "p2", "p3"]);
+        assert_eq!(
+            gone_for(&sources, "holder", &mut turn),
+            ["p5", "p1", "p2", "p3"]
+        );
+        assert_eq!(
+            gone_for(&sources, "holder", &mut turn),
+            ["p4", "p5", "p1", "p2"]
+        );
         // A chunk from one: reached, not told of any more.
         let p2 = sources.get_mut("p2").unwrap();
         (p2.fails, p2.lost) = (0, 0);
-        assert_eq!(gone_for(&sources, "holder", 7), ["p1", "p3", "p4", "p5"]);
+        let mut turn = 0;
+        assert_eq!(
+            gone_for(&sources, "holder", &mut turn),
+            ["p1", "p3", "p4", "p5"]
+        );
     }
 
     #[test]

@@ -130,6 +130,8 @@ pub(super) struct Pull {
     /// when a connection opens, and reading them on every turn of the loop
     /// cost a 15-puller swarm 2% of its CPU.
     rtts: (HashMap<String, Duration>, Option<Instant>),
+    /// Where the next list of unreached pullers starts (`peers::gone_for`).
+    gone_turn: u64,
 }
 
 /// How often the loop reads the sources' round trips again.
@@ -203,6 +205,7 @@ impl Pull {
             seed,
             counts: Counts::default(),
             rtts: (HashMap::new(), None),
+            gone_turn: 0,
         }
     }
 
@@ -361,7 +364,7 @@ impl Pull {
             for i in lo..lo + count {
                 self.inflight.entry(i).or_default().insert(host.clone());
             }
-            let gone = peers::gone_for(&st.sources, &host, self.counts.asks);
+            let gone = peers::gone_for(&st.sources, &host, &mut self.gone_turn);
             let s = st
                 .sources
                 .get_mut(&host)

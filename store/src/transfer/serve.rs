@@ -172,7 +172,7 @@ impl Engine {
             *l = Ledger::new(root);
         }
         let portion = l.decide_run(&self.tuning, from, index, count, now);
-        log_forgotten(l, name, None);
+        log_forgotten(l, name);
         portion
     }
 
@@ -185,8 +185,8 @@ impl Engine {
         }
         let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(l) = ledgers.get_mut(name).filter(|l| l.root == root) {
-            l.told_gone(gone, Instant::now());
-            log_forgotten(l, name, Some(from));
+            l.told_gone(&self.tuning, from, gone, Instant::now());
+            log_forgotten(l, name);
         }
     }
 
@@ -289,11 +289,10 @@ impl Engine {
 }
 
 /// Logs the pullers `l` just forgot because others could not reach them.
-fn log_forgotten(l: &mut Ledger, name: &str, told_by: Option<&str>) {
+fn log_forgotten(l: &mut Ledger, name: &str) {
     for g in l.take_forgotten() {
-        let by = told_by
-            .map(|f| format!(" ({f} says so)"))
-            .unwrap_or_default();
-        tracing::debug!("{name}: {g} cannot be reached{by}: not pointed at until it asks again");
+        tracing::debug!(
+            "{name}: {g} cannot be reached by other pullers: not pointed at until it asks again"
+        );
     }
 }

@@ -137,8 +137,8 @@ pub(super) struct DataReq {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(super) progress: Option<u16>,
     /// Pullers the requester could not reach ([`mm_store::Asker::gone`]);
-    /// absent from an older node. Only the first [`mm_store::MAX_GONE`]
-    /// are kept, and only valid node names (see [`some_names`]).
+    /// absent from an older node. Only valid node names among the first
+    /// [`mm_store::MAX_GONE`] entries are kept (see [`some_names`]).
     #[serde(
         default,
         skip_serializing_if = "Vec::is_empty",
@@ -147,10 +147,11 @@ pub(super) struct DataReq {
     pub(super) gone: Vec<String>,
 }
 
-/// A list of node names as a request carries it: the first
-/// [`mm_store::MAX_GONE`] kept, those that are no node's name dropped, the
-/// rest read past without being kept (a request may hold thousands of
-/// empty strings within its size limit).
+/// A list of node names as a request carries it: of the first
+/// [`mm_store::MAX_GONE`] entries, those that are node names (an entry
+/// that is no string makes the request malformed); the rest read past
+/// without being kept (a request may hold thousands of empty strings
+/// within its size limit).
 fn some_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     struct Names;
     impl<'de> serde::de::Visitor<'de> for Names {

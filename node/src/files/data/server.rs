@@ -761,15 +761,38 @@ pub(super) mod tests {
         // a, alive after all, asks again: it is pointed at once more.
         assert_eq!(chunk("a", 1, &[]), "sent");
         assert_eq!(chunk("b", 1, &[]), "a");
-        // Thousands of names within the request's size: read past.
-        let flood = DataReq {
-            gone: vec![String::new(); 20_000],
-            ..req("f", &root, 1, &[])
+        // The decoder: the valid names among the first four entries; the
+        // rest, thousands within the request's size, read past unkept.
+        let decode = |gone: Vec<String>| {
+            let bytes = wire::encode(&DataReq {
+                gone,
+                ..req("f", &root, 1, &[])
+            });
+            assert!(bytes.len() <= MAX_REQUEST, "{}", bytes.len());
+            wire::decode::<DataReq>(&bytes).unwrap().gone
         };
-        let bytes = wire::encode(&flood);
-        assert!(bytes.len() <= MAX_REQUEST, "{}", bytes.len());
-        let read: DataReq = wire::decode(&bytes).unwrap();
-        assert!(read.gone.is_empty());
+        assert_eq!(decode(vec!["x1".into(); 20_000]), ["x1"; 4]);
+        assert_eq!(decode(vec!["".into(), "a".into(), "b c".into()]), ["a"]);
+        #[derive(serde::Serialize)]
+        struct Odd<'a> {
+            name: &'a str,
+            #[serde(with = "serde_bytes")]
+            root: &'a [u8],
+            index: u32,
+            count: u32,
+            gone: (&'a str, u32),
+        }
+        let odd = wire::encode(&Odd {
+            name: "f",
+            root: &root,
+            index: 0,
+            count: 1,
+            gone: ("a", 7),
+        });
+        assert!(
+            wire::decode::<DataReq>(&odd).is_err(),
+            "a name that is no string: a malformed request, refused"
+        );
         // A node from before `gone` (and before `seen` and `progress`).
         #[derive(serde::Serialize)]
         struct Older<'a> {

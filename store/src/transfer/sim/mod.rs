@@ -302,6 +302,8 @@ struct Host {
 
 /// One puller's loop state, as in `pull.rs`.
 struct Pull {
+    /// Where the next list of unreached pullers starts (`peers::gone_for`).
+    gone_turn: u64,
     have: Vec<u8>,
     got: usize,
     writing: HashSet<usize>,

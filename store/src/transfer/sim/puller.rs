@@ -106,7 +106,7 @@ impl Sim<'_> {
                 st.inflight.entry(i).or_default().insert(ask.host.clone());
             }
             let gone = if self.sc.tell_gone {
-                peers::gone_for(&st.sources, &ask.host, self.stats.asks)
+                peers::gone_for(&st.sources, &ask.host, &mut st.gone_turn)
             } else {
                 Vec::new()
             };

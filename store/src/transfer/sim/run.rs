@@ -133,6 +133,7 @@ impl<'a> Sim<'a> {
                 sources: BTreeMap::new(),
                 rtts: HashMap::new(),
                 rng: StdRng::seed_from_u64(seed),
+                gone_turn: 0,
                 last_have: 0,
                 polling: vec![false; hosts_n],
                 last_refresh: None,
