@@ -104,11 +104,25 @@ impl Ledger {
 
     /// `from` asks at `now`: at work, whatever was said of it.
     fn asks(&mut self, from: &str, now: Instant) {
-        if let Some(prev) = self.active.insert(from.to_string(), now) {
-            self.gaps
-                .insert(from.to_string(), now.saturating_duration_since(prev));
+        // Every request comes here: no new key unless it is a new puller.
+        match self.active.get_mut(from) {
+            Some(at) => {
+                let gap = now.saturating_duration_since(*at);
+                *at = now;
+                match self.gaps.get_mut(from) {
+                    Some(g) => *g = gap,
+                    None => {
+                        self.gaps.insert(from.to_string(), gap);
+                    }
+                }
+            }
+            None => {
+                self.active.insert(from.to_string(), now);
+            }
         }
-        self.suspects.remove(from);
+        if !self.suspects.is_empty() {
+            self.suspects.remove(from);
+        }
     }
 
     /// `from` could not reach the pullers `gone`: each that does not ask
