@@ -353,6 +353,12 @@ impl Engine {
     /// Restarts the transfers a previous run left unfinished.
     pub fn resume(self: &Arc<Self>) {
         for (name, p) in self.persisted() {
+            if self.placed(&name, &p.manifest) {
+                info!("{name}: here whole already (its transfer ended as the node stopped)");
+                let _ = self.local.meta.remove("transfers", &name);
+                let _ = self.local.meta.remove("transfer-have", &name);
+                continue;
+            }
             let n = count_bits(&p.have, p.manifest.chunk_count());
             info!(
                 "resuming {name}: {n}/{} chunks already here",
@@ -508,6 +514,31 @@ impl Engine {
     /// Where the transfer of `name` in `manifest`'s version is kept until
     /// it is complete: named by both the name and the content, so two names
     /// with the same content never share one.
+    /// Whether a transfer of `m` recorded as unfinished was moved into
+    /// place under `name` after all: a node stopped between the move and
+    /// the record's end (sled writes lazily) would otherwise find no
+    /// partial file, fetch the whole file again, warn that nothing it had
+    /// verifies, and then refuse to overwrite the copy already there. A
+    /// file of the right size with no partial file left is hashed if its
+    /// manifest is not cached (the cache is written lazily too). Blocking.
+    fn placed(&self, name: &str, m: &Manifest) -> bool {
+        if let Some(c) = self.local.cached(name) {
+            return c.root == m.root;
+        }
+        let Ok(path) = self.files().resolve(name) else {
+            return false;
+        };
+        let right_size = std::fs::metadata(&path).is_ok_and(|f| f.is_file() && f.len() == m.size);
+        if !right_size || self.partial_path(name, m).exists() {
+            return false;
+        }
+        self.local
+            .manifest(name)
+            .ok()
+            .flatten()
+            .is_some_and(|h| h.root == m.root)
+    }
+
     fn partial_path(&self, name: &str, manifest: &Manifest) -> PathBuf {
         let tag = crate::manifest::hex(&blake3::hash(name.as_bytes()).as_bytes()[..8]);
         self.files()

@@ -363,6 +363,47 @@ async fn resume_from(marked: usize, mangle: impl FnOnce(&std::path::Path)) -> (T
     (p, sent)
 }
 
+/// Stopped between the move into place and the end of the record: the
+/// file is whole under its name and no partial file is left. Nothing is
+/// fetched again, no chunk "fails to verify", and the record goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_placed_just_before_a_stop_is_not_resumed() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = file();
+    h.put("f", &data);
+    let m = h.local.manifest("f").unwrap().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let files = FilesDir::open(&dir.path().join("files")).unwrap();
+        let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
+        std::fs::write(dir.path().join("files/f"), &data).unwrap();
+        let p = Persisted {
+            manifest: m.clone(),
+            have: vec![0u8; N.div_ceil(8)],
+        };
+        meta.put("transfers", "f", &p).unwrap();
+        meta.put(
+            "transfer-have",
+            "f",
+            &serde_bytes::ByteBuf::from(vec![0xffu8; N.div_ceil(8)]),
+        )
+        .unwrap();
+        meta.flush().unwrap();
+        drop(files);
+    }
+    let p = node_at(&hub, "p", dir);
+    p.engine.resume();
+    assert!(
+        p.engine.status(true).is_empty(),
+        "resumed: {:?}",
+        p.engine.status(true)
+    );
+    assert!(p.engine.persisted().is_empty(), "the record stays");
+    assert_eq!(p.read("f").unwrap(), data);
+    assert_eq!(hub.sent_to("h", "p"), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_keeps_what_verifies_and_fetches_only_the_rest() {
     let (p, sent) = resume_from(12, |_| {}).await;
