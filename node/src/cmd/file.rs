@@ -20,7 +20,9 @@ pub(super) static SPECS: &[Spec] = &[
             "file list <path> [recursive,]",
         ],
         short: "list files in the files directory",
-        long: "Columns: dir (<dir> for directories), name, size, modified, hash (the first 16 \
+        long: "The files directory is BASE/files (`mm serve --base BASE`; /tmp/mm by default): \
+               a file put there is served to the mesh. \
+               Columns: dir (<dir> for directories), name, size, modified, hash (the first 16 \
                hex digits of the whole-file BLAKE3 hash, or - until the file has been hashed; \
                files are hashed on first request). `recursive` descends into directories. \
                `file list mesh [path]` lists every node's files (recursively) in one table, \
