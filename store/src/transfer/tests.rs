@@ -6,12 +6,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::durable::Persisted;
 use super::*;
 use crate::manifest::CHUNK_SIZE;
 use crate::mem::{content, Faults, Hub};
 use crate::{FilesDir, Local, Meta};
 
+mod resume;
 mod slots;
 
 struct TestNode {
@@ -301,129 +301,6 @@ async fn the_endgame_finishes_what_a_stalled_source_holds_back() {
     p.get("f").await.unwrap();
     assert_eq!(p.read("f").unwrap(), data);
     assert_eq!(p.served_by("f", "stuck").served, 0);
-}
-
-/// A partial file as a killed run left it: `marked` chunks recorded as
-/// here, and the file as `mangle` leaves it.
-async fn resume_from(marked: usize, mangle: impl FnOnce(&std::path::Path)) -> (TestNode, u64) {
-    let hub = Hub::new();
-    let h = node(&hub, "h");
-    let data = file();
-    h.put("f", &data);
-    let m = h.local.manifest("f").unwrap().unwrap();
-    // The puller's directory, written as the engine would have.
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let files = FilesDir::open(&dir.path().join("files")).unwrap();
-        let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
-        let before = Engine::with_tuning(
-            Arc::new(Local::new(files, meta.clone())),
-            hub.net("gone"),
-            fast(),
-        );
-        let tmp = before.partial_path("f", &m);
-        let mut part = data[..marked * CHUNK_SIZE as usize].to_vec();
-        part.resize(data.len(), 0);
-        std::fs::write(&tmp, &part).unwrap();
-        mangle(&tmp);
-        let mut have = vec![0u8; N.div_ceil(8)];
-        for i in 0..marked {
-            bits::set_bit(&mut have, i);
-        }
-        let p = Persisted {
-            manifest: m.clone(),
-            have: vec![0u8; N.div_ceil(8)],
-        };
-        meta.put("transfers", "f", &p).unwrap();
-        meta.put("transfer-have", "f", &serde_bytes::ByteBuf::from(have))
-            .unwrap();
-        meta.flush().unwrap();
-    }
-    let p = node_at(&hub, "p", dir);
-    p.engine.resume();
-    let done = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            if p.read("f").is_some() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(done.is_ok(), "the resumed transfer did not finish");
-    // The completion is recorded a moment after the rename.
-    for _ in 0..500 {
-        if p.engine.status(true).iter().any(|s| s.phase == "done") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(p.read("f").unwrap(), data, "the resumed copy differs");
-    let sent = hub.sent_to("h", "p");
-    (p, sent)
-}
-
-/// Stopped between the move into place and the end of the record: the
-/// file is whole under its name and no partial file is left. Nothing is
-/// fetched again, no chunk "fails to verify", and the record goes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_transfer_placed_just_before_a_stop_is_not_resumed() {
-    let hub = Hub::new();
-    let h = node(&hub, "h");
-    let data = file();
-    h.put("f", &data);
-    let m = h.local.manifest("f").unwrap().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    {
-        let files = FilesDir::open(&dir.path().join("files")).unwrap();
-        let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
-        std::fs::write(dir.path().join("files/f"), &data).unwrap();
-        let p = Persisted {
-            manifest: m.clone(),
-            have: vec![0u8; N.div_ceil(8)],
-        };
-        meta.put("transfers", "f", &p).unwrap();
-        meta.put(
-            "transfer-have",
-            "f",
-            &serde_bytes::ByteBuf::from(vec![0xffu8; N.div_ceil(8)]),
-        )
-        .unwrap();
-        meta.flush().unwrap();
-        drop(files);
-    }
-    let p = node_at(&hub, "p", dir);
-    p.engine.resume();
-    assert!(
-        p.engine.status(true).is_empty(),
-        "resumed: {:?}",
-        p.engine.status(true)
-    );
-    assert!(p.engine.persisted().is_empty(), "the record stays");
-    assert_eq!(p.read("f").unwrap(), data);
-    assert_eq!(hub.sent_to("h", "p"), 0);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resume_keeps_what_verifies_and_fetches_only_the_rest() {
-    let (p, sent) = resume_from(12, |_| {}).await;
-    assert_eq!(p.ended("f").resumed, 12);
-    assert_eq!(sent, (N - 12) as u64, "re-fetched more than was missing");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_resume_refetches_chunks_that_do_not_verify() {
-    // Chunk 5 corrupted, the file cut after chunk 9: 5 and 10..12 are
-    // recorded but not there.
-    let (p, sent) = resume_from(12, |tmp| {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new().write(true).open(tmp).unwrap();
-        f.write_all_at(b"XXXX", 5 * CHUNK_SIZE + 10).unwrap();
-        f.set_len(10 * CHUNK_SIZE).unwrap();
-    })
-    .await;
-    assert_eq!(p.ended("f").resumed, 9);
-    assert_eq!(sent, (N - 9) as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
