@@ -8,19 +8,43 @@ use std::time::Duration;
 use super::durable::Persisted;
 use super::*;
 
-/// A partial file as a killed run left it: `marked` chunks recorded as
-/// here, and the file as `mangle` leaves it.
-async fn resume_from(marked: usize, mangle: impl FnOnce(&std::path::Path)) -> (TestNode, u64) {
+/// A hub with node `h` holding `f`: the data and its manifest.
+fn holder_of_f() -> (Arc<Hub>, TestNode, Vec<u8>, Manifest) {
     let hub = Hub::new();
     let h = node(&hub, "h");
     let data = file();
     h.put("f", &data);
     let m = h.local.manifest("f").unwrap().unwrap();
+    (hub, h, data, m)
+}
+
+/// The files directory and metadata of a puller's base in `dir`.
+fn puller_dir(dir: &tempfile::TempDir) -> (FilesDir, Meta) {
+    let files = FilesDir::open(&dir.path().join("files")).unwrap();
+    (files, Meta::open(&dir.path().join("meta.db")).unwrap())
+}
+
+/// `f` (version `m`) recorded as a transfer in progress with `have`, as
+/// the engine records one, and on disk.
+fn record_unfinished(meta: &Meta, m: &Manifest, have: Vec<u8>) {
+    let p = Persisted {
+        manifest: m.clone(),
+        have: vec![0u8; N.div_ceil(8)],
+    };
+    meta.put("transfers", "f", &p).unwrap();
+    meta.put("transfer-have", "f", &serde_bytes::ByteBuf::from(have))
+        .unwrap();
+    meta.flush().unwrap();
+}
+
+/// A partial file as a killed run left it: `marked` chunks recorded as
+/// here, and the file as `mangle` leaves it.
+async fn resume_from(marked: usize, mangle: impl FnOnce(&std::path::Path)) -> (TestNode, u64) {
+    let (hub, _h, data, m) = holder_of_f();
     // The puller's directory, written as the engine would have.
     let dir = tempfile::tempdir().unwrap();
     {
-        let files = FilesDir::open(&dir.path().join("files")).unwrap();
-        let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
+        let (files, meta) = puller_dir(&dir);
         let before = Engine::with_tuning(
             Arc::new(Local::new(files, meta.clone())),
             hub.net("gone"),
@@ -35,14 +59,7 @@ async fn resume_from(marked: usize, mangle: impl FnOnce(&std::path::Path)) -> (T
         for i in 0..marked {
             bits::set_bit(&mut have, i);
         }
-        let p = Persisted {
-            manifest: m.clone(),
-            have: vec![0u8; N.div_ceil(8)],
-        };
-        meta.put("transfers", "f", &p).unwrap();
-        meta.put("transfer-have", "f", &serde_bytes::ByteBuf::from(have))
-            .unwrap();
-        meta.flush().unwrap();
+        record_unfinished(&meta, &m, have);
     }
     let p = node_at(&hub, "p", dir);
     p.engine.resume();
@@ -73,28 +90,12 @@ async fn resume_from(marked: usize, mangle: impl FnOnce(&std::path::Path)) -> (T
 /// fetched again, no chunk "fails to verify", and the record goes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transfer_placed_just_before_a_stop_is_not_resumed() {
-    let hub = Hub::new();
-    let h = node(&hub, "h");
-    let data = file();
-    h.put("f", &data);
-    let m = h.local.manifest("f").unwrap().unwrap();
+    let (hub, _h, data, m) = holder_of_f();
     let dir = tempfile::tempdir().unwrap();
     {
-        let files = FilesDir::open(&dir.path().join("files")).unwrap();
-        let meta = Meta::open(&dir.path().join("meta.db")).unwrap();
+        let (files, meta) = puller_dir(&dir);
         std::fs::write(dir.path().join("files/f"), &data).unwrap();
-        let p = Persisted {
-            manifest: m.clone(),
-            have: vec![0u8; N.div_ceil(8)],
-        };
-        meta.put("transfers", "f", &p).unwrap();
-        meta.put(
-            "transfer-have",
-            "f",
-            &serde_bytes::ByteBuf::from(vec![0xffu8; N.div_ceil(8)]),
-        )
-        .unwrap();
-        meta.flush().unwrap();
+        record_unfinished(&meta, &m, vec![0xffu8; N.div_ceil(8)]);
         drop(files);
     }
     let p = node_at(&hub, "p", dir);
