@@ -17,7 +17,8 @@
 //! MM_SIM_PEER_SLOTS=K pullers' send slots (`Tuning::peer_send_slots`, not
 //! modelled unless set), MM_SIM_SLOTS=K `Tuning::send_slots` (0: a holder sends all its answers
 //! at once, as before), MM_SIM_TELL_GONE=0 keeps pullers from telling the
-//! holder of pullers they could not reach (`Scenario::tell_gone`), and
+//! holder of pullers they could not reach (`Scenario::tell_gone`),
+//! MM_SIM_SAY_SITE=0 keeps them from saying their site (`Scenario::say_site`), and
 //! MM_SIM_MBIT every host's link each way (1000):
 //! `MM_SIM_MBIT=200 MM_SIM_HOSTS=15 MM_SIM_GIB=0.25` is the files bench's
 //! 15-puller B2 without TCP.
@@ -85,6 +86,9 @@ fn main() {
         }
         if let Some(v) = env::<u8>("MM_SIM_TELL_GONE") {
             s.tell_gone = v != 0;
+        }
+        if let Some(v) = env::<u8>("MM_SIM_SAY_SITE") {
+            s.say_site = v != 0;
         }
         if let Some(ms) = env::<u64>("MM_SIM_HOLD_MS") {
             s.tuning.hold = std::time::Duration::from_millis(ms);
@@ -206,6 +210,11 @@ fn detail(k: usize, r: &Report, c: &Cost) {
             across / size,
             back / size,
             pct(&s.across_bytes, cap)
+        );
+        let c = |k: usize| s.cross[k] as f64 / r.chunks as f64;
+        println!(
+            "   copies sent between sites by the origin {:.2}, by other complete holders {:.2}, by pullers {:.2}",
+            c(0), c(1), c(2)
         );
     }
     println!(

@@ -51,7 +51,22 @@ pub(crate) struct View<'a> {
     pub(crate) hints: &'a Hints,
     /// Round trips to the sources that have one measured.
     pub(crate) rtts: &'a HashMap<String, Duration>,
+    /// The sources that said they are at another site than this node's.
+    pub(crate) far: &'a HashSet<String>,
     pub(crate) now: Instant,
+}
+
+/// Whether a puller leaves the sources at other sites (`far`) alone: it
+/// tracks a complete holder at its own site (or one that says none). Then
+/// it asks their pullers only for the chunks a holder pointed it at them
+/// for (the loop keeps no bitfield of theirs), and their complete holders
+/// not at all: a chunk crosses between sites once, to a puller there that
+/// passes it on, instead of once for each puller that wants it.
+pub(crate) fn keeps_to_site(sources: &BTreeMap<String, SourceStat>, far: &HashSet<String>) -> bool {
+    !far.is_empty()
+        && sources
+            .iter()
+            .any(|(h, s)| s.complete && !s.dropped && !far.contains(h))
 }
 
 /// A request to make: chunks `first..first + count` of `host`.
@@ -141,10 +156,14 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     // While other pullers can serve, ask less of the original holders:
     // their uplink is what every puller shares.
     let swarming = v.sources.values().any(|s| !s.complete && !s.dropped);
+    let keep = keeps_to_site(v.sources, v.far);
     let ready: Vec<(&String, &SourceStat)> = v
         .sources
         .iter()
         .filter(|(h, s)| {
+            if keep && s.complete && v.far.contains(*h) {
+                return false;
+            }
             // Room for a whole run from a complete holder, where the cap
             // allows one: one chunk asked whenever one came back would
             // split every later request into single chunks.
@@ -187,7 +206,14 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     };
     // Rarest first, over all live sources (the sample holds only chunks
     // some ready source can give).
-    let live: Vec<(&String, &SourceStat)> = v.sources.iter().filter(|(_, s)| !s.dropped).collect();
+    // Sources at another site do not count: chunks none at this site has
+    // come out equal, and pullers at a site bring them across in a random
+    // order rather than all the same one at once.
+    let live: Vec<(&String, &SourceStat)> = v
+        .sources
+        .iter()
+        .filter(|(h, s)| !s.dropped && (v.far.is_empty() || !v.far.contains(*h)))
+        .collect();
     let mut best: Vec<(usize, usize)> = pool
         .iter()
         .map(|&i| {
@@ -389,6 +415,7 @@ mod tests {
         sources: BTreeMap<String, SourceStat>,
         hints: Hints,
         rtts: HashMap<String, Duration>,
+        far: HashSet<String>,
         now: Instant,
     }
 
@@ -423,6 +450,7 @@ mod tests {
                     .collect(),
                 hints: Hints::default(),
                 rtts: HashMap::new(),
+                far: HashSet::new(),
                 now: Instant::now(),
             }
         }
@@ -436,6 +464,7 @@ mod tests {
                 sources: &self.sources,
                 hints: &self.hints,
                 rtts: &self.rtts,
+                far: &self.far,
                 now: self.now,
             };
             next(&v, &mut rand::rngs::StdRng::seed_from_u64(seed))
@@ -654,6 +683,7 @@ mod tests {
                     sources: &t.sources,
                     hints: &t.hints,
                     rtts: &t.rtts,
+                    far: &HashSet::new(),
                     now: t.now,
                 };
                 let new = next(&v, &mut rand::rngs::StdRng::seed_from_u64(seed));
@@ -743,6 +773,45 @@ mod tests {
         let p = t.sources.get_mut("p").unwrap();
         (p.fails, p.lost, p.dropped) = (0, 0, true);
         assert_eq!(t.next(1).unwrap().host, "h");
+    }
+
+    #[test]
+    fn sources_at_other_sites_count_for_nothing_but_what_they_alone_bring() {
+        // Chunk 0 is on one puller here, chunk 1 on three at another site.
+        let n = 2;
+        let srcs = [
+            ("near", partial(n, &[0])),
+            ("f1", partial(n, &[1])),
+            ("f2", partial(n, &[1])),
+            ("f3", partial(n, &[1])),
+        ];
+        let mut t = T::new(n, &srcs);
+        for seed in 0..20 {
+            assert_eq!(t.next(seed).unwrap().first, 0, "the rarest over all");
+        }
+        t.far = ["f1", "f2", "f3"].map(String::from).into();
+        for seed in 0..20 {
+            assert_eq!(t.next(seed).unwrap().first, 1, "none here has it");
+        }
+        // With a complete holder here, a complete holder at the other site
+        // is not asked, and its pullers only for what we were pointed at
+        // them for (the loop keeps none of their bitfields then).
+        let busy = SourceStat {
+            inflight: crate::transfer::PER_HOLDER_SWARMING,
+            ..complete()
+        };
+        let srcs = [("h", busy), ("fh", complete()), ("fp", partial(n, &[]))];
+        let mut t = T::new(n, &srcs);
+        assert_eq!(t.next(1).unwrap().host, "fh", "no sites said");
+        t.far = ["fh", "fp"].map(String::from).into();
+        assert_eq!(t.next(1), None, "h is busy, and fh at the other site");
+        t.hints.promised.insert(1, ("fp".into(), t.now));
+        let a = t.next(1).unwrap();
+        assert_eq!((a.host.as_str(), a.first), ("fp", 1));
+        // Without a complete holder here, the other site's is asked.
+        t.sources.remove("h");
+        assert!(!keeps_to_site(&t.sources, &t.far));
+        assert_eq!(t.next(1).unwrap().host, "fh");
     }
 
     #[test]

@@ -347,6 +347,7 @@ impl Pull {
                 sources: &st.sources,
                 hints: &self.hints,
                 rtts,
+                far: &std::collections::HashSet::new(),
                 now,
             };
             let Some(ask) = pick::next(&view, &mut rng) else {

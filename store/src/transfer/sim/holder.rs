@@ -204,6 +204,14 @@ impl Sim<'_> {
         if q == 0 {
             self.origin_chunks += s.k as u64;
         }
+        if self.hosts[q as usize].site != self.hosts[p as usize].site {
+            let kind = match (q, self.hosts[q as usize].ledger.is_some()) {
+                (0, _) => 0,
+                (_, true) => 1,
+                _ => 2,
+            };
+            self.stats.cross[kind] += s.k as u64;
+        }
         let at = self.now + self.lat(q, p);
         self.push(
             at,

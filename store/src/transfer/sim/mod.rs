@@ -137,6 +137,11 @@ pub struct Scenario {
     /// knows a puller is gone only once it stops asking
     /// (`Tuning::puller_active`).
     pub tell_gone: bool,
+    /// Hosts say their site, as `mm serve --site` does: a puller counts
+    /// only its own site's sources for rarity, and leaves the pullers at
+    /// other sites alone (but for chunks a holder points it at them for)
+    /// while it tracks a complete holder at its own.
+    pub say_site: bool,
 }
 
 impl Scenario {
@@ -164,6 +169,7 @@ impl Scenario {
             limit: 30.0,
             peer_slots: false,
             tell_gone: true,
+            say_site: true,
         }
     }
 
@@ -230,6 +236,9 @@ pub struct Stats {
     /// Redirects to a puller dead for longer than twice
     /// [`Scenario::dead_timeout`]: by then its peers know.
     pub late_redirects: u64,
+    /// Chunks sent between sites: by the origin, by other complete
+    /// holders, by pullers.
+    pub cross: [u64; 3],
     /// Promises (redirects) that ran out before the chunk came.
     pub promises_expired: u64,
     pub lost: u64,
@@ -311,6 +320,8 @@ struct Pull {
     hints: Hints,
     sources: BTreeMap<String, SourceStat>,
     rtts: HashMap<String, Duration>,
+    /// The hosts at other sites, if sites are said.
+    far: HashSet<String>,
     rng: StdRng,
     last_have: u64,
     /// Per host: a have poll is out.

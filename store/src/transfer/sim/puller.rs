@@ -89,6 +89,7 @@ impl Sim<'_> {
                 sources: &st.sources,
                 hints: &st.hints,
                 rtts: &st.rtts,
+                far: &st.far,
                 now,
             };
             let t0 = Instant::now();
@@ -212,12 +213,16 @@ impl Sim<'_> {
             Ans::Data { k, .. } => *k as u64 * CHUNK_SIZE,
             Ans::Miss(_) => 0,
         };
+        let far = pick::keeps_to_site(&st.sources, &st.far)
+            && self.hosts[q as usize].site != self.hosts[p as usize].site;
         if let Some(s) = peers::record(&mut st.sources, &mut st.retired, host) {
             s.inflight = s.inflight.saturating_sub(count);
             s.waiting_since = (s.inflight > 0).then_some(now);
             s.measure_at(bytes, now);
             if let Some(news) = &news {
-                s.hear(news, self.n, now);
+                if !far {
+                    s.hear(news, self.n, now);
+                }
             }
         }
         let t = self.t;
@@ -351,6 +356,16 @@ impl Sim<'_> {
         }
         st.last_have = self.now;
         let now = self.inst(self.now);
+        let keeps = pick::keeps_to_site(&st.sources, &st.far);
+        if keeps {
+            for (h, s) in st.sources.iter_mut() {
+                if !s.complete
+                    && self.hosts[Self::id(h) as usize].site != self.hosts[p as usize].site
+                {
+                    s.have.clear();
+                }
+            }
+        }
         let (mut near, mut far, mut silent) = (Vec::new(), Vec::new(), Vec::new());
         for (h, s) in &st.sources {
             // A source asked lately sends news with its answers.
@@ -367,6 +382,8 @@ impl Sim<'_> {
                 silent.push(q);
             } else if self.hosts[q as usize].site == self.hosts[p as usize].site {
                 near.push(q);
+            } else if keeps {
+                st.polling[q as usize] = false;
             } else {
                 far.push(q);
             }
@@ -509,6 +526,7 @@ impl Sim<'_> {
             return;
         };
         let mut offered = Vec::new();
+        let keeps = pick::keeps_to_site(&st.sources, &st.far);
         for &q in answering {
             let snap = sent + self.lat(p, q);
             let hq = &self.hosts[q as usize];
@@ -516,7 +534,8 @@ impl Sim<'_> {
                 continue;
             }
             let complete = hq.done_at.is_some_and(|d| d <= snap);
-            let bits = if complete {
+            let far = keeps && hq.site != self.hosts[p as usize].site;
+            let bits = if complete || far {
                 None
             } else {
                 self.bits_at(q, snap)

@@ -124,6 +124,14 @@ impl<'a> Sim<'a> {
         };
         for p in 1..hosts_n {
             let seed = rng.gen::<u64>();
+            let site = sim.hosts[p].site;
+            let far = match sc.say_site {
+                true => (0..hosts_n)
+                    .filter(|&q| sim.hosts[q].site != site)
+                    .map(|q| sim.names[q].clone())
+                    .collect(),
+                false => HashSet::new(),
+            };
             sim.hosts[p].pull = Some(Box::new(Pull {
                 have: vec![0u8; n.div_ceil(8)],
                 got: 0,
@@ -132,6 +140,7 @@ impl<'a> Sim<'a> {
                 hints: Hints::default(),
                 sources: BTreeMap::new(),
                 rtts: HashMap::new(),
+                far,
                 rng: StdRng::seed_from_u64(seed),
                 gone_turn: 0,
                 last_have: 0,
