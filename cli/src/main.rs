@@ -98,6 +98,13 @@ struct Serve {
     /// (userspace) [default: system where it works, else netdev].
     #[arg(long, value_parser = ["system", "netdev"])]
     ovs_datapath: Option<String>,
+    /// The site this node is at (a name, such as a building or a data
+    /// centre), when the cluster spans sites joined by thinner links than
+    /// their own: a file pulled at several sites then crosses between
+    /// them about once per site, not once per puller [default: none; all
+    /// nodes are taken to be at one site].
+    #[arg(long)]
+    site: Option<String>,
 }
 
 /// The base when neither `--base` nor `MM_BASE` names one.
@@ -191,6 +198,10 @@ fn serve(cli: &Cli) -> ExitCode {
         eprintln!("mm serve: {e} (set one with --name)");
         return ExitCode::from(2);
     }
+    if let Some(Err(e)) = s.site.as_deref().map(mm_overlay::check_name) {
+        eprintln!("mm serve: --site: {e}");
+        return ExitCode::from(2);
+    }
     if s.degree.is_some_and(|d| d > mm_overlay::MAX_DEGREE) {
         eprintln!(
             "mm serve: --degree must be at most {}",
@@ -213,6 +224,7 @@ fn serve(cli: &Cli) -> ExitCode {
         mdns: !s.no_mdns,
         ovs_db: s.ovs_db,
         ovs_datapath: s.ovs_datapath,
+        site: s.site,
         data_port: match (s.no_data_channel, s.data_port) {
             (true, _) => mm_node::DataPort::Off,
             (false, Some(p)) => mm_node::DataPort::Fixed(p),

@@ -37,6 +37,8 @@ pub struct Options {
     pub ovs_db: Option<String>,
     /// `--ovs-datapath system|netdev`; None: found out at first use.
     pub ovs_datapath: Option<String>,
+    /// `--site`: where this node says it is (a node name's rules).
+    pub site: Option<String>,
 }
 
 /// Where the data channel listens.

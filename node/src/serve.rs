@@ -107,6 +107,7 @@ pub async fn serve(opts: Options) -> Result<()> {
         peers,
         mdns,
         loopback_only: mode == Mode::Loopback,
+        site: opts.site.clone(),
         tuning: mm_overlay::Tuning::default(),
     })
     .await?;

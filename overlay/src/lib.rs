@@ -42,6 +42,9 @@ pub struct Config {
     /// Dial nothing but loopback addresses (a node without a cluster key
     /// keeps to its host).
     pub loopback_only: bool,
+    /// The site this node says it is at (`mm serve --site`), announced
+    /// to the mesh: pullers keep each chunk's trips between sites few.
+    pub site: Option<String>,
     pub tuning: Tuning,
 }
 
@@ -67,6 +70,8 @@ pub struct NodeView {
     pub addrs: Vec<String>,
     pub stats: HostStats,
     pub data: Option<DataInfo>,
+    /// The site it says it is at, if any (a valid node name).
+    pub site: Option<String>,
 }
 
 /// This node's view of the mesh at one instant.
@@ -89,6 +94,8 @@ pub struct Snapshot {
     /// (3 s): long enough for every node's announcement to have arrived.
     /// A young view can lack nodes far away that other nodes already see.
     pub settled: bool,
+    /// The site this node says it is at (`mm serve --site`).
+    pub site: Option<String>,
 }
 
 /// A name that two nodes claim, as one node saw it.
@@ -399,6 +406,7 @@ mod tests {
             peers,
             mdns: false,
             loopback_only: true,
+            site: None,
             tuning,
         })
         .await

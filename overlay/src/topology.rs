@@ -267,6 +267,7 @@ mod tests {
             stats: HostStats::default(),
             clashes: vec![],
             data: None,
+            site: None,
         }
     }
 

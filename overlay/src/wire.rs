@@ -49,6 +49,10 @@ pub struct Announce {
     /// the channel off, and from older builds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<DataInfo>,
+    /// The site the node says it is at (`mm serve --site`); absent when
+    /// it says none, and from older builds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
 }
 
 /// A node's data channel, as its announcement gives it: the port, and the
@@ -273,6 +277,7 @@ mod fuzz {
                 port: 9001,
                 key: vec![5; 32],
             }),
+            site: Some("north".into()),
         });
         let direct = encode(&DirectReply {
             result: Ok(ByteBuf(vec![9; 100])),

@@ -3,7 +3,7 @@
 //! corrupt holder, a dead one, a stalled one, a slow uplink). The engine's
 //! behaviour is tested on it without root, sockets or real seconds.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -53,6 +53,8 @@ struct Member {
     sent: HashMap<String, u64>,
     /// One send at a time: the node's uplink.
     uplink: Arc<tokio::sync::Mutex<()>>,
+    /// The site it says it is at.
+    site: Option<String>,
 }
 
 /// The mesh: every member by name.
@@ -88,12 +90,20 @@ impl Hub {
                 faults: Faults::default(),
                 sent: HashMap::new(),
                 uplink: Arc::new(tokio::sync::Mutex::new(())),
+                site: None,
             },
         );
     }
 
     pub fn leave(&self, name: &str) {
         self.members().remove(name);
+    }
+
+    /// `name` says it is at `site` (`mm serve --site`).
+    pub fn set_site(&self, name: &str, site: &str) {
+        if let Some(m) = self.members().get_mut(name) {
+            m.site = Some(site.to_string());
+        }
     }
 
     pub fn set_faults(&self, name: &str, faults: Faults) {
@@ -196,6 +206,19 @@ impl Net for MemNet {
 
     fn rtt(&self, _host: &str) -> Option<Duration> {
         None
+    }
+
+    fn far(&self) -> BoxFuture<'static, HashSet<String>> {
+        let m = self.hub.members();
+        let far = match m.get(&self.me).and_then(|me| me.site.as_ref()) {
+            Some(mine) => m
+                .iter()
+                .filter(|(_, o)| o.site.as_ref().is_some_and(|s| s != mine))
+                .map(|(n, _)| n.clone())
+                .collect(),
+            None => HashSet::new(),
+        };
+        futures::future::ready(far).boxed()
     }
 
     fn have(

@@ -63,8 +63,9 @@ pub(super) static SPECS: &[Spec] = &[
         long: "Columns: size (nodes reachable, this one included), degree, peers (direct), \
                context, port, keyed (whether a cluster key is in use), mode: keyed, \
                insecure (no key, on the network), or loopback (no key, so this host only), \
-               and clashes: names that two nodes claim, as any node saw them in the last \
-               10 minutes (- if none; `mesh list` says which nodes).",
+               clashes: names that two nodes claim, as any node saw them in the last \
+               10 minutes (- if none; `mesh list` says which nodes), and site: where this \
+               node says it is (`mm serve --site`; - if it says nowhere).",
         run: |cx, _| status(cx).boxed(),
     },
     Spec {
@@ -104,7 +105,7 @@ async fn status(cx: &Ctx) -> Out {
     cx.one(Response::table(
         cx.me(),
         &[
-            "size", "degree", "peers", "context", "port", "keyed", "mode", "clashes",
+            "size", "degree", "peers", "context", "port", "keyed", "mode", "clashes", "site",
         ],
         vec![vec![
             s.nodes.len().to_string(),
@@ -121,6 +122,7 @@ async fn status(cx: &Ctx) -> Out {
             s.keyed.to_string(),
             cx.node.mode.as_str().to_string(),
             clashed_names(&s),
+            s.site.clone().unwrap_or_else(|| "-".into()),
         ]],
     ))
 }

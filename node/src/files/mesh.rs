@@ -3,6 +3,7 @@
 //! chunks come straight from the holder, on the data channel when it can
 //! be had.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,24 @@ impl Net for MeshNet {
 
     fn rtt(&self, host: &str) -> Option<Duration> {
         self.data.rtt(host)
+    }
+
+    fn far(&self) -> BoxFuture<'static, HashSet<String>> {
+        let overlay = self.overlay.clone();
+        async move {
+            let Ok(snap) = overlay.snapshot().await else {
+                return HashSet::new();
+            };
+            let Some(mine) = snap.site else {
+                return HashSet::new();
+            };
+            snap.nodes
+                .into_values()
+                .filter(|n| n.site.as_ref().is_some_and(|s| *s != mine))
+                .map(|n| n.name)
+                .collect()
+        }
+        .boxed()
     }
 
     fn have(

@@ -230,6 +230,7 @@ impl EventLoop {
                 .map(|(n, c)| (n.clone(), c.peer.to_string()))
                 .collect(),
             data: self.data.clone(),
+            site: self.cfg.site.clone(),
         }
     }
 
@@ -455,6 +456,7 @@ impl EventLoop {
                         addrs: a.addrs.clone(),
                         stats: a.stats.clone(),
                         data: a.data.clone(),
+                        site: a.site.clone(),
                     },
                 );
             }
@@ -482,6 +484,7 @@ impl EventLoop {
             nodes,
             clashes: self.clash_views(),
             settled: self.settled(Instant::now()),
+            site: self.cfg.site.clone(),
         }
     }
 

@@ -278,6 +278,15 @@ impl EventLoop {
             self.note_clash(&a.name, src, addr, older);
             return self.refuse(src, why, true);
         }
+        // A site that is no valid name is as good as none: it only steers
+        // where chunks are asked for.
+        let mut a = a;
+        if a.site
+            .as_deref()
+            .is_some_and(|s| crate::check_name(s).is_err())
+        {
+            a.site = None;
+        }
         let addrs: Vec<Multiaddr> = a.addrs.iter().filter_map(|s| s.parse().ok()).collect();
         if !addrs.is_empty() {
             self.dials.last_addrs.insert(src, addrs);

@@ -190,6 +190,10 @@ pub trait Net: Send + Sync + 'static {
     fn progress(&self, name: String, root: Vec<u8>) -> BoxFuture<'static, ProgressAnswers>;
     /// The round trip time to `host`, if known (no data moving).
     fn rtt(&self, host: &str) -> Option<Duration>;
+    /// The nodes that say they are at another site than this one (`mm
+    /// serve --site`); none when this node says none. A node that says
+    /// none is taken to be at this node's site.
+    fn far(&self) -> BoxFuture<'static, std::collections::HashSet<String>>;
     /// The have-bitfield of a node that is itself pulling the file.
     fn have(
         &self,

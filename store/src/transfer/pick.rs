@@ -69,6 +69,20 @@ pub(crate) fn keeps_to_site(sources: &BTreeMap<String, SourceStat>, far: &HashSe
             .any(|(h, s)| s.complete && !s.dropped && !far.contains(h))
 }
 
+/// While [`keeps_to_site`], what the pullers at other sites have is not
+/// asked of them, so not kept either: their bitfields are emptied (and no
+/// longer polled, nor updated from their news).
+pub(crate) fn forget_far_bits(sources: &mut BTreeMap<String, SourceStat>, far: &HashSet<String>) {
+    if !keeps_to_site(sources, far) {
+        return;
+    }
+    for (h, s) in sources.iter_mut() {
+        if !s.complete && far.contains(h) {
+            s.have.fill(0);
+        }
+    }
+}
+
 /// A request to make: chunks `first..first + count` of `host`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Ask {

@@ -55,6 +55,10 @@ impl Drop for Report {
     }
 }
 
+/// What a refresh found: who has what, and which nodes say they are at
+/// another site than this one.
+type Refreshed = (ProgressAnswers, HashSet<String>);
+
 /// Channels from the tasks a pull starts back to its loop.
 struct Inbox {
     chunk_tx: mpsc::UnboundedSender<ChunkDone>,
@@ -63,8 +67,8 @@ struct Inbox {
     written: mpsc::UnboundedReceiver<WriteDone>,
     have_tx: mpsc::UnboundedSender<HaveDone>,
     haves: mpsc::UnboundedReceiver<HaveDone>,
-    refresh_tx: mpsc::UnboundedSender<ProgressAnswers>,
-    refreshes: mpsc::UnboundedReceiver<ProgressAnswers>,
+    refresh_tx: mpsc::UnboundedSender<Refreshed>,
+    refreshes: mpsc::UnboundedReceiver<Refreshed>,
     persisted_tx: mpsc::UnboundedSender<Persisted>,
     persisted: mpsc::UnboundedReceiver<Persisted>,
 }
@@ -132,6 +136,9 @@ pub(super) struct Pull {
     rtts: (HashMap<String, Duration>, Option<Instant>),
     /// Where the next list of unreached pullers starts (`peers::gone_for`).
     gone_turn: u64,
+    /// The nodes that say they are at another site than this one
+    /// ([`Net::far`](super::Net::far)), as of the last refresh.
+    far: HashSet<String>,
 }
 
 /// How often the loop reads the sources' round trips again.
@@ -142,7 +149,7 @@ enum Event {
     Chunk(ChunkDone),
     Written(WriteDone),
     Have(HaveDone),
-    Refresh(ProgressAnswers),
+    Refresh(Refreshed),
     Persisted(Persisted),
     Tick,
 }
@@ -206,6 +213,7 @@ impl Pull {
             counts: Counts::default(),
             rtts: (HashMap::new(), None),
             gone_turn: 0,
+            far: HashSet::new(),
         }
     }
 
@@ -281,13 +289,12 @@ impl Pull {
         }
         self.refreshing = true;
         self.counts.refreshes += 1;
-        let fut = self
-            .engine
-            .net
-            .progress(self.job.name.clone(), self.job.manifest.root.clone());
+        let net = &self.engine.net;
+        let fut = net.progress(self.job.name.clone(), self.job.manifest.root.clone());
+        let far = net.far();
         let tx = self.inbox.refresh_tx.clone();
         tokio::spawn(async move {
-            let _ = tx.send(fut.await);
+            let _ = tx.send((fut.await, far.await));
         });
     }
 
@@ -302,17 +309,19 @@ impl Pull {
         }
         let now = Instant::now();
         self.last_have = now;
-        let partial: Vec<String> = self
-            .job
-            .state()
+        let st = self.job.state();
+        let keep = pick::keeps_to_site(&st.sources, &self.far);
+        let partial: Vec<String> = st
             .sources
             .iter()
             .filter(|(h, s)| {
                 let quiet = s.inflight == 0 && s.heard.is_none_or(|t| now - t >= every);
-                !s.complete && !s.dropped && quiet && !self.polling.contains(*h)
+                let wanted = !keep || !self.far.contains(*h);
+                !s.complete && !s.dropped && quiet && wanted && !self.polling.contains(*h)
             })
             .map(|(h, _)| h.clone())
             .collect();
+        drop(st);
         self.counts.polls += partial.len() as u64;
         for host in partial {
             self.polling.insert(host.clone());
@@ -347,7 +356,7 @@ impl Pull {
                 sources: &st.sources,
                 hints: &self.hints,
                 rtts,
-                far: &std::collections::HashSet::new(),
+                far: &self.far,
                 now,
             };
             let Some(ask) = pick::next(&view, &mut rng) else {
@@ -421,11 +430,12 @@ impl Pull {
         let data = {
             let mut st = self.job.state();
             let st = &mut *st;
+            let far = self.far.contains(&host) && pick::keeps_to_site(&st.sources, &self.far);
             if let Some(s) = peers::record(&mut st.sources, &mut st.retired, &host) {
                 s.inflight = s.inflight.saturating_sub(count);
                 s.waiting_since = (s.inflight > 0).then(Instant::now);
                 s.measure(res.as_ref().map_or(0, |d| d.len() as u64));
-                if let Some(news) = &reply.news {
+                if let Some(news) = reply.news.as_ref().filter(|_| !far) {
                     s.hear(news, self.job.manifest.chunk_count(), Instant::now());
                 }
             }
@@ -649,7 +659,11 @@ impl Pull {
     fn on_have(&mut self, host: String, bits: Result<Vec<u8>>) {
         self.polling.remove(&host);
         let want = self.job.manifest.chunk_count().div_ceil(8);
-        if let Some(s) = self.job.state().sources.get_mut(&host) {
+        let mut st = self.job.state();
+        if self.far.contains(&host) && pick::keeps_to_site(&st.sources, &self.far) {
+            return;
+        }
+        if let Some(s) = st.sources.get_mut(&host) {
             if !s.complete && bits.as_ref().is_ok_and(|b| b.len() == want) {
                 s.have = bits.unwrap_or_default();
                 s.heard = Some(Instant::now());
@@ -661,7 +675,8 @@ impl Pull {
     /// transfer waits, retrying less and less often, and gives up its slot
     /// meanwhile: files that can move should not queue behind one that
     /// cannot.
-    async fn on_refresh(&mut self, answers: ProgressAnswers) -> Result<()> {
+    async fn on_refresh(&mut self, (answers, far): Refreshed) -> Result<()> {
+        self.far = far;
         self.refreshing = false;
         self.last_refresh = Some(Instant::now());
         self.apply_refresh(answers);
@@ -738,6 +753,7 @@ impl Pull {
         let t = &self.engine.tuning;
         let found = peers::offer_digest(&offered);
         st.refresh_peers(self.seed, &self.hints, offered, t, &rtts);
+        pick::forget_far_bits(&mut st.sources, &self.far);
         self.pace
             .refreshed(found, &st.sources, t.refresh_every, t.refresh_most);
     }
@@ -760,9 +776,11 @@ impl Engine {
         let partial = self.open_partial(job).await?;
         self.verify_resumed(job, &partial.file).await?;
         let file = partial.file.clone();
-        let _slot = Pull::new(self.clone(), job.clone(), partial, slot)
-            .run()
-            .await?;
+        let mut pull = Pull::new(self.clone(), job.clone(), partial, slot);
+        // Before the first request: the sources `get` found include those
+        // at other sites.
+        pull.far = self.net.far().await;
+        let _slot = pull.run().await?;
         let pulled = started.elapsed();
         self.finish(job, &file).await?;
         let mut st = job.state();

@@ -12,6 +12,7 @@ use crate::mem::{content, Faults, Hub};
 use crate::{FilesDir, Local, Meta};
 
 mod resume;
+mod sites;
 mod slots;
 
 struct TestNode {

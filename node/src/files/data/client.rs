@@ -552,6 +552,7 @@ mod tests {
             peers,
             mdns: false,
             loopback_only: true,
+            site: None,
             tuning: mm_overlay::Tuning::default(),
         })
         .await

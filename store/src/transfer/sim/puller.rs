@@ -357,15 +357,6 @@ impl Sim<'_> {
         st.last_have = self.now;
         let now = self.inst(self.now);
         let keeps = pick::keeps_to_site(&st.sources, &st.far);
-        if keeps {
-            for (h, s) in st.sources.iter_mut() {
-                if !s.complete
-                    && self.hosts[Self::id(h) as usize].site != self.hosts[p as usize].site
-                {
-                    s.have.clear();
-                }
-            }
-        }
         let (mut near, mut far, mut silent) = (Vec::new(), Vec::new(), Vec::new());
         for (h, s) in &st.sources {
             // A source asked lately sends news with its answers.
@@ -413,6 +404,7 @@ impl Sim<'_> {
         let t0 = Instant::now();
         let bytes = self.n.div_ceil(8) as u64;
         let now = self.inst(self.now);
+        let keeps = pick::keeps_to_site(&st.sources, &st.far);
         // Targets are in the sources' (name) order: one walk over both.
         let mut it = st.sources.iter_mut();
         let mut cur = it.next();
@@ -424,6 +416,9 @@ impl Sim<'_> {
                 continue;
             };
             let name = &self.names[q as usize];
+            if keeps && st.far.contains(name) {
+                continue;
+            }
             while let Some((h, _)) = &cur {
                 if *h < name {
                     cur = it.next();
@@ -526,7 +521,6 @@ impl Sim<'_> {
             return;
         };
         let mut offered = Vec::new();
-        let keeps = pick::keeps_to_site(&st.sources, &st.far);
         for &q in answering {
             let snap = sent + self.lat(p, q);
             let hq = &self.hosts[q as usize];
@@ -534,8 +528,7 @@ impl Sim<'_> {
                 continue;
             }
             let complete = hq.done_at.is_some_and(|d| d <= snap);
-            let far = keeps && hq.site != self.hosts[p as usize].site;
-            let bits = if complete || far {
+            let bits = if complete {
                 None
             } else {
                 self.bits_at(q, snap)
@@ -554,6 +547,7 @@ impl Sim<'_> {
             self.t.max_bad,
             &st.rtts,
         );
+        pick::forget_far_bits(&mut st.sources, &st.far);
         if let Some(found) = found {
             let t = self.t;
             st.pace
