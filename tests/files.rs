@@ -7,7 +7,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{wait_for, Lab, Node};
+use common::{wait_for, Lab, Node, Opts};
 use mm_store::mem::content;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -694,4 +694,46 @@ fn kills_and_restarts_during_a_swarm_leave_only_whole_copies() {
             (partial_files(p) == 0).then_some(())
         });
     }
+}
+
+/// Two sites, each node saying its own (`--site`): a puller at the
+/// holder's site asks nothing of a complete holder at the other one (which
+/// would be both quicker to reach and as complete, were sites not said).
+#[test]
+fn a_puller_asks_nothing_of_another_site_while_its_own_has_the_file() {
+    let lab = Lab::with(
+        3,
+        Opts {
+            sites: vec![2, 1],
+            ..Opts::default()
+        },
+    );
+    let site = |i: usize| if i <= 2 { "north" } else { "south" };
+    let nodes: Vec<Node> = (1..=3)
+        .map(|i| Node::in_ns(&format!("h{i}"), &lab.ns(i), &["--site", site(i)]))
+        .collect();
+    // mDNS stays in its site.
+    nodes[2].mm(&["mesh", "dial", &format!("{}:9000", lab.ip(1))]);
+    for n in &nodes {
+        n.wait_size(3, LONG);
+    }
+    assert_eq!(nodes[0].status("site"), "north");
+    assert_eq!(nodes[2].status("site"), "south");
+    let chunks = (16 << 20) / mm_store::manifest::CHUNK_SIZE;
+    let data = content(16 << 20, 31);
+    put(&nodes[0], "s.bin", &data, 0o644);
+    nodes[2].mm(&["file", "get", "s.bin", "wait"]);
+    assert_eq!(read(&nodes[2], "s.bin").unwrap(), data);
+    nodes[1].mm(&["file", "get", "s.bin", "wait"]);
+    assert_eq!(read(&nodes[1], "s.bin").unwrap(), data);
+    // h3 is tracked (as a complete holder), and asked for nothing.
+    let served = nodes[1].served_by("s.bin");
+    let from = |h: &str| {
+        served
+            .iter()
+            .filter(|(s, _)| s == h)
+            .map(|(_, c)| c)
+            .sum::<u64>()
+    };
+    assert_eq!((from("h1"), from("h3")), (chunks, 0), "{served:?}");
 }

@@ -69,6 +69,19 @@ pub(crate) fn keeps_to_site(sources: &BTreeMap<String, SourceStat>, far: &HashSe
             .any(|(h, s)| s.complete && !s.dropped && !far.contains(h))
 }
 
+/// Whether a holder's pointer to `to` is taken: not to a complete holder
+/// at another site while [`keeps_to_site`] (a node that finished and still
+/// asked its holder lately; that holder sends the chunk when asked again).
+pub(crate) fn follows(
+    sources: &BTreeMap<String, SourceStat>,
+    far: &HashSet<String>,
+    to: &str,
+) -> bool {
+    !(far.contains(to)
+        && sources.get(to).is_some_and(|s| s.complete)
+        && keeps_to_site(sources, far))
+}
+
 /// While [`keeps_to_site`], what the pullers at other sites have is not
 /// asked of them, so not kept either: their bitfields are emptied (and no
 /// longer polled, nor updated from their news).
@@ -822,9 +835,15 @@ mod tests {
         t.hints.promised.insert(1, ("fp".into(), t.now));
         let a = t.next(1).unwrap();
         assert_eq!((a.host.as_str(), a.first), ("fp", 1));
+        // A holder's pointer is taken to the other site's puller, not to
+        // its complete holder (that would wait out the promise).
+        assert!(follows(&t.sources, &t.far, "fp"));
+        assert!(!follows(&t.sources, &t.far, "fh"));
+        assert!(follows(&t.sources, &t.far, "h"));
         // Without a complete holder here, the other site's is asked.
         t.sources.remove("h");
         assert!(!keeps_to_site(&t.sources, &t.far));
+        assert!(follows(&t.sources, &t.far, "fh"));
         assert_eq!(t.next(1).unwrap().host, "fh");
     }
 

@@ -458,7 +458,9 @@ impl Pull {
                 Err(Miss::Redirect(to)) => {
                     // Possibly a puller we have not heard of yet, or do not
                     // track.
-                    st.redirected(&mut self.hints, &host, to, idx, &self.engine.tuning);
+                    if pick::follows(&st.sources, &self.far, &to) {
+                        st.redirected(&mut self.hints, &host, to, idx, &self.engine.tuning);
+                    }
                     None
                 }
                 // The connection broke under this request (and maybe

@@ -237,6 +237,9 @@ impl Sim<'_> {
                 }
                 st.hints.not_before.insert(idx, now + t.not_yet_wait);
             }
+            Ans::Miss(Miss::Redirect(to)) if !pick::follows(&st.sources, &st.far, &to) => {
+                self.stats.redirects += 1;
+            }
             Ans::Miss(Miss::Redirect(to)) => {
                 self.stats.redirects += 1;
                 peers::redirected(
