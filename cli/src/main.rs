@@ -101,8 +101,8 @@ struct Serve {
     /// The site this node is at (a name, such as a building or a data
     /// centre), when the cluster spans sites joined by thinner links than
     /// their own: a file pulled at several sites then crosses between
-    /// them about once per site, not once per puller [default: none; all
-    /// nodes are taken to be at one site].
+    /// them fewer times [default: none; all nodes are taken to be at one
+    /// site].
     #[arg(long)]
     site: Option<String>,
 }

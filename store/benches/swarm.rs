@@ -18,7 +18,8 @@
 //! modelled unless set), MM_SIM_SLOTS=K `Tuning::send_slots` (0: a holder sends all its answers
 //! at once, as before), MM_SIM_TELL_GONE=0 keeps pullers from telling the
 //! holder of pullers they could not reach (`Scenario::tell_gone`),
-//! MM_SIM_SAY_SITE=0 keeps them from saying their site (`Scenario::say_site`), and
+//! MM_SIM_SAY_SITE=0 keeps the two sites' hosts from saying their site (they do, as
+//! `mm serve --site` makes them: `Scenario::say_site`), and
 //! MM_SIM_MBIT every host's link each way (1000):
 //! `MM_SIM_MBIT=200 MM_SIM_HOSTS=15 MM_SIM_GIB=0.25` is the files bench's
 //! 15-puller B2 without TCP.
@@ -69,6 +70,7 @@ fn main() {
         Scenario {
             sites: 2,
             site_link: Some(2.0 * cap),
+            say_site: true,
             ..Scenario::new(&format!("2 sites of {}, 2x link", hosts / 2), hosts, big)
         },
     ];

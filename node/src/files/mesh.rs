@@ -23,6 +23,8 @@ const HOLDS_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct MeshNet {
     pub(crate) overlay: Overlay,
     pub(crate) data: Arc<DataClient>,
+    /// The site this node says it is at (`mm serve --site`).
+    pub(crate) site: Option<String>,
 }
 
 /// `req` to every other node, each answer decoded; none when this node is
@@ -78,12 +80,13 @@ impl Net for MeshNet {
     }
 
     fn far(&self) -> BoxFuture<'static, HashSet<String>> {
+        // No site said here: no snapshot taken for nothing.
+        let Some(mine) = self.site.clone() else {
+            return futures::future::ready(HashSet::new()).boxed();
+        };
         let overlay = self.overlay.clone();
         async move {
             let Ok(snap) = overlay.snapshot().await else {
-                return HashSet::new();
-            };
-            let Some(mine) = snap.site else {
                 return HashSet::new();
             };
             snap.nodes

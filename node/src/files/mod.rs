@@ -38,11 +38,13 @@ impl Files {
         let files = FilesDir::open(files)?;
         let local = Arc::new(Local::new(files, meta));
         let identity = Arc::new(Identity::new(cluster_key));
+        let site = overlay.snapshot().await?.site;
         let engine = Engine::new(
             local.clone(),
             Arc::new(MeshNet {
                 overlay: overlay.clone(),
                 data: Arc::new(DataClient::new(overlay.clone(), identity.clone())),
+                site,
             }),
         );
         let start = |port| {

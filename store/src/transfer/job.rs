@@ -90,10 +90,17 @@ impl JobState {
         offered: Vec<(super::peers::Offer, Vec<u8>)>,
         t: &super::Tuning,
         rtts: &std::collections::HashMap<String, std::time::Duration>,
+        far: &std::collections::HashSet<String>,
     ) {
         let (sources, retired) = (&mut self.sources, &mut self.retired);
         let (limits, bad) = (t.peers, t.max_bad);
-        super::peers::refresh(seed, sources, retired, hints, offered, limits, bad, rtts);
+        let sites = super::peers::Sites {
+            far,
+            now: Instant::now(),
+        };
+        super::peers::refresh(
+            seed, sources, retired, hints, offered, limits, bad, rtts, sites,
+        );
     }
 
     /// Every source ever tracked, in name order.

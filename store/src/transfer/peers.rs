@@ -63,11 +63,17 @@ pub(crate) fn choose(
     offered: &[Offer],
     limits: PeerLimits,
     rtts: &HashMap<String, Duration>,
+    said_far: &HashSet<String>,
 ) -> HashSet<String> {
-    let far = far_hosts(rtts);
+    let mut far = far_hosts(rtts);
+    far.extend(said_far.iter().map(String::as_str));
     let promised: HashSet<&str> = hints.promised.values().map(|(h, _)| h.as_str()).collect();
-    // (kind is complete, group, rank, host)
-    let mut all: Vec<(bool, u8, u64, &str)> = Vec::new();
+    // (kind is complete, group, at another site, rank, host): a complete
+    // holder that says it is at another site comes after those at this
+    // one (with one of those the puller keeps to its site). Not a puller:
+    // a site with no complete holder yet takes the file across through
+    // the other site's pullers it tracks, at most a quarter of them.
+    let mut all: Vec<(bool, u8, bool, u64, &str)> = Vec::new();
     let mut seen: HashSet<&str> = HashSet::new();
     for o in offered {
         if !seen.insert(o.host.as_str()) {
@@ -83,7 +89,8 @@ pub(crate) fn choose(
             }
             _ => 2,
         };
-        all.push((o.complete, group, rank(seed, &o.host), &o.host));
+        let away = o.complete && said_far.contains(&o.host);
+        all.push((o.complete, group, away, rank(seed, &o.host), &o.host));
     }
     // Tracked sources that did not answer this time keep their places: a
     // busy host may be slow to answer, and is benched if it fails. Not one
@@ -103,12 +110,13 @@ pub(crate) fn choose(
         } else {
             1
         };
-        all.push((s.complete, group, rank(seed, h), h));
+        let away = s.complete && said_far.contains(h);
+        all.push((s.complete, group, away, rank(seed, h), h));
     }
-    all.sort_unstable_by_key(|&(c, g, r, _)| (c, g, r));
+    all.sort_unstable_by_key(|&(c, g, a, r, _)| (c, g, a, r));
     let mut keep = HashSet::new();
     let (mut pullers, mut holders, mut far_pullers) = (0, 0, 0);
-    for (complete, group, _, h) in all {
+    for (complete, group, _, _, h) in all {
         let (n, most) = if complete {
             (&mut holders, limits.holders)
         } else {
@@ -317,6 +325,7 @@ pub(crate) fn refresh(
     limits: PeerLimits,
     max_bad: u32,
     rtts: &HashMap<String, Duration>,
+    sites: Sites,
 ) {
     let banned = |s: Option<&SourceStat>| s.is_some_and(|s| s.bad >= max_bad);
     let offered: Vec<(Offer, Vec<u8>)> = offered
@@ -324,7 +333,7 @@ pub(crate) fn refresh(
         .filter(|(o, _)| !banned(sources.get(&o.host)) && !banned(retired.get(&o.host)))
         .collect();
     let offers: Vec<Offer> = offered.iter().map(|(o, _)| o.clone()).collect();
-    let keep = choose(seed, sources, hints, &offers, limits, rtts);
+    let keep = choose(seed, sources, hints, &offers, limits, rtts, sites.far);
     for (o, have) in offered {
         if !keep.contains(&o.host) {
             continue;
@@ -350,6 +359,14 @@ pub(crate) fn refresh(
             retired.insert(h, s);
         }
     }
+    super::pick::forget_far_bits(sources, sites.far, sites.now);
+}
+
+/// The nodes a puller knows to be at another site than its own
+/// ([`super::Net::far`]), and the time, for [`refresh`].
+pub(crate) struct Sites<'a> {
+    pub(crate) far: &'a HashSet<String>,
+    pub(crate) now: std::time::Instant,
 }
 
 /// When a puller asks the mesh again who holds the file, while it has
@@ -448,6 +465,16 @@ mod tests {
             .collect()
     }
 
+    static NO_FAR: std::sync::LazyLock<HashSet<String>> = std::sync::LazyLock::new(HashSet::new);
+
+    /// No site said anywhere.
+    fn no_sites() -> Sites<'static> {
+        Sites {
+            far: &NO_FAR,
+            now: std::time::Instant::now(),
+        }
+    }
+
     /// A first choice: nothing tracked, nothing promised, no round trips.
     fn fresh(seed: u64, offered: &[Offer]) -> HashSet<String> {
         choose(
@@ -457,6 +484,7 @@ mod tests {
             offered,
             LIMITS,
             &HashMap::new(),
+            &HashSet::new(),
         )
     }
 
@@ -493,6 +521,7 @@ mod tests {
             &offered,
             LIMITS,
             &HashMap::new(),
+            &HashSet::new(),
         );
         let mut sources: BTreeMap<String, SourceStat> = first
             .iter()
@@ -500,14 +529,30 @@ mod tests {
             .collect();
         // Pullers that were not tracked and rank ahead do not displace the
         // tracked ones: seed 2 would choose others from scratch.
-        let kept = choose(2, &sources, &hints, &offered, LIMITS, &HashMap::new());
+        let kept = choose(
+            2,
+            &sources,
+            &hints,
+            &offered,
+            LIMITS,
+            &HashMap::new(),
+            &HashSet::new(),
+        );
         assert_eq!(kept, first);
         // One dies: dropped, and silent since, it gives up its place to a
         // new one.
         let dead = first.iter().next().unwrap().clone();
         sources.get_mut(&dead).unwrap().dropped = true;
         let alive: Vec<Offer> = offered.into_iter().filter(|o| o.host != dead).collect();
-        let after = choose(2, &sources, &hints, &alive, LIMITS, &HashMap::new());
+        let after = choose(
+            2,
+            &sources,
+            &hints,
+            &alive,
+            LIMITS,
+            &HashMap::new(),
+            &HashSet::new(),
+        );
         assert_eq!(after.len(), 3);
         assert!(!after.contains(&dead));
         assert_eq!(after.intersection(&first).count(), 2);
@@ -529,7 +574,15 @@ mod tests {
             }
             sources.insert(h.clone(), s);
         }
-        let keep = choose(3, &sources, &hints, &offered, LIMITS, &HashMap::new());
+        let keep = choose(
+            3,
+            &sources,
+            &hints,
+            &offered,
+            LIMITS,
+            &HashMap::new(),
+            &HashSet::new(),
+        );
         let busy: HashSet<String> = names[..5].iter().cloned().collect();
         assert_eq!(keep, busy);
     }
@@ -545,6 +598,7 @@ mod tests {
             &offers(&["a", "b", "c", "d"], false),
             LIMITS,
             &HashMap::new(),
+            &HashSet::new(),
         );
         assert!(keep.contains("quiet"));
         assert_eq!(keep.len(), 3);
@@ -634,7 +688,15 @@ mod tests {
         rtts.insert("p6".into(), Duration::from_micros(400));
         rtts.insert("p7".into(), Duration::from_micros(400));
         let hints = Hints::default();
-        let keep = choose(5, &BTreeMap::new(), &hints, &offered, LIMITS, &rtts);
+        let keep = choose(
+            5,
+            &BTreeMap::new(),
+            &hints,
+            &offered,
+            LIMITS,
+            &rtts,
+            &HashSet::new(),
+        );
         assert!(keep.contains("p6") && keep.contains("p7"), "{keep:?}");
         assert_eq!(keep.len(), 3, "one far: {keep:?}");
         // Far ones tracked with requests in hand go too, past the share;
@@ -649,7 +711,15 @@ mod tests {
         }
         let mut hints = Hints::default();
         hints.promised.insert(9, ("p2".into(), Instant::now()));
-        let keep = choose(5, &sources, &hints, &offered, LIMITS, &rtts);
+        let keep = choose(
+            5,
+            &sources,
+            &hints,
+            &offered,
+            LIMITS,
+            &rtts,
+            &HashSet::new(),
+        );
         let far: Vec<&String> = keep.iter().filter(|h| rtts[*h] == ms(40)).collect();
         assert_eq!(far.len(), 2, "{keep:?}");
         assert!(keep.contains("p2"));
@@ -666,7 +736,8 @@ mod tests {
                 &Hints::default(),
                 &offered,
                 LIMITS,
-                &lan
+                &lan,
+                &HashSet::new(),
             )
             .len(),
             3
@@ -736,7 +807,15 @@ mod tests {
         // A promise from a peer that is likely gone pins nothing.
         hints.promised.insert(0, ("lost".into(), Instant::now()));
         let answered = offers(&["a", "b", "c", "d"], false);
-        let keep = choose(4, &sources, &hints, &answered, LIMITS, &HashMap::new());
+        let keep = choose(
+            4,
+            &sources,
+            &hints,
+            &answered,
+            LIMITS,
+            &HashMap::new(),
+            &HashSet::new(),
+        );
         assert!(
             !keep.contains("lost") && !keep.contains("failed"),
             "{keep:?}"
@@ -755,6 +834,7 @@ mod tests {
             LIMITS,
             3,
             &HashMap::new(),
+            no_sites(),
         );
         assert_eq!(sources.get("lost").map(|s| s.lost), Some(0));
     }
@@ -838,7 +918,17 @@ mod tests {
         let apply = |sources: &mut BTreeMap<String, SourceStat>,
                      retired: &mut BTreeMap<String, SourceStat>,
                      rtts: &HashMap<String, Duration>| {
-            refresh(5, sources, retired, &hints, offered(), LIMITS, 3, rtts);
+            refresh(
+                5,
+                sources,
+                retired,
+                &hints,
+                offered(),
+                LIMITS,
+                3,
+                rtts,
+                no_sites(),
+            );
         };
         apply(&mut sources, &mut retired, &far);
         let gone = retired.keys().next().expect("a far one retired").clone();

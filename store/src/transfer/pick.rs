@@ -20,6 +20,7 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::bits::bit;
+use super::job::STALLED;
 use super::source::SourceStat;
 use super::{MAX_WRITING, PER_FILE};
 use crate::manifest::MAX_RUN;
@@ -57,16 +58,27 @@ pub(crate) struct View<'a> {
 }
 
 /// Whether a puller leaves the sources at other sites (`far`) alone: it
-/// tracks a complete holder at its own site (or one that says none). Then
-/// it asks their pullers only for the chunks a holder pointed it at them
-/// for (the loop keeps no bitfield of theirs), and their complete holders
-/// not at all: a chunk crosses between sites once, to a puller there that
-/// passes it on, instead of once for each puller that wants it.
-pub(crate) fn keeps_to_site(sources: &BTreeMap<String, SourceStat>, far: &HashSet<String>) -> bool {
+/// tracks a complete holder at its own site (or one that says none) that
+/// serves it (not dropped, no request failed or connection broken since
+/// its last chunk, no request left unanswered for [`STALLED`]: else a
+/// holder that hangs would hold the whole transfer). Then it asks their
+/// pullers only for the chunks a holder pointed it at them for (the loop
+/// keeps no bitfield of theirs), and their complete holders not at all: a
+/// chunk crosses between sites once, to a puller there that passes it on,
+/// instead of once for each puller that wants it.
+pub(crate) fn keeps_to_site(
+    sources: &BTreeMap<String, SourceStat>,
+    far: &HashSet<String>,
+    now: Instant,
+) -> bool {
     !far.is_empty()
-        && sources
-            .iter()
-            .any(|(h, s)| s.complete && !s.dropped && !far.contains(h))
+        && sources.iter().any(|(h, s)| {
+            s.complete
+                && !s.dropped
+                && !s.broken()
+                && s.waiting_since.is_none_or(|t| now - t < STALLED)
+                && !far.contains(h)
+        })
 }
 
 /// Whether a holder's pointer to `to` is taken: not to a complete holder
@@ -76,17 +88,22 @@ pub(crate) fn follows(
     sources: &BTreeMap<String, SourceStat>,
     far: &HashSet<String>,
     to: &str,
+    now: Instant,
 ) -> bool {
     !(far.contains(to)
         && sources.get(to).is_some_and(|s| s.complete)
-        && keeps_to_site(sources, far))
+        && keeps_to_site(sources, far, now))
 }
 
 /// While [`keeps_to_site`], what the pullers at other sites have is not
 /// asked of them, so not kept either: their bitfields are emptied (and no
 /// longer polled, nor updated from their news).
-pub(crate) fn forget_far_bits(sources: &mut BTreeMap<String, SourceStat>, far: &HashSet<String>) {
-    if !keeps_to_site(sources, far) {
+pub(crate) fn forget_far_bits(
+    sources: &mut BTreeMap<String, SourceStat>,
+    far: &HashSet<String>,
+    now: Instant,
+) {
+    if !keeps_to_site(sources, far, now) {
         return;
     }
     for (h, s) in sources.iter_mut() {
@@ -183,7 +200,7 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     // While other pullers can serve, ask less of the original holders:
     // their uplink is what every puller shares.
     let swarming = v.sources.values().any(|s| !s.complete && !s.dropped);
-    let keep = keeps_to_site(v.sources, v.far);
+    let keep = keeps_to_site(v.sources, v.far, v.now);
     let ready: Vec<(&String, &SourceStat)> = v
         .sources
         .iter()
@@ -837,13 +854,13 @@ mod tests {
         assert_eq!((a.host.as_str(), a.first), ("fp", 1));
         // A holder's pointer is taken to the other site's puller, not to
         // its complete holder (that would wait out the promise).
-        assert!(follows(&t.sources, &t.far, "fp"));
-        assert!(!follows(&t.sources, &t.far, "fh"));
-        assert!(follows(&t.sources, &t.far, "h"));
+        assert!(follows(&t.sources, &t.far, "fp", t.now));
+        assert!(!follows(&t.sources, &t.far, "fh", t.now));
+        assert!(follows(&t.sources, &t.far, "h", t.now));
         // Without a complete holder here, the other site's is asked.
         t.sources.remove("h");
-        assert!(!keeps_to_site(&t.sources, &t.far));
-        assert!(follows(&t.sources, &t.far, "fh"));
+        assert!(!keeps_to_site(&t.sources, &t.far, t.now));
+        assert!(follows(&t.sources, &t.far, "fh", t.now));
         assert_eq!(t.next(1).unwrap().host, "fh");
     }
 

@@ -160,6 +160,7 @@ impl Pull {
         job: Arc<Job>,
         partial: Partial,
         slot: OwnedSemaphorePermit,
+        far: HashSet<String>,
     ) -> Pull {
         let now = Instant::now();
         let retry_wait = engine.tuning.retry_first;
@@ -181,7 +182,14 @@ impl Pull {
                 })
                 .collect();
             let known = rtts(&engine, st.sources.keys());
-            st.refresh_peers(seed, &Hints::default(), offered, &engine.tuning, &known);
+            st.refresh_peers(
+                seed,
+                &Hints::default(),
+                offered,
+                &engine.tuning,
+                &known,
+                &far,
+            );
         }
         let partial = Arc::new(partial);
         let _ = job.open.set(partial.clone());
@@ -213,7 +221,7 @@ impl Pull {
             counts: Counts::default(),
             rtts: (HashMap::new(), None),
             gone_turn: 0,
-            far: HashSet::new(),
+            far,
         }
     }
 
@@ -310,7 +318,7 @@ impl Pull {
         let now = Instant::now();
         self.last_have = now;
         let st = self.job.state();
-        let keep = pick::keeps_to_site(&st.sources, &self.far);
+        let keep = pick::keeps_to_site(&st.sources, &self.far, Instant::now());
         let partial: Vec<String> = st
             .sources
             .iter()
@@ -375,6 +383,10 @@ impl Pull {
                 self.inflight.entry(i).or_default().insert(host.clone());
             }
             let gone = peers::gone_for(&st.sources, &host, &mut self.gone_turn);
+            // News from another site's puller would be dropped while we
+            // keep to our own: not asked for, not sent over the thin link.
+            let news =
+                !self.far.contains(&host) || !pick::keeps_to_site(&st.sources, &self.far, now);
             let s = st
                 .sources
                 .get_mut(&host)
@@ -385,7 +397,7 @@ impl Pull {
             }
             s.inflight += count;
             let asker = Asker {
-                seen: (!s.complete).then_some(s.seen),
+                seen: (!s.complete && news).then_some(s.seen),
                 progress: Some(Asker::progress_of(st.bytes, job.manifest.size)),
                 gone,
             };
@@ -430,7 +442,8 @@ impl Pull {
         let data = {
             let mut st = self.job.state();
             let st = &mut *st;
-            let far = self.far.contains(&host) && pick::keeps_to_site(&st.sources, &self.far);
+            let far = self.far.contains(&host)
+                && pick::keeps_to_site(&st.sources, &self.far, Instant::now());
             if let Some(s) = peers::record(&mut st.sources, &mut st.retired, &host) {
                 s.inflight = s.inflight.saturating_sub(count);
                 s.waiting_since = (s.inflight > 0).then(Instant::now);
@@ -458,7 +471,7 @@ impl Pull {
                 Err(Miss::Redirect(to)) => {
                     // Possibly a puller we have not heard of yet, or do not
                     // track.
-                    if pick::follows(&st.sources, &self.far, &to) {
+                    if pick::follows(&st.sources, &self.far, &to, Instant::now()) {
                         st.redirected(&mut self.hints, &host, to, idx, &self.engine.tuning);
                     }
                     None
@@ -662,7 +675,7 @@ impl Pull {
         self.polling.remove(&host);
         let want = self.job.manifest.chunk_count().div_ceil(8);
         let mut st = self.job.state();
-        if self.far.contains(&host) && pick::keeps_to_site(&st.sources, &self.far) {
+        if self.far.contains(&host) && pick::keeps_to_site(&st.sources, &self.far, Instant::now()) {
             return;
         }
         if let Some(s) = st.sources.get_mut(&host) {
@@ -754,8 +767,13 @@ impl Pull {
         );
         let t = &self.engine.tuning;
         let found = peers::offer_digest(&offered);
-        st.refresh_peers(self.seed, &self.hints, offered, t, &rtts);
-        pick::forget_far_bits(&mut st.sources, &self.far);
+        st.refresh_peers(self.seed, &self.hints, offered, t, &rtts, &self.far);
+        // A pointer taken before it was known to be a complete holder at
+        // another site: the chunk would wait out the promise.
+        let now = Instant::now();
+        self.hints
+            .promised
+            .retain(|_, (to, _)| pick::follows(&st.sources, &self.far, to, now));
         self.pace
             .refreshed(found, &st.sources, t.refresh_every, t.refresh_most);
     }
@@ -778,11 +796,12 @@ impl Engine {
         let partial = self.open_partial(job).await?;
         self.verify_resumed(job, &partial.file).await?;
         let file = partial.file.clone();
-        let mut pull = Pull::new(self.clone(), job.clone(), partial, slot);
         // Before the first request: the sources `get` found include those
         // at other sites.
-        pull.far = self.net.far().await;
-        let _slot = pull.run().await?;
+        let far = self.net.far().await;
+        let _slot = Pull::new(self.clone(), job.clone(), partial, slot, far)
+            .run()
+            .await?;
         let pulled = started.elapsed();
         self.finish(job, &file).await?;
         let mut st = job.state();

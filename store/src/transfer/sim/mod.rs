@@ -169,7 +169,7 @@ impl Scenario {
             limit: 30.0,
             peer_slots: false,
             tell_gone: true,
-            say_site: true,
+            say_site: false,
         }
     }
 

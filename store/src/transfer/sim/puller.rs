@@ -111,6 +111,8 @@ impl Sim<'_> {
             } else {
                 Vec::new()
             };
+            let news =
+                !st.far.contains(&ask.host) || !pick::keeps_to_site(&st.sources, &st.far, now);
             let s = st
                 .sources
                 .get_mut(&ask.host)
@@ -121,7 +123,7 @@ impl Sim<'_> {
             }
             s.inflight += count;
             let asker = Asker {
-                seen: (!s.complete).then_some(s.seen),
+                seen: (!s.complete && news).then_some(s.seen),
                 progress: Some(Asker::progress_of(st.got as u64, self.n as u64)),
                 gone,
             };
@@ -213,7 +215,7 @@ impl Sim<'_> {
             Ans::Data { k, .. } => *k as u64 * CHUNK_SIZE,
             Ans::Miss(_) => 0,
         };
-        let far = pick::keeps_to_site(&st.sources, &st.far)
+        let far = pick::keeps_to_site(&st.sources, &st.far, self.inst(self.now))
             && self.hosts[q as usize].site != self.hosts[p as usize].site;
         if let Some(s) = peers::record(&mut st.sources, &mut st.retired, host) {
             s.inflight = s.inflight.saturating_sub(count);
@@ -237,7 +239,7 @@ impl Sim<'_> {
                 }
                 st.hints.not_before.insert(idx, now + t.not_yet_wait);
             }
-            Ans::Miss(Miss::Redirect(to)) if !pick::follows(&st.sources, &st.far, &to) => {
+            Ans::Miss(Miss::Redirect(to)) if !pick::follows(&st.sources, &st.far, &to, now) => {
                 self.stats.redirects += 1;
             }
             Ans::Miss(Miss::Redirect(to)) => {
@@ -359,7 +361,7 @@ impl Sim<'_> {
         }
         st.last_have = self.now;
         let now = self.inst(self.now);
-        let keeps = pick::keeps_to_site(&st.sources, &st.far);
+        let keeps = pick::keeps_to_site(&st.sources, &st.far, self.inst(self.now));
         let (mut near, mut far, mut silent) = (Vec::new(), Vec::new(), Vec::new());
         for (h, s) in &st.sources {
             // A source asked lately sends news with its answers.
@@ -407,7 +409,7 @@ impl Sim<'_> {
         let t0 = Instant::now();
         let bytes = self.n.div_ceil(8) as u64;
         let now = self.inst(self.now);
-        let keeps = pick::keeps_to_site(&st.sources, &st.far);
+        let keeps = pick::keeps_to_site(&st.sources, &st.far, self.inst(self.now));
         // Targets are in the sources' (name) order: one walk over both.
         let mut it = st.sources.iter_mut();
         let mut cur = it.next();
@@ -549,8 +551,18 @@ impl Sim<'_> {
             self.t.peers,
             self.t.max_bad,
             &st.rtts,
+            peers::Sites {
+                far: &st.far,
+                now: self.inst(self.now),
+            },
         );
-        pick::forget_far_bits(&mut st.sources, &st.far);
+        // As `Pull::on_refresh`: pointers to a complete holder at another
+        // site are not taken while it keeps to its own.
+        let now = self.inst(self.now);
+        let (sources, far) = (&st.sources, &st.far);
+        st.hints
+            .promised
+            .retain(|_, (to, _)| pick::follows(sources, far, to, now));
         if let Some(found) = found {
             let t = self.t;
             st.pace
