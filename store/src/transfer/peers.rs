@@ -475,17 +475,27 @@ mod tests {
         }
     }
 
-    /// A first choice: nothing tracked, nothing promised, no round trips.
-    fn fresh(seed: u64, offered: &[Offer]) -> HashSet<String> {
+    /// [`choose`] with the usual limits, no round trips and no sites.
+    fn choose_plain(
+        seed: u64,
+        sources: &BTreeMap<String, SourceStat>,
+        hints: &Hints,
+        offered: &[Offer],
+    ) -> HashSet<String> {
         choose(
             seed,
-            &BTreeMap::new(),
-            &Hints::default(),
+            sources,
+            hints,
             offered,
             LIMITS,
             &HashMap::new(),
             &HashSet::new(),
         )
+    }
+
+    /// A first choice: nothing tracked, nothing promised, no round trips.
+    fn fresh(seed: u64, offered: &[Offer]) -> HashSet<String> {
+        choose_plain(seed, &BTreeMap::new(), &Hints::default(), offered)
     }
 
     fn many(n: usize) -> Vec<String> {
@@ -514,45 +524,21 @@ mod tests {
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let offered = offers(&refs, false);
         let hints = Hints::default();
-        let first = choose(
-            1,
-            &BTreeMap::new(),
-            &hints,
-            &offered,
-            LIMITS,
-            &HashMap::new(),
-            &HashSet::new(),
-        );
+        let first = choose_plain(1, &BTreeMap::new(), &hints, &offered);
         let mut sources: BTreeMap<String, SourceStat> = first
             .iter()
             .map(|h| (h.clone(), SourceStat::default()))
             .collect();
         // Pullers that were not tracked and rank ahead do not displace the
         // tracked ones: seed 2 would choose others from scratch.
-        let kept = choose(
-            2,
-            &sources,
-            &hints,
-            &offered,
-            LIMITS,
-            &HashMap::new(),
-            &HashSet::new(),
-        );
+        let kept = choose_plain(2, &sources, &hints, &offered);
         assert_eq!(kept, first);
         // One dies: dropped, and silent since, it gives up its place to a
         // new one.
         let dead = first.iter().next().unwrap().clone();
         sources.get_mut(&dead).unwrap().dropped = true;
         let alive: Vec<Offer> = offered.into_iter().filter(|o| o.host != dead).collect();
-        let after = choose(
-            2,
-            &sources,
-            &hints,
-            &alive,
-            LIMITS,
-            &HashMap::new(),
-            &HashSet::new(),
-        );
+        let after = choose_plain(2, &sources, &hints, &alive);
         assert_eq!(after.len(), 3);
         assert!(!after.contains(&dead));
         assert_eq!(after.intersection(&first).count(), 2);
@@ -574,15 +560,7 @@ mod tests {
             }
             sources.insert(h.clone(), s);
         }
-        let keep = choose(
-            3,
-            &sources,
-            &hints,
-            &offered,
-            LIMITS,
-            &HashMap::new(),
-            &HashSet::new(),
-        );
+        let keep = choose_plain(3, &sources, &hints, &offered);
         let busy: HashSet<String> = names[..5].iter().cloned().collect();
         assert_eq!(keep, busy);
     }
@@ -807,15 +785,7 @@ mod tests {
         // A promise from a peer that is likely gone pins nothing.
         hints.promised.insert(0, ("lost".into(), Instant::now()));
         let answered = offers(&["a", "b", "c", "d"], false);
-        let keep = choose(
-            4,
-            &sources,
-            &hints,
-            &answered,
-            LIMITS,
-            &HashMap::new(),
-            &HashSet::new(),
-        );
+        let keep = choose_plain(4, &sources, &hints, &answered);
         assert!(
             !keep.contains("lost") && !keep.contains("failed"),
             "{keep:?}"

@@ -130,6 +130,29 @@ impl TestNode {
             .unwrap_or_else(|_| panic!("{}: get {name} still running after 60 s", self.name))
     }
 
+    /// Starts pulling `name` (version `root`) in the background, and
+    /// returns once `chunks` of it are here.
+    async fn get_until(
+        &self,
+        name: &str,
+        root: &[u8],
+        chunks: usize,
+    ) -> tokio::task::JoinHandle<Result<()>> {
+        let (engine, n) = (self.engine.clone(), name.to_string());
+        let pulling = tokio::spawn(async move {
+            let pending = engine.get(&n, &Select::default()).await?;
+            engine.wait(pending).await
+        });
+        while self
+            .engine
+            .news(name, root, 0)
+            .is_none_or(|n| n.chunks.len() < chunks)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        pulling
+    }
+
     /// The status row of the last transfer of `name` that ended.
     fn ended(&self, name: &str) -> Status {
         self.engine
@@ -398,18 +421,7 @@ async fn a_puller_pulls_from_the_puller_that_asks_it() {
         node_tuning(&hub, "p1", quiet.clone()),
         node_tuning(&hub, "p2", quiet),
     );
-    let engine = p1.engine.clone();
-    let first = tokio::spawn(async move {
-        let pending = engine.get("f", &Select::default()).await.unwrap();
-        engine.wait(pending).await
-    });
-    while p1
-        .engine
-        .news("f", &root, 0)
-        .is_none_or(|n| n.chunks.len() < 4)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let first = p1.get_until("f", &root, 4).await;
     p2.get("f").await.unwrap();
     first.await.unwrap().unwrap();
     assert_eq!(p1.read("f").unwrap(), data);

@@ -2,6 +2,29 @@
 
 use super::*;
 
+/// Two complete holders of `f` (`chunks` chunks of content `seed`): one
+/// to be at the puller's site, one at another.
+fn holders(
+    hub: &Arc<Hub>,
+    names: [&str; 2],
+    chunks: usize,
+    seed: u64,
+) -> (TestNode, TestNode, Vec<u8>) {
+    let data = content(chunks * CHUNK_SIZE as usize, seed);
+    let (a, b) = (node(hub, names[0]), node(hub, names[1]));
+    for n in [&a, &b] {
+        n.put("f", &data);
+    }
+    (a, b, data)
+}
+
+/// Each node says its site.
+fn say(hub: &Hub, sites: &[(&str, &str)]) {
+    for (node, site) in sites {
+        hub.set_site(node, site);
+    }
+}
+
 /// A puller that says its site, with a complete holder there, asks a
 /// complete holder at another site for nothing; without sites said, it
 /// asks both.
@@ -9,17 +32,12 @@ use super::*;
 async fn a_puller_with_a_holder_at_its_own_site_asks_none_at_another() {
     for said in [false, true] {
         let hub = Hub::new();
-        let data = content(64 * CHUNK_SIZE as usize, 11);
-        let (h, far) = (node(&hub, "h"), node(&hub, "far"));
-        for n in [&h, &far] {
-            n.put("f", &data);
-            uplink(&hub, &n.name, 2);
-        }
+        let (_h, _far, data) = holders(&hub, ["h", "far"], 64, 11);
+        uplink(&hub, "h", 2);
+        uplink(&hub, "far", 2);
         let p = node(&hub, "p");
         if said {
-            hub.set_site("h", "north");
-            hub.set_site("p", "north");
-            hub.set_site("far", "south");
+            say(&hub, &[("h", "north"), ("p", "north"), ("far", "south")]);
         }
         p.get("f").await.unwrap();
         assert_eq!(p.read("f").unwrap(), data);
@@ -41,8 +59,7 @@ async fn a_puller_with_no_holder_at_its_site_pulls_from_another() {
     let far = node(&hub, "far");
     far.put("f", &data);
     let p = node(&hub, "p");
-    hub.set_site("far", "south");
-    hub.set_site("p", "north");
+    say(&hub, &[("far", "south"), ("p", "north")]);
     p.get("f").await.unwrap();
     assert_eq!(p.read("f").unwrap(), data);
     assert_eq!(hub.sent_to("far", "p"), 32);
@@ -55,11 +72,7 @@ async fn a_puller_with_no_holder_at_its_site_pulls_from_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_at_the_pullers_site_that_hangs_does_not_hold_the_transfer() {
     let hub = Hub::new();
-    let data = content(16 * CHUNK_SIZE as usize, 13);
-    let (near, far) = (node(&hub, "near"), node(&hub, "far"));
-    for n in [&near, &far] {
-        n.put("f", &data);
-    }
+    let (_near, _far, data) = holders(&hub, ["near", "far"], 16, 13);
     hub.set_faults(
         "near",
         Faults {
@@ -68,9 +81,7 @@ async fn a_holder_at_the_pullers_site_that_hangs_does_not_hold_the_transfer() {
         },
     );
     let p = node(&hub, "p");
-    hub.set_site("near", "north");
-    hub.set_site("p", "north");
-    hub.set_site("far", "south");
+    say(&hub, &[("near", "north"), ("p", "north"), ("far", "south")]);
     p.get("f").await.unwrap();
     assert_eq!(p.read("f").unwrap(), data);
     assert_eq!(hub.sent_to("far", "p"), 16);
@@ -82,36 +93,22 @@ async fn a_holder_at_the_pullers_site_that_hangs_does_not_hold_the_transfer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_sites_puller_found_at_the_start_is_not_asked() {
     let hub = Hub::new();
-    let data = content(64 * CHUNK_SIZE as usize, 14);
-    let (h, fh) = (node(&hub, "h"), node(&hub, "fh"));
-    for n in [&h, &fh] {
-        n.put("f", &data);
-    }
+    let (h, _fh, data) = holders(&hub, ["h", "fh"], 64, 14);
     let root = h.local.manifest("f").unwrap().unwrap().root;
     let (b, p) = (node(&hub, "b"), node(&hub, "p"));
-    for (n, site) in [
-        ("h", "north"),
-        ("p", "north"),
-        ("fh", "south"),
-        ("b", "south"),
-    ] {
-        hub.set_site(n, site);
-    }
+    say(
+        &hub,
+        &[
+            ("h", "north"),
+            ("p", "north"),
+            ("fh", "south"),
+            ("b", "south"),
+        ],
+    );
     // b pulls from the south's holder, slowly: p starts while b is half
     // way, and its `get` finds b with what it has.
     uplink(&hub, "fh", 10);
-    let engine = b.engine.clone();
-    let pulling = tokio::spawn(async move {
-        let pending = engine.get("f", &Select::default()).await.unwrap();
-        engine.wait(pending).await
-    });
-    while b
-        .engine
-        .news("f", &root, 0)
-        .is_none_or(|n| n.chunks.len() < 16)
-    {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let pulling = b.get_until("f", &root, 16).await;
     p.get("f").await.unwrap();
     pulling.await.unwrap().unwrap();
     assert_eq!(p.read("f").unwrap(), data);
