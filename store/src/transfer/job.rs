@@ -94,7 +94,7 @@ impl JobState {
     ) {
         let (sources, retired) = (&mut self.sources, &mut self.retired);
         let (limits, bad) = (t.peers, t.max_bad);
-        let sites = super::peers::Sites {
+        let sites = super::sites::Sites {
             far,
             now: Instant::now(),
         };

@@ -26,6 +26,7 @@ mod durable;
 mod find;
 mod job;
 mod ledger;
+mod pace;
 mod peers;
 mod pick;
 mod pull;
@@ -33,6 +34,7 @@ mod recent;
 mod serve;
 #[doc(hidden)]
 pub mod sim;
+mod sites;
 mod source;
 #[cfg(test)]
 mod tests;

@@ -20,7 +20,6 @@ use rand::seq::SliceRandom;
 use rand::Rng;
 
 use super::bits::bit;
-use super::job::STALLED;
 use super::source::SourceStat;
 use super::{MAX_WRITING, PER_FILE};
 use crate::manifest::MAX_RUN;
@@ -55,62 +54,6 @@ pub(crate) struct View<'a> {
     /// The sources that said they are at another site than this node's.
     pub(crate) far: &'a HashSet<String>,
     pub(crate) now: Instant,
-}
-
-/// Whether a puller leaves the sources at other sites (`far`) alone: it
-/// tracks a complete holder at its own site (or one that says none) that
-/// serves it (not dropped, no request failed or connection broken since
-/// its last chunk, no request left unanswered for [`STALLED`]: else a
-/// holder that hangs would hold the whole transfer). Then it asks their
-/// pullers only for the chunks a holder pointed it at them for (the loop
-/// keeps no bitfield of theirs), and their complete holders not at all: a
-/// chunk crosses between sites once, to a puller there that passes it on,
-/// instead of once for each puller that wants it.
-pub(crate) fn keeps_to_site(
-    sources: &BTreeMap<String, SourceStat>,
-    far: &HashSet<String>,
-    now: Instant,
-) -> bool {
-    !far.is_empty()
-        && sources.iter().any(|(h, s)| {
-            s.complete
-                && !s.dropped
-                && !s.broken()
-                && s.waiting_since.is_none_or(|t| now - t < STALLED)
-                && !far.contains(h)
-        })
-}
-
-/// Whether a holder's pointer to `to` is taken: not to a complete holder
-/// at another site while [`keeps_to_site`] (a node that finished and still
-/// asked its holder lately; that holder sends the chunk when asked again).
-pub(crate) fn follows(
-    sources: &BTreeMap<String, SourceStat>,
-    far: &HashSet<String>,
-    to: &str,
-    now: Instant,
-) -> bool {
-    !(far.contains(to)
-        && sources.get(to).is_some_and(|s| s.complete)
-        && keeps_to_site(sources, far, now))
-}
-
-/// While [`keeps_to_site`], what the pullers at other sites have is not
-/// asked of them, so not kept either: their bitfields are emptied (and no
-/// longer polled, nor updated from their news).
-pub(crate) fn forget_far_bits(
-    sources: &mut BTreeMap<String, SourceStat>,
-    far: &HashSet<String>,
-    now: Instant,
-) {
-    if !keeps_to_site(sources, far, now) {
-        return;
-    }
-    for (h, s) in sources.iter_mut() {
-        if !s.complete && far.contains(h) {
-            s.have.fill(0);
-        }
-    }
 }
 
 /// A request to make: chunks `first..first + count` of `host`.
@@ -200,7 +143,7 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     // While other pullers can serve, ask less of the original holders:
     // their uplink is what every puller shares.
     let swarming = v.sources.values().any(|s| !s.complete && !s.dropped);
-    let keep = keeps_to_site(v.sources, v.far, v.now);
+    let keep = super::sites::keeps_to_site(v.sources, v.far, v.now);
     let ready: Vec<(&String, &SourceStat)> = v
         .sources
         .iter()
@@ -854,6 +797,7 @@ mod tests {
         assert_eq!((a.host.as_str(), a.first), ("fp", 1));
         // A holder's pointer is taken to the other site's puller, not to
         // its complete holder (that would wait out the promise).
+        use crate::transfer::sites::{follows, keeps_to_site};
         assert!(follows(&t.sources, &t.far, "fp", t.now));
         assert!(!follows(&t.sources, &t.far, "fh", t.now));
         assert!(follows(&t.sources, &t.far, "h", t.now));

@@ -16,6 +16,7 @@ use super::job::{Counts, Job};
 use super::peers;
 use super::pick::{self, Hints};
 use super::Asker;
+use super::{pace, sites};
 use super::{Engine, Miss, Progress, ProgressAnswers, Reply, SYNC_EVERY};
 use crate::buf::ChunkBuf;
 use crate::{Error, Result};
@@ -119,7 +120,7 @@ pub(super) struct Pull {
     refreshing: bool,
     /// How long after the last refresh the next is due, while sources are
     /// usable.
-    pace: peers::RefreshPace,
+    pace: pace::RefreshPace,
     /// Sources whose have-bits are being asked for.
     polling: HashSet<String>,
     retry_wait: Duration,
@@ -164,7 +165,7 @@ impl Pull {
     ) -> Pull {
         let now = Instant::now();
         let retry_wait = engine.tuning.retry_first;
-        let pace = peers::RefreshPace::new(engine.tuning.refresh_every);
+        let pace = pace::RefreshPace::new(engine.tuning.refresh_every);
         let here = job.state().have.clone();
         let seed = rand::random();
         {
@@ -318,7 +319,7 @@ impl Pull {
         let now = Instant::now();
         self.last_have = now;
         let st = self.job.state();
-        let keep = pick::keeps_to_site(&st.sources, &self.far, Instant::now());
+        let keep = sites::keeps_to_site(&st.sources, &self.far, Instant::now());
         let partial: Vec<String> = st
             .sources
             .iter()
@@ -386,7 +387,7 @@ impl Pull {
             // News from another site's puller would be dropped while we
             // keep to our own: not asked for, not sent over the thin link.
             let news =
-                !self.far.contains(&host) || !pick::keeps_to_site(&st.sources, &self.far, now);
+                !self.far.contains(&host) || !sites::keeps_to_site(&st.sources, &self.far, now);
             let s = st
                 .sources
                 .get_mut(&host)
@@ -443,7 +444,7 @@ impl Pull {
             let mut st = self.job.state();
             let st = &mut *st;
             let far = self.far.contains(&host)
-                && pick::keeps_to_site(&st.sources, &self.far, Instant::now());
+                && sites::keeps_to_site(&st.sources, &self.far, Instant::now());
             if let Some(s) = peers::record(&mut st.sources, &mut st.retired, &host) {
                 s.inflight = s.inflight.saturating_sub(count);
                 s.waiting_since = (s.inflight > 0).then(Instant::now);
@@ -471,7 +472,7 @@ impl Pull {
                 Err(Miss::Redirect(to)) => {
                     // Possibly a puller we have not heard of yet, or do not
                     // track.
-                    if pick::follows(&st.sources, &self.far, &to, Instant::now()) {
+                    if sites::follows(&st.sources, &self.far, &to, Instant::now()) {
                         st.redirected(&mut self.hints, &host, to, idx, &self.engine.tuning);
                     }
                     None
@@ -675,7 +676,8 @@ impl Pull {
         self.polling.remove(&host);
         let want = self.job.manifest.chunk_count().div_ceil(8);
         let mut st = self.job.state();
-        if self.far.contains(&host) && pick::keeps_to_site(&st.sources, &self.far, Instant::now()) {
+        if self.far.contains(&host) && sites::keeps_to_site(&st.sources, &self.far, Instant::now())
+        {
             return;
         }
         if let Some(s) = st.sources.get_mut(&host) {
@@ -766,14 +768,14 @@ impl Pull {
             hosts.chain(st.sources.keys()).chain(st.retired.keys()),
         );
         let t = &self.engine.tuning;
-        let found = peers::offer_digest(&offered);
+        let found = pace::offer_digest(&offered);
         st.refresh_peers(self.seed, &self.hints, offered, t, &rtts, &self.far);
         // A pointer taken before it was known to be a complete holder at
         // another site: the chunk would wait out the promise.
         let now = Instant::now();
         self.hints
             .promised
-            .retain(|_, (to, _)| pick::follows(&st.sources, &self.far, to, now));
+            .retain(|_, (to, _)| sites::follows(&st.sources, &self.far, to, now));
         self.pace
             .refreshed(found, &st.sources, t.refresh_every, t.refresh_most);
     }

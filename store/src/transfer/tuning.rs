@@ -16,7 +16,7 @@ pub struct Tuning {
     /// first and whenever a refresh finds something new.
     pub refresh_every: Duration,
     /// How far apart refreshes that keep finding the same hosts are spaced
-    /// at most (see `peers::RefreshPace`): each asks every node of the
+    /// at most (see `pace::RefreshPace`): each asks every node of the
     /// mesh.
     pub refresh_most: Duration,
     /// With no usable source: the first wait before asking the mesh again,

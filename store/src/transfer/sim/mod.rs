@@ -60,6 +60,7 @@ use super::peers;
 use super::pick::{self, Hints};
 use super::source::SourceStat;
 use super::uplink;
+use super::{pace, sites};
 use super::{Asker, Miss, News, Tuning, MAX_NEWS, MAX_WRITING, PER_FILE};
 use crate::manifest::{CHUNK_SIZE, MAX_RUN};
 
@@ -329,7 +330,7 @@ struct Pull {
     last_refresh: Option<u64>,
     refreshing: bool,
     /// As `Pull::pace`.
-    pace: peers::RefreshPace,
+    pace: pace::RefreshPace,
     retry_wait: Duration,
     /// Sources no longer tracked, as `JobState::retired`.
     retired: BTreeMap<String, SourceStat>,

@@ -112,7 +112,7 @@ impl Sim<'_> {
                 Vec::new()
             };
             let news =
-                !st.far.contains(&ask.host) || !pick::keeps_to_site(&st.sources, &st.far, now);
+                !st.far.contains(&ask.host) || !sites::keeps_to_site(&st.sources, &st.far, now);
             let s = st
                 .sources
                 .get_mut(&ask.host)
@@ -215,7 +215,7 @@ impl Sim<'_> {
             Ans::Data { k, .. } => *k as u64 * CHUNK_SIZE,
             Ans::Miss(_) => 0,
         };
-        let far = pick::keeps_to_site(&st.sources, &st.far, self.inst(self.now))
+        let far = sites::keeps_to_site(&st.sources, &st.far, self.inst(self.now))
             && self.hosts[q as usize].site != self.hosts[p as usize].site;
         if let Some(s) = peers::record(&mut st.sources, &mut st.retired, host) {
             s.inflight = s.inflight.saturating_sub(count);
@@ -239,7 +239,7 @@ impl Sim<'_> {
                 }
                 st.hints.not_before.insert(idx, now + t.not_yet_wait);
             }
-            Ans::Miss(Miss::Redirect(to)) if !pick::follows(&st.sources, &st.far, &to, now) => {
+            Ans::Miss(Miss::Redirect(to)) if !sites::follows(&st.sources, &st.far, &to, now) => {
                 self.stats.redirects += 1;
             }
             Ans::Miss(Miss::Redirect(to)) => {
@@ -361,7 +361,7 @@ impl Sim<'_> {
         }
         st.last_have = self.now;
         let now = self.inst(self.now);
-        let keeps = pick::keeps_to_site(&st.sources, &st.far, self.inst(self.now));
+        let keeps = sites::keeps_to_site(&st.sources, &st.far, self.inst(self.now));
         let (mut near, mut far, mut silent) = (Vec::new(), Vec::new(), Vec::new());
         for (h, s) in &st.sources {
             // A source asked lately sends news with its answers.
@@ -409,7 +409,7 @@ impl Sim<'_> {
         let t0 = Instant::now();
         let bytes = self.n.div_ceil(8) as u64;
         let now = self.inst(self.now);
-        let keeps = pick::keeps_to_site(&st.sources, &st.far, self.inst(self.now));
+        let keeps = sites::keeps_to_site(&st.sources, &st.far, self.inst(self.now));
         // Targets are in the sources' (name) order: one walk over both.
         let mut it = st.sources.iter_mut();
         let mut cur = it.next();
@@ -541,7 +541,7 @@ impl Sim<'_> {
             let host = self.names[q as usize].clone();
             offered.push((peers::Offer { host, complete }, bits.unwrap_or_default()));
         }
-        let found = refresh.then(|| peers::offer_digest(&offered));
+        let found = refresh.then(|| pace::offer_digest(&offered));
         peers::refresh(
             st.seed,
             &mut st.sources,
@@ -551,7 +551,7 @@ impl Sim<'_> {
             self.t.peers,
             self.t.max_bad,
             &st.rtts,
-            peers::Sites {
+            sites::Sites {
                 far: &st.far,
                 now: self.inst(self.now),
             },
@@ -562,7 +562,7 @@ impl Sim<'_> {
         let (sources, far) = (&st.sources, &st.far);
         st.hints
             .promised
-            .retain(|_, (to, _)| pick::follows(sources, far, to, now));
+            .retain(|_, (to, _)| sites::follows(sources, far, to, now));
         if let Some(found) = found {
             let t = self.t;
             st.pace

@@ -147,7 +147,7 @@ impl<'a> Sim<'a> {
                 polling: vec![false; hosts_n],
                 last_refresh: None,
                 refreshing: false,
-                pace: peers::RefreshPace::new(sc.tuning.refresh_every),
+                pace: pace::RefreshPace::new(sc.tuning.refresh_every),
                 retry_wait: sc.tuning.retry_first,
                 retired: BTreeMap::new(),
                 seed: rng.gen(),
