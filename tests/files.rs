@@ -709,7 +709,7 @@ fn a_puller_asks_nothing_of_another_site_while_its_own_has_the_file() {
         },
     );
     let site = |i: usize| if i <= 2 { "north" } else { "south" };
-    let nodes: Vec<Node> = (1..=3)
+    let mut nodes: Vec<Node> = (1..=3)
         .map(|i| Node::in_ns(&format!("h{i}"), &lab.ns(i), &["--site", site(i)]))
         .collect();
     // mDNS stays in its site.
@@ -727,13 +727,28 @@ fn a_puller_asks_nothing_of_another_site_while_its_own_has_the_file() {
     nodes[1].mm(&["file", "get", "s.bin", "wait"]);
     assert_eq!(read(&nodes[1], "s.bin").unwrap(), data);
     // h3 is tracked (as a complete holder), and asked for nothing.
-    let served = nodes[1].served_by("s.bin");
-    let from = |h: &str| {
-        served
+    let from = |n: &Node, h: &str| {
+        let served = n.served_by("s.bin");
+        let c = served
             .iter()
             .filter(|(s, _)| s == h)
             .map(|(_, c)| c)
-            .sum::<u64>()
+            .sum::<u64>();
+        (c, served)
     };
-    assert_eq!((from("h1"), from("h3")), (chunks, 0), "{served:?}");
+    let (h1, served) = from(&nodes[1], "h1");
+    assert_eq!((h1, from(&nodes[1], "h3").0), (chunks, 0), "{served:?}");
+    // h1 restarts: h2's data connection to it was closed meanwhile. The
+    // next pull opens a fresh one rather than fail a chunk on the old one
+    // (and take it from the other site).
+    nodes[0].stop(false);
+    nodes[0].start();
+    for n in &nodes {
+        n.wait_size(3, LONG);
+    }
+    nodes[1].mm(&["file", "delete", "s.bin"]);
+    nodes[1].mm(&["file", "get", "s.bin", "wait"]);
+    assert_eq!(read(&nodes[1], "s.bin").unwrap(), data);
+    let (h3, served) = from(&nodes[1], "h3");
+    assert_eq!(h3, 0, "{served:?}");
 }

@@ -101,8 +101,9 @@ struct Serve {
     /// The site this node is at (a name, such as a building or a data
     /// centre), when the cluster spans sites joined by thinner links than
     /// their own: a file pulled at several sites then crosses between
-    /// them fewer times [default: none; all nodes are taken to be at one
-    /// site].
+    /// them fewer times. Names are compared exactly (`North` is not
+    /// `north`). Without the flag the node says no site, and counts as at
+    /// every site.
     #[arg(long)]
     site: Option<String>,
 }
@@ -200,6 +201,10 @@ fn serve(cli: &Cli) -> ExitCode {
     }
     if let Some(Err(e)) = s.site.as_deref().map(mm_overlay::check_name) {
         eprintln!("mm serve: --site: {e}");
+        return ExitCode::from(2);
+    }
+    if s.site.as_deref() == Some("-") {
+        eprintln!("mm serve: --site: '-' is how mesh status shows no site; leave --site out");
         return ExitCode::from(2);
     }
     if s.degree.is_some_and(|d| d > mm_overlay::MAX_DEGREE) {

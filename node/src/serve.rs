@@ -113,7 +113,7 @@ pub async fn serve(opts: Options) -> Result<()> {
     .await?;
     let snap = overlay.snapshot().await?;
     info!(
-        "node {} ({}) up: context {}, degree {degree}, port {}, {}, base {}",
+        "node {} ({}) up: context {}, degree {degree}, port {}, {}, base {}{}",
         opts.name,
         snap.peer_id,
         opts.context,
@@ -123,7 +123,11 @@ pub async fn serve(opts: Options) -> Result<()> {
         } else {
             "no cluster key"
         },
-        opts.base.display()
+        opts.base.display(),
+        opts.site
+            .as_ref()
+            .map(|s| format!(", site {s}"))
+            .unwrap_or_default()
     );
     // 2. Files: the files directory, transfers, the data channel.
     let files = Files::start(

@@ -38,6 +38,27 @@ struct Job {
 struct Conn {
     tx: mpsc::Sender<Job>,
     dead: Arc<AtomicBool>,
+    /// The socket, to see whether the server closed it while it was idle.
+    peek: std::net::TcpStream,
+}
+
+/// Whether the other end closed `s` with nothing left unread before its
+/// end: a connection the server let go while it sat idle (the node
+/// restarted, say), which a request would find out only by its answer
+/// failing, and the chunk would go elsewhere.
+fn peer_closed(s: &std::net::TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    // SAFETY: a non-blocking peek of one byte into a buffer we own, on a
+    // descriptor `s` owns; nothing is consumed.
+    let n = unsafe {
+        libc::recv(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            b.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n == 0
 }
 
 /// One serving node's connection, opened on demand; its lock is held while
@@ -159,7 +180,7 @@ impl DataClient {
             .clone();
         let mut slot = slot.lock().await;
         if let Some(c) = slot.as_ref() {
-            if !c.dead.load(Ordering::SeqCst) && !c.tx.is_closed() {
+            if !c.dead.load(Ordering::SeqCst) && !c.tx.is_closed() && !peer_closed(&c.peek) {
                 return Ok(c.tx.clone());
             }
         }
@@ -375,6 +396,7 @@ async fn handshake(
     // writability alone, so arriving data does not wake tokio's driver.
     let stream = rd.reunite(wr).map_err(|e| bad(e.to_string()))?.into_std()?;
     let reading = stream.try_clone()?;
+    let peek = stream.try_clone()?;
     // SAFETY: a std TcpStream owns its descriptor for as long as it lives,
     // and the AsyncFd owns the stream.
     let wr = unsafe { AsyncFd::register_with_interest(stream, Interest::WRITABLE) }
@@ -472,7 +494,7 @@ async fn handshake(
     std::thread::Builder::new()
         .name("mm-data-rx".into())
         .spawn(reader)?;
-    Ok((Conn { tx, dead }, rtt))
+    Ok((Conn { tx, dead, peek }, rtt))
 }
 
 /// Sets a connection's dead flag when dropped.
@@ -618,6 +640,24 @@ mod tests {
             let asked = grants.load(Ordering::SeqCst);
             assert_eq!(asked, usize::from(!knows), "grants asked (knows: {knows})");
         }
+    }
+
+    /// A connection the other end closed is seen as closed, one with an
+    /// answer still unread (or none yet) is not.
+    #[test]
+    fn a_connection_the_server_closed_is_seen_as_closed() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        assert!(!peer_closed(&c), "open, nothing sent");
+        s.write_all(b"answer").unwrap();
+        drop(s);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!peer_closed(&c), "an answer still to read");
+        let mut buf = [0u8; 6];
+        std::io::Read::read_exact(&mut &c, &mut buf).unwrap();
+        assert!(peer_closed(&c), "read, and closed");
     }
 
     /// A data port nobody listens on: the keyed hello fails without a
