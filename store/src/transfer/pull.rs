@@ -319,7 +319,7 @@ impl Pull {
         let now = Instant::now();
         self.last_have = now;
         let st = self.job.state();
-        let keep = sites::keeps_to_site(&st.sources, &self.far, Instant::now());
+        let keep = sites::keeps_to_site(&st.sources, &self.far, now);
         let partial: Vec<String> = st
             .sources
             .iter()
