@@ -199,12 +199,8 @@ fn serve(cli: &Cli) -> ExitCode {
         eprintln!("mm serve: {e} (set one with --name)");
         return ExitCode::from(2);
     }
-    if let Some(Err(e)) = s.site.as_deref().map(mm_overlay::check_name) {
+    if let Some(Err(e)) = s.site.as_deref().map(mm_overlay::check_site) {
         eprintln!("mm serve: --site: {e}");
-        return ExitCode::from(2);
-    }
-    if s.site.as_deref() == Some("-") {
-        eprintln!("mm serve: --site: '-' is how mesh status shows no site; leave --site out");
         return ExitCode::from(2);
     }
     if s.degree.is_some_and(|d| d > mm_overlay::MAX_DEGREE) {

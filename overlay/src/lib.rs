@@ -150,7 +150,29 @@ pub const MAX_DEGREE: usize = 1024;
 
 /// Node names: what `mesh send` host lists and `mesh dot` can carry.
 pub fn check_name(name: &str) -> Result<()> {
-    let bad = |why: &str| Err(Error::Config(format!("invalid node name '{name}': {why}")));
+    check_word("node name", name)?;
+    if name == "all" {
+        return Err(Error::Config(format!(
+            "invalid node name '{name}': it means every node in `mesh send`"
+        )));
+    }
+    Ok(())
+}
+
+/// Site names (`mm serve --site`): a node name's rules, and `-`, which
+/// `mesh status` shows for no site, is none.
+pub fn check_site(site: &str) -> Result<()> {
+    check_word("site", site)?;
+    if site == "-" {
+        return Err(Error::Config(
+            "invalid site '-': it is how mesh status shows no site; leave --site out".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_word(kind: &str, name: &str) -> Result<()> {
+    let bad = |why: &str| Err(Error::Config(format!("invalid {kind} '{name}': {why}")));
     if name.is_empty() || name.len() > 64 {
         return bad("1 to 64 characters");
     }
@@ -159,9 +181,6 @@ pub fn check_name(name: &str) -> Result<()> {
         .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     {
         return bad("letters, digits, '-', '_' and '.' only");
-    }
-    if name == "all" {
-        return bad("it means every node in `mesh send`");
     }
     Ok(())
 }
@@ -386,6 +405,24 @@ pub async fn resolve(target: &str, default_port: u16) -> Result<Multiaddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_sites_follow_the_same_rules_but_for_all_and_dash() {
+        for ok in ["n1", "kn-01", "a.b_c"] {
+            assert!(check_name(ok).is_ok() && check_site(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "x[1]", "a,b", &"x".repeat(65)] {
+            assert!(
+                check_name(bad).is_err() && check_site(bad).is_err(),
+                "{bad}"
+            );
+        }
+        // `all` is every node in `mesh send`, not a site; `-` is no site.
+        assert!(check_name("all").is_err() && check_site("all").is_ok());
+        assert!(check_name("-").is_ok() && check_site("-").is_err());
+        let e = check_site("a b").unwrap_err().to_string();
+        assert!(e.contains("invalid site 'a b'"), "{e}");
+    }
 
     async fn node(name: &str, degree: usize, peers: Vec<Multiaddr>) -> Overlay {
         let tuning = Tuning {

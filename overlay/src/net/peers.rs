@@ -283,7 +283,7 @@ impl EventLoop {
         let mut a = a;
         if a.site
             .as_deref()
-            .is_some_and(|s| crate::check_name(s).is_err())
+            .is_some_and(|s| crate::check_site(s).is_err())
         {
             a.site = None;
         }
