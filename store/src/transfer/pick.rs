@@ -199,7 +199,7 @@ pub(crate) fn next(v: &View, rng: &mut impl Rng) -> Option<Ask> {
     let live: Vec<(&String, &SourceStat)> = v
         .sources
         .iter()
-        .filter(|(h, s)| !s.dropped && (v.far.is_empty() || !v.far.contains(*h)))
+        .filter(|(h, s)| !s.dropped && !v.far.contains(*h))
         .collect();
     let mut best: Vec<(usize, usize)> = pool
         .iter()

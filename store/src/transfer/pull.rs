@@ -386,8 +386,7 @@ impl Pull {
             let gone = peers::gone_for(&st.sources, &host, &mut self.gone_turn);
             // News from another site's puller would be dropped while we
             // keep to our own: not asked for, not sent over the thin link.
-            let news =
-                !self.far.contains(&host) || !sites::keeps_to_site(&st.sources, &self.far, now);
+            let news = !sites::leaves_alone(&st.sources, &self.far, &host, now);
             let s = st
                 .sources
                 .get_mut(&host)
@@ -443,8 +442,7 @@ impl Pull {
         let data = {
             let mut st = self.job.state();
             let st = &mut *st;
-            let far = self.far.contains(&host)
-                && sites::keeps_to_site(&st.sources, &self.far, Instant::now());
+            let far = sites::leaves_alone(&st.sources, &self.far, &host, Instant::now());
             if let Some(s) = peers::record(&mut st.sources, &mut st.retired, &host) {
                 s.inflight = s.inflight.saturating_sub(count);
                 s.waiting_since = (s.inflight > 0).then(Instant::now);
@@ -676,8 +674,7 @@ impl Pull {
         self.polling.remove(&host);
         let want = self.job.manifest.chunk_count().div_ceil(8);
         let mut st = self.job.state();
-        if self.far.contains(&host) && sites::keeps_to_site(&st.sources, &self.far, Instant::now())
-        {
+        if sites::leaves_alone(&st.sources, &self.far, &host, Instant::now()) {
             return;
         }
         if let Some(s) = st.sources.get_mut(&host) {

@@ -38,6 +38,18 @@ pub(crate) fn keeps_to_site(
         })
 }
 
+/// Whether `host` is a source at another site that the puller leaves
+/// alone now ([`keeps_to_site`]): its bitfield not polled, its news not
+/// asked for nor heard.
+pub(crate) fn leaves_alone(
+    sources: &BTreeMap<String, SourceStat>,
+    far: &HashSet<String>,
+    host: &str,
+    now: Instant,
+) -> bool {
+    far.contains(host) && keeps_to_site(sources, far, now)
+}
+
 /// Whether a holder's pointer to `to` is taken: not to a complete holder
 /// at another site while [`keeps_to_site`] (a node that finished and still
 /// asked its holder lately; that holder sends the chunk when asked again).

@@ -111,8 +111,7 @@ impl Sim<'_> {
             } else {
                 Vec::new()
             };
-            let news =
-                !st.far.contains(&ask.host) || !sites::keeps_to_site(&st.sources, &st.far, now);
+            let news = !sites::leaves_alone(&st.sources, &st.far, &ask.host, now);
             let s = st
                 .sources
                 .get_mut(&ask.host)
@@ -215,8 +214,7 @@ impl Sim<'_> {
             Ans::Data { k, .. } => *k as u64 * CHUNK_SIZE,
             Ans::Miss(_) => 0,
         };
-        let far = sites::keeps_to_site(&st.sources, &st.far, self.inst(self.now))
-            && self.hosts[q as usize].site != self.hosts[p as usize].site;
+        let far = sites::leaves_alone(&st.sources, &st.far, host, now);
         if let Some(s) = peers::record(&mut st.sources, &mut st.retired, host) {
             s.inflight = s.inflight.saturating_sub(count);
             s.waiting_since = (s.inflight > 0).then_some(now);
