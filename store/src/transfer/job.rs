@@ -184,7 +184,8 @@ pub struct Status {
     pub queued: bool,
     pub bytes_done: u64,
     pub size: u64,
-    /// Bytes per second over the last second or so.
+    /// Bytes per second over the last second or so (over the transfer so
+    /// far, in its first second); for a finished transfer, over the pull.
     pub rate: f64,
     pub sources: Vec<SourceRow>,
     /// Chunks that were here, verified, when the transfer resumed.

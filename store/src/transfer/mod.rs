@@ -633,7 +633,9 @@ impl Engine {
             Err(Error::Cancelled) => "cancelled".into(),
             Err(e) => format!("failed: {e}"),
         };
-        row.rate = 0.0;
+        if result.is_err() {
+            row.rate = 0.0;
+        }
         row.eta_secs = None;
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent.push(row);

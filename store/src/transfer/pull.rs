@@ -126,6 +126,8 @@ pub(super) struct Pull {
     retry_wait: Duration,
     /// Bytes written since when, for the rate `file status` shows.
     rate_window: (Instant, u64),
+    /// Whether a whole window of [`Pull::rate_window`] is over.
+    rated: bool,
     inbox: Inbox,
     /// This transfer's own order of the other pullers ([`peers::rank`]).
     seed: u64,
@@ -144,6 +146,10 @@ pub(super) struct Pull {
 
 /// How often the loop reads the sources' round trips again.
 const RTTS_EVERY: Duration = Duration::from_millis(500);
+
+/// A transfer's rate is first shown this long after its start, over what
+/// came so far; then over each second.
+const FIRST_RATE: f64 = 0.2;
 
 /// What woke the loop.
 enum Event {
@@ -217,6 +223,7 @@ impl Pull {
             polling: HashSet::new(),
             retry_wait,
             rate_window: (now, 0),
+            rated: false,
             inbox: Inbox::new(),
             seed,
             counts: Counts::default(),
@@ -665,7 +672,12 @@ impl Pull {
         if el >= 1.0 {
             st.rate = self.rate_window.1 as f64 / el;
             self.rate_window = (Instant::now(), 0);
+        } else if !self.rated && el >= FIRST_RATE {
+            // No window is over yet: a transfer shorter than one would
+            // show no rate and no eta for its whole life.
+            st.rate = self.rate_window.1 as f64 / el;
         }
+        self.rated |= el >= 1.0;
         Ok(true)
     }
 
@@ -794,6 +806,7 @@ impl Engine {
         let started = Instant::now();
         let partial = self.open_partial(job).await?;
         self.verify_resumed(job, &partial.file).await?;
+        let before = job.state().bytes;
         let file = partial.file.clone();
         // Before the first request: the sources `get` found include those
         // at other sites.
@@ -804,6 +817,9 @@ impl Engine {
         let pulled = started.elapsed();
         self.finish(job, &file).await?;
         let mut st = job.state();
+        // What `file status all` shows of it from now on: the mean over
+        // the pull, not its last second.
+        st.rate = st.bytes.saturating_sub(before) as f64 / pulled.as_secs_f64().max(1e-3);
         let c = st.counts;
         st.took = format!(
             ", pulled in {:.2} s, synced and moved in {:.2} s; {} chunk requests, {} have polls, {} refreshes, {} loop turns",

@@ -220,6 +220,50 @@ async fn every_holder_serves_and_the_copy_is_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_shorter_than_a_second_shows_its_rate() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = file();
+    h.put("short", &data);
+    // 32 chunks at 20 ms each: about 0.65 s.
+    uplink(&hub, "h", 20);
+    let p = node(&hub, "p");
+    let t0 = std::time::Instant::now();
+    let pulling = {
+        let e = p.engine.clone();
+        tokio::spawn(async move {
+            let pending = e.get("short", &Select::default()).await?;
+            e.wait(pending).await
+        })
+    };
+    // With 12 chunks here (at least 0.24 s of them), the rate is there,
+    // though no second of the transfer is over yet.
+    let mut seen = None;
+    while t0.elapsed() < Duration::from_secs(30) && seen.is_none() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        seen = p
+            .engine
+            .status(false)
+            .into_iter()
+            .find(|s| s.name == "short" && (12..N).contains(&s.chunks_done));
+    }
+    let s = seen.expect("the transfer seen between 12 and 32 chunks");
+    assert!(s.rate > 0.0, "no rate shown: {s:?}");
+    assert!(s.eta_secs.is_some(), "no eta shown: {s:?}");
+    pulling.await.unwrap().unwrap();
+    let wall = t0.elapsed().as_secs_f64();
+    // Done: its mean over the pull, which took no longer than the get.
+    let row = p.ended("short");
+    assert_eq!(row.phase, "done");
+    assert!(
+        row.rate >= data.len() as f64 / wall,
+        "{} B/s for {} bytes in {wall:.2} s",
+        row.rate,
+        data.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_puller_asks_only_the_few_holders_it_tracks() {
     let hub = Hub::new();
     let names = ["a", "b", "c", "d", "e", "f"];
