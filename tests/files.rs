@@ -696,6 +696,24 @@ fn kills_and_restarts_during_a_swarm_leave_only_whole_copies() {
     }
 }
 
+/// The chunk requests `name`'s last completed pull on `n` made, from its
+/// log line.
+fn requests(n: &Node, name: &str) -> u64 {
+    let log = n.log();
+    let line = log
+        .lines()
+        .rfind(|l| l.contains(&format!("{name}: complete")))
+        .unwrap_or_else(|| panic!("no completion line for {name}"));
+    let before = line
+        .split(" chunk requests")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .unwrap_or_default();
+    before
+        .parse()
+        .unwrap_or_else(|_| panic!("no request count in {line}"))
+}
+
 /// Two sites, each node saying its own (`--site`): a puller at the
 /// holder's site asks nothing of a complete holder at the other one (which
 /// would be both quicker to reach and as complete, were sites not said).
@@ -724,8 +742,16 @@ fn a_puller_asks_nothing_of_another_site_while_its_own_has_the_file() {
     put(&nodes[0], "s.bin", &data, 0o644);
     nodes[2].mm(&["file", "get", "s.bin", "wait"]);
     assert_eq!(read(&nodes[2], "s.bin").unwrap(), data);
+    // A moment later, as an operator would: h3 stopped asking h1, which
+    // sends h2 whole runs now (single chunks while another pulls).
+    std::thread::sleep(Duration::from_millis(1500));
     nodes[1].mm(&["file", "get", "s.bin", "wait"]);
     assert_eq!(read(&nodes[1], "s.bin").unwrap(), data);
+    let asks = requests(&nodes[1], "s.bin");
+    assert!(
+        asks <= chunks / 4 + 8,
+        "{asks} requests for {chunks} chunks"
+    );
     // h3 is tracked (as a complete holder), and asked for nothing.
     let from = |n: &Node, h: &str| {
         let served = n.served_by("s.bin");

@@ -78,8 +78,10 @@ pub struct Tuning {
     pub max_bad: u32,
     /// A holder forgets a file's pullers this long after the last one asked.
     pub ledger_idle: Duration,
-    /// A puller that asked for a chunk this recently is still pulling:
-    /// other pullers can be pointed at it.
+    /// A puller that asked for a chunk this recently may still be pulling:
+    /// other pullers can be pointed at it. The most: one that asked often
+    /// and stopped counts for a second after its last ask, or four of its
+    /// gaps between asks (`ledger::Ledger::still_asking`).
     pub puller_active: Duration,
     /// A chunk sent to one puller this recently is not sent to another.
     pub sent_fresh: Duration,
