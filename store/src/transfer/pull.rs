@@ -267,7 +267,7 @@ impl Pull {
                 Event::Have((host, bits)) => self.on_have(host, bits),
                 Event::Refresh(answers) => self.on_refresh(answers).await?,
                 Event::Persisted(r) => self.on_persisted(r)?,
-                Event::Tick => {}
+                Event::Tick => self.persist_if_due(),
             }
         }
         self.job.state().counts = self.counts;
@@ -562,16 +562,20 @@ impl Pull {
                 self.unsynced += 1;
             }
         }
-        // A restart re-fetches only chunks not yet recorded: keep that
-        // window small (a few chunks, a quarter second). One record at a
-        // time, off the loop.
+        self.persist_if_due();
+        Ok(())
+    }
+
+    /// A restart re-fetches only chunks not yet recorded: keep that window
+    /// small (a few chunks, a quarter second), also when no chunk comes
+    /// after them (the sources hung). One record at a time, off the loop.
+    fn persist_if_due(&mut self) {
         let due = self.unsynced >= SYNC_EVERY
             || (self.unsynced > 0
                 && self.last_persist.elapsed() >= self.engine.tuning.persist_every);
         if due && !self.persisting {
             self.start_persist();
         }
-        Ok(())
     }
 
     /// Syncs the file and records the have-bits it covers, off the loop.

@@ -131,3 +131,70 @@ async fn a_resume_refetches_chunks_that_do_not_verify() {
     assert_eq!(p.ended("f").resumed, 9);
     assert_eq!(sent, (N - 9) as u64);
 }
+
+/// Counts the have-bits of the last record, and syncs for real.
+#[derive(Default)]
+struct LastRecord(std::sync::Mutex<usize>);
+
+impl Disk for LastRecord {
+    fn sync(&self, f: &std::fs::File) -> std::io::Result<()> {
+        f.sync_data()
+    }
+
+    fn recording(&self, _name: &str, have: &[u8]) {
+        *self.0.lock().unwrap() = super::bits::count_bits(have, have.len() * 8);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_are_recorded_when_no_chunk_comes_after_them() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    let data = content(64 * CHUNK_SIZE as usize, 19);
+    h.put("f", &data);
+    let root = h.local.manifest("f").unwrap().unwrap().root;
+    uplink(&hub, "h", 10);
+    // A record at most every 300 ms: up to 30 chunks land in between.
+    let rec = Arc::new(LastRecord::default());
+    let tuning = Tuning {
+        persist_every: Duration::from_millis(300),
+        ..fast()
+    };
+    let p = node_tuned(&hub, "p", tempfile::tempdir().unwrap(), rec.clone(), tuning);
+    let pulling = p.get_until("f", &root, 30).await;
+    hub.set_faults(
+        "h",
+        Faults {
+            hangs: true,
+            ..Faults::default()
+        },
+    );
+    // Requests already answered still land; then nothing does, and soon
+    // after (a record's time and a loop tick) all are recorded. Before,
+    // the last of them waited for a chunk that never came.
+    let here = || {
+        p.engine
+            .status(false)
+            .into_iter()
+            .find(|s| s.name == "f")
+            .map_or(0, |s| s.chunks_done)
+    };
+    let mut last = (here(), std::time::Instant::now());
+    while last.1.elapsed() < Duration::from_millis(200) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if here() != last.0 {
+            last = (here(), std::time::Instant::now());
+        }
+    }
+    assert!(last.0 < 64, "the transfer did not stall");
+    let t0 = std::time::Instant::now();
+    while *rec.0.lock().unwrap() != here() && t0.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        *rec.0.lock().unwrap(),
+        here(),
+        "chunks here but not recorded"
+    );
+    pulling.abort();
+}
