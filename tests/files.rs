@@ -744,7 +744,7 @@ fn a_puller_asks_nothing_of_another_site_while_its_own_has_the_file() {
     assert_eq!(read(&nodes[2], "s.bin").unwrap(), data);
     // A moment later, as an operator would: h3 stopped asking h1, which
     // sends h2 whole runs now (single chunks while another pulls).
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_secs(3));
     nodes[1].mm(&["file", "get", "s.bin", "wait"]);
     assert_eq!(read(&nodes[1], "s.bin").unwrap(), data);
     let asks = requests(&nodes[1], "s.bin");

@@ -35,8 +35,11 @@ pub(super) struct Ledger {
     first: HashMap<u32, (String, Instant)>,
     redirected: HashMap<(u32, String), Instant>,
     pub(super) active: HashMap<String, Instant>,
-    /// The time between each puller's last two asks.
-    gaps: HashMap<String, std::time::Duration>,
+    /// The time between each puller's last two asks, and the longest of
+    /// its gaps lately (halved at each shorter one: a puller with two
+    /// requests in hand asks in pairs, the second a moment after the
+    /// first).
+    gaps: HashMap<String, (std::time::Duration, std::time::Duration)>,
     /// Pullers another could not reach, until when they have to ask
     /// (cleared when they do).
     suspects: HashMap<String, Instant>,
@@ -126,9 +129,12 @@ impl Ledger {
                 let gap = now.saturating_duration_since(*at);
                 *at = now;
                 match self.gaps.get_mut(from) {
-                    Some(g) => *g = gap,
+                    Some((last, slow)) => {
+                        *last = gap;
+                        *slow = gap.max(*slow / 2);
+                    }
                     None => {
-                        self.gaps.insert(from.to_string(), gap);
+                        self.gaps.insert(from.to_string(), (gap, gap));
                     }
                 }
             }
@@ -148,13 +154,12 @@ impl Ledger {
     /// stays; a dead one is forgotten that long after the first word of
     /// it. Only the first [`super::MAX_GONE`] names are read.
     pub(super) fn told_gone(&mut self, t: &Tuning, from: &str, gone: &[String], now: Instant) {
-        // Asking, it is at work itself.
-        if self.active.contains_key(from) {
-            self.asks(from, now);
-        }
+        // Asking, it is at work itself (the decision on its request, which
+        // follows, counts the ask: counted here too, its gap would be 0).
+        self.suspects.remove(from);
         for g in gone.iter().take(super::MAX_GONE) {
             if self.active.contains_key(g) && !self.suspects.contains_key(g) {
-                let gap = self.gaps.get(g).copied().unwrap_or_default();
+                let gap = self.gaps.get(g).map_or_else(Default::default, |g| g.0);
                 let wait = QUIET.max(2 * gap).min(t.puller_active);
                 self.suspects.insert(g.clone(), now + wait);
             }
@@ -179,8 +184,8 @@ impl Ledger {
 
     /// Whether `p`, which last asked `at`, is still pulling beside others,
     /// for [`Ledger::decide_run`]'s whole runs: it asked within
-    /// [`STILL_ASKING`], or within four of its own gaps between asks if
-    /// longer, and no longer ago than `Tuning::puller_active`. A swarm's
+    /// [`STILL_ASKING`], or within four of its longest gaps between asks
+    /// lately if longer, and no longer ago than `Tuning::puller_active`. A swarm's
     /// pullers stop asking when they are done; a lone puller right after
     /// was sent single chunks for 5 s, and pointed at them (256 requests
     /// for 128 chunks instead of about 33). Pointers to a puller that
@@ -190,7 +195,7 @@ impl Ledger {
     /// 1.380 of size/cap and 1.369 copies per chunk from the origin,
     /// against 1.108 and 1.098).
     fn still_asking(&self, t: &Tuning, p: &str, at: Instant, now: Instant) -> bool {
-        let gap = self.gaps.get(p).copied().unwrap_or_default();
+        let gap = self.gaps.get(p).map_or_else(Default::default, |g| g.1);
         now - at < STILL_ASKING.max(4 * gap).min(t.puller_active)
     }
 
@@ -392,6 +397,19 @@ mod tests {
             l.decide_run(&t, "c", 4, 4, a_last + ms(1700)),
             Portion::Send(4),
             "4 went to b"
+        );
+        // One with two requests in hand asks in pairs, 800 ms apart: the
+        // pairs' own gaps (none) do not make it count for less.
+        let mut l = Ledger::default();
+        for k in 0..3u32 {
+            let at = t0 + ms(800) * k;
+            l.decide_run(&t, "p", 8 * k, 4, at);
+            l.decide_run(&t, "p", 8 * k + 4, 4, at + ms(1));
+        }
+        let p_last = t0 + ms(1601);
+        assert_eq!(
+            l.decide_run(&t, "q", 100, 4, p_last + ms(1500)),
+            Portion::Send(1)
         );
         // A puller that asks once a second counts for 4 s after its last
         // ask, but none for longer than puller_active.

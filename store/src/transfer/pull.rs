@@ -810,7 +810,9 @@ impl Engine {
         let started = Instant::now();
         let partial = self.open_partial(job).await?;
         self.verify_resumed(job, &partial.file).await?;
-        let before = job.state().bytes;
+        // The mean rate is of what comes now, over the time it takes: not
+        // the chunks read back and verified, nor the time that took.
+        let (before, fetching) = (job.state().bytes, Instant::now());
         let file = partial.file.clone();
         // Before the first request: the sources `get` found include those
         // at other sites.
@@ -818,12 +820,12 @@ impl Engine {
         let _slot = Pull::new(self.clone(), job.clone(), partial, slot, far)
             .run()
             .await?;
-        let pulled = started.elapsed();
+        let (pulled, fetched) = (started.elapsed(), fetching.elapsed());
         self.finish(job, &file).await?;
         let mut st = job.state();
         // What `file status all` shows of it from now on: the mean over
         // the pull, not its last second.
-        st.rate = st.bytes.saturating_sub(before) as f64 / pulled.as_secs_f64().max(1e-3);
+        st.rate = st.bytes.saturating_sub(before) as f64 / fetched.as_secs_f64().max(1e-3);
         let c = st.counts;
         st.took = format!(
             ", pulled in {:.2} s, synced and moved in {:.2} s; {} chunk requests, {} have polls, {} refreshes, {} loop turns",

@@ -145,7 +145,10 @@ impl Sim<'_> {
                 *l = Ledger::new(&[]);
             }
             let count = count.min(n - first);
-            l.told_gone(t, from, &req.asker.gone, now);
+            // As `Engine::told_gone`: only when some are named.
+            if !req.asker.gone.is_empty() {
+                l.told_gone(t, from, &req.asker.gone, now);
+            }
             let portion = l.decide_run(t, from, first as u32, count as u32, now);
             l.take_forgotten();
             match portion {
