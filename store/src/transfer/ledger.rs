@@ -185,10 +185,10 @@ impl Ledger {
     /// Whether `p`, which last asked `at`, is still pulling beside others,
     /// for [`Ledger::decide_run`]'s whole runs: it asked within
     /// [`STILL_ASKING`], or within four of its longest gaps between asks
-    /// lately if longer, and no longer ago than `Tuning::puller_active`. A swarm's
-    /// pullers stop asking when they are done; a lone puller right after
-    /// was sent single chunks for 5 s, and pointed at them (256 requests
-    /// for 128 chunks instead of about 33). Pointers to a puller that
+    /// lately if longer, and no longer ago than `Tuning::puller_active`.
+    /// A swarm's pullers stop asking when they are done; a lone puller
+    /// right after was sent single chunks for 5 s, and pointed at them
+    /// (the lab's sites test: 128 requests for 64 chunks, now 19). Pointers to a puller that
     /// stopped asking go on for `puller_active` while others pull: in a
     /// big swarm a live puller may not ask its holder for seconds (the
     /// simulator, 1,000 hosts, 5% dying: with this rule for pointers too,
