@@ -50,12 +50,13 @@ pub(super) static SPECS: &[Spec] = &[
         id: "file status",
         patterns: &["file status [all,wide]", "file status <all,> <wide,>"],
         short: "show transfers in progress",
-        long: "Columns: filename, completed (chunks), queued, bytes, rate, sources \
-               (host:chunks served, with bad chunks, failing and dropped sources marked), \
-               eta, and state (pulling, queued, stalled, or waiting for holders with the \
-               next retry). `wide` adds minimega's tempdir column, the partial file's full \
-               path. `all` also shows the last transfers that ended, with state done, \
-               cancelled or failed: WHY.",
+        long: "Columns: filename, completed (chunks), queued, bytes, rate (over the last \
+               second; from 0.2 s in, over what came so far), sources (host:chunks served, \
+               with bad chunks, failing and dropped sources marked), eta, and state \
+               (pulling, queued, stalled, or waiting for holders with the next retry). \
+               `wide` adds minimega's tempdir column, the partial file's full path. `all` \
+               also shows the last transfers that ended, with state done (its rate the \
+               mean over the pull), cancelled or failed: WHY.",
         run: |cx, c| status(cx, c).boxed(),
     },
     Spec {
