@@ -106,6 +106,10 @@ async fn show(base: PathBuf, mut stopped: tokio::sync::oneshot::Receiver<()>) {
             b.set_position(t.bytes_done);
             b.set_prefix(l.name);
             b.set_message(l.info);
+            // Each of those may draw, at most 20 times a second: the first
+            // drew with the rest not yet set (a new bar without its name,
+            // the percentage a poll behind the bar). One frame with all.
+            b.force_draw();
         }
     }
     for b in bars.values() {
