@@ -24,6 +24,11 @@ pub(super) enum Portion {
 /// never told).
 pub(super) const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
 
+/// A puller told of as unreached that has not asked for this long, and
+/// for twice its longest gap between asks lately, is forgotten at once
+/// (see [`Ledger::told_gone`]).
+const OVERDUE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// See [`Ledger::still_asking`].
 const STILL_ASKING: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -149,17 +154,29 @@ impl Ledger {
 
     /// `from` could not reach the pullers `gone`: each that does not ask
     /// here itself soon (see [`QUIET`]) is not pointed at again until it
-    /// asks again. One that asks often is alive, whatever a peer of it
-    /// says (a dial it refused, say; or a hostile member's word), and
-    /// stays; a dead one is forgotten that long after the first word of
-    /// it. Only the first [`super::MAX_GONE`] names are read.
+    /// asks again; one already quiet for longer than its own pace
+    /// ([`OVERDUE`]) is forgotten at once. One that asks often is alive,
+    /// whatever a peer of it says (a dial it refused, say; or a hostile
+    /// member's word), and stays; a dead one is forgotten that long after
+    /// the first word of it. Only the first [`super::MAX_GONE`] names are
+    /// read.
     pub(super) fn told_gone(&mut self, t: &Tuning, from: &str, gone: &[String], now: Instant) {
         // Asking, it is at work itself (the decision on its request, which
         // follows, counts the ask: counted here too, its gap would be 0).
         self.suspects.remove(from);
         for g in gone.iter().take(super::MAX_GONE) {
-            if self.active.contains_key(g) && !self.suspects.contains_key(g) {
-                let gap = self.gaps.get(g).map_or_else(Default::default, |g| g.0);
+            let Some(&last) = self.active.get(g) else {
+                continue;
+            };
+            let (gap, slow) = self.gaps.get(g).copied().unwrap_or_default();
+            if now.saturating_duration_since(last) >= OVERDUE.max(2 * slow) {
+                // Quiet for longer than its own pace already: it had its
+                // chance to show it is alive (a puller that finished and
+                // deleted the file, or died, was pointed at for QUIET
+                // more: a 64 MiB pull right after one made 514 requests
+                // for 256 chunks, now 69-108).
+                self.suspects.insert(g.clone(), now);
+            } else if !self.suspects.contains_key(g) {
                 let wait = QUIET.max(2 * gap).min(t.puller_active);
                 self.suspects.insert(g.clone(), now + wait);
             }
@@ -292,10 +309,12 @@ mod tests {
         let ms = Duration::from_millis;
         let t0 = Instant::now();
         let mut l = Ledger::default();
+        // a asks every 100 ms.
         assert_eq!(l.decide(&t, "a", 7, t0, false), None);
+        assert_eq!(l.decide(&t, "a", 6, t0 + ms(100), false), None);
         let gone = ["a".to_string()];
         // Told of, but it asks again soon: alive, whoever says otherwise.
-        l.told_gone(&t, "r", &gone, t0 + ms(100));
+        l.told_gone(&t, "r", &gone, t0 + ms(150));
         assert_eq!(l.decide(&t, "b", 7, t0 + ms(200), false), Some("a".into()));
         assert_eq!(l.decide(&t, "a", 8, t0 + ms(300), false), None);
         assert_eq!(
@@ -308,11 +327,14 @@ mod tests {
             Some("a".into())
         );
         assert!(l.take_forgotten().is_empty());
-        // Told of, and silent since: forgotten after twice its last gap
-        // between asks (300 ms, more than QUIET), and the next asker gets
-        // it in its place.
-        let told = t0 + ms(1000);
-        let wait = ms(600);
+        // a asks 400 ms after that, then is told of right away, and is
+        // silent since: forgotten after twice its last gap between asks
+        // (800 ms, more than QUIET), and the next asker gets it in its
+        // place.
+        let asked = t0 + ms(700);
+        assert_eq!(l.decide(&t, "a", 9, asked, false), None);
+        let told = asked + ms(10);
+        let wait = ms(800);
         assert!(wait > QUIET);
         l.told_gone(&t, "r", &gone, told);
         l.told_gone(&t, "r", &gone, told + ms(100));
@@ -326,13 +348,53 @@ mod tests {
         assert_eq!(l.decide(&t, "f", 7, told + wait, false), Some("e".into()));
         // It asks again: pointed at again.
         let back = told + wait * 2;
-        assert_eq!(l.decide(&t, "a", 9, back, false), None);
-        assert_eq!(l.decide(&t, "b", 9, back, false), Some("a".into()));
+        assert_eq!(l.decide(&t, "a", 10, back, false), None);
+        assert_eq!(l.decide(&t, "b", 10, back, false), Some("a".into()));
         // Only the first MAX_GONE names are read.
         let e_last: Vec<String> = ["w", "x", "y", "z", "e"].map(String::from).into();
         l.told_gone(&t, "r", &e_last, back);
         assert_eq!(l.decide(&t, "g", 7, back + QUIET, false), Some("e".into()));
         assert!(l.take_forgotten().is_empty());
+    }
+
+    #[test]
+    fn a_puller_told_gone_that_is_overdue_by_its_own_pace_is_forgotten_at_once() {
+        let t = Tuning::default();
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let mut l = Ledger::default();
+        // a asks every 10 ms, and is sent chunk 7, then stops.
+        for k in 0..5u32 {
+            l.decide(&t, "a", 7 + k, t0 + ms(10) * k, false);
+        }
+        let last = t0 + ms(40);
+        let gone = ["a".to_string()];
+        // 30 ms on: not overdue (the least is OVERDUE), a suspect.
+        l.told_gone(&t, "r", &gone, last + ms(30));
+        assert_eq!(l.decide(&t, "b", 7, last + ms(31), false), Some("a".into()));
+        assert!(l.take_forgotten().is_empty());
+        // Told again once it is overdue: forgotten then, not QUIET after
+        // the first word.
+        l.told_gone(&t, "r", &gone, last + OVERDUE);
+        assert_eq!(l.take_forgotten(), ["a"]);
+        assert_eq!(l.decide(&t, "c", 8, last + OVERDUE, false), None);
+        // One whose pace is slower is given twice its gap.
+        let mut l = Ledger::default();
+        for k in 0..3u32 {
+            l.decide(&t, "d", k, t0 + ms(400) * k, false);
+        }
+        let last = t0 + ms(800);
+        l.told_gone(&t, "r", &gone_of("d"), last + ms(700));
+        assert!(
+            l.take_forgotten().is_empty(),
+            "asked 700 ms ago, gaps of 400"
+        );
+        l.told_gone(&t, "r", &gone_of("d"), last + ms(800));
+        assert_eq!(l.take_forgotten(), ["d"]);
+    }
+
+    fn gone_of(p: &str) -> [String; 1] {
+        [p.to_string()]
     }
 
     #[test]
