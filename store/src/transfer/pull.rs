@@ -676,12 +676,12 @@ impl Pull {
         if el >= 1.0 {
             st.rate = self.rate_window.1 as f64 / el;
             self.rate_window = (Instant::now(), 0);
+            self.rated = true;
         } else if !self.rated && el >= FIRST_RATE {
             // No window is over yet: a transfer shorter than one would
             // show no rate and no eta for its whole life.
             st.rate = self.rate_window.1 as f64 / el;
         }
-        self.rated |= el >= 1.0;
         Ok(true)
     }
 

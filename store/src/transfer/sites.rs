@@ -59,9 +59,7 @@ pub(crate) fn follows(
     to: &str,
     now: Instant,
 ) -> bool {
-    !(far.contains(to)
-        && sources.get(to).is_some_and(|s| s.complete)
-        && keeps_to_site(sources, far, now))
+    !(sources.get(to).is_some_and(|s| s.complete) && leaves_alone(sources, far, to, now))
 }
 
 /// While [`keeps_to_site`], what the pullers at other sites have is not
