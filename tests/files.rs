@@ -334,6 +334,7 @@ fn source_label(n: &Node, name: &str, host: &str) -> String {
         st.into_iter()
             .rfind(|r| r["filename"] == name && r["state"] == "done")
     });
+    assert!(row["ended"].ends_with("s ago"), "{row:?}");
     row["sources"]
         .split(", ")
         .find(|s| s.starts_with(&format!("{host}:")))

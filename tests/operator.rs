@@ -276,7 +276,7 @@ fn a_newcomer_with_a_name_in_use_stops_and_the_mesh_shows_the_clash() {
 }
 
 /// `file status` fits a terminal: minimega's tempdir column, a long path,
-/// only with `wide`.
+/// only with `wide`; when ended rows ended, only with `all`.
 #[test]
 fn file_status_leaves_the_tempdir_to_wide() {
     let a = Node::local("a", &[]);
@@ -303,12 +303,15 @@ fn file_status_leaves_the_tempdir_to_wide() {
             "state"
         ]
     );
-    for args in [
-        &["file", "status", "wide"][..],
-        &["file", "status", "all", "wide"],
-    ] {
-        let wide = header(args);
-        assert_eq!(wide[..2], ["filename", "tempdir"], "{args:?}");
-        assert_eq!(wide.len(), short.len() + 1);
-    }
+    let wide = header(&["file", "status", "wide"]);
+    assert_eq!(wide[..2], ["filename", "tempdir"]);
+    assert_eq!(wide[2..], short[1..]);
+    // `all` adds when each ended row ended: repeated pulls of one file
+    // are otherwise alike.
+    let all = header(&["file", "status", "all"]);
+    assert_eq!(all[..short.len()], short[..]);
+    assert_eq!(all[short.len()..], ["ended"]);
+    let all_wide = header(&["file", "status", "all", "wide"]);
+    assert_eq!(all_wide[..wide.len()], wide[..]);
+    assert_eq!(all_wide[wide.len()..], ["ended"]);
 }

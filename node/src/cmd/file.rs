@@ -56,7 +56,8 @@ pub(super) static SPECS: &[Spec] = &[
                (pulling, queued, stalled, or waiting for holders with the next retry). \
                `wide` adds minimega's tempdir column, the partial file's full path. `all` \
                also shows the last transfers that ended, with state done (its rate the \
-               mean over the pull), cancelled or failed: WHY.",
+               mean over the pull), cancelled or failed: WHY, and a last column, ended \
+               (how long ago; - while it goes on).",
         run: |cx, c| status(cx, c).boxed(),
     },
     Spec {
@@ -184,11 +185,14 @@ async fn status(cx: &Ctx, c: &Call) -> Out {
     // The partial file's path is half the width of a row, and rarely what
     // an operator looks for: only `wide` shows it.
     let wide = c.has("wide");
+    let all = c.has("all");
+    // Repeated pulls of one file leave rows alike but for when they ended.
+    let now = std::time::SystemTime::now();
     let rows = cx
         .node
         .files
         .engine
-        .status(c.has("all"))
+        .status(all)
         .into_iter()
         .map(|s| {
             let mut row = vec![s.name.clone()];
@@ -204,6 +208,15 @@ async fn status(cx: &Ctx, c: &Call) -> Out {
                 s.eta(),
                 s.phase.clone(),
             ]);
+            if all {
+                row.push(s.ended.map_or_else(
+                    || "-".to_string(),
+                    |t| {
+                        let secs = now.duration_since(t).map_or(0, |d| d.as_secs());
+                        format!("{} ago", crate::stats::duration(secs))
+                    },
+                ));
+            }
             row
         })
         .collect();
@@ -220,6 +233,9 @@ async fn status(cx: &Ctx, c: &Call) -> Out {
         "eta",
         "state",
     ]);
+    if all {
+        header.push("ended");
+    }
     cx.one(Response::table(cx.me(), &header, rows))
 }
 

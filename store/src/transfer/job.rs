@@ -195,6 +195,8 @@ pub struct Status {
     /// `queued`, `pulling`, `finishing`, `waiting for holders (...)`; for a
     /// finished transfer, `done`, `cancelled` or `failed: why`.
     pub phase: String,
+    /// When it ended; none while it goes on.
+    pub ended: Option<std::time::SystemTime>,
 }
 
 impl Status {
@@ -307,6 +309,7 @@ impl Job {
             resumed: st.resumed,
             eta_secs,
             phase,
+            ended: None,
         }
     }
 }

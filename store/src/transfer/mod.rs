@@ -637,6 +637,7 @@ impl Engine {
             row.rate = 0.0;
         }
         row.eta_secs = None;
+        row.ended = Some(std::time::SystemTime::now());
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         recent.push(row);
         if recent.len() > RECENT {

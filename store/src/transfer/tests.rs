@@ -163,6 +163,7 @@ impl TestNode {
                     && (matches!(s.phase.as_str(), "done" | "cancelled")
                         || s.phase.starts_with("failed"))
             })
+            .inspect(|s| assert!(s.ended.is_some(), "an ended row says when: {s:?}"))
             .unwrap_or_else(|| panic!("{}: no ended transfer of {name}", self.name))
     }
 
