@@ -130,6 +130,9 @@ pub(crate) struct Outcome {
     pub(crate) hosts: usize,
 }
 
+/// How long a launch waits for hosts that fetch the VMs' files first.
+const FETCH_WAIT: Duration = Duration::from_secs(3600);
+
 /// Sends each host its VMs of `placement`, all hosts at once; a host's
 /// batch launches whole or not at all.
 pub(crate) async fn launch(
@@ -150,7 +153,22 @@ pub(crate) async fn launch(
     // Starting a QEMU takes a moment each; a host that dies drops its
     // connection and fails at once, so this is for one that hangs.
     let most = per_host.values().map(Vec::len).max().unwrap_or(0) as u64;
-    let timeout = node.send_timeout().max(Duration::from_secs(60 + 2 * most));
+    let mut timeout = node.send_timeout().max(Duration::from_secs(60 + 2 * most));
+    // Hosts fetch the VMs' files that are in this node's files directory
+    // first (`vm::wire::localize`), which takes as long as the images are
+    // big: a host that dies still fails at once.
+    let files = node.files.local.files.root().to_path_buf();
+    let in_files = |p: &Option<String>| {
+        p.as_deref()
+            .is_some_and(|p| std::path::Path::new(p).starts_with(&files))
+    };
+    if vms.iter().any(|(_, c)| {
+        [&c.disk, &c.cdrom, &c.kernel, &c.initrd]
+            .into_iter()
+            .any(in_files)
+    }) {
+        timeout = timeout.max(FETCH_WAIT);
+    }
     let sent: BTreeMap<String, Vec<String>> = per_host
         .iter()
         .map(|(h, b)| (h.clone(), b.iter().map(|(n, _)| n.clone()).collect()))
@@ -163,6 +181,7 @@ pub(crate) async fn launch(
                 Ask::Launch {
                     namespace: namespace.to_string(),
                     vms: b,
+                    files: Some(files.display().to_string()),
                 },
             )
         })

@@ -3,6 +3,8 @@
 //! scheduler, not by whatever a `mesh send` says), and how a host answers.
 //! Requests travel inside `proto::Request::Vm` as CBOR, and so do answers.
 
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +22,11 @@ pub(crate) enum Ask {
     Launch {
         namespace: String,
         vms: Vec<(String, Config)>,
+        /// The head's files directory: the VMs' files under it are
+        /// fetched into this host's before they launch. None from a head
+        /// of an older build.
+        #[serde(default)]
+        files: Option<String>,
     },
     /// The VMs of a namespace here (answer: `Vec<Vm>`).
     Info { namespace: String },
@@ -54,12 +61,24 @@ pub(crate) const MAX_BATCH: usize = 10_000;
 
 /// Answers `ask` on this node. VM work blocks on processes and sockets,
 /// so it runs off the async threads.
-pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
+pub(crate) async fn answer(node: &Arc<Node>, mut ask: Ask) -> Result<Vec<u8>> {
+    if let Ask::Launch {
+        vms,
+        files: Some(head),
+        ..
+    } = &mut ask
+    {
+        if vms.len() <= MAX_BATCH {
+            localize(node, Path::new(head.as_str()), vms).await?;
+        }
+    }
     let node = node.clone();
     tokio::task::spawn_blocking(move || {
         let vms = &node.vms;
         Ok(match ask {
-            Ask::Launch { namespace, vms: b } => {
+            Ask::Launch {
+                namespace, vms: b, ..
+            } => {
                 if b.len() > MAX_BATCH {
                     return Err(crate::Error::Refused(format!(
                         "a launch of {} VMs: at most {MAX_BATCH} at once",
@@ -100,6 +119,51 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
         })
     })
     .await?
+}
+
+/// minimega's `GetFiles`: each of the VMs' files that lies in the head's
+/// files directory `head` comes from the mesh into this node's, as a
+/// `file:` word does (with its qcow2 backing chain), and the VMs take
+/// the local path. So an image named on the head reaches every host,
+/// whatever their base directories; a path elsewhere is left as it is
+/// (the hosts are expected to share it). Nothing launches unless every
+/// file came.
+async fn localize(node: &Arc<Node>, head: &Path, vms: &mut [(String, Config)]) -> Result<()> {
+    let mut here: HashMap<String, String> = HashMap::new();
+    for (vm, c) in vms.iter_mut() {
+        for path in [&mut c.disk, &mut c.cdrom, &mut c.kernel, &mut c.initrd]
+            .into_iter()
+            .flatten()
+        {
+            let Some(name) = Path::new(path.as_str())
+                .strip_prefix(head)
+                .ok()
+                .and_then(|r| r.to_str())
+                .filter(|r| {
+                    !r.is_empty()
+                        && !mm_store::files::has_magic(r)
+                        && !r.split('/').any(|c| c == "..")
+                })
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let local = match here.get(&name) {
+                Some(l) => l.clone(),
+                None => {
+                    let l = crate::resolve::file(node, &name).await.map_err(|e| {
+                        crate::Error::NotFound(format!(
+                            "{vm}: {name} (from the head's {path}): {e}"
+                        ))
+                    })?;
+                    here.insert(name, l.clone());
+                    l
+                }
+            };
+            *path = local;
+        }
+    }
+    Ok(())
 }
 
 /// Asks each host its own question, all at once, this node directly;
