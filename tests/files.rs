@@ -620,12 +620,19 @@ fn with_no_holder_left_the_transfer_waits_then_finishes() {
     wait_chunks(&nodes[1], 1);
     nodes[0].stop(true);
     // Never silently abandoned: `file status` says it is waiting.
-    wait_for("the waiting state", LONG, || {
+    let row = wait_for("the waiting state", LONG, || {
         let st = common::rows(&nodes[1].json(&["file", "status"]));
-        st.first()
+        st.into_iter()
+            .next()
             .filter(|r| r["state"].starts_with("waiting for holders"))
-            .map(|_| ())
     });
+    // Nothing flows, so no rate and no eta (not those of the last second
+    // it pulled).
+    assert_eq!(
+        (row["rate"].as_str(), row["eta"].as_str()),
+        ("0 B/s", "-"),
+        "{row:?}"
+    );
     nodes[0].start();
     wait_for("w.bin", LONG, || {
         read(&nodes[1], "w.bin").filter(|d| d.len() == data.len())

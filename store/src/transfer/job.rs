@@ -289,7 +289,10 @@ impl Job {
         let left = self.manifest.size.saturating_sub(st.bytes);
         let quiet = st.last_data.elapsed();
         let stalled = st.phase == "pulling" && quiet >= STALLED;
-        let rate = if stalled { 0.0 } else { st.rate };
+        // Waiting for holders or a slot, or reading back what was here:
+        // the last rate pulled at says nothing of now.
+        let moving = matches!(st.phase.as_str(), "pulling" | "finishing") && !st.queued;
+        let rate = if stalled || !moving { 0.0 } else { st.rate };
         let eta_secs = (rate > 1.0 && !st.queued).then(|| (left as f64 / rate).ceil() as u64);
         let phase = if stalled {
             format!("stalled (no data for {}s)", quiet.as_secs())
