@@ -178,6 +178,18 @@ fn tap_of(head: &Node, host: &str) -> String {
 /// Tunnels to every other host, on each host: the rows of `ns bridge`.
 fn ns_bridge(head: &Node, kind: &str) -> (Vec<HashMap<String, String>>, Vec<String>) {
     let out = head.json(&["ns", "bridge", "foo", kind]);
+    // Each table is its tunnel host's, so the leading `host` column is
+    // that host (and not a second `host` beside the head's).
+    let tables = out
+        .iter()
+        .filter(|r| r["header"].as_array().is_some_and(|h| !h.is_empty()));
+    for t in tables {
+        assert_eq!(
+            t["header"],
+            serde_json::json!(["endpoint", "tunnels"]),
+            "{t}"
+        );
+    }
     let errors = out
         .iter()
         .filter_map(|r| {

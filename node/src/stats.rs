@@ -1,5 +1,6 @@
 //! This host's load, read from /proc.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use std::sync::Arc;
@@ -107,29 +108,79 @@ fn meminfo() -> (u64, u64) {
     (field("MemTotal:"), field("MemAvailable:"))
 }
 
-/// Bytes received and sent on every interface but loopback (this network
-/// namespace's view).
+/// Bytes received and sent over this host's links (this network
+/// namespace's view), each byte once: a host's traffic crosses its NIC and
+/// also the bridge, VLAN or tunnel device on top of it, and a VM's its tap
+/// as well. So only hardware interfaces count; a host that has none (a
+/// container, a lab's namespace) counts its other interfaces but the
+/// virtual kinds (taps, bridges, VLANs, tunnels, bonds, OVS's own ports).
 fn net_bytes() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
-    let mut rx = 0;
-    let mut tx = 0;
-    for line in text.lines().skip(2) {
-        let Some((name, rest)) = line.split_once(':') else {
-            continue;
-        };
-        if name.trim() == "lo" {
-            continue;
-        }
-        let f: Vec<u64> = rest
-            .split_whitespace()
-            .filter_map(|x| x.parse().ok())
-            .collect();
-        if f.len() >= 9 {
-            rx += f[0];
-            tx += f[8];
-        }
+    links_bytes(&text, Path::new("/sys/class/net"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Link {
+    Hardware,
+    Plain,
+    Virtual,
+}
+
+fn link_kind(sys: &Path, name: &str) -> Link {
+    let dir = sys.join(name);
+    if name == "lo" || dir.join("tun_flags").exists() {
+        return Link::Virtual;
     }
-    (rx, tx)
+    let uevent = std::fs::read_to_string(dir.join("uevent")).unwrap_or_default();
+    let devtype = uevent.lines().find_map(|l| l.strip_prefix("DEVTYPE="));
+    if matches!(
+        devtype,
+        Some(
+            "bridge"
+                | "vlan"
+                | "vxlan"
+                | "geneve"
+                | "gretap"
+                | "ip6gretap"
+                | "bond"
+                | "macvlan"
+                | "ipvlan"
+                | "openvswitch"
+        )
+    ) {
+        return Link::Virtual;
+    }
+    if dir.join("device").exists() {
+        Link::Hardware
+    } else {
+        Link::Plain
+    }
+}
+
+/// [`net_bytes`] from `/proc/net/dev`'s text and a `/sys/class/net`.
+fn links_bytes(dev: &str, sys: &Path) -> (u64, u64) {
+    let links: Vec<(Link, u64, u64)> = dev
+        .lines()
+        .skip(2)
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(':')?;
+            let f: Vec<u64> = rest
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            (f.len() >= 9).then(|| (link_kind(sys, name.trim()), f[0], f[8]))
+        })
+        .collect();
+    let hardware = links.iter().any(|l| l.0 == Link::Hardware);
+    let wanted = if hardware {
+        Link::Hardware
+    } else {
+        Link::Plain
+    };
+    links
+        .iter()
+        .filter(|l| l.0 == wanted)
+        .fold((0, 0), |(rx, tx), l| (rx + l.1, tx + l.2))
 }
 
 pub(crate) fn duration(secs: u64) -> String {
@@ -155,5 +206,48 @@ mod tests {
         assert!(a.mem_total_mib > 0 && a.mem_used_mib <= a.mem_total_mib);
         assert_eq!(duration(3725), "1h2m5s");
         assert_eq!(duration(5), "5s");
+    }
+
+    /// Each byte once: the bridge over a NIC, a VM's tap, a tunnel and
+    /// loopback do not add to the NIC's count; without hardware, a
+    /// namespace's veth counts and OVS's userspace port (a tap) does not.
+    #[test]
+    fn rx_and_tx_count_each_link_once() {
+        let sys = tempfile::tempdir().unwrap();
+        let link = |name: &str, devtype: Option<&str>, files: &[&str]| {
+            let d = sys.path().join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            let mut uevent = format!("INTERFACE={name}\n");
+            if let Some(t) = devtype {
+                uevent = format!("DEVTYPE={t}\n{uevent}");
+            }
+            std::fs::write(d.join("uevent"), uevent).unwrap();
+            for f in files {
+                std::fs::write(d.join(f), "").unwrap();
+            }
+        };
+        let dev = |rows: &[(&str, u64, u64)]| {
+            let mut t = "Inter-|   Receive\n face |bytes\n".to_string();
+            for (n, rx, tx) in rows {
+                t += &format!("{n:>6}: {rx} 1 0 0 0 0 0 0 {tx} 1 0 0 0 0 0 0\n");
+            }
+            t
+        };
+        link("eth0", None, &["device"]);
+        link("br0", Some("bridge"), &[]);
+        link("mega_tap0", None, &["tun_flags"]);
+        link("vxlan_sys_4789", Some("vxlan"), &[]);
+        let host = dev(&[
+            ("lo", 7, 7),
+            ("eth0", 1000, 2000),
+            ("br0", 900, 1900),
+            ("mega_tap0", 50, 60),
+            ("vxlan_sys_4789", 40, 30),
+        ]);
+        assert_eq!(links_bytes(&host, sys.path()), (1000, 2000));
+        link("veth0", None, &[]);
+        link("br-phy", None, &["tun_flags"]);
+        let lab = dev(&[("lo", 7, 7), ("veth0", 300, 400), ("br-phy", 290, 390)]);
+        assert_eq!(links_bytes(&lab, sys.path()), (300, 400));
     }
 }

@@ -53,11 +53,15 @@ pub(super) static SPECS: &[Spec] = &[
         id: "tap",
         patterns: &[
             "tap",
+            "tap create <vlan> bridge <bridge> ip <ip> name <name>",
             "tap create <vlan> bridge <bridge> ip <ip> [name]",
+            "tap create <vlan> bridge <bridge> <dhcp,> name <name>",
             "tap create <vlan> bridge <bridge> <dhcp,> [name]",
             "tap create <vlan> bridge <bridge> name <name>",
             "tap create <vlan> bridge <bridge> [name]",
+            "tap create <vlan> ip <ip> name <name>",
             "tap create <vlan> ip <ip> [name]",
+            "tap create <vlan> <dhcp,> name <name>",
             "tap create <vlan> <dhcp,> [name]",
             "tap create <vlan> name <name>",
             "tap create <vlan> [name]",
@@ -463,12 +467,16 @@ async fn ns_bridge(cx: &Ctx, c: &Call) -> Out {
             )
         })
         .collect();
-    let mut rows = Vec::new();
+    // A table per host, as from that host: the answer's leading `host`
+    // column is then the tunnel's host (one table from this node named
+    // the column twice, and `.columns host` could not pick the second).
+    let mut tables = Vec::new();
     for (h, r) in ask_each::<Vec<String>>(&cx.node, asks, t).await {
         match r {
             Ok(ports) => {
                 let ep = ends.iter().find(|(x, _)| *x == h).map(|(_, e)| e.clone());
-                rows.push(vec![h, ep.unwrap_or_default(), list(&ports)]);
+                let row = vec![ep.unwrap_or_default(), list(&ports)];
+                tables.push(Response::table(&h, &["endpoint", "tunnels"], vec![row]));
             }
             Err(e) => out.push(Response::error(&h, e)),
         }
@@ -483,11 +491,8 @@ async fn ns_bridge(cx: &Ctx, c: &Call) -> Out {
             Ok(())
         })?;
     }
-    out.insert(
-        0,
-        Response::table(cx.me(), &["host", "endpoint", "tunnels"], rows),
-    );
-    Ok(out)
+    tables.extend(out);
+    Ok(tables)
 }
 
 /// Takes namespace `ns`'s mesh (`key`) and host taps off `br` on each of
@@ -646,6 +651,15 @@ mod tests {
         );
         let c = parse("tap create LAN name t1");
         assert_eq!(c.arg("name"), Some("t1"));
+        // `name NAME` after an address or dhcp too, as the docs say.
+        for line in [
+            "tap create LAN ip 10.0.0.2/24 name t2",
+            "tap create LAN bridge br0 ip 10.0.0.2/24 name t2",
+            "tap create LAN dhcp name t2",
+            "tap create LAN bridge br0 dhcp name t2",
+        ] {
+            assert_eq!(parse(line).arg("name"), Some("t2"), "{line}");
+        }
         assert!(parse("vlans blacklist").has("blacklist"));
         assert!(parse("vlans range 1 2").has("range"));
         assert!(parse("bridge notrunk br0 eth1").has("notrunk"));

@@ -423,10 +423,13 @@ const MAX_LAUNCH: u64 = 100_000;
 /// named so never blocks the counter), or the names and ranges given; and
 /// the counter after.
 fn names_of(spec: &str, counter: u64, taken: impl Fn(&str) -> bool) -> Result<(Vec<String>, u64)> {
-    if let Ok(n) = spec.parse::<u64>() {
-        if n == 0 || n > MAX_LAUNCH {
+    // `-1` or `+5` is a count gone wrong, not a name (minimega takes
+    // any integer as a count).
+    if crate::vm::is_integer(spec) {
+        let n = spec.parse::<u64>().unwrap_or(0);
+        if !spec.bytes().all(|b| b.is_ascii_digit()) || n == 0 || n > MAX_LAUNCH {
             return Err(Error::Usage(format!(
-                "vm launch: a count from 1 to {MAX_LAUNCH}, not {n}"
+                "vm launch: a count from 1 to {MAX_LAUNCH}, not {spec}"
             )));
         }
         let mut names = Vec::with_capacity(n as usize);
@@ -658,6 +661,12 @@ mod tests {
             ("a,b,a", "`a` is specified twice"),
             ("x,all", "`all` is a reserved word"),
             ("0", "a count from 1"),
+            ("-1", "a count from 1"),
+            ("+5", "a count from 1"),
+            (
+                "99999999999999999999999999999999999999999",
+                "a count from 1",
+            ),
             ("a[1-", "malformed"),
         ] {
             let e = names_of(bad, 0, free).unwrap_err().to_string();

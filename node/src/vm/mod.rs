@@ -496,11 +496,17 @@ fn key(id: u64) -> String {
 
 /// minimega's VM names: letters, digits, `-`, `_`, `.`; not `all`, not an
 /// integer (that would read as an id).
+/// `12`, `-1`, `+5`: what minimega's `strconv.Atoi` takes (of any size).
+pub(crate) fn is_integer(s: &str) -> bool {
+    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
 pub(crate) fn check_name(n: &str) -> Result<()> {
     if n == "all" {
         return Err(Error::Usage("`all` is a reserved word".into()));
     }
-    if n.parse::<u64>().is_ok() {
+    if is_integer(n) {
         return Err(Error::Usage(format!(
             "invalid vm name, `{n}` is an integer"
         )));
