@@ -62,7 +62,7 @@ pub(crate) async fn unpack(tarball: &Path) -> Result<PathBuf> {
     let t = tarball.to_path_buf();
     let sum = tokio::task::spawn_blocking(move || hash(&t)).await??;
     // `.NAME.mm-tar`: which content was unpacked, and into what.
-    let marker = dir.join(format!(".{stem}.mm-tar"));
+    let marker = dir.join(mm_store::files::tar_marker(&stem));
     if let Ok(text) = std::fs::read_to_string(&marker) {
         if let Some((h, top)) = text.trim().split_once(' ') {
             let done = dir.join(top);
@@ -71,7 +71,7 @@ pub(crate) async fn unpack(tarball: &Path) -> Result<PathBuf> {
             }
         }
     }
-    let staging = dir.join(format!(".{stem}.mm-unpacking-{}", std::process::id()));
+    let staging = dir.join(mm_store::files::tar_staging(&stem));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging)
         .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;

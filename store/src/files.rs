@@ -15,6 +15,24 @@ use crate::{Error, Result};
 /// In-progress transfers live here, hidden from listings and never served.
 pub const PARTIAL_DIR: &str = ".mm-partial";
 
+/// The record `tar:` keeps beside a tarball it unpacked (`.NAME.mm-tar`).
+pub fn tar_marker(tarball: &str) -> String {
+    format!(".{tarball}.mm-tar")
+}
+
+/// Where `tar:` unpacks a tarball before it renames the whole into place.
+pub fn tar_staging(tarball: &str) -> String {
+    format!(".{tarball}.mm-unpacking-{}", std::process::id())
+}
+
+/// Whether a file name (a last component) is mm's own bookkeeping, which
+/// is never listed, expanded or served: the records and staging
+/// directories of `tar:`.
+pub fn is_bookkeeping(file_name: &str) -> bool {
+    file_name.starts_with('.')
+        && (file_name.ends_with(".mm-tar") || file_name.contains(".mm-unpacking-"))
+}
+
 #[derive(Debug, Clone)]
 pub struct FilesDir {
     root: PathBuf,
@@ -374,7 +392,7 @@ impl FilesDir {
         let rd = std::fs::read_dir(dir).map_err(|e| Error::io("", self.rel(dir), e))?;
         for e in rd.flatten() {
             let path = e.path();
-            if path == self.partial_dir() {
+            if path == self.partial_dir() || e.file_name().to_str().is_some_and(is_bookkeeping) {
                 continue;
             }
             // Follow symlinks only when they stay inside the directory.
@@ -399,6 +417,9 @@ impl FilesDir {
     /// under a directory, or the file itself. Sorted; empty if none.
     pub fn expand(&self, pattern: &str) -> Result<Vec<String>> {
         let clean = Self::clean(pattern)?;
+        if clean.rsplit('/').next().is_some_and(is_bookkeeping) {
+            return Ok(Vec::new());
+        }
         let all = if clean.is_empty() || !has_magic(&clean) {
             let path = self.resolve(&clean)?;
             match std::fs::metadata(&path) {
@@ -716,6 +737,26 @@ mod tests {
             .unwrap()
             .iter()
             .any(|n| n.starts_with(PARTIAL_DIR)));
+    }
+
+    /// `tar:`'s records and staging are not files to list, get or serve.
+    #[test]
+    fn bookkeeping_is_neither_listed_nor_expanded() {
+        let (_t, f) = setup();
+        let root = f.root().to_path_buf();
+        std::fs::write(root.join("img").join(tar_marker("t.tgz")), "h d").unwrap();
+        std::fs::create_dir(root.join(tar_staging("t.tgz"))).unwrap();
+        std::fs::write(root.join(tar_staging("t.tgz")).join("x"), "x").unwrap();
+        let marker = format!("img/{}", tar_marker("t.tgz"));
+        assert!(f.expand(&marker).unwrap().is_empty());
+        assert!(f.expand("img/.*").unwrap().is_empty());
+        let all = f.expand("").unwrap();
+        assert!(!all.iter().any(|n| n.contains(".mm-")), "{all:?}");
+        let listed = f.list("img", true).unwrap();
+        assert!(
+            !listed.iter().any(|e| e.name.contains(".mm-")),
+            "{listed:?}"
+        );
     }
 
     #[test]
