@@ -306,6 +306,14 @@ fn constraints_place_vms_where_they_say_errors_keep_the_queue_and_restarts_never
         stderr_of(&out)
     );
     head.mm(&["clear", "vm", "config", "colocate"]);
+    // A host that is not the namespace's: refused when it is set.
+    let out = head.try_mm(&["vm", "config", "schedule", "n9"]);
+    assert!(
+        stderr_of(&out).contains("n9 is not a host of namespace bar"),
+        "{}",
+        stderr_of(&out)
+    );
+    assert_eq!(head.mm(&["vm", "config", "schedule"]).trim(), "");
     // schedule and colocate together: an error in either order.
     head.mm(&["vm", "config", "schedule", "n1"]);
     let out = head.try_mm(&["vm", "config", "colocate", "loner"]);

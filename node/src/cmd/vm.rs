@@ -328,6 +328,16 @@ async fn vm_config(cx: &Ctx, c: &Call) -> Out {
         })?;
         return cx.ok();
     }
+    if field == "schedule" {
+        // Refused now, not at launch: the hosts are known.
+        if let [host] = &values[..] {
+            if !ns.hosts.contains(host.as_str()) {
+                return Err(Error::NotFound(format!(
+                    "{host} is not a host of namespace {name} (ns add-hosts first); nothing changed"
+                )));
+            }
+        }
+    }
     let dir = cwd(cx).map(Path::to_path_buf);
     cx.node
         .ns
