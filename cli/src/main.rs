@@ -120,6 +120,13 @@ fn main() -> ExitCode {
     if cli.command.first().map(String::as_str) != Some("serve") {
         // Clap hands everything after the first command word to the
         // command: an `mm` option there would silently not apply.
+        // Clap takes the first word it does not know as the command's.
+        if let Some(opt) = unknown_option(&cli.command) {
+            eprintln!(
+                "mm: unknown option {opt}: mm takes --base DIR and --json before the command (mm --help)"
+            );
+            return ExitCode::from(2);
+        }
         if let Some(opt) = misplaced_option(&cli.command) {
             eprintln!(
                 "mm: {opt} is an mm option: put it before the command, as in `{}`",
@@ -137,6 +144,15 @@ fn main() -> ExitCode {
         }
         _ => client(cli),
     }
+}
+
+/// The command's first word, if it looks like an option: no command
+/// starts with `-`.
+fn unknown_option(command: &[String]) -> Option<&str> {
+    command
+        .first()
+        .map(String::as_str)
+        .filter(|w| w.len() > 1 && w.starts_with('-'))
 }
 
 /// The first word of the command that is one of `mm`'s own options.
@@ -730,6 +746,13 @@ mod tests {
             super::misplaced_option(&w("mesh status --json")),
             Some("--json")
         );
+        assert_eq!(
+            super::unknown_option(&w("--bogus mesh status")),
+            Some("--bogus")
+        );
+        assert_eq!(super::unknown_option(&w("-x")), Some("-x"));
+        assert_eq!(super::unknown_option(&w("mesh send all -x")), None);
+        assert_eq!(super::unknown_option(&w(".columns name host")), None);
         assert_eq!(super::misplaced_option(&w("file get --basement")), None);
     }
 

@@ -215,9 +215,13 @@ fn find_column(header: &[String], col: &str) -> Result<usize, String> {
     match (found.next(), found.next()) {
         (Some((i, _)), None) => Ok(i),
         (Some(_), Some(_)) => Err(format!("ambiguous column `{col}`")),
+        // Every answer can be shaped by the host that gave it as well.
         _ => Err(format!(
             "no such column `{col}`; this table has {}",
-            header.join(", ")
+            std::iter::once("host")
+                .chain(header.iter().map(String::as_str).filter(|h| *h != "host"))
+                .collect::<Vec<_>>()
+                .join(", ")
         )),
     }
 }
@@ -457,11 +461,11 @@ mod tests {
             "host | name\nn2   | b\n"
         );
         let e = shaped(&[filter("state=x"), cols("name")], &d).unwrap_err();
-        assert_eq!(e, "no such column `state`; this table has name");
+        assert_eq!(e, "no such column `state`; this table has host, name");
         assert!(shaped(&[cols("s,n")], &d).is_ok());
         assert_eq!(
             shaped(&[cols("nope")], &d).unwrap_err(),
-            "no such column `nope`; this table has id, name, state"
+            "no such column `nope`; this table has host, id, name, state"
         );
         let f = Flags {
             annotate: false,

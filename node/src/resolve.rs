@@ -100,7 +100,9 @@ pub(crate) async fn url(node: &Arc<Node>, url: &str) -> Result<String> {
             Some(Ok(_)) => return Ok(fetch(node, &name).await?.display().to_string()),
             // Its download failed: so would ours.
             Some(Err(mm_overlay::Error::Remote(why))) => {
-                return Err(Error::Refused(format!("downloaded by {chosen}: {why}")))
+                return Err(Error::Refused(format!(
+                    "{chosen}, which downloads it for the mesh, could not: {why}"
+                )))
             }
             Some(Err(e)) => {
                 tracing::info!("{url}: {chosen} cannot download it for us ({e}); downloading here")
