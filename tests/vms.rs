@@ -438,10 +438,11 @@ fn constraints_place_vms_where_they_say_errors_keep_the_queue_and_restarts_never
 }
 
 /// minimega's `GetFiles`: a VM's image named on the head (here by a
-/// `file:` word) is fetched by the host that launches it, into its own
-/// files directory, and QEMU opens that copy. (The lab's hosts share one
-/// filesystem, so the head's path would open too: the test looks at which
-/// path QEMU was given, and at the host's files.)
+/// `file:` word) is fetched by the host that launches it, the head's
+/// version, into its own files directory, and QEMU opens that copy; the
+/// VM keeps the configured path. (The lab's hosts share one filesystem,
+/// so the head's path would open too: the test looks at which path QEMU
+/// was given, and at the host's files.)
 #[test]
 fn a_host_fetches_the_images_the_head_names_before_it_launches() {
     let lab = Lab::up(2, None);
@@ -449,32 +450,50 @@ fn a_host_fetches_the_images_the_head_names_before_it_launches() {
     let n1 = Node::in_ns("n1", &lab.ns(2), &[]);
     head.wait_size(2, LONG);
     let image: Vec<u8> = (0..64 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
-    std::fs::create_dir_all(head.base().join("files/images")).unwrap();
-    std::fs::write(head.base().join("files/images/d.img"), &image).unwrap();
+    let theirs = head.base().join("files/images/d.img");
+    std::fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+    std::fs::write(&theirs, &image).unwrap();
     head.mm(&["namespace", "img"]);
+    head.mm(&["ns", "add-hosts", "head"]);
     head.mm(&["vm", "config", "memory", "32"]);
     head.mm(&["vm", "config", "disk", "file:images/d.img"]);
+    head.mm(&["vm", "config", "schedule", "n1"]);
     head.mm(&["vm", "launch", "kvm", "a"]);
     let local = n1.base().join("files/images/d.img");
     assert!(
         std::fs::read(&local).is_ok_and(|b| b == image),
         "n1 has no copy of images/d.img"
     );
-    let vm = wait_for("a to be launched", LONG, || {
-        vm_info(&head)
-            .into_iter()
-            .find(|v| v["name"] == "a" && v["state"] == "BUILDING")
-    });
-    assert_eq!(vm["host"], "n1");
-    assert_eq!(vm["disk"], local.display().to_string());
-    assert!(cmdline(&vm["pid"]).contains(&format!("file={}", local.display())));
-    // An image the mesh cannot give fails the launch, and says which.
-    std::fs::write(head.base().join("files/images/gone.img"), &image).unwrap();
-    head.mm(&["vm", "config", "disk", "file:images/gone.img"]);
-    std::fs::remove_file(head.base().join("files/images/gone.img")).unwrap();
+    let theirs = theirs.canonicalize().unwrap().display().to_string();
+    let vm = |name: &str| {
+        wait_for(&format!("{name} to be launched"), LONG, || {
+            vm_info(&head)
+                .into_iter()
+                .find(|v| v["name"] == name && v["state"] == "BUILDING")
+        })
+    };
+    let a = vm("a");
+    assert_eq!(
+        (a["host"].as_str(), a["disk"].as_str()),
+        ("n1", theirs.as_str())
+    );
+    assert!(cmdline(&a["pid"]).contains(&format!("file={}", local.display())));
+    // The head launching on itself opens its own file.
+    head.mm(&["vm", "config", "schedule", "head"]);
+    head.mm(&["vm", "launch", "kvm", "h"]);
+    assert!(cmdline(&vm("h")["pid"]).contains(&format!("file={theirs},")));
+    // A new version on the head: n1's old copy is not taken for it, and
+    // never overwritten.
+    let v2: Vec<u8> = image.iter().map(|b| b ^ 0x5a).collect();
+    std::fs::write(&theirs, &v2).unwrap();
+    head.mm(&["vm", "config", "schedule", "n1"]);
     let out = head.try_mm(&["vm", "launch", "kvm", "b"]);
     let err = stderr_of(&out);
     assert!(!out.status.success());
-    assert!(err.contains("b: images/gone.img"), "{err}");
+    assert!(
+        err.contains("images/d.img") && err.contains("not launched: b"),
+        "{err}"
+    );
+    assert!(std::fs::read(&local).is_ok_and(|b| b == image));
     head.mm(&["clear", "namespace", "img"]);
 }

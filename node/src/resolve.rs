@@ -169,7 +169,7 @@ pub(crate) async fn file(node: &Arc<Node>, name: &str) -> Result<String> {
 
 /// `path` (the image `name`, here already), once the qcow2 backing files
 /// it names relative to itself are here too.
-async fn with_backing(node: &Arc<Node>, name: &str, path: PathBuf) -> Result<String> {
+pub(crate) async fn with_backing(node: &Arc<Node>, name: &str, path: PathBuf) -> Result<String> {
     // The backing chain: each relative name is taken beside its image.
     let files = &node.files.local.files;
     let mut image = path.clone();

@@ -130,11 +130,38 @@ pub(crate) struct Outcome {
     pub(crate) hosts: usize,
 }
 
-/// How long a launch waits for hosts that fetch the VMs' files first.
+/// How long a launch waits for hosts to fetch the VMs' files (each host
+/// gives up sooner on a file that gets no data for a minute).
 const FETCH_WAIT: Duration = Duration::from_secs(3600);
 
+/// The files in this node's files directory that `vms` name: path as
+/// configured -> name there. Matched on the real path, so a base reached
+/// through a symlink matches, and a file that is a symlink out of the
+/// directory is left to QEMU as it is.
+fn in_files(node: &Node, vms: &[(String, Config)]) -> BTreeMap<String, String> {
+    let root = node.files.local.files.root();
+    let mut out = BTreeMap::new();
+    for p in vms.iter().flat_map(|(_, c)| c.files()).flatten() {
+        let Ok(real) = std::fs::canonicalize(p) else {
+            continue;
+        };
+        let name = real
+            .strip_prefix(root)
+            .ok()
+            .and_then(|r| r.to_str())
+            .filter(|r| !r.is_empty() && !mm_store::files::has_magic(r));
+        if let Some(name) = name {
+            out.insert(p.clone(), name.to_string());
+        }
+    }
+    out
+}
+
 /// Sends each host its VMs of `placement`, all hosts at once; a host's
-/// batch launches whole or not at all.
+/// batch launches whole or not at all. First, as minimega's hosts do, each
+/// other host fetches the files the VMs name in this node's files
+/// directory: this node's version of each, by its hash. A host that
+/// cannot is an error row, and launches nothing.
 pub(crate) async fn launch(
     node: &Arc<Node>,
     namespace: &str,
@@ -153,22 +180,78 @@ pub(crate) async fn launch(
     // Starting a QEMU takes a moment each; a host that dies drops its
     // connection and fails at once, so this is for one that hangs.
     let most = per_host.values().map(Vec::len).max().unwrap_or(0) as u64;
-    let mut timeout = node.send_timeout().max(Duration::from_secs(60 + 2 * most));
-    // Hosts fetch the VMs' files that are in this node's files directory
-    // first (`vm::wire::localize`), which takes as long as the images are
-    // big: a host that dies still fails at once.
-    let files = node.files.local.files.root().to_path_buf();
-    let in_files = |p: &Option<String>| {
-        p.as_deref()
-            .is_some_and(|p| std::path::Path::new(p).starts_with(&files))
+    let timeout = node.send_timeout().max(Duration::from_secs(60 + 2 * most));
+    let mut out = Outcome {
+        hosts: per_host.len(),
+        ..Outcome::default()
     };
-    if vms.iter().any(|(_, c)| {
-        [&c.disk, &c.cdrom, &c.kernel, &c.initrd]
-            .into_iter()
-            .any(in_files)
-    }) {
-        timeout = timeout.max(FETCH_WAIT);
+    let named = in_files(node, vms);
+    // Hashed here first (and kept, as for any file served): a host's
+    // question of who holds it then has its answer at once.
+    let mut hashes: BTreeMap<String, std::result::Result<String, String>> = BTreeMap::new();
+    for name in named.values() {
+        if hashes.contains_key(name) {
+            continue;
+        }
+        let local = node.files.local.clone();
+        let n = name.clone();
+        let h = match tokio::task::spawn_blocking(move || local.manifest(&n)).await {
+            Ok(Ok(Some(m))) => Ok(m.root_hex()),
+            Ok(Ok(None)) => Err(format!("{name} is not in the files directory any more")),
+            Ok(Err(e)) => Err(format!("{name}: {e}")),
+            Err(e) => Err(format!("{name}: {e}")),
+        };
+        hashes.insert(name.clone(), h);
     }
+    // The (path, name) pairs of each host's batch; none for this node,
+    // whose files are here.
+    let mut paths: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
+    let mut fetches = Vec::new();
+    for (host, batch) in &per_host {
+        if *host == node.name {
+            continue;
+        }
+        let mine: BTreeMap<&String, &String> = batch
+            .iter()
+            .flat_map(|(_, c)| c.files())
+            .flatten()
+            .filter_map(|p| named.get_key_value(p))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut want: Vec<(String, String)> = Vec::new();
+        let mut bad = Vec::new();
+        for name in mine.values() {
+            match &hashes[*name] {
+                Ok(h) if !want.iter().any(|(n, _)| n == *name) => {
+                    want.push(((*name).clone(), h.clone()))
+                }
+                Ok(_) => {}
+                Err(e) => bad.push(e.clone()),
+            }
+        }
+        if !bad.is_empty() {
+            let names = batch.iter().map(|(n, _)| n.clone()).collect();
+            out.failed.push((host.clone(), bad.join("; "), names));
+            continue;
+        }
+        paths.insert(
+            host.clone(),
+            mine.into_iter()
+                .map(|(p, n)| (p.clone(), n.clone()))
+                .collect(),
+        );
+        fetches.push((host.clone(), Ask::Fetch { files: want }));
+    }
+    for (host, r) in ask_each::<()>(node, fetches, timeout.max(FETCH_WAIT)).await {
+        if let Err(e) = r {
+            let names = per_host[&host].iter().map(|(n, _)| n.clone()).collect();
+            out.failed
+                .push((host.clone(), format!("fetching the VMs' files: {e}"), names));
+        }
+    }
+    per_host.retain(|h, _| !out.failed.iter().any(|(f, _, _)| f == h));
     let sent: BTreeMap<String, Vec<String>> = per_host
         .iter()
         .map(|(h, b)| (h.clone(), b.iter().map(|(n, _)| n.clone()).collect()))
@@ -176,20 +259,17 @@ pub(crate) async fn launch(
     let asks = per_host
         .into_iter()
         .map(|(h, b)| {
+            let files = paths.remove(&h).unwrap_or_default();
             (
                 h,
                 Ask::Launch {
                     namespace: namespace.to_string(),
                     vms: b,
-                    files: Some(files.display().to_string()),
+                    files,
                 },
             )
         })
         .collect();
-    let mut out = Outcome {
-        hosts: sent.len(),
-        ..Outcome::default()
-    };
     for (host, r) in ask_each::<Vec<Vm>>(node, asks, timeout).await {
         match r {
             Ok(vms) => out.launched.extend(vms.into_iter().map(|v| v.name)),

@@ -122,6 +122,20 @@ impl Config {
         }
     }
 
+    /// The fields that name a file QEMU opens.
+    pub(crate) fn files(&self) -> [&Option<String>; 4] {
+        [&self.disk, &self.cdrom, &self.kernel, &self.initrd]
+    }
+
+    pub(crate) fn files_mut(&mut self) -> [&mut Option<String>; 4] {
+        [
+            &mut self.disk,
+            &mut self.cdrom,
+            &mut self.kernel,
+            &mut self.initrd,
+        ]
+    }
+
     /// Sets `field` from `values` (one word for most fields; the words of
     /// `append` and `net`; a key and a value for `tags`), or fails and
     /// changes nothing. Relative paths are taken from `cwd`.

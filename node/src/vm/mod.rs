@@ -11,7 +11,7 @@
 //! is ERROR after the restart, and its orphaned process is killed: it is
 //! never shown as running when nothing steers it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -210,7 +210,21 @@ impl Vms {
     /// Checks every name first: nothing is launched if one is bad or
     /// taken, or if a process fails to start (those of the batch already
     /// started are killed).
+    #[cfg(test)]
     pub(crate) fn launch(&self, namespace: &str, batch: &[(String, Config)]) -> Result<Vec<Vm>> {
+        self.launch_with(namespace, batch, &HashMap::new())
+    }
+
+    /// [`Vms::launch`], with QEMU given `local`'s path for each file path
+    /// it maps (this host's copy of a file the head named); the VMs keep
+    /// the paths as configured, so `vm info` and `vm config clone` show
+    /// what the operator set, and a clone fetches again where it launches.
+    pub(crate) fn launch_with(
+        &self,
+        namespace: &str,
+        batch: &[(String, Config)],
+        local: &HashMap<String, String>,
+    ) -> Result<Vec<Vm>> {
         let mut st = self.st();
         let mut seen = std::collections::HashSet::new();
         for (n, _) in batch {
@@ -234,7 +248,13 @@ impl Vms {
             if cfg.uuid.is_none() {
                 cfg.uuid = Some(config::new_uuid());
             }
-            let l = match self.driver.launch(namespace, id, n, &cfg) {
+            let mut here = cfg.clone();
+            for f in here.files_mut().into_iter().flatten() {
+                if let Some(l) = local.get(f.as_str()) {
+                    f.clone_from(l);
+                }
+            }
+            let l = match self.driver.launch(namespace, id, n, &here) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(
@@ -541,10 +561,14 @@ impl Driver for Fake {
         if self.fail.lock().unwrap().iter().any(|f| f == name) {
             return Err(Error::Vm(format!("{name}: no process")));
         }
-        self.calls.lock().unwrap().push(format!(
+        let mut call = format!(
             "launch {namespace}/{id} {name} vcpus={} mem={}",
             cfg.vcpus, cfg.memory_mib
-        ));
+        );
+        if let Some(d) = &cfg.disk {
+            call.push_str(&format!(" disk={d}"));
+        }
+        self.calls.lock().unwrap().push(call);
         Ok(Launched {
             pid: 1000 + id as u32,
             accel: "tcg".into(),
@@ -611,6 +635,31 @@ mod tests {
 
     fn by(n: &[&str]) -> Target {
         Target::Names(names(n))
+    }
+
+    /// QEMU opens this host's copy of a file the head named; the VM
+    /// keeps the configured path.
+    #[test]
+    fn a_launch_gives_qemu_the_local_copy_and_keeps_the_configured_path() {
+        let fake = Arc::new(Fake::default());
+        let (_dir, meta) = temp_meta();
+        let vms = Vms::open(fake.clone(), meta);
+        let cfg = Config {
+            disk: Some("/head/files/d.img".into()),
+            ..Config::default()
+        };
+        let local = HashMap::from([(
+            "/head/files/d.img".to_string(),
+            "/here/files/d.img".to_string(),
+        )]);
+        vms.launch_with("foo", &[("a".into(), cfg)], &local)
+            .unwrap();
+        let calls = fake.calls.lock().unwrap().clone();
+        assert!(calls[0].ends_with(" disk=/here/files/d.img"), "{calls:?}");
+        assert_eq!(
+            vms.info("foo")[0].config.disk.as_deref(),
+            Some("/head/files/d.img")
+        );
     }
 
     #[test]

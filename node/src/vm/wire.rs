@@ -4,7 +4,6 @@
 //! Requests travel inside `proto::Request::Vm` as CBOR, and so do answers.
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,12 +21,16 @@ pub(crate) enum Ask {
     Launch {
         namespace: String,
         vms: Vec<(String, Config)>,
-        /// The head's files directory: the VMs' files under it are
-        /// fetched into this host's before they launch. None from a head
-        /// of an older build.
+        /// Paths the VMs name, as the head has them, with the name in the
+        /// files directory that [`Ask::Fetch`] brought here: QEMU opens
+        /// this host's copy. Empty from a head of an older build.
         #[serde(default)]
-        files: Option<String>,
+        files: Vec<(String, String)>,
     },
+    /// Fetch these files (a name in the files directory and the hash of
+    /// the head's version), with their qcow2 backing files, before a
+    /// launch that names them (answer: `()`).
+    Fetch { files: Vec<(String, String)> },
     /// The VMs of a namespace here (answer: `Vec<Vm>`).
     Info { namespace: String },
     /// Start, stop or kill (answer: `vm::Acted`).
@@ -61,33 +64,42 @@ pub(crate) const MAX_BATCH: usize = 10_000;
 
 /// Answers `ask` on this node. VM work blocks on processes and sockets,
 /// so it runs off the async threads.
-pub(crate) async fn answer(node: &Arc<Node>, mut ask: Ask) -> Result<Vec<u8>> {
-    if let Ask::Launch {
-        vms,
-        files: Some(head),
-        ..
-    } = &mut ask
-    {
-        if vms.len() <= MAX_BATCH {
-            localize(node, Path::new(head.as_str()), vms).await?;
-        }
+pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
+    if let Ask::Fetch { files } = ask {
+        fetch(node, files).await?;
+        return Ok(encode(&()));
     }
     let node = node.clone();
     tokio::task::spawn_blocking(move || {
         let vms = &node.vms;
         Ok(match ask {
             Ask::Launch {
-                namespace, vms: b, ..
+                namespace,
+                vms: b,
+                files,
             } => {
-                if b.len() > MAX_BATCH {
+                if b.len() > MAX_BATCH || files.len() > MAX_FETCH {
                     return Err(crate::Error::Refused(format!(
-                        "a launch of {} VMs: at most {MAX_BATCH} at once",
-                        b.len()
+                        "a launch of {} VMs naming {} files: at most {MAX_BATCH} and {MAX_FETCH}",
+                        b.len(),
+                        files.len()
                     )));
                 }
                 crate::ns::check_name(&namespace)?;
-                encode(&vms.launch(&namespace, &b)?)
+                let here = node.files.local.files.clone();
+                let mut local = HashMap::new();
+                for (path, name) in files {
+                    let p = here.resolve(&name)?;
+                    if !p.is_file() {
+                        return Err(crate::Error::NotFound(format!(
+                            "{name} (the head's {path}) is not here: it was not fetched"
+                        )));
+                    }
+                    local.insert(path, p.display().to_string());
+                }
+                encode(&vms.launch_with(&namespace, &b, &local)?)
             }
+            Ask::Fetch { .. } => unreachable!("answered above"),
             Ask::Info { namespace } => {
                 let mut all = vms.info(&namespace);
                 for nic in all.iter_mut().flat_map(|v| v.nics.iter_mut()) {
@@ -121,49 +133,98 @@ pub(crate) async fn answer(node: &Arc<Node>, mut ask: Ask) -> Result<Vec<u8>> {
     .await?
 }
 
-/// minimega's `GetFiles`: each of the VMs' files that lies in the head's
-/// files directory `head` comes from the mesh into this node's, as a
-/// `file:` word does (with its qcow2 backing chain), and the VMs take
-/// the local path. So an image named on the head reaches every host,
-/// whatever their base directories; a path elsewhere is left as it is
-/// (the hosts are expected to share it). Nothing launches unless every
-/// file came.
-async fn localize(node: &Arc<Node>, head: &Path, vms: &mut [(String, Config)]) -> Result<()> {
-    let mut here: HashMap<String, String> = HashMap::new();
-    for (vm, c) in vms.iter_mut() {
-        for path in [&mut c.disk, &mut c.cdrom, &mut c.kernel, &mut c.initrd]
-            .into_iter()
-            .flatten()
-        {
-            let Some(name) = Path::new(path.as_str())
-                .strip_prefix(head)
-                .ok()
-                .and_then(|r| r.to_str())
-                .filter(|r| {
-                    !r.is_empty()
-                        && !mm_store::files::has_magic(r)
-                        && !r.split('/').any(|c| c == "..")
-                })
-                .map(str::to_string)
-            else {
-                continue;
-            };
-            let local = match here.get(&name) {
-                Some(l) => l.clone(),
-                None => {
-                    let l = crate::resolve::file(node, &name).await.map_err(|e| {
-                        crate::Error::NotFound(format!(
-                            "{vm}: {name} (from the head's {path}): {e}"
-                        ))
-                    })?;
-                    here.insert(name, l.clone());
-                    l
-                }
-            };
-            *path = local;
+/// Most files one launch may have a host fetch: a bound on what a peer
+/// makes this node pull.
+pub(crate) const MAX_FETCH: usize = 256;
+
+/// How long a file may go without a byte before a fetch for a launch
+/// gives up on it (its transfer goes on).
+const STUCK: Duration = Duration::from_secs(60);
+
+/// minimega's `GetFiles`: the head's version of each file (by its hash),
+/// with its qcow2 backing files, into this node's files directory, all at
+/// once; every failure is reported, not just the first. A file that gets
+/// no data for [`STUCK`] fails the fetch, so a launch never waits on
+/// holders that went away.
+async fn fetch(node: &Arc<Node>, files: Vec<(String, String)>) -> Result<()> {
+    if files.len() > MAX_FETCH {
+        return Err(crate::Error::Refused(format!(
+            "a fetch of {} files: at most {MAX_FETCH} at once",
+            files.len()
+        )));
+    }
+    let mut failed: Vec<String> = Vec::new();
+    let mut coming = Vec::new();
+    for (name, hash) in &files {
+        let sel = mm_store::Select {
+            hash: Some(hash.clone()),
+            from: None,
+        };
+        match node.get_file(name, &sel).await {
+            Ok(p) => coming.push((name.clone(), p)),
+            Err(e) => failed.push(naming(name, e)),
         }
     }
-    Ok(())
+    let engine = &node.files.engine;
+    let names: Vec<String> = coming.iter().map(|(n, _)| n.clone()).collect();
+    let all = futures::future::join_all(
+        coming
+            .into_iter()
+            .map(|(name, p)| async move { (name, engine.wait(p).await) }),
+    );
+    tokio::pin!(all);
+    let mut quiet: HashMap<String, std::time::Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    let waited = loop {
+        tokio::select! {
+            done = &mut all => break Some(done),
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                for s in engine.status(false).iter().filter(|s| names.contains(&s.name)) {
+                    // The rate is 0 exactly when nothing comes (see
+                    // `file status`).
+                    if s.rate > 0.0 || s.queued {
+                        quiet.remove(&s.name);
+                    } else {
+                        quiet.entry(s.name.clone()).or_insert(now);
+                    }
+                }
+                if let Some((name, _)) = quiet.iter().find(|(_, t)| now - **t >= STUCK) {
+                    failed.push(format!(
+                        "{name}: no data for {}s (see file status; the transfer goes on)",
+                        STUCK.as_secs()
+                    ));
+                    break None;
+                }
+            }
+        }
+    };
+    for (name, r) in waited.into_iter().flatten() {
+        match r {
+            Err(e) => failed.push(naming(&name, e)),
+            Ok(()) => {
+                let path = node.files.local.files.resolve(&name)?;
+                if let Err(e) = crate::resolve::with_backing(node, &name, path).await {
+                    failed.push(naming(&name, e));
+                }
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(crate::Error::NotFound(failed.join("; ")))
+    }
+}
+
+/// `e`, with the file's name in front unless it names it already.
+fn naming(name: &str, e: impl std::fmt::Display) -> String {
+    let e = e.to_string();
+    if e.contains(name) {
+        e
+    } else {
+        format!("{name}: {e}")
+    }
 }
 
 /// Asks each host its own question, all at once, this node directly;
