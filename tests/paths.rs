@@ -181,6 +181,12 @@ fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in
     let top = n2.base().join("files/pkgs/tool");
     assert!(out.contains("bin") && out.contains("run"), "{out}");
     assert_eq!(std::fs::read(top.join("bin/run")).unwrap(), b"echo hi\n");
+    // Its record is mm's own: not listed, not served.
+    assert!(n2.base().join("files/pkgs/.tool.tar.gz.mm-tar").exists());
+    let list = n2.mm(&["file", "list", "pkgs"]);
+    assert!(!list.contains("mm-tar"), "{list}");
+    let out = n3.try_mm(&["file", "get", "pkgs/.tool.tar.gz.mm-tar", "from", "p2"]);
+    assert!(!out.status.success());
     let out = n2.try_mm(&["shell", "ls", "tar:pkgs/two.tgz"]);
     assert!(
         stderr_of(&out).contains("has 2 top-level entries (stray, tool), not one directory"),

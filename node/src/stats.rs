@@ -151,7 +151,18 @@ fn link_kind(sys: &Path, name: &str) -> Link {
         return Link::Virtual;
     }
     if dir.join("device").exists() {
-        Link::Hardware
+        return Link::Hardware;
+    }
+    // Stacked on another link (`lower_*`), or not Ethernet (ARPHRD_ETHER
+    // is 1: IP-in-IP, GRE and WireGuard links are not): its bytes cross
+    // another link too.
+    let stacked = std::fs::read_dir(&dir).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("lower_"))
+    });
+    let ether = std::fs::read_to_string(dir.join("type")).map_or(true, |t| t.trim() == "1");
+    if stacked || !ether {
+        Link::Virtual
     } else {
         Link::Plain
     }
@@ -247,7 +258,16 @@ mod tests {
         assert_eq!(links_bytes(&host, sys.path()), (1000, 2000));
         link("veth0", None, &[]);
         link("br-phy", None, &["tun_flags"]);
-        let lab = dev(&[("lo", 7, 7), ("veth0", 300, 400), ("br-phy", 290, 390)]);
+        link("gre1", None, &[]);
+        std::fs::write(sys.path().join("gre1/type"), "778\n").unwrap();
+        link("macv0", None, &["lower_veth0"]);
+        let lab = dev(&[
+            ("lo", 7, 7),
+            ("veth0", 300, 400),
+            ("br-phy", 290, 390),
+            ("gre1", 20, 20),
+            ("macv0", 30, 30),
+        ]);
         assert_eq!(links_bytes(&lab, sys.path()), (300, 400));
     }
 }

@@ -64,9 +64,14 @@ pub(crate) async fn unpack(tarball: &Path) -> Result<PathBuf> {
     // `.NAME.mm-tar`: which content was unpacked, and into what.
     let marker = dir.join(mm_store::files::tar_marker(&stem));
     if let Ok(text) = std::fs::read_to_string(&marker) {
-        if let Some((h, top)) = text.trim().split_once(' ') {
+        let mut lines = text.lines();
+        if let Some((h, top)) = lines.next().and_then(|l| l.split_once(' ')) {
             let done = dir.join(top);
-            if h == sum && done.is_dir() {
+            // Everything it unpacked is still there (the record lists it;
+            // one of an older build lists nothing): a delete since, by a
+            // name or a glob, has it unpacked again.
+            let whole = done.is_dir() && lines.all(|p| done.join(p).symlink_metadata().is_ok());
+            if h == sum && whole {
                 return Ok(done);
             }
         }
@@ -95,7 +100,11 @@ fn place(
     if target.symlink_metadata().is_ok() {
         let ours = std::fs::read_to_string(marker)
             .ok()
-            .and_then(|t| t.trim().split_once(' ').map(|(_, d)| d == top))
+            .and_then(|t| {
+                t.lines()
+                    .next()
+                    .and_then(|l| l.split_once(' ').map(|(_, d)| d == top))
+            })
             .unwrap_or(false);
         if !ours {
             return Err(bad(
@@ -111,11 +120,33 @@ fn place(
     }
     // The marker first: a crash before the rename leaves a marker with no
     // directory, which unpacks again.
-    std::fs::write(marker, format!("{sum} {top}\n"))
+    let mut record = format!("{sum} {top}\n");
+    for p in entries(&staging.join(top), Path::new("")) {
+        record.push_str(&p.to_string_lossy());
+        record.push('\n');
+    }
+    std::fs::write(marker, record)
         .map_err(|e| Error::io(format!("cannot write {}", marker.display()), e))?;
     std::fs::rename(staging.join(top), &target)
         .map_err(|e| Error::io(format!("cannot place {}", target.display()), e))?;
     Ok(target)
+}
+
+/// The files, directories and links under `dir` (links not followed),
+/// as paths relative to it, each prefixed with `rel`.
+fn entries(dir: &Path, rel: &Path) -> Vec<PathBuf> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let here = rel.join(e.file_name());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(entries(&e.path(), &here));
+        }
+        out.push(here);
+    }
+    out
 }
 
 /// An entry's path, checked: relative, no `..`, not empty.
@@ -389,6 +420,12 @@ mod tests {
         std::fs::write(top.join("mine"), b"x").unwrap();
         assert_eq!(try_unpack(dir.path(), "pkg.tar", &good).await.unwrap(), top);
         assert!(top.join("mine").exists(), "unpacked twice");
+        // Something it unpacked deleted since: unpacked again.
+        std::fs::remove_file(top.join("bin/run")).unwrap();
+        std::fs::remove_file(top.join("mine")).unwrap();
+        std::fs::write(top.join("mine2"), b"x").unwrap();
+        assert_eq!(try_unpack(dir.path(), "pkg.tar", &good).await.unwrap(), top);
+        assert_eq!(std::fs::read(top.join("bin/run")).unwrap(), b"#!/bin/sh\n");
         let newer = tar(&[("pkg/", b'5', "", b""), ("pkg/v2", b'0', "", b"2")]);
         try_unpack(dir.path(), "pkg.tar", &newer).await.unwrap();
         assert!(top.join("v2").exists() && !top.join("mine").exists());

@@ -417,7 +417,7 @@ impl FilesDir {
     /// under a directory, or the file itself. Sorted; empty if none.
     pub fn expand(&self, pattern: &str) -> Result<Vec<String>> {
         let clean = Self::clean(pattern)?;
-        if clean.rsplit('/').next().is_some_and(is_bookkeeping) {
+        if clean.split('/').any(is_bookkeeping) {
             return Ok(Vec::new());
         }
         let all = if clean.is_empty() || !has_magic(&clean) {
@@ -749,6 +749,8 @@ mod tests {
         std::fs::write(root.join(tar_staging("t.tgz")).join("x"), "x").unwrap();
         let marker = format!("img/{}", tar_marker("t.tgz"));
         assert!(f.expand(&marker).unwrap().is_empty());
+        let staged = format!("{}/x", tar_staging("t.tgz"));
+        assert!(f.expand(&staged).unwrap().is_empty());
         assert!(f.expand("img/.*").unwrap().is_empty());
         let all = f.expand("").unwrap();
         assert!(!all.iter().any(|n| n.contains(".mm-")), "{all:?}");

@@ -514,14 +514,14 @@ fn key(id: u64) -> String {
     format!("{id:020}")
 }
 
-/// minimega's VM names: letters, digits, `-`, `_`, `.`; not `all`, not an
-/// integer (that would read as an id).
 /// `12`, `-1`, `+5`: what minimega's `strconv.Atoi` takes (of any size).
 pub(crate) fn is_integer(s: &str) -> bool {
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
     !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// minimega's VM names: letters, digits, `-`, `_`, `.`; not `all`, not an
+/// integer (that would read as an id).
 pub(crate) fn check_name(n: &str) -> Result<()> {
     if n == "all" {
         return Err(Error::Usage("`all` is a reserved word".into()));
