@@ -491,7 +491,8 @@ fn a_host_fetches_the_images_the_head_names_before_it_launches() {
     let err = stderr_of(&out);
     assert!(!out.status.success());
     assert!(
-        err.contains("images/d.img") && err.contains("not launched: b"),
+        err.contains("images/d.img exists here with different content")
+            && err.contains("not launched: b"),
         "{err}"
     );
     assert!(std::fs::read(&local).is_ok_and(|b| b == image));

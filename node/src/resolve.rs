@@ -170,35 +170,60 @@ pub(crate) async fn file(node: &Arc<Node>, name: &str) -> Result<String> {
 /// `path` (the image `name`, here already), once the qcow2 backing files
 /// it names relative to itself are here too.
 pub(crate) async fn with_backing(node: &Arc<Node>, name: &str, path: PathBuf) -> Result<String> {
-    // The backing chain: each relative name is taken beside its image.
     let files = &node.files.local.files;
     let mut image = path.clone();
     for _ in 0..MAX_BACKING {
-        let Some(backing) = qcow2_backing(&image)? else {
+        let Some(beside) = backing_beside(files.root(), &image)? else {
             return Ok(path.display().to_string());
         };
-        if Path::new(&backing).is_absolute() {
-            // QEMU opens that path as it is: nothing to fetch.
-            return Ok(path.display().to_string());
-        }
-        let rel = image.strip_prefix(files.root()).map_err(|_| {
-            Error::NotFound(format!(
-                "{} is outside the files directory",
-                image.display()
-            ))
-        })?;
-        let beside =
-            normalize(&rel.parent().unwrap_or(Path::new("")).join(&backing)).ok_or_else(|| {
-                Error::Refused(format!(
-                    "{}: its backing file {backing} is outside the files directory",
-                    rel.display()
-                ))
-            })?;
         image = fetch(node, &beside).await?;
     }
     Err(Error::Refused(format!(
         "{name}: a chain of more than {MAX_BACKING} backing files"
     )))
+}
+
+/// The names of the backing files of the image `name` in the files
+/// directory `root`, all here, nearest first. Blocking.
+pub(crate) fn backing_here(root: &Path, name: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut image = root.join(name);
+    while let Some(beside) = backing_beside(root, &image)? {
+        if out.len() == MAX_BACKING {
+            return Err(Error::Refused(format!(
+                "{name}: a chain of more than {MAX_BACKING} backing files"
+            )));
+        }
+        image = root.join(&beside);
+        out.push(beside);
+    }
+    Ok(out)
+}
+
+/// The files directory's name for the backing file `image` (a path under
+/// `root`) names relative to itself; None if it names none, or an
+/// absolute path, which QEMU opens as it is.
+fn backing_beside(root: &Path, image: &Path) -> Result<Option<String>> {
+    let Some(backing) = qcow2_backing(image)? else {
+        return Ok(None);
+    };
+    if Path::new(&backing).is_absolute() {
+        return Ok(None);
+    }
+    let rel = image.strip_prefix(root).map_err(|_| {
+        Error::NotFound(format!(
+            "{} is outside the files directory",
+            image.display()
+        ))
+    })?;
+    normalize(&rel.parent().unwrap_or(Path::new("")).join(&backing))
+        .map(Some)
+        .ok_or_else(|| {
+            Error::Refused(format!(
+                "{}: its backing file {backing} is outside the files directory",
+                rel.display()
+            ))
+        })
 }
 
 async fn fetch(node: &Arc<Node>, name: &str) -> Result<PathBuf> {
@@ -283,6 +308,43 @@ pub(crate) fn qcow2_header(backing: Option<&str>) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The head lists an image's backing chain for hosts to fetch: names
+    /// relative to each image, nearest first; an absolute one ends it; one
+    /// that leads out of the files directory is refused.
+    #[test]
+    fn a_backing_chain_is_listed_by_its_names_in_the_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("img/layer")).unwrap();
+        std::fs::write(
+            root.join("img/base.qcow2"),
+            qcow2_header(Some("/abs/x.qcow2")),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("img/layer/mid.qcow2"),
+            qcow2_header(Some("../base.qcow2")),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("img/layer/top.qcow2"),
+            qcow2_header(Some("mid.qcow2")),
+        )
+        .unwrap();
+        std::fs::write(root.join("raw.img"), b"raw").unwrap();
+        assert_eq!(
+            backing_here(root, "img/layer/top.qcow2").unwrap(),
+            ["img/layer/mid.qcow2", "img/base.qcow2"]
+        );
+        assert!(backing_here(root, "raw.img").unwrap().is_empty());
+        std::fs::write(root.join("evil.qcow2"), qcow2_header(Some("../../etc/x"))).unwrap();
+        let e = backing_here(root, "evil.qcow2").unwrap_err().to_string();
+        assert!(e.contains("outside the files directory"), "{e}");
+        std::fs::write(root.join("loop.qcow2"), qcow2_header(Some("loop.qcow2"))).unwrap();
+        let e = backing_here(root, "loop.qcow2").unwrap_err().to_string();
+        assert!(e.contains("more than"), "{e}");
+    }
 
     #[test]
     fn backing_files_are_read_from_the_qcow2_header() {

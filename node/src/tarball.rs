@@ -59,31 +59,46 @@ pub(crate) async fn unpack(tarball: &Path) -> Result<PathBuf> {
         .and_then(|n| n.to_str())
         .ok_or_else(|| bad(tarball, "is not a UTF-8 name"))?
         .to_string();
-    let t = tarball.to_path_buf();
-    let sum = tokio::task::spawn_blocking(move || hash(&t)).await??;
-    // `.NAME.mm-tar`: which content was unpacked, and into what.
+    // `.NAME.mm-tar`: which content was unpacked, into what, and what it
+    // unpacked.
     let marker = dir.join(mm_store::files::tar_marker(&stem));
-    if let Ok(text) = std::fs::read_to_string(&marker) {
-        let mut lines = text.lines();
-        if let Some((h, top)) = lines.next().and_then(|l| l.split_once(' ')) {
-            let done = dir.join(top);
-            // Everything it unpacked is still there (the record lists it;
-            // one of an older build lists nothing): a delete since, by a
-            // name or a glob, has it unpacked again.
-            let whole = done.is_dir() && lines.all(|p| done.join(p).symlink_metadata().is_ok());
-            if h == sum && whole {
-                return Ok(done);
-            }
-        }
+    let (t, d, m) = (tarball.to_path_buf(), dir.clone(), marker.clone());
+    let (sum, done) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let sum = hash(&t)?;
+        let done = unpacked(&d, &m, &sum);
+        Ok((sum, done))
+    })
+    .await??;
+    if let Some(done) = done {
+        return Ok(done);
     }
     let staging = dir.join(mm_store::files::tar_staging(&stem));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging)
         .map_err(|e| Error::io(format!("cannot create {}", staging.display()), e))?;
     let unpacked = unpack_into(tarball, &staging).await;
-    let placed = unpacked.and_then(|top| place(tarball, &dir, &staging, &top, &marker, &sum));
+    let placed = match unpacked {
+        Ok(top) => {
+            let (t, d, st) = (tarball.to_path_buf(), dir.clone(), staging.clone());
+            tokio::task::spawn_blocking(move || place(&t, &d, &st, &top, &marker, &sum)).await?
+        }
+        Err(e) => Err(e),
+    };
     let _ = std::fs::remove_dir_all(&staging);
     placed
+}
+
+/// The directory the record `marker` says this content (`sum`) was
+/// unpacked into, if everything it unpacked is still there (a record of
+/// an older build lists nothing): a delete since, by a name or a glob, has
+/// it unpacked again. Blocking.
+fn unpacked(dir: &Path, marker: &Path, sum: &str) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(marker).ok()?;
+    let mut lines = text.lines();
+    let (h, top) = lines.next()?.split_once(' ')?;
+    let done = dir.join(top);
+    let whole = done.is_dir() && lines.all(|p| done.join(p).symlink_metadata().is_ok());
+    (h == sum && whole).then_some(done)
 }
 
 /// Moves the staged top directory into place, over one this node unpacked
@@ -121,8 +136,15 @@ fn place(
     // The marker first: a crash before the rename leaves a marker with no
     // directory, which unpacks again.
     let mut record = format!("{sum} {top}\n");
-    for p in entries(&staging.join(top), Path::new("")) {
-        record.push_str(&p.to_string_lossy());
+    // A name the record cannot hold as a line goes unchecked, rather
+    // than never matching (and unpacking on every use).
+    let listed = entries(&staging.join(top), Path::new(""));
+    for p in listed
+        .iter()
+        .filter_map(|p| p.to_str())
+        .filter(|p| !p.contains('\n'))
+    {
+        record.push_str(p);
         record.push('\n');
     }
     std::fs::write(marker, record)
@@ -426,6 +448,7 @@ mod tests {
         std::fs::write(top.join("mine2"), b"x").unwrap();
         assert_eq!(try_unpack(dir.path(), "pkg.tar", &good).await.unwrap(), top);
         assert_eq!(std::fs::read(top.join("bin/run")).unwrap(), b"#!/bin/sh\n");
+        assert!(!top.join("mine2").exists(), "unpacked anew, as a whole");
         let newer = tar(&[("pkg/", b'5', "", b""), ("pkg/v2", b'0', "", b"2")]);
         try_unpack(dir.path(), "pkg.tar", &newer).await.unwrap();
         assert!(top.join("v2").exists() && !top.join("mine").exists());

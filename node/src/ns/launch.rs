@@ -134,14 +134,27 @@ pub(crate) struct Outcome {
 /// gives up sooner on a file that gets no data for a minute).
 const FETCH_WAIT: Duration = Duration::from_secs(3600);
 
-/// The files in this node's files directory that `vms` name: path as
-/// configured -> name there. Matched on the real path, so a base reached
-/// through a symlink matches, and a file that is a symlink out of the
-/// directory is left to QEMU as it is.
-fn in_files(node: &Node, vms: &[(String, Config)]) -> BTreeMap<String, String> {
-    let root = node.files.local.files.root();
-    let mut out = BTreeMap::new();
+/// What the hosts must fetch for `vms`: each path they name in this
+/// node's files directory -> its name there (matched on the real path, so
+/// a base reached through a symlink matches, and a file that is a symlink
+/// out of the directory is left to QEMU as it is); and for each name, the
+/// name and hash of it and of each backing file it names, or why not.
+/// Hashes are kept, as for any file served, so a host's question of who
+/// holds it has its answer at once. Blocking.
+#[allow(clippy::type_complexity)]
+fn to_fetch(
+    local: &mm_store::Local,
+    vms: &[(String, Config)],
+) -> (
+    BTreeMap<String, String>,
+    BTreeMap<String, std::result::Result<Vec<(String, String)>, String>>,
+) {
+    let root = local.files.root();
+    let mut named = BTreeMap::new();
     for p in vms.iter().flat_map(|(_, c)| c.files()).flatten() {
+        if named.contains_key(p) {
+            continue;
+        }
         let Ok(real) = std::fs::canonicalize(p) else {
             continue;
         };
@@ -151,10 +164,30 @@ fn in_files(node: &Node, vms: &[(String, Config)]) -> BTreeMap<String, String> {
             .and_then(|r| r.to_str())
             .filter(|r| !r.is_empty() && !mm_store::files::has_magic(r));
         if let Some(name) = name {
-            out.insert(p.clone(), name.to_string());
+            named.insert(p.clone(), name.to_string());
         }
     }
-    out
+    let hash = |n: &str| match local.manifest(n) {
+        Ok(Some(m)) => Ok((n.to_string(), m.root_hex())),
+        Ok(None) => Err(format!("{n} is not in the files directory any more")),
+        Err(e) => Err(format!("{n}: {e}")),
+    };
+    let mut chains = BTreeMap::new();
+    for name in named.values() {
+        if chains.contains_key(name) {
+            continue;
+        }
+        let chain = crate::resolve::backing_here(root, name)
+            .map_err(|e| format!("{name}: {e}"))
+            .and_then(|backing| {
+                std::iter::once(name.clone())
+                    .chain(backing)
+                    .map(|n| hash(&n))
+                    .collect()
+            });
+        chains.insert(name.clone(), chain);
+    }
+    (named, chains)
 }
 
 /// Sends each host its VMs of `placement`, all hosts at once; a host's
@@ -185,24 +218,27 @@ pub(crate) async fn launch(
         hosts: per_host.len(),
         ..Outcome::default()
     };
-    let named = in_files(node, vms);
-    // Hashed here first (and kept, as for any file served): a host's
-    // question of who holds it then has its answer at once.
-    let mut hashes: BTreeMap<String, std::result::Result<String, String>> = BTreeMap::new();
-    for name in named.values() {
-        if hashes.contains_key(name) {
-            continue;
+    // Off the async threads: real paths (a share may hang), and hashes.
+    let others: Vec<(String, Config)> = per_host
+        .iter()
+        .filter(|(h, _)| **h != node.name)
+        .flat_map(|(_, b)| b.iter().cloned())
+        .collect();
+    let local = node.files.local.clone();
+    let (named, chains) = match tokio::task::spawn_blocking(move || to_fetch(&local, &others)).await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            // Not knowing what they need, no other host launches.
+            for (h, b) in per_host.iter().filter(|(h, _)| **h != node.name) {
+                let names = b.iter().map(|(n, _)| n.clone()).collect();
+                out.failed
+                    .push((h.clone(), format!("finding the VMs' files: {e}"), names));
+            }
+            per_host.retain(|h, _| *h == node.name);
+            (BTreeMap::new(), BTreeMap::new())
         }
-        let local = node.files.local.clone();
-        let n = name.clone();
-        let h = match tokio::task::spawn_blocking(move || local.manifest(&n)).await {
-            Ok(Ok(Some(m))) => Ok(m.root_hex()),
-            Ok(Ok(None)) => Err(format!("{name} is not in the files directory any more")),
-            Ok(Err(e)) => Err(format!("{name}: {e}")),
-            Err(e) => Err(format!("{name}: {e}")),
-        };
-        hashes.insert(name.clone(), h);
-    }
+    };
     // The (path, name) pairs of each host's batch; none for this node,
     // whose files are here.
     let mut paths: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
@@ -221,13 +257,16 @@ pub(crate) async fn launch(
             continue;
         }
         let mut want: Vec<(String, String)> = Vec::new();
-        let mut bad = Vec::new();
+        let mut bad: Vec<String> = Vec::new();
         for name in mine.values() {
-            match &hashes[*name] {
-                Ok(h) if !want.iter().any(|(n, _)| n == *name) => {
-                    want.push(((*name).clone(), h.clone()))
+            match &chains[*name] {
+                Ok(chain) => {
+                    for (n, h) in chain {
+                        if !want.iter().any(|(w, _)| w == n) {
+                            want.push((n.clone(), h.clone()));
+                        }
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => bad.push(e.clone()),
             }
         }

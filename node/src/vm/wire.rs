@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::{Commit, Config, Op, Target};
 use crate::proto::Request;
 use crate::{Node, Result};
+use mm_store::transfer::Status;
 
 /// One request; each variant says what it answers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,7 +24,7 @@ pub(crate) enum Ask {
         vms: Vec<(String, Config)>,
         /// Paths the VMs name, as the head has them, with the name in the
         /// files directory that [`Ask::Fetch`] brought here: QEMU opens
-        /// this host's copy. Empty from a head of an older build.
+        /// this host's copy. Empty from a head that predates fetching.
         #[serde(default)]
         files: Vec<(String, String)>,
     },
@@ -141,11 +142,13 @@ pub(crate) const MAX_FETCH: usize = 256;
 /// gives up on it (its transfer goes on).
 const STUCK: Duration = Duration::from_secs(60);
 
-/// minimega's `GetFiles`: the head's version of each file (by its hash),
-/// with its qcow2 backing files, into this node's files directory, all at
-/// once; every failure is reported, not just the first. A file that gets
-/// no data for [`STUCK`] fails the fetch, so a launch never waits on
-/// holders that went away.
+/// minimega's `GetFiles`: the head's version of each file (by its hash;
+/// the head lists an image's backing files too), into this node's files
+/// directory, all at once; every failure is reported, not just the first.
+/// When none of them has moved for [`STUCK`] (holders gone, or queued
+/// behind stalled transfers), the fetch fails naming each file not here
+/// yet, so a launch never waits on holders that went away; the transfers
+/// go on.
 async fn fetch(node: &Arc<Node>, files: Vec<(String, String)>) -> Result<()> {
     if files.len() > MAX_FETCH {
         return Err(crate::Error::Refused(format!(
@@ -173,47 +176,84 @@ async fn fetch(node: &Arc<Node>, files: Vec<(String, String)>) -> Result<()> {
             .map(|(name, p)| async move { (name, engine.wait(p).await) }),
     );
     tokio::pin!(all);
-    let mut quiet: HashMap<String, std::time::Instant> = HashMap::new();
+    let mut watch = Watch::new(tokio::time::Instant::now().into_std());
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let waited = loop {
         tokio::select! {
+            biased;
             done = &mut all => break Some(done),
             _ = tick.tick() => {
-                let now = std::time::Instant::now();
-                for s in engine.status(false).iter().filter(|s| names.contains(&s.name)) {
-                    // The rate is 0 exactly when nothing comes (see
-                    // `file status`).
-                    if s.rate > 0.0 || s.queued {
-                        quiet.remove(&s.name);
-                    } else {
-                        quiet.entry(s.name.clone()).or_insert(now);
-                    }
-                }
-                if let Some((name, _)) = quiet.iter().find(|(_, t)| now - **t >= STUCK) {
-                    failed.push(format!(
-                        "{name}: no data for {}s (see file status; the transfer goes on)",
-                        STUCK.as_secs()
-                    ));
+                let rows = engine.status(false);
+                if let Some(stuck) = watch.stuck(&rows, &names, std::time::Instant::now()) {
+                    failed.push(stuck);
                     break None;
                 }
             }
         }
     };
     for (name, r) in waited.into_iter().flatten() {
-        match r {
-            Err(e) => failed.push(naming(&name, e)),
-            Ok(()) => {
-                let path = node.files.local.files.resolve(&name)?;
-                if let Err(e) = crate::resolve::with_backing(node, &name, path).await {
-                    failed.push(naming(&name, e));
-                }
-            }
+        if let Err(e) = r {
+            failed.push(naming(&name, e));
         }
     }
     if failed.is_empty() {
         Ok(())
     } else {
         Err(crate::Error::NotFound(failed.join("; ")))
+    }
+}
+
+/// Whether a fetch's files still come: [`STUCK`] without a byte of any of
+/// them (or, while one of them waits for a transfer slot, of any transfer
+/// here) is stuck. A transfer reading back what it had counts as moving.
+struct Watch {
+    seen: HashMap<String, u64>,
+    moved: std::time::Instant,
+}
+
+impl Watch {
+    fn new(now: std::time::Instant) -> Watch {
+        Watch {
+            seen: HashMap::new(),
+            moved: now,
+        }
+    }
+
+    /// Given `file status`'s rows now, why the files `ours` are stuck,
+    /// naming each not here yet; None while they come (or are all here).
+    fn stuck(
+        &mut self,
+        rows: &[Status],
+        ours: &[String],
+        now: std::time::Instant,
+    ) -> Option<String> {
+        let mine = |s: &&Status| ours.contains(&s.name);
+        let queued = rows.iter().filter(mine).any(|s| s.queued);
+        for s in rows {
+            let was = self.seen.insert(s.name.clone(), s.bytes_done);
+            let counts = queued || ours.contains(&s.name);
+            let verifying = s.phase.starts_with("verifying");
+            if counts && (verifying || was.is_none_or(|b| b < s.bytes_done)) {
+                self.moved = now;
+            }
+        }
+        let left: Vec<String> = rows
+            .iter()
+            .filter(mine)
+            .map(|s| {
+                format!(
+                    "{} ({}, {}/{} chunks)",
+                    s.name, s.phase, s.chunks_done, s.chunks
+                )
+            })
+            .collect();
+        (!left.is_empty() && now.duration_since(self.moved) >= STUCK).then(|| {
+            format!(
+                "no data for {}s: {} (see file status; the transfers go on)",
+                STUCK.as_secs(),
+                left.join(", ")
+            )
+        })
     }
 }
 
@@ -253,4 +293,109 @@ pub(crate) async fn ask_all<T: serde::de::DeserializeOwned>(
 ) -> Vec<(String, Result<T>)> {
     let asks = hosts.into_iter().map(|h| (h, ask.clone())).collect();
     ask_each(node, asks, timeout).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn row(name: &str, bytes: u64, phase: &str, queued: bool) -> Status {
+        Status {
+            name: name.into(),
+            tempdir: String::new(),
+            chunks_done: (bytes >> 18) as usize,
+            chunks: 40,
+            queued,
+            bytes_done: bytes,
+            size: 40 << 18,
+            rate: 0.0,
+            sources: Vec::new(),
+            resumed: 0,
+            eta_secs: None,
+            phase: phase.into(),
+            ended: None,
+        }
+    }
+
+    fn at(t0: Instant, s: u64) -> Instant {
+        t0 + Duration::from_secs(s)
+    }
+
+    /// A fetch is stuck only when nothing of it moves for a minute: a
+    /// file done early does not count against it, a slow one that moves
+    /// keeps it going, and one queued behind moving transfers waits.
+    #[test]
+    fn a_fetch_is_stuck_only_when_none_of_it_moves_for_a_minute() {
+        let ours = vec!["kernel".to_string(), "disk".to_string()];
+        let t0 = Instant::now();
+        let mut w = Watch::new(t0);
+        // The kernel comes at once and leaves the table; the disk moves.
+        assert!(w
+            .stuck(
+                &[
+                    row("kernel", 0, "pulling", false),
+                    row("disk", 0, "pulling", false)
+                ],
+                &ours,
+                at(t0, 0)
+            )
+            .is_none());
+        for s in 1..100 {
+            assert!(w
+                .stuck(
+                    &[row("disk", s << 20, "pulling", false)],
+                    &ours,
+                    at(t0, 2 * s)
+                )
+                .is_none());
+        }
+        // Then the disk stops: stuck a minute later, and says where it is.
+        let still = [row(
+            "disk",
+            99 << 20,
+            "waiting for holders (retry in 8s)",
+            false,
+        )];
+        assert!(w.stuck(&still, &ours, at(t0, 200)).is_none());
+        let why = w.stuck(&still, &ours, at(t0, 258)).unwrap();
+        assert!(why.contains("disk (waiting for holders"), "{why}");
+        assert!(!why.contains("kernel"), "{why}");
+        // All here: never stuck.
+        assert!(w.stuck(&[], &ours, at(t0, 999)).is_none());
+
+        // Queued behind another transfer that moves: waits; behind one
+        // that does not, stuck.
+        let mut w = Watch::new(t0);
+        for s in 0..50 {
+            let rows = [
+                row("other", s << 20, "pulling", false),
+                row("disk", 0, "pulling", true),
+            ];
+            assert!(w.stuck(&rows, &ours, at(t0, 2 * s)).is_none());
+        }
+        let rows = [
+            row("other", 49 << 20, "pulling", false),
+            row("disk", 0, "pulling", true),
+        ];
+        assert!(w.stuck(&rows, &ours, at(t0, 159)).is_some());
+
+        // Another that moves does not keep a stalled one of ours going.
+        let mut w = Watch::new(t0);
+        for s in 0..40 {
+            let rows = [
+                row("other", s << 20, "pulling", false),
+                row("disk", 5, "pulling", false),
+            ];
+            let r = w.stuck(&rows, &ours, at(t0, 2 * s));
+            assert_eq!(r.is_some(), 2 * s >= 60, "at {}s", 2 * s);
+        }
+
+        // Reading back a resumed file counts as moving.
+        let mut w = Watch::new(t0);
+        for s in 0..50 {
+            let rows = [row("disk", 7, "verifying partial data", false)];
+            assert!(w.stuck(&rows, &ours, at(t0, 2 * s)).is_none());
+        }
+    }
 }
