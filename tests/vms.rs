@@ -491,10 +491,22 @@ fn a_host_fetches_the_images_the_head_names_before_it_launches() {
     let err = stderr_of(&out);
     assert!(!out.status.success());
     assert!(
-        err.contains("images/d.img exists here with different content")
+        err.contains("images/d.img: the copy here differs from the head's")
+            && err.contains("mesh send n1 file delete images/d.img")
             && err.contains("not launched: b"),
         "{err}"
     );
     assert!(std::fs::read(&local).is_ok_and(|b| b == image));
+    // A file gone from the head since `vm config`: said so, by its name.
+    let gone = head.base().join("files/images/gone.img");
+    std::fs::write(&gone, &image).unwrap();
+    head.mm(&["vm", "config", "disk", "file:images/gone.img"]);
+    std::fs::remove_file(&gone).unwrap();
+    let out = head.try_mm(&["vm", "launch", "kvm", "c"]);
+    let err = stderr_of(&out);
+    assert!(
+        err.contains("images/gone.img is not in the head's files directory any more"),
+        "{err}"
+    );
     head.mm(&["clear", "namespace", "img"]);
 }

@@ -60,12 +60,12 @@ impl Error {
         matches!(self, Error::Lost { .. })
     }
 
-    /// Whether it only says that a name is not here at all.
     /// No node of the mesh holds the file asked for.
     pub(crate) fn is_no_holder(&self) -> bool {
         matches!(self, Error::Store(e) if e.is_no_holder())
     }
 
+    /// Whether it only says that a name is not here at all.
     pub(crate) fn is_not_here(&self) -> bool {
         matches!(self, Error::Store(e) if e.is_not_here())
     }

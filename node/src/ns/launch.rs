@@ -151,11 +151,27 @@ fn to_fetch(
 ) {
     let root = local.files.root();
     let mut named = BTreeMap::new();
+    let mut chains = BTreeMap::new();
     for p in vms.iter().flat_map(|(_, c)| c.files()).flatten() {
         if named.contains_key(p) {
             continue;
         }
         let Ok(real) = std::fs::canonicalize(p) else {
+            // Gone since `vm config`: say so, rather than send hosts a
+            // path of this node's that QEMU cannot open there.
+            if let Some(rel) = std::path::Path::new(p)
+                .strip_prefix(root)
+                .ok()
+                .and_then(|r| r.to_str())
+            {
+                named.insert(p.clone(), rel.to_string());
+                chains.insert(
+                    rel.to_string(),
+                    Err(format!(
+                        "{rel} is not in the head's files directory any more"
+                    )),
+                );
+            }
             continue;
         };
         let name = real
@@ -169,10 +185,9 @@ fn to_fetch(
     }
     let hash = |n: &str| match local.manifest(n) {
         Ok(Some(m)) => Ok((n.to_string(), m.root_hex())),
-        Ok(None) => Err(format!("{n} is not in the files directory any more")),
+        Ok(None) => Err(format!("{n} is not in the head's files directory any more")),
         Err(e) => Err(format!("{n}: {e}")),
     };
-    let mut chains = BTreeMap::new();
     for name in named.values() {
         if chains.contains_key(name) {
             continue;

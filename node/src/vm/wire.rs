@@ -165,6 +165,13 @@ async fn fetch(node: &Arc<Node>, files: Vec<(String, String)>) -> Result<()> {
         };
         match node.get_file(name, &sel).await {
             Ok(p) => coming.push((name.clone(), p)),
+            // The engine's advice (`file delete` it) could take the disk
+            // of a VM running here: say where, and when.
+            Err(crate::Error::Store(mm_store::Error::Exists(_))) => failed.push(format!(
+                "{name}: the copy here differs from the head's; once no VM here uses it, \
+                 delete it (mesh send {me} file delete {name}) and launch again",
+                me = node.name
+            )),
             Err(e) => failed.push(naming(name, e)),
         }
     }
@@ -249,7 +256,7 @@ impl Watch {
             .collect();
         (!left.is_empty() && now.duration_since(self.moved) >= STUCK).then(|| {
             format!(
-                "no data for {}s: {} (see file status; the transfers go on)",
+                "none of them moved for {}s: {} (see file status; the transfers go on)",
                 STUCK.as_secs(),
                 left.join(", ")
             )

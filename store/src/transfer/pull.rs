@@ -721,8 +721,12 @@ impl Pull {
             self.retry_wait = t.retry_first;
             {
                 let mut st = self.job.state();
-                st.phase = "pulling".into();
-                st.last_data = Instant::now();
+                // Quiet time counts from when it could pull again, not
+                // from each refresh that finds the same (hung) holders.
+                if st.phase != "pulling" {
+                    st.phase = "pulling".into();
+                    st.last_data = Instant::now();
+                }
             }
         } else {
             self.slot = None;

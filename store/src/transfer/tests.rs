@@ -373,6 +373,50 @@ async fn the_endgame_finishes_what_a_stalled_source_holds_back() {
     assert_eq!(p.served_by("f", "stuck").served, 0);
 }
 
+/// A transfer whose only holder hangs says so, and keeps saying so: the
+/// quiet time counts from the last chunk, not from the last refresh of
+/// who holds the file (which found the same hung holder, and made the row
+/// flip back to `pulling` with a stale rate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_is_shown_until_data_comes_again() {
+    let hub = Hub::new();
+    let h = node(&hub, "h");
+    h.put("f", &file());
+    hub.set_faults(
+        "h",
+        Faults {
+            hangs: true,
+            ..Faults::default()
+        },
+    );
+    let p = node(&hub, "p");
+    let pending = p.engine.get("f", &Select::default()).await.unwrap();
+    let t0 = std::time::Instant::now();
+    let mut quiet = Vec::new();
+    while t0.elapsed() < Duration::from_secs(13) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let row = p
+            .engine
+            .status(false)
+            .into_iter()
+            .find(|s| s.name == "f")
+            .unwrap();
+        if t0.elapsed() > Duration::from_secs(6) {
+            let n = row
+                .phase
+                .strip_prefix("stalled (no data for ")
+                .and_then(|r| r.strip_suffix("s)"))
+                .and_then(|n| n.parse::<u64>().ok());
+            assert!(n.is_some(), "at {:?}: {row:?}", t0.elapsed());
+            assert_eq!((row.rate, row.eta_secs), (0.0, None), "{row:?}");
+            quiet.push(n.unwrap());
+        }
+    }
+    assert!(quiet.windows(2).all(|w| w[0] <= w[1]), "{quiet:?}");
+    p.engine.cancel("f").await;
+    drop(pending);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pullers_serve_each_other_and_the_holder_sends_each_chunk_about_once() {
     let hub = Hub::new();
