@@ -205,6 +205,56 @@ fn to_fetch(
     (named, chains)
 }
 
+/// Per other host whose batch names files here: the (path as configured,
+/// name) pairs to give its QEMU the host's copies, and the `Fetch` of
+/// their chains (name, hash). A host whose files cannot be had gets an
+/// error row in `out` instead.
+#[allow(clippy::type_complexity)]
+fn plan_fetches(
+    me: &str,
+    per_host: &BTreeMap<String, Vec<(String, Config)>>,
+    named: &BTreeMap<String, String>,
+    chains: &BTreeMap<String, std::result::Result<Vec<(String, String)>, String>>,
+    out: &mut Outcome,
+) -> (BTreeMap<String, Vec<(String, String)>>, Vec<(String, Ask)>) {
+    let mut paths = BTreeMap::new();
+    let mut fetches = Vec::new();
+    for (host, batch) in per_host.iter().filter(|(h, _)| *h != me) {
+        let mine: BTreeMap<&String, &String> = batch
+            .iter()
+            .flat_map(|(_, c)| c.files())
+            .flatten()
+            .filter_map(|p| named.get_key_value(p))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let mut want: Vec<(String, String)> = Vec::new();
+        let mut bad: Vec<String> = Vec::new();
+        for name in mine.values() {
+            match &chains[*name] {
+                Ok(chain) => {
+                    for (n, h) in chain {
+                        if !want.iter().any(|(w, _)| w == n) {
+                            want.push((n.clone(), h.clone()));
+                        }
+                    }
+                }
+                Err(e) => bad.push(e.clone()),
+            }
+        }
+        if !bad.is_empty() {
+            let names = batch.iter().map(|(n, _)| n.clone()).collect();
+            out.failed.push((host.clone(), bad.join("; "), names));
+            continue;
+        }
+        let pairs = mine.into_iter().map(|(p, n)| (p.clone(), n.clone()));
+        paths.insert(host.clone(), pairs.collect());
+        fetches.push((host.clone(), Ask::Fetch { files: want }));
+    }
+    (paths, fetches)
+}
+
 /// Sends each host its VMs of `placement`, all hosts at once; a host's
 /// batch launches whole or not at all. First, as minimega's hosts do, each
 /// other host fetches the files the VMs name in this node's files
@@ -254,50 +304,7 @@ pub(crate) async fn launch(
             (BTreeMap::new(), BTreeMap::new())
         }
     };
-    // The (path, name) pairs of each host's batch; none for this node,
-    // whose files are here.
-    let mut paths: BTreeMap<String, Vec<(String, String)>> = BTreeMap::new();
-    let mut fetches = Vec::new();
-    for (host, batch) in &per_host {
-        if *host == node.name {
-            continue;
-        }
-        let mine: BTreeMap<&String, &String> = batch
-            .iter()
-            .flat_map(|(_, c)| c.files())
-            .flatten()
-            .filter_map(|p| named.get_key_value(p))
-            .collect();
-        if mine.is_empty() {
-            continue;
-        }
-        let mut want: Vec<(String, String)> = Vec::new();
-        let mut bad: Vec<String> = Vec::new();
-        for name in mine.values() {
-            match &chains[*name] {
-                Ok(chain) => {
-                    for (n, h) in chain {
-                        if !want.iter().any(|(w, _)| w == n) {
-                            want.push((n.clone(), h.clone()));
-                        }
-                    }
-                }
-                Err(e) => bad.push(e.clone()),
-            }
-        }
-        if !bad.is_empty() {
-            let names = batch.iter().map(|(n, _)| n.clone()).collect();
-            out.failed.push((host.clone(), bad.join("; "), names));
-            continue;
-        }
-        paths.insert(
-            host.clone(),
-            mine.into_iter()
-                .map(|(p, n)| (p.clone(), n.clone()))
-                .collect(),
-        );
-        fetches.push((host.clone(), Ask::Fetch { files: want }));
-    }
+    let (mut paths, fetches) = plan_fetches(&node.name, &per_host, &named, &chains, &mut out);
     for (host, r) in ask_each::<()>(node, fetches, timeout.max(FETCH_WAIT)).await {
         if let Err(e) = r {
             let names = per_host[&host].iter().map(|(n, _)| n.clone()).collect();
