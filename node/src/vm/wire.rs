@@ -183,7 +183,7 @@ async fn fetch(node: &Arc<Node>, files: Vec<(String, String)>) -> Result<()> {
             .map(|(name, p)| async move { (name, engine.wait(p).await) }),
     );
     tokio::pin!(all);
-    let mut watch = Watch::new(tokio::time::Instant::now().into_std());
+    let mut watch = Watch::new(std::time::Instant::now());
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     let waited = loop {
         tokio::select! {
