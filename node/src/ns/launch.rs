@@ -308,8 +308,16 @@ pub(crate) async fn launch(
     for (host, r) in ask_each::<()>(node, fetches, timeout.max(FETCH_WAIT)).await {
         if let Err(e) = r {
             let names = per_host[&host].iter().map(|(n, _)| n.clone()).collect();
-            out.failed
-                .push((host.clone(), format!("fetching the VMs' files: {e}"), names));
+            // A host that answered names its files; one that went away
+            // (the connection lost) does not.
+            let e = e.to_string();
+            let files: Vec<&str> = paths[&host].iter().map(|(_, n)| n.as_str()).collect();
+            let why = if files.iter().any(|f| e.contains(f)) {
+                format!("fetching the VMs' files: {e}")
+            } else {
+                format!("fetching {}: {e}", files.join(", "))
+            };
+            out.failed.push((host.clone(), why, names));
         }
     }
     per_host.retain(|h, _| !out.failed.iter().any(|(f, _, _)| f == h));
