@@ -436,8 +436,14 @@ fn names_of(spec: &str, counter: u64, taken: impl Fn(&str) -> bool) -> Result<(V
     // `-1` or `+5` is a count gone wrong, not a name (minimega takes
     // any integer as a count).
     if crate::vm::is_integer(spec) {
-        let n = spec.parse::<u64>().unwrap_or(0);
-        if !spec.bytes().all(|b| b.is_ascii_digit()) || n == 0 || n > MAX_LAUNCH {
+        // A sign, or more than u64 holds: no count (u64 parses `+5`).
+        let unsigned = spec.bytes().all(|b| b.is_ascii_digit());
+        let n = if unsigned {
+            spec.parse::<u64>().unwrap_or(0)
+        } else {
+            0
+        };
+        if n == 0 || n > MAX_LAUNCH {
             return Err(Error::Usage(format!(
                 "vm launch: a count from 1 to {MAX_LAUNCH}, not {spec}"
             )));

@@ -134,43 +134,29 @@ pub(crate) struct Outcome {
 /// gives up sooner on a file that gets no data for a minute).
 const FETCH_WAIT: Duration = Duration::from_secs(3600);
 
-/// What the hosts must fetch for `vms`: each path they name in this
-/// node's files directory -> its name there (matched on the real path, so
-/// a base reached through a symlink matches, and a file that is a symlink
-/// out of the directory is left to QEMU as it is); and for each name, the
-/// name and hash of it and of each backing file it names, or why not.
-/// Hashes are kept, as for any file served, so a host's question of who
-/// holds it has its answer at once. Blocking.
-#[allow(clippy::type_complexity)]
-fn to_fetch(
-    local: &mm_store::Local,
-    vms: &[(String, Config)],
-) -> (
-    BTreeMap<String, String>,
-    BTreeMap<String, std::result::Result<Vec<(String, String)>, String>>,
-) {
+/// Per name in this node's files directory: it and each backing file it
+/// names, with their hashes, or why they cannot be had.
+type Chains = BTreeMap<String, std::result::Result<Vec<(String, String)>, String>>;
+
+/// What the hosts must fetch for the file `paths` their VMs name: each
+/// path in this node's files directory -> its name there (matched on the
+/// real path, so a base reached through a symlink matches, and a file that
+/// is a symlink out of the directory is left to QEMU as it is); and the
+/// [`Chains`] of those names. Hashes are kept, as for any file served, so
+/// a host's question of who holds it has its answer at once. Blocking.
+fn to_fetch(local: &mm_store::Local, paths: &[String]) -> (BTreeMap<String, String>, Chains) {
     let root = local.files.root();
+    let gone = |n: &str| format!("{n} is not in the head's files directory any more");
     let mut named = BTreeMap::new();
-    let mut chains = BTreeMap::new();
-    for p in vms.iter().flat_map(|(_, c)| c.files()).flatten() {
-        if named.contains_key(p) {
-            continue;
-        }
+    let mut chains = Chains::new();
+    for p in paths {
         let Ok(real) = std::fs::canonicalize(p) else {
             // Gone since `vm config`: say so, rather than send hosts a
             // path of this node's that QEMU cannot open there.
-            if let Some(rel) = std::path::Path::new(p)
-                .strip_prefix(root)
-                .ok()
-                .and_then(|r| r.to_str())
-            {
+            let rel = std::path::Path::new(p).strip_prefix(root).ok();
+            if let Some(rel) = rel.and_then(|r| r.to_str()) {
                 named.insert(p.clone(), rel.to_string());
-                chains.insert(
-                    rel.to_string(),
-                    Err(format!(
-                        "{rel} is not in the head's files directory any more"
-                    )),
-                );
+                chains.insert(rel.to_string(), Err(gone(rel)));
             }
             continue;
         };
@@ -185,7 +171,7 @@ fn to_fetch(
     }
     let hash = |n: &str| match local.manifest(n) {
         Ok(Some(m)) => Ok((n.to_string(), m.root_hex())),
-        Ok(None) => Err(format!("{n} is not in the head's files directory any more")),
+        Ok(None) => Err(gone(n)),
         Err(e) => Err(format!("{n}: {e}")),
     };
     for name in named.values() {
@@ -205,18 +191,20 @@ fn to_fetch(
     (named, chains)
 }
 
+/// Per host, each file path its VMs name -> the name its copy has here.
+type HostPaths = BTreeMap<String, Vec<(String, String)>>;
+
 /// Per other host whose batch names files here: the (path as configured,
 /// name) pairs to give its QEMU the host's copies, and the `Fetch` of
 /// their chains (name, hash). A host whose files cannot be had gets an
 /// error row in `out` instead.
-#[allow(clippy::type_complexity)]
 fn plan_fetches(
     me: &str,
     per_host: &BTreeMap<String, Vec<(String, Config)>>,
     named: &BTreeMap<String, String>,
-    chains: &BTreeMap<String, std::result::Result<Vec<(String, String)>, String>>,
+    chains: &Chains,
     out: &mut Outcome,
-) -> (BTreeMap<String, Vec<(String, String)>>, Vec<(String, Ask)>) {
+) -> (HostPaths, Vec<(String, Ask)>) {
     let mut paths = BTreeMap::new();
     let mut fetches = Vec::new();
     for (host, batch) in per_host.iter().filter(|(h, _)| *h != me) {
@@ -284,11 +272,12 @@ pub(crate) async fn launch(
         ..Outcome::default()
     };
     // Off the async threads: real paths (a share may hang), and hashes.
-    let others: Vec<(String, Config)> = per_host
+    let others: std::collections::BTreeSet<String> = per_host
         .iter()
         .filter(|(h, _)| **h != node.name)
-        .flat_map(|(_, b)| b.iter().cloned())
+        .flat_map(|(_, b)| b.iter().flat_map(|(_, c)| c.files()).flatten().cloned())
         .collect();
+    let others: Vec<String> = others.into_iter().collect();
     let local = node.files.local.clone();
     let (named, chains) = match tokio::task::spawn_blocking(move || to_fetch(&local, &others)).await
     {

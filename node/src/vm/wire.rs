@@ -29,8 +29,8 @@ pub(crate) enum Ask {
         files: Vec<(String, String)>,
     },
     /// Fetch these files (a name in the files directory and the hash of
-    /// the head's version), with their qcow2 backing files, before a
-    /// launch that names them (answer: `()`).
+    /// the head's version; the head lists an image's backing files as
+    /// files of their own) before a launch that names them (answer: `()`).
     Fetch { files: Vec<(String, String)> },
     /// The VMs of a namespace here (answer: `Vec<Vm>`).
     Info { namespace: String },
