@@ -294,6 +294,13 @@ pub(crate) async fn launch(
         }
     };
     let (mut paths, fetches) = plan_fetches(&node.name, &per_host, &named, &chains, &mut out);
+    // `vm launch` answers only at the end; the log says why it waits.
+    for (host, ask) in &fetches {
+        if let Ask::Fetch { files } = ask {
+            let names: Vec<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::info!("vm launch: {host} fetches {}", names.join(", "));
+        }
+    }
     for (host, r) in ask_each::<()>(node, fetches, timeout.max(FETCH_WAIT)).await {
         if let Err(e) = r {
             let names = per_host[&host].iter().map(|(n, _)| n.clone()).collect();
