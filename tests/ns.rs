@@ -114,6 +114,36 @@ fn a_new_namespace_on_a_lone_node_holds_that_node() {
     );
 }
 
+/// Two launches at once would read the same queue and free names and
+/// could place the same VMs twice: the second is refused while the first
+/// waits on a host that does not answer.
+#[test]
+fn one_vm_launch_at_a_time_in_a_namespace() {
+    let n1 = Node::local("n1", &[]);
+    let head = Node::local("head", &["--peer", &n1.addr()]);
+    head.wait_size(2, LONG);
+    head.mm(&["namespace", "foo"]);
+    head.mm(&["mesh", "timeout", "10"]);
+    let frozen = common::Stopped::new(n1.pid().unwrap() as i32);
+    let outs: Vec<String> = std::thread::scope(|s| {
+        let a = s.spawn(|| stderr_of(&head.try_mm(&["vm", "launch", "kvm", "a"])));
+        let b = s.spawn(|| stderr_of(&head.try_mm(&["vm", "launch", "kvm", "b"])));
+        vec![a.join().unwrap(), b.join().unwrap()]
+    });
+    drop(frozen);
+    let refused = outs
+        .iter()
+        .filter(|o| o.contains("a vm launch in foo is under way"));
+    let waited = outs
+        .iter()
+        .filter(|o| o.contains("not every host of foo answered"));
+    assert_eq!((refused.count(), waited.count()), (1, 1), "{outs:?}");
+    // The guard ends with its launch, failed or not.
+    head.mm(&["ns", "queueing", "true"]);
+    head.mm(&["vm", "launch", "kvm", "c"]);
+    assert!(head.mm(&["ns", "queue"]).contains('c'));
+}
+
 #[test]
 fn a_read_file_runs_line_by_line_with_its_modes_and_stops_at_the_first_error() {
     let a = Node::local("reader", &[]);

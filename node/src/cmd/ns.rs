@@ -378,6 +378,8 @@ async fn ns_schedule(cx: &Ctx, c: &Call) -> Out {
             "cannot run `ns schedule` via meshage: it launches VMs".into(),
         ));
     }
+    let _launching = cx.node.ns.begin_launch(&name)?;
+    let (name, ns) = current(cx)?;
     if ns.queue.is_empty() {
         return Err(Error::usage("nothing is queued to launch"));
     }

@@ -477,6 +477,8 @@ async fn vm_launch(cx: &Ctx, c: &Call) -> Out {
                 .into(),
         ));
     }
+    let _launching = cx.node.ns.begin_launch(&cx.namespace())?;
+    // Read under the guard: the queue and counter as no launch leaves them.
     let (name, ns) = current(cx)?;
     let Some(spec) = c.arg("vms") else {
         if ns.queue.is_empty() {

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
+use std::time::Instant;
 
 use mm_store::Meta;
 use serde::{Deserialize, Serialize};
@@ -116,6 +117,21 @@ pub(crate) struct Namespaces {
     meta: Meta,
     me: String,
     state: Mutex<(String, BTreeMap<String, Namespace>)>,
+    /// Namespaces with a `vm launch` under way, and since when.
+    launching: Mutex<BTreeMap<String, Instant>>,
+}
+
+/// A `vm launch` under way in a namespace; ends when dropped (even when
+/// the command fails).
+pub(crate) struct Launching<'a> {
+    of: &'a Namespaces,
+    name: String,
+}
+
+impl Drop for Launching<'_> {
+    fn drop(&mut self) {
+        self.of.launches().remove(&self.name);
+    }
 }
 
 impl Namespaces {
@@ -132,7 +148,33 @@ impl Namespaces {
             meta,
             me: me.to_string(),
             state: Mutex::new((active, all)),
+            launching: Mutex::default(),
         }
+    }
+
+    fn launches(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Instant>> {
+        self.launching.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts a `vm launch` in `name`, refused while another is under
+    /// way: both would read the same queue and the same free names, and
+    /// launch the same VMs twice (an operator who gives up on a launch
+    /// waiting for its hosts' fetches and runs it again does this; the
+    /// first goes on, as the command does not end with its `mm`).
+    pub(crate) fn begin_launch(&self, name: &str) -> Result<Launching<'_>> {
+        let mut l = self.launches();
+        if let Some(since) = l.get(name) {
+            return Err(Error::Refused(format!(
+                "a vm launch in {name} is under way (for {}s); run this again when it \
+                 ends",
+                since.elapsed().as_secs()
+            )));
+        }
+        l.insert(name.to_string(), Instant::now());
+        Ok(Launching {
+            of: self,
+            name: name.to_string(),
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, (String, BTreeMap<String, Namespace>)> {
@@ -338,5 +380,20 @@ mod tests {
         ns.clear("mm").unwrap();
         assert_eq!(ns.get("mm").unwrap().hosts, hosts(&["head"]));
         assert!(ns.clear("foo").is_err());
+    }
+
+    #[test]
+    fn one_launch_at_a_time_per_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let ns = Namespaces::open(Meta::open(&dir.path().join("m")).unwrap(), "head");
+        let first = ns.begin_launch("foo").unwrap();
+        let e = ns.begin_launch("foo").err().unwrap().to_string();
+        assert!(e.contains("a vm launch in foo is under way"), "{e}");
+        // Another namespace is another queue.
+        let other = ns.begin_launch("bar").unwrap();
+        drop(first);
+        let again = ns.begin_launch("foo").unwrap();
+        drop((other, again));
+        assert!(ns.launches().is_empty());
     }
 }
