@@ -210,6 +210,14 @@ fn backing_beside(root: &Path, image: &Path) -> Result<Option<String>> {
     if Path::new(&backing).is_absolute() {
         return Ok(None);
     }
+    // The name is the image's author's, not the operator's: fetched as a
+    // glob, it would pull every file of the mesh that it matches.
+    if mm_store::files::has_magic(&backing) {
+        return Err(Error::Refused(format!(
+            "{}: its backing file {backing:?} is not one file's name",
+            image.display()
+        )));
+    }
     let rel = image.strip_prefix(root).map_err(|_| {
         Error::NotFound(format!(
             "{} is outside the files directory",
@@ -341,6 +349,12 @@ mod tests {
         std::fs::write(root.join("evil.qcow2"), qcow2_header(Some("../../etc/x"))).unwrap();
         let e = backing_here(root, "evil.qcow2").unwrap_err().to_string();
         assert!(e.contains("outside the files directory"), "{e}");
+        // A glob would have `file:` fetch every file of the mesh it matches.
+        for glob in ["*", "img/*.qcow2", "[a-z]", "disk?"] {
+            std::fs::write(root.join("glob.qcow2"), qcow2_header(Some(glob))).unwrap();
+            let e = backing_here(root, "glob.qcow2").unwrap_err().to_string();
+            assert!(e.contains("not one file's name"), "{glob}: {e}");
+        }
         std::fs::write(root.join("loop.qcow2"), qcow2_header(Some("loop.qcow2"))).unwrap();
         let e = backing_here(root, "loop.qcow2").unwrap_err().to_string();
         assert!(e.contains("more than"), "{e}");
