@@ -127,6 +127,13 @@ impl FilesDir {
     /// the directory, so the new name survives a crash.
     pub fn place(&self, partial: &str, name: &str) -> Result<()> {
         let clean = Self::clean(name)?;
+        // `tar:` trusts its records to say what it unpacked, and where:
+        // nothing from the mesh or the web may plant one.
+        if clean.split('/').any(is_bookkeeping) {
+            return Err(Error::BadName(format!(
+                "{name:?}: a name of mm's own bookkeeping, never fetched"
+            )));
+        }
         if let Some((dir, _)) = clean.rsplit_once('/') {
             let path = self.resolve_path(dir)?;
             std::fs::create_dir_all(&path).map_err(|e| Error::io("creating", &path, e))?;
@@ -759,6 +766,21 @@ mod tests {
             !listed.iter().any(|e| e.name.contains(".mm-")),
             "{listed:?}"
         );
+    }
+
+    /// Neither a transfer nor a download can plant a `tar:` record.
+    #[test]
+    fn bookkeeping_is_never_placed() {
+        let (_t, f) = setup();
+        for name in [
+            format!("img/{}", tar_marker("t.tgz")),
+            format!("{}/x", tar_staging("t.tgz")),
+        ] {
+            f.open_partial("p", libc::O_RDWR, true).unwrap();
+            let e = f.place("p", &name).unwrap_err();
+            assert!(matches!(e, Error::BadName(_)), "{name}: {e}");
+            assert!(f.root().join(&name).symlink_metadata().is_err(), "{name}");
+        }
     }
 
     #[test]

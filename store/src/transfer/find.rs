@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use tracing::warn;
 
 use super::{selects, Held, HolderAnswers, Select};
-use crate::files::FilesDir;
+use crate::files::{is_bookkeeping, FilesDir};
 use crate::fmt::fmt_time;
 use crate::manifest::Manifest;
 use crate::Error;
@@ -17,8 +17,9 @@ use crate::Error;
 pub(super) type Versions = BTreeMap<String, BTreeMap<String, (Manifest, Vec<(String, Held)>)>>;
 
 /// Sorts the answers into versions. Offers of names that were not asked
-/// for, or with a bad manifest, are dropped; hosts that did not answer
-/// usably are returned apart, as `host (why)`.
+/// for, of `tar:`'s bookkeeping (no honest node serves it), or with a bad
+/// manifest, are dropped; hosts that did not answer usably are returned
+/// apart, as `host (why)`.
 pub(super) fn versions(pattern: &str, answers: HolderAnswers) -> (Versions, Vec<String>) {
     let mut found: Versions = BTreeMap::new();
     let mut silent = Vec::new();
@@ -33,7 +34,13 @@ pub(super) fn versions(pattern: &str, answers: HolderAnswers) -> (Versions, Vec<
         for mut h in list {
             // Use the name as we would write it, and only what was asked for.
             match FilesDir::clean(&h.name) {
-                Ok(n) if selects(pattern, &n) && h.manifest.check().is_ok() => h.name = n,
+                Ok(n)
+                    if selects(pattern, &n)
+                        && !n.split('/').any(is_bookkeeping)
+                        && h.manifest.check().is_ok() =>
+                {
+                    h.name = n
+                }
                 _ => {
                     warn!(
                         "{host} offered a bad or unasked-for file {:?}: ignored",
@@ -150,6 +157,36 @@ pub(super) fn no_holder(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A holder that offers `tar:`'s records or staging (never served by
+    /// an honest one) is not believed: a record fetched here would tell
+    /// `tar:` what was unpacked, and into what.
+    #[test]
+    fn bookkeeping_names_offered_by_a_holder_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"h ../../etc\n").unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        let m = Manifest::build(&f, &f.metadata().unwrap(), crate::manifest::CHUNK_SIZE).unwrap();
+        let held = |name: &str| Held {
+            name: name.into(),
+            manifest: m.clone(),
+            partial: None,
+        };
+        let offers = vec![
+            held("img/.pkg.tar.mm-tar"),
+            held(".pkg.tar.mm-unpacking-7/pkg/x"),
+            held("img/a.iso"),
+        ];
+        for pattern in ["img", "*", ".*"] {
+            let (found, _) = versions(pattern, vec![("evil".into(), Ok(offers.clone()))]);
+            let names: Vec<&String> = found.keys().collect();
+            assert!(
+                names.iter().all(|n| !n.contains(".mm-")),
+                "{pattern}: {names:?}"
+            );
+        }
+    }
 
     #[test]
     fn no_holder_counts_the_nodes_asked_in_words() {
