@@ -213,10 +213,19 @@ fn link_target(at: &Path, to: &Path, symbolic: bool) -> Option<PathBuf> {
     } else {
         Vec::new()
     };
+    // The kernel reads `..` after a name from where that name leads: if
+    // it is a link, that is not where its text says. Leading `..`s climb
+    // real directories (an entry's parents are checked to be), so the
+    // text holds for them; a symlink's `..` after a name is refused.
+    let mut down = false;
     for c in to.components() {
         match c {
-            Component::Normal(s) => parts.push(s.to_os_string()),
+            Component::Normal(s) => {
+                down = true;
+                parts.push(s.to_os_string());
+            }
             Component::CurDir => {}
+            Component::ParentDir if symbolic && down => return None,
             Component::ParentDir => {
                 parts.pop()?;
             }
@@ -541,6 +550,34 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
         let e = try_unpack(dir.path(), "x.zip", b"PK").await.unwrap_err();
         assert!(e.contains("is not a .tar, .tar.gz or .tgz"), "{e}");
+    }
+
+    /// A symlink's `..` after a name that is itself a link climbs from
+    /// where that link leads, not from its name: checked by its text, a
+    /// chain of such links led out of the files directory, and a hard
+    /// link through them made a file outside a file of the archive.
+    #[tokio::test]
+    async fn links_through_links_do_not_lead_out() {
+        let t = tempfile::tempdir().unwrap();
+        let outer = t.path().join("outer");
+        let files = outer.join("files");
+        std::fs::create_dir_all(&files).unwrap();
+        std::fs::write(outer.join("secret"), b"s").unwrap();
+        let bytes = tar(&[
+            ("pkg/", b'5', "", b""),
+            ("pkg/a/", b'5', "", b""),
+            // The staging directory, two up from pkg/a: inside, as text.
+            ("pkg/a/up", b'2', "../..", b""),
+            // pkg/a/up/../.. as text; the staging's parent's parent, as
+            // the kernel reads it.
+            ("pkg/esc", b'2', "a/up/../..", b""),
+            ("pkg/h", b'1', "pkg/esc/secret", b""),
+        ]);
+        let e = try_unpack(&files, "pkg.tar", &bytes).await.unwrap_err();
+        assert!(e.contains("points outside it"), "{e}");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(std::fs::metadata(outer.join("secret")).unwrap().nlink(), 1);
+        assert!(!files.join("pkg").exists());
     }
 
     /// gzip, with async-compression's encoder.
