@@ -96,6 +96,15 @@ fn unpacked(dir: &Path, marker: &Path, sum: &str) -> Option<PathBuf> {
     let text = std::fs::read_to_string(marker).ok()?;
     let mut lines = text.lines();
     let (h, top) = lines.next()?.split_once(' ')?;
+    // Only a name beside the record, as `place` writes it: a record that
+    // came with an archive's contents could name any other directory.
+    let mut parts = Path::new(top).components();
+    if !matches!(
+        (parts.next(), parts.next()),
+        (Some(Component::Normal(_)), None)
+    ) {
+        return None;
+    }
     let done = dir.join(top);
     let whole = done.is_dir() && lines.all(|p| done.join(p).symlink_metadata().is_ok());
     (h == sum && whole).then_some(done)
@@ -578,6 +587,28 @@ mod tests {
         use std::os::unix::fs::MetadataExt;
         assert_eq!(std::fs::metadata(outer.join("secret")).unwrap().nlink(), 1);
         assert!(!files.join("pkg").exists());
+    }
+
+    /// A record names the directory beside it that it was unpacked into:
+    /// one that names any other place (a record that came with another
+    /// archive's contents) is not believed.
+    #[tokio::test]
+    async fn a_record_naming_another_place_is_not_believed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("files");
+        std::fs::create_dir_all(t.path().join("elsewhere")).unwrap();
+        std::fs::create_dir_all(&dir).unwrap();
+        let bytes = tar(&[("pkg/", b'5', "", b""), ("pkg/f", b'0', "", b"f")]);
+        std::fs::write(dir.join("pkg.tar"), &bytes).unwrap();
+        let sum = hash(&dir.join("pkg.tar")).unwrap();
+        let marker = dir.join(mm_store::files::tar_marker("pkg.tar"));
+        let abs = t.path().join("elsewhere");
+        for top in ["../elsewhere", abs.to_str().unwrap(), "", "."] {
+            std::fs::write(&marker, format!("{sum} {top}\n")).unwrap();
+            assert_eq!(unpacked(&dir, &marker, &sum), None, "{top}");
+        }
+        let got = try_unpack(&dir, "pkg.tar", &bytes).await.unwrap();
+        assert_eq!(got, dir.join("pkg"));
     }
 
     /// gzip, with async-compression's encoder.
