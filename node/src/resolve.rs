@@ -19,7 +19,9 @@ pub(crate) fn fetches(w: &str) -> bool {
 /// What `w` is on this node: `file:NAME` and `tar:NAME` the local paths
 /// they resolve to (a `file:` glob, every file it matches: several
 /// words), any other word itself.
-pub(crate) async fn word(node: &Arc<Node>, w: &str) -> Result<Vec<String>> {
+/// `local`: the command came from this host (the control socket), not
+/// from the mesh.
+pub(crate) async fn word(node: &Arc<Node>, w: &str, local: bool) -> Result<Vec<String>> {
     if let Some(pattern) = w.strip_prefix("file:") {
         if mm_store::files::has_magic(pattern) {
             return glob(node, pattern).await;
@@ -27,7 +29,7 @@ pub(crate) async fn word(node: &Arc<Node>, w: &str) -> Result<Vec<String>> {
         return Ok(vec![file(node, pattern).await?]);
     }
     if let Some(name) = w.strip_prefix("tar:") {
-        return Ok(vec![tar(node, name).await?]);
+        return Ok(vec![tar(node, name, local).await?]);
     }
     if w.starts_with("http://") || w.starts_with("https://") {
         return Ok(vec![url(node, w).await?]);
@@ -56,22 +58,27 @@ async fn glob(node: &Arc<Node>, pattern: &str) -> Result<Vec<String>> {
 }
 
 /// `tar:NAME`: the tarball NAME of the files directory (fetched if it is
-/// not here), or a tarball elsewhere on this node named by its absolute
-/// path, unpacked next to itself; its single top-level directory.
-pub(crate) async fn tar(node: &Arc<Node>, name: &str) -> Result<String> {
+/// not here), or, for a `local` command, a tarball elsewhere on this node
+/// named by its absolute path, unpacked next to itself; its single
+/// top-level directory.
+pub(crate) async fn tar(node: &Arc<Node>, name: &str, local: bool) -> Result<String> {
     if name.is_empty() {
         return Err(Error::usage("a tar: word needs a name: tar:NAME"));
     }
-    let outside = Path::new(name);
-    let path = if outside.is_absolute()
-        && outside.is_file()
-        && !outside.starts_with(node.files.local.files.root())
-    {
-        outside.to_path_buf()
-    } else {
-        fetch(node, name).await?
+    let path = match outside_tarball(name, node.files.local.files.root(), local) {
+        Some(p) => p,
+        None => fetch(node, name).await?,
     };
     Ok(crate::tarball::unpack(&path).await?.display().to_string())
+}
+
+/// The tarball `name` names outside the files directory `root`, if it
+/// does and may. Only the operator here may: unpacking writes beside the
+/// tarball, and a member of the mesh writes only beneath `root`.
+fn outside_tarball(name: &str, root: &Path, local: bool) -> Option<PathBuf> {
+    let outside = Path::new(name);
+    (local && outside.is_absolute() && outside.is_file() && !outside.starts_with(root))
+        .then(|| outside.to_path_buf())
 }
 
 /// `http(s)://HOST/PATH`: the files directory's PATH. From the mesh if a
@@ -358,6 +365,23 @@ mod tests {
         std::fs::write(root.join("loop.qcow2"), qcow2_header(Some("loop.qcow2"))).unwrap();
         let e = backing_here(root, "loop.qcow2").unwrap_err().to_string();
         assert!(e.contains("more than"), "{e}");
+    }
+
+    /// A command from the mesh never unpacks a tarball outside the files
+    /// directory: its absolute name is a name in the files directory.
+    #[test]
+    fn only_a_local_command_names_a_tarball_outside_the_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("files");
+        std::fs::create_dir(&root).unwrap();
+        let t = dir.path().join("x.tar");
+        std::fs::write(&t, b"").unwrap();
+        let name = t.to_str().unwrap();
+        assert_eq!(outside_tarball(name, &root, true), Some(t.clone()));
+        assert_eq!(outside_tarball(name, &root, false), None);
+        std::fs::write(root.join("y.tar"), b"").unwrap();
+        let inside = root.join("y.tar");
+        assert_eq!(outside_tarball(inside.to_str().unwrap(), &root, true), None);
     }
 
     #[test]

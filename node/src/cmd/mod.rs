@@ -116,7 +116,8 @@ pub(crate) async fn execute_in(
     if let Source::Mesh { from } = &src {
         tracing::debug!("command from {from}: {}", argv.join(" "));
     }
-    let (spec, call) = match parse_resolved(node, argv).await {
+    let local = !matches!(src, Source::Mesh { .. });
+    let (spec, call) = match parse_resolved(node, argv, local).await {
         Ok(p) => p,
         Err(e) => return vec![Response::failure(&node.name, &e)],
     };
@@ -146,10 +147,12 @@ fn resolves(spec: &Spec) -> bool {
 /// Parses `argv` with its `file:` and `tar:` words made local paths, on
 /// this node (see `resolve`):
 /// each is fetched and verified before the command runs, and one that
-/// cannot be fails the command, which then does not run.
+/// cannot be fails the command, which then does not run. `local`: the
+/// command came from this host, not from the mesh.
 pub(crate) async fn parse_resolved(
     node: &Arc<Node>,
     argv: &[String],
+    local: bool,
 ) -> Result<(&'static Spec, Call)> {
     let (spec, call) = grammar::parse(specs(), argv)?;
     if !resolves(spec) || !argv.iter().any(|w| crate::resolve::fetches(w)) {
@@ -157,7 +160,7 @@ pub(crate) async fn parse_resolved(
     }
     let mut words = Vec::with_capacity(argv.len());
     for w in argv {
-        words.extend(crate::resolve::word(node, w).await.map_err(|e| {
+        words.extend(crate::resolve::word(node, w, local).await.map_err(|e| {
             // Said once: some errors name the word already.
             let e = e.to_string();
             let bare = w.split_once(':').map_or(w.as_str(), |(_, r)| r);

@@ -150,7 +150,7 @@ async fn namespace(cx: &Ctx, c: &Call) -> Out {
         node.ns.set_active(name)?;
         return cx.ok();
     }
-    let (spec, call) = super::parse_resolved(node, &c.sub).await?;
+    let (spec, call) = super::parse_resolved(node, &c.sub, !cx.is_remote()).await?;
     if spec.id == "namespace" {
         return Err(Error::usage(
             "namespace NAME COMMAND: the command cannot be another namespace command",
