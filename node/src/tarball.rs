@@ -93,9 +93,14 @@ pub(crate) async fn unpack(tarball: &Path) -> Result<PathBuf> {
 /// an older build lists nothing): a delete since, by a name or a glob, has
 /// it unpacked again. Blocking.
 fn unpacked(dir: &Path, marker: &Path, sum: &str) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(marker).ok()?;
-    let mut lines = text.lines();
-    let (h, top) = lines.next()?.split_once(' ')?;
+    // Read a line at a time: a record lists every path of its archive,
+    // which may be a million of them.
+    let mut r = std::io::BufReader::new(std::fs::File::open(marker).ok()?);
+    let mut line = String::new();
+    if !record_line(&mut r, &mut line)? {
+        return None;
+    }
+    let (h, top) = line.split_once(' ')?;
     // Only a name beside the record, as `place` writes it: a record that
     // came with an archive's contents could name any other directory.
     let mut parts = Path::new(top).components();
@@ -106,9 +111,29 @@ fn unpacked(dir: &Path, marker: &Path, sum: &str) -> Option<PathBuf> {
         return None;
     }
     let done = dir.join(top);
-    let whole = done.is_dir() && lines.all(|p| done.join(p).symlink_metadata().is_ok());
-    (h == sum && whole).then_some(done)
+    if h != sum || !done.is_dir() {
+        return None;
+    }
+    while record_line(&mut r, &mut line)? {
+        done.join(&line).symlink_metadata().ok()?;
+    }
+    Some(done)
 }
+
+/// The next line of a record into `line`, without its newline: false at
+/// the end, None if it cannot be read or is longer than any path.
+fn record_line(r: &mut impl std::io::BufRead, line: &mut String) -> Option<bool> {
+    use std::io::BufRead;
+    line.clear();
+    let n = r.take(RECORD_LINE).read_line(line).ok()?;
+    if n == 0 {
+        return Some(false);
+    }
+    line.pop().filter(|c| *c == '\n').map(|_| true)
+}
+
+/// Longer than any path the kernel takes (`PATH_MAX`), with the hash.
+const RECORD_LINE: u64 = 8192;
 
 /// Moves the staged top directory into place, over one this node unpacked
 /// from the same tarball before, never over anything else.
@@ -144,40 +169,46 @@ fn place(
     }
     // The marker first: a crash before the rename leaves a marker with no
     // directory, which unpacks again.
-    let mut record = format!("{sum} {top}\n");
-    // A name the record cannot hold as a line goes unchecked, rather
-    // than never matching (and unpacking on every use).
-    let listed = entries(&staging.join(top), Path::new(""));
-    for p in listed
-        .iter()
-        .filter_map(|p| p.to_str())
-        .filter(|p| !p.contains('\n'))
-    {
-        record.push_str(p);
-        record.push('\n');
-    }
-    std::fs::write(marker, record)
-        .map_err(|e| Error::io(format!("cannot write {}", marker.display()), e))?;
+    // Written as it is walked: an archive may hold a million paths.
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(std::fs::File::create(marker)?);
+        writeln!(w, "{sum} {top}")?;
+        entries(&staging.join(top), Path::new(""), &mut |p| {
+            // A name the record cannot hold as a line goes unchecked,
+            // rather than never matching (and unpacking on every use).
+            match p.to_str().filter(|p| !p.contains('\n')) {
+                Some(p) => writeln!(w, "{p}"),
+                None => Ok(()),
+            }
+        })?;
+        w.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    };
+    write().map_err(|e| Error::io(format!("cannot write {}", marker.display()), e))?;
     std::fs::rename(staging.join(top), &target)
         .map_err(|e| Error::io(format!("cannot place {}", target.display()), e))?;
     Ok(target)
 }
 
-/// The files, directories and links under `dir` (links not followed),
-/// as paths relative to it, each prefixed with `rel`.
-fn entries(dir: &Path, rel: &Path) -> Vec<PathBuf> {
+/// Each file, directory and link under `dir` (links not followed), as a
+/// path relative to it prefixed with `rel`, to `each`.
+fn entries(
+    dir: &Path,
+    rel: &Path,
+    each: &mut dyn FnMut(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let Ok(rd) = std::fs::read_dir(dir) else {
-        return Vec::new();
+        return Ok(());
     };
-    let mut out = Vec::new();
     for e in rd.flatten() {
         let here = rel.join(e.file_name());
         if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(entries(&e.path(), &here));
+            entries(&e.path(), &here, each)?;
         }
-        out.push(here);
+        each(&here)?;
     }
-    out
+    Ok(())
 }
 
 /// An entry's path, checked: relative, no `..`, not empty.
@@ -607,6 +638,14 @@ mod tests {
             std::fs::write(&marker, format!("{sum} {top}\n")).unwrap();
             assert_eq!(unpacked(&dir, &marker, &sum), None, "{top}");
         }
+        // Read a line at a time, none longer than a path can be.
+        std::fs::create_dir(dir.join("pkg")).unwrap();
+        std::fs::write(&marker, format!("{sum} pkg\n.\n")).unwrap();
+        assert_eq!(unpacked(&dir, &marker, &sum), Some(dir.join("pkg")));
+        let long = "x/".repeat(RECORD_LINE as usize);
+        std::fs::write(&marker, format!("{sum} pkg\n{long}\n")).unwrap();
+        assert_eq!(unpacked(&dir, &marker, &sum), None);
+        std::fs::remove_dir(dir.join("pkg")).unwrap();
         let got = try_unpack(&dir, "pkg.tar", &bytes).await.unwrap();
         assert_eq!(got, dir.join("pkg"));
     }
