@@ -135,21 +135,20 @@ impl Slot {
             }
         }
         if let Some(r) = cap.cpu {
-            let after = (h.cpu_commit + w.vcpus) as f64;
-            if after > r * h.cpus as f64 {
+            // Commitments are what hosts say: any u64.
+            let after = h.cpu_commit.saturating_add(w.vcpus);
+            if after as f64 > r * h.cpus as f64 {
                 return Some(format!(
-                    "{} vCPUs would pass its cap of {r} x {} CPUs",
-                    h.cpu_commit + w.vcpus,
+                    "{after} vCPUs would pass its cap of {r} x {} CPUs",
                     h.cpus
                 ));
             }
         }
         if let Some(r) = cap.mem {
-            let after = (h.mem_commit_mib + w.mem_mib) as f64;
-            if after > r * h.mem_mib as f64 {
+            let after = h.mem_commit_mib.saturating_add(w.mem_mib);
+            if after as f64 > r * h.mem_mib as f64 {
                 return Some(format!(
-                    "{} MiB would pass its cap of {r} x {} MiB",
-                    h.mem_commit_mib + w.mem_mib,
+                    "{after} MiB would pass its cap of {r} x {} MiB",
                     h.mem_mib
                 ));
             }
@@ -158,9 +157,9 @@ impl Slot {
     }
 
     fn take(&mut self, w: &Want) {
-        self.h.cpu_commit += w.vcpus;
-        self.h.mem_commit_mib += w.mem_mib;
-        self.h.net_commit += w.nics;
+        self.h.cpu_commit = self.h.cpu_commit.saturating_add(w.vcpus);
+        self.h.mem_commit_mib = self.h.mem_commit_mib.saturating_add(w.mem_mib);
+        self.h.net_commit = self.h.net_commit.saturating_add(w.nics);
         self.count += 1;
         self.min_co = match (self.min_co, w.coschedule) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -362,6 +361,24 @@ mod tests {
 
     fn count(p: &BTreeMap<String, String>, h: &str) -> usize {
         p.values().filter(|v| *v == h).count()
+    }
+
+    /// A host's load is what it says: a commitment at the top of u64
+    /// is refused by a cap, or placed on, but never overflows.
+    #[test]
+    fn commitments_near_the_top_of_u64_do_not_overflow() {
+        let mut full = host("a", 4);
+        (full.cpu_commit, full.mem_commit_mib, full.net_commit) = (u64::MAX, u64::MAX, u64::MAX);
+        let hosts = [full];
+        let cap = Capacity {
+            cpu: Some(1.0),
+            mem: Some(1.0),
+        };
+        assert!(place(&hosts, &vms(2), Metric::Cpu, &cap).is_err());
+        for m in [Metric::Cpu, Metric::Mem, Metric::Net] {
+            let p = place(&hosts, &vms(2), m, &Capacity::default()).unwrap();
+            assert_eq!(count(&p, "a"), 2);
+        }
     }
 
     #[test]

@@ -317,9 +317,10 @@ impl Vms {
         let mut c = Commit::default();
         for ns in self.namespaces() {
             for v in self.info(&ns).iter().filter(|v| !v.state.ended()) {
+                // A head's configs are not checked here again: any u64.
                 c.vms += 1;
-                c.vcpus += v.config.vcpus;
-                c.mem_mib += v.config.memory_mib;
+                c.vcpus = c.vcpus.saturating_add(v.config.vcpus);
+                c.mem_mib = c.mem_mib.saturating_add(v.config.memory_mib);
                 c.nics += v.config.nics.len() as u64;
                 c.coschedule.push(v.config.coschedule);
             }
