@@ -159,6 +159,13 @@ async fn fetch(node: &Arc<Node>, files: Vec<(String, String)>) -> Result<()> {
     let mut failed: Vec<String> = Vec::new();
     let mut coming = Vec::new();
     for (name, hash) in &files {
+        // One file each: a glob (or a directory) would have this node
+        // pull whatever it matches, and the guard, which watches the
+        // names as given, would never see it stuck.
+        if mm_store::files::has_magic(name) {
+            failed.push(format!("{name}: not one file's name"));
+            continue;
+        }
         let sel = mm_store::Select {
             hash: Some(hash.clone()),
             from: None,
@@ -176,7 +183,11 @@ async fn fetch(node: &Arc<Node>, files: Vec<(String, String)>) -> Result<()> {
         }
     }
     let engine = &node.files.engine;
-    let names: Vec<String> = coming.iter().map(|(n, _)| n.clone()).collect();
+    // The transfers' own names: those the guard finds in `file status`.
+    let names: Vec<String> = coming
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|t| t.name.clone()))
+        .collect();
     let all = futures::future::join_all(
         coming
             .into_iter()
