@@ -240,54 +240,80 @@ impl Vms {
                 return Err(Error::Usage(format!("vm already exists with name {n}")));
             }
         }
+        // Written ahead, and flushed, before any process starts: a node
+        // killed the moment after (sled writes lazily) would otherwise
+        // come back knowing neither the VMs nor their QEMUs, and hand
+        // their ids, whose directories those QEMUs still lock, to others.
         let mut launched: Vec<Vm> = Vec::new();
         for (n, cfg) in batch {
             st.0 += 1;
-            let id = st.0;
-            let mut cfg = cfg.clone();
-            if cfg.uuid.is_none() {
-                cfg.uuid = Some(config::new_uuid());
+            let mut config = cfg.clone();
+            if config.uuid.is_none() {
+                config.uuid = Some(config::new_uuid());
             }
-            let mut here = cfg.clone();
-            for f in here.files_mut().into_iter().flatten() {
-                if let Some(l) = local.get(f.as_str()) {
-                    f.clone_from(l);
-                }
-            }
-            let l = match self.driver.launch(namespace, id, n, &here) {
-                Ok(l) => l,
-                Err(e) => {
-                    tracing::warn!(
-                        "launching {n} in {namespace}: {e}; the {} VMs of its batch are not launched",
-                        batch.len()
-                    );
-                    // All or nothing: the batch's earlier VMs go too.
-                    for v in launched {
-                        let _ = self.driver.kill(v.id);
-                        st.1.remove(&v.id);
-                    }
-                    return Err(e);
-                }
-            };
             launched.push(Vm {
-                id,
+                id: st.0,
                 name: n.clone(),
                 namespace: namespace.to_string(),
                 state: State::Building,
-                pid: l.pid,
-                config: cfg,
+                pid: 0,
+                config,
                 error: String::new(),
-                accel: l.accel,
+                accel: String::new(),
                 launched: now_secs(),
-                nics: l.nics,
+                nics: Vec::new(),
             });
         }
         let _ = self.meta.put("settings", "vm_id", &st.0);
         for v in &launched {
             self.save(v);
+        }
+        self.keep();
+        for i in 0..launched.len() {
+            let mut here = launched[i].config.clone();
+            for f in here.files_mut().into_iter().flatten() {
+                if let Some(l) = local.get(f.as_str()) {
+                    f.clone_from(l);
+                }
+            }
+            let v = &launched[i];
+            let l = match self.driver.launch(namespace, v.id, &v.name, &here) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(
+                        "launching {} in {namespace}: {e}; the {} VMs of its batch are not launched",
+                        v.name,
+                        batch.len()
+                    );
+                    // All or nothing: the batch's earlier VMs go too.
+                    for v in &launched[..i] {
+                        let _ = self.driver.kill(v.id);
+                    }
+                    for v in &launched {
+                        let _ = self.meta.remove(TREE, &key(v.id));
+                    }
+                    self.keep();
+                    return Err(e);
+                }
+            };
+            let v = &mut launched[i];
+            v.pid = l.pid;
+            v.accel = l.accel;
+            v.nics = l.nics;
+            self.save(v);
+        }
+        // Answered once kept: the head counts these VMs as launched.
+        self.keep();
+        for v in &launched {
             st.1.insert(v.id, v.clone());
         }
         Ok(launched)
+    }
+
+    fn keep(&self) {
+        if let Err(e) = self.meta.flush() {
+            tracing::warn!("cannot keep the vms in the database: {e}");
+        }
     }
 
     /// The VMs of `namespace`, by id, with any that died marked ERROR.
@@ -554,6 +580,9 @@ pub(crate) struct Fake {
     pub(crate) dead: Mutex<BTreeMap<u64, String>>,
     /// Names whose launch fails.
     pub(crate) fail: Mutex<Vec<String>>,
+    /// A name whose launch kills the node (a panic, in a test), the
+    /// process started but not yet answered.
+    pub(crate) crash: Mutex<Option<String>>,
 }
 
 #[cfg(test)]
@@ -570,6 +599,9 @@ impl Driver for Fake {
             call.push_str(&format!(" disk={d}"));
         }
         self.calls.lock().unwrap().push(call);
+        if self.crash.lock().unwrap().as_deref() == Some(name) {
+            panic!("the node is killed as {name} starts");
+        }
         Ok(Launched {
             pid: 1000 + id as u32,
             accel: "tcg".into(),
@@ -816,5 +848,47 @@ mod tests {
         let vms = Vms::open(fake.clone(), meta);
         assert_eq!(states(&vms, "foo"), [("d".into(), "QUIT")]);
         assert!(fake.calls.lock().unwrap().is_empty());
+    }
+
+    /// A node killed as it launches still knows the VMs whose processes
+    /// may run, ends them at restart, and never gives their ids again; a
+    /// batch that fails leaves nothing.
+    #[test]
+    fn a_vm_is_kept_before_its_process_starts() {
+        let (_dir, meta) = temp_meta();
+        let fake = Arc::new(Fake::default());
+        *fake.crash.lock().unwrap() = Some("b".into());
+        let vms = Vms::open(fake.clone(), meta.clone());
+        let killed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            vms.launch("foo", &batch(&["a", "b", "c"]))
+        }));
+        assert!(killed.is_err());
+        drop(vms);
+        let fake = Arc::new(Fake::default());
+        let vms = Vms::open(fake.clone(), meta.clone());
+        assert_eq!(
+            states(&vms, "foo"),
+            [
+                ("a".into(), "ERROR"),
+                ("b".into(), "ERROR"),
+                ("c".into(), "ERROR")
+            ]
+        );
+        // a's pid was kept; b's and c's not yet (the driver finds b's).
+        let calls = fake.calls.lock().unwrap().clone();
+        assert_eq!(calls, ["reap foo/1 1001", "reap foo/2 0", "reap foo/3 0"]);
+        fake.calls.lock().unwrap().clear();
+        *fake.fail.lock().unwrap() = vec!["e".into()];
+        assert!(vms.launch("foo", &batch(&["d", "e"])).is_err());
+        vms.launch("foo", &batch(&["f"])).unwrap();
+        drop(vms);
+        let vms = Vms::open(Arc::new(Fake::default()), meta);
+        let ids: Vec<(String, u64)> = vms
+            .info("foo")
+            .iter()
+            .map(|v| (v.name.clone(), v.id))
+            .collect();
+        let want = [("a", 1), ("b", 2), ("c", 3), ("f", 6)].map(|(n, i)| (n.to_string(), i));
+        assert_eq!(ids, want);
     }
 }

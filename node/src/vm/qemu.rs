@@ -259,21 +259,26 @@ impl Driver for Qemu {
     fn reap(&self, namespace: &str, id: u64, pid: u32) {
         // Only a process whose command line names this VM's own socket:
         // the pid may have been reused by anything since.
-        let sock = self
-            .base
-            .join(namespace)
-            .join(id.to_string())
-            .join("qmp.sock");
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            return;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline);
-        if cmdline.contains(&*sock.to_string_lossy()) {
-            tracing::warn!(
-                "killing vm {id}'s qemu (pid {pid}), left running by a node that was killed"
-            );
-            // SAFETY: kill(2) on a pid whose command line was just checked.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let dir = self.base.join(namespace).join(id.to_string());
+        let sock = dir.join("qmp.sock");
+        // A node killed as it launched kept the VM but not yet its pid
+        // (0): QEMU's own pid file names it.
+        let written = std::fs::read_to_string(dir.join("pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok());
+        for pid in [pid].into_iter().chain(written).filter(|p| *p > 1) {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.contains(&*sock.to_string_lossy()) {
+                tracing::warn!(
+                    "killing vm {id}'s qemu (pid {pid}), left running by a node that was killed"
+                );
+                // SAFETY: kill(2) on a pid whose command line was just checked.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                return;
+            }
         }
     }
 
@@ -424,6 +429,34 @@ mod tests {
         assert!(gone, "a's qemu outlived vm kill");
         assert_eq!(vms.flush("foo"), 2);
         assert!(!dir.path().join("foo").exists(), "flushed VMs left files");
+    }
+
+    /// A node killed as it launched kept no pid: QEMU's pid file names
+    /// the process, ended only if its command line names the VM's socket.
+    #[test]
+    fn a_leftover_process_is_found_by_its_pid_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (net, _os, _netdb) = crate::net::fake();
+        let q = Qemu::new(dir.path(), net);
+        let vm = dir.path().join("foo/7");
+        std::fs::create_dir_all(&vm).unwrap();
+        let spawn = |arg: &Path| {
+            std::process::Command::new("sh")
+                .args(["-c", "while :; do sleep 0.1; done"])
+                .arg(arg)
+                .spawn()
+                .unwrap()
+        };
+        let mut other = spawn(&dir.path().join("foo/8/qmp.sock"));
+        let mut ours = spawn(&vm.join("qmp.sock"));
+        std::fs::write(vm.join("pid"), format!("{}\n", other.id())).unwrap();
+        q.reap("foo", 7, 0);
+        assert!(other.try_wait().unwrap().is_none(), "another VM's ended");
+        std::fs::write(vm.join("pid"), format!("{}\n", ours.id())).unwrap();
+        q.reap("foo", 7, 0);
+        assert!(ours.wait().unwrap().code().is_none(), "not killed");
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]
