@@ -66,6 +66,21 @@ fn a_namespace_holds_the_mesh_but_the_head_and_survives_a_restart() {
     let hosts: Vec<&str> = ans.iter().map(|r| r["host"].as_str().unwrap()).collect();
     assert_eq!(hosts, ["head", "n1", "n3"], "{ans:?}");
     assert!(ans.iter().all(|r| r["error"] == ""), "{ans:?}");
+    // The head is a host too: its part is its own row, not the fan-out
+    // `host` makes in a namespace (which listed n1 and n3 twice).
+    let ans = head.json(&["ns", "run", "host"]);
+    let mut hosts: Vec<&str> = ans.iter().map(|r| r["host"].as_str().unwrap()).collect();
+    hosts.sort();
+    assert_eq!(hosts, ["head", "n1", "n3"], "{ans:?}");
+    // One command in a namespace from the mesh creates none there.
+    let ans = head.json(&["mesh", "send", "n1", "namespace", "foo", "vm", "info"]);
+    assert!(ans.iter().all(|r| r["error"] == ""), "{ans:?}");
+    let there = head.json(&["mesh", "send", "n1", "namespace"]);
+    let names: Vec<String> = rows(&there)
+        .into_iter()
+        .map(|r| r["namespace"].clone())
+        .collect();
+    assert_eq!(names, ["mm"], "{there:?}");
     // Never through mesh send, nor nested.
     let ans = head.json(&["mesh", "send", "n1", "ns", "run", "version"]);
     assert!(

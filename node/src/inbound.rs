@@ -31,7 +31,7 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> 
             if let Some(ns) = &namespace {
                 crate::ns::check_name(ns)?;
             }
-            encode(&cmd::execute_in(node, &argv, Source::Mesh { from }, namespace).await)
+            encode(&cmd::execute_in(node, &argv, Source::Mesh { from }, namespace, false).await)
         }
         Request::Holds { pattern } => node.files.holds(pattern).await?,
         Request::Download { url } => {

@@ -80,7 +80,7 @@ async fn version(cx: &Ctx) -> Out {
 async fn host(cx: &Ctx) -> Out {
     let me = cx.me().to_string();
     let hosts: Vec<String> = match cx.node.ns.get(&cx.namespace()) {
-        Some(ns) if !cx.is_remote() => ns.hosts.into_iter().collect(),
+        Some(ns) if !cx.alone() => ns.hosts.into_iter().collect(),
         _ => vec![me.clone()],
     };
     let others: Vec<String> = hosts.iter().filter(|h| **h != me).cloned().collect();

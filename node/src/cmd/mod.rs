@@ -56,6 +56,9 @@ pub(crate) struct Ctx {
     /// The namespace the command runs in when `namespace NAME COMMAND`
     /// chose one; `None`: the node's active namespace.
     pub(crate) ns: Option<String>,
+    /// Act on this node alone, as a command from the mesh does: the
+    /// head's own part of an `ns run`, beside its hosts' parts.
+    pub(crate) alone: bool,
 }
 
 impl Ctx {
@@ -79,8 +82,16 @@ impl Ctx {
         self.ns.clone().unwrap_or_else(|| self.node.ns.active())
     }
 
+    /// Whether the command came from the mesh: what it may do here.
     pub(crate) fn is_remote(&self) -> bool {
         matches!(self.src, Source::Mesh { .. })
+    }
+
+    /// Whether the command acts on this node alone (it came from the
+    /// mesh, or is the head's own part of an `ns run`), never fanning out
+    /// to the namespace's hosts.
+    pub(crate) fn alone(&self) -> bool {
+        self.alone || self.is_remote()
     }
 }
 
@@ -103,15 +114,17 @@ pub(crate) fn specs() -> &'static [&'static Spec] {
 
 /// Parses and runs one command; errors become error rows of this node.
 pub(crate) async fn execute(node: &Arc<Node>, argv: &[String], src: Source) -> Vec<Response> {
-    execute_in(node, argv, src, None).await
+    execute_in(node, argv, src, None, false).await
 }
 
-/// [`execute`] in namespace `ns` (None: the active one).
+/// [`execute`] in namespace `ns` (None: the active one); `alone`: see
+/// [`Ctx::alone`].
 pub(crate) async fn execute_in(
     node: &Arc<Node>,
     argv: &[String],
     src: Source,
     ns: Option<String>,
+    alone: bool,
 ) -> Vec<Response> {
     if let Source::Mesh { from } = &src {
         tracing::debug!("command from {from}: {}", argv.join(" "));
@@ -125,6 +138,7 @@ pub(crate) async fn execute_in(
         node: node.clone(),
         src,
         ns,
+        alone,
     };
     match (spec.run)(&cx, &call).await {
         Ok(rs) => rs,

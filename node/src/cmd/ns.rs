@@ -137,7 +137,11 @@ async fn namespace(cx: &Ctx, c: &Call) -> Out {
     let Some(name) = c.arg("name") else {
         return list(cx).await;
     };
-    if node.ns.get(name).is_none() {
+    // From the mesh, one command in a namespace this node does not keep
+    // runs on its VMs of that name (as `ns run`'s do) and creates nothing:
+    // `mesh send all namespace foo vm info` left a `foo` on every node.
+    let just_run = cx.is_remote() && !c.sub.is_empty();
+    if node.ns.get(name).is_none() && !just_run {
         let others: BTreeSet<String> = settle(node).await?.others().into_iter().collect();
         let hosts = if others.is_empty() {
             BTreeSet::from([node.name.clone()])
@@ -160,6 +164,7 @@ async fn namespace(cx: &Ctx, c: &Call) -> Out {
         node: node.clone(),
         src: cx.src.clone(),
         ns: Some(name.to_string()),
+        alone: cx.alone,
     };
     (spec.run)(&inner, &call).await
 }
@@ -373,7 +378,7 @@ async fn ns_schedule(cx: &Ctx, c: &Call) -> Out {
         })?;
         return cx.ok();
     }
-    if cx.is_remote() {
+    if cx.alone() {
         return Err(Error::Refused(
             "cannot run `ns schedule` via meshage: it launches VMs".into(),
         ));
@@ -552,7 +557,8 @@ async fn ns_run(cx: &Ctx, c: &Call) -> Out {
         .collect();
     if ns.hosts.contains(&cx.node.name) {
         let ns = Some(cx.namespace());
-        out.extend(super::execute_in(&cx.node, &c.sub, cx.src.clone(), ns).await);
+        // Its own part only: the others run theirs.
+        out.extend(super::execute_in(&cx.node, &c.sub, cx.src.clone(), ns, true).await);
     }
     if !others.is_empty() {
         // In this namespace, as minimega's `ns run` does: `ns run vm info`

@@ -122,7 +122,7 @@ pub(super) fn current(cx: &Ctx) -> Result<(String, Namespace)> {
     let name = cx.namespace();
     match cx.node.ns.get(&name) {
         Some(ns) => Ok((name, ns)),
-        None if cx.is_remote() => {
+        None if cx.alone() => {
             let me = BTreeSet::from([cx.node.name.clone()]);
             Ok((name, Namespace::new(me)))
         }
@@ -133,7 +133,7 @@ pub(super) fn current(cx: &Ctx) -> Result<(String, Namespace)> {
 /// The hosts a `vm` command reaches: the namespace's, or only this node
 /// when the command came from the mesh.
 pub(super) fn reach(cx: &Ctx, ns: &Namespace) -> Vec<String> {
-    if cx.is_remote() {
+    if cx.alone() {
         vec![cx.node.name.clone()]
     } else {
         ns.hosts.iter().cloned().collect()
@@ -471,7 +471,7 @@ fn names_of(spec: &str, counter: u64, taken: impl Fn(&str) -> bool) -> Result<(V
 }
 
 async fn vm_launch(cx: &Ctx, c: &Call) -> Out {
-    if cx.is_remote() {
+    if cx.alone() {
         return Err(Error::Refused(
             "cannot run `vm launch` via meshage: the head's scheduler sends each host its VMs"
                 .into(),
