@@ -216,11 +216,13 @@ async fn vlans_cmd(cx: &Ctx, c: &Call) -> Out {
         .vlans;
     if c.has("range") {
         let (lo, hi) = table.range();
-        let next = table.next.filter(|n| (lo..=hi).contains(n)).unwrap_or(lo);
+        // The id a new alias gets: past those other namespaces took.
+        let all = cx.node.ns.vlans_mut(&ns, |t| Ok(t.clone()))?;
+        let next = vlans::next_free(&all, &ns).map_or("none".to_string(), |n| n.to_string());
         return cx.one(Response::table(
             me,
             &["min", "max", "next"],
-            vec![vec![lo.to_string(), hi.to_string(), next.to_string()]],
+            vec![vec![lo.to_string(), hi.to_string(), next]],
         ));
     }
     if c.has("blacklist") {

@@ -113,6 +113,11 @@ pub(crate) fn lookup(
     Ok((id, Some(word.to_string())))
 }
 
+/// The id `ns`'s next new alias gets; None when its range is full.
+pub(crate) fn next_free(all: &BTreeMap<String, Table>, ns: &str) -> Option<u16> {
+    allocate(all, ns).ok()
+}
+
 /// The first free id for `ns`.
 fn allocate(all: &BTreeMap<String, Table>, ns: &str) -> Result<u16> {
     let t = all.get(ns).cloned().unwrap_or_default();
@@ -220,9 +225,13 @@ mod tests {
         assert_eq!(id(&mut all, "mm", "A"), 102);
         assert_eq!(id(&mut all, "mm", "B"), 103);
         assert_eq!(id(&mut all, "mm", "A"), 102, "an alias has one id");
-        // Namespaces never share an id.
+        // Namespaces never share an id; `vlans range`'s next says what a
+        // new alias gets, past what the others took (foo's own counter
+        // would say 101).
+        assert_eq!(next_free(&all, "foo"), Some(104));
         assert_eq!(id(&mut all, "foo", "A"), 104);
         assert_eq!(id(&mut all, "bar", "A"), 105);
+        assert_eq!(next_free(&all, "foo"), Some(106));
         // Another namespace's alias, by name.
         assert_eq!(
             lookup(&mut all, "bar", "foo//A").unwrap(),
@@ -250,6 +259,7 @@ mod tests {
         set_range(&mut all, "tiny", "200", "201").unwrap();
         assert_eq!(id(&mut all, "tiny", "x"), 200);
         assert_eq!(id(&mut all, "tiny", "y"), 201);
+        assert_eq!(next_free(&all, "tiny"), None);
         let e = lookup(&mut all, "tiny", "z").unwrap_err().to_string();
         assert!(e.contains("out of VLANs"), "{e}");
         clear(all.get_mut("tiny").unwrap(), Some("x"));
