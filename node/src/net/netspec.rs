@@ -147,6 +147,13 @@ pub(crate) fn parse(spec: &str) -> Result<Spec> {
             s.bridge = b.to_string();
             s.vlan = v.to_string();
         }
+        [_, _, odd, ..] => {
+            return Err(Error::Usage(format!(
+                "malformed netspec `{spec}`: `{odd}` is neither a MAC nor a NIC driver ({}); \
+                 [bridge,]VLAN[,MAC][,driver][,qinq]",
+                DRIVERS.join(", ")
+            )))
+        }
         _ => return Err(bad()),
     }
     if let Some(m) = &s.mac {
@@ -358,6 +365,13 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} was taken");
         }
+        // A field that is neither MAC nor driver is named, with the drivers.
+        let e = parse("foo,LAN,virtio").unwrap_err().to_string();
+        assert!(
+            e.contains("`virtio` is neither a MAC nor a NIC driver (e1000,")
+                && e.contains("virtio-net-pci"),
+            "{e}"
+        );
         assert_eq!(Nic::show_vlan(Some("LAN"), Some(101)), "LAN (101)");
         assert_eq!(Nic::show_vlan(None, None), "disconnected");
         let a = random_mac();
