@@ -59,12 +59,62 @@ fn set(f: &mut Flags, name: &str, on: bool) {
     }
 }
 
-/// Takes the dot commands off the front of `argv`; those alone change
+/// How many words of `argv` are a command that wraps another, which dot
+/// commands may follow as in minicli (`namespace foo .columns name vm
+/// info`): `namespace NAME`, `ns run`, `mesh send HOSTS`; 0 if none.
+fn wrapper(argv: &[String]) -> usize {
+    let w: Vec<&str> = argv.iter().take(3).map(String::as_str).collect();
+    match w.as_slice() {
+        ["namespace", name, ..] if !name.starts_with('.') => 2,
+        ["ns", "run", ..] => 2,
+        ["mesh", "send", hosts, ..] if !hosts.starts_with('.') => 3,
+        _ => 0,
+    }
+}
+
+/// Takes the dot commands off the front of `argv`, and off the front of
+/// the command each wrapper carries (they shape the one answer the client
+/// shows, so where they stood makes no difference); those alone change
 /// `session`.
 pub(crate) fn parse(argv: &[String], session: &mut Flags) -> Result<Line, String> {
     let mut flags = session.clone();
     let mut ops = Vec::new();
+    let mut kept: Vec<String> = Vec::new();
     let mut i = 0;
+    loop {
+        match dots(argv, i, session, &mut flags, &mut ops)? {
+            Taken::Session(line) => return Ok(line),
+            Taken::Upto(next) => i = next,
+        }
+        let w = wrapper(&argv[i..]);
+        if w == 0 {
+            break;
+        }
+        kept.extend_from_slice(&argv[i..i + w]);
+        i += w;
+    }
+    kept.extend_from_slice(&argv[i..]);
+    Ok(Line::Command {
+        argv: kept,
+        ops,
+        flags,
+    })
+}
+
+enum Taken {
+    Session(Line),
+    /// Where the words after the dot commands start.
+    Upto(usize),
+}
+
+/// The dot commands from `argv[i]` on, into `flags` and `ops`.
+fn dots(
+    argv: &[String],
+    mut i: usize,
+    session: &mut Flags,
+    flags: &mut Flags,
+    ops: &mut Vec<Op>,
+) -> Result<Taken, String> {
     while let Some(w) = argv.get(i).filter(|w| w.starts_with('.')) {
         let w = w.as_str();
         match w {
@@ -100,18 +150,18 @@ pub(crate) fn parse(argv: &[String], session: &mut Flags) -> Result<Line, String
                             argv.join(" ")
                         ));
                     }
-                    return Ok(match val {
+                    return Ok(Taken::Session(match val {
                         Some(on) => {
                             set(session, w, on);
                             Line::Session(None)
                         }
                         None => Line::Session(Some(flag(session, w).to_string())),
-                    });
+                    }));
                 }
                 let Some(on) = val else {
                     return Err(format!("usage: {w} <true,false> COMMAND"));
                 };
-                set(&mut flags, w, on);
+                set(flags, w, on);
                 i = next;
             }
             _ => {
@@ -122,11 +172,7 @@ pub(crate) fn parse(argv: &[String], session: &mut Flags) -> Result<Line, String
             }
         }
     }
-    Ok(Line::Command {
-        argv: argv[i..].to_vec(),
-        ops,
-        flags,
-    })
+    Ok(Taken::Upto(i))
 }
 
 #[cfg(test)]
@@ -179,5 +225,35 @@ mod tests {
             let e = parse(&a(bad), &mut s).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    /// As in minicli, dot commands may also head the command a wrapper
+    /// carries; the client shapes the one answer either way.
+    #[test]
+    fn dot_commands_may_follow_a_wrapper() {
+        let mut s = Flags::default();
+        let line = |w: &str, s: &mut Flags| match parse(&a(w), s).unwrap() {
+            Line::Command { argv, ops, flags } => (argv.join(" "), ops.len(), flags),
+            Line::Session(_) => panic!("{w}"),
+        };
+        let (argv, ops, _) = line("namespace bar .columns name,state vm info", &mut s);
+        assert_eq!((argv.as_str(), ops), ("namespace bar vm info", 1));
+        let (argv, ops, flags) = line(
+            ".filter state=running mesh send all namespace foo .csv true .columns name vm info",
+            &mut s,
+        );
+        assert_eq!(
+            (argv.as_str(), ops),
+            ("mesh send all namespace foo vm info", 2)
+        );
+        assert_eq!(flags.mode, Mode::Csv);
+        let (argv, ops, _) = line("ns run .columns host,name vm info", &mut s);
+        assert_eq!((argv.as_str(), ops), ("ns run vm info", 1));
+        // Not after other words, and not alone after a wrapper.
+        let (argv, ops, _) = line("vm info .columns name", &mut s);
+        assert_eq!((argv.as_str(), ops), ("vm info .columns name", 0));
+        let e = parse(&a("namespace bar .headers false"), &mut s).unwrap_err();
+        assert!(e.contains("a command must follow"), "{e}");
+        assert_eq!(s, Flags::default());
     }
 }
