@@ -98,6 +98,11 @@ struct Serve {
     /// (userspace) [default: system where it works, else netdev].
     #[arg(long, value_parser = ["system", "netdev"])]
     ovs_datapath: Option<String>,
+    /// QEMU's accelerator for the VMs here: kvm:tcg (KVM where it opens,
+    /// else TCG), kvm, or tcg, for a host whose KVM hangs Linux guests (as
+    /// nested KVM can) [default: kvm:tcg].
+    #[arg(long, value_parser = ["kvm:tcg", "kvm", "tcg"])]
+    accel: Option<String>,
     /// The site this node is at (a name, such as a building or a data
     /// centre), when the cluster spans sites joined by thinner links than
     /// their own: a file pulled at several sites then crosses between
@@ -241,6 +246,7 @@ fn serve(cli: &Cli) -> ExitCode {
         mdns: !s.no_mdns,
         ovs_db: s.ovs_db,
         ovs_datapath: s.ovs_datapath,
+        accel: s.accel.unwrap_or_else(|| "kvm:tcg".into()),
         site: s.site,
         data_port: match (s.no_data_channel, s.data_port) {
             (true, _) => mm_node::DataPort::Off,

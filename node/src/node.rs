@@ -37,6 +37,9 @@ pub struct Options {
     pub ovs_db: Option<String>,
     /// `--ovs-datapath system|netdev`; None: found out at first use.
     pub ovs_datapath: Option<String>,
+    /// `--accel`: QEMU's `-machine accel=` for the VMs here (`kvm:tcg`,
+    /// `kvm`, `tcg`).
+    pub accel: String,
     /// `--site`: where this node says it is (a node name's rules).
     pub site: Option<String>,
 }

@@ -160,7 +160,9 @@ pub async fn serve(opts: Options) -> Result<()> {
         .await?,
     );
     let vms = crate::vm::Vms::open(
-        std::sync::Arc::new(crate::vm::qemu::Qemu::new(&opts.base, net.clone())),
+        std::sync::Arc::new(
+            crate::vm::qemu::Qemu::new(&opts.base, net.clone()).with_accel(&opts.accel),
+        ),
         meta.clone(),
     );
     let node = Node::new(

@@ -1,6 +1,6 @@
 //! The KVM driver: one `qemu-system-x86_64` process per VM, started paused
 //! (`-S`) and steered over its QMP socket. KVM where `/dev/kvm` works,
-//! TCG where it does not (`accel=kvm:tcg`). Each VM has a directory
+//! TCG where it does not (`accel=kvm:tcg`; `mm serve --accel` chooses). Each VM has a directory
 //! `<base>/<namespace>/<id>/` with its QMP socket, serial log, stderr and
 //! pid file.
 
@@ -29,6 +29,8 @@ struct Proc {
 pub(crate) struct Qemu {
     base: PathBuf,
     binary: String,
+    /// `-machine accel=`: `kvm:tcg` unless the node says otherwise.
+    accel: String,
     procs: Mutex<HashMap<u64, Proc>>,
     /// Where the VMs' NICs get their taps.
     net: Arc<Net>,
@@ -39,9 +41,16 @@ impl Qemu {
         Qemu {
             base: base.to_path_buf(),
             binary: "qemu-system-x86_64".into(),
+            accel: "kvm:tcg".into(),
             procs: Mutex::new(HashMap::new()),
             net,
         }
+    }
+
+    /// With `-machine accel=ACCEL` (`mm serve --accel`).
+    pub(crate) fn with_accel(mut self, accel: &str) -> Qemu {
+        self.accel = accel.to_string();
+        self
     }
 
     /// A tap for each of the config's NICs, on its bridge with its tag;
@@ -108,7 +117,8 @@ impl Qemu {
             .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
         let mut cmd = Command::new(&self.binary);
         cmd.args(["-S", "-nodefaults", "-nographic", "-display", "none"])
-            .args(["-machine", "accel=kvm:tcg"])
+            .arg("-machine")
+            .arg(format!("accel={}", self.accel))
             .args(["-name", name])
             .args(["-m", &cfg.memory_mib.to_string()])
             .args(["-smp", &cfg.vcpus.to_string()])
@@ -429,6 +439,22 @@ mod tests {
         assert!(gone, "a's qemu outlived vm kill");
         assert_eq!(vms.flush("foo"), 2);
         assert!(!dir.path().join("foo").exists(), "flushed VMs left files");
+    }
+
+    /// `mm serve --accel tcg`, for hosts whose KVM hangs guests: QEMU
+    /// runs TCG even where /dev/kvm opens.
+    #[test]
+    fn the_accelerator_is_the_nodes_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (net, _os, _netdb) = crate::net::fake();
+        let q = Arc::new(Qemu::new(dir.path(), net).with_accel("tcg"));
+        let (_db, meta) = super::super::temp_meta();
+        let vms = Vms::open(q.clone(), meta);
+        vms.launch("foo", &[("a".to_string(), tiny())]).unwrap();
+        let info = vms.info("foo");
+        assert_eq!(info[0].accel, "tcg");
+        vms.kill_all();
+        assert_eq!(vms.flush("foo"), 1);
     }
 
     /// A node killed as it launched kept no pid: QEMU's pid file names
