@@ -381,6 +381,19 @@ fn constraints_place_vms_where_they_say_errors_keep_the_queue_and_restarts_never
     );
     assert_eq!(rows(&head.json(&["ns", "queue"]))[0]["names"], "follower");
     head.mm(&["ns", "flush"]);
+    // QEMU's own arguments from a head reach a host's command line only
+    // if that host allows other nodes' programs (--allow-shell); cpu and
+    // machine are checked names.
+    head.mm(&["vm", "config", "qemu-append", "-vga", "std"]);
+    head.mm(&["vm", "launch", "kvm", "odd"]);
+    let out = head.try_mm(&["vm", "launch"]);
+    assert!(
+        stderr_of(&out).contains("odd: vm config qemu-append from another node runs only on a host started with --allow-shell"),
+        "{}",
+        stderr_of(&out)
+    );
+    head.mm(&["ns", "flush"]);
+    head.mm(&["clear", "vm", "config", "qemu-append"]);
 
     // The head restarts: its namespace, settings and VMs are all there.
     head.stop(false);

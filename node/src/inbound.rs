@@ -38,7 +38,7 @@ async fn answer(node: &Arc<Node>, from: String, body: &[u8]) -> Result<Vec<u8>> 
             crate::resolve::download_here(node, &url).await?;
             encode(&())
         }
-        Request::Vm { ask } => crate::vm::wire::answer(node, decode(&ask)?).await?,
+        Request::Vm { ask } => crate::vm::wire::answer(node, decode(&ask)?, true).await?,
         Request::Net { ask } => crate::net::wire::answer(node, decode(&ask)?).await?,
         Request::Progress { name, root } => node.files.progress(name, root).await?,
         Request::Have { name, root } => node.files.engine.have_bits(&from, &name, &root)?,

@@ -39,6 +39,13 @@ pub(crate) struct Config {
     pub(crate) snapshot: bool,
     /// A container's root filesystem; kept for container VMs, unused by kvm.
     pub(crate) filesystem: Option<String>,
+    /// QEMU's `-cpu` model (None: QEMU's default, which TCG runs too;
+    /// minimega's is `host`, which only KVM runs).
+    pub(crate) cpu: Option<String>,
+    /// QEMU's machine type (`-machine`; None: QEMU's default, `pc`).
+    pub(crate) machine: Option<String>,
+    /// Words appended to QEMU's command line as they are.
+    pub(crate) qemu_append: Vec<String>,
 }
 
 impl Default for Config {
@@ -59,6 +66,9 @@ impl Default for Config {
             uuid: None,
             snapshot: true,
             filesystem: None,
+            cpu: None,
+            machine: None,
+            qemu_append: Vec::new(),
         }
     }
 }
@@ -80,6 +90,9 @@ pub(crate) const FIELDS: &[&str] = &[
     "uuid",
     "snapshot",
     "filesystem",
+    "cpu",
+    "machine",
+    "qemu-append",
 ];
 
 fn opt(v: &Option<String>) -> String {
@@ -118,6 +131,9 @@ impl Config {
             "uuid" => opt(&self.uuid),
             "snapshot" => self.snapshot.to_string(),
             "filesystem" => opt(&self.filesystem),
+            "cpu" => opt(&self.cpu),
+            "machine" => opt(&self.machine),
+            "qemu-append" => self.qemu_append.join(" "),
             _ => String::new(),
         }
     }
@@ -156,6 +172,9 @@ impl Config {
             "initrd" => next.initrd = Some(file(one()?, cwd)?),
             "filesystem" => next.filesystem = Some(file(one()?, cwd)?),
             "append" => next.append = values.to_vec(),
+            "cpu" => next.cpu = Some(qemu_name(field, one()?, true)?),
+            "machine" => next.machine = Some(qemu_name(field, one()?, false)?),
+            "qemu-append" => next.qemu_append = values.to_vec(),
             // NICs need their VLANs looked up: `vm config net` sets
             // `nics` itself.
             "net" => {
@@ -242,8 +261,45 @@ impl Config {
             "uuid" => self.uuid = None,
             "snapshot" => self.snapshot = d.snapshot,
             "filesystem" => self.filesystem = None,
+            "cpu" => self.cpu = None,
+            "machine" => self.machine = None,
+            "qemu-append" => self.qemu_append.clear(),
             _ => {}
         }
+    }
+}
+
+/// A CPU model (with its `+flag,-flag` list: `commas`) or a machine
+/// type, as QEMU names them; checked again on the host, since a head's
+/// config reaches QEMU's command line there.
+pub(crate) fn qemu_name(field: &str, v: &str, commas: bool) -> Result<String> {
+    let ok = !v.is_empty()
+        && v.len() <= 256
+        && !v.starts_with(['-', ','])
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_.-+=".contains(c) || (commas && c == ','));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(Error::Usage(format!(
+            "{field}: `{v}` is not a name QEMU gives a {} (see qemu-system-x86_64 {} help)",
+            if commas { "CPU model" } else { "machine type" },
+            if commas { "-cpu" } else { "-machine" }
+        )))
+    }
+}
+
+impl Config {
+    /// What a host checks of a config from a head before QEMU sees it:
+    /// what `set` checked on the head.
+    pub(crate) fn check(&self) -> Result<()> {
+        if let Some(c) = &self.cpu {
+            qemu_name("cpu", c, true)?;
+        }
+        if let Some(m) = &self.machine {
+            qemu_name("machine", m, false)?;
+        }
+        Ok(())
     }
 }
 
@@ -324,6 +380,13 @@ mod tests {
             ("uuid", "nope", "not a UUID"),
             ("snapshot", "yes", "not true or false"),
             ("bogus", "1", "no vm config field bogus"),
+            ("cpu", "host;rm", "not a name QEMU gives a CPU model"),
+            ("cpu", "-help", "not a name QEMU gives a CPU model"),
+            (
+                "machine",
+                "q35,accel=kvm",
+                "not a name QEMU gives a machine type",
+            ),
         ] {
             let e = c.set(f, &s(&[v]), None).unwrap_err().to_string();
             assert!(e.contains(why), "{f} {v}: {e}");
@@ -338,6 +401,11 @@ mod tests {
         assert!(c.set("schedule", &s(&["n1"]), None).is_err());
         c.set("coschedule", &s(&["0"]), None).unwrap();
         assert_eq!(c.show("coschedule"), "0");
+        c.set("cpu", &s(&["Haswell,+vmx,-svm"]), None).unwrap();
+        c.set("machine", &s(&["pc-q35-7.2"]), None).unwrap();
+        c.set("qemu-append", &s(&["-vga", "std"]), None).unwrap();
+        assert_eq!(c.show("qemu-append"), "-vga std");
+        c.check().unwrap();
         c.set("tags", &s(&["role", "web"]), None).unwrap();
         assert_eq!(c.show("tags"), r#"{"role":"web"}"#);
         let dir = tempfile::tempdir().unwrap();

@@ -56,6 +56,7 @@ impl Qemu {
     /// A tap for each of the config's NICs, on its bridge with its tag;
     /// none if one fails.
     fn taps(&self, namespace: &str, id: u64, name: &str, cfg: &Config) -> Result<Vec<NicState>> {
+        cfg.check().map_err(|e| Error::Vm(format!("{name}: {e}")))?;
         for nic in &cfg.nics {
             nic.check().map_err(|e| Error::Vm(format!("{name}: {e}")))?;
         }
@@ -118,7 +119,10 @@ impl Qemu {
         let mut cmd = Command::new(&self.binary);
         cmd.args(["-S", "-nodefaults", "-nographic", "-display", "none"])
             .arg("-machine")
-            .arg(format!("accel={}", self.accel))
+            .arg(match &cfg.machine {
+                Some(m) => format!("type={m},accel={}", self.accel),
+                None => format!("accel={}", self.accel),
+            })
             .args(["-name", name])
             .args(["-m", &cfg.memory_mib.to_string()])
             .args(["-smp", &cfg.vcpus.to_string()])
@@ -130,6 +134,9 @@ impl Qemu {
             .arg(dir.join("pid"));
         if let Some(u) = &cfg.uuid {
             cmd.args(["-uuid", u]);
+        }
+        if let Some(c) = &cfg.cpu {
+            cmd.args(["-cpu", c]);
         }
         if let Some(d) = &cfg.disk {
             let snap = if cfg.snapshot { "on" } else { "off" };
@@ -158,6 +165,8 @@ impl Qemu {
             cmd.arg("-device")
                 .arg(format!("{},netdev=nic{i},mac={}", n.driver, n.mac));
         }
+        // Last, as minimega puts them, so they can add to all of the above.
+        cmd.args(&cfg.qemu_append);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -453,6 +462,37 @@ mod tests {
         vms.launch("foo", &[("a".to_string(), tiny())]).unwrap();
         let info = vms.info("foo");
         assert_eq!(info[0].accel, "tcg");
+        vms.kill_all();
+        assert_eq!(vms.flush("foo"), 1);
+    }
+
+    /// `vm config cpu`, `machine` and `qemu-append` reach QEMU's command
+    /// line, and QEMU takes them.
+    #[test]
+    fn cpu_machine_and_qemu_append_reach_qemu() {
+        let dir = tempfile::tempdir().unwrap();
+        let (net, _os, _netdb) = crate::net::fake();
+        let q = Arc::new(Qemu::new(dir.path(), net));
+        let (_db, meta) = super::super::temp_meta();
+        let vms = Vms::open(q.clone(), meta);
+        let cfg = Config {
+            cpu: Some("qemu64,+ssse3".into()),
+            machine: Some("q35".into()),
+            qemu_append: vec!["-vga".into(), "std".into()],
+            ..tiny()
+        };
+        vms.launch("foo", &[("a".to_string(), cfg)]).unwrap();
+        let v = &vms.info("foo")[0];
+        assert_eq!(q.status(v.id).unwrap(), "prelaunch");
+        let argv = std::fs::read(format!("/proc/{}/cmdline", v.pid)).unwrap();
+        let argv: Vec<String> = argv
+            .split(|b| *b == 0)
+            .map(|w| String::from_utf8_lossy(w).into_owned())
+            .collect();
+        let has = |a: &str, b: &str| argv.windows(2).any(|w| w[0] == a && w[1] == b);
+        assert!(has("-cpu", "qemu64,+ssse3"), "{argv:?}");
+        assert!(has("-machine", "type=q35,accel=kvm:tcg"), "{argv:?}");
+        assert_eq!(argv[argv.len() - 3..argv.len() - 1], ["-vga", "std"]);
         vms.kill_all();
         assert_eq!(vms.flush("foo"), 1);
     }

@@ -65,7 +65,8 @@ pub(crate) const MAX_BATCH: usize = 10_000;
 
 /// Answers `ask` on this node. VM work blocks on processes and sockets,
 /// so it runs off the async threads.
-pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
+/// `remote`: the ask came from another node.
+pub(crate) async fn answer(node: &Arc<Node>, ask: Ask, remote: bool) -> Result<Vec<u8>> {
     if let Ask::Fetch { files } = ask {
         fetch(node, files).await?;
         return Ok(encode(&()));
@@ -87,6 +88,17 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask) -> Result<Vec<u8>> {
                     )));
                 }
                 crate::ns::check_name(&namespace)?;
+                // QEMU's own arguments can run programs (a netdev's
+                // script) and write files: another node's only by the
+                // operator's leave, as for `shell`.
+                if remote && !node.allow_shell {
+                    if let Some((n, _)) = b.iter().find(|(_, c)| !c.qemu_append.is_empty()) {
+                        return Err(crate::Error::Refused(format!(
+                            "{n}: vm config qemu-append from another node runs only on a host \
+                             started with --allow-shell (it gives QEMU any argument)"
+                        )));
+                    }
+                }
                 let here = node.files.local.files.clone();
                 let mut local = HashMap::new();
                 for (path, name) in files {
@@ -296,7 +308,7 @@ pub(crate) async fn ask_each<T: serde::de::DeserializeOwned>(
         node,
         asks,
         |ask| Request::Vm { ask },
-        |a| answer(node, a),
+        |a| answer(node, a, false),
         timeout,
     )
     .await
