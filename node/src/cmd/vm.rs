@@ -86,9 +86,10 @@ pub(super) static SPECS: &[Spec] = &[
             "vm config",
             "vm config clone <vm>",
             "vm config <tags,> [key] [value]",
-            "vm config <append,net> [value]...",
+            "vm config <append,net,qemu-append> [value]...",
             "vm config <vcpus,memory,disk,cdrom,kernel,initrd> [value]",
             "vm config <schedule,colocate,coschedule,uuid,snapshot,filesystem> [value]",
+            "vm config <cpu,machine> [value]",
         ],
         short: "show or set what the next VMs launch with",
         long: "With no field, shows every field; with a field and no value, that field; with \
@@ -102,7 +103,10 @@ pub(super) static SPECS: &[Spec] = &[
                list; \
                schedule HOST pins VMs to a host, colocate VM places them on another VM's host \
                (not both); coschedule N allows at most N other VMs beside each (0: alone, -1: \
-               no limit); tags KEY VALUE; uuid (default: a new one per VM). `vm config clone \
+               no limit); tags KEY VALUE; uuid (default: a new one per VM); cpu (QEMU's CPU model, \
+               such as host or Haswell,+vmx) and machine (pc, q35; both QEMU's default when \
+               unset); qemu-append, words added last to QEMU's command line (from another \
+               node, a host takes them only with --allow-shell). `vm config clone \
                VM` copies a launched VM's config (but its uuid). Each namespace has its own.",
         run: |cx, c| vm_config(cx, c).boxed(),
     },
@@ -310,7 +314,7 @@ async fn vm_config(cx: &Ctx, c: &Call) -> Out {
         return tags(cx, &name, &ns, c);
     }
     let values: Vec<String> = match field {
-        "append" | "net" => c.lists.get("value").cloned().unwrap_or_default(),
+        "append" | "net" | "qemu-append" => c.lists.get("value").cloned().unwrap_or_default(),
         _ => c
             .arg("value")
             .map(|v| vec![v.to_string()])
