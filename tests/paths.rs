@@ -111,6 +111,19 @@ fn file_words_fetch_on_the_node_that_runs_the_command_and_shell_needs_the_opt_in
         n2.mm(&["vm", "config", "disk"]).trim(),
         p2_path.display().to_string()
     );
+    // A diskspec's options after a file: word stay options: only its path
+    // is fetched.
+    n2.mm(&[
+        "vm",
+        "config",
+        "disks",
+        "file:images/x.img,virtio,unsafe",
+        "file:images/x.img",
+    ]);
+    assert_eq!(
+        n2.mm(&["vm", "config", "disks"]).trim(),
+        format!("{0},virtio,unsafe {0}", p2_path.display())
+    );
     // A qcow2 image brings its backing files, named relative to it.
     std::fs::create_dir_all(n1.base().join("files/images/layer")).unwrap();
     std::fs::write(n1.base().join("files/images/base.qcow2"), qcow2(None)).unwrap();

@@ -487,7 +487,7 @@ fn a_host_fetches_the_images_the_head_names_before_it_launches() {
     };
     let a = vm("a");
     assert_eq!(
-        (a["host"].as_str(), a["disk"].as_str()),
+        (a["host"].as_str(), a["disks"].as_str()),
         ("n1", theirs.as_str())
     );
     assert!(cmdline(&a["pid"]).contains(&format!("file={}", local.display())));

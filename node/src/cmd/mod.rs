@@ -172,20 +172,31 @@ pub(crate) async fn parse_resolved(
     if !resolves(spec) || !argv.iter().any(|w| crate::resolve::fetches(w)) {
         return Ok((spec, call));
     }
+    // A diskspec's options follow its path (`file:a.qcow2,virtio`): only
+    // the path is fetched, as minimega does.
+    let diskspecs = spec.id == "vm config" && call.has("disks");
     let mut words = Vec::with_capacity(argv.len());
     for w in argv {
-        words.extend(crate::resolve::word(node, w, local).await.map_err(|e| {
+        let (w, opts) = match diskspecs {
+            true => crate::vm::config::split_diskspec(w),
+            false => (w.as_str(), ""),
+        };
+        let resolved = crate::resolve::word(node, w, local).await.map_err(|e| {
             // Said once: some errors name the word already.
             let e = e.to_string();
-            let bare = w.split_once(':').map_or(w.as_str(), |(_, r)| r);
-            crate::Error::NotFound(if e.starts_with(w.as_str()) {
+            let bare = w.split_once(':').map_or(w, |(_, r)| r);
+            crate::Error::NotFound(if e.starts_with(w) {
                 e
             } else if let Some(rest) = e.strip_prefix(bare) {
                 format!("{w}{rest}")
             } else {
                 format!("{w}: {e}")
             })
-        })?);
+        })?;
+        words.extend(resolved.into_iter().map(|r| match opts {
+            "" => r,
+            o => format!("{r},{o}"),
+        }));
     }
     grammar::parse(specs(), &words)
 }

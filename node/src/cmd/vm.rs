@@ -86,15 +86,16 @@ pub(super) static SPECS: &[Spec] = &[
             "vm config",
             "vm config clone <vm>",
             "vm config <tags,> [key] [value]",
-            "vm config <append,net,qemu-append> [value]...",
-            "vm config <vcpus,memory,disk,cdrom,kernel,initrd> [value]",
+            "vm config <append,net,qemu-append,disks> [value]...",
+            "vm config <vcpus,memory,cdrom,kernel,initrd> [value]",
             "vm config <schedule,colocate,coschedule,uuid,snapshot,filesystem> [value]",
             "vm config <cpu,machine> [value]",
         ],
         short: "show or set what the next VMs launch with",
         long: "With no field, shows every field; with a field and no value, that field; with \
-               a value, sets it. vcpus (default 1), memory (MiB, default 2048), disk (an image, \
-               written to a snapshot unless snapshot is false), cdrom, kernel, initrd and \
+               a value, sets it. vcpus (default 1), memory (MiB, default 2048), disks (images, a \
+               diskspec each, PATH[,INTERFACE][,CACHE]: interface ide by default or virtio, \
+               ahci, scsi, ...; written to a snapshot unless snapshot is false), cdrom, kernel, initrd and \
                filesystem (for container VMs) take a file, which must exist on this node when \
                it is set (the hosts are expected to see the same path); append takes the \
                kernel's command line; net takes NICs, a netspec each ([bridge,]VLAN[,MAC][,driver][,qinq]: \
@@ -145,7 +146,7 @@ pub(super) fn reach(cx: &Ctx, ns: &Namespace) -> Vec<String> {
 }
 
 const INFO: &[&str] = &[
-    "id", "name", "state", "uptime", "type", "vcpus", "memory", "disk", "vlan", "bridge", "tap",
+    "id", "name", "state", "uptime", "type", "vcpus", "memory", "disks", "vlan", "bridge", "tap",
     "mac", "ip", "ip6", "pid", "tags", "accel", "error",
 ];
 
@@ -164,7 +165,7 @@ fn info_row(v: &Vm, now: u64) -> Vec<String> {
         "kvm".into(),
         c.vcpus.to_string(),
         c.memory_mib.to_string(),
-        c.disk.clone().unwrap_or_default(),
+        c.show("disks"),
         format!(
             "[{}]",
             v.nics
@@ -314,7 +315,9 @@ async fn vm_config(cx: &Ctx, c: &Call) -> Out {
         return tags(cx, &name, &ns, c);
     }
     let values: Vec<String> = match field {
-        "append" | "net" | "qemu-append" => c.lists.get("value").cloned().unwrap_or_default(),
+        "append" | "net" | "qemu-append" | "disks" => {
+            c.lists.get("value").cloned().unwrap_or_default()
+        }
         _ => c
             .arg("value")
             .map(|v| vec![v.to_string()])

@@ -211,7 +211,6 @@ fn plan_fetches(
         let mine: BTreeMap<&String, &String> = batch
             .iter()
             .flat_map(|(_, c)| c.files())
-            .flatten()
             .filter_map(|p| named.get_key_value(p))
             .collect();
         if mine.is_empty() {
@@ -275,7 +274,7 @@ pub(crate) async fn launch(
     let others: std::collections::BTreeSet<String> = per_host
         .iter()
         .filter(|(h, _)| **h != node.name)
-        .flat_map(|(_, b)| b.iter().flat_map(|(_, c)| c.files()).flatten().cloned())
+        .flat_map(|(_, b)| b.iter().flat_map(|(_, c)| c.files()).cloned())
         .collect();
     let others: Vec<String> = others.into_iter().collect();
     let local = node.files.local.clone();

@@ -17,9 +17,11 @@ use crate::{Error, Result};
 pub(crate) struct Config {
     pub(crate) vcpus: u64,
     pub(crate) memory_mib: u64,
-    /// A disk image (qcow2 or raw); written to a snapshot unless
-    /// `snapshot` is false.
-    pub(crate) disk: Option<String>,
+    /// Disk images (qcow2 or raw), in order; written to a snapshot
+    /// unless `snapshot` is false. Records from before several disks hold
+    /// one path as `disk`.
+    #[serde(alias = "disk", deserialize_with = "disks_or_one")]
+    pub(crate) disks: Vec<Disk>,
     pub(crate) cdrom: Option<String>,
     pub(crate) kernel: Option<String>,
     pub(crate) initrd: Option<String>,
@@ -53,7 +55,7 @@ impl Default for Config {
         Config {
             vcpus: 1,
             memory_mib: 2048,
-            disk: None,
+            disks: Vec::new(),
             cdrom: None,
             kernel: None,
             initrd: None,
@@ -77,7 +79,7 @@ impl Default for Config {
 pub(crate) const FIELDS: &[&str] = &[
     "vcpus",
     "memory",
-    "disk",
+    "disks",
     "cdrom",
     "kernel",
     "initrd",
@@ -110,7 +112,12 @@ impl Config {
         match field {
             "vcpus" => self.vcpus.to_string(),
             "memory" => self.memory_mib.to_string(),
-            "disk" => opt(&self.disk),
+            "disks" => self
+                .disks
+                .iter()
+                .map(Disk::show)
+                .collect::<Vec<_>>()
+                .join(" "),
             "cdrom" => opt(&self.cdrom),
             "kernel" => opt(&self.kernel),
             "initrd" => opt(&self.initrd),
@@ -138,18 +145,17 @@ impl Config {
         }
     }
 
-    /// The fields that name a file QEMU opens.
-    pub(crate) fn files(&self) -> [&Option<String>; 4] {
-        [&self.disk, &self.cdrom, &self.kernel, &self.initrd]
+    /// The paths of the files QEMU opens.
+    pub(crate) fn files(&self) -> Vec<&String> {
+        let one = [&self.cdrom, &self.kernel, &self.initrd];
+        let disks = self.disks.iter().map(|d| &d.path);
+        disks.chain(one.into_iter().flatten()).collect()
     }
 
-    pub(crate) fn files_mut(&mut self) -> [&mut Option<String>; 4] {
-        [
-            &mut self.disk,
-            &mut self.cdrom,
-            &mut self.kernel,
-            &mut self.initrd,
-        ]
+    pub(crate) fn files_mut(&mut self) -> Vec<&mut String> {
+        let one = [&mut self.cdrom, &mut self.kernel, &mut self.initrd];
+        let disks = self.disks.iter_mut().map(|d| &mut d.path);
+        disks.chain(one.into_iter().flatten()).collect()
     }
 
     /// Sets `field` from `values` (one word for most fields; the words of
@@ -166,7 +172,12 @@ impl Config {
         match field {
             "vcpus" => next.vcpus = positive(field, one()?, 512)?,
             "memory" => next.memory_mib = positive(field, one()?, 16 << 20)?,
-            "disk" => next.disk = Some(file(one()?, cwd)?),
+            "disks" => {
+                next.disks = values
+                    .iter()
+                    .map(|v| Disk::parse(v, cwd))
+                    .collect::<Result<_>>()?
+            }
             "cdrom" => next.cdrom = Some(file(one()?, cwd)?),
             "kernel" => next.kernel = Some(file(one()?, cwd)?),
             "initrd" => next.initrd = Some(file(one()?, cwd)?),
@@ -248,7 +259,7 @@ impl Config {
         match field {
             "vcpus" => self.vcpus = d.vcpus,
             "memory" => self.memory_mib = d.memory_mib,
-            "disk" => self.disk = None,
+            "disks" => self.disks.clear(),
             "cdrom" => self.cdrom = None,
             "kernel" => self.kernel = None,
             "initrd" => self.initrd = None,
@@ -267,6 +278,118 @@ impl Config {
             _ => {}
         }
     }
+}
+
+/// One disk of `vm config disks`: minimega's diskspec,
+/// `PATH[,INTERFACE][,CACHE]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Disk {
+    pub(crate) path: String,
+    /// QEMU's `if=`; None: ide.
+    pub(crate) interface: Option<String>,
+    /// QEMU's `cache=`; None: unsafe for a snapshot (whose writes are
+    /// thrown away), else writeback, as minimega has them.
+    pub(crate) cache: Option<String>,
+}
+
+/// QEMU's drive interfaces that minimega takes.
+pub(crate) const INTERFACES: &[&str] = &[
+    "ahci", "ide", "scsi", "sd", "mtd", "floppy", "pflash", "virtio",
+];
+/// QEMU's cache modes.
+pub(crate) const CACHES: &[&str] = &["none", "writeback", "unsafe", "directsync", "writethrough"];
+
+impl Disk {
+    /// `PATH[,INTERFACE][,CACHE]`; the path must exist here.
+    pub(crate) fn parse(spec: &str, cwd: Option<&Path>) -> Result<Disk> {
+        let (path, opts) = split_diskspec(spec);
+        let mut d = Disk {
+            path: file(path, cwd)?,
+            interface: None,
+            cache: None,
+        };
+        for o in opts.split(',').filter(|o| !o.is_empty()) {
+            let slot = if INTERFACES.contains(&o) {
+                &mut d.interface
+            } else {
+                &mut d.cache
+            };
+            if slot.replace(o.to_string()).is_some() {
+                return Err(Error::Usage(format!(
+                    "disk `{spec}`: two interfaces or two cache modes; a diskspec is \
+                     PATH[,INTERFACE][,CACHE]"
+                )));
+            }
+        }
+        Ok(d)
+    }
+
+    /// As `vm config disks` shows it: the spec it was given, made whole.
+    pub(crate) fn show(&self) -> String {
+        [
+            Some(&self.path),
+            self.interface.as_ref(),
+            self.cache.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(",")
+    }
+
+    /// What a host checks of a head's disk before QEMU sees it.
+    fn check(&self) -> Result<()> {
+        let known =
+            |v: &Option<String>, all: &[&str]| v.as_deref().is_none_or(|v| all.contains(&v));
+        if known(&self.interface, INTERFACES) && known(&self.cache, CACHES) {
+            Ok(())
+        } else {
+            Err(Error::Usage(format!(
+                "disk {}: an unknown interface or cache",
+                self.show()
+            )))
+        }
+    }
+}
+
+/// A diskspec's path and its options (`a.qcow2,virtio,unsafe` ->
+/// `a.qcow2`, `virtio,unsafe`): the words at its end that name an
+/// interface or a cache mode, at most two, so a path may hold commas.
+/// A `file:` word's name is fetched without them, as minimega does.
+pub(crate) fn split_diskspec(spec: &str) -> (&str, &str) {
+    let mut cut = spec.len();
+    for _ in 0..2 {
+        match spec[..cut].rsplit_once(',') {
+            Some((head, o)) if INTERFACES.contains(&o) || CACHES.contains(&o) => cut = head.len(),
+            _ => break,
+        }
+    }
+    (&spec[..cut], spec[cut..].trim_start_matches(','))
+}
+
+/// `disks` as records hold it: a list, or the one path (or none) of
+/// records from before several disks.
+fn disks_or_one<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Vec<Disk>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Many(Vec<Disk>),
+        One(Option<String>),
+    }
+    Ok(match Either::deserialize(d)? {
+        Either::Many(v) => v,
+        Either::One(p) => p
+            .into_iter()
+            .map(|path| Disk {
+                path,
+                interface: None,
+                cache: None,
+            })
+            .collect(),
+    })
 }
 
 /// A CPU model (with its `+flag,-flag` list: `commas`) or a machine
@@ -299,7 +422,7 @@ impl Config {
         if let Some(m) = &self.machine {
             qemu_name("machine", m, false)?;
         }
-        Ok(())
+        self.disks.iter().try_for_each(Disk::check)
     }
 }
 
@@ -372,7 +495,7 @@ mod tests {
             ("memory", "0", "not a whole number"),
             ("vcpus", "two", "not a whole number"),
             (
-                "disk",
+                "disks",
                 "/nonexistent/x.qcow2",
                 "no such file: /nonexistent/x.qcow2",
             ),
@@ -410,15 +533,54 @@ mod tests {
         assert_eq!(c.show("tags"), r#"{"role":"web"}"#);
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("d.img"), b"x").unwrap();
-        c.set("disk", &s(&["d.img"]), Some(dir.path())).unwrap();
-        assert_eq!(
-            c.show("disk"),
-            dir.path().join("d.img").display().to_string()
-        );
+        c.set("disks", &s(&["d.img"]), Some(dir.path())).unwrap();
+        let d = dir.path().join("d.img").display().to_string();
+        assert_eq!(c.show("disks"), d);
+        // minimega's diskspecs: several disks, each with an interface and
+        // a cache mode, in either order after the path.
+        std::fs::write(dir.path().join("e,1.img"), b"x").unwrap();
+        c.set(
+            "disks",
+            &s(&["d.img,virtio", "e,1.img,unsafe,ide"]),
+            Some(dir.path()),
+        )
+        .unwrap();
+        let e = dir.path().join("e,1.img").display().to_string();
+        assert_eq!(c.show("disks"), format!("{d},virtio {e},ide,unsafe"));
+        assert_eq!(c.files(), [&d, &e]);
+        for (bad, why) in [
+            ("d.img,virtio,ide", "two interfaces"),
+            ("d.img,virtoi", "no such file"),
+        ] {
+            let err = c.set("disks", &s(&[bad]), Some(dir.path())).unwrap_err();
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        assert_eq!(c.disks.len(), 2, "a bad spec changed the list");
         for f in FIELDS {
             c.reset(f);
         }
         assert_eq!(c, Config::default());
+        // A record from before several disks, with its one `disk`.
+        #[derive(Serialize)]
+        struct Old {
+            disk: Option<String>,
+            memory_mib: u64,
+        }
+        for (old, want) in [(Some("/i/a.img"), 1), (None, 0)] {
+            let bytes = cbor4ii::serde::to_vec(
+                Vec::new(),
+                &Old {
+                    disk: old.map(str::to_string),
+                    memory_mib: 64,
+                },
+            )
+            .unwrap();
+            let c: Config = cbor4ii::serde::from_slice(&bytes).unwrap();
+            assert_eq!((c.disks.len(), c.memory_mib), (want, 64));
+            if want == 1 {
+                assert_eq!(c.show("disks"), "/i/a.img");
+            }
+        }
         let u = new_uuid();
         assert!(is_uuid(&u) && u.as_bytes()[14] == b'4', "{u}");
         assert_ne!(u, new_uuid());

@@ -271,7 +271,7 @@ impl Vms {
         self.keep();
         for i in 0..launched.len() {
             let mut here = launched[i].config.clone();
-            for f in here.files_mut().into_iter().flatten() {
+            for f in here.files_mut() {
                 if let Some(l) = local.get(f.as_str()) {
                     f.clone_from(l);
                 }
@@ -595,8 +595,8 @@ impl Driver for Fake {
             "launch {namespace}/{id} {name} vcpus={} mem={}",
             cfg.vcpus, cfg.memory_mib
         );
-        if let Some(d) = &cfg.disk {
-            call.push_str(&format!(" disk={d}"));
+        for d in &cfg.disks {
+            call.push_str(&format!(" disk={}", d.show()));
         }
         self.calls.lock().unwrap().push(call);
         if self.crash.lock().unwrap().as_deref() == Some(name) {
@@ -678,7 +678,11 @@ mod tests {
         let (_dir, meta) = temp_meta();
         let vms = Vms::open(fake.clone(), meta);
         let cfg = Config {
-            disk: Some("/head/files/d.img".into()),
+            disks: vec![config::Disk {
+                path: "/head/files/d.img".into(),
+                interface: Some("virtio".into()),
+                cache: None,
+            }],
             ..Config::default()
         };
         let local = HashMap::from([(
@@ -688,10 +692,13 @@ mod tests {
         vms.launch_with("foo", &[("a".into(), cfg)], &local)
             .unwrap();
         let calls = fake.calls.lock().unwrap().clone();
-        assert!(calls[0].ends_with(" disk=/here/files/d.img"), "{calls:?}");
+        assert!(
+            calls[0].ends_with(" disk=/here/files/d.img,virtio"),
+            "{calls:?}"
+        );
         assert_eq!(
-            vms.info("foo")[0].config.disk.as_deref(),
-            Some("/head/files/d.img")
+            vms.info("foo")[0].config.show("disks"),
+            "/head/files/d.img,virtio"
         );
     }
 

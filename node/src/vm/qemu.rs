@@ -138,10 +138,18 @@ impl Qemu {
         if let Some(c) = &cfg.cpu {
             cmd.args(["-cpu", c]);
         }
-        if let Some(d) = &cfg.disk {
-            let snap = if cfg.snapshot { "on" } else { "off" };
-            cmd.arg("-drive")
-                .arg(format!("file={},if=ide,snapshot={snap}", qemu_opt(d)));
+        for d in &cfg.disks {
+            let (snap, cache) = if cfg.snapshot {
+                ("on", "unsafe")
+            } else {
+                ("off", "writeback")
+            };
+            cmd.arg("-drive").arg(format!(
+                "file={},if={},cache={},snapshot={snap}",
+                qemu_opt(&d.path),
+                d.interface.as_deref().unwrap_or("ide"),
+                d.cache.as_deref().unwrap_or(cache)
+            ));
         }
         if let Some(c) = &cfg.cdrom {
             cmd.arg("-drive")
@@ -466,16 +474,22 @@ mod tests {
         assert_eq!(vms.flush("foo"), 1);
     }
 
-    /// `vm config cpu`, `machine` and `qemu-append` reach QEMU's command
-    /// line, and QEMU takes them.
+    /// `vm config cpu`, `machine`, `qemu-append` and several disks reach
+    /// QEMU's command line, and QEMU takes them.
     #[test]
-    fn cpu_machine_and_qemu_append_reach_qemu() {
+    fn cpu_machine_disks_and_qemu_append_reach_qemu() {
         let dir = tempfile::tempdir().unwrap();
         let (net, _os, _netdb) = crate::net::fake();
         let q = Arc::new(Qemu::new(dir.path(), net));
         let (_db, meta) = super::super::temp_meta();
         let vms = Vms::open(q.clone(), meta);
+        let disk = |n: &str, spec: &str| {
+            let p = dir.path().join(n);
+            std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
+            crate::vm::config::Disk::parse(&format!("{}{spec}", p.display()), None).unwrap()
+        };
         let cfg = Config {
+            disks: vec![disk("a.img", ",virtio"), disk("b.img", ",writethrough")],
             cpu: Some("qemu64,+ssse3".into()),
             machine: Some("q35".into()),
             qemu_append: vec!["-vga".into(), "std".into()],
@@ -491,6 +505,20 @@ mod tests {
             .collect();
         let has = |a: &str, b: &str| argv.windows(2).any(|w| w[0] == a && w[1] == b);
         assert!(has("-cpu", "qemu64,+ssse3"), "{argv:?}");
+        let a = dir.path().join("a.img");
+        let b = dir.path().join("b.img");
+        let drive = |p: &Path, rest: &str| format!("file={},{rest}", p.display());
+        assert!(
+            has("-drive", &drive(&a, "if=virtio,cache=unsafe,snapshot=on")),
+            "{argv:?}"
+        );
+        assert!(
+            has(
+                "-drive",
+                &drive(&b, "if=ide,cache=writethrough,snapshot=on")
+            ),
+            "{argv:?}"
+        );
         assert!(has("-machine", "type=q35,accel=kvm:tcg"), "{argv:?}");
         assert_eq!(argv[argv.len() - 3..argv.len() - 1], ["-vga", "std"]);
         vms.kill_all();
@@ -532,7 +560,11 @@ mod tests {
         let (net, _os, _netdb) = crate::net::fake();
         let vms = Vms::open(Arc::new(Qemu::new(dir.path(), net)), meta);
         let cfg = Config {
-            disk: Some("/nonexistent/disk.qcow2".into()),
+            disks: vec![crate::vm::config::Disk {
+                path: "/nonexistent/disk.qcow2".into(),
+                interface: None,
+                cache: None,
+            }],
             ..tiny()
         };
         let e = vms
