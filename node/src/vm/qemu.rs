@@ -401,6 +401,32 @@ mod tests {
     use super::super::{Op, State, Target, Vms};
     use super::*;
 
+    /// Real QEMU under a temporary base, with fake networking.
+    struct Rig {
+        dir: tempfile::TempDir,
+        q: Arc<Qemu>,
+        vms: Vms,
+        _keep: (
+            Arc<crate::net::os::Fake>,
+            tempfile::TempDir,
+            tempfile::TempDir,
+        ),
+    }
+
+    fn rig(accel: &str) -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let (net, os, netdb) = crate::net::fake();
+        let q = Arc::new(Qemu::new(dir.path(), net).with_accel(accel));
+        let (db, meta) = super::super::temp_meta();
+        let vms = Vms::open(q.clone(), meta);
+        Rig {
+            dir,
+            q,
+            vms,
+            _keep: (os, netdb, db),
+        }
+    }
+
     fn tiny() -> Config {
         Config {
             memory_mib: 32,
@@ -412,11 +438,7 @@ mod tests {
     /// node keeps are the ones QEMU reports.
     #[test]
     fn real_qemu_vms_follow_the_state_machine() {
-        let dir = tempfile::tempdir().unwrap();
-        let (net, _os, _netdb) = crate::net::fake();
-        let q = Arc::new(Qemu::new(dir.path(), net));
-        let (_db, meta) = super::super::temp_meta();
-        let vms = Vms::open(q.clone(), meta);
+        let Rig { dir, q, vms, .. } = &rig("kvm:tcg");
         let batch = vec![("a".to_string(), tiny()), ("b".to_string(), tiny())];
         vms.launch("foo", &batch).unwrap();
         let info = vms.info("foo");
@@ -462,11 +484,7 @@ mod tests {
     /// runs TCG even where /dev/kvm opens.
     #[test]
     fn the_accelerator_is_the_nodes_choice() {
-        let dir = tempfile::tempdir().unwrap();
-        let (net, _os, _netdb) = crate::net::fake();
-        let q = Arc::new(Qemu::new(dir.path(), net).with_accel("tcg"));
-        let (_db, meta) = super::super::temp_meta();
-        let vms = Vms::open(q.clone(), meta);
+        let Rig { q, vms, .. } = &rig("tcg");
         vms.launch("foo", &[("a".to_string(), tiny())]).unwrap();
         let info = vms.info("foo");
         assert_eq!(info[0].accel, "tcg");
@@ -478,11 +496,7 @@ mod tests {
     /// QEMU's command line, and QEMU takes them.
     #[test]
     fn cpu_machine_disks_and_qemu_append_reach_qemu() {
-        let dir = tempfile::tempdir().unwrap();
-        let (net, _os, _netdb) = crate::net::fake();
-        let q = Arc::new(Qemu::new(dir.path(), net));
-        let (_db, meta) = super::super::temp_meta();
-        let vms = Vms::open(q.clone(), meta);
+        let Rig { dir, q, vms, .. } = &rig("kvm:tcg");
         let disk = |n: &str, spec: &str| {
             let p = dir.path().join(n);
             std::fs::write(&p, vec![0u8; 1 << 20]).unwrap();
