@@ -138,18 +138,33 @@ impl Qemu {
         if let Some(c) = &cfg.cpu {
             cmd.args(["-cpu", c]);
         }
+        let (snap, cache) = if cfg.snapshot {
+            ("on", "unsafe")
+        } else {
+            ("off", "writeback")
+        };
+        let mut ahci = 0;
         for d in &cfg.disks {
-            let (snap, cache) = if cfg.snapshot {
-                ("on", "unsafe")
-            } else {
-                ("off", "writeback")
-            };
-            cmd.arg("-drive").arg(format!(
-                "file={},if={},cache={},snapshot={snap}",
+            let tail = format!(
+                "file={},cache={},snapshot={snap}",
                 qemu_opt(&d.path),
-                d.interface.as_deref().unwrap_or("ide"),
                 d.cache.as_deref().unwrap_or(cache)
-            ));
+            );
+            // QEMU has no `if=ahci`: a controller, and a disk on each of
+            // its ports, as minimega makes them.
+            if d.interface.as_deref() == Some("ahci") {
+                if ahci == 0 {
+                    cmd.args(["-device", "ahci,id=ahci"]);
+                }
+                cmd.arg("-device")
+                    .arg(format!("ide-hd,drive=ahci-drive-{ahci},bus=ahci.{ahci}"));
+                cmd.arg("-drive")
+                    .arg(format!("id=ahci-drive-{ahci},if=none,{tail}"));
+                ahci += 1;
+                continue;
+            }
+            let iface = d.interface.as_deref().unwrap_or("ide");
+            cmd.arg("-drive").arg(format!("if={iface},{tail}"));
         }
         if let Some(c) = &cfg.cdrom {
             cmd.arg("-drive")
@@ -503,7 +518,12 @@ mod tests {
             crate::vm::config::Disk::parse(&format!("{}{spec}", p.display()), None).unwrap()
         };
         let cfg = Config {
-            disks: vec![disk("a.img", ",virtio"), disk("b.img", ",writethrough")],
+            disks: vec![
+                disk("a.img", ",virtio"),
+                disk("b.img", ",writethrough"),
+                disk("c.img", ",ahci"),
+                disk("d.img", ",ahci,none"),
+            ],
             cpu: Some("qemu64,+ssse3".into()),
             machine: Some("q35".into()),
             qemu_append: vec!["-vga".into(), "std".into()],
@@ -519,20 +539,28 @@ mod tests {
             .collect();
         let has = |a: &str, b: &str| argv.windows(2).any(|w| w[0] == a && w[1] == b);
         assert!(has("-cpu", "qemu64,+ssse3"), "{argv:?}");
-        let a = dir.path().join("a.img");
-        let b = dir.path().join("b.img");
-        let drive = |p: &Path, rest: &str| format!("file={},{rest}", p.display());
-        assert!(
-            has("-drive", &drive(&a, "if=virtio,cache=unsafe,snapshot=on")),
-            "{argv:?}"
-        );
-        assert!(
-            has(
-                "-drive",
-                &drive(&b, "if=ide,cache=writethrough,snapshot=on")
-            ),
-            "{argv:?}"
-        );
+        // The disks in order; AHCI's on a controller, a port each.
+        let want: Vec<String> = [
+            ("a.img", "if=virtio,", "unsafe"),
+            ("b.img", "if=ide,", "writethrough"),
+            ("c.img", "id=ahci-drive-0,if=none,", "unsafe"),
+            ("d.img", "id=ahci-drive-1,if=none,", "none"),
+        ]
+        .iter()
+        .map(|(f, pre, cache)| {
+            let p = dir.path().join(f);
+            format!("{pre}file={},cache={cache},snapshot=on", p.display())
+        })
+        .collect();
+        let drives: Vec<&String> = argv
+            .windows(2)
+            .filter(|w| w[0] == "-drive")
+            .map(|w| &w[1])
+            .collect();
+        assert_eq!(drives, want.iter().collect::<Vec<_>>());
+        for d in ["ahci,id=ahci", "ide-hd,drive=ahci-drive-1,bus=ahci.1"] {
+            assert!(has("-device", d), "{argv:?}");
+        }
         assert!(has("-machine", "type=q35,accel=kvm:tcg"), "{argv:?}");
         assert_eq!(argv[argv.len() - 3..argv.len() - 1], ["-vga", "std"]);
         vms.kill_all();
@@ -549,11 +577,20 @@ mod tests {
         let vm = dir.path().join("foo/7");
         std::fs::create_dir_all(&vm).unwrap();
         let spawn = |arg: &Path| {
-            std::process::Command::new("sh")
+            let c = std::process::Command::new("sh")
                 .args(["-c", "while :; do sleep 0.1; done"])
                 .arg(arg)
                 .spawn()
-                .unwrap()
+                .unwrap();
+            // spawn can return before the child's exec is done: until then
+            // its command line is this test's (or empty), as a real QEMU's
+            // long since started never is.
+            let cmdline = format!("/proc/{}/cmdline", c.id());
+            let arg = arg.to_string_lossy().into_owned();
+            while !String::from_utf8_lossy(&std::fs::read(&cmdline).unwrap()).contains(&arg) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            c
         };
         let mut other = spawn(&dir.path().join("foo/8/qmp.sock"));
         let mut ours = spawn(&vm.join("qmp.sock"));
