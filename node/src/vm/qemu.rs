@@ -499,7 +499,7 @@ mod tests {
     /// runs TCG even where /dev/kvm opens.
     #[test]
     fn the_accelerator_is_the_nodes_choice() {
-        let Rig { q, vms, .. } = &rig("tcg");
+        let Rig { vms, .. } = &rig("tcg");
         vms.launch("foo", &[("a".to_string(), tiny())]).unwrap();
         let info = vms.info("foo");
         assert_eq!(info[0].accel, "tcg");
