@@ -394,6 +394,47 @@ fn constraints_place_vms_where_they_say_errors_keep_the_queue_and_restarts_never
     );
     head.mm(&["ns", "flush"]);
     head.mm(&["clear", "vm", "config", "qemu-append"]);
+    // Nor may another node set it here, or hand it over in a clone.
+    let ans = hosts[0].json(&[
+        "mesh",
+        "send",
+        "head",
+        "vm",
+        "config",
+        "qemu-append",
+        "-D",
+        "/x",
+    ]);
+    assert!(
+        ans[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cannot set vm config qemu-append via meshage"),
+        "{ans:?}"
+    );
+    assert_eq!(head.mm(&["vm", "config", "qemu-append"]).trim(), "");
+    // (n3: n1 holds a VM that wants to be alone.)
+    let n3 = &hosts[2];
+    n3.mm(&["namespace", "bar"]);
+    n3.mm(&["ns", "add-hosts", "localhost"]);
+    n3.mm(&["ns", "del-hosts", "head,n[1-2]"]);
+    for c in [
+        &["vm", "config", "memory", "32"][..],
+        &["vm", "config", "qemu-append", "-vga", "std"],
+        &["vm", "launch", "kvm", "theirs"],
+    ] {
+        n3.mm(c);
+    }
+    let out = head.try_mm(&["vm", "config", "clone", "theirs"]);
+    assert!(
+        stderr_of(&out).contains("theirs runs on n3, with vm config qemu-append"),
+        "{}",
+        stderr_of(&out)
+    );
+    // (Only its own: the head's VMs on n3 are in a namespace bar too.)
+    n3.mm(&["vm", "kill", "theirs"]);
+    n3.mm(&["vm", "flush"]);
+    n3.mm(&["namespace", "mm"]);
 
     // The head restarts: its namespace, settings and VMs are all there.
     head.stop(false);

@@ -93,6 +93,15 @@ impl Ctx {
     pub(crate) fn alone(&self) -> bool {
         self.alone || self.is_remote()
     }
+
+    /// How a command that acts alone came: for refusals.
+    pub(crate) fn via(&self) -> &'static str {
+        if self.is_remote() {
+            "meshage"
+        } else {
+            "ns run"
+        }
+    }
 }
 
 /// Every command, in the order `help` lists them (and the grammar tries
@@ -185,12 +194,20 @@ pub(crate) async fn parse_resolved(
             // Said once: some errors name the word already.
             let e = e.to_string();
             let bare = w.split_once(':').map_or(w, |(_, r)| r);
-            crate::Error::NotFound(if e.starts_with(w) {
+            let said = if e.starts_with(w) {
                 e
             } else if let Some(rest) = e.strip_prefix(bare) {
                 format!("{w}{rest}")
             } else {
                 format!("{w}: {e}")
+            };
+            // `file:a.img,virtoi`: the whole word was taken for a name.
+            let hint = diskspecs
+                .then(|| crate::vm::config::diskspec_hint(w))
+                .flatten();
+            crate::Error::NotFound(match hint {
+                Some(h) => format!("{said}; {h}"),
+                None => said,
             })
         })?;
         words.extend(resolved.into_iter().map(|r| match opts {

@@ -140,7 +140,7 @@ async fn namespace(cx: &Ctx, c: &Call) -> Out {
     // From the mesh, one command in a namespace this node does not keep
     // runs on its VMs of that name (as `ns run`'s do) and creates nothing:
     // `mesh send all namespace foo vm info` left a `foo` on every node.
-    let just_run = cx.is_remote() && !c.sub.is_empty();
+    let just_run = cx.alone() && !c.sub.is_empty();
     if node.ns.get(name).is_none() && !just_run {
         let others: BTreeSet<String> = settle(node).await?.others().into_iter().collect();
         let hosts = if others.is_empty() {
@@ -379,9 +379,10 @@ async fn ns_schedule(cx: &Ctx, c: &Call) -> Out {
         return cx.ok();
     }
     if cx.alone() {
-        return Err(Error::Refused(
-            "cannot run `ns schedule` via meshage: it launches VMs".into(),
-        ));
+        return Err(Error::Refused(format!(
+            "cannot run `ns schedule` via {}: it launches VMs",
+            cx.via()
+        )));
     }
     let _launching = cx.node.ns.begin_launch(&name)?;
     let (name, ns) = current(cx)?;
@@ -537,8 +538,11 @@ async fn load(cx: &Ctx, c: &Call) -> Out {
 }
 
 async fn ns_run(cx: &Ctx, c: &Call) -> Out {
-    if cx.is_remote() {
-        return Err(Error::Refused("cannot run `ns run` via meshage".into()));
+    if cx.alone() {
+        return Err(Error::Refused(format!(
+            "cannot run `ns run` via {}",
+            cx.via()
+        )));
     }
     let (sub, _) = grammar::parse(specs(), &c.sub)?;
     if matches!(sub.id, "ns run" | "mesh send" | "read" | "vm launch") {

@@ -314,6 +314,19 @@ async fn vm_config(cx: &Ctx, c: &Call) -> Out {
     if field == "tags" {
         return tags(cx, &name, &ns, c);
     }
+    // QEMU's arguments can run programs and write files: from the mesh,
+    // only by this operator's leave, as `shell`.
+    if field == "qemu-append"
+        && cx.is_remote()
+        && !cx.node.allow_shell
+        && c.lists.contains_key("value")
+    {
+        return Err(Error::Refused(
+            "cannot set vm config qemu-append via meshage unless this node was started with \
+             --allow-shell: it gives QEMU any argument"
+                .into(),
+        ));
+    }
     let values: Vec<String> = match field {
         "append" | "net" | "qemu-append" | "disks" => {
             c.lists.get("value").cloned().unwrap_or_default()
@@ -376,13 +389,13 @@ async fn clone(cx: &Ctx, name: &str, ns: &Namespace, vm: &str) -> Out {
         match r {
             Ok(vms) => {
                 if let Some(v) = vms.into_iter().find(|v| v.name == vm) {
-                    found = Some(v);
+                    found = Some((host, v));
                 }
             }
             Err(e) => errors.push(format!("{host}: {e}")),
         }
     }
-    let Some(v) = found else {
+    let Some((host, v)) = found else {
         let mut why = format!("no such vm: {vm}");
         if !errors.is_empty() {
             why.push_str(&format!(
@@ -392,6 +405,15 @@ async fn clone(cx: &Ctx, name: &str, ns: &Namespace, vm: &str) -> Out {
         }
         return Err(Error::NotFound(why));
     };
+    // Another node's VM may carry QEMU arguments its operator (or anyone
+    // who reached it) gave: taken here only as `vm config qemu-append`
+    // from the mesh is.
+    if host != cx.node.name && !v.config.qemu_append.is_empty() && !cx.node.allow_shell {
+        return Err(Error::Refused(format!(
+            "{vm} runs on {host}, with vm config qemu-append; this node takes QEMU arguments \
+             from another node only when started with --allow-shell; nothing changed"
+        )));
+    }
     let mut config = v.config;
     // Two VMs with one UUID would confuse every tool that reads it.
     config.uuid = None;
@@ -479,10 +501,10 @@ fn names_of(spec: &str, counter: u64, taken: impl Fn(&str) -> bool) -> Result<(V
 
 async fn vm_launch(cx: &Ctx, c: &Call) -> Out {
     if cx.alone() {
-        return Err(Error::Refused(
-            "cannot run `vm launch` via meshage: the head's scheduler sends each host its VMs"
-                .into(),
-        ));
+        return Err(Error::Refused(format!(
+            "cannot run `vm launch` via {}: the head's scheduler sends each host its VMs",
+            cx.via()
+        )));
     }
     let _launching = cx.node.ns.begin_launch(&cx.namespace())?;
     // Read under the guard: the queue and counter as no launch leaves them.

@@ -147,7 +147,7 @@ pub(crate) fn parse(spec: &str) -> Result<Spec> {
             s.bridge = b.to_string();
             s.vlan = v.to_string();
         }
-        [_, _, odd, ..] => {
+        [_, _, .., odd] => {
             return Err(Error::Usage(format!(
                 "malformed netspec `{spec}`: `{odd}` is neither a MAC nor a NIC driver ({}); \
                  [bridge,]VLAN[,MAC][,driver][,qinq]",
@@ -372,6 +372,10 @@ mod tests {
                 && e.contains("virtio-net-pci"),
             "{e}"
         );
+        let e = parse("br,LAN,00:11:22:33:44:55,bogus")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`bogus` is neither"), "{e}");
         assert_eq!(Nic::show_vlan(Some("LAN"), Some(101)), "LAN (101)");
         assert_eq!(Nic::show_vlan(None, None), "disconnected");
         let a = random_mac();

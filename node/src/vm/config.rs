@@ -303,8 +303,12 @@ impl Disk {
     /// `PATH[,INTERFACE][,CACHE]`; the path must exist here.
     pub(crate) fn parse(spec: &str, cwd: Option<&Path>) -> Result<Disk> {
         let (path, opts) = split_diskspec(spec);
+        let path = file(path, cwd).map_err(|e| match diskspec_hint(spec) {
+            Some(h) => Error::NotFound(format!("{e}; {h}")),
+            None => e,
+        })?;
         let mut d = Disk {
-            path: file(path, cwd)?,
+            path,
             interface: None,
             cache: None,
         };
@@ -366,6 +370,20 @@ pub(crate) fn split_diskspec(spec: &str) -> (&str, &str) {
         }
     }
     (&spec[..cut], spec[cut..].trim_start_matches(','))
+}
+
+/// For a diskspec whose path was not found: what its last word would
+/// have to be, if it was meant as an option (`a.img,virtoi`).
+pub(crate) fn diskspec_hint(spec: &str) -> Option<String> {
+    let (_, w) = spec.rsplit_once(',')?;
+    (!INTERFACES.contains(&w) && !CACHES.contains(&w)).then(|| {
+        format!(
+            "if `{w}` is meant as an option (PATH[,INTERFACE][,CACHE]), it is neither an \
+             interface ({}) nor a cache mode ({})",
+            INTERFACES.join(", "),
+            CACHES.join(", ")
+        )
+    })
 }
 
 /// `disks` as records hold it: a list, or the one path (or none) of
@@ -550,7 +568,7 @@ mod tests {
         assert_eq!(c.files(), [&d, &e]);
         for (bad, why) in [
             ("d.img,virtio,ide", "two interfaces"),
-            ("d.img,virtoi", "no such file"),
+            ("d.img,virtoi", "if `virtoi` is meant as an option"),
         ] {
             let err = c.set("disks", &s(&[bad]), Some(dir.path())).unwrap_err();
             assert!(err.to_string().contains(why), "{bad}: {err}");

@@ -177,7 +177,7 @@ impl Vms {
             if !v.state.ended() {
                 driver.reap(&v.namespace, v.id, v.pid);
                 v.error = format!(
-                    "the node stopped without ending it (it was {}); its process was killed at restart",
+                    "the node stopped without ending it (it was {}); its process, if still running, was killed at restart",
                     v.state.as_str()
                 );
                 v.state = State::Error;
@@ -264,11 +264,23 @@ impl Vms {
                 nics: Vec::new(),
             });
         }
-        let _ = self.meta.put("settings", "vm_id", &st.0);
-        for v in &launched {
-            self.save(v);
+        // Not kept, not started: a VM whose record a crash could lose
+        // might leave a QEMU nobody knows of.
+        let ahead = (self.meta.put("settings", "vm_id", &st.0))
+            .and_then(|_| {
+                launched
+                    .iter()
+                    .try_for_each(|v| self.meta.put(TREE, &key(v.id), v))
+            })
+            .and_then(|_| self.meta.flush());
+        if let Err(e) = ahead {
+            for v in &launched {
+                let _ = self.meta.remove(TREE, &key(v.id));
+            }
+            return Err(Error::Vm(format!(
+                "cannot keep the VMs in the database, so none is launched: {e}"
+            )));
         }
-        self.keep();
         for i in 0..launched.len() {
             let mut here = launched[i].config.clone();
             for f in here.files_mut() {
