@@ -270,6 +270,25 @@ pub(crate) async fn launch(
         hosts: per_host.len(),
         ..Outcome::default()
     };
+    // Every launch comes this way, a stored placement's too (no survey).
+    let others: Vec<String> = per_host
+        .keys()
+        .filter(|h| **h != node.name)
+        .cloned()
+        .collect();
+    for (host, r) in ask_all::<Load>(node, others, Ask::Load, node.send_timeout()).await {
+        if r.is_ok_and(|l| l.format < crate::vm::wire::CONFIG_FORMAT) {
+            let names = per_host[&host].iter().map(|(n, _)| n.clone()).collect();
+            out.failed.push((
+                host.clone(),
+                "it runs an older mm, which would launch without the vm config fields it does \
+                 not know (disks among them); upgrade it"
+                    .into(),
+                names,
+            ));
+            per_host.remove(&host);
+        }
+    }
     // Off the async threads: real paths (a share may hang), and hashes.
     let others: std::collections::BTreeSet<String> = per_host
         .iter()

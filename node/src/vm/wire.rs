@@ -51,12 +51,20 @@ pub(crate) enum Ask {
     Counts,
 }
 
+/// The VM config a host reads: 1 since `disks`, `cpu`, `machine` and
+/// `qemu-append`. A host from before answers none (0), and would launch
+/// without what it does not know, a VM's disks among it.
+pub(crate) const CONFIG_FORMAT: u32 = 1;
+
 /// A host as the scheduler needs it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Load {
     pub(crate) cpus: u64,
     pub(crate) mem_mib: u64,
     pub(crate) commit: Commit,
+    /// [`CONFIG_FORMAT`] as the host has it.
+    #[serde(default)]
+    pub(crate) format: u32,
 }
 
 /// Most VMs one launch request may carry: a bound on what a peer makes
@@ -139,6 +147,7 @@ pub(crate) async fn answer(node: &Arc<Node>, ask: Ask, remote: bool) -> Result<V
                     cpus,
                     mem_mib,
                     commit: vms.commit(),
+                    format: CONFIG_FORMAT,
                 })
             }
         })
@@ -355,6 +364,26 @@ mod tests {
     /// A fetch is stuck only when nothing of it moves for a minute: a
     /// file done early does not count against it, a slow one that moves
     /// keeps it going, and one queued behind moving transfers waits.
+    /// A host from before the config format answers none: 0, which the
+    /// head refuses to launch on.
+    #[test]
+    fn an_older_hosts_load_says_format_0() {
+        #[derive(Serialize)]
+        struct Old {
+            cpus: u64,
+            mem_mib: u64,
+            commit: Commit,
+        }
+        let old = Old {
+            cpus: 2,
+            mem_mib: 1024,
+            commit: Commit::default(),
+        };
+        let l: Load = mm_overlay::wire::decode(&encode(&old)).unwrap();
+        assert_eq!((l.cpus, l.format), (2, 0));
+        assert!(CONFIG_FORMAT > 0);
+    }
+
     #[test]
     fn a_fetch_is_stuck_only_when_none_of_it_moves_for_a_minute() {
         let ours = vec!["kernel".to_string(), "disk".to_string()];
