@@ -381,7 +381,7 @@ mod tests {
         };
         let l: Load = mm_overlay::wire::decode(&encode(&old)).unwrap();
         assert_eq!((l.cpus, l.format), (2, 0));
-        assert!(CONFIG_FORMAT > 0);
+        const { assert!(CONFIG_FORMAT > 0) };
     }
 
     #[test]
