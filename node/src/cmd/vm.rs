@@ -97,7 +97,9 @@ pub(super) static SPECS: &[Spec] = &[
                diskspec each, PATH[,INTERFACE][,CACHE]: interface ide by default or virtio, \
                ahci, scsi, ...; written to a snapshot unless snapshot is false), cdrom, kernel, initrd and \
                filesystem (for container VMs) take a file, which must exist on this node when \
-               it is set (the hosts are expected to see the same path); append takes the \
+               it is set (one in its files directory, a file: word's say, is fetched by each \
+               host that launches the VM; one elsewhere the hosts must see at the same path); \
+               append takes the \
                kernel's command line; net takes NICs, a netspec each ([bridge,]VLAN[,MAC][,driver][,qinq]: \
                VLAN an alias such as LAN or an id; bridge mega_bridge and driver e1000 by \
                default; a random MAC of a real vendor when none is given), and replaces the \
