@@ -89,9 +89,10 @@ pub(crate) trait Driver: Send + Sync {
     /// None while the process lives; what it said (its stderr) once it died
     /// on its own.
     fn died(&self, id: u64) -> Option<String>;
-    /// After a restart: ends the process `pid` if it is still this VM's,
-    /// left behind by a node that was killed.
-    fn reap(&self, namespace: &str, id: u64, pid: u32);
+    /// After a restart: ends the process `pid` (0: not yet known) if it
+    /// is still this VM's, left behind by a node that was killed; the pid
+    /// it ended, if any.
+    fn reap(&self, namespace: &str, id: u64, pid: u32) -> Option<u32>;
     /// `vm flush`: the ended VM's files (its directory) go.
     fn forget(&self, namespace: &str, id: u64);
 }
@@ -175,11 +176,24 @@ impl Vms {
         let mut all = BTreeMap::new();
         for (_, mut v) in meta.all::<Vm>(TREE) {
             if !v.state.ended() {
-                driver.reap(&v.namespace, v.id, v.pid);
-                v.error = format!(
-                    "the node stopped without ending it (it was {}); its process, if still running, was killed at restart",
-                    v.state.as_str()
-                );
+                let ended = driver.reap(&v.namespace, v.id, v.pid);
+                v.error = match ended {
+                    Some(pid) => {
+                        // Shown in `vm info`, where a launch cut short
+                        // had kept none.
+                        v.pid = pid;
+                        format!(
+                            "the node stopped without ending it (it was {}); its process was \
+                             killed at restart",
+                            v.state.as_str()
+                        )
+                    }
+                    None => format!(
+                        "the node stopped without ending it (it was {}); no process of it was \
+                         left at restart",
+                        v.state.as_str()
+                    ),
+                };
                 v.state = State::Error;
                 let _ = meta.put(TREE, &key(v.id), &v);
             }
@@ -635,11 +649,14 @@ impl Driver for Fake {
     fn died(&self, id: u64) -> Option<String> {
         self.dead.lock().unwrap().get(&id).cloned()
     }
-    fn reap(&self, namespace: &str, id: u64, pid: u32) {
+    fn reap(&self, namespace: &str, id: u64, pid: u32) -> Option<u32> {
         self.calls
             .lock()
             .unwrap()
             .push(format!("reap {namespace}/{id} {pid}"));
+        // The fake's processes are all still there, even one whose pid
+        // a launch cut short had not kept.
+        Some(if pid == 0 { 2000 + id as u32 } else { pid })
     }
     fn forget(&self, namespace: &str, id: u64) {
         self.calls
@@ -896,6 +913,9 @@ mod tests {
         // a's pid was kept; b's and c's not yet (the driver finds b's).
         let calls = fake.calls.lock().unwrap().clone();
         assert_eq!(calls, ["reap foo/1 1001", "reap foo/2 0", "reap foo/3 0"]);
+        // What the driver found is what vm info shows.
+        let pids: Vec<u32> = vms.info("foo").iter().map(|v| v.pid).collect();
+        assert_eq!(pids, [1001, 2002, 2003]);
         fake.calls.lock().unwrap().clear();
         *fake.fail.lock().unwrap() = vec!["e".into()];
         assert!(vms.launch("foo", &batch(&["d", "e"])).is_err());

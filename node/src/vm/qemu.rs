@@ -298,7 +298,7 @@ impl Driver for Qemu {
         Ok(())
     }
 
-    fn reap(&self, namespace: &str, id: u64, pid: u32) {
+    fn reap(&self, namespace: &str, id: u64, pid: u32) -> Option<u32> {
         // Only a process whose command line names this VM's own socket:
         // the pid may have been reused by anything since.
         let dir = self.base.join(namespace).join(id.to_string());
@@ -319,9 +319,10 @@ impl Driver for Qemu {
                 );
                 // SAFETY: kill(2) on a pid whose command line was just checked.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                return;
+                return Some(pid);
             }
         }
+        None
     }
 
     fn forget(&self, namespace: &str, id: u64) {
@@ -595,10 +596,10 @@ mod tests {
         let mut other = spawn(&dir.path().join("foo/8/qmp.sock"));
         let mut ours = spawn(&vm.join("qmp.sock"));
         std::fs::write(vm.join("pid"), format!("{}\n", other.id())).unwrap();
-        q.reap("foo", 7, 0);
+        assert_eq!(q.reap("foo", 7, 0), None);
         assert!(other.try_wait().unwrap().is_none(), "another VM's ended");
         std::fs::write(vm.join("pid"), format!("{}\n", ours.id())).unwrap();
-        q.reap("foo", 7, 0);
+        assert_eq!(q.reap("foo", 7, 0), Some(ours.id()));
         assert!(ours.wait().unwrap().code().is_none(), "not killed");
         other.kill().unwrap();
         other.wait().unwrap();
