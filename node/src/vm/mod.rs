@@ -311,9 +311,12 @@ impl Vms {
                         v.name,
                         batch.len()
                     );
-                    // All or nothing: the batch's earlier VMs go too.
+                    // All or nothing: the batch's earlier VMs go too, with
+                    // their directories (their records go below, so no
+                    // `vm flush` would ever take them).
                     for v in &launched[..i] {
                         let _ = self.driver.kill(v.id);
+                        self.driver.forget(namespace, v.id);
                     }
                     for v in &launched {
                         let _ = self.meta.remove(TREE, &key(v.id));
@@ -835,6 +838,10 @@ mod tests {
         assert!(
             calls.contains(&format!("kill {x}")),
             "x was not killed: {calls:?}"
+        );
+        assert!(
+            calls.contains(&format!("forget foo/{x}")),
+            "x's directory was left: {calls:?}"
         );
         // Names are per namespace.
         vms.launch("bar", &batch(&["web"])).unwrap();
