@@ -138,16 +138,15 @@ pub(crate) async fn execute_in(
     if let Source::Mesh { from } = &src {
         tracing::debug!("command from {from}: {}", argv.join(" "));
     }
-    let local = !matches!(src, Source::Mesh { .. });
-    let (spec, call) = match parse_resolved(node, argv, local).await {
-        Ok(p) => p,
-        Err(e) => return vec![Response::failure(&node.name, &e)],
-    };
     let cx = Ctx {
         node: node.clone(),
         src,
         ns,
         alone,
+    };
+    let (spec, call) = match parse_resolved(node, argv, !cx.is_remote()).await {
+        Ok(p) => p,
+        Err(e) => return vec![Response::failure(&node.name, &e)],
     };
     match (spec.run)(&cx, &call).await {
         Ok(rs) => rs,
